@@ -1,0 +1,175 @@
+//! Walking a hash chain over stored bytes and naming the first record that is wrong.
+//!
+//! The same walker checks a live store and an exported file, so an export verifies on its own.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::record::{ChainFields, Digest32, Head, RawEnvelope};
+
+/// What is wrong with a record, or with the chain's end.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "problem", rename_all = "snake_case")]
+pub enum Problem {
+    /// The bytes are not a record (not JSON, or fields missing).
+    Malformed { detail: String },
+    /// The record's bytes do not hash to the hash stored with them: the record was altered.
+    HashMismatch { stored: Digest32, computed: Digest32 },
+    /// The record does not point at the record before it.
+    BrokenLink { expected_prev: Digest32, found_prev: Digest32 },
+    /// Records are missing: the next position was expected, a later one was found.
+    Gap { expected: u64, found: u64 },
+    /// The record claims a position other than the one it is stored at (records moved or swapped).
+    PositionMismatch { stored_at: u64, claims: u64 },
+    /// The chain ends before the head it was checked against: its tail was cut off.
+    Truncated { last: u64, expected_head: u64 },
+    /// The record at the head's position is not the one the head names.
+    HeadMismatch { expected: Digest32, found: Digest32 },
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::Malformed { detail } => write!(f, "not a valid record: {detail}"),
+            Problem::HashMismatch { stored, computed } => write!(
+                f,
+                "hash mismatch: the record was altered (stored {}…, its bytes hash to {}…)",
+                &stored.to_hex()[..12],
+                &computed.to_hex()[..12]
+            ),
+            Problem::BrokenLink { expected_prev, found_prev } => write!(
+                f,
+                "broken link: it should follow {}… but names {}… as its predecessor",
+                &expected_prev.to_hex()[..12],
+                &found_prev.to_hex()[..12]
+            ),
+            Problem::Gap { expected, found } => {
+                write!(f, "gap: record {expected} is missing (the next one found is {found})")
+            }
+            Problem::PositionMismatch { stored_at, claims } => {
+                write!(f, "record stored at position {stored_at} claims position {claims} (records moved or swapped)")
+            }
+            Problem::Truncated { last, expected_head } => write!(
+                f,
+                "truncated: the log ends at position {last} but the head to check against is at {expected_head}"
+            ),
+            Problem::HeadMismatch { expected, found } => write!(
+                f,
+                "head mismatch: the head names hash {}… but the record there hashes to {}…",
+                &expected.to_hex()[..12],
+                &found.to_hex()[..12]
+            ),
+        }
+    }
+}
+
+/// The first bad record and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ChainFailure {
+    pub position: u64,
+    #[serde(flatten)]
+    pub problem: Problem,
+}
+
+impl fmt::Display for ChainFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "record {}: {}", self.position, self.problem)
+    }
+}
+
+/// The outcome of walking a chain: how far it verified, and the first failure if any.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// Records that verified.
+    pub records: u64,
+    /// The last record that verified (its position and hash).
+    pub verified_head: Head,
+    pub failure: Option<ChainFailure>,
+}
+
+impl VerifyReport {
+    pub fn is_ok(&self) -> bool {
+        self.failure.is_none()
+    }
+}
+
+/// Checks records one at a time, in order. Holds only the last good head, so any length streams.
+#[derive(Debug)]
+pub struct ChainWalker {
+    head: Head,
+    records: u64,
+    anchors: Vec<Head>,
+}
+
+impl ChainWalker {
+    pub fn new() -> ChainWalker {
+        ChainWalker { head: Head::EMPTY, records: 0, anchors: Vec::new() }
+    }
+
+    /// Also require that the chain reaches `anchor` and that the record at its position has its hash.
+    pub fn with_anchor(mut self, anchor: Head) -> ChainWalker {
+        self.anchors.push(anchor);
+        self
+    }
+
+    pub fn head(&self) -> Head {
+        self.head
+    }
+
+    /// Checks the next record. `stored_at` is the position it is stored under, when the source has
+    /// one (a store key); an exported line has none. On success returns the record's hash.
+    pub fn push(&mut self, stored_at: Option<u64>, stored: &[u8]) -> Result<Digest32, ChainFailure> {
+        let expected = self.head.position + 1;
+        let fail = |position: u64, problem: Problem| ChainFailure { position, problem };
+        let at = stored_at.unwrap_or(expected);
+        if at != expected {
+            return Err(fail(expected, Problem::Gap { expected, found: at }));
+        }
+        let envelope: RawEnvelope =
+            serde_json::from_slice(stored).map_err(|e| fail(at, Problem::Malformed { detail: e.to_string() }))?;
+        let record_bytes = envelope.record.get().as_bytes();
+        let fields: ChainFields =
+            serde_json::from_slice(record_bytes).map_err(|e| fail(at, Problem::Malformed { detail: e.to_string() }))?;
+        let computed = Digest32::chain(&fields.prev_hash, record_bytes);
+        if computed != envelope.hash {
+            return Err(fail(at, Problem::HashMismatch { stored: envelope.hash, computed }));
+        }
+        if fields.position != at {
+            // A file has no keys: a record that claims a later position means records are missing.
+            let problem = match (stored_at, fields.position > at) {
+                (None, true) => Problem::Gap { expected, found: fields.position },
+                _ => Problem::PositionMismatch { stored_at: at, claims: fields.position },
+            };
+            return Err(fail(at, problem));
+        }
+        if fields.prev_hash != self.head.hash {
+            return Err(fail(at, Problem::BrokenLink { expected_prev: self.head.hash, found_prev: fields.prev_hash }));
+        }
+        for anchor in &self.anchors {
+            if anchor.position == at && anchor.hash != computed {
+                return Err(fail(at, Problem::HeadMismatch { expected: anchor.hash, found: computed }));
+            }
+        }
+        self.head = Head { position: at, hash: computed };
+        self.records += 1;
+        Ok(computed)
+    }
+
+    /// Ends the walk: checks that every anchor was reached and builds the report.
+    pub fn finish(self, failure: Option<ChainFailure>) -> VerifyReport {
+        let failure = failure.or_else(|| {
+            self.anchors.iter().find(|anchor| anchor.position > self.head.position).map(|anchor| ChainFailure {
+                position: self.head.position + 1,
+                problem: Problem::Truncated { last: self.head.position, expected_head: anchor.position },
+            })
+        });
+        VerifyReport { records: self.records, verified_head: self.head, failure }
+    }
+}
+
+impl Default for ChainWalker {
+    fn default() -> Self {
+        Self::new()
+    }
+}

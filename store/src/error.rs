@@ -1,0 +1,88 @@
+//! The store's typed errors. The binary turns them into messages; nothing here panics.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use crate::chain::ChainFailure;
+
+/// The version a stream must be at for an append to go through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpectedVersion {
+    /// Whatever the stream holds.
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream's last event must be at exactly this version (0: no stream yet).
+    Exact(u64),
+}
+
+impl std::fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExpectedVersion::Any => f.write_str("any version"),
+            ExpectedVersion::NoStream => f.write_str("no stream"),
+            ExpectedVersion::Exact(v) => write!(f, "version {v}"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "the store at {path} is in use by another process (waited {waited:?}); wait for it to finish, then try again"
+    )]
+    Locked { path: PathBuf, waited: Duration },
+
+    #[error("the store path {path} exists but is not a directory; point at a directory")]
+    NotADirectory { path: PathBuf },
+
+    #[error("cannot use the store at {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+
+    #[error("the store at {path} is damaged ({detail}); restore it from an export with `import`")]
+    Corrupt { path: PathBuf, detail: String },
+
+    #[error("stream {stream}: expected {expected}, but the stream is at version {actual}")]
+    Conflict { stream: String, expected: ExpectedVersion, actual: u64 },
+
+    #[error(
+        "the batch mixes {stored} event ids that are already stored (first: {first_stored}) with {new} new ones; a retry must resend the same batch"
+    )]
+    PartlyStored { stored: usize, new: usize, first_stored: Uuid },
+
+    #[error("event {event_id} is already stored in stream {stored_in}, not in {requested}")]
+    StoredElsewhere { event_id: Uuid, stored_in: String, requested: String },
+
+    #[error("invalid batch: {0}")]
+    InvalidBatch(String),
+
+    #[error("import refused: the store already holds {records} records; import into an empty store")]
+    NotEmpty { records: u64 },
+
+    #[error("line {line} of the log file: {detail}")]
+    BadLogFile { line: u64, detail: String },
+
+    #[error("import refused: the chain is broken at {0}")]
+    ChainBroken(ChainFailure),
+
+    #[error("the store failed: {0}; this is a bug in sled or regent, please report it")]
+    Internal(String),
+}
+
+impl StoreError {
+    pub(crate) fn from_sled(path: &std::path::Path, err: sled::Error) -> StoreError {
+        let path = path.to_path_buf();
+        match err {
+            sled::Error::Io(source) => StoreError::Io { path, source },
+            sled::Error::Corruption { at, .. } => {
+                StoreError::Corrupt { path, detail: format!("sled reports corruption at {at:?}") }
+            }
+            other => StoreError::Internal(other.to_string()),
+        }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -1,0 +1,250 @@
+//! Exported logs: JSON Lines, a header line and then each record's stored bytes verbatim, one a line.
+//! An export verifies on its own, without the store that wrote it, and imports back byte for byte.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, Write};
+
+use serde::{Deserialize, Serialize};
+
+use crate::chain::{ChainWalker, VerifyReport};
+use crate::error::{Result, StoreError};
+use crate::layout::{self, HEAD_KEY};
+use crate::record::{Head, MAX_RECORD_BYTES, PlacementFields};
+use crate::store::EventStore;
+
+/// The `format` a header names.
+pub const FORMAT_NAME: &str = "regent-log";
+/// The newest export format this build reads and the one it writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The first line of an export.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportHeader {
+    pub format: String,
+    pub format_version: u32,
+    /// The build that wrote the export, e.g. `regent 0.1.0`.
+    pub writer: String,
+    /// The head at export time: the file must reach it, so a cut-off copy is caught.
+    pub head: Head,
+}
+
+/// Records written to the store per atomic batch during an import.
+const IMPORT_BATCH: usize = 1024;
+
+impl EventStore {
+    /// Writes the log up to the current head as JSON Lines and returns that head.
+    pub fn export(&self, out: &mut impl Write, writer: &str) -> Result<Head> {
+        let head = self.head();
+        let header =
+            ExportHeader { format: FORMAT_NAME.into(), format_version: FORMAT_VERSION, writer: writer.into(), head };
+        let io = |e| StoreError::Io { path: "export output".into(), source: e };
+        serde_json::to_writer(&mut *out, &header).map_err(|e| io(e.into()))?;
+        out.write_all(b"\n").map_err(io)?;
+        for item in self.raw_records(1) {
+            let (position, bytes) = item?;
+            if position > head.position {
+                break;
+            }
+            out.write_all(&bytes).map_err(io)?;
+            out.write_all(b"\n").map_err(io)?;
+        }
+        out.flush().map_err(io)?;
+        Ok(head)
+    }
+
+    /// Loads an export into this store, which must be empty. The chain is verified as it is read; a
+    /// broken chain, a malformed line or a file that stops short of its header's head leaves the
+    /// store empty again.
+    pub fn import(&self, input: impl BufRead) -> Result<Head> {
+        let mut head_guard = self.writer_for_import()?;
+        match self.import_lines(input) {
+            Ok(head) => {
+                *head_guard = head;
+                Ok(head)
+            }
+            Err(err) => {
+                self.log.clear().map_err(|e| StoreError::from_sled(self.path(), e))?;
+                self.flush()?;
+                Err(err)
+            }
+        }
+    }
+
+    fn import_lines(&self, input: impl BufRead) -> Result<Head> {
+        let sled_err = |e| StoreError::from_sled(self.path(), e);
+        let mut lines = LogLines::new(input);
+        let header = lines.header()?;
+        let mut walker = ChainWalker::new();
+        let mut streams: HashMap<String, u64> = HashMap::new();
+        let mut batch = sled::Batch::default();
+        let mut batch_ids = HashSet::new();
+        while let Some((line_no, bytes)) = lines.next_line()? {
+            let bad = |detail: String| StoreError::BadLogFile { line: line_no, detail };
+            let hash = walker.push(None, &bytes).map_err(StoreError::ChainBroken)?;
+            let placed: PlacementFields =
+                serde_json::from_slice(record_body(&bytes)?).map_err(|e| bad(format!("not a record: {e}")))?;
+            let version = streams.entry(placed.stream.to_string()).or_insert(0);
+            if placed.version != *version + 1 {
+                return Err(bad(format!(
+                    "stream {} jumps from version {} to {}",
+                    placed.stream, version, placed.version
+                )));
+            }
+            *version = placed.version;
+            let event_key = layout::event_key(&placed.event_id);
+            if !batch_ids.insert(placed.event_id) || self.log.contains_key(event_key).map_err(sled_err)? {
+                return Err(bad(format!("event id {} appears twice", placed.event_id)));
+            }
+            batch.insert(&layout::record_key(placed.position), &bytes[..]);
+            batch.insert(layout::stream_key(&placed.stream, placed.version), &layout::encode_u64(placed.position));
+            batch.insert(&event_key, &layout::encode_u64(placed.position));
+            debug_assert_eq!(walker.head().hash, hash);
+            if batch_ids.len() >= IMPORT_BATCH {
+                self.log.apply_batch(std::mem::take(&mut batch)).map_err(sled_err)?;
+                batch_ids.clear();
+            }
+        }
+        let report = walker.finish(None);
+        if report.verified_head != header.head {
+            return Err(StoreError::BadLogFile {
+                line: lines.line_no,
+                detail: format!(
+                    "the file ends at {} but its header names head {}: the copy is incomplete",
+                    report.verified_head, header.head
+                ),
+            });
+        }
+        for (stream, version) in &streams {
+            batch.insert(layout::stream_version_key(stream), &layout::encode_u64(*version));
+        }
+        batch.insert(HEAD_KEY, &layout::encode_head(&report.verified_head)[..]);
+        self.log.apply_batch(batch).map_err(sled_err)?;
+        self.flush()?;
+        Ok(report.verified_head)
+    }
+
+    fn writer_for_import(&self) -> Result<std::sync::MutexGuard<'_, Head>> {
+        let guard = self.lock_writer();
+        if guard.position > 0 {
+            return Err(StoreError::NotEmpty { records: guard.position });
+        }
+        Ok(guard)
+    }
+}
+
+/// Verifies an exported log without any store: the chain, the header's head and, if given, an
+/// anchor kept elsewhere. A malformed line is reported as the failure at its position.
+pub fn verify_export(input: impl BufRead, anchor: Option<Head>) -> Result<(ExportHeader, VerifyReport)> {
+    let mut lines = LogLines::new(input);
+    let header = lines.header()?;
+    let mut walker = ChainWalker::new().with_anchor(header.head);
+    if let Some(anchor) = anchor {
+        walker = walker.with_anchor(anchor);
+    }
+    loop {
+        let expected = walker.head().position + 1;
+        let line = match lines.next_line() {
+            Ok(Some((_, bytes))) => bytes,
+            Ok(None) => break,
+            Err(StoreError::BadLogFile { detail, .. }) => {
+                let failure = crate::chain::ChainFailure {
+                    position: expected,
+                    problem: crate::chain::Problem::Malformed { detail },
+                };
+                return Ok((header, walker.finish(Some(failure))));
+            }
+            Err(other) => return Err(other),
+        };
+        if let Err(failure) = walker.push(None, &line) {
+            return Ok((header, walker.finish(Some(failure))));
+        }
+    }
+    Ok((header, walker.finish(None)))
+}
+
+/// The raw bytes of the `record` object inside a stored line.
+fn record_body(stored: &[u8]) -> Result<&[u8]> {
+    let envelope: crate::record::RawEnvelope = serde_json::from_slice(stored)
+        .map_err(|e| StoreError::Internal(format!("a verified record no longer parses: {e}")))?;
+    Ok(envelope.record.get().as_bytes())
+}
+
+/// Reads an export line by line with a bound on each line, so a huge or hostile file cannot make
+/// the reader hold more than one record in memory.
+struct LogLines<R> {
+    input: R,
+    line_no: u64,
+    buf: Vec<u8>,
+}
+
+impl<R: BufRead> LogLines<R> {
+    fn new(input: R) -> Self {
+        LogLines { input, line_no: 0, buf: Vec::new() }
+    }
+
+    fn header(&mut self) -> Result<ExportHeader> {
+        let Some((line, bytes)) = self.next_line()? else {
+            return Err(StoreError::BadLogFile {
+                line: 1,
+                detail: "the file is empty; it is not a regent log export".into(),
+            });
+        };
+        let not_ours = || StoreError::BadLogFile {
+            line,
+            detail: format!("this is not a regent log export (the first line must be a `{FORMAT_NAME}` header)"),
+        };
+        let header: ExportHeader = serde_json::from_slice(&bytes).map_err(|_| not_ours())?;
+        if header.format != FORMAT_NAME {
+            return Err(not_ours());
+        }
+        if header.format_version > FORMAT_VERSION {
+            return Err(StoreError::BadLogFile {
+                line,
+                detail: format!(
+                    "the export is format version {}, written by {}; this build reads up to version {FORMAT_VERSION}: upgrade regent",
+                    header.format_version, header.writer
+                ),
+            });
+        }
+        Ok(header)
+    }
+
+    /// The next non-empty line without its newline, or None at the end.
+    fn next_line(&mut self) -> Result<Option<(u64, Vec<u8>)>> {
+        loop {
+            self.buf.clear();
+            self.line_no += 1;
+            let line = self.line_no;
+            let read = std::io::Read::take(&mut self.input, MAX_RECORD_BYTES as u64 + 2)
+                .read_until(b'\n', &mut self.buf)
+                .map_err(|e| StoreError::Io { path: "log file".into(), source: e })?;
+            if read == 0 {
+                return Ok(None);
+            }
+            if self.buf.last() == Some(&b'\n') {
+                self.buf.pop();
+                if self.buf.last() == Some(&b'\r') {
+                    self.buf.pop();
+                }
+            } else if self.buf.len() > MAX_RECORD_BYTES {
+                return Err(StoreError::BadLogFile {
+                    line,
+                    detail: format!("the line is longer than {MAX_RECORD_BYTES} bytes; no record is that long"),
+                });
+            }
+            if self.buf.len() > MAX_RECORD_BYTES {
+                return Err(StoreError::BadLogFile {
+                    line,
+                    detail: format!("the line is longer than {MAX_RECORD_BYTES} bytes; no record is that long"),
+                });
+            }
+            if std::str::from_utf8(&self.buf).is_err() {
+                return Err(StoreError::BadLogFile { line, detail: "the line is not valid UTF-8".into() });
+            }
+            if self.buf.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            return Ok(Some((line, std::mem::take(&mut self.buf))));
+        }
+    }
+}

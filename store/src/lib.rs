@@ -1,0 +1,25 @@
+//! regent's event log: append-only, hash-chained, on sled.
+//!
+//! - Every record has a gapless global position, a stream and a version in it, and a hash over the
+//!   previous hash and its own stored bytes ([`record`]).
+//! - Appends are atomic per batch, take an expected version, are idempotent by event id, and return
+//!   only once flushed to disk ([`EventStore::append`]).
+//! - Reads stream ([`EventStore::read_all`], [`EventStore::read_stream`]); verification walks stored
+//!   bytes and names the first bad record ([`EventStore::verify`], [`verify_export`]).
+//! - Projections keep checkpoints, which are only a cache ([`EventStore::save_checkpoint`]).
+//!
+//! This crate knows nothing of registration.
+
+pub mod chain;
+mod error;
+mod export;
+#[doc(hidden)]
+pub mod layout;
+pub mod record;
+mod store;
+
+pub use chain::{ChainFailure, ChainWalker, Problem, VerifyReport};
+pub use error::{ExpectedVersion, Result, StoreError};
+pub use export::{ExportHeader, FORMAT_NAME, FORMAT_VERSION, verify_export};
+pub use record::{Actor, BatchMeta, Digest32, Head, MAX_RECORD_BYTES, NewEvent, Record};
+pub use store::{Appended, Checkpoint, EventStore, MAX_STREAM_ID_BYTES, StoreOptions, new_correlation_id};

@@ -1,0 +1,335 @@
+//! What one record of the log is, how it is written to bytes, and how its hash is computed.
+//!
+//! A stored record is one line of JSON: `{"hash":"<hex>","record":{...}}`. The hash is SHA-256 over the
+//! previous record's hash (32 raw bytes) followed by the exact bytes of the `record` object. Those bytes
+//! are written once, at append, and never re-serialized: verification and export read them as stored.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+/// Largest stored record (envelope included). An export line is one record, so this is also the
+/// longest line an import accepts.
+pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
+
+/// A SHA-256 digest, shown and serialized as 64 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Digest32(pub [u8; 32]);
+
+impl Digest32 {
+    /// The hash a chain starts from: the "previous hash" of the first record.
+    pub const GENESIS: Digest32 = Digest32([0u8; 32]);
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    pub fn from_hex(text: &str) -> Option<Digest32> {
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(text, &mut bytes).ok()?;
+        Some(Digest32(bytes))
+    }
+
+    /// The chain link: SHA-256(previous hash || record bytes).
+    pub fn chain(prev: &Digest32, record_bytes: &[u8]) -> Digest32 {
+        let mut hasher = Sha256::new();
+        hasher.update(prev.0);
+        hasher.update(record_bytes);
+        Digest32(hasher.finalize().into())
+    }
+}
+
+impl fmt::Debug for Digest32 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Display for Digest32 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl Serialize for Digest32 {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut buf = [0u8; 64];
+        // Cannot fail: the buffer is exactly twice the input.
+        hex::encode_to_slice(self.0, &mut buf).map_err(serde::ser::Error::custom)?;
+        serializer.serialize_str(std::str::from_utf8(&buf).map_err(serde::ser::Error::custom)?)
+    }
+}
+
+impl<'de> Deserialize<'de> for Digest32 {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = Cow::<'de, str>::deserialize(deserializer)?;
+        Digest32::from_hex(&text).ok_or_else(|| D::Error::custom("expected 64 hex digits"))
+    }
+}
+
+/// The end of the log: the last record's position and hash. Position 0 with the genesis hash is an
+/// empty log. Kept outside the log (by the vault, by an auditor), it catches a cut-off tail.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Head {
+    pub position: u64,
+    pub hash: Digest32,
+}
+
+impl Head {
+    pub const EMPTY: Head = Head { position: 0, hash: Digest32::GENESIS };
+}
+
+impl fmt::Display for Head {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.position, self.hash)
+    }
+}
+
+impl std::str::FromStr for Head {
+    type Err = String;
+
+    /// Parses `POSITION:HASH`, the form `Display` prints.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (position, hash) =
+            text.split_once(':').ok_or_else(|| "expected POSITION:HASH, e.g. 42:9f86d0…".to_string())?;
+        let position =
+            position.trim().parse::<u64>().map_err(|_| format!("'{position}' is not a position (a whole number)"))?;
+        let hash = Digest32::from_hex(hash.trim()).ok_or_else(|| "the hash must be 64 hex digits".to_string())?;
+        Ok(Head { position, hash })
+    }
+}
+
+/// Who caused a record: the operating-system user and the host.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Actor {
+    pub user: String,
+    pub host: String,
+}
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.user, self.host)
+    }
+}
+
+/// What every event of one batch shares: one command run, by one actor, at one time.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct BatchMeta {
+    pub recorded_at: DateTime<Utc>,
+    pub actor: Actor,
+    pub correlation_id: Uuid,
+}
+
+/// An event to append. The payload is compact JSON, fixed when the event is made, so that the bytes
+/// hashed are the bytes the caller meant.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    pub event_id: Uuid,
+    pub kind: String,
+    pub schema: u32,
+    payload: Box<RawValue>,
+}
+
+impl NewEvent {
+    /// A new event with a fresh UUID v7 id.
+    pub fn new<T: Serialize + ?Sized>(
+        kind: impl Into<String>,
+        schema: u32,
+        payload: &T,
+    ) -> Result<NewEvent, serde_json::Error> {
+        Self::with_id(Uuid::now_v7(), kind, schema, payload)
+    }
+
+    /// An event with a given id: a retried command passes the ids of its first try.
+    pub fn with_id<T: Serialize + ?Sized>(
+        event_id: Uuid,
+        kind: impl Into<String>,
+        schema: u32,
+        payload: &T,
+    ) -> Result<NewEvent, serde_json::Error> {
+        Ok(NewEvent { event_id, kind: kind.into(), schema, payload: serde_json::value::to_raw_value(payload)? })
+    }
+
+    pub fn payload(&self) -> &RawValue {
+        &self.payload
+    }
+}
+
+/// One record as read back from the log.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub position: u64,
+    pub stream: String,
+    pub version: u64,
+    pub event_id: Uuid,
+    pub kind: String,
+    pub schema: u32,
+    pub recorded_at: DateTime<Utc>,
+    pub actor: Actor,
+    pub correlation_id: Uuid,
+    pub prev_hash: Digest32,
+    pub payload: Box<RawValue>,
+    pub hash: Digest32,
+}
+
+impl Record {
+    /// Deserializes the payload into the caller's type.
+    pub fn payload_as<'a, T: Deserialize<'a>>(&'a self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(self.payload.get())
+    }
+}
+
+/// The record object as written: field order here is the byte order on disk.
+#[derive(Serialize)]
+struct RecordOut<'a> {
+    position: u64,
+    stream: &'a str,
+    version: u64,
+    event_id: Uuid,
+    kind: &'a str,
+    schema: u32,
+    recorded_at: String,
+    actor: &'a Actor,
+    correlation_id: Uuid,
+    prev_hash: Digest32,
+    payload: &'a RawValue,
+}
+
+#[derive(Deserialize)]
+struct RecordIn {
+    position: u64,
+    stream: String,
+    version: u64,
+    event_id: Uuid,
+    kind: String,
+    schema: u32,
+    recorded_at: DateTime<Utc>,
+    actor: Actor,
+    correlation_id: Uuid,
+    prev_hash: Digest32,
+    payload: Box<RawValue>,
+}
+
+#[derive(Deserialize)]
+struct EnvelopeIn {
+    hash: Digest32,
+    record: RecordIn,
+}
+
+/// The envelope with the record left as raw bytes, for verification.
+#[derive(Deserialize)]
+pub(crate) struct RawEnvelope<'a> {
+    pub hash: Digest32,
+    #[serde(borrow)]
+    pub record: &'a RawValue,
+}
+
+/// Just the fields the chain checks, read from the record's raw bytes.
+#[derive(Deserialize)]
+pub(crate) struct ChainFields {
+    pub position: u64,
+    pub prev_hash: Digest32,
+}
+
+/// Everything that places a record in its stream, for rebuilding indexes on import.
+#[derive(Deserialize)]
+pub(crate) struct PlacementFields<'a> {
+    pub position: u64,
+    #[serde(borrow)]
+    pub stream: Cow<'a, str>,
+    pub version: u64,
+    pub event_id: Uuid,
+}
+
+/// Writes the stored bytes of one record and returns them with its hash.
+pub(crate) fn encode(
+    position: u64,
+    stream: &str,
+    version: u64,
+    meta: &BatchMeta,
+    event: &NewEvent,
+    prev_hash: &Digest32,
+) -> Result<(Vec<u8>, Digest32), serde_json::Error> {
+    let body = serde_json::to_vec(&RecordOut {
+        position,
+        stream,
+        version,
+        event_id: event.event_id,
+        kind: &event.kind,
+        schema: event.schema,
+        recorded_at: meta.recorded_at.to_rfc3339_opts(SecondsFormat::Micros, true),
+        actor: &meta.actor,
+        correlation_id: meta.correlation_id,
+        prev_hash: *prev_hash,
+        payload: &event.payload,
+    })?;
+    let hash = Digest32::chain(prev_hash, &body);
+    let mut stored = Vec::with_capacity(body.len() + 90);
+    stored.extend_from_slice(b"{\"hash\":\"");
+    stored.extend_from_slice(hash.to_hex().as_bytes());
+    stored.extend_from_slice(b"\",\"record\":");
+    stored.extend_from_slice(&body);
+    stored.push(b'}');
+    Ok((stored, hash))
+}
+
+/// Reads a stored record. This does not check the hash: `verify` does.
+pub fn decode(stored: &[u8]) -> Result<Record, serde_json::Error> {
+    let EnvelopeIn { hash, record: r } = serde_json::from_slice(stored)?;
+    Ok(Record {
+        position: r.position,
+        stream: r.stream,
+        version: r.version,
+        event_id: r.event_id,
+        kind: r.kind,
+        schema: r.schema,
+        recorded_at: r.recorded_at,
+        actor: r.actor,
+        correlation_id: r.correlation_id,
+        prev_hash: r.prev_hash,
+        payload: r.payload,
+        hash,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> BatchMeta {
+        BatchMeta {
+            recorded_at: DateTime::from_timestamp(1_700_000_000, 123_456_000).unwrap_or_default(),
+            actor: Actor { user: "ops".into(), host: "srv1".into() },
+            correlation_id: Uuid::nil(),
+        }
+    }
+
+    #[test]
+    fn encoded_record_decodes_and_its_hash_covers_the_record_bytes() {
+        let event = NewEvent::new("FoldersChosen", 1, &serde_json::json!({"a": "x\ny"})).unwrap();
+        let (stored, hash) = encode(7, "registration", 3, &meta(), &event, &Digest32::GENESIS).unwrap();
+        assert!(!stored.contains(&b'\n'), "a stored record must be one line");
+        let record = decode(&stored).unwrap();
+        assert_eq!(record.position, 7);
+        assert_eq!(record.version, 3);
+        assert_eq!(record.hash, hash);
+        assert_eq!(record.payload.get(), r#"{"a":"x\ny"}"#);
+        let raw: RawEnvelope = serde_json::from_slice(&stored).unwrap();
+        assert_eq!(Digest32::chain(&Digest32::GENESIS, raw.record.get().as_bytes()), hash);
+    }
+
+    #[test]
+    fn head_parses_what_it_prints_and_refuses_garbage() {
+        let head = Head { position: 42, hash: Digest32([0xab; 32]) };
+        assert_eq!(head.to_string().parse::<Head>(), Ok(head));
+        assert!("42".parse::<Head>().is_err());
+        assert!("x:abcd".parse::<Head>().is_err());
+        assert!("3:abcd".parse::<Head>().is_err());
+    }
+}

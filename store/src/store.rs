@@ -1,0 +1,418 @@
+//! The event store: append with an expected version, streaming reads, verify, checkpoints.
+
+use std::collections::HashSet;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::chain::{ChainWalker, VerifyReport};
+use crate::error::{ExpectedVersion, Result, StoreError};
+use crate::layout::{self, HEAD_KEY};
+use crate::record::{self, BatchMeta, Digest32, Head, MAX_RECORD_BYTES, NewEvent, RawEnvelope, Record};
+
+/// How a store is opened.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// How long to wait for another process that holds the store before failing with `Locked`.
+    pub lock_wait: Duration,
+    /// sled's page cache. Its own default is 1 GiB, far too much for a command-line agent.
+    pub cache_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { lock_wait: Duration::from_secs(5), cache_bytes: 16 * 1024 * 1024 }
+    }
+}
+
+/// What an append did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Appended {
+    pub first_position: u64,
+    pub last_position: u64,
+    /// The stream's version after the batch (the last event's version).
+    pub stream_version: u64,
+    /// True when every event id was already stored: nothing was written.
+    pub already_stored: bool,
+    pub head: Head,
+}
+
+/// A projection's saved place: the head it had folded up to, and its state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub head: Head,
+    pub state: Vec<u8>,
+}
+
+/// The longest stream id accepted.
+pub const MAX_STREAM_ID_BYTES: usize = 256;
+
+/// An append-only, hash-chained event log on sled. Share it between threads by reference or `Arc`.
+pub struct EventStore {
+    path: PathBuf,
+    db: sled::Db,
+    pub(crate) log: sled::Tree,
+    checkpoints: sled::Tree,
+    /// Appends take this lock to extend the chain; the flush to disk happens after it is released, so
+    /// concurrent appenders share one fsync.
+    writer: Mutex<Head>,
+}
+
+impl std::fmt::Debug for EventStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventStore").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl EventStore {
+    pub fn open(path: impl AsRef<Path>, options: &StoreOptions) -> Result<EventStore> {
+        Self::open_with_notice(path, options, |_| {})
+    }
+
+    /// Opens the store, calling `on_wait` once if another process holds it and we start waiting.
+    pub fn open_with_notice(
+        path: impl AsRef<Path>,
+        options: &StoreOptions,
+        mut on_wait: impl FnMut(Duration),
+    ) -> Result<EventStore> {
+        let path = path.as_ref();
+        if path.exists() && !path.is_dir() {
+            return Err(StoreError::NotADirectory { path: path.to_path_buf() });
+        }
+        let started = Instant::now();
+        let mut told = false;
+        let db = loop {
+            let config =
+                sled::Config::new().path(path).cache_capacity(options.cache_bytes).mode(sled::Mode::HighThroughput);
+            // sled panics on some damaged files instead of returning an error; a damaged store must
+            // be a typed error, never a crash.
+            match catch_unwind(AssertUnwindSafe(|| config.open())) {
+                Ok(Ok(db)) => break db,
+                Ok(Err(sled::Error::Io(e))) if e.to_string().contains("could not acquire lock") => {
+                    let waited = started.elapsed();
+                    if waited >= options.lock_wait {
+                        return Err(StoreError::Locked { path: path.to_path_buf(), waited });
+                    }
+                    if !told {
+                        on_wait(options.lock_wait);
+                        told = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(50).min(options.lock_wait - waited));
+                }
+                Ok(Err(e)) => return Err(StoreError::from_sled(path, e)),
+                Err(panic) => {
+                    return Err(StoreError::Corrupt { path: path.to_path_buf(), detail: panic_text(&panic) });
+                }
+            }
+        };
+        let open_tree = |name: &str| db.open_tree(name).map_err(|e| StoreError::from_sled(path, e));
+        let log = open_tree(layout::LOG_TREE)?;
+        let checkpoints = open_tree(layout::CHECKPOINT_TREE)?;
+        let head = read_head(path, &log)?;
+        Ok(EventStore { path: path.to_path_buf(), db, log, checkpoints, writer: Mutex::new(head) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The last record's position and hash.
+    pub fn head(&self) -> Head {
+        *self.lock_writer()
+    }
+
+    /// How many records the log holds (positions are gapless from 1).
+    pub fn len(&self) -> u64 {
+        self.head().position
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The version of a stream's last event; 0 when the stream does not exist.
+    pub fn stream_version(&self, stream: &str) -> Result<u64> {
+        let value = self.log.get(layout::stream_version_key(stream)).map_err(|e| self.sled_err(e))?;
+        match value {
+            None => Ok(0),
+            Some(bytes) => layout::decode_u64(&bytes).ok_or_else(|| self.corrupt("a stream version is not 8 bytes")),
+        }
+    }
+
+    /// Appends a batch to one stream, atomically, if the stream is at `expected`. Returns after the
+    /// batch is on disk. Sending a batch whose event ids are all stored already writes nothing and
+    /// reports where they are, so a retried command never writes twice.
+    pub fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        meta: &BatchMeta,
+        events: &[NewEvent],
+    ) -> Result<Appended> {
+        validate_batch(stream, events)?;
+        let mut head = self.lock_writer();
+        if let Some(done) = self.already_stored(stream, events, *head)? {
+            return Ok(done);
+        }
+        let actual = self.stream_version(stream)?;
+        let matches = match expected {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => actual == 0,
+            ExpectedVersion::Exact(v) => actual == v,
+        };
+        if !matches {
+            return Err(StoreError::Conflict { stream: stream.to_string(), expected, actual });
+        }
+        let mut batch = sled::Batch::default();
+        let mut new_head = *head;
+        let mut version = actual;
+        for event in events {
+            let position = new_head.position + 1;
+            version += 1;
+            let (stored, hash) = record::encode(position, stream, version, meta, event, &new_head.hash)
+                .map_err(|e| StoreError::InvalidBatch(format!("event {} cannot be written: {e}", event.event_id)))?;
+            if stored.len() > MAX_RECORD_BYTES {
+                return Err(StoreError::InvalidBatch(format!(
+                    "event {} is {} bytes written out; the limit is {MAX_RECORD_BYTES}",
+                    event.event_id,
+                    stored.len()
+                )));
+            }
+            batch.insert(&layout::record_key(position), stored);
+            batch.insert(layout::stream_key(stream, version), &layout::encode_u64(position));
+            batch.insert(&layout::event_key(&event.event_id), &layout::encode_u64(position));
+            new_head = Head { position, hash };
+        }
+        batch.insert(layout::stream_version_key(stream), &layout::encode_u64(version));
+        batch.insert(HEAD_KEY, &layout::encode_head(&new_head)[..]);
+        self.log.apply_batch(batch).map_err(|e| self.sled_err(e))?;
+        let first_position = head.position + 1;
+        *head = new_head;
+        drop(head);
+        self.flush()?;
+        Ok(Appended {
+            first_position,
+            last_position: new_head.position,
+            stream_version: version,
+            already_stored: false,
+            head: new_head,
+        })
+    }
+
+    /// Makes everything appended so far durable.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush().map(|_| ()).map_err(|e| self.sled_err(e))
+    }
+
+    /// Every record from `from_position` on, oldest first, read lazily.
+    pub fn read_all(&self, from_position: u64) -> impl Iterator<Item = Result<Record>> + 'static {
+        let path = self.path.clone();
+        self.raw_records(from_position).map(move |item| {
+            let (position, bytes) = item?;
+            record::decode(&bytes).map_err(|e| StoreError::Corrupt {
+                path: path.clone(),
+                detail: format!("record {position} cannot be read: {e}"),
+            })
+        })
+    }
+
+    /// One stream's records from `from_version` on, oldest first, read lazily.
+    pub fn read_stream(&self, stream: &str, from_version: u64) -> impl Iterator<Item = Result<Record>> + 'static {
+        let log = self.log.clone();
+        let path = self.path.clone();
+        let range = layout::stream_key(stream, from_version)..=layout::stream_key(stream, u64::MAX);
+        self.log.range(range).map(move |item| {
+            let corrupt = |detail: String| StoreError::Corrupt { path: path.clone(), detail };
+            let (_, position) = item.map_err(|e| StoreError::from_sled(&path, e))?;
+            let position =
+                layout::decode_u64(&position).ok_or_else(|| corrupt("a stream index entry is not 8 bytes".into()))?;
+            let bytes = log
+                .get(layout::record_key(position))
+                .map_err(|e| StoreError::from_sled(&path, e))?
+                .ok_or_else(|| corrupt(format!("the stream index names record {position}, which is missing")))?;
+            record::decode(&bytes).map_err(|e| corrupt(format!("record {position} cannot be read: {e}")))
+        })
+    }
+
+    /// The stored bytes of every record from `from_position` on, with the position they are stored at.
+    pub fn raw_records(&self, from_position: u64) -> impl Iterator<Item = Result<(u64, sled::IVec)>> + 'static {
+        let path = self.path.clone();
+        let range = layout::record_key(from_position)..=layout::record_key(u64::MAX);
+        self.log.range(range).map(move |item| {
+            let (key, value) = item.map_err(|e| StoreError::from_sled(&path, e))?;
+            let position = layout::position_of_record_key(&key).ok_or_else(|| StoreError::Corrupt {
+                path: path.clone(),
+                detail: "a record key is malformed".into(),
+            })?;
+            Ok((position, value))
+        })
+    }
+
+    /// Walks the whole chain over the stored bytes. The store's own head is always checked (a record
+    /// missing at the end is caught); `anchor` adds a head kept elsewhere, which catches a tail cut
+    /// off together with the stored head.
+    pub fn verify(&self, anchor: Option<Head>) -> Result<VerifyReport> {
+        let mut walker = ChainWalker::new().with_anchor(self.head());
+        if let Some(anchor) = anchor {
+            walker = walker.with_anchor(anchor);
+        }
+        for item in self.raw_records(0) {
+            let (position, bytes) = item?;
+            if let Err(failure) = walker.push(Some(position), &bytes) {
+                return Ok(walker.finish(Some(failure)));
+            }
+        }
+        Ok(walker.finish(None))
+    }
+
+    /// Saves a projection's checkpoint. It is a cache: losing it only costs a rebuild.
+    pub fn save_checkpoint(&self, name: &str, head: Head, state: &[u8]) -> Result<()> {
+        let mut value = Vec::with_capacity(40 + state.len());
+        value.extend_from_slice(&layout::encode_head(&head));
+        value.extend_from_slice(state);
+        self.checkpoints.insert(name.as_bytes(), value).map_err(|e| self.sled_err(e))?;
+        Ok(())
+    }
+
+    /// Loads a checkpoint if it still matches the log: the record at its position must have the hash
+    /// it was taken at. Otherwise (another log was imported, the log is shorter) it is ignored.
+    pub fn load_checkpoint(&self, name: &str) -> Result<Option<Checkpoint>> {
+        let Some(value) = self.checkpoints.get(name.as_bytes()).map_err(|e| self.sled_err(e))? else {
+            return Ok(None);
+        };
+        let Some(head) = layout::decode_head(&value) else {
+            return Ok(None);
+        };
+        if head != Head::EMPTY && self.hash_at(head.position)? != Some(head.hash) {
+            return Ok(None);
+        }
+        Ok(Some(Checkpoint { head, state: value[40..].to_vec() }))
+    }
+
+    pub fn delete_checkpoint(&self, name: &str) -> Result<()> {
+        self.checkpoints.remove(name.as_bytes()).map(|_| ()).map_err(|e| self.sled_err(e))
+    }
+
+    /// The stored hash of the record at `position`, if there is one.
+    pub fn hash_at(&self, position: u64) -> Result<Option<Digest32>> {
+        let Some(bytes) = self.log.get(layout::record_key(position)).map_err(|e| self.sled_err(e))? else {
+            return Ok(None);
+        };
+        let envelope: RawEnvelope = serde_json::from_slice(&bytes)
+            .map_err(|e| self.corrupt(&format!("record {position} cannot be read: {e}")))?;
+        Ok(Some(envelope.hash))
+    }
+
+    /// If every event id of the batch is stored already, where; if some are, a conflict.
+    fn already_stored(&self, stream: &str, events: &[NewEvent], head: Head) -> Result<Option<Appended>> {
+        let mut found = Vec::new();
+        for event in events {
+            if let Some(position) = self.log.get(layout::event_key(&event.event_id)).map_err(|e| self.sled_err(e))? {
+                let position =
+                    layout::decode_u64(&position).ok_or_else(|| self.corrupt("an event index entry is not 8 bytes"))?;
+                found.push((event.event_id, position));
+            }
+        }
+        let Some(&(first_id, first_position)) = found.first() else {
+            return Ok(None);
+        };
+        if found.len() < events.len() {
+            return Err(StoreError::PartlyStored {
+                stored: found.len(),
+                new: events.len() - found.len(),
+                first_stored: first_id,
+            });
+        }
+        let last_position = found.iter().map(|(_, p)| *p).max().unwrap_or(first_position);
+        let last = self
+            .read_all(last_position)
+            .next()
+            .transpose()?
+            .ok_or_else(|| self.corrupt("the event index names a missing record"))?;
+        if last.stream != stream {
+            return Err(StoreError::StoredElsewhere {
+                event_id: last.event_id,
+                stored_in: last.stream,
+                requested: stream.to_string(),
+            });
+        }
+        let first_position = found.iter().map(|(_, p)| *p).min().unwrap_or(first_position);
+        Ok(Some(Appended { first_position, last_position, stream_version: last.version, already_stored: true, head }))
+    }
+
+    pub(crate) fn lock_writer(&self) -> MutexGuard<'_, Head> {
+        // A panic while holding the lock cannot leave a half-written batch (apply_batch is atomic),
+        // so the head inside is still right.
+        self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn sled_err(&self, err: sled::Error) -> StoreError {
+        StoreError::from_sled(&self.path, err)
+    }
+
+    fn corrupt(&self, detail: &str) -> StoreError {
+        StoreError::Corrupt { path: self.path.clone(), detail: detail.to_string() }
+    }
+}
+
+/// Reads the head and checks it against the last record key, so a store whose head and records
+/// disagree is reported at open rather than extended.
+fn read_head(path: &Path, log: &sled::Tree) -> Result<Head> {
+    let corrupt = |detail: String| StoreError::Corrupt { path: path.to_path_buf(), detail };
+    let stored = log.get(HEAD_KEY).map_err(|e| StoreError::from_sled(path, e))?;
+    let last_key = log
+        .range(layout::record_key(0)..=layout::record_key(u64::MAX))
+        .next_back()
+        .transpose()
+        .map_err(|e| StoreError::from_sled(path, e))?;
+    let last_position = last_key.as_ref().and_then(|(k, _)| layout::position_of_record_key(k)).unwrap_or(0);
+    let head = match stored {
+        None => Head::EMPTY,
+        Some(bytes) => layout::decode_head(&bytes).ok_or_else(|| corrupt("the head entry is malformed".into()))?,
+    };
+    if head.position != last_position {
+        return Err(corrupt(format!(
+            "the head says position {} but the last record is at {last_position}; run `audit verify` to locate the damage",
+            head.position
+        )));
+    }
+    Ok(head)
+}
+
+fn validate_batch(stream: &str, events: &[NewEvent]) -> Result<()> {
+    if events.is_empty() {
+        return Err(StoreError::InvalidBatch("a batch needs at least one event".into()));
+    }
+    if stream.is_empty() || stream.len() > MAX_STREAM_ID_BYTES || stream.chars().any(char::is_control) {
+        return Err(StoreError::InvalidBatch(format!(
+            "a stream id is 1 to {MAX_STREAM_ID_BYTES} bytes without control characters"
+        )));
+    }
+    let mut ids = HashSet::with_capacity(events.len());
+    for event in events {
+        if !ids.insert(event.event_id) {
+            return Err(StoreError::InvalidBatch(format!("event id {} appears twice in the batch", event.event_id)));
+        }
+        if event.kind.is_empty() {
+            return Err(StoreError::InvalidBatch(format!("event {} has no kind", event.event_id)));
+        }
+    }
+    Ok(())
+}
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "sled could not open it".into())
+}
+
+/// A fresh correlation id for one command run.
+pub fn new_correlation_id() -> Uuid {
+    Uuid::now_v7()
+}
