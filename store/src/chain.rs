@@ -24,6 +24,8 @@ pub enum Problem {
     PositionMismatch { stored_at: u64, claims: u64 },
     /// The chain ends before the head it was checked against: its tail was cut off.
     Truncated { last: u64, expected_head: u64 },
+    /// Records follow the position the store's head names: the head was rewritten.
+    PastHead { head: u64, last: u64 },
     /// The record at the head's position is not the one the head names.
     HeadMismatch { expected: Digest32, found: Digest32 },
 }
@@ -54,6 +56,9 @@ impl fmt::Display for Problem {
                 f,
                 "truncated: the log ends at position {last} but the head to check against is at {expected_head}"
             ),
+            Problem::PastHead { head, last } => {
+                write!(f, "the store's head names position {head} but records go on to {last}: the head was rewritten")
+            }
             Problem::HeadMismatch { expected, found } => write!(
                 f,
                 "head mismatch: the head names hash {}… but the record there hashes to {}…",

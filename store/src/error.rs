@@ -80,6 +80,7 @@ impl StoreError {
             sled::Error::Corruption { at, .. } => {
                 StoreError::Corrupt { path, detail: format!("sled reports corruption at {at:?}") }
             }
+            sled::Error::Unsupported(detail) => StoreError::Corrupt { path, detail },
             other => StoreError::Internal(other.to_string()),
         }
     }

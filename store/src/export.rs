@@ -60,6 +60,8 @@ impl EventStore {
         match self.import_lines(input) {
             Ok(head) => {
                 *head_guard = head;
+                drop(head_guard);
+                self.note_durable(head);
                 Ok(head)
             }
             Err(err) => {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::chain::{ChainWalker, VerifyReport};
+use crate::chain::{ChainFailure, ChainWalker, Problem, VerifyReport};
 use crate::error::{ExpectedVersion, Result, StoreError};
 use crate::layout::{self, HEAD_KEY};
 use crate::record::{self, BatchMeta, Digest32, Head, MAX_RECORD_BYTES, NewEvent, RawEnvelope, Record};
@@ -60,6 +60,11 @@ pub struct EventStore {
     /// Appends take this lock to extend the chain; the flush to disk happens after it is released, so
     /// concurrent appenders share one fsync.
     writer: Mutex<Head>,
+    /// Set when the head and the records disagree at open: reads and verify still work (so the
+    /// damage can be located), appends are refused.
+    damage: Option<String>,
+    /// The last head known durable, also kept in a side file (see `durable_head_file`).
+    durable: Mutex<DurableHeadFile>,
 }
 
 impl std::fmt::Debug for EventStore {
@@ -112,8 +117,28 @@ impl EventStore {
         let open_tree = |name: &str| db.open_tree(name).map_err(|e| StoreError::from_sled(path, e));
         let log = open_tree(layout::LOG_TREE)?;
         let checkpoints = open_tree(layout::CHECKPOINT_TREE)?;
-        let head = read_head(path, &log)?;
-        Ok(EventStore { path: path.to_path_buf(), db, log, checkpoints, writer: Mutex::new(head) })
+        let (head, mut damage) = read_head(path, &log)?;
+        let durable = DurableHeadFile::open(path)?;
+        if damage.is_none() {
+            damage = durable.check(head, |position| hash_at(path, &log, position));
+        }
+        if let Some(damage) = &damage {
+            tracing::warn!(path = %path.display(), %damage, "the store is damaged; appends are refused");
+        }
+        Ok(EventStore {
+            path: path.to_path_buf(),
+            db,
+            log,
+            checkpoints,
+            writer: Mutex::new(head),
+            damage,
+            durable: Mutex::new(durable),
+        })
+    }
+
+    /// What is wrong with the store, if it was found damaged at open.
+    pub fn damage(&self) -> Option<&str> {
+        self.damage.as_deref()
     }
 
     pub fn path(&self) -> &Path {
@@ -154,6 +179,9 @@ impl EventStore {
         events: &[NewEvent],
     ) -> Result<Appended> {
         validate_batch(stream, events)?;
+        if let Some(damage) = &self.damage {
+            return Err(self.corrupt(damage));
+        }
         let mut head = self.lock_writer();
         if let Some(done) = self.already_stored(stream, events, *head)? {
             return Ok(done);
@@ -194,6 +222,7 @@ impl EventStore {
         *head = new_head;
         drop(head);
         self.flush()?;
+        self.note_durable(new_head);
         Ok(Appended {
             first_position,
             last_position: new_head.position,
@@ -206,6 +235,15 @@ impl EventStore {
     /// Makes everything appended so far durable.
     pub fn flush(&self) -> Result<()> {
         self.db.flush().map(|_| ()).map_err(|e| self.sled_err(e))
+    }
+
+    /// Records that everything up to `head` is on disk, so that a store that later opens shorter is
+    /// known to have lost records. Called only after a successful flush.
+    pub(crate) fn note_durable(&self, head: Head) {
+        let mut file = self.durable.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Err(e) = file.advance(head) {
+            tracing::warn!(path = %self.path.display(), error = %e, "could not record the durable head");
+        }
     }
 
     /// Every record from `from_position` on, oldest first, read lazily.
@@ -252,12 +290,13 @@ impl EventStore {
         })
     }
 
-    /// Walks the whole chain over the stored bytes. The store's own head is always checked (a record
-    /// missing at the end is caught); `anchor` adds a head kept elsewhere, which catches a tail cut
+    /// Walks the whole chain over the stored bytes. The store's own head and the head last known
+    /// durable are always checked (records missing at the end are caught); `anchor` adds a head kept elsewhere, which catches a tail cut
     /// off together with the stored head.
     pub fn verify(&self, anchor: Option<Head>) -> Result<VerifyReport> {
         let mut walker = ChainWalker::new().with_anchor(self.head());
-        if let Some(anchor) = anchor {
+        let durable = self.durable.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).written;
+        for anchor in durable.into_iter().chain(anchor) {
             walker = walker.with_anchor(anchor);
         }
         for item in self.raw_records(0) {
@@ -266,7 +305,13 @@ impl EventStore {
                 return Ok(walker.finish(Some(failure)));
             }
         }
-        Ok(walker.finish(None))
+        let head = self.head();
+        let walked = walker.head();
+        let past_head = (walked.position > head.position).then(|| ChainFailure {
+            position: head.position + 1,
+            problem: Problem::PastHead { head: head.position, last: walked.position },
+        });
+        Ok(walker.finish(past_head))
     }
 
     /// Saves a projection's checkpoint. It is a cache: losing it only costs a rebuild.
@@ -299,12 +344,7 @@ impl EventStore {
 
     /// The stored hash of the record at `position`, if there is one.
     pub fn hash_at(&self, position: u64) -> Result<Option<Digest32>> {
-        let Some(bytes) = self.log.get(layout::record_key(position)).map_err(|e| self.sled_err(e))? else {
-            return Ok(None);
-        };
-        let envelope: RawEnvelope = serde_json::from_slice(&bytes)
-            .map_err(|e| self.corrupt(&format!("record {position} cannot be read: {e}")))?;
-        Ok(Some(envelope.hash))
+        hash_at(&self.path, &self.log, position)
     }
 
     /// If every event id of the batch is stored already, where; if some are, a conflict.
@@ -360,8 +400,8 @@ impl EventStore {
 }
 
 /// Reads the head and checks it against the last record key, so a store whose head and records
-/// disagree is reported at open rather than extended.
-fn read_head(path: &Path, log: &sled::Tree) -> Result<Head> {
+/// disagree is reported at open rather than extended. Returns the head and what is wrong, if anything.
+fn read_head(path: &Path, log: &sled::Tree) -> Result<(Head, Option<String>)> {
     let corrupt = |detail: String| StoreError::Corrupt { path: path.to_path_buf(), detail };
     let stored = log.get(HEAD_KEY).map_err(|e| StoreError::from_sled(path, e))?;
     let last_key = log
@@ -374,13 +414,81 @@ fn read_head(path: &Path, log: &sled::Tree) -> Result<Head> {
         None => Head::EMPTY,
         Some(bytes) => layout::decode_head(&bytes).ok_or_else(|| corrupt("the head entry is malformed".into()))?,
     };
-    if head.position != last_position {
-        return Err(corrupt(format!(
-            "the head says position {} but the last record is at {last_position}; run `audit verify` to locate the damage",
+    let damage = (head.position != last_position).then(|| {
+        format!(
+            "the head says position {} but the last record is at {last_position}; run `regent audit verify` to locate the damage",
             head.position
-        )));
+        )
+    });
+    Ok((head, damage))
+}
+
+fn hash_at(path: &Path, log: &sled::Tree, position: u64) -> Result<Option<Digest32>> {
+    let Some(bytes) = log.get(layout::record_key(position)).map_err(|e| StoreError::from_sled(path, e))? else {
+        return Ok(None);
+    };
+    let envelope: RawEnvelope = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+        path: path.to_path_buf(),
+        detail: format!("record {position} cannot be read: {e}"),
+    })?;
+    Ok(Some(envelope.hash))
+}
+
+/// The last head known to be on disk, kept in a small file beside sled's. sled recovers a damaged
+/// log by keeping its longest readable prefix, silently; this file is how a store that lost
+/// acknowledged records finds out. It is written with a plain write after sled's flush, never
+/// fsynced itself: it can lag the log after a power cut, but never run ahead of it.
+struct DurableHeadFile {
+    file: std::fs::File,
+    written: Option<Head>,
+}
+
+const DURABLE_HEAD_FILE: &str = "regent-durable-head";
+
+impl DurableHeadFile {
+    fn open(dir: &Path) -> Result<DurableHeadFile> {
+        let path = dir.join(DURABLE_HEAD_FILE);
+        let io = |source| StoreError::Io { path: path.clone(), source };
+        let mut file =
+            std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
+        let mut text = String::new();
+        // An unreadable or garbled file only loses this check; it never stops the store.
+        let written = std::io::Read::read_to_string(&mut file, &mut text)
+            .ok()
+            .and_then(|_| text.lines().next()?.trim().parse::<Head>().ok());
+        Ok(DurableHeadFile { file, written })
     }
-    Ok(head)
+
+    /// What is wrong if the log does not reach, or does not contain, the head last known durable.
+    fn check(&self, head: Head, hash_at: impl Fn(u64) -> Result<Option<Digest32>>) -> Option<String> {
+        let durable = self.written?;
+        if durable.position > head.position {
+            return Some(format!(
+                "the store ends at record {} but records up to {} were written to disk before: records were lost; restore the store from an export",
+                head.position, durable.position
+            ));
+        }
+        match hash_at(durable.position) {
+            Ok(Some(hash)) if hash == durable.hash => None,
+            Ok(None) if durable.position == 0 => None,
+            _ => Some(format!(
+                "record {} is not the one written to disk before; the store was altered or replaced; run `regent audit verify`",
+                durable.position
+            )),
+        }
+    }
+
+    fn advance(&mut self, head: Head) -> std::io::Result<()> {
+        if self.written.is_some_and(|written| written.position >= head.position) {
+            return Ok(());
+        }
+        use std::os::unix::fs::FileExt;
+        // Fixed length, written in place: a torn write leaves a line that does not parse, not a wrong head.
+        let line = format!("{head}\n");
+        self.file.write_all_at(line.as_bytes(), 0)?;
+        self.written = Some(head);
+        Ok(())
+    }
 }
 
 fn validate_batch(stream: &str, events: &[NewEvent]) -> Result<()> {

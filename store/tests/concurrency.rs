@@ -1,0 +1,80 @@
+//! Threads racing to append at the same expected version: one wins each version.
+
+mod common;
+
+use common::{event, meta, open};
+use regent_store::{ExpectedVersion, StoreError};
+use std::sync::{Arc, Barrier};
+
+#[test]
+fn racing_appenders_each_version_has_exactly_one_winner_and_nothing_is_lost() {
+    const THREADS: u64 = 8;
+    const VERSIONS: u64 = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(dir.path()));
+    let barrier = Arc::new(Barrier::new(THREADS as usize));
+    let handles: Vec<_> = (0..THREADS)
+        .map(|thread| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let mut wins = Vec::new();
+                let mut conflicts = 0;
+                for version in 0..VERSIONS {
+                    barrier.wait();
+                    let mine = event(thread * 1000 + version);
+                    match store.append("race", ExpectedVersion::Exact(version), &meta(), &[mine]) {
+                        Ok(done) => wins.push((done.stream_version, thread * 1000 + version)),
+                        Err(StoreError::Conflict { actual, .. }) => {
+                            assert_eq!(actual, version + 1, "a loser sees the winner's version");
+                            conflicts += 1;
+                        }
+                        Err(other) => panic!("unexpected error: {other:?}"),
+                    }
+                    barrier.wait();
+                }
+                (wins, conflicts)
+            })
+        })
+        .collect();
+    let mut wins = Vec::new();
+    let mut conflicts = 0;
+    for handle in handles {
+        let (w, c) = handle.join().unwrap();
+        wins.extend(w);
+        conflicts += c;
+    }
+    wins.sort();
+    assert_eq!(wins.len() as u64, VERSIONS, "exactly one winner per version");
+    assert_eq!(conflicts, (THREADS - 1) * VERSIONS);
+    assert_eq!(wins.iter().map(|(v, _)| *v).collect::<Vec<_>>(), (1..=VERSIONS).collect::<Vec<_>>());
+    let stored: Vec<u64> = store.read_stream("race", 1).map(|r| common::n_of(&r.unwrap())).collect();
+    assert_eq!(stored, wins.iter().map(|(_, n)| *n).collect::<Vec<_>>(), "the winners are what is stored");
+    assert!(store.verify(None).unwrap().is_ok());
+}
+
+#[test]
+fn concurrent_appends_to_any_version_all_land_with_gapless_positions() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(dir.path()));
+    let handles: Vec<_> = (0..6u64)
+        .map(|thread| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    let stream = format!("s{}", thread % 3);
+                    store.append(&stream, ExpectedVersion::Any, &meta(), &[event(thread * 100 + i)]).unwrap();
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.join().unwrap();
+    }
+    let positions: Vec<u64> = store.read_all(1).map(|r| r.unwrap().position).collect();
+    assert_eq!(positions, (1..=300).collect::<Vec<_>>());
+    for stream in ["s0", "s1", "s2"] {
+        let versions: Vec<u64> = store.read_stream(stream, 1).map(|r| r.unwrap().version).collect();
+        assert_eq!(versions, (1..=100).collect::<Vec<_>>());
+    }
+    assert!(store.verify(None).unwrap().is_ok());
+}

@@ -1,0 +1,3 @@
+//! End-to-end tests: the real `regent` binary on a real store in a temp dir.
+
+mod audit;
