@@ -91,8 +91,14 @@ impl EventStore {
         let started = Instant::now();
         let mut told = false;
         let db = loop {
-            let config =
-                sled::Config::new().path(path).cache_capacity(options.cache_bytes).mode(sled::Mode::HighThroughput);
+            // Appends flush themselves; without the periodic flusher thread, which would keep the
+            // database (and its file lock) alive for a moment after the store is dropped, dropping
+            // the store releases the lock at once.
+            let config = sled::Config::new()
+                .path(path)
+                .cache_capacity(options.cache_bytes)
+                .mode(sled::Mode::HighThroughput)
+                .flush_every_ms(None);
             // sled panics on some damaged files instead of returning an error; a damaged store must
             // be a typed error, never a crash.
             match catch_unwind(AssertUnwindSafe(|| config.open())) {

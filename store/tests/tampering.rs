@@ -20,7 +20,7 @@ fn build(dir: &Path) -> Head {
 
 /// Opens the store's sled directly and lets the test change it.
 fn tamper(dir: &Path, change: impl FnOnce(&sled::Tree)) {
-    let db = sled::open(dir).unwrap();
+    let db = common::open_raw_sled(dir);
     let tree = db.open_tree(layout::LOG_TREE).unwrap();
     change(&tree);
     db.flush().unwrap();
@@ -123,17 +123,34 @@ fn a_recomputed_hash_still_breaks_the_link_to_the_next_record() {
     assert!(matches!(failure.problem, Problem::BrokenLink { .. }), "{failure}");
 }
 
-#[test]
-fn a_cut_tail_with_a_rewritten_head_verifies_alone_but_not_against_the_old_head() {
-    let dir = tempfile::tempdir().unwrap();
-    let old_head = build(dir.path());
-    tamper(dir.path(), |tree| {
+/// Cuts records 8..=10 and rewrites the stored head to 7, as someone hiding the cut would.
+fn cut_tail_and_rewrite_head(dir: &Path) {
+    tamper(dir, |tree| {
         let seven = regent_store::record::decode(&stored(tree, 7)).unwrap();
         for position in 8..=10 {
             tree.remove(layout::record_key(position)).unwrap();
         }
         tree.insert(HEAD_KEY, &layout::encode_head(&Head { position: 7, hash: seven.hash })[..]).unwrap();
     });
+}
+
+#[test]
+fn a_cut_tail_with_a_rewritten_head_is_caught_by_the_durable_head() {
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path());
+    cut_tail_and_rewrite_head(dir.path());
+    let store = open(dir.path());
+    assert!(store.damage().unwrap().contains("records were lost"), "{:?}", store.damage());
+    let failure = store.verify(None).unwrap().failure.unwrap();
+    assert_eq!((failure.position, failure.problem), (8, Problem::Truncated { last: 7, expected_head: 10 }));
+}
+
+#[test]
+fn a_cut_tail_hidden_everywhere_in_the_store_is_caught_only_against_a_head_kept_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let old_head = build(dir.path());
+    cut_tail_and_rewrite_head(dir.path());
+    std::fs::remove_file(dir.path().join("regent-durable-head")).unwrap();
     assert_eq!(verify(dir.path(), None).failure, None, "a chain alone cannot show a cut tail");
     let report = verify(dir.path(), Some(old_head));
     let failure = report.failure.unwrap();

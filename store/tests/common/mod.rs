@@ -35,3 +35,20 @@ pub fn open(dir: &Path) -> EventStore {
 pub fn n_of(record: &regent_store::Record) -> u64 {
     record.payload_as::<serde_json::Value>().unwrap()["n"].as_u64().unwrap()
 }
+
+/// Opens the store's sled directly (to alter it, as someone with disk access would). sled's
+/// background threads can hold the file lock for a moment after a store is dropped, so wait for it
+/// as the store itself does.
+pub fn open_raw_sled(dir: &Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match sled::open(dir) {
+            Ok(db) => return db,
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                assert!(std::time::Instant::now() < deadline, "the store stayed locked: {e}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("cannot open the store's sled: {e}"),
+        }
+    }
+}
