@@ -1,7 +1,26 @@
-//! regent's registration engine: commands, events, the rules that decide, the state they evolve,
-//! and the projections rebuilt from the log. Built on `regent-store`; does no I/O of its own.
+//! regent's registration engine.
 //!
-//! Not built yet: this crate is the subject of the engine issue. It exists so the workspace has
-//! its final shape from the start.
+//! - [`model`]: what is recorded: command, observations, outcome ([`model::StepRecord`]).
+//! - [`decide()`]: the rules, pure. [`state::State::evolve`]: folding outcomes into state.
+//! - [`ports`]: the engine's only ways to reach the world (clock, folders, files, randomness,
+//!   sealed secrets, the vault). What they return is recorded, so replay needs no world.
+//! - [`service::Registrar`]: runs a command against the store: precheck, observe, decide, append.
+//! - [`projections`]: status, Change Properties and the audit trail, rebuilt from the log.
+//! - [`events`]: decoding recorded steps, upcasting old schema versions.
 
+pub mod decide;
+pub mod events;
+pub mod model;
+pub mod ports;
+pub mod projections;
+pub mod reason;
+pub mod replay;
+
+pub mod service;
+pub mod state;
+pub mod units;
+
+pub use decide::{decide, precheck};
+pub use reason::{Reason, Step};
 pub use regent_store as store;
+pub use state::{Phase, State};

@@ -1,0 +1,549 @@
+//! The rules: `decide(state, command, observations) -> outcome`. Pure: everything it needs from
+//! the world arrives in `Observations`, which the outcome's event records.
+
+use std::net::IpAddr;
+use std::path::{Component, Path, PathBuf};
+
+use chrono::{DateTime, Duration, Utc};
+
+use crate::model::{
+    Change, Command, CredentialFacts, CredentialsObserved, Encryption, FolderFacts, Folders, LoadedCredentials,
+    Observations, Outcome, PassphraseObserved, PassphraseOrigin, PinAnswer, Proxy, Refusal, Registration, SecretKind,
+    Throttling, UnreadableKind, Unsealable, VaultAnswer,
+};
+use crate::reason::{Reason, Step};
+use crate::state::State;
+use crate::units::{format_bytes, format_rate};
+
+/// Share of the declared backup size the scratch filesystem must have free, in percent.
+pub const SCRATCH_FREE_PERCENT: u64 = 5;
+pub const MIN_PASSPHRASE_CHARS: usize = 16;
+pub const MIN_BANDWIDTH_BPS: u64 = 512_000;
+pub const MAX_BANDWIDTH_BPS: u64 = 1_023_000_000;
+/// How long a security PIN stays good after the vault issued it.
+pub const PIN_VALIDITY: Duration = Duration::minutes(5);
+
+/// Decides a command: the outcome to record.
+pub fn decide(state: &State, command: &Command, observed: &Observations) -> Outcome {
+    match precheck(state, command).map_or_else(|| decide_observed(state, command, observed), Err) {
+        Ok(change) => Outcome::Accepted(change),
+        Err(refusal) => Outcome::Refused(refusal),
+    }
+}
+
+/// The rules that need no observation: order, phase, and the command's own values. The service
+/// runs this before looking at the world, so a step out of order touches nothing.
+pub fn precheck(state: &State, command: &Command) -> Option<Refusal> {
+    let step = command.step();
+    let refuse = |reason, message: String| Some(Refusal { step, reason, message });
+    let registered = state.registration.as_ref();
+    let first_missing = |needs_passphrase: bool| {
+        if state.folders.is_none() {
+            Some(Step::Folders)
+        } else if state.credentials.is_none() {
+            Some(Step::Credentials)
+        } else if needs_passphrase && state.encryption.is_none() {
+            Some(Step::Passphrase)
+        } else {
+            None
+        }
+    };
+    let out_of_order = |missing: Step| {
+        refuse(
+            Reason::StepOutOfOrder,
+            format!("the {missing} step comes first: run `{}`, then `{step}` again", missing.command_line()),
+        )
+    };
+    match command {
+        Command::ChooseFolders { install_dir, scratch_dir, backup_size_bytes } => {
+            if let Some(r) = registered {
+                return refuse(
+                    Reason::AlreadyRegistered,
+                    format!(
+                        "this machine is registered to vault {}; move the scratch folder with `{}`",
+                        r.vault,
+                        Step::ScratchFolder.command_line()
+                    ),
+                );
+            }
+            if *backup_size_bytes == 0 {
+                return refuse(Reason::InvalidFolder, "the backup size must be more than 0, e.g. 750GiB".into());
+            }
+            check_folder_paths(install_dir, scratch_dir).err().and_then(|message| refuse(Reason::InvalidFolder, message))
+        }
+        Command::SetProxy { host, port, username, password_given } => {
+            check_proxy(host, *port, username.as_deref(), *password_given)
+                .err()
+                .and_then(|message| refuse(Reason::InvalidProxy, message))
+        }
+        Command::ClearProxy => None,
+        Command::LoadCredentials { .. } => state.folders.is_none().then_some(Step::Folders).and_then(out_of_order),
+        Command::SetPassphrase { .. } => {
+            if registered.is_some() {
+                return refuse(
+                    Reason::AlreadyRegistered,
+                    format!(
+                        "this machine is registered; change the passphrase with `{}`",
+                        Step::PassphraseChange.command_line()
+                    ),
+                );
+            }
+            first_missing(false).and_then(out_of_order)
+        }
+        Command::Register { .. } => {
+            if let Some(r) = registered {
+                return refuse(
+                    Reason::AlreadyRegistered,
+                    format!(
+                        "this machine is already registered to vault {} as {}; run `regent unregister` first to register again",
+                        r.vault, r.machine_id
+                    ),
+                );
+            }
+            first_missing(true).and_then(out_of_order)
+        }
+        Command::Unregister => registered.is_none().then_some(Step::Register).and_then(|_| {
+            refuse(Reason::StepOutOfOrder, "this machine is not registered; there is nothing to unregister".into())
+        }),
+        Command::MoveScratch { scratch_dir } => {
+            let Some(folders) = &state.folders else {
+                return out_of_order(Step::Folders);
+            };
+            check_folder_paths(&folders.install_dir, scratch_dir)
+                .err()
+                .and_then(|message| refuse(Reason::InvalidFolder, message))
+        }
+        Command::SetThrottling { work_days, work_start, work_end, work_bps, non_work_bps } => {
+            let problem = if work_days.is_empty() {
+                Some("name at least one work day, e.g. --work-days mon-fri".to_string())
+            } else if work_start >= work_end {
+                Some(format!("work hours must start before they end ({work_start}-{work_end}), e.g. 09:00-17:00"))
+            } else {
+                [("work", *work_bps), ("non-work", *non_work_bps)]
+                    .into_iter()
+                    .find(|(_, bps)| !(MIN_BANDWIDTH_BPS..=MAX_BANDWIDTH_BPS).contains(bps))
+                    .map(|(which, bps)| {
+                        format!(
+                            "the {which} bandwidth {} is outside the allowed range, {} to {}",
+                            format_rate(bps),
+                            format_rate(MIN_BANDWIDTH_BPS),
+                            format_rate(MAX_BANDWIDTH_BPS)
+                        )
+                    })
+            };
+            problem.and_then(|message| refuse(Reason::InvalidThrottling, message))
+        }
+        Command::ThrottlingOff => None,
+        Command::ChangePassphrase { .. } => registered.is_none().then_some(()).and_then(|_| {
+            refuse(
+                Reason::StepOutOfOrder,
+                "the passphrase is changed with a security PIN once registered; before registering, run `regent passphrase set`".into(),
+            )
+        }),
+    }
+}
+
+fn decide_observed(state: &State, command: &Command, observed: &Observations) -> Result<Change, Refusal> {
+    let step = command.step();
+    let refuse = |reason, message: String| Refusal { step, reason, message };
+    let now = observed.now;
+    match command {
+        Command::ChooseFolders { install_dir, scratch_dir, backup_size_bytes } => {
+            let install = needed(step, "install folder", observed.install.as_ref())?;
+            let scratch = needed(step, "scratch folder", observed.scratch.as_ref())?;
+            check_folder("install", install_dir, install).map_err(|m| refuse(Reason::InvalidFolder, m))?;
+            let scratch_facts = check_scratch(step, scratch_dir, scratch, *backup_size_bytes)?;
+            if let (Some(a), Some(b)) = (&install.resolved, &scratch.resolved) {
+                check_folder_paths(a, b)
+                    .map_err(|m| refuse(Reason::InvalidFolder, format!("{m} (after following symbolic links)")))?;
+            }
+            Ok(Change::FoldersChosen(Folders {
+                install_dir: install_dir.clone(),
+                scratch_dir: scratch_dir.clone(),
+                backup_size_bytes: *backup_size_bytes,
+                scratch_free_bytes: scratch_facts.free_bytes,
+                scratch_filesystem: scratch_facts.filesystem.clone(),
+            }))
+        }
+        Command::SetProxy { host, port, username, password_given } => {
+            let password = match password_given {
+                true => Some(needed(step, "sealed proxy password", observed.proxy_password.as_ref())?.clone()),
+                false => None,
+            };
+            // precheck refused ports out of range
+            let port = u16::try_from(*port).map_err(|_| refuse(Reason::InvalidProxy, "invalid port".into()))?;
+            Ok(Change::ProxySet(Proxy { host: host.clone(), port, username: username.clone(), password }))
+        }
+        Command::ClearProxy => Ok(Change::ProxyCleared),
+        Command::LoadCredentials { file } => {
+            let facts = match needed(step, "credentials file", observed.credentials.as_ref())? {
+                CredentialsObserved::Unreadable { kind, detail } => {
+                    return Err(refuse(Reason::CredentialsUnreadable, unreadable_message(kind, detail)));
+                }
+                CredentialsObserved::Invalid { detail } => {
+                    return Err(refuse(
+                        Reason::CredentialsInvalid,
+                        format!(
+                            "Invalid vault credentials provided: {detail}. The file is either corrupted or not a vault credentials file; download a new one from the vault"
+                        ),
+                    ));
+                }
+                CredentialsObserved::Parsed { facts, private_key } => (facts, private_key),
+            };
+            let (facts, private_key) = facts;
+            check_validity(facts, now).map_err(|m| refuse(Reason::CredentialsExpired, m))?;
+            if let Some(registration) = &state.registration
+                && !same_vault(state, facts)
+            {
+                return Err(refuse(
+                    Reason::CredentialsWrongVault,
+                    format!(
+                        "The vault credentials file cannot be used: it was downloaded from vault {}, but this machine is registered to vault {}. Download credentials from vault {}",
+                        facts.vault.name, registration.vault, registration.vault
+                    ),
+                ));
+            }
+            Ok(Change::CredentialsLoaded(LoadedCredentials {
+                file: file.clone(),
+                facts: facts.clone(),
+                private_key: private_key.clone(),
+                loaded_at: now,
+            }))
+        }
+        Command::SetPassphrase { save_to } => {
+            let passphrase = needed(step, "passphrase", observed.passphrase.as_ref())?;
+            let encryption = check_passphrase(step, state, save_to.as_deref(), passphrase, now)?;
+            Ok(Change::PassphraseCreated(encryption))
+        }
+        Command::Register { endpoint_override } => {
+            let credentials = state.credentials.as_ref().ok_or_else(|| refuse(Reason::StepOutOfOrder, "".into()))?;
+            check_validity(&credentials.facts, now).map_err(|m| refuse(Reason::CredentialsExpired, m))?;
+            if let Some(Unsealable { secret, detail }) = &observed.unsealable {
+                return Err(match secret {
+                    SecretKind::ProxyPassword => refuse(
+                        Reason::InvalidProxy,
+                        format!(
+                            "the saved proxy password cannot be opened ({detail}); set it again with `regent proxy set`"
+                        ),
+                    ),
+                    _ => refuse(
+                        Reason::CredentialsUnreadable,
+                        format!(
+                            "the saved credentials key cannot be opened ({detail}); load the vault credentials file again"
+                        ),
+                    ),
+                });
+            }
+            match needed(step, "vault's answer", observed.vault.as_ref())? {
+                VaultAnswer::Registered { machine_id, vault, registered_at } => Ok(Change::Registered(Registration {
+                    vault: vault.clone(),
+                    machine_id: machine_id.clone(),
+                    registered_at: *registered_at,
+                    endpoint: endpoint_override.clone().unwrap_or_else(|| credentials.facts.endpoint.clone()),
+                    thumbprint: credentials.facts.thumbprint.clone(),
+                })),
+                VaultAnswer::Refused { reason, detail } => Err(refuse(*reason, vault_refusal_message(*reason, detail))),
+            }
+        }
+        Command::Unregister => {
+            let registration = state.registration.as_ref().ok_or_else(|| refuse(Reason::StepOutOfOrder, "".into()))?;
+            Ok(Change::Unregistered { machine_id: registration.machine_id.clone(), vault: registration.vault.clone() })
+        }
+        Command::MoveScratch { scratch_dir } => {
+            let folders = state.folders.as_ref().ok_or_else(|| refuse(Reason::StepOutOfOrder, "".into()))?;
+            let scratch = needed(step, "scratch folder", observed.scratch.as_ref())?;
+            let facts = check_scratch(step, scratch_dir, scratch, folders.backup_size_bytes)?;
+            Ok(Change::ScratchMoved {
+                scratch_dir: scratch_dir.clone(),
+                scratch_free_bytes: facts.free_bytes,
+                scratch_filesystem: facts.filesystem.clone(),
+            })
+        }
+        Command::SetThrottling { work_days, work_start, work_end, work_bps, non_work_bps } => {
+            Ok(Change::ThrottlingSet(Throttling {
+                work_days: work_days.clone(),
+                work_start: *work_start,
+                work_end: *work_end,
+                work_bps: *work_bps,
+                non_work_bps: *non_work_bps,
+            }))
+        }
+        Command::ThrottlingOff => Ok(Change::ThrottlingOff),
+        Command::ChangePassphrase { save_to } => {
+            match needed(step, "vault's answer on the security PIN", observed.pin.as_ref())? {
+                PinAnswer::Refused { detail, .. } => {
+                    return Err(refuse(
+                        Reason::SecurityPinInvalid,
+                        format!(
+                            "the security PIN was not accepted ({detail}); get a new one with `regent vault pin` and use it within 5 minutes"
+                        ),
+                    ));
+                }
+                PinAnswer::Valid { issued_at }
+                    if now - *issued_at > PIN_VALIDITY || *issued_at > now + PIN_VALIDITY =>
+                {
+                    return Err(refuse(
+                        Reason::SecurityPinInvalid,
+                        format!(
+                            "the security PIN was issued at {issued_at}, more than 5 minutes ago; get a new one with `regent vault pin`"
+                        ),
+                    ));
+                }
+                PinAnswer::Valid { .. } => {}
+            }
+            let passphrase = needed(step, "passphrase", observed.passphrase.as_ref())?;
+            let encryption = check_passphrase(step, state, save_to.as_deref(), passphrase, now)?;
+            Ok(Change::PassphraseChanged(encryption))
+        }
+    }
+}
+
+/// An observation the command needed is missing: the record is incomplete, never a crash.
+fn needed<'a, T>(step: Step, what: &str, value: Option<&'a T>) -> Result<&'a T, Refusal> {
+    value.ok_or_else(|| Refusal {
+        step,
+        reason: Reason::VaultError,
+        message: format!("internal: the {what} was not observed; this is a bug in regent, please report it"),
+    })
+}
+
+fn check_folder_paths(install: &Path, scratch: &Path) -> Result<(), String> {
+    for (what, path) in [("install", install), ("scratch", scratch)] {
+        if !path.is_absolute() {
+            return Err(format!(
+                "the {what} folder must be an absolute path, e.g. /opt/regent; got {}",
+                path.display()
+            ));
+        }
+    }
+    let (install, scratch) = (normalize(install), normalize(scratch));
+    if install == scratch {
+        return Err(format!("the install and scratch folders must differ; both are {}", install.display()));
+    }
+    if scratch.starts_with(&install) || install.starts_with(&scratch) {
+        return Err(format!(
+            "neither folder may be inside the other: {} and {}; choose separate folders",
+            install.display(),
+            scratch.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Resolves `.` and `..` by the letters of the path (the observation resolves links).
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+fn check_folder(what: &str, path: &Path, facts: &FolderFacts) -> Result<(), String> {
+    if let Some(problem) = &facts.problem {
+        return Err(format!("the {what} folder {} cannot be used: {problem}", path.display()));
+    }
+    if !facts.is_dir {
+        return Err(format!("the {what} folder {} is not a directory; choose a directory", path.display()));
+    }
+    if !facts.writable {
+        return Err(format!(
+            "the {what} folder {} is not writable by this user; choose another or fix its permissions",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+fn check_scratch<'a>(
+    step: Step,
+    path: &Path,
+    facts: &'a FolderFacts,
+    backup_size: u64,
+) -> Result<&'a FolderFacts, Refusal> {
+    let refuse = |reason, message| Refusal { step, reason, message };
+    check_folder("scratch", path, facts).map_err(|m| refuse(Reason::InvalidFolder, m))?;
+    if facts.network {
+        return Err(refuse(
+            Reason::InvalidFolder,
+            format!(
+                "the scratch folder {} is on a network share ({}); choose a folder on a local disk",
+                path.display(),
+                facts.filesystem
+            ),
+        ));
+    }
+    let required = required_scratch_bytes(backup_size);
+    if facts.free_bytes < required {
+        return Err(refuse(
+            Reason::InsufficientScratchSpace,
+            format!(
+                "the scratch folder's filesystem has {} free but needs at least {} ({SCRATCH_FREE_PERCENT}% of the {} backup); free space or choose another folder",
+                format_bytes(facts.free_bytes),
+                format_bytes(required),
+                format_bytes(backup_size)
+            ),
+        ));
+    }
+    Ok(facts)
+}
+
+/// 5% of the backup size, rounded up.
+pub fn required_scratch_bytes(backup_size: u64) -> u64 {
+    let required = (u128::from(backup_size) * u128::from(SCRATCH_FREE_PERCENT)).div_ceil(100);
+    u64::try_from(required).unwrap_or(u64::MAX)
+}
+
+fn check_proxy(host: &str, port: u32, username: Option<&str>, password_given: bool) -> Result<(), String> {
+    let host_ok = host.parse::<IpAddr>().is_ok()
+        || (!host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            }));
+    if !host_ok {
+        return Err(format!("'{host}' is not a host name or IP address; e.g. proxy.example.com or 10.0.0.5"));
+    }
+    if !(1..=65535).contains(&port) {
+        return Err(format!("port {port} is out of range; use 1 to 65535"));
+    }
+    match (username, password_given) {
+        (Some(user), true) => {
+            if user.is_empty() || user.contains(':') || user.chars().any(char::is_control) {
+                return Err("the proxy user name must be non-empty, without ':' or control characters".into());
+            }
+            Ok(())
+        }
+        (None, false) => Ok(()),
+        (Some(_), false) => Err("a proxy user needs a password (--password-stdin or --password-env VAR)".into()),
+        (None, true) => Err("a proxy password needs a user name (--username USER)".into()),
+    }
+}
+
+fn unreadable_message(kind: &UnreadableKind, detail: &str) -> String {
+    let why = match kind {
+        UnreadableKind::Missing => "the file does not exist".to_string(),
+        UnreadableKind::PermissionDenied => "permission denied".to_string(),
+        UnreadableKind::IsDirectory => "it is a directory, not a file".to_string(),
+        UnreadableKind::TooLarge => format!("it is too large to be a vault credentials file ({detail})"),
+        UnreadableKind::Other => detail.to_string(),
+    };
+    format!(
+        "Unable to read the vault credentials file ({why}). Copy it to a local folder you can read and try again, or download a new one"
+    )
+}
+
+fn check_validity(facts: &CredentialFacts, now: DateTime<Utc>) -> Result<(), String> {
+    if now < facts.not_before {
+        return Err(format!(
+            "The vault credentials file is not valid until {}; check this machine's clock (it reads {now})",
+            facts.not_before
+        ));
+    }
+    if now > facts.not_after {
+        return Err(format!(
+            "Vault credentials file provided has expired (at {}). Download a new vault credentials file from the vault and use it within its validity",
+            facts.not_after
+        ));
+    }
+    Ok(())
+}
+
+fn same_vault(state: &State, facts: &CredentialFacts) -> bool {
+    match (&state.registration, &state.credentials) {
+        (Some(registration), Some(loaded)) => {
+            loaded.facts.vault == facts.vault
+                || (registration.vault == facts.vault.name && loaded.facts.vault.resource_id == facts.vault.resource_id)
+        }
+        (Some(registration), None) => registration.vault == facts.vault.name,
+        (None, _) => true,
+    }
+}
+
+fn check_passphrase(
+    step: Step,
+    state: &State,
+    save_to: Option<&Path>,
+    observed: &PassphraseObserved,
+    now: DateTime<Utc>,
+) -> Result<Encryption, Refusal> {
+    let refuse = |reason, message| Refusal { step, reason, message };
+    if let (Some(path), Some(problem)) = (save_to, &observed.save_problem) {
+        return Err(refuse(
+            Reason::PassphraseInvalid,
+            format!(
+                "the generated passphrase could not be saved to {} ({problem}); name a new file in an existing folder",
+                path.display()
+            ),
+        ));
+    }
+    if observed.length < MIN_PASSPHRASE_CHARS {
+        return Err(refuse(
+            Reason::PassphraseTooShort,
+            format!(
+                "the passphrase has {} characters; it needs at least {MIN_PASSPHRASE_CHARS} (or generate one with `regent passphrase generate --save-to FILE`)",
+                observed.length
+            ),
+        ));
+    }
+    if !observed.printable_ascii {
+        return Err(refuse(
+            Reason::PassphraseInvalid,
+            "the passphrase may use only printable ASCII characters (letters, digits, punctuation and spaces)".into(),
+        ));
+    }
+    let verifier = observed.verifier.clone().ok_or_else(|| {
+        refuse(Reason::PassphraseInvalid, "internal: no verifier was computed; this is a bug in regent".into())
+    })?;
+    let origin = match (save_to, &observed.saved_to) {
+        (Some(_), Some(saved_to)) => PassphraseOrigin::Generated { saved_to: saved_to.clone() },
+        (Some(path), None) => PassphraseOrigin::Generated { saved_to: path.to_path_buf() },
+        (None, _) => PassphraseOrigin::Provided,
+    };
+    let mut warnings = Vec::new();
+    if let (PassphraseOrigin::Generated { saved_to }, Some(folders)) = (&origin, &state.folders) {
+        let saved = normalize(saved_to);
+        for (what, dir) in [("install", &folders.install_dir), ("scratch", &folders.scratch_dir)] {
+            if saved.starts_with(normalize(dir)) {
+                warnings.push(format!(
+                    "the passphrase file {} is inside the {what} folder; move it somewhere safe, off this machine: a lost passphrase cannot be recovered and backups cannot be restored without it",
+                    saved_to.display()
+                ));
+            }
+        }
+    }
+    Ok(Encryption { origin, verifier, sealed: observed.sealed.clone(), set_at: now, warnings })
+}
+
+fn vault_refusal_message(reason: Reason, detail: &str) -> String {
+    match reason {
+        Reason::CredentialsSuperseded => format!(
+            "The vault credentials file is no longer valid: a newer one was downloaded from the vault ({detail}). Load the newest vault credentials file and register again"
+        ),
+        Reason::CredentialsExpired => format!(
+            "Vault credentials file provided has expired ({detail}). Download a new vault credentials file from the vault and use it within its validity"
+        ),
+        Reason::CredentialsInvalid => format!(
+            "Invalid vault credentials provided ({detail}). The file is either corrupted or does not have the latest credentials associated with the vault"
+        ),
+        Reason::ProxyAuthFailed => {
+            format!("the proxy refused the user name or password ({detail}); set them again with `regent proxy set`")
+        }
+        Reason::VaultUnreachable => format!(
+            "the vault service could not be reached ({detail}); check the network and proxy settings, then run `regent register` again"
+        ),
+        _ => format!(
+            "the vault refused the registration ({detail}); run `regent register` again, or contact support with `regent audit export`"
+        ),
+    }
+}

@@ -1,0 +1,80 @@
+//! Reading recorded steps back, whatever schema version wrote them.
+//!
+//! Upcasters are keyed by schema version and work on the JSON before it is typed, so old events
+//! never need old Rust types. Version 1 recorded the backup size as the operator typed it
+//! (`"backup_size": "750GiB"`); version 2 records bytes (`backup_size_bytes`).
+
+use regent_store::{NewEvent, Record};
+use serde_json::Value;
+
+use crate::model::{SCHEMA_VERSION, StepRecord};
+use crate::units::parse_size;
+
+/// The stream every registration event is appended to.
+pub const STREAM: &str = "registration";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error(
+        "record {position} ({kind}) has schema version {schema}, newer than this build reads ({SCHEMA_VERSION}); upgrade regent"
+    )]
+    NewerSchema { position: u64, kind: String, schema: u32 },
+    #[error("record {position} ({kind}) cannot be read: {detail}")]
+    Malformed { position: u64, kind: String, detail: String },
+}
+
+/// The step recorded in a log record, upcast to the current schema.
+pub fn decode(record: &Record) -> Result<StepRecord, DecodeError> {
+    let malformed =
+        |detail: String| DecodeError::Malformed { position: record.position, kind: record.kind.clone(), detail };
+    if record.schema > SCHEMA_VERSION {
+        return Err(DecodeError::NewerSchema {
+            position: record.position,
+            kind: record.kind.clone(),
+            schema: record.schema,
+        });
+    }
+    if record.schema == SCHEMA_VERSION {
+        return serde_json::from_str(record.payload.get()).map_err(|e| malformed(e.to_string()));
+    }
+    let mut payload: Value = serde_json::from_str(record.payload.get()).map_err(|e| malformed(e.to_string()))?;
+    for from in record.schema..SCHEMA_VERSION {
+        upcast(from, &mut payload).map_err(&malformed)?;
+    }
+    serde_json::from_value(payload).map_err(|e| malformed(e.to_string()))
+}
+
+/// Turns a payload of schema `from` into one of `from + 1`.
+fn upcast(from: u32, payload: &mut Value) -> Result<(), String> {
+    match from {
+        1 => {
+            // The size is in the command, and in the change when the folders were accepted.
+            let command = payload.get_mut("command");
+            if let Some(command) = command.filter(|c| c["command"] == "choose_folders") {
+                size_text_to_bytes(command)?;
+            }
+            let outcome = payload.get_mut("outcome");
+            if let Some(change) = outcome.filter(|o| o["change"] == "folders_chosen") {
+                size_text_to_bytes(change)?;
+            }
+            Ok(())
+        }
+        other => Err(format!("no upcaster from schema version {other}")),
+    }
+}
+
+fn size_text_to_bytes(object: &mut Value) -> Result<(), String> {
+    let Some(map) = object.as_object_mut() else {
+        return Err("expected an object".into());
+    };
+    let text = map.remove("backup_size").ok_or("schema 1 folders without backup_size")?;
+    let text = text.as_str().ok_or("backup_size is not text")?;
+    let bytes = parse_size(text).map_err(|e| format!("backup_size: {e}"))?;
+    map.insert("backup_size_bytes".into(), bytes.into());
+    Ok(())
+}
+
+/// The event to append for a step.
+pub fn encode(record: &StepRecord) -> Result<NewEvent, serde_json::Error> {
+    NewEvent::new(record.outcome.kind(), SCHEMA_VERSION, record)
+}

@@ -1,0 +1,399 @@
+//! What is recorded: the command asked, what the world was observed to say, and the outcome.
+//!
+//! Every event's payload is a [`StepRecord`]. Keeping the command and the observations beside the
+//! outcome is what lets `replay --check` run `decide` again and compare: nothing decide needs is
+//! missing from the log, and nothing secret is in it (secrets appear only as sealed references and
+//! an Argon2id verifier).
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, NaiveTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::reason::{Reason, Step};
+
+/// What an operator asks for. Secrets never travel in a command: they come beside it and are
+/// observed only as facts (length, a sealed reference, a verifier).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Command {
+    ChooseFolders {
+        install_dir: PathBuf,
+        scratch_dir: PathBuf,
+        backup_size_bytes: u64,
+    },
+    SetProxy {
+        host: String,
+        port: u32,
+        username: Option<String>,
+        password_given: bool,
+    },
+    ClearProxy,
+    LoadCredentials {
+        file: PathBuf,
+    },
+    /// `save_to` set: generate one and save it there; unset: the operator supplied it.
+    SetPassphrase {
+        save_to: Option<PathBuf>,
+    },
+    Register {
+        endpoint_override: Option<String>,
+    },
+    Unregister,
+    MoveScratch {
+        scratch_dir: PathBuf,
+    },
+    SetThrottling {
+        work_days: Vec<Weekday>,
+        work_start: NaiveTime,
+        work_end: NaiveTime,
+        work_bps: u64,
+        non_work_bps: u64,
+    },
+    ThrottlingOff,
+    ChangePassphrase {
+        save_to: Option<PathBuf>,
+    },
+}
+
+impl Command {
+    pub fn step(&self) -> Step {
+        match self {
+            Command::ChooseFolders { .. } => Step::Folders,
+            Command::SetProxy { .. } | Command::ClearProxy => Step::Proxy,
+            Command::LoadCredentials { .. } => Step::Credentials,
+            Command::SetPassphrase { .. } => Step::Passphrase,
+            Command::Register { .. } => Step::Register,
+            Command::Unregister => Step::Unregister,
+            Command::MoveScratch { .. } => Step::ScratchFolder,
+            Command::SetThrottling { .. } | Command::ThrottlingOff => Step::Throttling,
+            Command::ChangePassphrase { .. } => Step::PassphraseChange,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Weekday {
+    Mon,
+    Tue,
+    Wed,
+    Thu,
+    Fri,
+    Sat,
+    Sun,
+}
+
+impl Weekday {
+    pub const ALL: [Weekday; 7] =
+        [Weekday::Mon, Weekday::Tue, Weekday::Wed, Weekday::Thu, Weekday::Fri, Weekday::Sat, Weekday::Sun];
+
+    pub fn name(self) -> &'static str {
+        ["mon", "tue", "wed", "thu", "fri", "sat", "sun"][self as usize]
+    }
+
+    /// `mon-fri`, `sat,sun`, `mon,wed-fri`.
+    pub fn parse_set(text: &str) -> Result<Vec<Weekday>, String> {
+        let day = |name: &str| {
+            let name = name.trim().to_ascii_lowercase();
+            Weekday::ALL
+                .into_iter()
+                .find(|d| name.starts_with(d.name()) && d.name().len() <= name.len())
+                .ok_or_else(|| format!("'{name}' is not a day; use mon, tue, wed, thu, fri, sat, sun"))
+        };
+        let mut days = Vec::new();
+        for part in text.split(',').filter(|p| !p.trim().is_empty()) {
+            match part.split_once('-') {
+                Some((from, to)) => {
+                    let (from, to) = (day(from)?, day(to)?);
+                    if from > to {
+                        return Err(format!(
+                            "'{}' runs backwards; write it as {}-{}",
+                            part.trim(),
+                            to.name(),
+                            from.name()
+                        ));
+                    }
+                    days.extend(Weekday::ALL.into_iter().filter(|d| *d >= from && *d <= to));
+                }
+                None => days.push(day(part)?),
+            }
+        }
+        days.sort();
+        days.dedup();
+        if days.is_empty() {
+            return Err("name at least one work day, e.g. mon-fri".into());
+        }
+        Ok(days)
+    }
+}
+
+/// A sealed secret kept beside the log: the log records only this reference.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedRef {
+    pub id: String,
+}
+
+/// What a look at one folder found. Recorded whole, so replay needs no disk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct FolderFacts {
+    /// The path with symlinks resolved, once it exists.
+    pub resolved: Option<PathBuf>,
+    pub existed: bool,
+    pub created: bool,
+    pub is_dir: bool,
+    pub writable: bool,
+    /// The filesystem type, e.g. `ext4`, `nfs`, `cifs`.
+    pub filesystem: String,
+    pub network: bool,
+    pub free_bytes: u64,
+    /// Why the folder could not be used (cannot create, not a directory, ...), if it could not.
+    pub problem: Option<String>,
+}
+
+/// Why a credentials file could not be read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnreadableKind {
+    Missing,
+    PermissionDenied,
+    IsDirectory,
+    TooLarge,
+    Other,
+}
+
+/// The facts of a credentials file that decide anything. Never the private key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialFacts {
+    pub file_name: String,
+    pub vault: VaultIdentity,
+    pub endpoint: String,
+    pub thumbprint: String,
+    pub not_before: DateTime<Utc>,
+    pub not_after: DateTime<Utc>,
+    pub subject: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VaultIdentity {
+    pub name: String,
+    pub subscription_id: String,
+    pub resource_group: String,
+    pub location: String,
+    pub resource_id: i64,
+}
+
+/// What reading and parsing a credentials file gave.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant, reason = "a recorded value made once per command and matched by value; boxing would only complicate the patterns")]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum CredentialsObserved {
+    Unreadable { kind: UnreadableKind, detail: String },
+    Invalid { detail: String },
+    Parsed { facts: CredentialFacts, private_key: SealedRef },
+}
+
+/// Facts about a passphrase, never the passphrase.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PassphraseObserved {
+    pub length: usize,
+    /// Every character is printable ASCII (32 to 126).
+    pub printable_ascii: bool,
+    /// Argon2id PHC string; absent when the passphrase broke the rules (no point hashing it).
+    pub verifier: Option<String>,
+    pub sealed: Option<SealedRef>,
+    /// For a generated passphrase: where it was saved, or why it could not be.
+    pub saved_to: Option<PathBuf>,
+    pub save_problem: Option<String>,
+}
+
+/// The vault's answer to a registration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "snake_case")]
+pub enum VaultAnswer {
+    Registered { machine_id: String, vault: String, registered_at: DateTime<Utc> },
+    Refused { reason: Reason, detail: String },
+}
+
+/// The vault's answer to a security PIN check.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "snake_case")]
+pub enum PinAnswer {
+    Valid { issued_at: DateTime<Utc> },
+    Refused { reason: Reason, detail: String },
+}
+
+/// Everything the world said while a command ran. Only what the command needed is present.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Observations {
+    pub now: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install: Option<FolderFacts>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scratch: Option<FolderFacts>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_password: Option<SealedRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<CredentialsObserved>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passphrase: Option<PassphraseObserved>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault: Option<VaultAnswer>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<PinAnswer>,
+    /// A sealed secret the step needed could not be opened (machine key lost, file gone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsealable: Option<Unsealable>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unsealable {
+    pub secret: SecretKind,
+    pub detail: String,
+}
+
+/// What a sealed secret is. Also the associated data it is sealed under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecretKind {
+    ProxyPassword,
+    CredentialsPrivateKey,
+    Passphrase,
+}
+
+/// How a passphrase came to be.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "how", rename_all = "snake_case")]
+pub enum PassphraseOrigin {
+    Generated { saved_to: PathBuf },
+    Provided,
+}
+
+/// The folders as chosen.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Folders {
+    pub install_dir: PathBuf,
+    pub scratch_dir: PathBuf,
+    pub backup_size_bytes: u64,
+    pub scratch_free_bytes: u64,
+    pub scratch_filesystem: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proxy {
+    pub host: String,
+    pub port: u16,
+    pub username: Option<String>,
+    pub password: Option<SealedRef>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Throttling {
+    pub work_days: Vec<Weekday>,
+    pub work_start: NaiveTime,
+    pub work_end: NaiveTime,
+    pub work_bps: u64,
+    pub non_work_bps: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Encryption {
+    pub origin: PassphraseOrigin,
+    pub verifier: String,
+    pub sealed: Option<SealedRef>,
+    pub set_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadedCredentials {
+    pub file: PathBuf,
+    pub facts: CredentialFacts,
+    pub private_key: SealedRef,
+    pub loaded_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    pub vault: String,
+    pub machine_id: String,
+    pub registered_at: DateTime<Utc>,
+    pub endpoint: String,
+    pub thumbprint: String,
+}
+
+/// What a step changed, when it was accepted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum Change {
+    FoldersChosen(Folders),
+    ProxySet(Proxy),
+    ProxyCleared,
+    CredentialsLoaded(LoadedCredentials),
+    PassphraseCreated(Encryption),
+    Registered(Registration),
+    Unregistered { machine_id: String, vault: String },
+    ScratchMoved { scratch_dir: PathBuf, scratch_free_bytes: u64, scratch_filesystem: String },
+    ThrottlingSet(Throttling),
+    ThrottlingOff,
+    PassphraseChanged(Encryption),
+}
+
+impl Change {
+    /// The event kind recorded in the log for this change.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Change::FoldersChosen(_) => "FoldersChosen",
+            Change::ProxySet(_) => "ProxySet",
+            Change::ProxyCleared => "ProxyCleared",
+            Change::CredentialsLoaded(_) => "CredentialsLoaded",
+            Change::PassphraseCreated(_) => "PassphraseCreated",
+            Change::Registered(_) => "Registered",
+            Change::Unregistered { .. } => "Unregistered",
+            Change::ScratchMoved { .. } => "ScratchMoved",
+            Change::ThrottlingSet(_) => "ThrottlingSet",
+            Change::ThrottlingOff => "ThrottlingOff",
+            Change::PassphraseChanged(_) => "PassphraseChanged",
+        }
+    }
+}
+
+/// A refused step: the reason code and a message that says what to do next.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub step: Step,
+    pub reason: Reason,
+    pub message: String,
+}
+
+/// What decide concluded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant, reason = "a recorded value made once per command and matched by value; boxing would only complicate the patterns")]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    Accepted(Change),
+    Refused(Refusal),
+}
+
+impl Outcome {
+    pub const REFUSED_KIND: &'static str = "StepRefused";
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Outcome::Accepted(change) => change.kind(),
+            Outcome::Refused(_) => Self::REFUSED_KIND,
+        }
+    }
+}
+
+/// The payload of every registration event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub command: Command,
+    pub observed: Observations,
+    pub outcome: Outcome,
+}
+
+/// The payload schema version this build writes.
+pub const SCHEMA_VERSION: u32 = 2;

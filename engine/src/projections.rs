@@ -1,0 +1,378 @@
+//! Views rebuilt from the log: status, the Change Properties view, the audit trail.
+//!
+//! State is folded from the log, resuming from a checkpoint when one matches the log. A
+//! checkpoint is only a cache: without it the same state comes from folding everything.
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use regent_store::{EventStore, Head, Record};
+use serde::Serialize;
+
+use crate::events::{self, DecodeError, STREAM};
+use crate::model::{Change, Outcome, PassphraseOrigin, StepRecord, Weekday};
+use crate::reason::Reason;
+use crate::state::{Failure, State};
+use crate::units::format_rate;
+
+/// The checkpoint name for the folded state.
+pub const STATE_CHECKPOINT: &str = "registration-state";
+/// Save a new checkpoint once this many events were folded past the last one.
+pub const CHECKPOINT_EVERY: u64 = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    #[error(transparent)]
+    Store(#[from] regent_store::StoreError),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+}
+
+/// Folds every record from the start of the log (or of an iterator of records).
+pub fn fold<I>(records: I) -> Result<(State, Head), ProjectionError>
+where
+    I: IntoIterator<Item = Result<Record, regent_store::StoreError>>,
+{
+    fold_from(State::default(), Head::EMPTY, records)
+}
+
+/// Folds records onto a state that stands at `head`.
+pub fn fold_from<I>(mut state: State, mut head: Head, records: I) -> Result<(State, Head), ProjectionError>
+where
+    I: IntoIterator<Item = Result<Record, regent_store::StoreError>>,
+{
+    for record in records {
+        let record = record?;
+        if record.stream == STREAM {
+            state = state.evolve(&events::decode(&record)?);
+        }
+        head = Head { position: record.position, hash: record.hash };
+    }
+    Ok((state, head))
+}
+
+/// The current state of the store: from the checkpoint if it matches the log, then the events
+/// since. Saves a fresh checkpoint when many events were folded.
+pub fn current_state(store: &EventStore) -> Result<(State, Head), ProjectionError> {
+    let checkpoint = store
+        .load_checkpoint(STATE_CHECKPOINT)?
+        .and_then(|cp| serde_json::from_slice::<State>(&cp.state).ok().map(|state| (state, cp.head)));
+    let (state, head) = match checkpoint {
+        Some((state, head)) => fold_from(state, head, store.read_all(head.position + 1))?,
+        None => fold(store.read_all(1))?,
+    };
+    let since = head.position - store.load_checkpoint(STATE_CHECKPOINT)?.map_or(0, |cp| cp.head.position);
+    if since >= CHECKPOINT_EVERY {
+        save_checkpoint(store, &state, head);
+    }
+    Ok((state, head))
+}
+
+/// Saves the state as a checkpoint. A failure only costs speed later, so it is logged, not raised.
+pub fn save_checkpoint(store: &EventStore, state: &State, head: Head) {
+    let saved = serde_json::to_vec(state)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| store.save_checkpoint(STATE_CHECKPOINT, head, &bytes).map_err(|e| e.to_string()));
+    if let Err(error) = saved {
+        tracing::warn!(%error, "could not save the state checkpoint");
+    }
+}
+
+/// `regent status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Status {
+    pub phase: &'static str,
+    pub next_step: Option<&'static str>,
+    pub last_failure: Option<FailureView>,
+    pub events: u64,
+    pub head: Head,
+    /// Which vault this machine is registered to, when it is.
+    pub vault: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FailureView {
+    pub step: &'static str,
+    pub reason: Reason,
+    pub message: String,
+    pub at: DateTime<Utc>,
+}
+
+impl From<&Failure> for FailureView {
+    fn from(f: &Failure) -> Self {
+        FailureView { step: f.step.name(), reason: f.reason, message: f.message.clone(), at: f.at }
+    }
+}
+
+pub fn status(state: &State, head: Head) -> Status {
+    Status {
+        phase: state.phase().name(),
+        next_step: state.next_step().map(|s| s.name()),
+        last_failure: state.last_failure.as_ref().map(FailureView::from),
+        events: head.position,
+        head,
+        vault: state.registration.as_ref().map(|r| r.vault.clone()),
+    }
+}
+
+/// The Change Properties view, grouped like the agent's tabs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Properties {
+    pub folders: Option<FoldersView>,
+    pub proxy: Option<ProxyView>,
+    pub throttling: Option<ThrottlingView>,
+    pub encryption: Option<EncryptionView>,
+    pub vault: Option<VaultView>,
+    pub credentials: Option<CredentialsView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FoldersView {
+    pub install_dir: PathBuf,
+    pub scratch_dir: PathBuf,
+    pub backup_size_bytes: u64,
+    pub scratch_free_bytes: u64,
+    pub scratch_filesystem: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ProxyView {
+    pub host: String,
+    pub port: u16,
+    pub username: Option<String>,
+    pub password_set: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ThrottlingView {
+    pub work_days: Vec<Weekday>,
+    pub work_hours: String,
+    pub work_bandwidth: String,
+    pub non_work_bandwidth: String,
+    pub work_bps: u64,
+    pub non_work_bps: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EncryptionView {
+    pub passphrase_set: bool,
+    pub how: &'static str,
+    pub saved_to: Option<PathBuf>,
+    pub set_at: DateTime<Utc>,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VaultView {
+    pub name: String,
+    pub subscription_id: Option<String>,
+    pub resource_group: Option<String>,
+    pub location: Option<String>,
+    pub registered: bool,
+    pub machine_id: Option<String>,
+    pub registered_at: Option<DateTime<Utc>>,
+    pub endpoint: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CredentialsView {
+    pub file: PathBuf,
+    pub vault: String,
+    pub thumbprint: String,
+    pub not_before: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub loaded_at: DateTime<Utc>,
+}
+
+pub fn properties(state: &State) -> Properties {
+    let credentials = state.credentials.as_ref();
+    let registration = state.registration.as_ref();
+    let vault = match (registration, credentials) {
+        (None, None) => None,
+        (r, c) => Some(VaultView {
+            name: r.map(|r| r.vault.clone()).or_else(|| c.map(|c| c.facts.vault.name.clone())).unwrap_or_default(),
+            subscription_id: c.map(|c| c.facts.vault.subscription_id.clone()),
+            resource_group: c.map(|c| c.facts.vault.resource_group.clone()),
+            location: c.map(|c| c.facts.vault.location.clone()),
+            registered: r.is_some(),
+            machine_id: r.map(|r| r.machine_id.clone()),
+            registered_at: r.map(|r| r.registered_at),
+            endpoint: r.map(|r| r.endpoint.clone()).or_else(|| c.map(|c| c.facts.endpoint.clone())),
+        }),
+    };
+    Properties {
+        folders: state.folders.as_ref().map(|f| FoldersView {
+            install_dir: f.install_dir.clone(),
+            scratch_dir: f.scratch_dir.clone(),
+            backup_size_bytes: f.backup_size_bytes,
+            scratch_free_bytes: f.scratch_free_bytes,
+            scratch_filesystem: f.scratch_filesystem.clone(),
+        }),
+        proxy: state.proxy.as_ref().map(|p| ProxyView {
+            host: p.host.clone(),
+            port: p.port,
+            username: p.username.clone(),
+            password_set: p.password.is_some(),
+        }),
+        throttling: state.throttling.as_ref().map(|t| ThrottlingView {
+            work_days: t.work_days.clone(),
+            work_hours: format!("{}-{}", t.work_start.format("%H:%M"), t.work_end.format("%H:%M")),
+            work_bandwidth: format_rate(t.work_bps),
+            non_work_bandwidth: format_rate(t.non_work_bps),
+            work_bps: t.work_bps,
+            non_work_bps: t.non_work_bps,
+        }),
+        encryption: state.encryption.as_ref().map(|e| EncryptionView {
+            passphrase_set: true,
+            how: match e.origin {
+                PassphraseOrigin::Generated { .. } => "generated",
+                PassphraseOrigin::Provided => "provided",
+            },
+            saved_to: match &e.origin {
+                PassphraseOrigin::Generated { saved_to } => Some(saved_to.clone()),
+                PassphraseOrigin::Provided => None,
+            },
+            set_at: e.set_at,
+            warnings: e.warnings.clone(),
+        }),
+        vault,
+        credentials: credentials.map(|c| CredentialsView {
+            file: c.file.clone(),
+            vault: c.facts.vault.name.clone(),
+            thumbprint: c.facts.thumbprint.clone(),
+            not_before: c.facts.not_before,
+            expires_at: c.facts.not_after,
+            loaded_at: c.loaded_at,
+        }),
+    }
+}
+
+/// One line of the audit trail.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AuditEntry {
+    pub position: u64,
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub kind: String,
+    pub step: &'static str,
+    pub outcome: &'static str,
+    pub reason: Option<Reason>,
+    pub summary: String,
+    pub correlation_id: String,
+}
+
+/// Which audit entries to show.
+#[derive(Clone, Debug, Default)]
+pub struct AuditFilter {
+    pub since: Option<DateTime<Utc>>,
+    pub kind: Option<String>,
+    pub limit: Option<usize>,
+}
+
+impl AuditFilter {
+    /// Matches the record's kind (`StepRefused`), its step (`proxy`) or its outcome (`refused`),
+    /// case-insensitively, so that `--kind proxy` and `--kind refused` both do what one expects.
+    fn matches(&self, entry: &AuditEntry) -> bool {
+        let kind_ok = self.kind.as_deref().is_none_or(|k| {
+            k.eq_ignore_ascii_case(&entry.kind)
+                || k.eq_ignore_ascii_case(entry.step)
+                || k.eq_ignore_ascii_case(entry.outcome)
+        });
+        kind_ok && self.since.is_none_or(|since| entry.at >= since)
+    }
+}
+
+/// The audit trail, streamed: entries oldest first, filtered.
+pub fn audit<'a, I>(
+    records: I,
+    filter: &'a AuditFilter,
+) -> impl Iterator<Item = Result<AuditEntry, ProjectionError>> + 'a
+where
+    I: IntoIterator<Item = Result<Record, regent_store::StoreError>> + 'a,
+{
+    records
+        .into_iter()
+        .map(|record| -> Result<Option<AuditEntry>, ProjectionError> {
+            let record = record?;
+            if record.stream != STREAM {
+                return Ok(None);
+            }
+            let step = events::decode(&record)?;
+            Ok(Some(audit_entry(&record, &step)))
+        })
+        .filter_map(move |entry| match entry {
+            Ok(Some(entry)) if filter.matches(&entry) => Some(Ok(entry)),
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        })
+        .take(filter.limit.unwrap_or(usize::MAX))
+}
+
+pub fn audit_entry(record: &Record, step: &StepRecord) -> AuditEntry {
+    let (outcome, reason) = match &step.outcome {
+        Outcome::Accepted(_) => ("accepted", None),
+        Outcome::Refused(r) => ("refused", Some(r.reason)),
+    };
+    AuditEntry {
+        position: record.position,
+        at: record.recorded_at,
+        actor: record.actor.to_string(),
+        kind: record.kind.clone(),
+        step: step.command.step().name(),
+        outcome,
+        reason,
+        summary: summary(&step.outcome),
+        correlation_id: record.correlation_id.to_string(),
+    }
+}
+
+/// What happened, in one line.
+pub fn summary(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Refused(r) => format!("{} refused: {}", r.step, r.message),
+        Outcome::Accepted(change) => match change {
+            Change::FoldersChosen(f) => format!(
+                "folders chosen: install {}, scratch {} ({} backup)",
+                f.install_dir.display(),
+                f.scratch_dir.display(),
+                crate::units::format_bytes(f.backup_size_bytes)
+            ),
+            Change::ProxySet(p) => format!(
+                "proxy set to {}:{}{}",
+                p.host,
+                p.port,
+                p.username.as_ref().map(|u| format!(" as {u} (password set)")).unwrap_or_default()
+            ),
+            Change::ProxyCleared => "proxy cleared: direct connection".into(),
+            Change::CredentialsLoaded(c) => format!(
+                "vault credentials loaded for vault {} (certificate {}…, expires {})",
+                c.facts.vault.name,
+                c.facts.thumbprint.get(..16).unwrap_or(&c.facts.thumbprint),
+                c.facts.not_after
+            ),
+            Change::PassphraseCreated(e) | Change::PassphraseChanged(e) => {
+                let verb = if matches!(change, Change::PassphraseCreated(_)) { "created" } else { "changed" };
+                match &e.origin {
+                    PassphraseOrigin::Generated { saved_to } => {
+                        format!("passphrase {verb}: generated, saved to {}", saved_to.display())
+                    }
+                    PassphraseOrigin::Provided => format!("passphrase {verb}: provided by the operator"),
+                }
+            }
+            Change::Registered(r) => format!("registered to vault {} as machine {}", r.vault, r.machine_id),
+            Change::Unregistered { machine_id, vault } => {
+                format!("unregistered machine {machine_id} from vault {vault}")
+            }
+            Change::ScratchMoved { scratch_dir, .. } => format!("scratch folder moved to {}", scratch_dir.display()),
+            Change::ThrottlingSet(t) => format!(
+                "throttling set: {} {}-{} at {}, otherwise {}",
+                t.work_days.iter().map(|d| d.name()).collect::<Vec<_>>().join(","),
+                t.work_start.format("%H:%M"),
+                t.work_end.format("%H:%M"),
+                format_rate(t.work_bps),
+                format_rate(t.non_work_bps)
+            ),
+            Change::ThrottlingOff => "throttling off".into(),
+        },
+    }
+}

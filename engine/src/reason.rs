@@ -1,0 +1,128 @@
+//! The stable reason codes of spec/cli.md and the steps they refuse.
+
+use serde::{Deserialize, Serialize};
+
+/// Why a step was refused. The snake_case names are a contract: scripts read them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    InvalidFolder,
+    InsufficientScratchSpace,
+    InvalidProxy,
+    CredentialsUnreadable,
+    CredentialsInvalid,
+    CredentialsExpired,
+    CredentialsSuperseded,
+    CredentialsWrongVault,
+    PassphraseTooShort,
+    PassphraseInvalid,
+    ProxyAuthFailed,
+    VaultUnreachable,
+    VaultError,
+    AlreadyRegistered,
+    StepOutOfOrder,
+    SecurityPinInvalid,
+    InvalidThrottling,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 17] = [
+        Reason::InvalidFolder,
+        Reason::InsufficientScratchSpace,
+        Reason::InvalidProxy,
+        Reason::CredentialsUnreadable,
+        Reason::CredentialsInvalid,
+        Reason::CredentialsExpired,
+        Reason::CredentialsSuperseded,
+        Reason::CredentialsWrongVault,
+        Reason::PassphraseTooShort,
+        Reason::PassphraseInvalid,
+        Reason::ProxyAuthFailed,
+        Reason::VaultUnreachable,
+        Reason::VaultError,
+        Reason::AlreadyRegistered,
+        Reason::StepOutOfOrder,
+        Reason::SecurityPinInvalid,
+        Reason::InvalidThrottling,
+    ];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::InvalidFolder => "invalid_folder",
+            Reason::InsufficientScratchSpace => "insufficient_scratch_space",
+            Reason::InvalidProxy => "invalid_proxy",
+            Reason::CredentialsUnreadable => "credentials_unreadable",
+            Reason::CredentialsInvalid => "credentials_invalid",
+            Reason::CredentialsExpired => "credentials_expired",
+            Reason::CredentialsSuperseded => "credentials_superseded",
+            Reason::CredentialsWrongVault => "credentials_wrong_vault",
+            Reason::PassphraseTooShort => "passphrase_too_short",
+            Reason::PassphraseInvalid => "passphrase_invalid",
+            Reason::ProxyAuthFailed => "proxy_auth_failed",
+            Reason::VaultUnreachable => "vault_unreachable",
+            Reason::VaultError => "vault_error",
+            Reason::AlreadyRegistered => "already_registered",
+            Reason::StepOutOfOrder => "step_out_of_order",
+            Reason::SecurityPinInvalid => "security_pin_invalid",
+            Reason::InvalidThrottling => "invalid_throttling",
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// The wizard steps and Change Properties actions, as named in the audit trail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    Folders,
+    Proxy,
+    Credentials,
+    Passphrase,
+    Register,
+    Unregister,
+    ScratchFolder,
+    Throttling,
+    PassphraseChange,
+}
+
+impl Step {
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Folders => "folders",
+            Step::Proxy => "proxy",
+            Step::Credentials => "credentials",
+            Step::Passphrase => "passphrase",
+            Step::Register => "register",
+            Step::Unregister => "unregister",
+            Step::ScratchFolder => "scratch_folder",
+            Step::Throttling => "throttling",
+            Step::PassphraseChange => "passphrase_change",
+        }
+    }
+
+    /// The command a user runs for this step, for messages that say what to do next.
+    pub fn command_line(self) -> &'static str {
+        match self {
+            Step::Folders => "regent folders --install-dir DIR --scratch-dir DIR --backup-size SIZE",
+            Step::Proxy => "regent proxy set --host HOST --port PORT",
+            Step::Credentials => "regent credentials load FILE",
+            Step::Passphrase => "regent passphrase generate --save-to FILE",
+            Step::Register => "regent register",
+            Step::Unregister => "regent unregister",
+            Step::ScratchFolder => "regent properties scratch-dir DIR",
+            Step::Throttling => "regent properties throttling set ...",
+            Step::PassphraseChange => "regent properties passphrase change --security-pin PIN",
+        }
+    }
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}

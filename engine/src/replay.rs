@@ -1,0 +1,59 @@
+//! Replaying a recorded log: fold it into state, and re-decide every recorded step with the
+//! current rules and the recorded observations to see whether this build still decides the same.
+
+use regent_store::{Head, Record, StoreError};
+use serde::Serialize;
+
+use crate::decide::decide;
+use crate::events::{self, STREAM};
+use crate::model::Outcome;
+use crate::projections::ProjectionError;
+use crate::state::State;
+
+/// Where the current rules decide differently from what was recorded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Divergence {
+    pub position: u64,
+    pub recorded: Outcome,
+    pub now_decides: Outcome,
+}
+
+/// What replaying a log found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replayed {
+    pub state: State,
+    pub head: Head,
+    pub divergence: Option<Divergence>,
+}
+
+/// Folds `records` (up to `until`, if given). With `check`, also re-decides each step from the
+/// state before it and its recorded observations; the first difference is reported, and the
+/// recorded outcome is what is folded on, so the state is always the log's own.
+pub fn replay<I>(records: I, check: bool, until: Option<u64>) -> Result<Replayed, ProjectionError>
+where
+    I: IntoIterator<Item = Result<Record, StoreError>>,
+{
+    let mut state = State::default();
+    let mut head = Head::EMPTY;
+    let mut divergence = None;
+    for record in records {
+        let record = record?;
+        if until.is_some_and(|until| record.position > until) {
+            break;
+        }
+        head = Head { position: record.position, hash: record.hash };
+        if record.stream != STREAM {
+            continue;
+        }
+        let step = events::decode(&record)?;
+        if check && divergence.is_none() {
+            let now_decides = decide(&state, &step.command, &step.observed);
+            if now_decides != step.outcome {
+                divergence =
+                    Some(Divergence { position: record.position, recorded: step.outcome.clone(), now_decides });
+            }
+        }
+        state = state.evolve(&step);
+    }
+    Ok(Replayed { state, head, divergence })
+}

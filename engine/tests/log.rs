@@ -1,0 +1,266 @@
+//! The engine over a real store: projections from checkpoints equal full rebuilds, replay needs
+//! no world, and old schema versions are read through the upcaster.
+
+use chrono::{DateTime, Duration, NaiveTime, Utc};
+use proptest::prelude::*;
+use regent_engine::events::{self, STREAM};
+use regent_engine::model::*;
+use regent_engine::projections::{self, AuditFilter, STATE_CHECKPOINT};
+use regent_engine::replay::replay;
+use regent_engine::{State, decide};
+use regent_store::{Actor, BatchMeta, EventStore, ExpectedVersion, NewEvent, StoreOptions};
+use uuid::Uuid;
+
+fn t0() -> DateTime<Utc> {
+    DateTime::from_timestamp(1_795_000_000, 0).unwrap()
+}
+
+fn meta(now: DateTime<Utc>) -> BatchMeta {
+    BatchMeta {
+        recorded_at: now,
+        actor: Actor { user: "ops".into(), host: "srv".into() },
+        correlation_id: Uuid::now_v7(),
+    }
+}
+
+fn facts(free: u64) -> FolderFacts {
+    FolderFacts { is_dir: true, writable: true, filesystem: "ext4".into(), free_bytes: free, ..FolderFacts::default() }
+}
+
+/// A command with observations, chosen by a number, covering accepted and refused steps of every kind.
+fn step(choice: u8, n: i64) -> (Command, Observations) {
+    let now = t0() + Duration::minutes(n);
+    let at = Observations { now, ..Observations::default() };
+    match choice % 9 {
+        0 => (
+            Command::ChooseFolders {
+                install_dir: "/opt/r".into(),
+                scratch_dir: "/var/r".into(),
+                backup_size_bytes: 1000,
+            },
+            Observations { install: Some(facts(10)), scratch: Some(facts(if n % 3 == 0 { 10 } else { 100 })), ..at },
+        ),
+        1 => (
+            Command::SetProxy {
+                host: "proxy".into(),
+                port: (n % 70_000) as u32,
+                username: None,
+                password_given: false,
+            },
+            at,
+        ),
+        2 => (Command::ClearProxy, at),
+        3 => (
+            Command::LoadCredentials { file: "/c.VaultCredentials".into() },
+            Observations {
+                credentials: Some(CredentialsObserved::Parsed {
+                    facts: CredentialFacts {
+                        file_name: "c.VaultCredentials".into(),
+                        vault: VaultIdentity {
+                            name: "v".into(),
+                            subscription_id: "s".into(),
+                            resource_group: "g".into(),
+                            location: "l".into(),
+                            resource_id: 1,
+                        },
+                        endpoint: "http://127.0.0.1:1".into(),
+                        thumbprint: "00".repeat(32),
+                        not_before: t0(),
+                        not_after: t0() + Duration::days(2),
+                        subject: "CN=x".into(),
+                    },
+                    private_key: SealedRef { id: "k".into() },
+                }),
+                ..at
+            },
+        ),
+        4 => (
+            Command::SetPassphrase { save_to: None },
+            Observations {
+                passphrase: Some(PassphraseObserved {
+                    length: (n % 30) as usize,
+                    printable_ascii: true,
+                    verifier: Some("$argon2id$x".into()),
+                    sealed: None,
+                    saved_to: None,
+                    save_problem: None,
+                }),
+                ..at
+            },
+        ),
+        5 => (
+            Command::Register { endpoint_override: None },
+            Observations {
+                vault: Some(if n % 2 == 0 {
+                    VaultAnswer::Registered { machine_id: format!("m{n}"), vault: "v".into(), registered_at: now }
+                } else {
+                    VaultAnswer::Refused { reason: regent_engine::Reason::VaultUnreachable, detail: "refused".into() }
+                }),
+                ..at
+            },
+        ),
+        6 => (Command::Unregister, at),
+        7 => (
+            Command::SetThrottling {
+                work_days: vec![Weekday::Mon],
+                work_start: NaiveTime::from_hms_opt(9, 0, 0).unwrap(),
+                work_end: NaiveTime::from_hms_opt(17, 0, 0).unwrap(),
+                work_bps: 400_000 + (n as u64 % 3) * 300_000,
+                non_work_bps: 1_000_000,
+            },
+            at,
+        ),
+        _ => (Command::ThrottlingOff, at),
+    }
+}
+
+/// Records a sequence of steps as the service would (decide, then append), checkpointing at the
+/// given positions. Returns the state folded along the way.
+fn record(store: &EventStore, choices: &[u8], checkpoints: &[usize]) -> State {
+    let mut state = State::default();
+    for (i, choice) in choices.iter().enumerate() {
+        let (command, observed) = step(*choice, i as i64);
+        let outcome = decide(&state, &command, &observed);
+        let record = StepRecord { command, observed, outcome };
+        let event = events::encode(&record).unwrap();
+        let done =
+            store.append(STREAM, ExpectedVersion::Exact(state.version), &meta(record.observed.now), &[event]).unwrap();
+        state = state.evolve(&record);
+        if checkpoints.contains(&i) {
+            projections::save_checkpoint(store, &state, done.head);
+        }
+    }
+    state
+}
+
+fn open(dir: &std::path::Path) -> EventStore {
+    EventStore::open(dir, &StoreOptions::default()).unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_checkpointed_rebuild_equals_a_full_rebuild(
+        choices in proptest::collection::vec(any::<u8>(), 0..60),
+        checkpoints in proptest::collection::vec(0usize..60, 0..4),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let live = record(&store, &choices, &checkpoints);
+        let (full, full_head) = projections::fold(store.read_all(1)).unwrap();
+        prop_assert_eq!(&full, &live);
+        let (from_checkpoint, head) = projections::current_state(&store).unwrap();
+        prop_assert_eq!(&from_checkpoint, &full);
+        prop_assert_eq!(head, full_head);
+        prop_assert_eq!(projections::status(&from_checkpoint, head), projections::status(&full, full_head));
+        prop_assert_eq!(projections::properties(&from_checkpoint), projections::properties(&full));
+        // Deleting the checkpoint changes nothing but speed.
+        store.delete_checkpoint(STATE_CHECKPOINT).unwrap();
+        prop_assert_eq!(projections::current_state(&store).unwrap().0, full.clone());
+        // Replay needs no world and re-decides every step the same way.
+        let replayed = replay(store.read_all(1), true, None).unwrap();
+        prop_assert_eq!(replayed.divergence, None);
+        prop_assert_eq!(replayed.state, full);
+    }
+}
+
+#[test]
+fn replay_check_finds_a_step_the_current_rules_decide_differently() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    record(&store, &[0, 0, 3], &[]); // folders refused (too little space), accepted; credentials
+    // A log written by a build that accepted a 10-character passphrase.
+    let (command, observed) = step(4, 10);
+    let forged = StepRecord {
+        command,
+        observed,
+        outcome: Outcome::Accepted(Change::PassphraseCreated(Encryption {
+            origin: PassphraseOrigin::Provided,
+            verifier: "$argon2id$x".into(),
+            sealed: None,
+            set_at: t0(),
+            warnings: vec![],
+        })),
+    };
+    store.append(STREAM, ExpectedVersion::Exact(3), &meta(t0()), &[events::encode(&forged).unwrap()]).unwrap();
+    let replayed = replay(store.read_all(1), true, None).unwrap();
+    let divergence = replayed.divergence.expect("the divergence is found");
+    assert_eq!(divergence.position, 4);
+    assert!(
+        matches!(divergence.now_decides, Outcome::Refused(ref r) if r.reason == regent_engine::Reason::PassphraseTooShort)
+    );
+    assert_eq!(replayed.state.phase().name(), "passphrase_created", "the log's own outcome is what is folded");
+    let until = replay(store.read_all(1), true, Some(3)).unwrap();
+    assert_eq!((until.head.position, until.divergence), (3, None));
+}
+
+#[test]
+fn a_schema_1_event_is_read_through_the_upcaster() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    // Exactly what schema 1 wrote: the backup size as the operator typed it.
+    let v1 = serde_json::json!({
+        "command": {"command": "choose_folders", "install_dir": "/opt/r", "scratch_dir": "/var/r", "backup_size": "750GiB"},
+        "observed": {"now": "2026-11-01T10:00:00Z",
+            "install": {"resolved": null, "existed": true, "created": false, "is_dir": true, "writable": true,
+                        "filesystem": "ext4", "network": false, "free_bytes": 0, "problem": null},
+            "scratch": {"resolved": null, "existed": true, "created": false, "is_dir": true, "writable": true,
+                        "filesystem": "ext4", "network": false, "free_bytes": 50000000000u64, "problem": null}},
+        "outcome": {"outcome": "accepted", "change": "folders_chosen", "install_dir": "/opt/r", "scratch_dir": "/var/r",
+                    "backup_size": "750GiB", "scratch_free_bytes": 50000000000u64, "scratch_filesystem": "ext4"}
+    });
+    let event = NewEvent::new("FoldersChosen", 1, &v1).unwrap();
+    store.append(STREAM, ExpectedVersion::NoStream, &meta(t0()), &[event]).unwrap();
+    let record = store.read_all(1).next().unwrap().unwrap();
+    assert_eq!(record.schema, 1);
+    let step = events::decode(&record).unwrap();
+    assert!(matches!(step.command, Command::ChooseFolders { backup_size_bytes, .. } if backup_size_bytes == 750 << 30));
+    let (state, _) = projections::current_state(&store).unwrap();
+    assert_eq!(state.folders.unwrap().backup_size_bytes, 750 << 30);
+    // And today's rules still decide that step the same way.
+    assert_eq!(replay(store.read_all(1), true, None).unwrap().divergence, None);
+}
+
+#[test]
+fn a_newer_schema_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let event = NewEvent::new("FoldersChosen", 99, &serde_json::json!({})).unwrap();
+    store.append(STREAM, ExpectedVersion::NoStream, &meta(t0()), &[event]).unwrap();
+    let err = projections::current_state(&store).unwrap_err();
+    assert!(err.to_string().contains("upgrade regent"), "{err}");
+}
+
+#[test]
+fn the_audit_trail_lists_each_step_with_who_what_and_why_filtered() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    // folders refused (n=0: 10 free < 50 needed), folders accepted, bad proxy port 0? (n=2), clear proxy
+    record(&store, &[0, 0, 1, 2, 7, 7], &[]);
+    let all: Vec<_> = projections::audit(store.read_all(1), &AuditFilter::default()).map(Result::unwrap).collect();
+    assert_eq!(all.len(), 6);
+    assert_eq!(all[0].outcome, "refused");
+    assert_eq!(all[0].reason, Some(regent_engine::Reason::InsufficientScratchSpace));
+    assert_eq!(all[0].actor, "ops@srv");
+    assert!(all[1].summary.starts_with("folders chosen"), "{}", all[1].summary);
+    assert_eq!(all.iter().map(|e| e.position).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5, 6]);
+    let refused: Vec<_> =
+        projections::audit(store.read_all(1), &AuditFilter { kind: Some("refused".into()), ..Default::default() })
+            .map(Result::unwrap)
+            .collect();
+    assert!(refused.iter().all(|e| e.outcome == "refused") && !refused.is_empty());
+    let proxy: Vec<_> =
+        projections::audit(store.read_all(1), &AuditFilter { kind: Some("proxy".into()), ..Default::default() })
+            .map(Result::unwrap)
+            .collect();
+    assert_eq!(proxy.iter().map(|e| e.position).collect::<Vec<_>>(), vec![3, 4]);
+    let since = t0() + Duration::minutes(4);
+    let late: Vec<_> = projections::audit(
+        store.read_all(1),
+        &AuditFilter { since: Some(since), limit: Some(1), ..Default::default() },
+    )
+    .map(Result::unwrap)
+    .collect();
+    assert_eq!(late.iter().map(|e| e.position).collect::<Vec<_>>(), vec![5]);
+}

@@ -1,0 +1,638 @@
+//! The rules, given/when/then: given these recorded steps, when this command with these
+//! observations, then this change or this refusal. Every reason code is reached here.
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, Duration, NaiveTime, Utc};
+use regent_engine::model::*;
+use regent_engine::{Reason, State, Step, decide, precheck};
+
+fn t0() -> DateTime<Utc> {
+    DateTime::from_timestamp(1_795_000_000, 0).unwrap()
+}
+
+fn at(minutes: i64) -> Observations {
+    Observations { now: t0() + Duration::minutes(minutes), ..Observations::default() }
+}
+
+fn dir(facts_free: u64) -> FolderFacts {
+    FolderFacts {
+        resolved: None,
+        existed: true,
+        created: false,
+        is_dir: true,
+        writable: true,
+        filesystem: "ext4".into(),
+        network: false,
+        free_bytes: facts_free,
+        problem: None,
+    }
+}
+
+const GIB: u64 = 1 << 30;
+
+fn choose_folders() -> Command {
+    Command::ChooseFolders {
+        install_dir: "/opt/regent".into(),
+        scratch_dir: "/var/cache/regent".into(),
+        backup_size_bytes: 100 * GIB,
+    }
+}
+
+fn folders_seen(free: u64) -> Observations {
+    Observations { install: Some(dir(free)), scratch: Some(dir(free)), ..at(0) }
+}
+
+fn vault(name: &str) -> VaultIdentity {
+    VaultIdentity {
+        name: name.into(),
+        subscription_id: "sub-1".into(),
+        resource_group: "rg".into(),
+        location: "westeurope".into(),
+        resource_id: 42,
+    }
+}
+
+fn credentials_seen(vault_name: &str) -> Observations {
+    Observations {
+        credentials: Some(CredentialsObserved::Parsed {
+            facts: CredentialFacts {
+                file_name: "v.VaultCredentials".into(),
+                vault: vault(vault_name),
+                endpoint: "http://127.0.0.1:9".into(),
+                thumbprint: "ab".repeat(32),
+                not_before: t0() - Duration::minutes(10),
+                not_after: t0() + Duration::hours(48),
+                subject: "CN=test".into(),
+            },
+            private_key: SealedRef { id: "key".into() },
+        }),
+        ..at(1)
+    }
+}
+
+fn passphrase_seen(length: usize) -> Observations {
+    Observations {
+        passphrase: Some(PassphraseObserved {
+            length,
+            printable_ascii: true,
+            verifier: Some("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into()),
+            sealed: Some(SealedRef { id: "pp".into() }),
+            saved_to: None,
+            save_problem: None,
+        }),
+        ..at(2)
+    }
+}
+
+fn registered_seen() -> Observations {
+    Observations {
+        vault: Some(VaultAnswer::Registered { machine_id: "m-1".into(), vault: "vault-a".into(), registered_at: t0() }),
+        ..at(3)
+    }
+}
+
+/// The steps leading up to each phase, as recorded.
+fn history(upto: Step) -> Vec<(Command, Observations)> {
+    let all = vec![
+        (Step::Folders, choose_folders(), folders_seen(100 * GIB)),
+        (
+            Step::Credentials,
+            Command::LoadCredentials { file: "/tmp/v.VaultCredentials".into() },
+            credentials_seen("vault-a"),
+        ),
+        (Step::Passphrase, Command::SetPassphrase { save_to: None }, passphrase_seen(20)),
+        (Step::Register, Command::Register { endpoint_override: None }, registered_seen()),
+    ];
+    let mut steps = Vec::new();
+    for (step, command, observed) in all {
+        steps.push((command, observed));
+        if step == upto {
+            break;
+        }
+    }
+    steps
+}
+
+/// Given/when/then over decide and evolve.
+struct Given {
+    state: State,
+}
+
+fn given(steps: Vec<(Command, Observations)>) -> Given {
+    let mut state = State::default();
+    for (command, observed) in steps {
+        let outcome = decide(&state, &command, &observed);
+        assert!(matches!(outcome, Outcome::Accepted(_)), "the history must be accepted: {outcome:?}");
+        state = state.evolve(&StepRecord { command, observed, outcome });
+    }
+    Given { state }
+}
+
+fn nothing() -> Given {
+    given(vec![])
+}
+
+impl Given {
+    fn when(&self, command: Command, observed: Observations) -> Then {
+        let outcome = decide(&self.state, &command, &observed);
+        let after = self.state.clone().evolve(&StepRecord { command, observed, outcome: outcome.clone() });
+        Then { outcome, after }
+    }
+}
+
+struct Then {
+    outcome: Outcome,
+    after: State,
+}
+
+impl Then {
+    fn accepted(self) -> (Change, State) {
+        match self.outcome {
+            Outcome::Accepted(change) => (change, self.after),
+            Outcome::Refused(r) => panic!("expected acceptance, got {:?}: {}", r.reason, r.message),
+        }
+    }
+
+    /// Refused with `reason`; the message mentions each of `says`; the state keeps the failure.
+    fn refused(self, reason: Reason, says: &[&str]) -> Refusal {
+        let Outcome::Refused(refusal) = self.outcome else {
+            panic!("expected {reason} refusal, got {:?}", self.outcome);
+        };
+        assert_eq!(refusal.reason, reason, "{}", refusal.message);
+        for text in says {
+            assert!(refusal.message.contains(text), "message {:?} should mention {text:?}", refusal.message);
+        }
+        assert!(!refusal.message.contains('\n'), "one line");
+        let failure = self.after.last_failure.expect("state keeps the last failure");
+        assert_eq!((failure.reason, failure.message.as_str()), (reason, refusal.message.as_str()));
+        refusal
+    }
+}
+
+// ---- folders ----
+
+#[test]
+fn folders_are_accepted_with_enough_scratch_space_and_recorded() {
+    let (change, state) = nothing().when(choose_folders(), folders_seen(5 * GIB)).accepted();
+    let Change::FoldersChosen(folders) = change else { panic!("{change:?}") };
+    assert_eq!((folders.backup_size_bytes, folders.scratch_free_bytes), (100 * GIB, 5 * GIB));
+    assert_eq!(state.phase().name(), "folders_chosen");
+    assert_eq!(state.next_step(), Some(Step::Credentials));
+}
+
+#[test]
+fn scratch_space_below_five_percent_is_insufficient_and_says_how_much() {
+    nothing()
+        .when(choose_folders(), folders_seen(5 * GIB - 1))
+        .refused(Reason::InsufficientScratchSpace, &["5.0 GiB", "100.0 GiB", "5%"]);
+}
+
+#[test]
+fn exactly_five_percent_rounded_up_is_enough() {
+    let command =
+        Command::ChooseFolders { install_dir: "/opt/a".into(), scratch_dir: "/opt/b".into(), backup_size_bytes: 101 };
+    nothing().when(command.clone(), folders_seen(6)).accepted();
+    nothing().when(command, folders_seen(5)).refused(Reason::InsufficientScratchSpace, &[]);
+}
+
+#[test]
+fn folder_paths_that_are_relative_equal_or_nested_are_invalid() {
+    let cases = [
+        ("opt/regent", "/var/cache", "absolute path"),
+        ("/opt/regent", "/opt/regent", "must differ"),
+        ("/opt/regent", "/opt/regent/cache", "inside the other"),
+        ("/var/x/../cache/sub", "/var/cache", "inside the other"),
+        ("/opt/regent/", "/opt/./regent", "must differ"),
+    ];
+    for (install, scratch, says) in cases {
+        let command =
+            Command::ChooseFolders { install_dir: install.into(), scratch_dir: scratch.into(), backup_size_bytes: GIB };
+        assert!(precheck(&State::default(), &command).is_some(), "{install} {scratch}");
+        nothing().when(command, folders_seen(GIB)).refused(Reason::InvalidFolder, &[says]);
+    }
+}
+
+#[test]
+fn a_zero_backup_size_is_invalid() {
+    let command = Command::ChooseFolders { install_dir: "/a".into(), scratch_dir: "/b".into(), backup_size_bytes: 0 };
+    nothing().when(command, folders_seen(GIB)).refused(Reason::InvalidFolder, &["more than 0"]);
+}
+
+#[test]
+fn unusable_folders_are_invalid_with_the_cause() {
+    let mut not_dir = dir(GIB);
+    not_dir.is_dir = false;
+    let mut read_only = dir(GIB);
+    read_only.writable = false;
+    let mut cannot_create = dir(GIB);
+    cannot_create.problem = Some("cannot create it: permission denied".into());
+    for (facts, says) in
+        [(not_dir, "not a directory"), (read_only, "not writable"), (cannot_create, "permission denied")]
+    {
+        let observed = Observations { install: Some(facts.clone()), scratch: Some(dir(100 * GIB)), ..at(0) };
+        nothing().when(choose_folders(), observed).refused(Reason::InvalidFolder, &["install", says]);
+        let observed = Observations { install: Some(dir(GIB)), scratch: Some(facts), ..at(0) };
+        nothing().when(choose_folders(), observed).refused(Reason::InvalidFolder, &["scratch", says]);
+    }
+}
+
+#[test]
+fn a_scratch_folder_on_a_network_share_is_refused() {
+    for fs in ["nfs", "cifs", "smb2"] {
+        let mut share = dir(1000 * GIB);
+        share.network = true;
+        share.filesystem = fs.into();
+        let observed = Observations { install: Some(dir(GIB)), scratch: Some(share), ..at(0) };
+        nothing().when(choose_folders(), observed).refused(Reason::InvalidFolder, &["network share", fs]);
+    }
+}
+
+#[test]
+fn folders_that_nest_through_a_symlink_are_caught_on_the_resolved_paths() {
+    let mut install = dir(GIB);
+    install.resolved = Some("/data/regent".into());
+    let mut scratch = dir(100 * GIB);
+    scratch.resolved = Some("/data/regent/cache".into());
+    let observed = Observations { install: Some(install), scratch: Some(scratch), ..at(0) };
+    nothing().when(choose_folders(), observed).refused(Reason::InvalidFolder, &["symbolic links"]);
+}
+
+// ---- proxy ----
+
+fn set_proxy(host: &str, port: u32, user: Option<&str>, password: bool) -> Command {
+    Command::SetProxy { host: host.into(), port, username: user.map(String::from), password_given: password }
+}
+
+#[test]
+fn a_proxy_can_be_set_and_cleared_at_any_time_and_its_password_is_only_a_reference() {
+    let observed = Observations { proxy_password: Some(SealedRef { id: "sealed-pw".into() }), ..at(0) };
+    let (change, state) = nothing().when(set_proxy("proxy.corp", 3128, Some("ops"), true), observed).accepted();
+    assert!(matches!(change, Change::ProxySet(Proxy { port: 3128, .. })));
+    assert_eq!(state.proxy.unwrap().password, Some(SealedRef { id: "sealed-pw".into() }));
+    let (_, state) = given(history(Step::Register)).when(set_proxy("10.0.0.5", 8080, None, false), at(9)).accepted();
+    assert!(state.proxy.is_some());
+    let (_, state) = given(history(Step::Register)).when(Command::ClearProxy, at(9)).accepted();
+    assert_eq!(state.proxy, None);
+}
+
+#[test]
+fn bad_proxies_are_invalid() {
+    let cases = [
+        (set_proxy("", 3128, None, false), "not a host"),
+        (set_proxy("bad host", 3128, None, false), "not a host"),
+        (set_proxy("-x.corp", 3128, None, false), "not a host"),
+        (set_proxy("proxy", 0, None, false), "out of range"),
+        (set_proxy("proxy", 65536, None, false), "out of range"),
+        (set_proxy("proxy", 3128, Some("ops"), false), "needs a password"),
+        (set_proxy("proxy", 3128, None, true), "needs a user"),
+        (set_proxy("proxy", 3128, Some("a:b"), true), "without ':'"),
+    ];
+    for (command, says) in cases {
+        nothing().when(command, at(0)).refused(Reason::InvalidProxy, &[says]);
+    }
+    nothing().when(set_proxy("::1", 3128, None, false), at(0)).accepted();
+}
+
+// ---- credentials ----
+
+#[test]
+fn credentials_need_folders_first() {
+    nothing()
+        .when(Command::LoadCredentials { file: "/tmp/x.VaultCredentials".into() }, credentials_seen("v"))
+        .refused(Reason::StepOutOfOrder, &["folders", "regent folders"]);
+}
+
+#[test]
+fn loaded_credentials_record_the_vault_validity_and_thumbprint() {
+    let (change, state) = given(history(Step::Folders))
+        .when(Command::LoadCredentials { file: "/tmp/v.VaultCredentials".into() }, credentials_seen("vault-a"))
+        .accepted();
+    let Change::CredentialsLoaded(loaded) = change else { panic!() };
+    assert_eq!(loaded.facts.vault.name, "vault-a");
+    assert_eq!(loaded.facts.thumbprint, "ab".repeat(32));
+    assert_eq!(state.phase().name(), "credentials_loaded");
+}
+
+#[test]
+fn unreadable_and_invalid_credentials_are_refused_with_their_codes() {
+    let load = || Command::LoadCredentials { file: "/tmp/v.VaultCredentials".into() };
+    for (kind, says) in [
+        (UnreadableKind::Missing, "does not exist"),
+        (UnreadableKind::PermissionDenied, "permission denied"),
+        (UnreadableKind::IsDirectory, "directory"),
+        (UnreadableKind::TooLarge, "too large"),
+    ] {
+        let observed = Observations {
+            credentials: Some(CredentialsObserved::Unreadable { kind, detail: "2 MiB".into() }),
+            ..at(1)
+        };
+        given(history(Step::Folders))
+            .when(load(), observed)
+            .refused(Reason::CredentialsUnreadable, &[says, "Unable to read"]);
+    }
+    let observed = Observations {
+        credentials: Some(CredentialsObserved::Invalid {
+            detail: "the root element is not RSBackupVaultAADCreds".into(),
+        }),
+        ..at(1)
+    };
+    given(history(Step::Folders))
+        .when(load(), observed)
+        .refused(Reason::CredentialsInvalid, &["Invalid vault credentials", "RSBackupVaultAADCreds"]);
+}
+
+#[test]
+fn credentials_outside_their_validity_at_the_recorded_time_are_expired() {
+    let load = || Command::LoadCredentials { file: "/tmp/v.VaultCredentials".into() };
+    let mut late = credentials_seen("vault-a");
+    late.now = t0() + Duration::hours(49);
+    given(history(Step::Folders)).when(load(), late).refused(Reason::CredentialsExpired, &["has expired"]);
+    let mut early = credentials_seen("vault-a");
+    early.now = t0() - Duration::hours(1);
+    given(history(Step::Folders))
+        .when(load(), early)
+        .refused(Reason::CredentialsExpired, &["not valid until", "clock"]);
+}
+
+#[test]
+fn once_registered_only_credentials_of_the_same_vault_are_accepted() {
+    let load = || Command::LoadCredentials { file: "/tmp/v.VaultCredentials".into() };
+    given(history(Step::Register))
+        .when(load(), credentials_seen("vault-b"))
+        .refused(Reason::CredentialsWrongVault, &["vault-b", "vault-a"]);
+    given(history(Step::Register)).when(load(), credentials_seen("vault-a")).accepted();
+}
+
+// ---- passphrase ----
+
+#[test]
+fn the_passphrase_needs_folders_and_credentials_first() {
+    nothing()
+        .when(Command::SetPassphrase { save_to: None }, passphrase_seen(20))
+        .refused(Reason::StepOutOfOrder, &["folders"]);
+    given(history(Step::Folders))
+        .when(Command::SetPassphrase { save_to: None }, passphrase_seen(20))
+        .refused(Reason::StepOutOfOrder, &["credentials", "regent credentials load"]);
+}
+
+#[test]
+fn a_passphrase_shorter_than_16_characters_is_too_short() {
+    given(history(Step::Credentials))
+        .when(Command::SetPassphrase { save_to: None }, passphrase_seen(15))
+        .refused(Reason::PassphraseTooShort, &["15 characters", "at least 16"]);
+    given(history(Step::Credentials)).when(Command::SetPassphrase { save_to: None }, passphrase_seen(16)).accepted();
+}
+
+#[test]
+fn a_passphrase_with_characters_outside_printable_ascii_is_invalid() {
+    let mut observed = passphrase_seen(30);
+    if let Some(p) = &mut observed.passphrase {
+        p.printable_ascii = false;
+        p.verifier = None;
+    }
+    given(history(Step::Credentials))
+        .when(Command::SetPassphrase { save_to: None }, observed)
+        .refused(Reason::PassphraseInvalid, &["printable ASCII"]);
+}
+
+#[test]
+fn a_generated_passphrase_records_where_it_was_saved_and_warns_inside_the_folders() {
+    let save = |path: &str| Command::SetPassphrase { save_to: Some(PathBuf::from(path)) };
+    let saved = |path: &str| {
+        let mut observed = passphrase_seen(40);
+        if let Some(p) = &mut observed.passphrase {
+            p.saved_to = Some(path.into());
+        }
+        observed
+    };
+    let (change, state) =
+        given(history(Step::Credentials)).when(save("/root/safe/pp.txt"), saved("/root/safe/pp.txt")).accepted();
+    let Change::PassphraseCreated(encryption) = change else { panic!() };
+    assert_eq!(encryption.origin, PassphraseOrigin::Generated { saved_to: "/root/safe/pp.txt".into() });
+    assert!(encryption.warnings.is_empty());
+    assert_eq!(state.phase().name(), "passphrase_created");
+    let (change, _) = given(history(Step::Credentials))
+        .when(save("/var/cache/regent/pp.txt"), saved("/var/cache/regent/pp.txt"))
+        .accepted();
+    let Change::PassphraseCreated(encryption) = change else { panic!() };
+    assert_eq!(encryption.warnings.len(), 1);
+    assert!(encryption.warnings[0].contains("scratch folder"));
+}
+
+#[test]
+fn a_generated_passphrase_that_could_not_be_saved_is_refused() {
+    let mut observed = passphrase_seen(40);
+    if let Some(p) = &mut observed.passphrase {
+        p.save_problem = Some("the file exists; it is never overwritten".into());
+        p.verifier = None;
+    }
+    given(history(Step::Credentials))
+        .when(Command::SetPassphrase { save_to: Some("/root/pp.txt".into()) }, observed)
+        .refused(Reason::PassphraseInvalid, &["could not be saved", "never overwritten"]);
+}
+
+// ---- register ----
+
+#[test]
+fn register_needs_every_earlier_step_naming_the_first_missing() {
+    let register = || Command::Register { endpoint_override: None };
+    nothing().when(register(), registered_seen()).refused(Reason::StepOutOfOrder, &["folders"]);
+    given(history(Step::Folders)).when(register(), registered_seen()).refused(Reason::StepOutOfOrder, &["credentials"]);
+    given(history(Step::Credentials))
+        .when(register(), registered_seen())
+        .refused(Reason::StepOutOfOrder, &["passphrase"]);
+}
+
+#[test]
+fn a_registration_records_the_vault_machine_and_time() {
+    let (change, state) = given(history(Step::Passphrase))
+        .when(Command::Register { endpoint_override: None }, registered_seen())
+        .accepted();
+    let Change::Registered(registration) = change else { panic!() };
+    assert_eq!((registration.vault.as_str(), registration.machine_id.as_str()), ("vault-a", "m-1"));
+    assert_eq!(registration.thumbprint, "ab".repeat(32));
+    assert_eq!(state.phase().name(), "registered");
+    assert_eq!(state.next_step(), None);
+}
+
+#[test]
+fn the_vaults_refusals_are_recorded_with_their_codes() {
+    for (reason, says) in [
+        (Reason::CredentialsSuperseded, "newer one was downloaded"),
+        (Reason::CredentialsExpired, "expired"),
+        (Reason::CredentialsInvalid, "Invalid vault credentials"),
+        (Reason::ProxyAuthFailed, "proxy refused"),
+        (Reason::VaultUnreachable, "could not be reached"),
+        (Reason::VaultError, "refused the registration"),
+    ] {
+        let observed = Observations { vault: Some(VaultAnswer::Refused { reason, detail: "detail".into() }), ..at(3) };
+        given(history(Step::Passphrase))
+            .when(Command::Register { endpoint_override: None }, observed)
+            .refused(reason, &[says]);
+    }
+}
+
+#[test]
+fn credentials_expired_by_registration_time_are_refused_without_the_vault() {
+    let observed = Observations { now: t0() + Duration::hours(72), ..Observations::default() };
+    given(history(Step::Passphrase))
+        .when(Command::Register { endpoint_override: None }, observed)
+        .refused(Reason::CredentialsExpired, &["expired"]);
+}
+
+#[test]
+fn a_sealed_key_that_cannot_be_opened_is_reported_not_crashed_on() {
+    let observed = Observations {
+        unsealable: Some(Unsealable {
+            secret: SecretKind::CredentialsPrivateKey,
+            detail: "machine key missing".into(),
+        }),
+        ..at(3)
+    };
+    given(history(Step::Passphrase))
+        .when(Command::Register { endpoint_override: None }, observed)
+        .refused(Reason::CredentialsUnreadable, &["machine key missing", "load the vault credentials file again"]);
+}
+
+#[test]
+fn a_registered_machine_refuses_another_registration_until_unregistered() {
+    let register = || Command::Register { endpoint_override: None };
+    given(history(Step::Register))
+        .when(register(), registered_seen())
+        .refused(Reason::AlreadyRegistered, &["unregister"]);
+    let mut steps = history(Step::Register);
+    steps.push((Command::Unregister, at(5)));
+    let (change, state) = given(steps).when(register(), registered_seen()).accepted();
+    assert!(matches!(change, Change::Registered(_)));
+    assert_eq!(state.phase().name(), "registered");
+}
+
+#[test]
+fn unregistering_an_unregistered_machine_is_out_of_order() {
+    nothing().when(Command::Unregister, at(0)).refused(Reason::StepOutOfOrder, &["not registered"]);
+}
+
+#[test]
+fn earlier_steps_after_registration_point_to_change_properties() {
+    given(history(Step::Register))
+        .when(choose_folders(), folders_seen(100 * GIB))
+        .refused(Reason::AlreadyRegistered, &["properties scratch-dir"]);
+    given(history(Step::Register))
+        .when(Command::SetPassphrase { save_to: None }, passphrase_seen(20))
+        .refused(Reason::AlreadyRegistered, &["passphrase change"]);
+}
+
+// ---- change properties ----
+
+#[test]
+fn the_scratch_folder_moves_under_the_same_rules() {
+    let moved = |free| Observations { scratch: Some(dir(free)), ..at(5) };
+    let command = || Command::MoveScratch { scratch_dir: "/srv/scratch".into() };
+    let (_, state) = given(history(Step::Register)).when(command(), moved(5 * GIB)).accepted();
+    assert_eq!(state.folders.unwrap().scratch_dir, PathBuf::from("/srv/scratch"));
+    given(history(Step::Register)).when(command(), moved(GIB)).refused(Reason::InsufficientScratchSpace, &[]);
+    given(history(Step::Register))
+        .when(Command::MoveScratch { scratch_dir: "/opt/regent/cache".into() }, moved(5 * GIB))
+        .refused(Reason::InvalidFolder, &["inside"]);
+    nothing().when(command(), moved(5 * GIB)).refused(Reason::StepOutOfOrder, &["folders"]);
+}
+
+fn throttle(start: (u32, u32), end: (u32, u32), work: u64, non_work: u64) -> Command {
+    Command::SetThrottling {
+        work_days: Weekday::parse_set("mon-fri").unwrap(),
+        work_start: NaiveTime::from_hms_opt(start.0, start.1, 0).unwrap(),
+        work_end: NaiveTime::from_hms_opt(end.0, end.1, 0).unwrap(),
+        work_bps: work,
+        non_work_bps: non_work,
+    }
+}
+
+#[test]
+fn throttling_within_range_is_set_and_outside_it_is_invalid() {
+    let (_, state) = nothing().when(throttle((9, 0), (17, 0), 512_000, 1_023_000_000), at(0)).accepted();
+    assert_eq!(state.throttling.as_ref().unwrap().work_days.len(), 5);
+    let (_, state) = given(vec![]).when(Command::ThrottlingOff, at(1)).accepted();
+    assert_eq!(state.throttling, None);
+    for (command, says) in [
+        (throttle((9, 0), (17, 0), 511_999, 1_000_000), "outside the allowed range"),
+        (throttle((9, 0), (17, 0), 1_000_000, 1_023_000_001), "non-work bandwidth"),
+        (throttle((17, 0), (9, 0), 1_000_000, 1_000_000), "start before"),
+        (throttle((9, 0), (9, 0), 1_000_000, 1_000_000), "start before"),
+    ] {
+        nothing().when(command, at(0)).refused(Reason::InvalidThrottling, &[says]);
+    }
+}
+
+#[test]
+fn work_days_parse_ranges_and_lists() {
+    assert_eq!(Weekday::parse_set("mon-fri").unwrap().len(), 5);
+    assert_eq!(Weekday::parse_set("sat,sun").unwrap(), vec![Weekday::Sat, Weekday::Sun]);
+    assert_eq!(Weekday::parse_set("Monday,wed-fri").unwrap().len(), 4);
+    for bad in ["", "fri-mon", "funday", "mo"] {
+        assert!(Weekday::parse_set(bad).is_err(), "{bad}");
+    }
+}
+
+fn pin(issued_minutes_before: i64) -> PinAnswer {
+    PinAnswer::Valid { issued_at: t0() + Duration::minutes(10 - issued_minutes_before) }
+}
+
+#[test]
+fn a_passphrase_change_needs_a_pin_issued_within_five_minutes() {
+    let change = || Command::ChangePassphrase { save_to: None };
+    let with_pin = |answer| {
+        let mut observed = passphrase_seen(24);
+        observed.now = t0() + Duration::minutes(10);
+        observed.pin = Some(answer);
+        observed
+    };
+    let (change_made, _) = given(history(Step::Register)).when(change(), with_pin(pin(4))).accepted();
+    assert!(matches!(change_made, Change::PassphraseChanged(_)));
+    given(history(Step::Register))
+        .when(change(), with_pin(pin(6)))
+        .refused(Reason::SecurityPinInvalid, &["more than 5 minutes"]);
+    given(history(Step::Register))
+        .when(
+            change(),
+            with_pin(PinAnswer::Refused { reason: Reason::SecurityPinInvalid, detail: "unknown PIN".into() }),
+        )
+        .refused(Reason::SecurityPinInvalid, &["unknown PIN", "regent vault pin"]);
+    given(history(Step::Passphrase))
+        .when(change(), with_pin(pin(1)))
+        .refused(Reason::StepOutOfOrder, &["once registered"]);
+}
+
+// ---- state ----
+
+#[test]
+fn a_later_success_of_the_same_step_clears_the_failure_but_another_step_does_not() {
+    let g = given(history(Step::Folders));
+    let failed = g.when(
+        Command::LoadCredentials { file: "/x.VaultCredentials".into() },
+        Observations { credentials: Some(CredentialsObserved::Invalid { detail: "x".into() }), ..at(1) },
+    );
+    let state = failed.after;
+    assert!(state.last_failure.is_some());
+    let state = Given { state }.when(set_proxy("p", 1, None, false), at(2)).accepted().1;
+    assert!(state.last_failure.is_some(), "a proxy change does not resolve a credentials failure");
+    let state = Given { state }
+        .when(Command::LoadCredentials { file: "/x.VaultCredentials".into() }, credentials_seen("vault-a"))
+        .accepted()
+        .1;
+    assert_eq!(state.last_failure, None);
+}
+
+#[test]
+fn reason_codes_are_the_names_of_the_spec() {
+    let spec = "invalid_folder insufficient_scratch_space invalid_proxy credentials_unreadable credentials_invalid \
+        credentials_expired credentials_superseded credentials_wrong_vault passphrase_too_short passphrase_invalid \
+        proxy_auth_failed vault_unreachable vault_error already_registered step_out_of_order security_pin_invalid \
+        invalid_throttling";
+    let codes: Vec<String> =
+        Reason::ALL.iter().map(|r| serde_json::to_value(r).unwrap().as_str().unwrap().to_string()).collect();
+    assert_eq!(codes, spec.split_whitespace().collect::<Vec<_>>());
+    for reason in Reason::ALL {
+        assert_eq!(serde_json::to_value(reason).unwrap(), reason.code());
+    }
+}

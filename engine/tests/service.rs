@@ -1,0 +1,397 @@
+//! The service end to end inside the engine: real store, real sealing under a machine key, real
+//! credentials files, and a test vault that checks the possession signature. Afterwards no secret
+//! is anywhere under the data dir or in an export.
+
+use std::cell::{Cell, RefCell};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Duration, Utc};
+use regent_engine::model::*;
+use regent_engine::ports::*;
+use regent_engine::service::{EngineError, Registrar, SecretInputs};
+use regent_engine::{Reason, projections};
+use regent_secrets::{ExposeSecret, MachineKey, SecretString, SecretsArea};
+use regent_store::{Actor, EventStore, StoreOptions};
+
+struct TestClock(Cell<DateTime<Utc>>);
+impl Clock for TestClock {
+    fn now(&self) -> DateTime<Utc> {
+        self.0.get()
+    }
+}
+
+/// Folders as a disk would report them, with a chosen amount of free space.
+struct TestFolders {
+    free: u64,
+}
+impl FolderProbe for TestFolders {
+    fn probe(&self, path: &Path, create: bool) -> FolderFacts {
+        if create {
+            std::fs::create_dir_all(path).unwrap();
+        }
+        FolderFacts {
+            resolved: Some(path.to_path_buf()),
+            existed: true,
+            is_dir: path.is_dir(),
+            writable: true,
+            filesystem: "ext4".into(),
+            free_bytes: self.free,
+            ..FolderFacts::default()
+        }
+    }
+}
+
+struct Files;
+impl FileReader for Files {
+    fn read(&self, path: &Path, _limit: u64) -> Result<Vec<u8>, (UnreadableKind, String)> {
+        std::fs::read(path).map_err(|e| (regent_engine::service::unreadable_kind(&e), e.to_string()))
+    }
+}
+
+struct Random;
+impl Randomness for Random {
+    fn fill(&self, bytes: &mut [u8]) -> Result<(), String> {
+        regent_secrets::OsRandom.fill(bytes).map_err(|e| e.to_string())
+    }
+}
+
+struct NewFiles;
+impl PassphraseFile for NewFiles {
+    fn save_new(&self, path: &Path, passphrase: &SecretString) -> Result<PathBuf, String> {
+        regent_secrets::write_new_secret_file(path, passphrase).map_err(|e| e.to_string())?;
+        Ok(path.to_path_buf())
+    }
+}
+
+/// A vault that registers a machine only if the request is signed by the key of the newest
+/// certificate it issued, and checks PINs. What it saw is kept for the test to inspect.
+struct TestVault {
+    newest_certificate: RefCell<Vec<u8>>,
+    registrations: Cell<u32>,
+    proxies_seen: RefCell<Vec<Option<(String, String)>>>,
+    pin: String,
+    pin_issued_at: DateTime<Utc>,
+}
+impl VaultClient for TestVault {
+    fn register(&self, request: &RegisterRequest) -> VaultAnswer {
+        self.proxies_seen.borrow_mut().push(
+            request
+                .proxy
+                .as_ref()
+                .and_then(|p| p.credentials.as_ref().map(|(user, pw)| (user.clone(), pw.expose_secret().to_string()))),
+        );
+        let key = match regent_credentials::PrivateKey::from_pkcs8_der(&request.private_key) {
+            Ok(key) => key,
+            Err(e) => return VaultAnswer::Refused { reason: Reason::CredentialsInvalid, detail: e.to_string() },
+        };
+        let message = format!("{}|{}|{}", request.vault.name, request.machine_name, request.request_id);
+        let signature = key.sign(message.as_bytes()).unwrap();
+        let certificate = self.newest_certificate.borrow();
+        match regent_credentials::verify_signature(&certificate, message.as_bytes(), &signature) {
+            Ok(()) => {
+                self.registrations.set(self.registrations.get() + 1);
+                VaultAnswer::Registered {
+                    machine_id: format!("machine-{}", self.registrations.get()),
+                    vault: request.vault.name.clone(),
+                    registered_at: Utc::now(),
+                }
+            }
+            Err(_) => VaultAnswer::Refused {
+                reason: Reason::CredentialsSuperseded,
+                detail: "a newer credentials file was downloaded".into(),
+            },
+        }
+    }
+
+    fn check_pin(&self, check: &PinCheck) -> PinAnswer {
+        if check.pin.expose_secret() == self.pin {
+            PinAnswer::Valid { issued_at: self.pin_issued_at }
+        } else {
+            PinAnswer::Refused { reason: Reason::SecurityPinInvalid, detail: "unknown PIN".into() }
+        }
+    }
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    store: EventStore,
+    area: SecretsArea,
+    clock: TestClock,
+    folders: TestFolders,
+    vault: TestVault,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EventStore::open(dir.path().join("store"), &StoreOptions::default()).unwrap();
+        let area = SecretsArea::open_dir(dir.path(), MachineKey::load_or_create(dir.path()).unwrap()).unwrap();
+        Fixture {
+            dir,
+            store,
+            area,
+            clock: TestClock(Cell::new(Utc::now())),
+            folders: TestFolders { free: 1 << 40 },
+            vault: TestVault {
+                newest_certificate: RefCell::new(Vec::new()),
+                registrations: Cell::new(0),
+                proxies_seen: RefCell::new(Vec::new()),
+                pin: "12345678".into(),
+                pin_issued_at: Utc::now(),
+            },
+        }
+    }
+
+    fn world(&self) -> World<'_> {
+        World {
+            clock: &self.clock,
+            folders: &self.folders,
+            files: &Files,
+            random: &Random,
+            secrets: &self.area,
+            passphrase_files: &NewFiles,
+            vault: &self.vault,
+            machine_name: "srv-01".into(),
+        }
+    }
+
+    fn run(&self, command: Command, secrets: SecretInputs) -> Result<regent_engine::service::StepResult, EngineError> {
+        Registrar::new(&self.store).execute(
+            &self.world(),
+            Actor { user: "ops".into(), host: "srv-01".into() },
+            command,
+            secrets,
+        )
+    }
+
+    fn reason_of(&self, command: Command, secrets: SecretInputs) -> Option<Reason> {
+        match self.run(command, secrets).unwrap().record.outcome {
+            Outcome::Accepted(_) => None,
+            Outcome::Refused(r) => Some(r.reason),
+        }
+    }
+
+    /// Issues a credentials file for `vault` into the temp dir, making it the vault's newest.
+    fn download_credentials(&self, vault: &str, name: &str) -> (PathBuf, Vec<u8>) {
+        let now = self.clock.now();
+        let issued = regent_credentials::issue(&regent_credentials::IssueRequest {
+            identity: regent_credentials::VaultIdentity {
+                resource_name: vault.into(),
+                subscription_id: "00000000-0000-0000-0000-000000000001".into(),
+                resource_group: "rg-backup".into(),
+                location: "westeurope".into(),
+                resource_id: 7,
+                resource_type: "Vaults".into(),
+                provider_namespace: "Microsoft.RecoveryServices".into(),
+            },
+            aad_authority: String::new(),
+            aad_tenant_id: String::new(),
+            service_principal_client_id: String::new(),
+            endpoint: "http://127.0.0.1:1".into(),
+            agent_links: vec![],
+            not_before: now - Duration::minutes(10),
+            not_after: now + Duration::hours(48),
+        })
+        .unwrap();
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, issued.xml.as_bytes()).unwrap();
+        let parsed = regent_credentials::parse(name, issued.xml.as_bytes()).unwrap();
+        *self.vault.newest_certificate.borrow_mut() = parsed.certificate_der.clone();
+        (path, parsed.private_key.pkcs8_der().to_vec())
+    }
+}
+
+fn secret(text: &str) -> Option<SecretString> {
+    Some(SecretString::from(text.to_string()))
+}
+
+fn folders(f: &Fixture) -> Command {
+    Command::ChooseFolders {
+        install_dir: f.dir.path().join("install"),
+        scratch_dir: f.dir.path().join("scratch"),
+        backup_size_bytes: 100 << 30,
+    }
+}
+
+/// Every form a secret could leak in.
+fn forms(secret: &[u8]) -> Vec<Vec<u8>> {
+    use base64::Engine as _;
+    let mut forms = vec![
+        secret.to_vec(),
+        hex::encode(secret).into_bytes(),
+        hex::encode_upper(secret).into_bytes(),
+        base64::engine::general_purpose::STANDARD.encode(secret).into_bytes(),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret).into_bytes(),
+    ];
+    // A long binary secret (a key) also must not appear in part: check a 16-byte window of it.
+    if secret.len() > 64 {
+        let middle = &secret[secret.len() / 2..secret.len() / 2 + 16];
+        forms.push(middle.to_vec());
+        forms.push(hex::encode(middle).into_bytes());
+    }
+    forms
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() { out.extend(files_under(&path)) } else { out.push(path) }
+    }
+    out
+}
+
+#[test]
+fn a_scripted_registration_leaves_no_secret_in_any_file_or_export() {
+    let f = Fixture::new();
+    let proxy_password = "Pr0xy-Secret-Sauce-9911";
+    let passphrase = "correct horse battery staple 42!";
+    assert!(f.run(folders(&f), SecretInputs::default()).unwrap().state.folders.is_some());
+    let proxy =
+        Command::SetProxy { host: "proxy.corp".into(), port: 3128, username: Some("svc".into()), password_given: true };
+    let done = f.run(proxy, SecretInputs { proxy_password: secret(proxy_password), ..Default::default() }).unwrap();
+    assert!(done.state.proxy.unwrap().password.is_some());
+    let (credentials, private_key) = f.download_credentials("vault-a", "vault-a.VaultCredentials");
+    // The credentials file itself holds the key; the operator deletes it after loading. The check
+    // below is about what regent keeps, so the file is moved out of the data dir first.
+    let outside = tempfile::tempdir().unwrap();
+    let moved = outside.path().join("vault-a.VaultCredentials");
+    std::fs::rename(&credentials, &moved).unwrap();
+    assert_eq!(f.reason_of(Command::LoadCredentials { file: moved }, SecretInputs::default()), None);
+    let set = Command::SetPassphrase { save_to: None };
+    assert_eq!(f.reason_of(set, SecretInputs { passphrase: secret(passphrase), ..Default::default() }), None);
+    let done = f.run(Command::Register { endpoint_override: None }, SecretInputs::default()).unwrap();
+    assert!(matches!(done.record.outcome, Outcome::Accepted(Change::Registered(_))), "{:?}", done.record.outcome);
+    // The vault client got the proxy password opened from its sealed copy.
+    assert_eq!(f.vault.proxies_seen.borrow()[0], Some(("svc".into(), proxy_password.into())));
+
+    let mut export = Vec::new();
+    f.store.export(&mut export, "test").unwrap();
+    let mut places: Vec<(String, Vec<u8>)> = vec![("export".into(), export)];
+    f.store.flush().unwrap();
+    for path in files_under(f.dir.path()) {
+        places.push((path.display().to_string(), std::fs::read(&path).unwrap()));
+    }
+    assert!(places.len() > 5, "the store, the key and the sealed files are all searched");
+    for (name, secret) in [
+        ("proxy password", proxy_password.as_bytes()),
+        ("passphrase", passphrase.as_bytes()),
+        ("private key", &private_key[..]),
+    ] {
+        for form in forms(secret) {
+            for (place, bytes) in &places {
+                assert!(!bytes.windows(form.len()).any(|w| w == form.as_slice()), "the {name} was found in {place}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_stale_credentials_download_is_superseded_at_registration_and_the_newest_registers() {
+    let f = Fixture::new();
+    f.run(folders(&f), SecretInputs::default()).unwrap();
+    let (first, _) = f.download_credentials("vault-a", "first.VaultCredentials");
+    let (second, _) = f.download_credentials("vault-a", "second.VaultCredentials");
+    f.run(Command::LoadCredentials { file: first }, SecretInputs::default()).unwrap();
+    let set = Command::SetPassphrase { save_to: None };
+    f.run(set, SecretInputs { passphrase: secret("sixteen chars ok"), ..Default::default() }).unwrap();
+    let register = || Command::Register { endpoint_override: None };
+    assert_eq!(f.reason_of(register(), SecretInputs::default()), Some(Reason::CredentialsSuperseded));
+    f.run(Command::LoadCredentials { file: second }, SecretInputs::default()).unwrap();
+    assert_eq!(f.reason_of(register(), SecretInputs::default()), None);
+    let (state, head) = Registrar::new(&f.store).state().unwrap();
+    let status = projections::status(&state, head);
+    assert_eq!((status.phase, status.events, status.vault.as_deref()), ("registered", 6, Some("vault-a")));
+    assert_eq!(status.last_failure, None, "the registration failure was resolved by registering");
+}
+
+#[test]
+fn a_generated_passphrase_is_saved_0600_never_overwrites_and_is_shown_once() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fixture::new();
+    f.run(folders(&f), SecretInputs::default()).unwrap();
+    let (credentials, _) = f.download_credentials("vault-a", "v.VaultCredentials");
+    f.run(Command::LoadCredentials { file: credentials }, SecretInputs::default()).unwrap();
+    let safe = tempfile::tempdir().unwrap();
+    let target = safe.path().join("passphrase.txt");
+    let done = f.run(Command::SetPassphrase { save_to: Some(target.clone()) }, SecretInputs::default()).unwrap();
+    let shown = done.generated_passphrase.expect("shown once");
+    assert!(shown.expose_secret().len() >= 32);
+    assert_eq!(std::fs::read_to_string(&target).unwrap().trim_end(), shown.expose_secret());
+    assert_eq!(std::fs::metadata(&target).unwrap().permissions().mode() & 0o777, 0o600);
+    let Outcome::Accepted(Change::PassphraseCreated(encryption)) = done.record.outcome else { panic!() };
+    let verifier = regent_secrets::PassphraseVerifier::from_phc(&encryption.verifier).unwrap();
+    assert!(verifier.verify(&shown));
+    // Generating again to the same file is refused, and the file is untouched.
+    let again = f.run(Command::SetPassphrase { save_to: Some(target.clone()) }, SecretInputs::default()).unwrap();
+    assert!(matches!(again.record.outcome, Outcome::Refused(ref r) if r.reason == Reason::PassphraseInvalid));
+    assert_eq!(std::fs::read_to_string(&target).unwrap().trim_end(), shown.expose_secret());
+    // A generated passphrase saved inside the scratch folder is accepted with a warning.
+    let inside = f.dir.path().join("scratch/pp.txt");
+    let done = f.run(Command::SetPassphrase { save_to: Some(inside) }, SecretInputs::default()).unwrap();
+    let Outcome::Accepted(Change::PassphraseCreated(encryption)) = done.record.outcome else { panic!() };
+    assert!(encryption.warnings[0].contains("scratch folder"));
+}
+
+#[test]
+fn a_passphrase_change_needs_the_vaults_pin_and_a_wrong_one_is_recorded() {
+    let f = Fixture::new();
+    f.run(folders(&f), SecretInputs::default()).unwrap();
+    let (credentials, _) = f.download_credentials("vault-a", "v.VaultCredentials");
+    f.run(Command::LoadCredentials { file: credentials }, SecretInputs::default()).unwrap();
+    let set = Command::SetPassphrase { save_to: None };
+    f.run(set, SecretInputs { passphrase: secret("the first passphrase"), ..Default::default() }).unwrap();
+    f.run(Command::Register { endpoint_override: None }, SecretInputs::default()).unwrap();
+    let change = || Command::ChangePassphrase { save_to: None };
+    let with = |pin: &str| SecretInputs {
+        passphrase: secret("the second passphrase"),
+        security_pin: secret(pin),
+        ..Default::default()
+    };
+    assert_eq!(f.reason_of(change(), with("00000000")), Some(Reason::SecurityPinInvalid));
+    assert_eq!(f.reason_of(change(), with("12345678")), None);
+    f.clock.0.set(f.clock.now() + Duration::minutes(6));
+    assert_eq!(f.reason_of(change(), with("12345678")), Some(Reason::SecurityPinInvalid), "the PIN is 6 minutes old");
+    // Without a PIN at all the command cannot run, and says how to give one.
+    let err =
+        f.run(change(), SecretInputs { passphrase: secret("the third passphrase"), ..Default::default() }).unwrap_err();
+    assert!(err.to_string().contains("security PIN"), "{err}");
+}
+
+#[test]
+fn a_lost_machine_key_is_reported_at_registration_not_a_crash() {
+    let f = Fixture::new();
+    f.run(folders(&f), SecretInputs::default()).unwrap();
+    let (credentials, _) = f.download_credentials("vault-a", "v.VaultCredentials");
+    f.run(Command::LoadCredentials { file: credentials }, SecretInputs::default()).unwrap();
+    let set = Command::SetPassphrase { save_to: None };
+    f.run(set, SecretInputs { passphrase: secret("sixteen chars ok"), ..Default::default() }).unwrap();
+    // The machine key is replaced (a restore without it): the sealed key cannot be opened.
+    let other = tempfile::tempdir().unwrap();
+    let foreign = SecretsArea::open_dir(other.path(), MachineKey::load_or_create(other.path()).unwrap()).unwrap();
+    std::fs::remove_dir_all(other.path().join("secrets")).unwrap();
+    std::fs::rename(f.dir.path().join("secrets"), other.path().join("secrets")).unwrap();
+    let world = World { secrets: &foreign, ..f.world() };
+    let done = Registrar::new(&f.store)
+        .execute(
+            &world,
+            Actor { user: "ops".into(), host: "h".into() },
+            Command::Register { endpoint_override: None },
+            SecretInputs::default(),
+        )
+        .unwrap();
+    assert!(matches!(done.record.outcome, Outcome::Refused(ref r) if r.reason == Reason::CredentialsUnreadable));
+    assert_eq!(f.vault.registrations.get(), 0, "the vault was not asked");
+}
+
+#[test]
+fn debug_of_secret_holding_types_shows_nothing() {
+    let inputs = SecretInputs { passphrase: secret("a very secret passphrase"), ..Default::default() };
+    let shown = format!("{:?}", inputs.passphrase);
+    assert!(!shown.contains("very secret"), "{shown}");
+    let f = Fixture::new();
+    let (_, key) = f.download_credentials("v", "v.VaultCredentials");
+    let parsed = regent_credentials::PrivateKey::from_pkcs8_der(&key).unwrap();
+    let shown = format!("{parsed:?}");
+    assert!(!shown.contains(&hex::encode(&key[..16])) && shown.contains("redacted"), "{shown}");
+}
