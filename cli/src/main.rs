@@ -1,82 +1,23 @@
-//! The `regent` command line. This first cut covers the log itself (verify, export); the wizard
-//! steps and views arrive with the engine.
+//! The `regent` command line: argument parsing, logging, and the exit codes of spec/cli.md.
 
-use std::io::{BufReader, Write};
-use std::path::{Path, PathBuf};
+mod args;
+mod context;
+mod failure;
+mod secret_input;
+mod steps;
+mod views;
+mod world;
+
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
-use regent_store::{EventStore, Head, StoreError, StoreOptions, VerifyReport};
+use clap::Parser;
+use regent_engine::model::{Command as Step, Weekday};
+use regent_engine::projections::AuditFilter;
+use regent_engine::service::SecretInputs;
 
-/// Exit codes of spec/cli.md.
-const EXIT_REFUSED: u8 = 1;
-const EXIT_USAGE: u8 = 2;
-const EXIT_STORE: u8 = 3;
-
-#[derive(Parser)]
-#[command(name = "regent", version, about = "Registers this server with a backup vault, keeping an auditable log")]
-struct Cli {
-    #[command(flatten)]
-    global: Global,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Args)]
-struct Global {
-    /// Where the agent keeps its store and keys.
-    #[arg(long, global = true, env = "REGENT_DATA_DIR", value_name = "DIR")]
-    data_dir: Option<PathBuf>,
-    /// Machine-readable output on stdout.
-    #[arg(long, global = true)]
-    json: bool,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// The audit trail: verify the log, export it.
-    #[command(subcommand)]
-    Audit(AuditCommand),
-}
-
-#[derive(Subcommand)]
-enum AuditCommand {
-    /// Check the hash chain of the store, or of an exported log; names the first bad record.
-    Verify {
-        /// An exported log to check instead of the store.
-        #[arg(long, value_name = "LOG")]
-        file: Option<PathBuf>,
-        /// A head kept elsewhere (POSITION:HASH) the log must reach; catches a cut-off tail.
-        #[arg(long, value_name = "POSITION:HASH")]
-        head: Option<Head>,
-    },
-    /// Write the log as JSON Lines; the export verifies on its own.
-    Export {
-        /// Where to write; standard output when absent.
-        #[arg(long, short, value_name = "FILE")]
-        output: Option<PathBuf>,
-    },
-}
-
-/// A failure with the exit code it maps to; its message is one line saying what to do next.
-struct Failure {
-    code: u8,
-    message: String,
-}
-
-impl From<StoreError> for Failure {
-    fn from(err: StoreError) -> Self {
-        let code = match err {
-            StoreError::Locked { .. }
-            | StoreError::NotADirectory { .. }
-            | StoreError::Io { .. }
-            | StoreError::Corrupt { .. }
-            | StoreError::Internal(_) => EXIT_STORE,
-            _ => EXIT_REFUSED,
-        };
-        Failure { code, message: err.to_string() }
-    }
-}
+use args::*;
+use context::Context;
+use failure::{EXIT_USAGE, Failure};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -87,11 +28,9 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .init();
-    match run(cli) {
+    init_logging(&cli.global);
+    let outcome = Context::new(&cli.global).and_then(|ctx| run(&ctx, cli.command));
+    match outcome {
         Ok(code) => ExitCode::from(code),
         Err(failure) => {
             eprintln!("regent: {}", failure.message);
@@ -100,95 +39,124 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<u8, Failure> {
-    match cli.command {
-        Command::Audit(AuditCommand::Verify { file, head }) => {
-            let report = match file {
-                Some(file) => {
-                    let input = std::fs::File::open(&file).map_err(|e| Failure {
-                        code: EXIT_REFUSED,
-                        message: format!("cannot read {}: {e}; check the path", file.display()),
-                    })?;
-                    regent_store::verify_export(BufReader::new(input), head)?.1
+fn init_logging(global: &Global) {
+    let default = match (global.quiet, global.verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, _) => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
+    let ansi = std::env::var_os("NO_COLOR").is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(ansi).with_env_filter(filter).init();
+}
+
+fn run(ctx: &Context, command: Command) -> Result<u8, Failure> {
+    match command {
+        Command::Folders(a) => steps::run(
+            ctx,
+            Step::ChooseFolders {
+                install_dir: a.install_dir,
+                scratch_dir: a.scratch_dir,
+                backup_size_bytes: a.backup_size,
+            },
+            SecretInputs::default(),
+        ),
+        Command::Proxy(proxy) | Command::Properties { change: Some(PropertiesCommand::Proxy(proxy)) } => {
+            run_proxy(ctx, proxy)
+        }
+        Command::Credentials(CredentialsCommand::Load { file }) => {
+            let file = std::path::absolute(&file).unwrap_or(file);
+            steps::run(ctx, Step::LoadCredentials { file }, SecretInputs::default())
+        }
+        Command::Passphrase(PassphraseCommand::Generate { save_to }) => {
+            let save_to = std::path::absolute(&save_to).unwrap_or(save_to);
+            steps::run(ctx, Step::SetPassphrase { save_to: Some(save_to) }, SecretInputs::default())
+        }
+        Command::Passphrase(PassphraseCommand::Set(source)) => {
+            let passphrase = read_passphrase(&source, "--passphrase-stdin or --passphrase-file F")?;
+            steps::run(
+                ctx,
+                Step::SetPassphrase { save_to: None },
+                SecretInputs { passphrase: Some(passphrase), ..Default::default() },
+            )
+        }
+        Command::Register(_) => {
+            Err(Failure::usage("registration needs the vault client, which this build does not have yet"))
+        }
+        Command::Unregister => steps::run(ctx, Step::Unregister, SecretInputs::default()),
+        Command::Status => views::status(ctx),
+        Command::Properties { change: None } => views::properties(ctx),
+        Command::Properties { change: Some(PropertiesCommand::ScratchDir { dir }) } => {
+            steps::run(ctx, Step::MoveScratch { scratch_dir: dir }, SecretInputs::default())
+        }
+        Command::Properties { change: Some(PropertiesCommand::Throttling(throttling)) } => {
+            run_throttling(ctx, throttling)
+        }
+        Command::Properties { change: Some(PropertiesCommand::Passphrase(PassphraseChangeCommand::Change(_))) } => {
+            Err(Failure::usage("changing the passphrase needs the vault client, which this build does not have yet"))
+        }
+        Command::Audit(AuditArgs { action: Some(AuditCommand::Verify { file, head }), .. }) => {
+            views::verify(ctx, file.as_deref(), head)
+        }
+        Command::Audit(AuditArgs { action: Some(AuditCommand::Export { output }), .. }) => {
+            views::export(ctx, output.as_deref())
+        }
+        Command::Audit(AuditArgs { action: None, since, kind, limit }) => {
+            views::audit(ctx, AuditFilter { since, kind, limit })
+        }
+    }
+}
+
+fn run_proxy(ctx: &Context, proxy: ProxyCommand) -> Result<u8, Failure> {
+    match proxy {
+        ProxyCommand::Clear => steps::run(ctx, Step::ClearProxy, SecretInputs::default()),
+        ProxyCommand::Set(a) => {
+            let flags = "--password-stdin or --password-env VAR";
+            let password = match (&a.password, &a.username) {
+                (PasswordSource { password_stdin: true, .. }, _) => Some(secret_input::from_stdin("proxy password")?),
+                (PasswordSource { password_env: Some(var), .. }, _) => {
+                    Some(secret_input::from_env("proxy password", var)?)
                 }
-                None => open_store(&cli.global)?.verify(head)?,
+                (_, Some(_)) => Some(secret_input::prompt("proxy password", false, flags)?),
+                (_, None) => None,
             };
-            print_report(&report, cli.global.json);
-            Ok(if report.is_ok() { 0 } else { EXIT_REFUSED })
+            let command =
+                Step::SetProxy { host: a.host, port: a.port, username: a.username, password_given: password.is_some() };
+            steps::run(ctx, command, SecretInputs { proxy_password: password, ..Default::default() })
         }
-        Command::Audit(AuditCommand::Export { output }) => {
-            let store = open_store(&cli.global)?;
-            let writer = concat!("regent ", env!("CARGO_PKG_VERSION"));
-            let head = match &output {
-                Some(path) => export_to_file(&store, path, writer)?,
-                None => store.export(&mut std::io::stdout().lock(), writer)?,
-            };
-            if let Some(path) = output {
-                eprintln!("exported {} records to {} (head {head})", head.position, path.display());
+    }
+}
+
+fn run_throttling(ctx: &Context, throttling: ThrottlingCommand) -> Result<u8, Failure> {
+    let command = match throttling {
+        ThrottlingCommand::Off => Step::ThrottlingOff,
+        ThrottlingCommand::Set { work_days, work_hours, work_bandwidth, non_work_bandwidth } => {
+            let work_days = Weekday::parse_set(&work_days).map_err(|e| Failure::usage(format!("--work-days: {e}")))?;
+            let (start, end) = parse_hours(&work_hours)?;
+            Step::SetThrottling {
+                work_days,
+                work_start: start,
+                work_end: end,
+                work_bps: work_bandwidth,
+                non_work_bps: non_work_bandwidth,
             }
-            Ok(0)
         }
-    }
-}
-
-/// Writes the export to a temporary file beside the target and renames it, so a failed export
-/// never leaves a truncated file where a good one is expected.
-fn export_to_file(store: &EventStore, path: &Path, writer: &str) -> Result<Head, Failure> {
-    let io = |e: std::io::Error| Failure {
-        code: EXIT_REFUSED,
-        message: format!("cannot write {}: {e}; choose a writable location", path.display()),
     };
-    if path.exists() {
-        return Err(Failure {
-            code: EXIT_REFUSED,
-            message: format!("{} already exists; choose another file or remove it first", path.display()),
-        });
-    }
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-    let head = {
-        let mut out = std::io::BufWriter::new(tmp.as_file_mut());
-        let head = store.export(&mut out, writer)?;
-        out.flush().map_err(io)?;
-        head
-    };
-    tmp.as_file().sync_all().map_err(io)?;
-    tmp.persist_noclobber(path).map_err(|e| io(e.error))?;
-    Ok(head)
+    steps::run(ctx, command, SecretInputs::default())
 }
 
-fn open_store(global: &Global) -> Result<EventStore, Failure> {
-    let data_dir = match &global.data_dir {
-        Some(dir) => dir.clone(),
-        None => default_data_dir().ok_or_else(|| Failure {
-            code: EXIT_USAGE,
-            message: "no home directory to keep data in; pass --data-dir DIR or set REGENT_DATA_DIR".into(),
-        })?,
-    };
-    let store_dir = data_dir.join("store");
-    let store = EventStore::open_with_notice(&store_dir, &StoreOptions::default(), |wait| {
-        eprintln!("regent: another regent command is using {}; waiting up to {wait:?}", data_dir.display());
-    })?;
-    Ok(store)
+fn parse_hours(text: &str) -> Result<(chrono::NaiveTime, chrono::NaiveTime), Failure> {
+    let bad = || Failure::usage(format!("--work-hours: '{text}' is not HH:MM-HH:MM, e.g. 09:00-17:00"));
+    let (start, end) = text.split_once('-').ok_or_else(bad)?;
+    let time = |t: &str| chrono::NaiveTime::parse_from_str(t.trim(), "%H:%M").map_err(|_| bad());
+    Ok((time(start)?, time(end)?))
 }
 
-fn default_data_dir() -> Option<PathBuf> {
-    let home = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share")))?;
-    Some(home.join("regent"))
-}
-
-fn print_report(report: &VerifyReport, json: bool) {
-    if json {
-        println!("{}", serde_json::to_string(report).unwrap_or_else(|_| "{}".into()));
-        return;
-    }
-    match &report.failure {
-        None => println!("ok: {} records verified; head {}", report.records, report.verified_head),
-        Some(failure) => {
-            println!("FAILED at {failure}");
-            println!("verified up to head {} ({} records)", report.verified_head, report.records);
-        }
+fn read_passphrase(source: &PassphraseSource, flags: &str) -> Result<secrecy::SecretString, Failure> {
+    match source {
+        PassphraseSource { passphrase_stdin: true, .. } => secret_input::from_stdin("passphrase"),
+        PassphraseSource { passphrase_file: Some(path), .. } => secret_input::from_file("passphrase", path),
+        _ => secret_input::prompt("passphrase", true, flags),
     }
 }

@@ -1,3 +1,4 @@
 //! End-to-end tests: the real `regent` binary on a real store in a temp dir.
 
 mod audit;
+mod steps;

@@ -1,0 +1,264 @@
+//! The command line, as spec/cli.md defines it. Secrets never come from arguments: only from
+//! stdin, a file, a named environment variable or a masked prompt.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use regent_store::Head;
+
+#[derive(Parser)]
+#[command(
+    name = "regent",
+    version,
+    about = "Registers this server with a backup vault, keeping a verifiable audit log",
+    after_help = "Start with `regent status`; the wizard steps are folders, credentials, passphrase, register."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Clone)]
+pub struct Global {
+    /// Where the agent keeps its store and keys [default: ~/.local/share/regent].
+    #[arg(long, global = true, env = "REGENT_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Machine-readable output on stdout (JSON; JSON Lines where a command streams).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More logging on stderr (-v, -vv); RUST_LOG is honoured.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Choose the install and scratch (cache) folders.
+    Folders(FoldersArgs),
+    /// The proxy used for every call to the vault.
+    #[command(subcommand)]
+    Proxy(ProxyCommand),
+    /// Load the vault credentials file downloaded from the vault.
+    #[command(subcommand)]
+    Credentials(CredentialsCommand),
+    /// Create the encryption passphrase (generated, or your own).
+    #[command(subcommand)]
+    Passphrase(PassphraseCommand),
+    /// Register this machine with the vault named in the loaded credentials.
+    Register(RegisterArgs),
+    /// Forget the registration so that this machine can register again (recorded).
+    Unregister,
+    /// Phase, next step, last failure, and the head of the log.
+    Status,
+    /// The Change Properties view, and the commands that change it.
+    Properties {
+        #[command(subcommand)]
+        change: Option<PropertiesCommand>,
+    },
+    /// The audit trail: who configured what, when, accepted or refused.
+    Audit(AuditArgs),
+}
+
+#[derive(Args)]
+pub struct FoldersArgs {
+    /// Where the agent is installed (an absolute path; created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub install_dir: PathBuf,
+    /// The scratch (cache) folder: its filesystem needs free space of at least 5% of the backup size.
+    #[arg(long, value_name = "DIR")]
+    pub scratch_dir: PathBuf,
+    /// How much data will be backed up, e.g. 750GiB, 2TB, 1048576.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub backup_size: u64,
+}
+
+#[derive(Subcommand)]
+pub enum ProxyCommand {
+    /// Use a proxy (optionally with a user and password).
+    Set(ProxySetArgs),
+    /// Connect directly, without a proxy.
+    Clear,
+}
+
+#[derive(Args)]
+pub struct ProxySetArgs {
+    #[arg(long)]
+    pub host: String,
+    /// 1 to 65535.
+    #[arg(long, value_parser = clap::value_parser!(u32))]
+    pub port: u32,
+    #[arg(long, value_name = "USER")]
+    pub username: Option<String>,
+    #[command(flatten)]
+    pub password: PasswordSource,
+}
+
+#[derive(Args, Default)]
+#[group(multiple = false)]
+pub struct PasswordSource {
+    /// Read the proxy password from the first line of standard input.
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// Read the proxy password from this environment variable.
+    #[arg(long, value_name = "VAR")]
+    pub password_env: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum CredentialsCommand {
+    /// Load a `.VaultCredentials` file.
+    Load {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum PassphraseCommand {
+    /// Generate a strong passphrase and save it to a new file (mode 0600).
+    Generate {
+        /// A new file in an existing folder, somewhere safe: off this machine is best.
+        #[arg(long, value_name = "FILE")]
+        save_to: PathBuf,
+    },
+    /// Use your own passphrase: at least 16 characters, printable ASCII.
+    Set(PassphraseSource),
+}
+
+#[derive(Args, Default)]
+#[group(multiple = false)]
+pub struct PassphraseSource {
+    /// Read the passphrase from the first line of standard input.
+    #[arg(long)]
+    pub passphrase_stdin: bool,
+    /// Read the passphrase from the first line of this file.
+    #[arg(long, value_name = "F")]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct RegisterArgs {
+    /// The vault service's address, instead of the one in the credentials file.
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+    /// A CA certificate (PEM) to trust for an HTTPS vault, beside the system roots.
+    #[arg(long, value_name = "F")]
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum PropertiesCommand {
+    /// Set or clear the proxy (as `regent proxy`).
+    #[command(subcommand)]
+    Proxy(ProxyCommand),
+    /// Move the scratch folder (the same space rule applies).
+    ScratchDir {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// Bandwidth throttling by work days and hours.
+    #[command(subcommand)]
+    Throttling(ThrottlingCommand),
+    /// Change the passphrase; needs a security PIN from the vault.
+    #[command(subcommand)]
+    Passphrase(PassphraseChangeCommand),
+}
+
+#[derive(Subcommand)]
+pub enum ThrottlingCommand {
+    Set {
+        /// e.g. mon-fri, or sat,sun.
+        #[arg(long, value_name = "DAYS")]
+        work_days: String,
+        /// e.g. 09:00-17:00.
+        #[arg(long, value_name = "HH:MM-HH:MM")]
+        work_hours: String,
+        /// e.g. 512Kbps, 20Mbps (512 Kbps to 1023 Mbps).
+        #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+        work_bandwidth: u64,
+        #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+        non_work_bandwidth: u64,
+    },
+    Off,
+}
+
+#[derive(Subcommand)]
+pub enum PassphraseChangeCommand {
+    /// Change the passphrase (your own, or a generated one).
+    Change(PassphraseChangeArgs),
+}
+
+#[derive(Args)]
+pub struct PassphraseChangeArgs {
+    #[command(flatten)]
+    pub source: PassphraseSource,
+    /// Generate the new passphrase (with --save-to).
+    #[arg(long, requires = "save_to", conflicts_with_all = ["passphrase_stdin", "passphrase_file"])]
+    pub generate: bool,
+    #[arg(long, value_name = "F", requires = "generate")]
+    pub save_to: Option<PathBuf>,
+    /// The security PIN from `regent vault pin` (valid 5 minutes, used once).
+    #[arg(long, value_name = "PIN", conflicts_with = "security_pin_env")]
+    pub security_pin: Option<String>,
+    /// Read the security PIN from this environment variable (for scripts).
+    #[arg(long, value_name = "VAR")]
+    pub security_pin_env: Option<String>,
+}
+
+#[derive(Args)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    pub action: Option<AuditCommand>,
+    /// Only entries at or after this time (RFC 3339, e.g. 2026-11-24T09:00:00Z, or a date).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only this kind (e.g. StepRefused), step (e.g. proxy) or outcome (accepted, refused).
+    #[arg(long, value_name = "KIND")]
+    pub kind: Option<String>,
+    /// At most this many entries.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+}
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain of the store, or of an exported log; names the first bad record.
+    Verify {
+        /// An exported log to check instead of the store.
+        #[arg(long, value_name = "LOG")]
+        file: Option<PathBuf>,
+        /// A head kept elsewhere (POSITION:HASH) the log must reach; catches a cut-off tail.
+        #[arg(long, value_name = "POSITION:HASH")]
+        head: Option<Head>,
+    },
+    /// Write the log as JSON Lines; the export verifies on its own and replays.
+    Export {
+        /// Where to write (a new file); standard output when absent.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    regent_engine::units::parse_size(text)
+}
+
+fn parse_rate(text: &str) -> Result<u64, String> {
+    regent_engine::units::parse_rate(text)
+}
+
+fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(time) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(time.to_utc());
+    }
+    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
+        .ok_or_else(|| format!("'{text}' is not a time; use RFC 3339 (2026-11-24T09:00:00Z) or a date (2026-11-24)"))
+}

@@ -1,0 +1,276 @@
+//! status, properties and audit: projections of the log, as text or JSON.
+
+use std::io::{BufReader, Write};
+use std::path::Path;
+
+use regent_engine::model::SealedRef;
+use regent_engine::projections::{self, AuditFilter, Properties, Status};
+use regent_engine::{Reason, State, Step};
+use regent_secrets::{MachineKey, SecretsArea};
+use regent_store::{EventStore, Head, VerifyReport};
+use serde_json::json;
+
+use crate::context::Context;
+use crate::failure::{EXIT_REFUSED, Failure};
+
+pub fn status(ctx: &Context) -> Result<u8, Failure> {
+    let store = ctx.open_store()?;
+    let (state, head) = projections::current_state(&store)?;
+    let status = projections::status(&state, head);
+    let sealed = sealed_health(ctx, &state);
+    if ctx.json {
+        let mut value = serde_json::to_value(&status).map_err(|e| Failure::store(e.to_string()))?;
+        value["sealed_secrets"] = json!(sealed);
+        value["store_damage"] = json!(store.damage());
+        println!("{value}");
+        return Ok(0);
+    }
+    print_status(&status, state.next_step());
+    println!("{:<14}{sealed}", "secrets");
+    if let Some(damage) = store.damage() {
+        println!("{:<14}DAMAGED: {damage}", "store");
+    }
+    Ok(0)
+}
+
+fn print_status(status: &Status, next: Option<Step>) {
+    let row = |label: &str, value: &str| println!("{label:<14}{value}");
+    row("phase", status.phase);
+    row("next step", &next.map_or("none: registered".into(), |s| format!("{}  ({})", s.name(), s.command_line())));
+    row("vault", status.vault.as_deref().unwrap_or("(not registered)"));
+    match &status.last_failure {
+        None => row("last failure", "none"),
+        Some(f) => row(
+            "last failure",
+            &format!("{} {} at {}: {}", f.step, f.reason, f.at.format("%Y-%m-%d %H:%M:%S UTC"), f.message),
+        ),
+    }
+    row("events", &status.events.to_string());
+    row("head", &status.head.to_string());
+}
+
+/// Whether the sealed values the state refers to can still be opened: losing the machine key
+/// makes them unreadable, which the operator must hear about before registering.
+fn sealed_health(ctx: &Context, state: &State) -> String {
+    let mut refs: Vec<(&str, regent_secrets::SecretKind, &SealedRef)> = Vec::new();
+    if let Some(sealed) = state.proxy.as_ref().and_then(|p| p.password.as_ref()) {
+        refs.push(("proxy password", regent_secrets::SecretKind::ProxyPassword, sealed));
+    }
+    if let Some(c) = &state.credentials {
+        refs.push(("credentials key", regent_secrets::SecretKind::CredentialsPrivateKey, &c.private_key));
+    }
+    if let Some(sealed) = state.encryption.as_ref().and_then(|e| e.sealed.as_ref()) {
+        refs.push(("passphrase", regent_secrets::SecretKind::Passphrase, sealed));
+    }
+    if refs.is_empty() {
+        return "none kept".into();
+    }
+    let key = match MachineKey::load(&ctx.data_dir) {
+        Ok(key) => key,
+        Err(e) => return format!("UNREADABLE: {e}"),
+    };
+    let area = match SecretsArea::open_dir(&ctx.data_dir, key) {
+        Ok(area) => area,
+        Err(e) => return format!("UNREADABLE: {e}"),
+    };
+    let broken: Vec<&str> = refs
+        .iter()
+        .filter(|(_, kind, sealed)| area.open(*kind, &regent_secrets::SecretRef { id: sealed.id.clone() }).is_err())
+        .map(|(what, _, _)| *what)
+        .collect();
+    if broken.is_empty() {
+        format!("ok ({} sealed)", refs.len())
+    } else {
+        format!("UNREADABLE: {}; set them again (the machine key or sealed files were lost)", broken.join(", "))
+    }
+}
+
+pub fn properties(ctx: &Context) -> Result<u8, Failure> {
+    let store = ctx.open_store()?;
+    let (state, _) = projections::current_state(&store)?;
+    let properties = projections::properties(&state);
+    if ctx.json {
+        println!("{}", serde_json::to_string(&properties).map_err(|e| Failure::store(e.to_string()))?);
+    } else {
+        print_properties(&properties);
+    }
+    Ok(0)
+}
+
+fn print_properties(p: &Properties) {
+    let section = |title: &str| println!("\n{title}");
+    let row = |label: &str, value: &str| println!("  {label:<20}{value}");
+    let not_set = "(not set)";
+    section("Proxy");
+    match &p.proxy {
+        None => row("proxy", "none: direct connection"),
+        Some(proxy) => {
+            row("server", &format!("{}:{}", proxy.host, proxy.port));
+            row("user", proxy.username.as_deref().unwrap_or("(none)"));
+            row("password", if proxy.password_set { "set" } else { "not set" });
+        }
+    }
+    section("Throttling");
+    match &p.throttling {
+        None => row("throttling", "off"),
+        Some(t) => {
+            row("work days", &t.work_days.iter().map(|d| d.name()).collect::<Vec<_>>().join(","));
+            row("work hours", &t.work_hours);
+            row("work bandwidth", &t.work_bandwidth);
+            row("non-work bandwidth", &t.non_work_bandwidth);
+        }
+    }
+    section("Encryption");
+    match &p.encryption {
+        None => row("passphrase", not_set),
+        Some(e) => {
+            row("passphrase", &format!("set ({}) at {}", e.how, e.set_at.format("%Y-%m-%d %H:%M UTC")));
+            if let Some(saved) = &e.saved_to {
+                row("saved to", &saved.display().to_string());
+            }
+            for warning in &e.warnings {
+                row("warning", warning);
+            }
+        }
+    }
+    section("Scratch folder");
+    match &p.folders {
+        None => row("folders", not_set),
+        Some(f) => {
+            row("install folder", &f.install_dir.display().to_string());
+            row("scratch folder", &f.scratch_dir.display().to_string());
+            row("backup size", &regent_engine::units::format_bytes(f.backup_size_bytes));
+            row(
+                "scratch free",
+                &format!("{} ({})", regent_engine::units::format_bytes(f.scratch_free_bytes), f.scratch_filesystem),
+            );
+        }
+    }
+    section("Vault");
+    match &p.vault {
+        None => row("vault", "(no credentials loaded)"),
+        Some(v) => {
+            row("name", &v.name);
+            if let Some(s) = &v.subscription_id {
+                row("subscription", s);
+            }
+            if let (Some(g), Some(l)) = (&v.resource_group, &v.location) {
+                row("resource group", &format!("{g} ({l})"));
+            }
+            row("registered", if v.registered { "yes" } else { "no" });
+            if let Some(id) = &v.machine_id {
+                row("machine id", id);
+            }
+            if let Some(at) = v.registered_at {
+                row("registered at", &at.format("%Y-%m-%d %H:%M:%S UTC").to_string());
+            }
+        }
+    }
+    if let Some(c) = &p.credentials {
+        row("credentials", &format!("{} (expires {})", c.file.display(), c.expires_at.format("%Y-%m-%d %H:%M UTC")));
+        row("certificate", &c.thumbprint);
+    }
+}
+
+pub fn audit(ctx: &Context, filter: AuditFilter) -> Result<u8, Failure> {
+    let store = ctx.open_store()?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let io = |e: std::io::Error| Failure::refused(format!("cannot write the audit trail: {e}"));
+    if !ctx.json {
+        writeln!(
+            out,
+            "{:>5}  {:<20}  {:<18}  {:<10}  {:<28}  SUMMARY",
+            "POS", "WHEN (UTC)", "WHO", "OUTCOME", "REASON"
+        )
+        .map_err(io)?;
+    }
+    for entry in projections::audit(store.read_all(1), &filter) {
+        let entry = entry?;
+        if ctx.json {
+            let line = serde_json::to_string(&entry).map_err(|e| Failure::store(e.to_string()))?;
+            writeln!(out, "{line}").map_err(io)?;
+        } else {
+            writeln!(
+                out,
+                "{:>5}  {:<20}  {:<18}  {:<10}  {:<28}  {}",
+                entry.position,
+                entry.at.format("%Y-%m-%d %H:%M:%S"),
+                entry.actor,
+                entry.outcome,
+                entry.reason.map_or("", Reason::code),
+                entry.summary
+            )
+            .map_err(io)?;
+        }
+    }
+    out.flush().map_err(io)?;
+    Ok(0)
+}
+
+pub fn verify(ctx: &Context, file: Option<&Path>, head: Option<Head>) -> Result<u8, Failure> {
+    let report = match file {
+        Some(file) => {
+            let input = std::fs::File::open(file)
+                .map_err(|e| Failure::refused(format!("cannot read {}: {e}; check the path", file.display())))?;
+            regent_store::verify_export(BufReader::new(input), head)?.1
+        }
+        None => ctx.open_store()?.verify(head)?,
+    };
+    print_report(&report, ctx.json);
+    Ok(if report.is_ok() { 0 } else { EXIT_REFUSED })
+}
+
+fn print_report(report: &VerifyReport, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(report).unwrap_or_else(|_| "{}".into()));
+        return;
+    }
+    match &report.failure {
+        None => println!("ok: {} records verified; head {}", report.records, report.verified_head),
+        Some(failure) => {
+            println!("FAILED at {failure}");
+            println!("verified up to head {} ({} records)", report.verified_head, report.records);
+        }
+    }
+}
+
+pub fn export(ctx: &Context, output: Option<&Path>) -> Result<u8, Failure> {
+    let store = ctx.open_store()?;
+    let writer = concat!("regent ", env!("CARGO_PKG_VERSION"));
+    match output {
+        Some(path) => {
+            let head = export_to_file(&store, path, writer)?;
+            eprintln!("exported {} records to {} (head {head})", head.position, path.display());
+        }
+        None => {
+            store.export(&mut std::io::stdout().lock(), writer)?;
+        }
+    }
+    Ok(0)
+}
+
+/// Writes to a temporary file beside the target, then renames it without overwriting, so a failed
+/// export never leaves a truncated file where a good one is expected.
+fn export_to_file(store: &EventStore, path: &Path, writer: &str) -> Result<Head, Failure> {
+    let io = |e: std::io::Error| {
+        Failure::refused(format!("cannot write {}: {e}; choose a writable location", path.display()))
+    };
+    if path.exists() {
+        return Err(Failure::refused(format!(
+            "{} already exists; choose another file or remove it first",
+            path.display()
+        )));
+    }
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+    let head = {
+        let mut out = std::io::BufWriter::new(tmp.as_file_mut());
+        let head = store.export(&mut out, writer)?;
+        out.flush().map_err(io)?;
+        head
+    };
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist_noclobber(path).map_err(|e| io(e.error))?;
+    Ok(head)
+}

@@ -1,0 +1,422 @@
+//! The wizard steps and views through the real binary: outcomes, reason codes, JSON shapes, exit
+//! codes, secrets, and concurrent commands on one data dir.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use assert_cmd::Command;
+use chrono::{Duration, Utc};
+use serde_json::Value;
+
+struct Agent {
+    dir: tempfile::TempDir,
+}
+
+impl Agent {
+    fn new() -> Agent {
+        Agent { dir: tempfile::tempdir().unwrap() }
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn cmd(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_regent"));
+        cmd.env_remove("REGENT_DATA_DIR")
+            .env_remove("RUST_LOG")
+            .env("NO_COLOR", "1")
+            .arg("--data-dir")
+            .arg(self.data_dir());
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    fn run_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        self.cmd().args(args).write_stdin(stdin).output().unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let output = self.run(&all);
+        serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&output.stdout)))
+    }
+
+    fn folders(&self) -> Output {
+        let (install, scratch) = (self.path("install"), self.path("scratch"));
+        self.cmd()
+            .args(["folders", "--install-dir"])
+            .arg(install)
+            .arg("--scratch-dir")
+            .arg(scratch)
+            .args(["--backup-size", "1GiB"])
+            .output()
+            .unwrap()
+    }
+
+    /// A credentials file issued like the vault does, valid from `from` for `hours`.
+    fn credentials(&self, name: &str, vault: &str, from: chrono::DateTime<Utc>, hours: i64) -> PathBuf {
+        let issued = regent_credentials::issue(&regent_credentials::IssueRequest {
+            identity: regent_credentials::VaultIdentity {
+                resource_name: vault.into(),
+                subscription_id: "00000000-0000-0000-0000-00000000abcd".into(),
+                resource_group: "rg".into(),
+                location: "westeurope".into(),
+                resource_id: 99,
+                resource_type: "Vaults".into(),
+                provider_namespace: "Microsoft.RecoveryServices".into(),
+            },
+            aad_authority: String::new(),
+            aad_tenant_id: String::new(),
+            service_principal_client_id: String::new(),
+            endpoint: "http://127.0.0.1:9".into(),
+            agent_links: vec![],
+            not_before: from,
+            not_after: from + Duration::hours(hours),
+        })
+        .unwrap();
+        let path = self.path(name);
+        std::fs::write(&path, issued.xml.as_bytes()).unwrap();
+        path
+    }
+}
+
+fn code(output: &Output) -> i32 {
+    output.status.code().unwrap_or(-1)
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A refusal: exit 1, one line on stderr naming the reason.
+fn assert_refused(output: &Output, reason: &str) {
+    assert_eq!(code(output), 1, "{reason}: {}", stderr(output));
+    let err = stderr(output);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {err}");
+    assert!(lines[0].starts_with(&format!("regent: {reason}: ")), "{err}");
+}
+
+#[test]
+fn the_steps_up_to_the_passphrase_with_json_status_and_properties() {
+    let agent = Agent::new();
+    let status = agent.json(&["status"]);
+    assert_eq!((status["phase"].as_str(), status["next_step"].as_str()), (Some("new"), Some("folders")));
+    assert!(status["last_failure"].is_null() && status["events"] == 0);
+
+    assert_eq!(code(&agent.folders()), 0);
+    let credentials = agent.credentials("v.VaultCredentials", "vault-prod", Utc::now() - Duration::minutes(10), 48);
+    assert_eq!(code(&agent.run(&["credentials", "load", credentials.to_str().unwrap()])), 0);
+    let output = agent.run_stdin(&["passphrase", "set", "--passphrase-stdin"], "a passphrase of 30 characters\n");
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+
+    let status = agent.json(&["status"]);
+    assert_eq!(status["phase"], "passphrase_created");
+    assert_eq!(status["next_step"], "register");
+    assert_eq!(status["events"], 3);
+    assert_eq!(status["head"]["position"], 3);
+    assert_eq!(status["head"]["hash"].as_str().map(str::len), Some(64));
+
+    let properties = agent.json(&["properties"]);
+    for key in ["folders", "proxy", "throttling", "encryption", "vault", "credentials"] {
+        assert!(properties.get(key).is_some(), "properties has {key}");
+    }
+    assert!(properties["proxy"].is_null() && properties["throttling"].is_null());
+    assert_eq!(properties["vault"]["name"], "vault-prod");
+    assert_eq!(properties["vault"]["registered"], false);
+    assert_eq!(properties["encryption"]["how"], "provided");
+    assert_eq!(properties["credentials"]["thumbprint"].as_str().map(str::len), Some(64));
+
+    let audit = agent.run(&["audit", "--json"]);
+    let lines: Vec<Value> =
+        String::from_utf8(audit.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3);
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["position"], i as u64 + 1);
+        assert_eq!(line["outcome"], "accepted");
+        assert!(line["reason"].is_null());
+        for key in ["at", "actor", "kind", "summary"] {
+            assert!(line[key].is_string(), "{key} in {line}");
+        }
+    }
+    assert_eq!(lines[1]["kind"], "CredentialsLoaded");
+}
+
+#[test]
+fn every_reason_code_that_needs_no_vault_is_reached_and_recorded() {
+    let agent = Agent::new();
+    let path = |name: &str| agent.path(name).to_str().unwrap().to_string();
+    // Out of order: credentials before folders.
+    let credentials = agent.credentials("v.VaultCredentials", "vault-a", Utc::now() - Duration::minutes(10), 48);
+    assert_refused(&agent.run(&["credentials", "load", credentials.to_str().unwrap()]), "step_out_of_order");
+    // Folders: nested, and not enough scratch space for 10 PB.
+    let nested =
+        agent.run(&["folders", "--install-dir", &path("i"), "--scratch-dir", &path("i/s"), "--backup-size", "1GiB"]);
+    assert_refused(&nested, "invalid_folder");
+    let relative =
+        agent.run(&["folders", "--install-dir", "relative/i", "--scratch-dir", &path("s"), "--backup-size", "1GiB"]);
+    assert_refused(&relative, "invalid_folder");
+    let huge =
+        agent.run(&["folders", "--install-dir", &path("i"), "--scratch-dir", &path("s"), "--backup-size", "10PB"]);
+    assert_refused(&huge, "insufficient_scratch_space");
+    assert!(stderr(&huge).contains("5%"), "{}", stderr(&huge));
+    assert_eq!(code(&agent.folders()), 0);
+    // Proxy: a port out of range, and a user without a password source (no terminal).
+    assert_refused(&agent.run(&["proxy", "set", "--host", "proxy", "--port", "70000"]), "invalid_proxy");
+    assert_refused(&agent.run(&["proxy", "set", "--host", "bad host", "--port", "80"]), "invalid_proxy");
+    // Credentials: missing, a directory, the wrong extension, not XML, expired, not yet valid.
+    assert_refused(&agent.run(&["credentials", "load", &path("missing.VaultCredentials")]), "credentials_unreadable");
+    std::fs::create_dir(agent.path("dir.VaultCredentials")).unwrap();
+    assert_refused(&agent.run(&["credentials", "load", &path("dir.VaultCredentials")]), "credentials_unreadable");
+    let big = agent.path("big.VaultCredentials");
+    std::fs::write(&big, vec![b'x'; 2 * 1024 * 1024]).unwrap();
+    assert_refused(&agent.run(&["credentials", "load", big.to_str().unwrap()]), "credentials_unreadable");
+    let wrong_extension = agent.path("v.xml");
+    std::fs::copy(&credentials, &wrong_extension).unwrap();
+    assert_refused(&agent.run(&["credentials", "load", wrong_extension.to_str().unwrap()]), "credentials_invalid");
+    let garbage = agent.path("garbage.VaultCredentials");
+    std::fs::write(&garbage, b"\x00\x01 not xml").unwrap();
+    assert_refused(&agent.run(&["credentials", "load", garbage.to_str().unwrap()]), "credentials_invalid");
+    let expired = agent.credentials("old.VaultCredentials", "vault-a", Utc::now() - Duration::hours(60), 48);
+    let output = agent.run(&["credentials", "load", expired.to_str().unwrap()]);
+    assert_refused(&output, "credentials_expired");
+    assert!(stderr(&output).contains("has expired"));
+    let future = agent.credentials("new.VaultCredentials", "vault-a", Utc::now() + Duration::hours(5), 48);
+    assert_refused(&agent.run(&["credentials", "load", future.to_str().unwrap()]), "credentials_expired");
+    assert_eq!(code(&agent.run(&["credentials", "load", credentials.to_str().unwrap()])), 0);
+    // Passphrase: too short, not ASCII, and a generated one whose file exists already.
+    assert_refused(&agent.run_stdin(&["passphrase", "set", "--passphrase-stdin"], "short\n"), "passphrase_too_short");
+    assert_refused(
+        &agent.run_stdin(&["passphrase", "set", "--passphrase-stdin"], "pässphräse mit ümläuten\n"),
+        "passphrase_invalid",
+    );
+    std::fs::write(agent.path("taken.txt"), b"keep me").unwrap();
+    assert_refused(&agent.run(&["passphrase", "generate", "--save-to", &path("taken.txt")]), "passphrase_invalid");
+    assert_eq!(std::fs::read(agent.path("taken.txt")).unwrap(), b"keep me", "never overwritten");
+    // Throttling out of range, and backwards hours.
+    let throttle = |work: &str, hours: &str| {
+        agent.run(&[
+            "properties",
+            "throttling",
+            "set",
+            "--work-days",
+            "mon-fri",
+            "--work-hours",
+            hours,
+            "--work-bandwidth",
+            work,
+            "--non-work-bandwidth",
+            "20Mbps",
+        ])
+    };
+    assert_refused(&throttle("2000Mbps", "09:00-17:00"), "invalid_throttling");
+    assert_refused(&throttle("1Mbps", "17:00-09:00"), "invalid_throttling");
+    let status = agent.json(&["status"]);
+    assert_eq!(
+        (status["last_failure"]["reason"].as_str(), status["last_failure"]["step"].as_str()),
+        (Some("invalid_throttling"), Some("throttling"))
+    );
+    assert_eq!(code(&throttle("1Mbps", "09:00-17:00")), 0);
+    assert!(agent.json(&["status"])["last_failure"].is_null(), "a later success of the same step resolves it");
+
+    // Every refusal above is in the log, with its reason, and status keeps the last one.
+    let audit = agent.run(&["audit", "--json", "--kind", "refused"]);
+    let reasons: Vec<String> = String::from_utf8(audit.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["reason"].as_str().unwrap().to_string())
+        .collect();
+    for reason in [
+        "step_out_of_order",
+        "invalid_folder",
+        "insufficient_scratch_space",
+        "invalid_proxy",
+        "credentials_unreadable",
+        "credentials_invalid",
+        "credentials_expired",
+        "passphrase_too_short",
+        "passphrase_invalid",
+        "invalid_throttling",
+    ] {
+        assert!(reasons.iter().any(|r| r == reason), "{reason} is recorded: {reasons:?}");
+    }
+}
+
+#[test]
+fn usage_errors_exit_2_and_record_nothing() {
+    let agent = Agent::new();
+    for args in [
+        vec!["folders", "--install-dir", "/a", "--scratch-dir", "/b", "--backup-size", "12XB"],
+        vec!["folders", "--install-dir", "/a"],
+        vec!["proxy", "set", "--host", "p", "--port", "x"],
+        vec![
+            "proxy",
+            "set",
+            "--host",
+            "p",
+            "--port",
+            "1",
+            "--username",
+            "u",
+            "--password-stdin",
+            "--password-env",
+            "X",
+        ],
+        vec![
+            "properties",
+            "throttling",
+            "set",
+            "--work-days",
+            "funday",
+            "--work-hours",
+            "09:00-17:00",
+            "--work-bandwidth",
+            "1Mbps",
+            "--non-work-bandwidth",
+            "1Mbps",
+        ],
+        vec!["passphrase", "set"],
+        vec!["audit", "--since", "yesterday"],
+        vec!["nonsense"],
+    ] {
+        let output = agent.run(&args);
+        assert_eq!(code(&output), 2, "{args:?}: {}", stderr(&output));
+        assert!(!stderr(&output).contains("panicked"));
+    }
+    // An empty password on stdin is a usage error too, and names what to do.
+    let output =
+        agent.run_stdin(&["proxy", "set", "--host", "p", "--port", "1", "--username", "u", "--password-stdin"], "");
+    assert_eq!(code(&output), 2);
+    assert!(stderr(&output).contains("standard input held no proxy password"));
+    assert_eq!(agent.json(&["status"])["events"], 0, "usage errors record nothing");
+}
+
+/// Every form a secret could take in bytes.
+fn leaks(haystack: &[u8], secret: &str) -> bool {
+    use base64::Engine as _;
+    let forms = [
+        secret.as_bytes().to_vec(),
+        hex::encode(secret).into_bytes(),
+        base64::engine::general_purpose::STANDARD.encode(secret).into_bytes(),
+    ];
+    forms.iter().any(|form| haystack.windows(form.len()).any(|w| w == form.as_slice()))
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() { out.extend(files_under(&path)) } else { out.push(path) }
+    }
+    out
+}
+
+#[test]
+fn no_secret_reaches_output_logs_files_or_exports_even_at_vv() {
+    let agent = Agent::new();
+    let password = "Tiny-Proxy-Pass-7731";
+    let passphrase = "my own passphrase for backups 2026";
+    let mut seen = Vec::new();
+    let mut keep = |output: Output| {
+        seen.extend(output.stdout);
+        seen.extend(output.stderr);
+    };
+    keep(
+        agent
+            .cmd()
+            .arg("-vv")
+            .args(["folders", "--install-dir"])
+            .arg(agent.path("i"))
+            .arg("--scratch-dir")
+            .arg(agent.path("s"))
+            .args(["--backup-size", "1GiB"])
+            .output()
+            .unwrap(),
+    );
+    keep(
+        agent
+            .cmd()
+            .arg("-vv")
+            .args([
+                "proxy",
+                "set",
+                "--host",
+                "proxy",
+                "--port",
+                "3128",
+                "--username",
+                "ops",
+                "--password-env",
+                "PROXY_PW",
+            ])
+            .env("PROXY_PW", password)
+            .output()
+            .unwrap(),
+    );
+    let credentials = agent.credentials("v.VaultCredentials", "vault-a", Utc::now() - Duration::minutes(10), 48);
+    keep(agent.cmd().arg("-vv").args(["credentials", "load"]).arg(&credentials).output().unwrap());
+    let passphrase_file = agent.path("pp.txt");
+    std::fs::write(&passphrase_file, format!("{passphrase}\n")).unwrap();
+    keep(
+        agent.cmd().arg("-vv").args(["passphrase", "set", "--passphrase-file"]).arg(&passphrase_file).output().unwrap(),
+    );
+    keep(agent.cmd().arg("-vv").args(["--json", "status"]).output().unwrap());
+    keep(agent.cmd().arg("-vv").args(["--json", "properties"]).output().unwrap());
+    keep(agent.cmd().arg("-vv").args(["audit"]).output().unwrap());
+    let export = agent.cmd().args(["audit", "export"]).output().unwrap();
+    assert_eq!(code(&export), 0);
+    let status = agent.json(&["status"]);
+    assert_eq!(status["phase"], "passphrase_created", "the run must have gone through: {status}");
+    assert_eq!(agent.json(&["properties"])["proxy"]["password_set"], true);
+    for secret in [password, passphrase] {
+        assert!(!leaks(&seen, secret), "a secret reached stdout or stderr");
+        assert!(!leaks(&export.stdout, secret), "a secret reached the export");
+        for file in files_under(&agent.data_dir()) {
+            assert!(!leaks(&std::fs::read(&file).unwrap(), secret), "a secret is in {}", file.display());
+        }
+    }
+}
+
+#[test]
+fn twenty_concurrent_commands_each_end_recorded_or_with_a_clear_error() {
+    let agent = Agent::new();
+    assert_eq!(code(&agent.folders()), 0);
+    let children: Vec<_> = (0..20)
+        .map(|i| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_regent"))
+                .env_remove("REGENT_DATA_DIR")
+                .arg("--data-dir")
+                .arg(agent.data_dir())
+                .args(["proxy", "set", "--host", &format!("proxy{i}"), "--port", "3128"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut recorded = 0;
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&output.stderr);
+        match output.status.code() {
+            Some(0) => recorded += 1,
+            Some(3) => assert!(err.lines().last().unwrap_or("").contains("in use by another process"), "{err}"),
+            other => panic!("exit {other:?}: {err}"),
+        }
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let status = agent.json(&["status"]);
+    assert_eq!(status["events"], 1 + recorded, "each success is exactly one event");
+    assert!(recorded >= 1);
+    assert_eq!(code(&agent.run(&["audit", "verify"])), 0);
+}
