@@ -185,7 +185,10 @@ pub struct VaultIdentity {
 
 /// What reading and parsing a credentials file gave.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[allow(clippy::large_enum_variant, reason = "a recorded value made once per command and matched by value; boxing would only complicate the patterns")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a recorded value made once per command and matched by value; boxing would only complicate the patterns"
+)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum CredentialsObserved {
     Unreadable { kind: UnreadableKind, detail: String },
@@ -369,7 +372,10 @@ pub struct Refusal {
 
 /// What decide concluded.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[allow(clippy::large_enum_variant, reason = "a recorded value made once per command and matched by value; boxing would only complicate the patterns")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a recorded value made once per command and matched by value; boxing would only complicate the patterns"
+)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
     Accepted(Change),
