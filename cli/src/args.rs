@@ -62,6 +62,73 @@ pub enum Command {
     },
     /// The audit trail: who configured what, when, accepted or refused.
     Audit(AuditArgs),
+    /// The vault service (the local counterpart of the portal) and its admin commands.
+    #[command(subcommand)]
+    Vault(VaultCommand),
+}
+
+#[derive(Subcommand)]
+pub enum VaultCommand {
+    /// Run the service; `--data-dir DIR` is the vault's own directory. Prints the address.
+    Serve {
+        /// Address to listen on; port 0 picks a free one.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+        listen: String,
+        #[arg(long, value_name = "F", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        #[arg(long, value_name = "F", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// The address agents should use, written into credentials files (default: as reached).
+        #[arg(long, value_name = "URL")]
+        public_url: Option<String>,
+    },
+    /// Create a vault.
+    Create {
+        #[arg(value_name = "NAME")]
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Download vault credentials; each download supersedes the previous one.
+    Credentials {
+        #[arg(long, value_name = "NAME")]
+        vault: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// A new file (`.VaultCredentials`), mode 0600: it can register machines to the vault.
+        #[arg(long, value_name = "FILE")]
+        output: PathBuf,
+        /// How long the file stays valid, e.g. 48h, 10d, 30m.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        validity: Option<std::time::Duration>,
+    },
+    /// Print a security PIN, valid for 5 minutes and usable once.
+    Pin {
+        #[arg(long, value_name = "NAME")]
+        vault: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List the machines registered to a vault.
+    Machines {
+        #[arg(long, value_name = "NAME")]
+        vault: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Args)]
+pub struct AdminArgs {
+    /// The vault service's address, e.g. http://127.0.0.1:8443.
+    #[arg(long, value_name = "URL")]
+    pub server: String,
+    /// The admin token file (`admin.token` in the service's data dir).
+    #[arg(long, value_name = "F")]
+    pub token_file: PathBuf,
+    /// A CA certificate (PEM) to trust for an HTTPS service.
+    #[arg(long, value_name = "F")]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -242,6 +309,25 @@ pub enum AuditCommand {
         #[arg(long, short, value_name = "FILE")]
         output: Option<PathBuf>,
     },
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| format!("'{text}' is not a duration like 48h, 10d or 30m"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("'{text}' needs a unit: s, m, h or d (e.g. 48h)")),
+    };
+    number
+        .checked_mul(seconds)
+        .filter(|s| *s > 0)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("'{text}' is not a usable duration"))
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {

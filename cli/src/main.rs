@@ -5,6 +5,7 @@ mod context;
 mod failure;
 mod secret_input;
 mod steps;
+mod vault;
 mod views;
 mod world;
 
@@ -81,8 +82,14 @@ fn run(ctx: &Context, command: Command) -> Result<u8, Failure> {
                 SecretInputs { passphrase: Some(passphrase), ..Default::default() },
             )
         }
-        Command::Register(_) => {
-            Err(Failure::usage("registration needs the vault client, which this build does not have yet"))
+        Command::Register(a) => {
+            let vault = vault_client(a.ca_file.as_deref())?;
+            steps::run_with_vault(
+                ctx,
+                Step::Register { endpoint_override: a.endpoint },
+                SecretInputs::default(),
+                &vault,
+            )
         }
         Command::Unregister => steps::run(ctx, Step::Unregister, SecretInputs::default()),
         Command::Status => views::status(ctx),
@@ -93,8 +100,8 @@ fn run(ctx: &Context, command: Command) -> Result<u8, Failure> {
         Command::Properties { change: Some(PropertiesCommand::Throttling(throttling)) } => {
             run_throttling(ctx, throttling)
         }
-        Command::Properties { change: Some(PropertiesCommand::Passphrase(PassphraseChangeCommand::Change(_))) } => {
-            Err(Failure::usage("changing the passphrase needs the vault client, which this build does not have yet"))
+        Command::Properties { change: Some(PropertiesCommand::Passphrase(PassphraseChangeCommand::Change(a))) } => {
+            change_passphrase(ctx, a)
         }
         Command::Audit(AuditArgs { action: Some(AuditCommand::Verify { file, head }), .. }) => {
             views::verify(ctx, file.as_deref(), head)
@@ -105,7 +112,28 @@ fn run(ctx: &Context, command: Command) -> Result<u8, Failure> {
         Command::Audit(AuditArgs { action: None, since, kind, limit }) => {
             views::audit(ctx, AuditFilter { since, kind, limit })
         }
+        Command::Vault(command) => vault::run(ctx, command),
     }
+}
+
+fn vault_client(ca_file: Option<&std::path::Path>) -> Result<regent_vault::HttpVaultClient, Failure> {
+    regent_vault::HttpVaultClient::with_ca_file(ca_file).map_err(|e| Failure::usage(e.to_string()))
+}
+
+fn change_passphrase(ctx: &Context, a: PassphraseChangeArgs) -> Result<u8, Failure> {
+    let pin = match (&a.security_pin, &a.security_pin_env) {
+        (Some(pin), _) => secrecy::SecretString::from(pin.clone()),
+        (None, Some(var)) => secret_input::from_env("security PIN", var)?,
+        (None, None) => secret_input::prompt("security PIN", false, "--security-pin PIN or --security-pin-env VAR")?,
+    };
+    let (save_to, passphrase) = if a.generate {
+        (a.save_to.map(|p| std::path::absolute(&p).unwrap_or(p)), None)
+    } else {
+        (None, Some(read_passphrase(&a.source, "--passphrase-stdin or --generate --save-to F")?))
+    };
+    let vault = vault_client(None)?;
+    let secrets = SecretInputs { passphrase, security_pin: Some(pin), ..Default::default() };
+    steps::run_with_vault(ctx, Step::ChangePassphrase { save_to }, secrets, &vault)
 }
 
 fn run_proxy(ctx: &Context, proxy: ProxyCommand) -> Result<u8, Failure> {

@@ -105,6 +105,11 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("projections");
     group.sample_size(10).measurement_time(Duration::from_secs(20));
     group.throughput(criterion::Throughput::Elements(events));
+    // Baseline: the store's own read of every record (envelope decoded, payload left raw), so the
+    // cost of decoding steps and folding them shows as the difference.
+    group.bench_function("baseline: read every record, no fold", |b| {
+        b.iter(|| store.read_all(1).map(|r| r.map(|r| r.payload.get().len()).unwrap_or(0)).sum::<usize>())
+    });
     group.bench_function("rebuild status+properties from scratch", |b| {
         b.iter(|| {
             let (state, head) = projections::fold(store.read_all(1)).expect("fold");

@@ -1,4 +1,5 @@
 //! End-to-end tests: the real `regent` binary on a real store in a temp dir.
 
 mod audit;
+mod register;
 mod steps;

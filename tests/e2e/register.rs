@@ -1,0 +1,167 @@
+//! Registration through the real binary against a real vault service on 127.0.0.1 (port 0):
+//! the admin commands, registration, the vault's refusals, and the passphrase change with a PIN.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use assert_cmd::Command;
+use regent_vault::{BackgroundServer, ServeConfig};
+
+struct Setup {
+    dir: tempfile::TempDir,
+    server: BackgroundServer,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let server =
+            BackgroundServer::start(ServeConfig::new(dir.path().join("vault"), "127.0.0.1:0".parse().unwrap()))
+                .unwrap();
+        Setup { dir, server }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn regent(&self, agent: &str) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_regent"));
+        cmd.env_remove("REGENT_DATA_DIR").env("NO_COLOR", "1").arg("--data-dir").arg(self.path(agent));
+        cmd
+    }
+
+    fn admin(&self, args: &[&str]) -> Output {
+        let token = self.server.admin_token_path().to_path_buf();
+        let mut cmd = self.regent("admin");
+        cmd.args(["vault"]).args(args).arg("--server").arg(self.server.url()).arg("--token-file").arg(token);
+        cmd.output().unwrap()
+    }
+
+    fn download(&self, vault: &str, file: &str) -> PathBuf {
+        let output = self.path(file);
+        let out = self.admin(&["credentials", "--vault", vault, "--output", output.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        output
+    }
+
+    /// folders, credentials, passphrase for the agent in `agent`.
+    fn prepare(&self, agent: &str, credentials: &Path) {
+        let ok = |out: Output| assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        ok(self
+            .regent(agent)
+            .args(["folders", "--install-dir"])
+            .arg(self.path(&format!("{agent}-i")))
+            .arg("--scratch-dir")
+            .arg(self.path(&format!("{agent}-s")))
+            .args(["--backup-size", "1GiB"])
+            .output()
+            .unwrap());
+        ok(self.regent(agent).args(["credentials", "load"]).arg(credentials).output().unwrap());
+        ok(self
+            .regent(agent)
+            .args(["passphrase", "set", "--passphrase-stdin"])
+            .write_stdin("a good long passphrase\n")
+            .output()
+            .unwrap());
+    }
+
+    fn step(&self, agent: &str, args: &[&str]) -> (i32, String) {
+        let out = self.regent(agent).args(args).output().unwrap();
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn refused_with(result: (i32, String), reason: &str) {
+    assert_eq!(result.0, 1, "{}", result.1);
+    assert!(result.1.starts_with(&format!("regent: {reason}: ")), "{}", result.1);
+}
+
+#[test]
+fn register_against_a_real_vault_with_its_refusals() {
+    let setup = Setup::new();
+    assert_eq!(setup.admin(&["create", "prod"]).status.code(), Some(0));
+    assert_eq!(setup.admin(&["create", "other"]).status.code(), Some(0));
+    let stale = setup.download("prod", "stale.VaultCredentials");
+    let newest = setup.download("prod", "newest.VaultCredentials");
+    let other = setup.download("other", "other.VaultCredentials");
+    setup.prepare("agent", &stale);
+
+    refused_with(setup.step("agent", &["register"]), "credentials_superseded");
+    assert_eq!(setup.step("agent", &["credentials", "load", newest.to_str().unwrap()]).0, 0);
+    let out = setup.regent("agent").args(["--json", "register"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["status"]["phase"], "registered");
+    assert_eq!(answer["status"]["vault"], "prod");
+
+    refused_with(setup.step("agent", &["register"]), "already_registered");
+    refused_with(setup.step("agent", &["credentials", "load", other.to_str().unwrap()]), "credentials_wrong_vault");
+
+    let properties: serde_json::Value =
+        serde_json::from_slice(&setup.regent("agent").args(["--json", "properties"]).output().unwrap().stdout).unwrap();
+    let machine_id = properties["vault"]["machine_id"].as_str().unwrap().to_string();
+    assert_eq!(properties["vault"]["name"], "prod");
+    assert!(properties["vault"]["registered_at"].is_string());
+    let machines: serde_json::Value =
+        serde_json::from_slice(&setup.admin(&["machines", "--vault", "prod", "--json"]).stdout).unwrap();
+    assert_eq!(machines.as_array().map(Vec::len), Some(1));
+    assert_eq!(machines[0]["machine_id"], machine_id.as_str());
+
+    // The passphrase change: a wrong PIN, a right one, and the right one again (used once).
+    let pin = String::from_utf8(setup.admin(&["pin", "--vault", "prod"]).stdout).unwrap().trim().to_string();
+    assert_eq!(pin.len(), 8);
+    let change = |pin: &str| {
+        let out = setup
+            .regent("agent")
+            .args(["properties", "passphrase", "change", "--passphrase-stdin", "--security-pin-env", "PIN"])
+            .env("PIN", pin)
+            .write_stdin("the new passphrase, long\n")
+            .output()
+            .unwrap();
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let wrong = if pin == "00000000" { "11111111" } else { "00000000" };
+    refused_with(change(wrong), "security_pin_invalid");
+    assert_eq!(change(&pin).0, 0);
+    refused_with(change(&pin), "security_pin_invalid");
+
+    // Unregister, and a vault that is gone is unreachable.
+    assert_eq!(setup.step("agent", &["unregister"]).0, 0);
+    refused_with(setup.step("agent", &["register", "--endpoint", "http://127.0.0.1:1"]), "vault_unreachable");
+    let audit = String::from_utf8(
+        setup.regent("agent").args(["audit", "--json", "--kind", "refused"]).output().unwrap().stdout,
+    )
+    .unwrap();
+    for reason in [
+        "credentials_superseded",
+        "already_registered",
+        "credentials_wrong_vault",
+        "security_pin_invalid",
+        "vault_unreachable",
+    ] {
+        assert!(audit.contains(reason), "{reason} is recorded");
+    }
+    assert_eq!(setup.step("agent", &["audit", "verify"]).0, 0);
+}
+
+#[test]
+fn credentials_download_refuses_to_overwrite_and_needs_the_token() {
+    let setup = Setup::new();
+    assert_eq!(setup.admin(&["create", "prod"]).status.code(), Some(0));
+    let file = setup.download("prod", "v.VaultCredentials");
+    let again = setup.admin(&["credentials", "--vault", "prod", "--output", file.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(1));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    let bad_token = setup.path("bad.token");
+    std::fs::write(&bad_token, "not-the-token\n").unwrap();
+    let out = setup
+        .regent("admin")
+        .args(["vault", "create", "x", "--server", setup.server.url(), "--token-file"])
+        .arg(&bad_token)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
+}

@@ -1,0 +1,220 @@
+//! Registrations per second against the vault service on loopback, with N concurrent clients.
+//!
+//! Each client is a thread with its own `HttpVaultClient` (the agent's real client: it signs every
+//! request with the credentials' key) registering machines back to back, each with a new request id.
+//! A registration is answered only after the service's log is flushed to disk, so every counted
+//! registration was durable before its answer. At the end the machines the service lists are
+//! compared with the count, and the log is reopened and verified.
+//!
+//! ```sh
+//! cargo run --release -p regent-vault --example loadgen -- --clients 32 --seconds 10
+//! ```
+//!
+//! Options: `--clients N` (32), `--seconds S` (10), `--warmup S` (2), `--data-dir DIR` (a fresh temp
+//! dir; the log lives on that filesystem), `--store-only` (skip HTTP: N threads appending
+//! registration-sized events straight to a `regent-store`, to see what the store's shared flush gives),
+//! `--no-group-commit` (the service appends and flushes each registration on its own, for comparison).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use regent_engine::model::VaultAnswer;
+use regent_engine::ports::{RegisterRequest, VaultClient};
+use regent_store::{Actor, BatchMeta, EventStore, ExpectedVersion, NewEvent, StoreOptions};
+use regent_vault::{AdminClient, BackgroundServer, ClientOptions, HttpVaultClient, ServeConfig};
+use zeroize::Zeroizing;
+
+struct Options {
+    clients: usize,
+    seconds: u64,
+    warmup: u64,
+    data_dir: Option<PathBuf>,
+    store_only: bool,
+    group_commit: bool,
+}
+
+fn options() -> Result<Options, String> {
+    let mut options =
+        Options { clients: 32, seconds: 10, warmup: 2, data_dir: None, store_only: false, group_commit: true };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
+        match arg.as_str() {
+            "--clients" => options.clients = value("--clients")?.parse().map_err(|e| format!("--clients: {e}"))?,
+            "--seconds" => options.seconds = value("--seconds")?.parse().map_err(|e| format!("--seconds: {e}"))?,
+            "--warmup" => options.warmup = value("--warmup")?.parse().map_err(|e| format!("--warmup: {e}"))?,
+            "--data-dir" => options.data_dir = Some(PathBuf::from(value("--data-dir")?)),
+            "--store-only" => options.store_only = true,
+            "--no-group-commit" => options.group_commit = false,
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    if options.clients == 0 || options.seconds == 0 {
+        return Err("--clients and --seconds must be at least 1".into());
+    }
+    Ok(options)
+}
+
+fn main() {
+    let options = match options() {
+        Ok(options) => options,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            std::process::exit(2);
+        }
+    };
+    let temp = tempfile::tempdir_in(std::env::temp_dir()).unwrap_or_else(|e| fail(&format!("temp dir: {e}")));
+    let dir = options.data_dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
+    if options.store_only {
+        store_only(&options, &dir);
+    } else {
+        over_http(&options, &dir);
+    }
+}
+
+fn fail(message: &str) -> ! {
+    eprintln!("loadgen: {message}");
+    std::process::exit(1)
+}
+
+/// Runs `work` on `clients` threads for warmup + measured seconds; returns the latencies of the
+/// measured window and its length.
+fn drive(
+    clients: usize,
+    warmup: u64,
+    seconds: u64,
+    work: impl Fn(usize, u64) + Send + Sync + 'static,
+) -> (Vec<Duration>, Duration) {
+    let work = Arc::new(work);
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs(warmup);
+    let threads: Vec<_> = (0..clients)
+        .map(|client| {
+            let (work, stop) = (work.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut latencies = Vec::new();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let began = Instant::now();
+                    work(client, n);
+                    n += 1;
+                    if began >= measure_from {
+                        latencies.push(began.elapsed());
+                    }
+                }
+                latencies
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(warmup + seconds));
+    stop.store(true, Ordering::Relaxed);
+    let window = measure_from.elapsed();
+    let mut all = Vec::new();
+    for thread in threads {
+        all.extend(thread.join().unwrap_or_default());
+    }
+    (all, window)
+}
+
+fn report(what: &str, clients: usize, mut latencies: Vec<Duration>, window: Duration) {
+    latencies.sort();
+    let pick =
+        |q: f64| latencies.get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1))).copied();
+    let ms =
+        |d: Option<Duration>| d.map(|d| format!("{:.2} ms", d.as_secs_f64() * 1000.0)).unwrap_or_else(|| "-".into());
+    println!(
+        "{what}: {clients} clients, {} completed in {:.1} s: {:.0}/s; latency p50 {}, p99 {}, max {}",
+        latencies.len(),
+        window.as_secs_f64(),
+        latencies.len() as f64 / window.as_secs_f64(),
+        ms(pick(0.50)),
+        ms(pick(0.99)),
+        ms(latencies.last().copied()),
+    );
+}
+
+fn over_http(options: &Options, dir: &std::path::Path) {
+    let config =
+        ServeConfig { group_commit: options.group_commit, ..ServeConfig::new(dir, ([127, 0, 0, 1], 0).into()) };
+    let server = BackgroundServer::start(config).unwrap_or_else(|e| fail(&e.to_string()));
+    let admin = AdminClient::from_token_file(server.url(), server.admin_token_path(), None)
+        .unwrap_or_else(|e| fail(&e.to_string()));
+    admin.create_vault("bench").unwrap_or_else(|e| fail(&e.to_string()));
+    let file = admin.download_credentials("bench", None).unwrap_or_else(|e| fail(&e.to_string()));
+    let credentials =
+        regent_credentials::parse(&file.file_name, file.xml.as_bytes()).unwrap_or_else(|e| fail(&e.to_string()));
+    let identity = regent_engine::model::VaultIdentity {
+        name: credentials.identity.resource_name.clone(),
+        subscription_id: credentials.identity.subscription_id.clone(),
+        resource_group: credentials.identity.resource_group.clone(),
+        location: credentials.identity.location.clone(),
+        resource_id: credentials.identity.resource_id,
+    };
+    let clients: Vec<_> = (0..options.clients)
+        .map(|_| {
+            HttpVaultClient::new(ClientOptions { attempts: 1, ..ClientOptions::default() })
+                .unwrap_or_else(|e| fail(&e.to_string()))
+        })
+        .collect();
+    let endpoint = server.url().to_string();
+    let thumbprint = credentials.certificate.thumbprint.clone();
+    let key = credentials.private_key.pkcs8_der().to_vec();
+    let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = refused.clone();
+    let (latencies, window) = drive(options.clients, options.warmup, options.seconds, move |client, n| {
+        let request = RegisterRequest {
+            endpoint: endpoint.clone(),
+            vault: identity.clone(),
+            thumbprint: thumbprint.clone(),
+            machine_name: format!("bench-{client}-{n}"),
+            private_key: Zeroizing::new(key.clone()),
+            proxy: None,
+            request_id: uuid::Uuid::now_v7().to_string(),
+        };
+        if let VaultAnswer::Refused { reason, detail } = clients[client].register(&request)
+            && counted.fetch_add(1, Ordering::Relaxed) == 0
+        {
+            eprintln!("loadgen: a registration was refused: {reason}: {detail}");
+        }
+    });
+    let what =
+        if options.group_commit { "registrations over HTTP" } else { "registrations over HTTP, no group commit" };
+    report(what, options.clients, latencies, window);
+    let machines = admin.machines("bench").unwrap_or_else(|e| fail(&e.to_string())).len();
+    println!("machines listed by the service: {machines}; refused: {}", refused.load(Ordering::Relaxed));
+    server.shutdown().unwrap_or_else(|e| fail(&e.to_string()));
+    let store = EventStore::open(dir.join("log"), &StoreOptions::default()).unwrap_or_else(|e| fail(&e.to_string()));
+    let verified = store.verify(None).unwrap_or_else(|e| fail(&e.to_string()));
+    println!(
+        "log reopened: {} records, chain {}",
+        verified.records,
+        if verified.is_ok() { "verified" } else { "BROKEN" }
+    );
+}
+
+fn store_only(options: &Options, dir: &std::path::Path) {
+    let store =
+        Arc::new(EventStore::open(dir.join("log"), &StoreOptions::default()).unwrap_or_else(|e| fail(&e.to_string())));
+    let payload = serde_json::json!({
+        "machine_id": uuid::Uuid::now_v7().to_string(),
+        "machine_name": "bench-00-000000",
+        "thumbprint": "0".repeat(64),
+        "request_id": uuid::Uuid::now_v7().to_string(),
+        "nonce": "0".repeat(32),
+        "registered_at": chrono::Utc::now(),
+    });
+    let appender = store.clone();
+    let (latencies, window) = drive(options.clients, options.warmup, options.seconds, move |_, _| {
+        let meta = BatchMeta {
+            recorded_at: chrono::Utc::now(),
+            actor: Actor { user: "bench".into(), host: "127.0.0.1".into() },
+            correlation_id: uuid::Uuid::now_v7(),
+        };
+        let event = NewEvent::new("MachineRegistered", 1, &payload).unwrap_or_else(|e| fail(&e.to_string()));
+        appender.append("vault/bench", ExpectedVersion::Any, &meta, &[event]).unwrap_or_else(|e| fail(&e.to_string()));
+    });
+    report("durable appends straight to the store", options.clients, latencies, window);
+}

@@ -1,0 +1,143 @@
+//! The admin's client, behind `regent vault create / credentials / pin / machines`. Blocking; talks
+//! to the service directly (no proxy, environment proxies ignored).
+
+use std::path::Path;
+use std::time::Duration;
+
+use reqwest::blocking::{Client, RequestBuilder};
+use reqwest::{StatusCode, Url};
+use secrecy::SecretString;
+use serde::de::DeserializeOwned;
+
+use crate::error::{AdminError, ClientError, chain_text};
+use crate::http;
+use crate::protocol::{
+    CreateVault, CredentialsFile, DownloadCredentials, Health, IssuedPin, MachineInfo, Machines, VaultInfo,
+};
+use crate::token::{bearer, read_token_file};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct AdminClient {
+    base: String,
+    token: SecretString,
+    client: Client,
+}
+
+impl std::fmt::Debug for AdminClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminClient").field("base", &self.base).field("token", &"<redacted>").finish()
+    }
+}
+
+impl AdminClient {
+    /// A client for the service at `server_url` (`http://` or `https://`), trusting the system roots
+    /// plus `ca_file` (PEM or DER).
+    pub fn new(server_url: &str, token: SecretString, ca_file: Option<&Path>) -> Result<AdminClient, AdminError> {
+        http::join_url(server_url, &["v1"]).map_err(|_| AdminError::BadUrl { url: server_url.to_string() })?;
+        let tls = crate::tls::client_config(ca_file)?;
+        let client = http::build_client(&tls, None, CONNECT_TIMEOUT, REQUEST_TIMEOUT).map_err(ClientError::Http)?;
+        Ok(AdminClient { base: server_url.trim().to_string(), token, client })
+    }
+
+    /// As [`AdminClient::new`], with the token read from a file (the service's `admin.token`).
+    pub fn from_token_file(
+        server_url: &str,
+        token_file: &Path,
+        ca_file: Option<&Path>,
+    ) -> Result<AdminClient, AdminError> {
+        AdminClient::new(server_url, read_token_file(token_file)?, ca_file)
+    }
+
+    /// Whether the service answers at all (no token needed).
+    pub fn health(&self) -> Result<(), AdminError> {
+        let url = self.url(&["health"])?;
+        self.call::<Health>(self.client.get(url.clone()), &url, false).map(|_| ())
+    }
+
+    pub fn create_vault(&self, name: &str) -> Result<VaultInfo, AdminError> {
+        let url = self.url(&["vaults"])?;
+        self.call(self.client.post(url.clone()).json(&CreateVault { name: name.to_string() }), &url, true)
+    }
+
+    pub fn vault(&self, name: &str) -> Result<VaultInfo, AdminError> {
+        let url = self.url(&["vaults", name])?;
+        self.call(self.client.get(url.clone()), &url, true)
+    }
+
+    /// Downloads new credentials for `vault`, valid for `validity` (default 48 hours; whole seconds,
+    /// at most 30 days). The previous download of the vault stops being accepted.
+    pub fn download_credentials(&self, vault: &str, validity: Option<Duration>) -> Result<CredentialsFile, AdminError> {
+        let validity_seconds = match validity {
+            Some(d) if d.as_secs() == 0 => {
+                return Err(AdminError::InvalidInput("the validity must be at least one second".into()));
+            }
+            Some(d) => Some(d.as_secs()),
+            None => None,
+        };
+        let url = self.url(&["vaults", vault, "credentials"])?;
+        self.call(self.client.post(url.clone()).json(&DownloadCredentials { validity_seconds }), &url, true)
+    }
+
+    /// Issues a security PIN for `vault`: 8 digits, good for 5 minutes, usable once.
+    pub fn issue_pin(&self, vault: &str) -> Result<IssuedPin, AdminError> {
+        let url = self.url(&["vaults", vault, "pins"])?;
+        self.call(self.client.post(url.clone()), &url, true)
+    }
+
+    /// The machines registered to `vault`, oldest first.
+    pub fn machines(&self, vault: &str) -> Result<Vec<MachineInfo>, AdminError> {
+        let url = self.url(&["vaults", vault, "machines"])?;
+        self.call::<Machines>(self.client.get(url.clone()), &url, true).map(|m| m.machines)
+    }
+
+    /// Removes a machine from `vault`; returns what it was.
+    pub fn remove_machine(&self, vault: &str, machine_id: &str) -> Result<MachineInfo, AdminError> {
+        let url = self.url(&["vaults", vault, "machines", machine_id])?;
+        self.call(self.client.delete(url.clone()), &url, true)
+    }
+
+    fn url(&self, segments: &[&str]) -> Result<Url, AdminError> {
+        let mut all = vec!["v1"];
+        all.extend_from_slice(segments);
+        http::join_url(&self.base, &all).map_err(|_| AdminError::BadUrl { url: self.base.clone() })
+    }
+
+    fn call<T: DeserializeOwned>(&self, request: RequestBuilder, url: &Url, admin: bool) -> Result<T, AdminError> {
+        let request = if admin {
+            let value = bearer(&self.token);
+            let mut header = reqwest::header::HeaderValue::from_str(&value).map_err(|_| {
+                AdminError::InvalidInput("the admin token holds characters a header cannot carry".into())
+            })?;
+            header.set_sensitive(true);
+            request.header(reqwest::header::AUTHORIZATION, header)
+        } else {
+            request
+        };
+        let response =
+            request.send().map_err(|e| AdminError::Unreachable { url: self.base.clone(), detail: chain_text(&e) })?;
+        let status = response.status();
+        if !http::from_service(&response) {
+            return Err(AdminError::Protocol {
+                status: status.as_u16(),
+                detail: format!("{url} is not a regent vault service"),
+            });
+        }
+        if status.is_success() {
+            let bytes = http::read_body(response, http::MAX_ADMIN_ANSWER_BYTES)
+                .map_err(|detail| AdminError::Protocol { status: status.as_u16(), detail })?;
+            return serde_json::from_slice(&bytes).map_err(|e| AdminError::Protocol {
+                status: status.as_u16(),
+                detail: format!("the answer cannot be read: {e}"),
+            });
+        }
+        let body = http::error_body(response);
+        Err(match status {
+            StatusCode::UNAUTHORIZED => AdminError::Unauthorized,
+            StatusCode::NOT_FOUND => AdminError::NotFound { code: body.error, message: body.message },
+            StatusCode::CONFLICT => AdminError::Conflict { code: body.error, message: body.message },
+            _ => AdminError::Refused { status: status.as_u16(), code: body.error, message: body.message },
+        })
+    }
+}

@@ -1,0 +1,398 @@
+//! The agent's side: [`HttpVaultClient`] implements the engine's `VaultClient` port over HTTP(S).
+//!
+//! Every failure becomes one of the engine's reason codes, with a one-line detail that never holds a
+//! secret:
+//! - refused connection, DNS failure, timeout, TLS failure: `vault_unreachable`;
+//! - the proxy's 407, or the 401 tinyproxy 1.11 answers a wrong password: `proxy_auth_failed`;
+//! - the service's refusals: their own code (`credentials_superseded`, ...);
+//! - the service's 5xx and anything else unexpected: `vault_error`.
+//!
+//! Connect failures and 5xx are retried with backoff; every attempt is signed again (fresh nonce and
+//! timestamp) but keeps the request id, so the service answers a retry with the first answer.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use chrono::Utc;
+use regent_credentials::PrivateKey;
+use regent_engine::Reason;
+use regent_engine::model::{PinAnswer, VaultAnswer};
+use regent_engine::ports::{PinCheck, ProxyConfig, RegisterRequest, VaultClient};
+use reqwest::StatusCode;
+use reqwest::blocking::{Client, Response};
+use secrecy::ExposeSecret;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::error::{ClientError, chain_text};
+use crate::http;
+use crate::protocol::{PinCheckBody, PinValid, RegisterBody, Registered, registration_message};
+
+/// Timeouts and retries of the agent's client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientOptions {
+    /// Extra CA certificates (PEM or DER) trusted besides the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// For the TCP (and proxy) connection of one attempt.
+    pub connect_timeout: Duration,
+    /// For one attempt, from connecting to the last byte of the answer.
+    pub request_timeout: Duration,
+    /// For the whole call, retries included: no retry starts after this.
+    pub total_timeout: Duration,
+    /// Attempts in all (1 = no retry).
+    pub attempts: u32,
+    /// Wait before the first retry; doubled for each further one.
+    pub backoff: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            ca_file: None,
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            total_timeout: Duration::from_secs(60),
+            attempts: 4,
+            backoff: Duration::from_millis(250),
+        }
+    }
+}
+
+/// What a proxy setting is, for reusing a client: the password only as a digest.
+#[derive(Clone, PartialEq, Eq)]
+struct ProxyKey(Option<ProxyIdentity>);
+
+#[derive(Clone, PartialEq, Eq)]
+struct ProxyIdentity {
+    host: String,
+    port: u16,
+    user_and_password_digest: Option<(String, [u8; 32])>,
+}
+
+impl ProxyKey {
+    fn of(proxy: Option<&ProxyConfig>) -> ProxyKey {
+        ProxyKey(proxy.map(|p| {
+            let credentials = p.credentials.as_ref().map(|(user, password)| {
+                (user.clone(), <[u8; 32]>::from(Sha256::digest(password.expose_secret().as_bytes())))
+            });
+            ProxyIdentity { host: p.host.clone(), port: p.port, user_and_password_digest: credentials }
+        }))
+    }
+}
+
+/// The agent's vault client. Cheap to share; reuses one HTTP client (and its connections) for as
+/// long as the proxy setting stays the same.
+pub struct HttpVaultClient {
+    options: ClientOptions,
+    tls: rustls::ClientConfig,
+    cached: Mutex<Option<(ProxyKey, Client)>>,
+}
+
+impl std::fmt::Debug for HttpVaultClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpVaultClient").field("options", &self.options).finish_non_exhaustive()
+    }
+}
+
+/// How one attempt ended.
+enum Attempt<T> {
+    Done(T),
+    /// Worth another attempt (connect failure, 5xx); the reason and detail stand if none is left.
+    Retry(Reason, String),
+    Fail(Reason, String),
+}
+
+impl HttpVaultClient {
+    pub fn new(options: ClientOptions) -> Result<HttpVaultClient, ClientError> {
+        let tls = crate::tls::client_config(options.ca_file.as_deref())?;
+        Ok(HttpVaultClient { options, tls, cached: Mutex::new(None) })
+    }
+
+    /// Default timeouts and retries, trusting the system roots plus `ca_file`.
+    pub fn with_ca_file(ca_file: Option<&std::path::Path>) -> Result<HttpVaultClient, ClientError> {
+        HttpVaultClient::new(ClientOptions { ca_file: ca_file.map(PathBuf::from), ..ClientOptions::default() })
+    }
+
+    fn client_for(&self, proxy: Option<&ProxyConfig>) -> Result<Client, String> {
+        let key = ProxyKey::of(proxy);
+        let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((cached_key, client)) = cached.as_ref()
+            && *cached_key == key
+        {
+            return Ok(client.clone());
+        }
+        let client = http::build_client(&self.tls, proxy, self.options.connect_timeout, self.options.request_timeout)?;
+        *cached = Some((key, client.clone()));
+        Ok(client)
+    }
+
+    /// Runs attempts until one is done or fails for good, the attempts are used up, or the total
+    /// timeout would pass during the next backoff.
+    fn with_retries<T>(&self, mut attempt: impl FnMut() -> Attempt<T>) -> Result<T, (Reason, String)> {
+        let started = Instant::now();
+        let mut backoff = self.options.backoff;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match attempt() {
+                Attempt::Done(value) => return Ok(value),
+                Attempt::Fail(reason, detail) => return Err((reason, detail)),
+                Attempt::Retry(reason, detail) => {
+                    if tries >= self.options.attempts.max(1)
+                        || started.elapsed() + backoff >= self.options.total_timeout
+                    {
+                        let detail = if tries > 1 { format!("{detail} (after {tries} attempts)") } else { detail };
+                        return Err((reason, detail));
+                    }
+                    tracing::debug!(%reason, %detail, attempt = tries, "vault call failed; retrying");
+                    std::thread::sleep(backoff);
+                    backoff = backoff.saturating_mul(2);
+                }
+            }
+        }
+    }
+
+    /// What a sent request came to: the answer, or a reason.
+    fn answer<T: DeserializeOwned>(
+        &self,
+        sent: reqwest::Result<Response>,
+        proxy: Option<&ProxyConfig>,
+        url: &reqwest::Url,
+    ) -> Attempt<T> {
+        let response = match sent {
+            Ok(response) => response,
+            Err(e) => return self.transport_failure(&e, proxy, url),
+        };
+        let status = response.status();
+        let from_service = http::from_service(&response);
+        if status.is_success() && from_service {
+            return match http::read_body(response, http::MAX_ANSWER_BYTES)
+                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            {
+                Ok(value) => Attempt::Done(value),
+                Err(e) => Attempt::Fail(Reason::VaultError, format!("the vault's answer cannot be read: {e}")),
+            };
+        }
+        if from_service {
+            let body = http::error_body(response);
+            let reason = body.reason.as_deref().and_then(reason_from_code);
+            return match reason {
+                _ if status.is_server_error() => Attempt::Retry(
+                    Reason::VaultError,
+                    format!("the vault service failed (HTTP {}, {}): {}", status.as_u16(), body.error, body.message),
+                ),
+                Some(reason) => Attempt::Fail(reason, body.message),
+                None => Attempt::Fail(
+                    Reason::VaultError,
+                    format!(
+                        "the vault service refused the request (HTTP {}, {}): {}",
+                        status.as_u16(),
+                        body.error,
+                        body.message
+                    ),
+                ),
+            };
+        }
+        // Not the service: a proxy, or something else listening at the endpoint.
+        match (status, proxy) {
+            (StatusCode::PROXY_AUTHENTICATION_REQUIRED, Some(p)) => {
+                Attempt::Fail(Reason::ProxyAuthFailed, proxy_refusal(p, status.as_u16()))
+            }
+            (StatusCode::UNAUTHORIZED, Some(p)) => {
+                Attempt::Fail(Reason::ProxyAuthFailed, proxy_refusal(p, status.as_u16()))
+            }
+            (StatusCode::PROXY_AUTHENTICATION_REQUIRED, None) => Attempt::Fail(
+                Reason::ProxyAuthFailed,
+                "a proxy on the way asked for credentials (HTTP 407); set them with `regent proxy set`".into(),
+            ),
+            (s, Some(p)) if s.is_server_error() => Attempt::Retry(
+                Reason::VaultUnreachable,
+                format!("the proxy {}:{} could not reach the vault at {url} (HTTP {})", p.host, p.port, s.as_u16()),
+            ),
+            (s, _) if s.is_server_error() => Attempt::Retry(
+                Reason::VaultError,
+                format!("{url} answered HTTP {} and is not the regent vault service", s.as_u16()),
+            ),
+            (s, _) => Attempt::Fail(
+                Reason::VaultError,
+                format!("{url} answered HTTP {} and is not the regent vault service; check the endpoint", s.as_u16()),
+            ),
+        }
+    }
+
+    fn transport_failure<T>(
+        &self,
+        error: &reqwest::Error,
+        proxy: Option<&ProxyConfig>,
+        url: &reqwest::Url,
+    ) -> Attempt<T> {
+        // reqwest names the URL in its own text; the detail names it once.
+        let text = chain_text(error).replace(&format!(" for url ({url})"), "");
+        let lower = text.to_ascii_lowercase();
+        if error.is_connect() || lower.contains("tunnel") {
+            if let Some(p) = proxy {
+                if lower.contains("proxy authorization required") {
+                    return Attempt::Fail(Reason::ProxyAuthFailed, proxy_refusal(p, 407));
+                }
+                if lower.contains("tunnel") {
+                    // The proxy refused the CONNECT without saying why to reqwest: ask it directly.
+                    let target = format!(
+                        "{}:{}",
+                        url.host_str().unwrap_or_default(),
+                        url.port_or_known_default().unwrap_or(443)
+                    );
+                    return match http::probe_tunnel_status(p, &target, self.options.connect_timeout) {
+                        Some(status @ (401 | 407)) => Attempt::Fail(Reason::ProxyAuthFailed, proxy_refusal(p, status)),
+                        Some(status) => Attempt::Fail(
+                            Reason::VaultUnreachable,
+                            format!("the proxy {}:{} refused a tunnel to {target} (HTTP {status})", p.host, p.port),
+                        ),
+                        None => Attempt::Retry(
+                            Reason::VaultUnreachable,
+                            format!("the proxy {}:{} refused a tunnel to {target}: {text}", p.host, p.port),
+                        ),
+                    };
+                }
+            }
+            if lower.contains("certificate") {
+                return Attempt::Fail(
+                    Reason::VaultUnreachable,
+                    format!(
+                        "the vault's TLS certificate is not trusted ({text}); if the vault uses its own CA, pass its certificate with --ca-file"
+                    ),
+                );
+            }
+            let via = proxy.map(|p| format!(" through the proxy {}:{}", p.host, p.port)).unwrap_or_default();
+            return Attempt::Retry(Reason::VaultUnreachable, format!("cannot connect to {url}{via}: {text}"));
+        }
+        if error.is_timeout() {
+            return Attempt::Fail(
+                Reason::VaultUnreachable,
+                format!("no answer from {url} within {}s", self.options.request_timeout.as_secs()),
+            );
+        }
+        Attempt::Fail(Reason::VaultUnreachable, format!("the call to {url} failed: {text}"))
+    }
+
+    fn register_attempts(&self, request: &RegisterRequest) -> Result<Registered, (Reason, String)> {
+        let key = PrivateKey::from_pkcs8_der(&request.private_key)
+            .map_err(|e| (Reason::CredentialsInvalid, format!("the credentials' private key cannot be used: {e}")))?;
+        let vault = &request.vault.name;
+        let url = http::join_url(&request.endpoint, &["v1", "vaults", vault, "registrations"])
+            .map_err(|e| (Reason::VaultUnreachable, format!("the vault endpoint {e}")))?;
+        let proxy = request.proxy.as_ref();
+        let client = self.client_for(proxy).map_err(|e| (Reason::InvalidProxy, e))?;
+        self.with_retries(|| {
+            let mut nonce = [0u8; 16];
+            if getrandom::fill(&mut nonce).is_err() {
+                return Attempt::Fail(Reason::VaultError, "the system random source failed".into());
+            }
+            let nonce = hex::encode(nonce);
+            let timestamp = Utc::now().timestamp();
+            let message = registration_message(
+                vault,
+                request.vault.resource_id,
+                &request.machine_name,
+                &request.thumbprint,
+                timestamp,
+                &nonce,
+                &request.request_id,
+            );
+            let signature = match key.sign(&message) {
+                Ok(signature) => signature,
+                Err(e) => {
+                    return Attempt::Fail(Reason::CredentialsInvalid, format!("signing the registration failed: {e}"));
+                }
+            };
+            let body = RegisterBody {
+                request_id: request.request_id.clone(),
+                machine_name: request.machine_name.clone(),
+                resource_id: request.vault.resource_id,
+                thumbprint: request.thumbprint.clone(),
+                timestamp,
+                nonce,
+                signature: STANDARD.encode(signature),
+            };
+            self.answer(client.post(url.clone()).json(&body).send(), proxy, &url)
+        })
+    }
+
+    fn pin_attempts(&self, check: &PinCheck) -> Result<PinValid, (Reason, String)> {
+        let url = http::join_url(&check.endpoint, &["v1", "vaults", &check.vault, "pin-checks"])
+            .map_err(|e| (Reason::VaultUnreachable, format!("the vault endpoint {e}")))?;
+        let proxy = check.proxy.as_ref();
+        let client = self.client_for(proxy).map_err(|e| (Reason::InvalidProxy, e))?;
+        let mut body =
+            PinCheckBody { machine_id: check.machine_id.clone(), pin: check.pin.expose_secret().to_string() };
+        let bytes = Zeroizing::new(serde_json::to_vec(&body).unwrap_or_default());
+        body.pin.zeroize();
+        self.with_retries(|| {
+            let sent = client
+                .post(url.clone())
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(bytes.to_vec())
+                .send();
+            self.answer(sent, proxy, &url)
+        })
+    }
+}
+
+fn proxy_refusal(proxy: &ProxyConfig, status: u16) -> String {
+    let given = if proxy.credentials.is_some() {
+        "refused the user name or password"
+    } else {
+        "asked for a user name and password"
+    };
+    format!("the proxy {}:{} {given} (HTTP {status})", proxy.host, proxy.port)
+}
+
+fn reason_from_code(code: &str) -> Option<Reason> {
+    Reason::ALL.into_iter().find(|r| r.code() == code)
+}
+
+impl VaultClient for HttpVaultClient {
+    fn register(&self, request: &RegisterRequest) -> VaultAnswer {
+        match self.register_attempts(request) {
+            Ok(Registered { machine_id, vault, registered_at }) => {
+                VaultAnswer::Registered { machine_id, vault, registered_at }
+            }
+            Err((reason, detail)) => VaultAnswer::Refused { reason, detail },
+        }
+    }
+
+    fn check_pin(&self, check: &PinCheck) -> PinAnswer {
+        match self.pin_attempts(check) {
+            Ok(PinValid { issued_at }) => PinAnswer::Valid { issued_at },
+            Err((reason, detail)) => PinAnswer::Refused { reason, detail },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_code_maps_back() {
+        for reason in Reason::ALL {
+            assert_eq!(reason_from_code(reason.code()), Some(reason));
+        }
+        assert_eq!(reason_from_code("nonsense"), None);
+    }
+
+    #[test]
+    fn proxy_keys_differ_by_password_without_holding_it() {
+        let proxy = |password: &str| ProxyConfig {
+            host: "p".into(),
+            port: 3128,
+            credentials: Some(("u".into(), secrecy::SecretString::from(password.to_string()))),
+        };
+        assert!(ProxyKey::of(Some(&proxy("a"))) == ProxyKey::of(Some(&proxy("a"))));
+        assert!(ProxyKey::of(Some(&proxy("a"))) != ProxyKey::of(Some(&proxy("b"))));
+        assert!(ProxyKey::of(None) != ProxyKey::of(Some(&proxy("a"))));
+    }
+}

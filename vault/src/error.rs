@@ -1,0 +1,107 @@
+//! The crate's typed errors. Each Display is one line saying what went wrong and what to do; none
+//! carries a secret (tokens, PINs, keys and passwords never reach an error).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use regent_store::StoreError;
+
+/// Why the service could not start, or stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VaultError {
+    #[error("cannot use the data directory {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+
+    #[error("cannot {action} the admin token file {path}: {source}")]
+    TokenFile { action: &'static str, path: PathBuf, source: std::io::Error },
+
+    #[error("the admin token file {path} is empty or malformed; delete it and restart the service to get a new token")]
+    BadTokenFile { path: PathBuf },
+
+    #[error("the vault's log cannot be used: {0}")]
+    Store(#[from] StoreError),
+
+    #[error("the vault's log holds an event it cannot read at position {position}: {detail}")]
+    BadEvent { position: u64, detail: String },
+
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+
+    #[error("cannot use the TLS {what} {path}: {detail}")]
+    Tls { what: &'static str, path: PathBuf, detail: String },
+
+    #[error("the public URL {url:?} is not an http:// or https:// URL")]
+    BadPublicUrl { url: String },
+
+    #[error("cannot start the service's runtime: {0}")]
+    Runtime(std::io::Error),
+
+    #[error("the vault service stopped unexpectedly: {0}")]
+    Stopped(String),
+}
+
+/// Why a client (the agent's or the admin's) could not be set up.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    #[error("cannot use the CA file {path}: {detail}")]
+    CaFile { path: PathBuf, detail: String },
+
+    #[error("cannot set up TLS: {0}")]
+    Tls(String),
+
+    #[error("cannot set up the HTTP client: {0}")]
+    Http(String),
+}
+
+/// Why an admin call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    #[error(transparent)]
+    Setup(#[from] ClientError),
+
+    #[error("the server URL {url:?} is not an http:// or https:// URL")]
+    BadUrl { url: String },
+
+    #[error("cannot read the admin token file {path}: {detail}")]
+    TokenFile { path: PathBuf, detail: String },
+
+    #[error("invalid request: {0}")]
+    InvalidInput(String),
+
+    #[error("cannot reach the vault service at {url}: {detail}")]
+    Unreachable { url: String, detail: String },
+
+    #[error("the vault service refused the admin token; use the token from the service's admin.token file")]
+    Unauthorized,
+
+    #[error("{message}")]
+    NotFound { code: String, message: String },
+
+    #[error("{message}")]
+    Conflict { code: String, message: String },
+
+    #[error("the vault service refused the request (HTTP {status}, {code}): {message}")]
+    Refused { status: u16, code: String, message: String },
+
+    #[error("the vault service answered HTTP {status} with something unexpected: {detail}")]
+    Protocol { status: u16, detail: String },
+}
+
+/// An error and its sources on one line, `outer: inner: innermost`, without repeats (reqwest and
+/// hyper often repeat the inner text in the outer one).
+pub(crate) fn chain_text(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        let part = inner.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = inner.source();
+    }
+    text
+}

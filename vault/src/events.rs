@@ -1,0 +1,137 @@
+//! What the service records in its own log: one stream per vault (`vault/<name>`), one event per
+//! change. Nothing secret is recorded: certificates are public, a PIN is kept only as an HMAC under a
+//! key derived from the admin token, and private keys are never kept at all (they leave with the
+//! download).
+
+use chrono::{DateTime, Utc};
+use regent_credentials::VaultIdentity;
+use regent_store::{NewEvent, Record};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The schema version of every event kind below.
+pub(crate) const SCHEMA: u32 = 1;
+
+pub(crate) fn stream_of(vault: &str) -> String {
+    format!("vault/{vault}")
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct VaultCreated {
+    pub identity: VaultIdentity,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct CredentialsIssued {
+    pub thumbprint: String,
+    /// Base64 of the DER certificate (public): registrations are verified against it.
+    pub certificate: String,
+    pub not_before: DateTime<Utc>,
+    pub not_after: DateTime<Utc>,
+    pub file_name: String,
+    pub issued_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PinIssued {
+    pub pin_id: Uuid,
+    /// Hex HMAC-SHA256 of the PIN id and the PIN.
+    pub digest: String,
+    pub issued_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PinUsed {
+    pub pin_id: Uuid,
+    pub machine_id: String,
+    pub used_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PinsRevoked {
+    pub pin_ids: Vec<Uuid>,
+    pub why: String,
+    pub revoked_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct MachineRegistered {
+    pub machine_id: String,
+    pub machine_name: String,
+    pub thumbprint: String,
+    pub request_id: String,
+    pub nonce: String,
+    pub registered_at: DateTime<Utc>,
+    /// The agent's address as the service saw it. Registrations are written in groups under the
+    /// service's own actor, so who asked is recorded here.
+    #[serde(default)]
+    pub peer: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct MachineRemoved {
+    pub machine_id: String,
+    pub removed_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum VaultEvent {
+    VaultCreated(VaultCreated),
+    CredentialsIssued(CredentialsIssued),
+    PinIssued(PinIssued),
+    PinUsed(PinUsed),
+    PinsRevoked(PinsRevoked),
+    MachineRegistered(MachineRegistered),
+    MachineRemoved(MachineRemoved),
+}
+
+impl VaultEvent {
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            VaultEvent::VaultCreated(_) => "VaultCreated",
+            VaultEvent::CredentialsIssued(_) => "CredentialsIssued",
+            VaultEvent::PinIssued(_) => "PinIssued",
+            VaultEvent::PinUsed(_) => "PinUsed",
+            VaultEvent::PinsRevoked(_) => "PinsRevoked",
+            VaultEvent::MachineRegistered(_) => "MachineRegistered",
+            VaultEvent::MachineRemoved(_) => "MachineRemoved",
+        }
+    }
+
+    /// The event to append, with a fresh id unless the caller fixes one (a registration's id comes
+    /// from its request id, so the store itself refuses to write one request twice).
+    pub(crate) fn to_new_event(&self, id: Option<Uuid>) -> Result<NewEvent, serde_json::Error> {
+        let id = id.unwrap_or_else(Uuid::now_v7);
+        let kind = self.kind();
+        match self {
+            VaultEvent::VaultCreated(e) => NewEvent::with_id(id, kind, SCHEMA, e),
+            VaultEvent::CredentialsIssued(e) => NewEvent::with_id(id, kind, SCHEMA, e),
+            VaultEvent::PinIssued(e) => NewEvent::with_id(id, kind, SCHEMA, e),
+            VaultEvent::PinUsed(e) => NewEvent::with_id(id, kind, SCHEMA, e),
+            VaultEvent::PinsRevoked(e) => NewEvent::with_id(id, kind, SCHEMA, e),
+            VaultEvent::MachineRegistered(e) => NewEvent::with_id(id, kind, SCHEMA, e),
+            VaultEvent::MachineRemoved(e) => NewEvent::with_id(id, kind, SCHEMA, e),
+        }
+    }
+
+    /// Reads a record of the service's log back. A kind or schema this build does not know is an
+    /// error, never a guess.
+    pub(crate) fn from_record(record: &Record) -> Result<VaultEvent, String> {
+        if record.schema != SCHEMA {
+            return Err(format!("{} has schema version {}; this build reads {SCHEMA}", record.kind, record.schema));
+        }
+        let text = |e: serde_json::Error| format!("{}: {e}", record.kind);
+        Ok(match record.kind.as_str() {
+            "VaultCreated" => VaultEvent::VaultCreated(record.payload_as().map_err(text)?),
+            "CredentialsIssued" => VaultEvent::CredentialsIssued(record.payload_as().map_err(text)?),
+            "PinIssued" => VaultEvent::PinIssued(record.payload_as().map_err(text)?),
+            "PinUsed" => VaultEvent::PinUsed(record.payload_as().map_err(text)?),
+            "PinsRevoked" => VaultEvent::PinsRevoked(record.payload_as().map_err(text)?),
+            "MachineRegistered" => VaultEvent::MachineRegistered(record.payload_as().map_err(text)?),
+            "MachineRemoved" => VaultEvent::MachineRemoved(record.payload_as().map_err(text)?),
+            other => return Err(format!("unknown event kind {other:?}")),
+        })
+    }
+}

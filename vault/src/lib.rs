@@ -1,0 +1,32 @@
+//! The vault service regent registers with, and the clients that talk to it.
+//!
+//! - The service ([`serve`], [`BackgroundServer`], [`run_until_signal`]): axum on tokio, plain HTTP or
+//!   HTTPS (rustls). Its own state is an event log in a `regent-store` under the data directory, so it
+//!   survives restarts (and `kill -9`: a registration is answered only once it is on disk) and can be
+//!   audited like the agent's log. The admin API needs the token written to `DIR/admin.token`.
+//! - [`AdminClient`]: the blocking client behind `regent vault create / credentials / pin / machines`.
+//! - [`HttpVaultClient`]: the agent's side, implementing the engine's
+//!   [`VaultClient`](regent_engine::ports::VaultClient) port: signed registration, PIN checks, proxies,
+//!   retries, and every failure turned into one of the engine's reason codes.
+//! - [`protocol`]: the wire format both sides share (JSON over HTTP under `/v1`), including the exact
+//!   bytes a registration signs. `README.md` in this crate summarizes it.
+
+mod admin;
+mod client;
+mod commit;
+mod error;
+mod events;
+mod http;
+pub mod protocol;
+mod server;
+mod service;
+mod state;
+mod tls;
+mod token;
+
+pub use admin::AdminClient;
+pub use client::{ClientOptions, HttpVaultClient};
+pub use error::{AdminError, ClientError, VaultError};
+pub use protocol::{CredentialsFile, IssuedPin, MachineInfo, VaultInfo};
+pub use server::{BackgroundServer, RunningServer, ServeConfig, ServerInfo, TlsFiles, run_until_signal, serve};
+pub use token::{ADMIN_TOKEN_FILE, read_token_file};

@@ -1,0 +1,273 @@
+//! The wire protocol: JSON over HTTP(S), every path under `/v1`.
+//!
+//! | method and path | who | body | answer |
+//! | --- | --- | --- | --- |
+//! | `GET /v1/health` | anyone | | `200` [`Health`] |
+//! | `POST /v1/vaults` | admin | [`CreateVault`] | `201` [`VaultInfo`] |
+//! | `GET /v1/vaults/{vault}` | admin | | `200` [`VaultInfo`] |
+//! | `POST /v1/vaults/{vault}/credentials` | admin | [`DownloadCredentials`] | `200` [`CredentialsFile`] |
+//! | `POST /v1/vaults/{vault}/pins` | admin | | `201` [`IssuedPin`] |
+//! | `GET /v1/vaults/{vault}/machines` | admin | | `200` [`Machines`] |
+//! | `DELETE /v1/vaults/{vault}/machines/{machine_id}` | admin | | `200` [`MachineInfo`] |
+//! | `POST /v1/vaults/{vault}/registrations` | agent, signed | [`RegisterBody`] | `200` [`Registered`] |
+//! | `POST /v1/vaults/{vault}/pin-checks` | agent | [`PinCheckBody`] | `200` [`PinValid`] |
+//!
+//! Admin calls carry `Authorization: Bearer <token>`. Bodies are `application/json`, at most
+//! [`MAX_BODY_BYTES`]. Every answer of the service carries the header [`SERVICE_HEADER`], so a client
+//! can tell the service's 401 from a proxy's. Every refusal is an [`ErrorBody`] whose `error` is a
+//! stable code of this protocol and whose `reason`, when the refusal is one the agent records, is the
+//! engine's reason code (`credentials_superseded`, `security_pin_invalid`, ...).
+//!
+//! A registration proves possession of the credentials' private key: the agent signs
+//! [`registration_message`] (vault, resource id, machine name, certificate thumbprint, timestamp,
+//! nonce, request id) with it, and the service verifies the signature with the certificate it issued
+//! under that thumbprint.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// The path prefix of this version of the protocol.
+pub const PREFIX: &str = "/v1";
+/// Present (value `1`) on every answer of the service.
+pub const SERVICE_HEADER: &str = "x-regent-vault";
+/// The largest request body the service reads.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// How far a registration's timestamp may be from the service's clock, either way.
+pub const MAX_CLOCK_SKEW_SECS: i64 = 300;
+/// How long a security PIN is good for.
+pub const PIN_VALIDITY_SECS: i64 = 300;
+/// Default validity of downloaded credentials, as the real portal: 48 hours.
+pub const DEFAULT_VALIDITY_SECS: u64 = 48 * 3600;
+/// The longest validity a download may ask for.
+pub const MAX_VALIDITY_SECS: u64 = 30 * 24 * 3600;
+/// A downloaded certificate is valid from this long before the download (clocks drift).
+pub const NOT_BEFORE_BACKDATE_SECS: i64 = 600;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub service: String,
+    pub protocol: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVault {
+    pub name: String,
+}
+
+/// A vault as the admin API shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VaultInfo {
+    pub name: String,
+    pub subscription_id: String,
+    pub resource_group: String,
+    pub location: String,
+    pub resource_id: i64,
+    pub created_at: DateTime<Utc>,
+    /// The thumbprint of the newest credentials download, the only one a registration may use.
+    pub newest_thumbprint: Option<String>,
+    pub machines: usize,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DownloadCredentials {
+    /// How long the certificate stays valid from now; [`DEFAULT_VALIDITY_SECS`] when absent.
+    #[serde(default)]
+    pub validity_seconds: Option<u64>,
+}
+
+/// A credentials download. `xml` holds the private key: Debug does not print it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialsFile {
+    pub file_name: String,
+    pub xml: String,
+    pub thumbprint: String,
+    pub not_before: DateTime<Utc>,
+    pub not_after: DateTime<Utc>,
+}
+
+impl fmt::Debug for CredentialsFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CredentialsFile")
+            .field("file_name", &self.file_name)
+            .field("xml", &"<redacted>")
+            .field("thumbprint", &self.thumbprint)
+            .field("not_before", &self.not_before)
+            .field("not_after", &self.not_after)
+            .finish()
+    }
+}
+
+/// A security PIN just issued. Debug does not print the PIN.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuedPin {
+    pub pin: String,
+    pub issued_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl fmt::Debug for IssuedPin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IssuedPin")
+            .field("pin", &"<redacted>")
+            .field("issued_at", &self.issued_at)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+/// One registered machine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineInfo {
+    pub machine_id: String,
+    pub machine_name: String,
+    pub registered_at: DateTime<Utc>,
+    /// The credentials download it registered with.
+    pub thumbprint: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Machines {
+    pub vault: String,
+    pub machines: Vec<MachineInfo>,
+}
+
+/// A registration, signed with the credentials' private key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterBody {
+    /// The same for every retry of one registration: a retry gets the first answer.
+    pub request_id: String,
+    pub machine_name: String,
+    /// The vault's `ResourceId` from the credentials file: a vault re-created under the same name is
+    /// another vault.
+    pub resource_id: i64,
+    /// Lowercase hex SHA-256 of the certificate: which download signs.
+    pub thumbprint: String,
+    /// Unix seconds at the agent when it signed.
+    pub timestamp: i64,
+    /// Fresh for every attempt (retries too): a replayed nonce is refused.
+    pub nonce: String,
+    /// Base64 (standard alphabet) of the signature over [`registration_message`].
+    pub signature: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registered {
+    pub machine_id: String,
+    pub vault: String,
+    pub registered_at: DateTime<Utc>,
+}
+
+/// A PIN check. Debug does not print the PIN.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinCheckBody {
+    pub machine_id: String,
+    pub pin: String,
+}
+
+impl fmt::Debug for PinCheckBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PinCheckBody").field("machine_id", &self.machine_id).field("pin", &"<redacted>").finish()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinValid {
+    pub issued_at: DateTime<Utc>,
+}
+
+/// Every refusal and failure of the service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// A stable code of this protocol, e.g. `bad_request`, `unauthorized`, `vault_not_found`,
+    /// `credentials_superseded`, `nonce_replayed`, `clock_skew`.
+    pub error: String,
+    /// The engine's reason code when the refusal is one the agent records; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// One line for a person.
+    pub message: String,
+}
+
+/// The exact bytes a registration signs: a fixed header line, then one `name=value` line per field,
+/// in this order. Values never contain a line break (the service refuses control characters in every
+/// field), so the encoding is unambiguous.
+pub fn registration_message(
+    vault: &str,
+    resource_id: i64,
+    machine_name: &str,
+    thumbprint: &str,
+    timestamp: i64,
+    nonce: &str,
+    request_id: &str,
+) -> Vec<u8> {
+    format!(
+        "regent-vault-registration-v1\nvault={vault}\nresource_id={resource_id}\nmachine_name={machine_name}\n\
+         thumbprint={thumbprint}\ntimestamp={timestamp}\nnonce={nonce}\nrequest_id={request_id}\n"
+    )
+    .into_bytes()
+}
+
+impl RegisterBody {
+    /// The bytes this body's signature must cover, for `vault`.
+    pub fn message(&self, vault: &str) -> Vec<u8> {
+        registration_message(
+            vault,
+            self.resource_id,
+            &self.machine_name,
+            &self.thumbprint,
+            self.timestamp,
+            &self.nonce,
+            &self.request_id,
+        )
+    }
+}
+
+/// A vault name: 1 to 64 characters of `A-Z a-z 0-9 - _ .`, starting with a letter or digit, so that it
+/// is safe in a URL path, a file name and a stream id as it is.
+pub fn valid_vault_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 64
+        && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The signed bytes are the protocol: changing them breaks every deployed agent.
+    #[test]
+    fn the_signed_message_is_stable() {
+        let message = registration_message("vault-1", 42, "srv 1", &"ab".repeat(32), 1_700_000_000, "n0nce", "req-1");
+        let expected = format!(
+            "regent-vault-registration-v1\nvault=vault-1\nresource_id=42\nmachine_name=srv 1\nthumbprint={}\n\
+             timestamp=1700000000\nnonce=n0nce\nrequest_id=req-1\n",
+            "ab".repeat(32)
+        );
+        assert_eq!(String::from_utf8(message).unwrap(), expected);
+    }
+
+    #[test]
+    fn vault_names_are_safe_in_paths_and_stream_ids() {
+        for good in ["a", "vault-1", "My_Vault.2", &"x".repeat(64)] {
+            assert!(valid_vault_name(good), "{good}");
+        }
+        for bad in ["", "-a", ".a", "a/b", "../x", "a b", "ä", &"x".repeat(65), "a\n"] {
+            assert!(!valid_vault_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug() {
+        let pin = IssuedPin { pin: "12345678".into(), issued_at: Utc::now(), expires_at: Utc::now() };
+        assert!(!format!("{pin:?}").contains("12345678"));
+        let check = PinCheckBody { machine_id: "m".into(), pin: "87654321".into() };
+        assert!(!format!("{check:?}").contains("87654321"));
+    }
+}

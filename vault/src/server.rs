@@ -1,0 +1,314 @@
+//! Starting and stopping the service: [`serve`] inside a tokio runtime, [`BackgroundServer`] on a
+//! runtime of its own (tests, `regent quickstart`), [`run_until_signal`] for `regent vault serve`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Request};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt as _;
+
+use crate::error::VaultError;
+use crate::service::{self, App};
+
+/// How long open connections get to finish their requests at shutdown before they are cut.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// A client must send its request headers (and finish a TLS handshake) within this.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The certificate chain and private key (PEM files) for HTTPS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// How to run the service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServeConfig {
+    /// Holds `admin.token` and the service's log (`log/`); created (mode 0700) if missing.
+    pub data_dir: PathBuf,
+    /// Port 0 picks a free port; [`ServerInfo::local_addr`] says which.
+    pub listen: SocketAddr,
+    /// HTTPS when set.
+    pub tls: Option<TlsFiles>,
+    /// The URL credentials name as `IdMgmtRestEndpoint`. When unset, a download names the address the
+    /// admin reached the service at (its Host header), which is right unless a proxy or NAT sits in between.
+    pub public_url: Option<String>,
+    /// Registrations are written by the group committer (the default: concurrent registrations share
+    /// one append and one flush). Off, each registration appends and flushes on its own; that is for
+    /// measuring the difference only.
+    pub group_commit: bool,
+}
+
+impl ServeConfig {
+    pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> ServeConfig {
+        ServeConfig { data_dir: data_dir.into(), listen, tls: None, public_url: None, group_commit: true }
+    }
+
+    pub fn with_tls(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> ServeConfig {
+        self.tls = Some(TlsFiles { cert: cert.into(), key: key.into() });
+        self
+    }
+
+    pub fn with_public_url(mut self, url: impl Into<String>) -> ServeConfig {
+        self.public_url = Some(url.into());
+        self
+    }
+}
+
+/// Where a started service is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerInfo {
+    pub local_addr: SocketAddr,
+    /// `http://ADDR` or `https://ADDR`; an unspecified address (0.0.0.0) is shown as loopback.
+    pub url: String,
+    pub admin_token_path: PathBuf,
+    /// True when this start created the token (first start on this data directory).
+    pub admin_token_created: bool,
+}
+
+/// A service running on the caller's tokio runtime. Dropping it stops the service too (without
+/// waiting); [`RunningServer::shutdown`] stops it and waits until its log is closed.
+#[derive(Debug)]
+pub struct RunningServer {
+    info: ServerInfo,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl RunningServer {
+    pub fn info(&self) -> &ServerInfo {
+        &self.info
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.info.local_addr
+    }
+
+    pub fn url(&self) -> &str {
+        &self.info.url
+    }
+
+    /// Stops accepting, lets open requests finish (up to a few seconds), then closes the log.
+    pub async fn shutdown(mut self) -> Result<(), VaultError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await.map_err(|e| VaultError::Stopped(e.to_string()))
+    }
+}
+
+/// Binds, opens the data directory (creating `admin.token` on first start) and starts serving.
+/// Returns once the service accepts connections.
+pub async fn serve(config: ServeConfig) -> Result<RunningServer, VaultError> {
+    if let Some(url) = &config.public_url
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        return Err(VaultError::BadPublicUrl { url: url.clone() });
+    }
+    let tls = match &config.tls {
+        Some(files) => Some(TlsAcceptor::from(Arc::new(crate::tls::server_config(&files.cert, &files.key)?))),
+        None => None,
+    };
+    let listener =
+        TcpListener::bind(config.listen).await.map_err(|source| VaultError::Bind { addr: config.listen, source })?;
+    let local_addr = listener.local_addr().map_err(|source| VaultError::Bind { addr: config.listen, source })?;
+    // Opening the store may wait for another process's lock and reads the whole log: blocking work.
+    let data_dir = config.data_dir.clone();
+    let public_url = config.public_url.clone();
+    let with_tls = tls.is_some();
+    let group_commit = config.group_commit;
+    let opened = tokio::task::spawn_blocking(move || App::open(&data_dir, public_url, with_tls, group_commit))
+        .await
+        .map_err(|e| VaultError::Stopped(e.to_string()))??;
+    opened.app.set_bound(local_addr);
+    let shown = if local_addr.ip().is_unspecified() {
+        SocketAddr::new(
+            if local_addr.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() },
+            local_addr.port(),
+        )
+    } else {
+        local_addr
+    };
+    let info = ServerInfo {
+        local_addr,
+        url: format!("{}://{shown}", if with_tls { "https" } else { "http" }),
+        admin_token_path: opened.token_path,
+        admin_token_created: opened.token_created,
+    };
+    tracing::info!(url = %info.url, data_dir = %config.data_dir.display(), "vault service listening");
+    let actor = regent_store::Actor { user: "regent-vault".into(), host: crate::commit::host_name() };
+    let committer = tokio::spawn(crate::commit::run(opened.store, actor, opened.commits));
+    let (stop, stopped) = oneshot::channel();
+    let task = tokio::spawn(accept_loop(listener, tls, opened.app, stopped, committer));
+    Ok(RunningServer { info, stop: Some(stop), task })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    app: Arc<App>,
+    mut stop: oneshot::Receiver<()>,
+    committer: JoinHandle<()>,
+) {
+    let router = service::router(app);
+    let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            // A send or a dropped sender both mean stop.
+            _ = &mut stop => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => {
+                let (tcp, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait a moment rather than spin.
+                        tracing::warn!(error = %e, "accepting a connection failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let service = router.clone().map_request(move |mut request: Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                    request
+                });
+                let service = TowerToHyperService::new(service);
+                let watcher = graceful.watcher();
+                let tls = tls.clone();
+                connections.spawn(async move {
+                    let mut builder = http1::Builder::new();
+                    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+                    match tls {
+                        None => {
+                            let _ = watcher.watch(builder.serve_connection(TokioIo::new(tcp), service)).await;
+                        }
+                        Some(acceptor) => match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp)).await {
+                            Ok(Ok(stream)) => {
+                                let _ = watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await;
+                            }
+                            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        },
+                    }
+                });
+            }
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
+        tracing::warn!("connections still open after the grace period are cut");
+    }
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
+    // The committer ends once the last handle on the app (and so on its queue) is gone; then the log
+    // is closed and the data directory free for another start.
+    drop(router);
+    if tokio::time::timeout(SHUTDOWN_GRACE, committer).await.is_err() {
+        tracing::warn!("registrations still being written after the grace period");
+    }
+    tracing::info!("vault service stopped");
+}
+
+/// The service on a runtime of its own, for tests and for `regent quickstart`. Start and stop it from
+/// synchronous code (not from inside a tokio runtime). Dropping it shuts it down.
+#[derive(Debug)]
+pub struct BackgroundServer {
+    runtime: Option<tokio::runtime::Runtime>,
+    server: Option<RunningServer>,
+    info: ServerInfo,
+}
+
+impl BackgroundServer {
+    pub fn start(config: ServeConfig) -> Result<BackgroundServer, VaultError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("regent-vault")
+            .enable_all()
+            .build()
+            .map_err(VaultError::Runtime)?;
+        // The runtime's worker threads run the service; nothing needs to sit in block_on.
+        let server = runtime.block_on(serve(config))?;
+        let info = server.info().clone();
+        Ok(BackgroundServer { runtime: Some(runtime), server: Some(server), info })
+    }
+
+    pub fn info(&self) -> &ServerInfo {
+        &self.info
+    }
+
+    pub fn url(&self) -> &str {
+        &self.info.url
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.info.local_addr
+    }
+
+    pub fn admin_token_path(&self) -> &Path {
+        &self.info.admin_token_path
+    }
+
+    /// Stops the service and waits until its log is closed (the data directory can then be opened again).
+    pub fn shutdown(mut self) -> Result<(), VaultError> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<(), VaultError> {
+        let (Some(runtime), Some(server)) = (self.runtime.take(), self.server.take()) else {
+            return Ok(());
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // Inside another runtime, blocking here would panic: dropping the server stops it, and
+            // the runtime winds down in the background (the log closes a moment later).
+            drop(server);
+            runtime.shutdown_background();
+            return Ok(());
+        }
+        let result = runtime.block_on(server.shutdown());
+        // Waits for writes in flight on the blocking pool, so the log is closed when this returns.
+        runtime.shutdown_timeout(SHUTDOWN_GRACE);
+        result
+    }
+}
+
+impl Drop for BackgroundServer {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            tracing::warn!(error = %e, "the vault service did not stop cleanly");
+        }
+    }
+}
+
+/// Runs the service until SIGINT or SIGTERM, then shuts it down cleanly: `regent vault serve`.
+/// `on_ready` is called once it listens (print the address there).
+pub fn run_until_signal(config: ServeConfig, on_ready: impl FnOnce(&ServerInfo)) -> Result<(), VaultError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("regent-vault")
+        .enable_all()
+        .build()
+        .map_err(VaultError::Runtime)?;
+    runtime.block_on(async move {
+        let server = serve(config).await?;
+        on_ready(server.info());
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| VaultError::Stopped(format!("cannot watch for SIGTERM: {e}")))?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!("stopping on signal");
+        server.shutdown().await
+    })
+}

@@ -1,0 +1,1019 @@
+//! The service: the admin API, registration and PIN checks, over the state folded from its log.
+//!
+//! Every change is appended to the log (durably) before it is applied to the in-memory state and
+//! before it is answered, so an acknowledged change survives `kill -9`. Appends run on tokio's
+//! blocking pool. Registrations, the only frequent change, go through the group committer
+//! ([`crate::commit`]), so concurrent ones share one append and one flush; admin changes are rare
+//! and append one at a time, in order.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::Router;
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{Next, from_fn_with_state, map_response};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use chrono::{DateTime, Duration, Utc};
+use hmac::{Hmac, KeyInit, Mac};
+use regent_credentials::{IssueRequest, VaultIdentity};
+use regent_engine::Reason;
+use regent_store::{Actor, BatchMeta, EventStore, ExpectedVersion, StoreError, StoreOptions};
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::sync::watch;
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+use crate::commit::{CommitQueue, Committer};
+use crate::error::VaultError;
+use crate::events::{
+    CredentialsIssued, MachineRegistered, MachineRemoved, PinIssued, PinUsed, PinsRevoked, VaultCreated, VaultEvent,
+    stream_of,
+};
+use crate::protocol::{
+    self, CreateVault, CredentialsFile, DownloadCredentials, ErrorBody, Health, IssuedPin, MachineInfo, Machines,
+    PinCheckBody, PinValid, RegisterBody, Registered, SERVICE_HEADER, VaultInfo, valid_vault_name,
+};
+use crate::state::{PendingAnswer, ServiceState};
+use crate::token::{self, AdminKey};
+
+/// Wrong PINs in a row after which every outstanding PIN of the vault is revoked: with 10^8 PINs,
+/// this keeps guessing hopeless.
+const MAX_PIN_FAILURES: u32 = 5;
+
+/// The service's log lives here inside the data directory.
+const LOG_DIR: &str = "log";
+
+pub(crate) struct App {
+    store: Arc<EventStore>,
+    state: Mutex<ServiceState>,
+    admin: AdminKey,
+    /// Admin changes (create, download, PIN, remove) run one at a time, so they reach the state in
+    /// log order. Registrations do not take it.
+    admin_changes: tokio::sync::Mutex<()>,
+    /// What credentials name as `IdMgmtRestEndpoint` when set; otherwise the address the admin
+    /// reached the service at.
+    public_url: Option<String>,
+    /// `http` or `https`.
+    scheme: &'static str,
+    /// The address bound, as a URL: the last resort for `IdMgmtRestEndpoint`.
+    bound_url: Mutex<String>,
+    /// Registrations are written through the group committer...
+    committer: Committer,
+    /// ...unless this is off (for measuring only).
+    group_commit: bool,
+}
+
+pub(crate) struct Opened {
+    pub app: Arc<App>,
+    pub token_path: PathBuf,
+    pub token_created: bool,
+    /// For [`crate::commit::run`], which the caller starts on its runtime.
+    pub store: Arc<EventStore>,
+    pub commits: CommitQueue,
+}
+
+impl App {
+    /// Opens (or creates) the data directory: the admin token and the log, folded into the state.
+    pub(crate) fn open(
+        data_dir: &Path,
+        public_url: Option<String>,
+        tls: bool,
+        group_commit: bool,
+    ) -> Result<Opened, VaultError> {
+        create_private_dir(data_dir)?;
+        let (admin, token_path, token_created) = token::load_or_create(data_dir)?;
+        let options = StoreOptions { lock_wait: std::time::Duration::from_secs(5), cache_bytes: 64 * 1024 * 1024 };
+        let store = EventStore::open(data_dir.join(LOG_DIR), &options)?;
+        let mut state = ServiceState::default();
+        for record in store.read_all(0) {
+            let record = record?;
+            let vault = record.stream.strip_prefix("vault/").ok_or_else(|| VaultError::BadEvent {
+                position: record.position,
+                detail: format!("stream {:?} is not a vault's", record.stream),
+            })?;
+            let event = VaultEvent::from_record(&record)
+                .map_err(|detail| VaultError::BadEvent { position: record.position, detail })?;
+            state.apply(vault, &event).map_err(|detail| VaultError::BadEvent { position: record.position, detail })?;
+        }
+        let store = Arc::new(store);
+        let (committer, commits) = crate::commit::channel();
+        let app = App {
+            store: store.clone(),
+            state: Mutex::new(state),
+            admin,
+            admin_changes: tokio::sync::Mutex::new(()),
+            public_url,
+            scheme: if tls { "https" } else { "http" },
+            bound_url: Mutex::new(String::new()),
+            committer,
+            group_commit,
+        };
+        Ok(Opened { app: Arc::new(app), token_path, token_created, store, commits })
+    }
+
+    pub(crate) fn set_bound(&self, addr: SocketAddr) {
+        let host = if addr.ip().is_unspecified() {
+            // Bound to every interface: the loopback one at least is reachable.
+            SocketAddr::new(
+                if addr.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() },
+                addr.port(),
+            )
+        } else {
+            addr
+        };
+        *self.bound_url.lock().unwrap_or_else(|p| p.into_inner()) = format!("{}://{host}", self.scheme);
+    }
+
+    fn lock_state(&self) -> MutexGuard<'_, ServiceState> {
+        // Every change to the state is applied whole under the lock after its append; a panic in
+        // between cannot leave half an event applied, so a poisoned lock still holds a good state.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Appends events to a vault's stream on the blocking pool; durable when it returns Ok.
+    async fn append(
+        &self,
+        vault: &str,
+        expected: ExpectedVersion,
+        actor: Actor,
+        events: Vec<(VaultEvent, Option<Uuid>)>,
+    ) -> Result<(), StoreError> {
+        let mut new_events = Vec::with_capacity(events.len());
+        for (event, id) in &events {
+            new_events.push(
+                event
+                    .to_new_event(*id)
+                    .map_err(|e| StoreError::InvalidBatch(format!("an event cannot be written: {e}")))?,
+            );
+        }
+        let meta = BatchMeta { recorded_at: Utc::now(), actor, correlation_id: Uuid::now_v7() };
+        let store = self.store.clone();
+        let stream = stream_of(vault);
+        tokio::task::spawn_blocking(move || store.append(&stream, expected, &meta, &new_events).map(|_| ()))
+            .await
+            .map_err(|e| StoreError::Internal(format!("the append task failed: {e}")))?
+    }
+
+    /// Applies events already on disk to the state.
+    fn apply(&self, vault: &str, events: &[VaultEvent]) -> Result<(), ApiError> {
+        let mut state = self.lock_state();
+        for event in events {
+            state.apply(vault, event).map_err(|detail| {
+                tracing::error!(vault, %detail, "an event was stored but cannot be applied");
+                ApiError::internal("the change was stored but cannot be applied; restart the service")
+            })?;
+        }
+        Ok(())
+    }
+
+    fn pin_digest(&self, pin_id: &Uuid, pin: &str) -> [u8; 32] {
+        let mut digest = [0u8; 32];
+        if let Ok(mut mac) = <Hmac<Sha256> as KeyInit>::new_from_slice(self.admin.pin_key()) {
+            mac.update(pin_id.as_bytes());
+            mac.update(pin.as_bytes());
+            digest.copy_from_slice(&mac.finalize().into_bytes());
+        }
+        digest
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), VaultError> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        Err(source) => Err(VaultError::DataDir { path: dir.to_path_buf(), source }),
+    }
+}
+
+/// The router, with the body limit, the admin check on admin routes, and the service header on
+/// every answer (refusals included, so a client tells the service's 401 from a proxy's).
+pub(crate) fn router(app: Arc<App>) -> Router {
+    let admin = Router::new()
+        .route("/v1/vaults", post(create_vault))
+        .route("/v1/vaults/{vault}", get(get_vault))
+        .route("/v1/vaults/{vault}/credentials", post(download_credentials))
+        .route("/v1/vaults/{vault}/pins", post(issue_pin))
+        .route("/v1/vaults/{vault}/machines", get(list_machines))
+        .route("/v1/vaults/{vault}/machines/{machine_id}", delete(remove_machine))
+        // route_layer: only matched routes ask for the token, so an unknown path is a 404, not a 401.
+        .route_layer(from_fn_with_state(app.clone(), require_admin));
+    let agent = Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/vaults/{vault}/registrations", post(register))
+        .route("/v1/vaults/{vault}/pin-checks", post(check_pin));
+    admin
+        .merge(agent)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(protocol::MAX_BODY_BYTES))
+        .layer(map_response(add_service_header))
+        .with_state(app)
+}
+
+async fn add_service_header(mut response: Response) -> Response {
+    response.headers_mut().insert(SERVICE_HEADER, HeaderValue::from_static("1"));
+    response
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors and extractors
+
+/// A refusal or failure, answered as an [`ErrorBody`].
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    reason: Option<Reason>,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, reason: None, message: message.into() }
+    }
+
+    fn refused(reason: Reason, message: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::FORBIDDEN, code: reason.code(), reason: Some(reason), message: message.into() }
+    }
+
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
+    fn vault_not_found(vault: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "vault_not_found",
+            format!("there is no vault named {vault:?} on this service"),
+        )
+    }
+
+    fn with_reason(mut self, reason: Reason) -> ApiError {
+        self.reason = Some(reason);
+        self
+    }
+
+    /// A store failure: the change was not made. The text names the store's problem, never a secret.
+    fn store(error: StoreError) -> ApiError {
+        tracing::error!(error = %error, "the vault's log refused an append");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            format!("the vault's log cannot be written: {error}"),
+        )
+        .with_reason(Reason::VaultError)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: self.code.to_string(),
+            reason: self.reason.map(|r| r.code().to_string()),
+            message: self.message,
+        };
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// `axum::Json`, with its rejections answered as [`ErrorBody`] like every other refusal.
+pub(crate) struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(request, state).await {
+            Ok(axum::Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    // The texts come from serde and axum and describe the body's shape; they go back to the caller
+    // only, never to the log.
+    match rejection {
+        JsonRejection::MissingJsonContentType(_) => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the body must be JSON, sent with Content-Type: application/json",
+        ),
+        JsonRejection::JsonSyntaxError(e) => {
+            ApiError::bad_request(format!("the body is not valid JSON: {}", e.body_text()))
+        }
+        JsonRejection::JsonDataError(e) => {
+            ApiError::bad_request(format!("the body has the wrong shape: {}", e.body_text()))
+        }
+        JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is larger than {} bytes", protocol::MAX_BODY_BYTES),
+        ),
+        other => ApiError::new(other.status(), "bad_request", other.body_text()),
+    }
+}
+
+/// `axum::extract::Path`, with its rejections answered as [`ErrorBody`].
+pub(crate) struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(ApiPath(value)),
+            Err(rejection) => Err(path_rejection(rejection)),
+        }
+    }
+}
+
+fn path_rejection(rejection: PathRejection) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("the path is malformed: {}", rejection.body_text()))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; the API lives under /v1")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that method")
+}
+
+async fn require_admin(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(token) if app.admin.accepts(token) => next.run(request).await,
+        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the admin token is wrong").into_response(),
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the admin API needs Authorization: Bearer <token from admin.token>",
+        )
+        .into_response(),
+    }
+}
+
+fn admin_actor(peer: SocketAddr) -> Actor {
+    Actor { user: "admin".into(), host: peer.ip().to_string() }
+}
+
+fn known_vault(vault: &str) -> Result<(), ApiError> {
+    if valid_vault_name(vault) { Ok(()) } else { Err(ApiError::vault_not_found(vault)) }
+}
+
+fn random_bytes<const N: usize>() -> Result<[u8; N], ApiError> {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes).map_err(|_| ApiError::internal("the system random source failed"))?;
+    Ok(bytes)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handlers: anyone
+
+async fn health() -> axum::Json<Health> {
+    axum::Json(Health { service: "regent-vault".into(), protocol: 1 })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handlers: admin
+
+async fn create_vault(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ApiJson(body): ApiJson<CreateVault>,
+) -> Result<(StatusCode, axum::Json<VaultInfo>), ApiError> {
+    if !valid_vault_name(&body.name) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_vault_name",
+            "a vault name is 1 to 64 characters of A-Z, a-z, 0-9, '-', '_' and '.', starting with a letter or digit",
+        ));
+    }
+    let _serial = app.admin_changes.lock().await;
+    let exists =
+        || ApiError::new(StatusCode::CONFLICT, "vault_exists", format!("a vault named {:?} already exists", body.name));
+    if app.lock_state().vaults.contains_key(&body.name) {
+        return Err(exists());
+    }
+    let subscription = uuid::Builder::from_random_bytes(random_bytes::<16>()?).into_uuid();
+    // A positive, non-zero 63-bit id, as the real portal's ResourceId.
+    let resource_id = (i64::from_be_bytes(random_bytes::<8>()?) & i64::MAX).max(1);
+    let event = VaultEvent::VaultCreated(VaultCreated {
+        identity: VaultIdentity {
+            resource_name: body.name.clone(),
+            subscription_id: subscription.to_string(),
+            resource_group: "regent-vaults".into(),
+            location: "local".into(),
+            resource_id,
+            resource_type: "Vaults".into(),
+            provider_namespace: "Microsoft.RecoveryServices".into(),
+        },
+        created_at: Utc::now(),
+    });
+    match app.append(&body.name, ExpectedVersion::NoStream, admin_actor(peer), vec![(event.clone(), None)]).await {
+        Ok(()) => {}
+        Err(StoreError::Conflict { .. }) => return Err(exists()),
+        Err(e) => return Err(ApiError::store(e)),
+    }
+    app.apply(&body.name, &[event])?;
+    tracing::info!(vault = %body.name, "vault created");
+    let info = app
+        .lock_state()
+        .vaults
+        .get(&body.name)
+        .map(|v| v.info())
+        .ok_or_else(|| ApiError::internal("the vault vanished"))?;
+    Ok((StatusCode::CREATED, axum::Json(info)))
+}
+
+async fn get_vault(
+    State(app): State<Arc<App>>,
+    ApiPath(vault): ApiPath<String>,
+) -> Result<axum::Json<VaultInfo>, ApiError> {
+    let state = app.lock_state();
+    let info = state.vaults.get(&vault).map(|v| v.info()).ok_or_else(|| ApiError::vault_not_found(&vault))?;
+    Ok(axum::Json(info))
+}
+
+async fn download_credentials(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ApiPath(vault): ApiPath<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<DownloadCredentials>,
+) -> Result<axum::Json<CredentialsFile>, ApiError> {
+    known_vault(&vault)?;
+    let validity = body.validity_seconds.unwrap_or(protocol::DEFAULT_VALIDITY_SECS);
+    if validity == 0 || validity > protocol::MAX_VALIDITY_SECS {
+        return Err(ApiError::bad_request(format!(
+            "validity_seconds must be between 1 and {} (30 days)",
+            protocol::MAX_VALIDITY_SECS
+        )));
+    }
+    let _serial = app.admin_changes.lock().await;
+    let identity = app
+        .lock_state()
+        .vaults
+        .get(&vault)
+        .map(|v| v.identity.clone())
+        .ok_or_else(|| ApiError::vault_not_found(&vault))?;
+    let now = Utc::now();
+    let request = IssueRequest {
+        identity,
+        aad_authority: String::new(),
+        aad_tenant_id: String::new(),
+        service_principal_client_id: String::new(),
+        endpoint: app.endpoint_for(&headers),
+        agent_links: Vec::new(),
+        not_before: now - Duration::seconds(protocol::NOT_BEFORE_BACKDATE_SECS),
+        // validity <= 30 days, so this cannot overflow.
+        not_after: now + Duration::seconds(validity as i64),
+    };
+    // Key generation and the PKCS#12 cost milliseconds of CPU: keep them off the async workers.
+    let issued = tokio::task::spawn_blocking(move || {
+        let issued = regent_credentials::issue(&request)?;
+        // Read the file back, as the agent will: this is the certificate registrations are checked against.
+        let parsed = regent_credentials::parse(&issued.file_name, issued.xml.as_bytes())?;
+        Ok::<_, regent_credentials::CredentialsError>((issued, parsed.certificate_der))
+    })
+    .await
+    .map_err(|_| ApiError::internal("issuing credentials failed"))?;
+    let (issued, certificate_der) =
+        issued.map_err(|e| ApiError::internal(format!("issuing credentials failed: {e}")))?;
+    let facts = issued.certificate.clone();
+    let event = VaultEvent::CredentialsIssued(CredentialsIssued {
+        thumbprint: facts.thumbprint.clone(),
+        certificate: STANDARD.encode(&certificate_der),
+        not_before: facts.not_before,
+        not_after: facts.not_after,
+        file_name: issued.file_name.clone(),
+        issued_at: now,
+    });
+    app.append(&vault, ExpectedVersion::Any, admin_actor(peer), vec![(event.clone(), None)])
+        .await
+        .map_err(ApiError::store)?;
+    app.apply(&vault, &[event])?;
+    tracing::info!(vault = %vault, thumbprint = %facts.thumbprint, not_after = %facts.not_after, "credentials issued");
+    Ok(axum::Json(CredentialsFile {
+        file_name: issued.file_name,
+        xml: issued.xml.as_str().to_string(),
+        thumbprint: facts.thumbprint,
+        not_before: facts.not_before,
+        not_after: facts.not_after,
+    }))
+}
+
+impl App {
+    /// `IdMgmtRestEndpoint` for a download: the configured public URL, else the address the admin used
+    /// to reach the service (the Host header, when it is a plain host[:port]), else the bound address.
+    fn endpoint_for(&self, headers: &HeaderMap) -> String {
+        if let Some(url) = &self.public_url {
+            return url.clone();
+        }
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).filter(|h| {
+            !h.is_empty()
+                && h.len() <= 255
+                && h.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+        });
+        match host {
+            Some(host) => format!("{}://{host}", self.scheme),
+            None => self.bound_url.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        }
+    }
+}
+
+async fn issue_pin(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ApiPath(vault): ApiPath<String>,
+) -> Result<(StatusCode, axum::Json<IssuedPin>), ApiError> {
+    known_vault(&vault)?;
+    let _serial = app.admin_changes.lock().await;
+    if !app.lock_state().vaults.contains_key(&vault) {
+        return Err(ApiError::vault_not_found(&vault));
+    }
+    let pin = Zeroizing::new(new_pin()?);
+    let pin_id = Uuid::now_v7();
+    let issued_at = Utc::now();
+    let expires_at = issued_at + Duration::seconds(protocol::PIN_VALIDITY_SECS);
+    let event = VaultEvent::PinIssued(PinIssued {
+        pin_id,
+        digest: hex::encode(app.pin_digest(&pin_id, &pin)),
+        issued_at,
+        expires_at,
+    });
+    app.append(&vault, ExpectedVersion::Any, admin_actor(peer), vec![(event.clone(), None)])
+        .await
+        .map_err(ApiError::store)?;
+    app.apply(&vault, &[event])?;
+    tracing::info!(vault = %vault, %pin_id, %expires_at, "security PIN issued");
+    Ok((StatusCode::CREATED, axum::Json(IssuedPin { pin: pin.as_str().to_string(), issued_at, expires_at })))
+}
+
+/// Eight uniformly random digits: 4,200,000,000 is a multiple of 10^8, so rejecting larger draws
+/// removes the modulo bias.
+fn new_pin() -> Result<String, ApiError> {
+    loop {
+        let draw = u32::from_be_bytes(random_bytes::<4>()?);
+        if draw < 4_200_000_000 {
+            return Ok(format!("{:08}", draw % 100_000_000));
+        }
+    }
+}
+
+async fn list_machines(
+    State(app): State<Arc<App>>,
+    ApiPath(vault): ApiPath<String>,
+) -> Result<axum::Json<Machines>, ApiError> {
+    let state = app.lock_state();
+    let v = state.vaults.get(&vault).ok_or_else(|| ApiError::vault_not_found(&vault))?;
+    let mut machines: Vec<MachineInfo> = v.machines.values().cloned().collect();
+    machines.sort_by(|a, b| a.registered_at.cmp(&b.registered_at).then_with(|| a.machine_id.cmp(&b.machine_id)));
+    Ok(axum::Json(Machines { vault, machines }))
+}
+
+async fn remove_machine(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ApiPath((vault, machine_id)): ApiPath<(String, String)>,
+) -> Result<axum::Json<MachineInfo>, ApiError> {
+    let _serial = app.admin_changes.lock().await;
+    let machine = {
+        let state = app.lock_state();
+        let v = state.vaults.get(&vault).ok_or_else(|| ApiError::vault_not_found(&vault))?;
+        v.machines.get(&machine_id).cloned().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "machine_not_found",
+                format!("vault {vault} has no machine {machine_id:?}"),
+            )
+        })?
+    };
+    let event = VaultEvent::MachineRemoved(MachineRemoved { machine_id: machine_id.clone(), removed_at: Utc::now() });
+    app.append(&vault, ExpectedVersion::Any, admin_actor(peer), vec![(event.clone(), None)])
+        .await
+        .map_err(ApiError::store)?;
+    app.apply(&vault, &[event])?;
+    tracing::info!(vault = %vault, machine_id = %machine_id, "machine removed");
+    Ok(axum::Json(machine))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handlers: the agent
+
+/// Checks the shape of a registration, so that every field is safe to sign, store and show.
+fn validate_registration(body: &RegisterBody) -> Result<Vec<u8>, ApiError> {
+    let printable = |s: &str| !s.chars().any(char::is_control);
+    if body.request_id.is_empty()
+        || body.request_id.len() > 128
+        || !body.request_id.chars().all(|c| c.is_ascii_graphic())
+    {
+        return Err(ApiError::bad_request("request_id must be 1 to 128 printable ASCII characters without spaces"));
+    }
+    if body.machine_name.trim().is_empty() || body.machine_name.len() > 255 || !printable(&body.machine_name) {
+        return Err(ApiError::bad_request("machine_name must be 1 to 255 bytes without control characters"));
+    }
+    if body.thumbprint.len() != 64 || !body.thumbprint.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)) {
+        return Err(ApiError::bad_request("thumbprint must be 64 lowercase hex digits (SHA-256 of the certificate)"));
+    }
+    if body.nonce.len() < 16
+        || body.nonce.len() > 128
+        || !body.nonce.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+    {
+        return Err(ApiError::bad_request("nonce must be 16 to 128 characters of A-Z, a-z, 0-9, '-' and '_'"));
+    }
+    if body.signature.len() > 4096 {
+        return Err(ApiError::bad_request("signature is too long"));
+    }
+    let signature = STANDARD.decode(&body.signature).map_err(|_| ApiError::bad_request("signature is not base64"))?;
+    if signature.is_empty() {
+        return Err(ApiError::bad_request("signature is empty"));
+    }
+    Ok(signature)
+}
+
+/// What to do with a registration once it is verified.
+enum Step {
+    /// This request id was answered before: the same answer again.
+    Answer(Registered),
+    /// The same request id is being written right now: wait for its answer.
+    Wait(PendingAnswer),
+    /// New: write it.
+    Commit(watch::Sender<Option<Result<Registered, String>>>),
+}
+
+async fn register(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ApiPath(vault): ApiPath<String>,
+    ApiJson(body): ApiJson<RegisterBody>,
+) -> Result<axum::Json<Registered>, ApiError> {
+    known_vault(&vault).map_err(|e| e.with_reason(Reason::CredentialsInvalid))?;
+    let signature = validate_registration(&body)?;
+    let now = Utc::now();
+    let skew = body.timestamp.saturating_sub(now.timestamp());
+    if skew.abs() > protocol::MAX_CLOCK_SKEW_SECS {
+        // No reason code speaks of clocks; vault_error shows the message as the vault's refusal.
+        return Err(ApiError {
+            status: StatusCode::FORBIDDEN,
+            code: "clock_skew",
+            reason: Some(Reason::VaultError),
+            message: format!(
+                "the request was signed {} seconds {} the vault's clock (at most {} allowed); check this machine's clock",
+                skew.abs(),
+                if skew > 0 { "ahead of" } else { "behind" },
+                protocol::MAX_CLOCK_SKEW_SECS
+            ),
+        });
+    }
+
+    // Find the certificate this vault issued under the thumbprint.
+    let certificate = {
+        let state = app.lock_state();
+        let v = state
+            .vaults
+            .get(&vault)
+            .ok_or_else(|| ApiError::vault_not_found(&vault).with_reason(Reason::CredentialsInvalid))?;
+        if v.identity.resource_id != body.resource_id {
+            return Err(ApiError::refused(
+                Reason::CredentialsWrongVault,
+                format!(
+                    "the credentials are for another vault with the name {vault} (resource id {})",
+                    body.resource_id
+                ),
+            ));
+        }
+        match v.certs.get(&body.thumbprint) {
+            Some(cert) => cert.der.clone(),
+            None => {
+                return Err(match state.thumbprints.get(&body.thumbprint) {
+                    Some(other) => ApiError::refused(
+                        Reason::CredentialsWrongVault,
+                        format!("the credentials were downloaded from vault {other}, not {vault}"),
+                    ),
+                    None => ApiError::refused(Reason::CredentialsInvalid, "this vault never issued that certificate"),
+                });
+            }
+        }
+    };
+    // Outside the lock: a signature check costs tens to hundreds of microseconds.
+    if regent_credentials::verify_signature(&certificate, &body.message(&vault), &signature).is_err() {
+        return Err(ApiError::refused(
+            Reason::CredentialsInvalid,
+            "the request's signature does not verify against the certificate: it was not signed with the credentials' private key",
+        ));
+    }
+
+    let step = {
+        let mut state = app.lock_state();
+        let v = state.vaults.get_mut(&vault).ok_or_else(|| ApiError::vault_not_found(&vault))?;
+        if !v.remember_nonce(&body.nonce, now, now) {
+            return Err(ApiError {
+                status: StatusCode::FORBIDDEN,
+                code: "nonce_replayed",
+                reason: Some(Reason::VaultError),
+                message: "this request was already received (its nonce was used); a retry must be signed again with a fresh nonce".into(),
+            });
+        }
+        if let Some(answer) = v.answers.get(&body.request_id) {
+            Step::Answer(answer.clone())
+        } else if let Some(pending) = v.pending.get(&body.request_id) {
+            Step::Wait(pending.clone())
+        } else {
+            if v.newest.as_deref() != Some(body.thumbprint.as_str()) {
+                return Err(ApiError::refused(
+                    Reason::CredentialsSuperseded,
+                    "a newer credentials file was downloaded from the vault after this one",
+                ));
+            }
+            if let Some(cert) = v.certs.get(&body.thumbprint) {
+                if now > cert.not_after {
+                    return Err(ApiError::refused(
+                        Reason::CredentialsExpired,
+                        format!("the certificate expired at {} by the vault's clock", cert.not_after.to_rfc3339()),
+                    ));
+                }
+                if now < cert.not_before {
+                    return Err(ApiError::refused(
+                        Reason::CredentialsInvalid,
+                        format!("the certificate is not valid before {}", cert.not_before.to_rfc3339()),
+                    ));
+                }
+            }
+            let (sender, receiver) = watch::channel(None);
+            v.pending.insert(body.request_id.clone(), receiver);
+            Step::Commit(sender)
+        }
+    };
+
+    match step {
+        Step::Answer(answer) => Ok(axum::Json(answer)),
+        Step::Wait(mut pending) => {
+            let waited = pending.wait_for(Option::is_some).await.map(|answer| answer.clone());
+            match waited {
+                Ok(Some(Ok(answer))) => return Ok(axum::Json(answer)),
+                Ok(_) => {}
+                Err(_) => {
+                    // The writer vanished without an answer (it cannot, short of a bug): forget it,
+                    // so that the next retry writes the registration instead of waiting forever.
+                    if let Some(v) = app.lock_state().vaults.get_mut(&vault)
+                        && v.pending.get(&body.request_id).is_some_and(|p| p.same_channel(&pending))
+                    {
+                        v.pending.remove(&body.request_id);
+                    }
+                }
+            }
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the registration could not be stored; retry",
+            )
+            .with_reason(Reason::VaultError))
+        }
+        Step::Commit(sender) => {
+            let machine_id = derived_id("machine-id", &vault, body.resource_id, &body.request_id);
+            let event = MachineRegistered {
+                machine_id: machine_id.to_string(),
+                machine_name: body.machine_name.clone(),
+                thumbprint: body.thumbprint.clone(),
+                request_id: body.request_id.clone(),
+                nonce: body.nonce.clone(),
+                registered_at: now,
+                peer: peer.ip().to_string(),
+            };
+            // The write runs in its own task: a client that hangs up mid-write must not leave the
+            // request pending forever (retries wait on it).
+            let task = tokio::spawn(commit_registration(app, vault, body.resource_id, event, sender));
+            match task.await {
+                Ok(result) => result.map(axum::Json),
+                Err(_) => Err(ApiError::internal("the registration task failed")),
+            }
+        }
+    }
+}
+
+async fn commit_registration(
+    app: Arc<App>,
+    vault: String,
+    resource_id: i64,
+    event: MachineRegistered,
+    sender: watch::Sender<Option<Result<Registered, String>>>,
+) -> Result<Registered, ApiError> {
+    let request_id = event.request_id.clone();
+    let event_id = derived_id("machine-registered-event", &vault, resource_id, &request_id);
+    let wrapped = VaultEvent::MachineRegistered(event.clone());
+    // Through the group committer: durable when it answers, sharing its flush with the
+    // registrations that arrived meanwhile.
+    let stored = if app.group_commit {
+        match wrapped.to_new_event(Some(event_id)) {
+            Ok(new_event) => app.committer.commit(stream_of(&vault), new_event).await,
+            Err(e) => Err(format!("the event cannot be written: {e}")),
+        }
+    } else {
+        let actor = Actor { user: "regent-vault".into(), host: crate::commit::host_name() };
+        app.append(&vault, ExpectedVersion::Any, actor, vec![(wrapped.clone(), Some(event_id))])
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let outcome = {
+        let mut state = app.lock_state();
+        let outcome = match stored {
+            Ok(()) => match state.apply(&vault, &wrapped) {
+                Ok(()) => Ok(Registered {
+                    machine_id: event.machine_id.clone(),
+                    vault: vault.clone(),
+                    registered_at: event.registered_at,
+                }),
+                Err(detail) => {
+                    Err(ApiError::internal(format!("the registration was stored but cannot be applied: {detail}")))
+                }
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "a registration could not be written");
+                Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    format!("the vault's log cannot be written: {e}"),
+                )
+                .with_reason(Reason::VaultError))
+            }
+        };
+        // Under the same lock as the answer is recorded: a retry finds either the pending entry or
+        // the answer, never neither.
+        if let Some(v) = state.vaults.get_mut(&vault) {
+            v.pending.remove(&request_id);
+        }
+        outcome
+    };
+    sender.send_replace(Some(outcome.as_ref().map(Registered::clone).map_err(|e| e.message.clone())));
+    if let Ok(answer) = &outcome {
+        tracing::info!(vault = %vault, machine_id = %answer.machine_id, machine_name = %event.machine_name, "machine registered");
+    }
+    outcome
+}
+
+/// A UUID (version 8) derived from the vault (name and resource id) and the request id: a retried
+/// request gets the same machine id, and its event the same event id, whatever happened in between.
+fn derived_id(purpose: &str, vault: &str, resource_id: i64, request_id: &str) -> Uuid {
+    let mut hasher = Sha256::new();
+    hasher.update(b"regent-vault/");
+    hasher.update(purpose.as_bytes());
+    hasher.update([0]);
+    hasher.update(vault.as_bytes());
+    hasher.update([0]);
+    hasher.update(resource_id.to_be_bytes());
+    hasher.update(request_id.as_bytes());
+    let digest = hasher.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
+
+async fn check_pin(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ApiPath(vault): ApiPath<String>,
+    ApiJson(body): ApiJson<PinCheckBody>,
+) -> Result<axum::Json<PinValid>, ApiError> {
+    known_vault(&vault).map_err(|e| e.with_reason(Reason::SecurityPinInvalid))?;
+    let pin = Zeroizing::new(body.pin);
+    if pin.len() != 8 || !pin.chars().all(|c| c.is_ascii_digit()) {
+        return Err(ApiError::refused(Reason::SecurityPinInvalid, "a security PIN is 8 digits"));
+    }
+    if body.machine_id.is_empty() || body.machine_id.len() > 128 {
+        return Err(ApiError::bad_request("machine_id must be 1 to 128 characters"));
+    }
+    let now = Utc::now();
+    enum Found {
+        Valid(Uuid, DateTime<Utc>),
+        Expired(DateTime<Utc>),
+        Wrong(Option<Vec<Uuid>>),
+    }
+    let found = {
+        let mut state = app.lock_state();
+        let v = state
+            .vaults
+            .get_mut(&vault)
+            .ok_or_else(|| ApiError::vault_not_found(&vault).with_reason(Reason::SecurityPinInvalid))?;
+        if !v.machines.contains_key(&body.machine_id) {
+            return Err(ApiError::refused(
+                Reason::SecurityPinInvalid,
+                format!("machine {} is not registered to vault {vault}", body.machine_id),
+            ));
+        }
+        v.prune_pins(now);
+        // Compare against every outstanding PIN, each in constant time.
+        let matched = v
+            .pins
+            .iter()
+            .find(|(id, record)| bool::from(app.pin_digest(id, &pin).ct_eq(&record.digest)))
+            .map(|(id, record)| (*id, record.issued_at, record.expires_at));
+        match matched {
+            Some((_, _, expires_at)) if now > expires_at => Found::Expired(expires_at),
+            Some((id, issued_at, _)) => {
+                // Taken now, under the lock: two checks of one PIN cannot both succeed.
+                v.pins.remove(&id);
+                v.pin_failures = 0;
+                Found::Valid(id, issued_at)
+            }
+            None => {
+                v.pin_failures += 1;
+                if v.pin_failures >= MAX_PIN_FAILURES {
+                    v.pin_failures = 0;
+                    let ids: Vec<Uuid> = v.pins.keys().copied().collect();
+                    v.pins.clear();
+                    Found::Wrong(Some(ids))
+                } else {
+                    Found::Wrong(None)
+                }
+            }
+        }
+    };
+    let actor = Actor { user: format!("machine:{}", body.machine_id), host: peer.ip().to_string() };
+    match found {
+        Found::Valid(pin_id, issued_at) => {
+            let event = VaultEvent::PinUsed(PinUsed { pin_id, machine_id: body.machine_id.clone(), used_at: now });
+            app.append(&vault, ExpectedVersion::Any, actor, vec![(event.clone(), None)])
+                .await
+                .map_err(ApiError::store)?;
+            app.apply(&vault, &[event])?;
+            tracing::info!(vault = %vault, %pin_id, machine_id = %body.machine_id, "security PIN used");
+            Ok(axum::Json(PinValid { issued_at }))
+        }
+        Found::Expired(at) => Err(ApiError::refused(
+            Reason::SecurityPinInvalid,
+            format!("the security PIN expired at {}; ask for a new one", at.to_rfc3339()),
+        )),
+        Found::Wrong(None) => Err(ApiError::refused(
+            Reason::SecurityPinInvalid,
+            "the security PIN is wrong or was already used; ask for a new one",
+        )),
+        Found::Wrong(Some(revoked)) => {
+            if !revoked.is_empty() {
+                let event = VaultEvent::PinsRevoked(PinsRevoked {
+                    pin_ids: revoked,
+                    why: format!("{MAX_PIN_FAILURES} wrong PINs in a row"),
+                    revoked_at: now,
+                });
+                app.append(&vault, ExpectedVersion::Any, actor, vec![(event.clone(), None)])
+                    .await
+                    .map_err(ApiError::store)?;
+                app.apply(&vault, &[event])?;
+            }
+            tracing::warn!(vault = %vault, "too many wrong security PINs: outstanding PINs revoked");
+            Err(ApiError::refused(
+                Reason::SecurityPinInvalid,
+                "the security PIN is wrong; after too many wrong PINs every outstanding PIN of this vault was revoked: ask for a new one",
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_are_eight_digits() {
+        for _ in 0..200 {
+            let pin = new_pin().unwrap();
+            assert_eq!(pin.len(), 8);
+            assert!(pin.chars().all(|c| c.is_ascii_digit()));
+        }
+    }
+
+    #[test]
+    fn derived_ids_depend_on_vault_and_request() {
+        let a = derived_id("machine-id", "v", 1, "r1");
+        assert_eq!(a, derived_id("machine-id", "v", 1, "r1"));
+        assert_ne!(a, derived_id("machine-id", "v", 1, "r2"));
+        assert_ne!(a, derived_id("machine-id", "w", 1, "r1"));
+        assert_ne!(a, derived_id("machine-id", "v", 2, "r1"));
+        assert_ne!(a, derived_id("machine-registered-event", "v", 1, "r1"));
+        // The separators keep fields apart.
+        assert_ne!(derived_id("p", "ab", 1, "c"), derived_id("p", "a", 1, "bc"));
+    }
+}

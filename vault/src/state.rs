@@ -1,0 +1,193 @@
+//! The service's state: a fold of its log. The same `apply` runs at start (over the whole log) and
+//! after each durable append, so what the service answers always follows from what is on disk.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use regent_credentials::VaultIdentity;
+use uuid::Uuid;
+
+use crate::events::{CredentialsIssued, MachineRegistered, PinIssued, VaultEvent};
+use crate::protocol::{self, MachineInfo, Registered, VaultInfo};
+
+/// How long a nonce is remembered after it was seen: a request older than the clock-skew window is
+/// refused by its timestamp anyway, so a nonce needs keeping only a little longer than the window is wide.
+const NONCE_MEMORY: Duration = Duration::seconds(2 * protocol::MAX_CLOCK_SKEW_SECS + 60);
+
+/// An expired PIN is kept this long to tell "expired" from "wrong"; then it is forgotten.
+const PIN_MEMORY: Duration = Duration::hours(1);
+
+#[derive(Default)]
+pub(crate) struct ServiceState {
+    pub vaults: HashMap<String, VaultState>,
+    /// Certificate thumbprint -> the vault that issued it, to tell "another vault's certificate" from
+    /// "a certificate never issued".
+    pub thumbprints: HashMap<String, String>,
+}
+
+pub(crate) struct IssuedCert {
+    pub der: Arc<[u8]>,
+    pub not_before: DateTime<Utc>,
+    pub not_after: DateTime<Utc>,
+}
+
+pub(crate) struct PinRecord {
+    pub digest: [u8; 32],
+    pub issued_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The outcome of a registration in progress, shared with concurrent retries of the same request.
+pub(crate) type PendingAnswer = tokio::sync::watch::Receiver<Option<Result<Registered, String>>>;
+
+pub(crate) struct VaultState {
+    pub identity: VaultIdentity,
+    pub created_at: DateTime<Utc>,
+    pub certs: HashMap<String, IssuedCert>,
+    /// The newest download: the only certificate a new registration may use.
+    pub newest: Option<String>,
+    /// Current machines by id.
+    pub machines: BTreeMap<String, MachineInfo>,
+    /// Request id -> the first answer given to it.
+    pub answers: HashMap<String, Registered>,
+    nonces: HashSet<String>,
+    nonce_order: VecDeque<(DateTime<Utc>, String)>,
+    /// Outstanding PINs (neither used nor revoked) by id.
+    pub pins: HashMap<Uuid, PinRecord>,
+    /// Wrong PINs in a row; too many revoke every outstanding PIN of the vault.
+    pub pin_failures: u32,
+    /// Registrations being written, by request id (runtime only, never in the log).
+    pub pending: HashMap<String, PendingAnswer>,
+}
+
+impl VaultState {
+    fn new(identity: VaultIdentity, created_at: DateTime<Utc>) -> VaultState {
+        VaultState {
+            identity,
+            created_at,
+            certs: HashMap::new(),
+            newest: None,
+            machines: BTreeMap::new(),
+            answers: HashMap::new(),
+            nonces: HashSet::new(),
+            nonce_order: VecDeque::new(),
+            pins: HashMap::new(),
+            pin_failures: 0,
+            pending: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn info(&self) -> VaultInfo {
+        VaultInfo {
+            name: self.identity.resource_name.clone(),
+            subscription_id: self.identity.subscription_id.clone(),
+            resource_group: self.identity.resource_group.clone(),
+            location: self.identity.location.clone(),
+            resource_id: self.identity.resource_id,
+            created_at: self.created_at,
+            newest_thumbprint: self.newest.clone(),
+            machines: self.machines.len(),
+        }
+    }
+
+    /// Remembers a nonce; false if it was seen before (a replay). Old nonces are forgotten first.
+    pub(crate) fn remember_nonce(&mut self, nonce: &str, seen_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+        while let Some((at, _)) = self.nonce_order.front() {
+            if now - *at <= NONCE_MEMORY {
+                break;
+            }
+            if let Some((_, old)) = self.nonce_order.pop_front() {
+                self.nonces.remove(&old);
+            }
+        }
+        if self.nonces.contains(nonce) {
+            return false;
+        }
+        self.nonces.insert(nonce.to_string());
+        self.nonce_order.push_back((seen_at, nonce.to_string()));
+        true
+    }
+
+    /// Forgets PINs that expired long ago.
+    pub(crate) fn prune_pins(&mut self, now: DateTime<Utc>) {
+        self.pins.retain(|_, pin| now - pin.expires_at <= PIN_MEMORY);
+    }
+
+    fn apply_registered(&mut self, e: &MachineRegistered) {
+        let answer = Registered {
+            machine_id: e.machine_id.clone(),
+            vault: self.identity.resource_name.clone(),
+            registered_at: e.registered_at,
+        };
+        self.answers.insert(e.request_id.clone(), answer);
+        self.machines.insert(
+            e.machine_id.clone(),
+            MachineInfo {
+                machine_id: e.machine_id.clone(),
+                machine_name: e.machine_name.clone(),
+                registered_at: e.registered_at,
+                thumbprint: e.thumbprint.clone(),
+            },
+        );
+        // Replayed from the log, the nonce is remembered as seen when the machine registered; a
+        // nonce that old is dropped at the next registration.
+        let now = Utc::now();
+        self.remember_nonce(&e.nonce, e.registered_at, now);
+    }
+}
+
+impl ServiceState {
+    /// Folds one event of `vault`'s stream into the state.
+    pub(crate) fn apply(&mut self, vault: &str, event: &VaultEvent) -> Result<(), String> {
+        if let VaultEvent::VaultCreated(e) = event {
+            if self.vaults.contains_key(vault) {
+                return Err(format!("vault {vault} is created twice"));
+            }
+            self.vaults.insert(vault.to_string(), VaultState::new(e.identity.clone(), e.created_at));
+            return Ok(());
+        }
+        let state = self
+            .vaults
+            .get_mut(vault)
+            .ok_or_else(|| format!("{} for vault {vault}, which was never created", event.kind()))?;
+        match event {
+            VaultEvent::VaultCreated(_) => {}
+            VaultEvent::CredentialsIssued(CredentialsIssued {
+                thumbprint, certificate, not_before, not_after, ..
+            }) => {
+                use base64::Engine as _;
+                let der = base64::engine::general_purpose::STANDARD
+                    .decode(certificate)
+                    .map_err(|_| format!("the certificate {thumbprint} is not base64"))?;
+                state.certs.insert(
+                    thumbprint.clone(),
+                    IssuedCert { der: der.into(), not_before: *not_before, not_after: *not_after },
+                );
+                state.newest = Some(thumbprint.clone());
+                self.thumbprints.insert(thumbprint.clone(), vault.to_string());
+            }
+            VaultEvent::PinIssued(PinIssued { pin_id, digest, issued_at, expires_at }) => {
+                let mut bytes = [0u8; 32];
+                hex::decode_to_slice(digest, &mut bytes).map_err(|_| format!("PIN {pin_id} has a malformed digest"))?;
+                state.pins.insert(*pin_id, PinRecord { digest: bytes, issued_at: *issued_at, expires_at: *expires_at });
+                state.prune_pins(Utc::now());
+            }
+            VaultEvent::PinUsed(e) => {
+                state.pins.remove(&e.pin_id);
+                state.pin_failures = 0;
+            }
+            VaultEvent::PinsRevoked(e) => {
+                for id in &e.pin_ids {
+                    state.pins.remove(id);
+                }
+                state.pin_failures = 0;
+            }
+            VaultEvent::MachineRegistered(e) => state.apply_registered(e),
+            VaultEvent::MachineRemoved(e) => {
+                state.machines.remove(&e.machine_id);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,266 @@
+//! Helpers shared by the vault's integration tests: a service in a temp dir, credentials, requests,
+//! raw HTTP for malformed input, and a real tinyproxy.
+#![allow(dead_code, reason = "each test binary uses a different part of these helpers")]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use regent_credentials::VaultCredentials;
+use regent_engine::model::{VaultAnswer, VaultIdentity};
+use regent_engine::ports::{ProxyConfig, RegisterRequest};
+use regent_vault::{AdminClient, BackgroundServer, ClientOptions, HttpVaultClient, ServeConfig};
+use secrecy::SecretString;
+use tempfile::TempDir;
+use zeroize::Zeroizing;
+
+pub fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// A service on 127.0.0.1, port 0, in a fresh temp dir, with an admin client.
+pub struct Vault {
+    pub server: BackgroundServer,
+    pub dir: TempDir,
+    pub admin: AdminClient,
+}
+
+impl Vault {
+    pub fn start() -> Vault {
+        let dir = tempfile::tempdir().unwrap();
+        let server = BackgroundServer::start(ServeConfig::new(dir.path(), loopback())).unwrap();
+        let admin = AdminClient::from_token_file(server.url(), server.admin_token_path(), None).unwrap();
+        Vault { server, dir, admin }
+    }
+
+    pub fn url(&self) -> String {
+        self.server.url().to_string()
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.server.admin_token_path()).unwrap().trim().to_string()
+    }
+
+    /// Creates `name` and downloads credentials for it.
+    pub fn vault_with_credentials(&self, name: &str) -> VaultCredentials {
+        self.admin.create_vault(name).unwrap();
+        self.download(name, None)
+    }
+
+    pub fn download(&self, vault: &str, validity: Option<Duration>) -> VaultCredentials {
+        let file = self.admin.download_credentials(vault, validity).unwrap();
+        regent_credentials::parse(&file.file_name, file.xml.as_bytes()).unwrap()
+    }
+}
+
+/// A client that gives up quickly, so failure tests stay fast.
+pub fn quick_client(ca_file: Option<&Path>) -> HttpVaultClient {
+    HttpVaultClient::new(ClientOptions {
+        ca_file: ca_file.map(PathBuf::from),
+        connect_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(5),
+        total_timeout: Duration::from_secs(10),
+        attempts: 3,
+        backoff: Duration::from_millis(20),
+    })
+    .unwrap()
+}
+
+pub fn identity(credentials: &VaultCredentials) -> VaultIdentity {
+    let id = &credentials.identity;
+    VaultIdentity {
+        name: id.resource_name.clone(),
+        subscription_id: id.subscription_id.clone(),
+        resource_group: id.resource_group.clone(),
+        location: id.location.clone(),
+        resource_id: id.resource_id,
+    }
+}
+
+/// A registration with these credentials, at `endpoint` (their own endpoint when `None`).
+pub fn register_request(
+    credentials: &VaultCredentials,
+    endpoint: Option<&str>,
+    machine_name: &str,
+    request_id: &str,
+    proxy: Option<ProxyConfig>,
+) -> RegisterRequest {
+    RegisterRequest {
+        endpoint: endpoint.unwrap_or(&credentials.endpoint).to_string(),
+        vault: identity(credentials),
+        thumbprint: credentials.certificate.thumbprint.clone(),
+        machine_name: machine_name.to_string(),
+        private_key: Zeroizing::new(credentials.private_key.pkcs8_der().to_vec()),
+        proxy,
+        request_id: request_id.to_string(),
+    }
+}
+
+pub fn machine_id(answer: &VaultAnswer) -> String {
+    match answer {
+        VaultAnswer::Registered { machine_id, .. } => machine_id.clone(),
+        VaultAnswer::Refused { reason, detail } => panic!("expected a registration, got {reason}: {detail}"),
+    }
+}
+
+pub fn refusal(answer: &VaultAnswer) -> (regent_engine::Reason, String) {
+    match answer {
+        VaultAnswer::Refused { reason, detail } => (*reason, detail.clone()),
+        VaultAnswer::Registered { machine_id, .. } => panic!("expected a refusal, got machine {machine_id}"),
+    }
+}
+
+/// One raw HTTP/1.1 exchange, for requests no well-behaved client would send.
+pub struct RawAnswer {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl RawAnswer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    pub fn error_code(&self) -> String {
+        self.json()["error"].as_str().unwrap_or_default().to_string()
+    }
+
+    pub fn is_from_service(&self) -> bool {
+        self.head.to_ascii_lowercase().contains("\r\nx-regent-vault: 1")
+    }
+}
+
+pub fn raw(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> RawAnswer {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    stream.write_all(request.as_bytes()).unwrap();
+    // The service may answer (413) before reading a large body; a reset on our side is fine then.
+    let _ = stream.write_all(body);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    RawAnswer { status, head: head.to_string(), body: body.to_string() }
+}
+
+/// A port free at the moment: bind port 0, read it, release it.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A real tinyproxy (Debian's package) on 127.0.0.1 with `BasicAuth`, logging to a temp dir.
+pub struct Tinyproxy {
+    child: Child,
+    pub port: u16,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+fn tinyproxy_binary() -> PathBuf {
+    let mut candidates = vec![PathBuf::from("/usr/bin/tinyproxy"), PathBuf::from("/usr/sbin/tinyproxy")];
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|dir| dir.join("tinyproxy")));
+    }
+    candidates.into_iter().find(|p| p.is_file()).unwrap_or_else(|| {
+        panic!(
+            "tinyproxy is not installed, and the proxy tests need a real one: install it with \
+             `apt-get install -y tinyproxy` (CI installs it in .ci/run)"
+        )
+    })
+}
+
+impl Tinyproxy {
+    pub fn start(user: &str, password: &str) -> Tinyproxy {
+        let binary = tinyproxy_binary();
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("tinyproxy.log");
+        // tinyproxy needs a fixed port: take a free one; if another process grabs it in between,
+        // tinyproxy exits and we try another.
+        for _ in 0..5 {
+            let port = free_port();
+            let config = dir.path().join("tinyproxy.conf");
+            std::fs::write(
+                &config,
+                format!(
+                    "Port {port}\nListen 127.0.0.1\nTimeout 30\nMaxClients 64\nLogFile \"{}\"\nLogLevel Info\nBasicAuth {user} {password}\n",
+                    log.display()
+                ),
+            )
+            .unwrap();
+            let mut child = Command::new(&binary)
+                .arg("-d")
+                .arg("-c")
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Tinyproxy { child, port, log, _dir: dir };
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("tinyproxy did not start; its log: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    }
+
+    pub fn config(&self, credentials: Option<(&str, &str)>) -> ProxyConfig {
+        ProxyConfig {
+            host: "127.0.0.1".into(),
+            port: self.port,
+            credentials: credentials.map(|(u, p)| (u.to_string(), SecretString::from(p.to_string()))),
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Tinyproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads a child's stdout until a line holds `prefix`; returns what follows it on that line.
+pub fn wait_for_line(child: &mut Child, prefix: &str) -> String {
+    let stdout = child.stdout.take().unwrap();
+    let mut reader = BufReader::new(stdout);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            panic!("the child ended before printing {prefix}");
+        }
+        // The test harness may have printed "test name ... " on the same line first.
+        if let Some(at) = line.find(prefix) {
+            let rest = line[at + prefix.len()..].trim().to_string();
+            // Keep draining its output so that it never blocks on a full pipe.
+            std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+            return rest;
+        }
+    }
+}
