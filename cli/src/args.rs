@@ -267,6 +267,7 @@ pub struct PassphraseChangeArgs {
     /// Generate the new passphrase (with --save-to).
     #[arg(long, requires = "save_to", conflicts_with_all = ["passphrase_stdin", "passphrase_file"])]
     pub generate: bool,
+    /// Where to save the generated passphrase: a new file, mode 0600.
     #[arg(long, value_name = "F", requires = "generate")]
     pub save_to: Option<PathBuf>,
     /// The security PIN from `regent vault pin` (valid 5 minutes, used once).
@@ -275,6 +276,9 @@ pub struct PassphraseChangeArgs {
     /// Read the security PIN from this environment variable (for scripts).
     #[arg(long, value_name = "VAR")]
     pub security_pin_env: Option<String>,
+    /// A CA certificate (PEM) to trust for an HTTPS vault, beside the system roots.
+    #[arg(long, value_name = "F")]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Args)]

@@ -131,7 +131,7 @@ fn change_passphrase(ctx: &Context, a: PassphraseChangeArgs) -> Result<u8, Failu
     } else {
         (None, Some(read_passphrase(&a.source, "--passphrase-stdin or --generate --save-to F")?))
     };
-    let vault = vault_client(None)?;
+    let vault = vault_client(a.ca_file.as_deref())?;
     let secrets = SecretInputs { passphrase, security_pin: Some(pin), ..Default::default() };
     steps::run_with_vault(ctx, Step::ChangePassphrase { save_to }, secrets, &vault)
 }
