@@ -38,6 +38,8 @@ pub struct Global {
 
 #[derive(Subcommand)]
 pub enum Command {
+    /// The whole job in one command: a vault in-process on 127.0.0.1, every step, registered.
+    Quickstart,
     /// Choose the install and scratch (cache) folders.
     Folders(FoldersArgs),
     /// The proxy used for every call to the vault.

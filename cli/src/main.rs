@@ -3,6 +3,7 @@
 mod args;
 mod context;
 mod failure;
+mod quickstart;
 mod secret_input;
 mod steps;
 mod vault;
@@ -21,6 +22,12 @@ use context::Context;
 use failure::{EXIT_USAGE, Failure};
 
 fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, which turns `regent audit | head` into a panic on the closed pipe.
+    // Restore the default so that, like other Unix tools, regent just stops.
+    // SAFETY: setting a signal's disposition to SIG_DFL before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
@@ -113,6 +120,7 @@ fn run(ctx: &Context, command: Command) -> Result<u8, Failure> {
             views::audit(ctx, AuditFilter { since, kind, limit })
         }
         Command::Vault(command) => vault::run(ctx, command),
+        Command::Quickstart => quickstart::run(ctx),
     }
 }
 

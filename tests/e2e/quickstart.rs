@@ -1,0 +1,43 @@
+//! `regent quickstart` on a fresh data dir: the whole job, then the same command again.
+
+use assert_cmd::Command;
+
+fn regent(data_dir: &std::path::Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_regent"));
+    cmd.env_remove("REGENT_DATA_DIR").env("NO_COLOR", "1").arg("--data-dir").arg(data_dir);
+    cmd
+}
+
+#[test]
+fn quickstart_registers_a_fresh_machine_and_a_second_run_only_shows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = regent(&data).arg("quickstart").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", stdout, String::from_utf8_lossy(&out.stderr));
+    for shown in [
+        "== Status ==",
+        "== Change Properties ==",
+        "== Audit trail ==",
+        "registered to vault quickstart-vault",
+        "Next, try:",
+    ] {
+        assert!(stdout.contains(shown), "quickstart shows {shown:?}:\n{stdout}");
+    }
+    let status: serde_json::Value =
+        serde_json::from_slice(&regent(&data).args(["--json", "status"]).output().unwrap().stdout).unwrap();
+    assert_eq!((status["phase"].as_str(), status["events"].as_u64()), (Some("registered"), Some(4)));
+    assert_eq!(status["vault"], "quickstart-vault");
+    // The generated passphrase was saved 0600 and the log verifies.
+    use std::os::unix::fs::PermissionsExt;
+    let saved = data.join("quickstart-passphrase.txt");
+    assert_eq!(std::fs::metadata(&saved).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(regent(&data).args(["audit", "verify"]).output().unwrap().status.code(), Some(0));
+
+    let again = regent(&data).arg("quickstart").output().unwrap();
+    assert_eq!(again.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("registered already"));
+    let status: serde_json::Value =
+        serde_json::from_slice(&regent(&data).args(["--json", "status"]).output().unwrap().stdout).unwrap();
+    assert_eq!(status["events"], 4, "a second run records nothing");
+}
