@@ -78,3 +78,36 @@ fn concurrent_appends_to_any_version_all_land_with_gapless_positions() {
     }
     assert!(store.verify(None).unwrap().is_ok());
 }
+
+#[test]
+fn concurrent_appenders_share_syncs_and_each_append_is_durable_on_return() {
+    const THREADS: u64 = 8;
+    const EACH: u64 = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(dir.path()));
+    let barrier = Arc::new(Barrier::new(THREADS as usize));
+    let handles: Vec<_> = (0..THREADS)
+        .map(|thread| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                for i in 0..EACH {
+                    store
+                        .append(&format!("s{thread}"), ExpectedVersion::Any, &meta(), &[event(thread * 1000 + i)])
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.join().unwrap();
+    }
+    let appends = THREADS * EACH;
+    assert_eq!(store.len(), appends);
+    let syncs = store.sync_count();
+    assert!(syncs >= 1 && syncs < appends, "{syncs} syncs for {appends} concurrent appends: no group commit");
+    // Alone, every append syncs once.
+    let before = store.sync_count();
+    store.append("alone", ExpectedVersion::Any, &meta(), &[event(1)]).unwrap();
+    assert_eq!(store.sync_count(), before + 1);
+}
