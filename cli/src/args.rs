@@ -64,9 +64,28 @@ pub enum Command {
     },
     /// The audit trail: who configured what, when, accepted or refused.
     Audit(AuditArgs),
+    /// Rebuild state from an exported log, touching nothing else; --check re-decides every step.
+    Replay(ReplayArgs),
     /// The vault service (the local counterpart of the portal) and its admin commands.
     #[command(subcommand)]
     Vault(VaultCommand),
+}
+
+#[derive(Args)]
+pub struct ReplayArgs {
+    /// An export made by `regent audit export`.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Re-decide every recorded step with this build's rules and the recorded observations, and
+    /// report the first step decided differently (exit 1).
+    #[arg(long)]
+    pub check: bool,
+    /// Stop after this position.
+    #[arg(long, value_name = "POSITION")]
+    pub until: Option<u64>,
+    /// Replay even if the hash chain is broken (it is checked by default).
+    #[arg(long)]
+    pub no_verify: bool,
 }
 
 #[derive(Subcommand)]

@@ -4,6 +4,7 @@ mod args;
 mod context;
 mod failure;
 mod quickstart;
+mod replay;
 mod secret_input;
 mod steps;
 mod vault;
@@ -121,6 +122,7 @@ fn run(ctx: &Context, command: Command) -> Result<u8, Failure> {
         }
         Command::Vault(command) => vault::run(ctx, command),
         Command::Quickstart => quickstart::run(ctx),
+        Command::Replay(args) => replay::run(ctx, args),
     }
 }
 

@@ -33,7 +33,7 @@ pub fn status(ctx: &Context) -> Result<u8, Failure> {
     Ok(0)
 }
 
-fn print_status(status: &Status, next: Option<Step>) {
+pub fn print_status(status: &Status, next: Option<Step>) {
     let row = |label: &str, value: &str| println!("{label:<14}{value}");
     row("phase", status.phase);
     row("next step", &next.map_or("none: registered".into(), |s| format!("{}  ({})", s.name(), s.command_line())));
@@ -97,7 +97,7 @@ pub fn properties(ctx: &Context) -> Result<u8, Failure> {
     Ok(0)
 }
 
-fn print_properties(p: &Properties) {
+pub fn print_properties(p: &Properties) {
     let section = |title: &str| println!("\n{title}");
     let row = |label: &str, value: &str| println!("  {label:<20}{value}");
     let not_set = "(not set)";

@@ -48,7 +48,7 @@ where
         let step = events::decode(&record)?;
         if check && divergence.is_none() {
             let now_decides = decide(&state, &step.command, &step.observed);
-            if now_decides != step.outcome {
+            if !same_decision(&now_decides, &step.outcome) {
                 divergence =
                     Some(Divergence { position: record.position, recorded: step.outcome.clone(), now_decides });
             }
@@ -56,4 +56,14 @@ where
         state = state.evolve(&step);
     }
     Ok(Replayed { state, head, divergence })
+}
+
+/// Whether two outcomes are the same decision: the same change, or a refusal of the same step for
+/// the same reason. A refusal's wording may improve between builds without that being a divergence.
+pub fn same_decision(a: &Outcome, b: &Outcome) -> bool {
+    match (a, b) {
+        (Outcome::Accepted(x), Outcome::Accepted(y)) => x == y,
+        (Outcome::Refused(x), Outcome::Refused(y)) => x.step == y.step && x.reason == y.reason,
+        _ => false,
+    }
 }

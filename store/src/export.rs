@@ -164,6 +164,58 @@ pub fn verify_export(input: impl BufRead, anchor: Option<Head>) -> Result<(Expor
     Ok((header, walker.finish(None)))
 }
 
+/// Reads an exported log as records, without any store, streaming. With `verify`, the chain is
+/// checked as it is read and a broken link ends the stream with `ChainBroken`; a file that stops
+/// short of its header's head is reported once the end is reached.
+pub fn read_export<R: BufRead>(
+    input: R,
+    verify: bool,
+) -> Result<(ExportHeader, impl Iterator<Item = Result<crate::Record>>)> {
+    let mut lines = LogLines::new(input);
+    let header = lines.header()?;
+    let expected_head = header.head;
+    let mut walker = ChainWalker::new();
+    let mut done = false;
+    let records = std::iter::from_fn(move || {
+        if done {
+            return None;
+        }
+        let result = match lines.next_line() {
+            Ok(Some((line, bytes))) => {
+                let checked = if verify {
+                    walker.push(None, &bytes).map(|_| ()).map_err(StoreError::ChainBroken)
+                } else {
+                    Ok(())
+                };
+                checked.and_then(|()| {
+                    crate::record::decode(&bytes)
+                        .map_err(|e| StoreError::BadLogFile { line, detail: format!("not a record: {e}") })
+                })
+            }
+            Ok(None) => {
+                done = true;
+                if verify && walker.head() != expected_head {
+                    return Some(Err(StoreError::BadLogFile {
+                        line: lines.line_no,
+                        detail: format!(
+                            "the file ends at {} but its header names head {}: the copy is incomplete",
+                            walker.head(),
+                            expected_head
+                        ),
+                    }));
+                }
+                return None;
+            }
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            done = true;
+        }
+        Some(result)
+    });
+    Ok((header, records))
+}
+
 /// The raw bytes of the `record` object inside a stored line.
 fn record_body(stored: &[u8]) -> Result<&[u8]> {
     let envelope: crate::record::RawEnvelope = serde_json::from_slice(stored)

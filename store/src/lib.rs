@@ -20,6 +20,6 @@ mod store;
 
 pub use chain::{ChainFailure, ChainWalker, Problem, VerifyReport};
 pub use error::{ExpectedVersion, Result, StoreError};
-pub use export::{ExportHeader, FORMAT_NAME, FORMAT_VERSION, verify_export};
+pub use export::{ExportHeader, FORMAT_NAME, FORMAT_VERSION, read_export, verify_export};
 pub use record::{Actor, BatchMeta, Digest32, Head, MAX_RECORD_BYTES, NewEvent, Record};
 pub use store::{Appended, Checkpoint, EventStore, MAX_STREAM_ID_BYTES, StoreOptions, new_correlation_id};

@@ -3,4 +3,5 @@
 mod audit;
 mod quickstart;
 mod register;
+mod replay;
 mod steps;
