@@ -66,6 +66,13 @@ pub enum Command {
     Audit(AuditArgs),
     /// Rebuild state from an exported log, touching nothing else; --check re-decides every step.
     Replay(ReplayArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `regent man | man -l -`.
+    Man,
     /// The vault service (the local counterpart of the portal) and its admin commands.
     #[command(subcommand)]
     Vault(VaultCommand),

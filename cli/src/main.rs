@@ -123,6 +123,21 @@ fn run(ctx: &Context, command: Command) -> Result<u8, Failure> {
         Command::Vault(command) => vault::run(ctx, command),
         Command::Quickstart => quickstart::run(ctx),
         Command::Replay(args) => replay::run(ctx, args),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "regent",
+                &mut std::io::stdout(),
+            );
+            Ok(0)
+        }
+        Command::Man => {
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+                .render(&mut std::io::stdout())
+                .map_err(|e| Failure::refused(format!("cannot write the manual page: {e}")))?;
+            Ok(0)
+        }
     }
 }
 

@@ -2,7 +2,8 @@
 //! checkpoint 1,000 events back. Targets (issue 3): at least 500,000 events/s from scratch; under
 //! 10 ms from the checkpoint.
 //!
-//! `cargo bench -p regent-engine --bench projections` (REGENT_BENCH_EVENTS to change the size).
+//! `cargo bench -p regent-engine --bench projections` (REGENT_BENCH_EVENTS to change the size;
+//! REGENT_BENCH_LOG_DIR=DIR to keep the log as a data dir, for timing `regent status` on it).
 
 use std::time::{Duration, Instant};
 
@@ -94,8 +95,11 @@ fn build_log(store: &EventStore, events: u64) {
 
 fn bench(c: &mut Criterion) {
     let events = log_size();
+    // REGENT_BENCH_LOG_DIR=DIR keeps the log as a regent data dir (DIR/store), to time the CLI on it.
+    let kept = std::env::var_os("REGENT_BENCH_LOG_DIR").map(std::path::PathBuf::from);
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = EventStore::open(dir.path(), &StoreOptions::default()).expect("open");
+    let store_dir = kept.as_ref().map_or_else(|| dir.path().to_path_buf(), |kept| kept.join("store"));
+    let store = EventStore::open(&store_dir, &StoreOptions::default()).expect("open");
     let started = Instant::now();
     build_log(&store, events);
     eprintln!("built a log of {events} events in {:.1?}", started.elapsed());

@@ -420,3 +420,18 @@ fn twenty_concurrent_commands_each_end_recorded_or_with_a_clear_error() {
     assert!(recorded >= 1);
     assert_eq!(code(&agent.run(&["audit", "verify"])), 0);
 }
+
+#[test]
+fn completions_and_the_manual_page_name_every_command() {
+    let agent = Agent::new();
+    let bash = String::from_utf8(agent.run(&["completions", "bash"]).stdout).unwrap();
+    let man = String::from_utf8(agent.run(&["man"]).stdout).unwrap();
+    for command in
+        ["quickstart", "folders", "credentials", "passphrase", "register", "properties", "audit", "replay", "vault"]
+    {
+        assert!(bash.contains(command), "bash completion offers {command}");
+        assert!(man.contains(command), "the manual names {command}");
+    }
+    assert!(man.starts_with(".ie") && man.contains(".TH regent 1"));
+    assert_eq!(code(&agent.run(&["completions", "tcsh"])), 2);
+}
