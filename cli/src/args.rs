@@ -66,6 +66,8 @@ pub enum Command {
     Audit(AuditArgs),
     /// Rebuild state from an exported log, touching nothing else; --check re-decides every step.
     Replay(ReplayArgs),
+    /// The wizard: every step in order. Interactive is to come; `--unattended` runs from flags alone.
+    Wizard(WizardArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         #[arg(value_name = "SHELL")]
@@ -76,6 +78,46 @@ pub enum Command {
     /// The vault service (the local counterpart of the portal) and its admin commands.
     #[command(subcommand)]
     Vault(VaultCommand),
+}
+
+#[derive(Args)]
+pub struct WizardArgs {
+    /// Run every step from the flags below, without prompts (for provisioning scripts).
+    #[arg(long, required = true)]
+    pub unattended: bool,
+    #[arg(long, value_name = "DIR")]
+    pub install_dir: PathBuf,
+    #[arg(long, value_name = "DIR")]
+    pub scratch_dir: PathBuf,
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub backup_size: u64,
+    #[arg(long, value_name = "HOST", requires = "proxy_port")]
+    pub proxy_host: Option<String>,
+    #[arg(long, value_name = "PORT", requires = "proxy_host")]
+    pub proxy_port: Option<u32>,
+    #[arg(long, value_name = "USER", requires = "proxy_host")]
+    pub proxy_user: Option<String>,
+    /// Read the proxy password from this environment variable.
+    #[arg(long, value_name = "VAR", requires = "proxy_user", conflicts_with = "proxy_password_stdin")]
+    pub proxy_password_env: Option<String>,
+    /// Read the proxy password from the first line of standard input.
+    #[arg(long, requires = "proxy_user")]
+    pub proxy_password_stdin: bool,
+    /// The vault credentials file.
+    #[arg(long, value_name = "FILE")]
+    pub credentials: PathBuf,
+    /// Generate the passphrase and save it to this new file (mode 0600).
+    #[arg(long, value_name = "FILE", required_unless_present = "passphrase_file", conflicts_with = "passphrase_file")]
+    pub generate_passphrase_to: Option<PathBuf>,
+    /// Use the passphrase on the first line of this file.
+    #[arg(long, value_name = "F")]
+    pub passphrase_file: Option<PathBuf>,
+    /// The vault service's address, instead of the one in the credentials file.
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+    /// A CA certificate (PEM) to trust for an HTTPS vault.
+    #[arg(long, value_name = "F")]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Args)]

@@ -165,3 +165,70 @@ fn credentials_download_refuses_to_overwrite_and_needs_the_token() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
 }
+
+#[test]
+fn the_unattended_wizard_registers_from_flags_resumes_and_is_idempotent() {
+    let setup = Setup::new();
+    assert_eq!(setup.admin(&["create", "prod"]).status.code(), Some(0));
+    let good = setup.download("prod", "prod.VaultCredentials");
+    let broken = setup.path("broken.VaultCredentials");
+    std::fs::write(&broken, b"<not-credentials/>").unwrap();
+    let wizard = |credentials: &Path| {
+        setup
+            .regent("agent")
+            .args(["wizard", "--unattended", "--install-dir"])
+            .arg(setup.path("install"))
+            .arg("--scratch-dir")
+            .arg(setup.path("scratch"))
+            .args([
+                "--backup-size",
+                "1GiB",
+                "--proxy-host",
+                "127.0.0.1",
+                "--proxy-port",
+                "1",
+                "--proxy-user",
+                "svc",
+                "--proxy-password-env",
+                "PROXY_PW",
+            ])
+            .env("PROXY_PW", "proxy-secret-1")
+            .arg("--credentials")
+            .arg(credentials)
+            .arg("--generate-passphrase-to")
+            .arg(setup.path("passphrase.txt"))
+            .output()
+            .unwrap()
+    };
+    // A broken credentials file stops the wizard at that step, recorded.
+    let out = wizard(&broken);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("credentials_invalid"));
+    // The proxy on port 1 makes registration fail as unreachable; the passphrase is created first.
+    let out = wizard(&good);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("vault_unreachable") || stderr.contains("proxy"), "{stderr}");
+    assert!(setup.path("passphrase.txt").exists());
+    // Clear the proxy and run again: it resumes, keeps the passphrase, registers.
+    assert_eq!(setup.step("agent", &["proxy", "clear"]).0, 0);
+    let out = setup
+        .regent("agent")
+        .args(["wizard", "--unattended", "--install-dir"])
+        .arg(setup.path("install"))
+        .arg("--scratch-dir")
+        .arg(setup.path("scratch"))
+        .args(["--backup-size", "1GiB", "--credentials"])
+        .arg(&good)
+        .arg("--generate-passphrase-to")
+        .arg(setup.path("passphrase.txt"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let again = wizard(&good);
+    assert_eq!(again.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("nothing to do"));
+    let machines: serde_json::Value =
+        serde_json::from_slice(&setup.admin(&["machines", "--vault", "prod", "--json"]).stdout).unwrap();
+    assert_eq!(machines.as_array().map(Vec::len), Some(1));
+}
