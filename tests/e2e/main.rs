@@ -4,4 +4,5 @@ mod audit;
 mod quickstart;
 mod register;
 mod replay;
+mod snapshots;
 mod steps;
