@@ -224,6 +224,7 @@ pub enum ProxyCommand {
 
 #[derive(Args)]
 pub struct ProxySetArgs {
+    /// The proxy's host name or IP address (a user and password go in their own options).
     #[arg(long)]
     pub host: String,
     /// 1 to 65535.

@@ -91,6 +91,7 @@ fn run(ctx: &Context, command: Command) -> Result<u8, Failure> {
             )
         }
         Command::Register(a) => {
+            check_no_credentials(None, a.endpoint.as_deref())?;
             let vault = vault_client(a.ca_file.as_deref())?;
             steps::run_with_vault(
                 ctx,
@@ -145,6 +146,7 @@ fn run(ctx: &Context, command: Command) -> Result<u8, Failure> {
 /// `regent wizard --unattended`: the steps in order from flags, stopping at the first refusal.
 /// Secrets are read before anything is recorded, so a missing one records nothing.
 fn unattended(ctx: &Context, a: WizardArgs) -> Result<u8, Failure> {
+    check_no_credentials(a.proxy_host.as_deref(), a.endpoint.as_deref())?;
     let proxy_password = match (&a.proxy_password_env, a.proxy_password_stdin) {
         (Some(var), _) => Some(secret_input::from_env("proxy password", var)?),
         (None, true) => Some(secret_input::from_stdin("proxy password")?),
@@ -184,6 +186,21 @@ fn unattended(ctx: &Context, a: WizardArgs) -> Result<u8, Failure> {
     steps::run_with_vault(ctx, Step::Register { endpoint_override: a.endpoint }, SecretInputs::default(), &vault)
 }
 
+/// Credentials in a host or URL would be recorded in the log and echoed in messages, so such a
+/// value is refused before anything is recorded, and never repeated.
+fn check_no_credentials(host: Option<&str>, endpoint: Option<&str>) -> Result<(), Failure> {
+    if host.is_some_and(|h| h.contains('@')) {
+        return Err(Failure::usage(
+            "the proxy host must not carry a user or password; use --username and --password-env VAR",
+        ));
+    }
+    let authority = endpoint.map(|e| e.split_once("://").map_or(e, |(_, rest)| rest).split('/').next().unwrap_or(""));
+    if authority.is_some_and(|a| a.contains('@')) {
+        return Err(Failure::usage("the endpoint URL must not carry a user or password"));
+    }
+    Ok(())
+}
+
 fn vault_client(ca_file: Option<&std::path::Path>) -> Result<regent_vault::HttpVaultClient, Failure> {
     regent_vault::HttpVaultClient::with_ca_file(ca_file).map_err(|e| Failure::usage(e.to_string()))
 }
@@ -208,6 +225,7 @@ fn run_proxy(ctx: &Context, proxy: ProxyCommand) -> Result<u8, Failure> {
     match proxy {
         ProxyCommand::Clear => steps::run(ctx, Step::ClearProxy, SecretInputs::default()),
         ProxyCommand::Set(a) => {
+            check_no_credentials(Some(&a.host), None)?;
             let flags = "--password-stdin or --password-env VAR";
             let password = match (&a.password, &a.username) {
                 (PasswordSource { password_stdin: true, .. }, _) => Some(secret_input::from_stdin("proxy password")?),

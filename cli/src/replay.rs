@@ -23,7 +23,12 @@ pub fn run(ctx: &Context, args: ReplayArgs) -> Result<u8, Failure> {
         println!("{:>5}  {:<20}  {:<18}  {:<10}  {:<28}  WHAT", "POS", "WHEN (UTC)", "WHO", "OUTCOME", "REASON");
     }
     let json = ctx.json;
-    let timeline = records.inspect(move |record| {
+    let until = args.until;
+    let bounded = records.take_while(move |r| match (r, until) {
+        (Ok(record), Some(until)) => record.position <= until,
+        _ => true,
+    });
+    let timeline = bounded.inspect(move |record| {
         let Ok(record) = record else { return };
         if json || record.stream != events::STREAM {
             return;
@@ -41,12 +46,7 @@ pub fn run(ctx: &Context, args: ReplayArgs) -> Result<u8, Failure> {
             );
         }
     });
-    let until = args.until;
-    let bounded = timeline.take_while(move |r| match (r, until) {
-        (Ok(record), Some(until)) => record.position <= until,
-        _ => true,
-    });
-    let replayed = replay(bounded, args.check, args.until).map_err(|e| match e {
+    let replayed = replay(timeline, args.check, args.until).map_err(|e| match e {
         projections::ProjectionError::Store(e) => bad_log(e, &args),
         projections::ProjectionError::Decode(e) => Failure::refused(format!("{e}")),
     })?;

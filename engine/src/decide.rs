@@ -253,6 +253,11 @@ fn decide_observed(state: &State, command: &Command, observed: &Observations) ->
             let folders = state.folders.as_ref().ok_or_else(|| refuse(Reason::StepOutOfOrder, "".into()))?;
             let scratch = needed(step, "scratch folder", observed.scratch.as_ref())?;
             let facts = check_scratch(step, scratch_dir, scratch, folders.backup_size_bytes)?;
+            if let (Some(a), Some(b)) = (observed.install.as_ref().and_then(|i| i.resolved.as_ref()), &scratch.resolved)
+            {
+                check_folder_paths(a, b)
+                    .map_err(|m| refuse(Reason::InvalidFolder, format!("{m} (after following symbolic links)")))?;
+            }
             Ok(Change::ScratchMoved {
                 scratch_dir: scratch_dir.clone(),
                 scratch_free_bytes: facts.free_bytes,
@@ -279,9 +284,7 @@ fn decide_observed(state: &State, command: &Command, observed: &Observations) ->
                         ),
                     ));
                 }
-                PinAnswer::Valid { issued_at }
-                    if now - *issued_at > PIN_VALIDITY || *issued_at > now + PIN_VALIDITY =>
-                {
+                PinAnswer::Valid { issued_at } if !pin_is_fresh(now, *issued_at) => {
                     return Err(refuse(
                         Reason::SecurityPinInvalid,
                         format!(
@@ -296,6 +299,14 @@ fn decide_observed(state: &State, command: &Command, observed: &Observations) ->
             Ok(Change::PassphraseChanged(encryption))
         }
     }
+}
+
+/// A PIN is good from when the vault issued it until 5 minutes later (a little clock skew either
+/// way is tolerated by the same margin). Subtraction only: times come from the log, and adding to
+/// an extreme recorded time would overflow.
+pub fn pin_is_fresh(now: DateTime<Utc>, issued_at: DateTime<Utc>) -> bool {
+    let age = now.signed_duration_since(issued_at);
+    age <= PIN_VALIDITY && -age <= PIN_VALIDITY
 }
 
 /// An observation the command needed is missing: the record is incomplete, never a crash.

@@ -117,7 +117,11 @@ fn observe(
             observed.install = Some(world.folders.probe(install_dir, true));
             observed.scratch = Some(world.folders.probe(scratch_dir, true));
         }
-        Command::MoveScratch { scratch_dir } => observed.scratch = Some(world.folders.probe(scratch_dir, true)),
+        Command::MoveScratch { scratch_dir } => {
+            observed.scratch = Some(world.folders.probe(scratch_dir, true));
+            // Resolved too, so a link to (or into) the install folder is caught.
+            observed.install = state.folders.as_ref().map(|f| world.folders.probe(&f.install_dir, false));
+        }
         Command::SetProxy { password_given: true, .. } => {
             let password = secrets
                 .proxy_password
@@ -190,7 +194,7 @@ fn observe(
             };
             let answer = world.vault.check_pin(&check);
             let valid = matches!(answer, crate::model::PinAnswer::Valid { issued_at }
-                if now - issued_at <= crate::decide::PIN_VALIDITY);
+                if crate::decide::pin_is_fresh(now, issued_at));
             observed.pin = Some(answer);
             if valid {
                 let (passphrase, generated) = passphrase_input(save_to.is_some(), &mut secrets, world)?;

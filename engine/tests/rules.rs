@@ -601,6 +601,9 @@ fn a_passphrase_change_needs_a_pin_issued_within_five_minutes() {
     given(history(Step::Passphrase))
         .when(change(), with_pin(pin(1)))
         .refused(Reason::StepOutOfOrder, &["once registered"]);
+    given(history(Step::Register))
+        .when(change(), with_pin(pin(-6)))
+        .refused(Reason::SecurityPinInvalid, &["security PIN"]);
 }
 
 // ---- state ----
@@ -635,4 +638,37 @@ fn reason_codes_are_the_names_of_the_spec() {
     for reason in Reason::ALL {
         assert_eq!(serde_json::to_value(reason).unwrap(), reason.code());
     }
+}
+
+#[test]
+fn hostile_recorded_times_are_decided_without_panicking() {
+    // A replayed log can carry any time; decide must refuse, never overflow.
+    let extremes = [DateTime::<Utc>::MAX_UTC, DateTime::<Utc>::MIN_UTC];
+    for now in extremes {
+        for issued_at in extremes {
+            let mut observed = passphrase_seen(24);
+            observed.now = now;
+            observed.pin = Some(PinAnswer::Valid { issued_at });
+            let state = &given(history(Step::Register)).state;
+            let outcome = decide(state, &Command::ChangePassphrase { save_to: None }, &observed);
+            assert_eq!(matches!(outcome, Outcome::Accepted(_)), now == issued_at, "{now} {issued_at}");
+        }
+        let mut late = credentials_seen("vault-a");
+        late.now = now;
+        let state = &given(history(Step::Folders)).state;
+        let outcome = decide(state, &Command::LoadCredentials { file: "/v.VaultCredentials".into() }, &late);
+        assert!(matches!(outcome, Outcome::Refused(ref r) if r.reason == Reason::CredentialsExpired));
+    }
+}
+
+#[test]
+fn a_scratch_folder_moved_onto_a_link_to_the_install_folder_is_refused() {
+    let mut install = dir(GIB);
+    install.resolved = Some("/opt/regent".into());
+    let mut scratch = dir(100 * GIB);
+    scratch.resolved = Some("/opt/regent".into());
+    let observed = Observations { install: Some(install), scratch: Some(scratch), ..at(5) };
+    given(history(Step::Register))
+        .when(Command::MoveScratch { scratch_dir: "/srv/link-to-install".into() }, observed)
+        .refused(Reason::InvalidFolder, &["symbolic links"]);
 }

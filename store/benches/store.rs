@@ -1,13 +1,14 @@
 //! regent-store against the baselines a user would pick instead: raw sled and SQLite (rusqlite, bundled).
 //!
 //! ```text
-//! cargo bench -p regent-store --bench store                 # everything (about 6 minutes on 2 cores)
+//! cargo bench -p regent-store --bench store                 # everything (about 5 minutes on 2 cores)
 //! cargo bench -p regent-store --bench store -- append_one   # a criterion filter (a regex on the ids)
 //! ```
 //!
 //! Groups:
-//! - `append_one`: one event per batch, durable (fsync) on return: store / raw sled / SQLite.
-//! - `append_100`: 100 events per batch, durable on return: store / raw sled / SQLite.
+//! - `append_one`: one event per batch, durable on return: store / raw sled (with and without an
+//!   fdatasync after sled's flush) / SQLite (a plain table, and one with the store's unique indexes).
+//! - `append_100`: 100 events per batch, durable on return: the same contenders.
 //! - `read_all`: the whole log of `REGENT_BENCH_LOG_EVENTS` (default 1,000,000) events, every payload
 //!   deserialized into a typed struct: store `read_all` / SQLite (two table layouts).
 //! - `verify`: `EventStore::verify(None)` over the same log.
@@ -244,35 +245,44 @@ fn bench_appends(c: &mut Criterion, setup: &OnceCell<AppendSetup>, group_name: &
         });
     });
 
-    group.bench_function("sled", |b| {
-        let AppendSetup { samples, .. } = setup();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = raw_sled(dir.path());
-        let tree = db.open_tree("log").expect("tree opens");
-        let mut rows = Rows::new();
-        b.iter_custom(|iters| {
-            let batches: Vec<Vec<Row>> = (0..iters).map(|i| rows.take(i as usize % STREAMS, batch)).collect();
-            let started = Instant::now();
-            for rows in &batches {
-                let written = if batch == 1 {
-                    let row = &rows[0];
-                    let value = samples[row.position as usize % samples.len()].as_slice();
-                    tree.insert(row.position.to_be_bytes(), value).map(|_| ())
-                } else {
-                    let mut writes = sled::Batch::default();
-                    for row in rows {
+    // `sled`: insert + `Db::flush`, which on Linux is `sync_file_range` (survives a killed process,
+    // not a power cut). `sled_fdatasync`: the same, then `fdatasync` of sled's data file, as the
+    // store does after its flush and as SQLite (synchronous=FULL) does: the like-for-like baseline.
+    for (name, sync_data) in [("sled", false), ("sled_fdatasync", true)] {
+        group.bench_function(name, |b| {
+            let AppendSetup { samples, .. } = setup();
+            let dir = tempfile::tempdir().expect("tempdir");
+            let db = raw_sled(dir.path());
+            let tree = db.open_tree("log").expect("tree opens");
+            let data_file = std::fs::File::open(dir.path().join("db")).expect("sled's data file");
+            let mut rows = Rows::new();
+            b.iter_custom(|iters| {
+                let batches: Vec<Vec<Row>> = (0..iters).map(|i| rows.take(i as usize % STREAMS, batch)).collect();
+                let started = Instant::now();
+                for rows in &batches {
+                    let written = if batch == 1 {
+                        let row = &rows[0];
                         let value = samples[row.position as usize % samples.len()].as_slice();
-                        writes.insert(&row.position.to_be_bytes(), value);
+                        tree.insert(row.position.to_be_bytes(), value).map(|_| ())
+                    } else {
+                        let mut writes = sled::Batch::default();
+                        for row in rows {
+                            let value = samples[row.position as usize % samples.len()].as_slice();
+                            writes.insert(&row.position.to_be_bytes(), value);
+                        }
+                        tree.apply_batch(writes)
+                    };
+                    if let Err(e) = written.and_then(|()| db.flush()) {
+                        fail("sled insert + flush", e);
                     }
-                    tree.apply_batch(writes)
-                };
-                if let Err(e) = written.and_then(|()| db.flush()) {
-                    fail("sled insert + flush", e);
+                    if sync_data && let Err(e) = data_file.sync_data() {
+                        fail("fdatasync of sled's data file", e);
+                    }
                 }
-            }
-            started.elapsed()
+                started.elapsed()
+            });
         });
-    });
+    }
 
     for (name, indexed) in [("sqlite", false), ("sqlite_indexed", true)] {
         group.bench_function(name, |b| {

@@ -15,8 +15,9 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 /// Largest stored record (envelope included). An export line is one record, so this is also the
-/// longest line an import accepts.
-pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
+/// longest line an import accepts. Kept well under sled's blob threshold (a quarter of its 512 KiB
+/// segment): sled writes larger messages to blob files that it never syncs.
+pub const MAX_RECORD_BYTES: usize = 32 * 1024;
 
 /// A SHA-256 digest, shown and serialized as 64 lowercase hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]

@@ -206,6 +206,9 @@ impl EventStore {
         }
         let mut head = self.lock_writer();
         if let Some(done) = self.already_stored(stream, events, *head)? {
+            // Stored is not yet durable: the first try may still be syncing, or its sync failed.
+            drop(head);
+            self.flush_through(self.applied.load(Ordering::SeqCst))?;
             return Ok(done);
         }
         let actual = self.stream_version(stream)?;

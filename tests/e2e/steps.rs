@@ -298,6 +298,15 @@ fn usage_errors_exit_2_and_record_nothing() {
         agent.run_stdin(&["proxy", "set", "--host", "p", "--port", "1", "--username", "u", "--password-stdin"], "");
     assert_eq!(code(&output), 2);
     assert!(stderr(&output).contains("standard input held no proxy password"));
+    // Credentials inside a host or URL are refused and never repeated.
+    for args in [
+        vec!["proxy", "set", "--host", "ops:Hunter2-secret@proxy", "--port", "3128"],
+        vec!["register", "--endpoint", "https://ops:Hunter2-secret@vault.example"],
+    ] {
+        let output = agent.run(&args);
+        assert_eq!(code(&output), 2, "{args:?}");
+        assert!(!stderr(&output).contains("Hunter2-secret"), "the secret is echoed: {}", stderr(&output));
+    }
     assert_eq!(agent.json(&["status"])["events"], 0, "usage errors record nothing");
 }
 
