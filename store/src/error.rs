@@ -59,7 +59,9 @@ pub enum StoreError {
     #[error("invalid batch: {0}")]
     InvalidBatch(String),
 
-    #[error("import refused: the store already holds {records} records; import into an empty store")]
+    #[error(
+        "import refused: the store already holds data ({records} records, or what an interrupted import left); import into a new, empty store directory"
+    )]
     NotEmpty { records: u64 },
 
     #[error("line {line} of the log file: {detail}")]

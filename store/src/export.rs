@@ -127,7 +127,10 @@ impl EventStore {
 
     fn writer_for_import(&self) -> Result<std::sync::MutexGuard<'_, Head>> {
         let guard = self.lock_writer();
-        if guard.position > 0 {
+        // Any key at all, not only a head: an import cut short by a crash leaves records behind
+        // without one, and importing over them would mix two logs.
+        let holds_data = self.log.first().map_err(|e| StoreError::from_sled(self.path(), e))?.is_some();
+        if guard.position > 0 || holds_data {
             return Err(StoreError::NotEmpty { records: guard.position });
         }
         Ok(guard)

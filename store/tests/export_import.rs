@@ -129,3 +129,23 @@ fn verify_export_reports_a_malformed_line_as_the_failure_at_its_position() {
     assert_eq!(failure.position, 3);
     assert_eq!(report.verified_head.position, 2);
 }
+
+#[test]
+fn import_refuses_what_an_interrupted_import_left_behind() {
+    let (export, _) = sample_export();
+    let dir = tempfile::tempdir().unwrap();
+    // An import cut short: a record written, no head.
+    {
+        let db = common::open_raw_sled(dir.path());
+        let tree = db.open_tree(regent_store::layout::LOG_TREE).unwrap();
+        let first = String::from_utf8(export.clone()).unwrap().lines().nth(1).unwrap().to_string();
+        tree.insert(regent_store::layout::record_key(1), first.as_bytes()).unwrap();
+        db.flush().unwrap();
+    }
+    let store = open(dir.path());
+    assert!(store.damage().is_some(), "records without a head are damage");
+    let err = store.import(export.as_slice()).unwrap_err();
+    assert!(matches!(err, StoreError::NotEmpty { .. }), "{err:?}");
+    assert!(err.to_string().contains("interrupted import"), "{err}");
+    assert_eq!(store.read_all(0).count(), 1, "nothing was cleared or mixed");
+}
