@@ -6,3 +6,4 @@ mod register;
 mod replay;
 mod snapshots;
 mod steps;
+mod support;

@@ -76,27 +76,8 @@ fn status_properties_and_audit_read_as_they_should() {
         "--non-work-bandwidth",
         "20Mbps",
     ]));
-    let issued = regent_credentials::issue(&regent_credentials::IssueRequest {
-        identity: regent_credentials::VaultIdentity {
-            resource_name: "contoso-backup".into(),
-            subscription_id: "00000000-0000-0000-0000-000000000042".into(),
-            resource_group: "rg-backup".into(),
-            location: "westeurope".into(),
-            resource_id: 4242,
-            resource_type: "Vaults".into(),
-            provider_namespace: "Microsoft.RecoveryServices".into(),
-        },
-        aad_authority: String::new(),
-        aad_tenant_id: String::new(),
-        service_principal_client_id: String::new(),
-        endpoint: "http://127.0.0.1:9".into(),
-        agent_links: vec![],
-        not_before: Utc::now() - Duration::minutes(10),
-        not_after: Utc::now() + Duration::hours(48),
-    })
-    .unwrap();
     let credentials = dir.path().join("contoso.VaultCredentials");
-    std::fs::write(&credentials, issued.xml.as_bytes()).unwrap();
+    crate::support::write_credentials(&credentials, "contoso-backup", Utc::now() - Duration::minutes(10), 48);
     ok(regent(&data).args(["credentials", "load"]).arg(&credentials));
     ok(regent(&data).args(["passphrase", "set", "--passphrase-stdin"]).write_stdin("too short\n"));
     ok(regent(&data).args(["passphrase", "generate", "--save-to"]).arg(dir.path().join("passphrase.txt")));

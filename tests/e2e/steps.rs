@@ -65,27 +65,8 @@ impl Agent {
 
     /// A credentials file issued like the vault does, valid from `from` for `hours`.
     fn credentials(&self, name: &str, vault: &str, from: chrono::DateTime<Utc>, hours: i64) -> PathBuf {
-        let issued = regent_credentials::issue(&regent_credentials::IssueRequest {
-            identity: regent_credentials::VaultIdentity {
-                resource_name: vault.into(),
-                subscription_id: "00000000-0000-0000-0000-00000000abcd".into(),
-                resource_group: "rg".into(),
-                location: "westeurope".into(),
-                resource_id: 99,
-                resource_type: "Vaults".into(),
-                provider_namespace: "Microsoft.RecoveryServices".into(),
-            },
-            aad_authority: String::new(),
-            aad_tenant_id: String::new(),
-            service_principal_client_id: String::new(),
-            endpoint: "http://127.0.0.1:9".into(),
-            agent_links: vec![],
-            not_before: from,
-            not_after: from + Duration::hours(hours),
-        })
-        .unwrap();
         let path = self.path(name);
-        std::fs::write(&path, issued.xml.as_bytes()).unwrap();
+        crate::support::write_credentials(&path, vault, from, hours);
         path
     }
 }
