@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `regent` binary on a real store in a temp dir.
 
 mod audit;
+mod fixtures;
 mod quickstart;
 mod register;
 mod replay;
