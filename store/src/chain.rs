@@ -6,7 +6,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::record::{ChainFields, Digest32, Head, RawEnvelope};
+use crate::record::{ChainFields, Digest32, Head, split_stored};
 
 /// What is wrong with a record, or with the chain's end.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -126,30 +126,47 @@ impl ChainWalker {
     /// one (a store key); an exported line has none. On success returns the record's hash.
     pub fn push(&mut self, stored_at: Option<u64>, stored: &[u8]) -> Result<Digest32, ChainFailure> {
         let expected = self.head.position + 1;
+        let at = stored_at.unwrap_or(expected);
+        if at != expected {
+            return Err(ChainFailure { position: expected, problem: Problem::Gap { expected, found: at } });
+        }
+        let malformed =
+            |e: serde_json::Error| ChainFailure { position: at, problem: Problem::Malformed { detail: e.to_string() } };
+        let (hash, body) = split_stored(stored).map_err(malformed)?;
+        let fields: ChainFields = serde_json::from_slice(body).map_err(malformed)?;
+        self.push_parts(stored_at, hash, body, fields.position, fields.prev_hash)
+    }
+
+    /// Checks the next record from its parts, for a reader that has already parsed them: the stored
+    /// hash, the exact bytes of the `record` object, and the position and previous hash it holds.
+    pub(crate) fn push_parts(
+        &mut self,
+        stored_at: Option<u64>,
+        stored_hash: Digest32,
+        record_bytes: &[u8],
+        position: u64,
+        prev_hash: Digest32,
+    ) -> Result<Digest32, ChainFailure> {
+        let expected = self.head.position + 1;
         let fail = |position: u64, problem: Problem| ChainFailure { position, problem };
         let at = stored_at.unwrap_or(expected);
         if at != expected {
             return Err(fail(expected, Problem::Gap { expected, found: at }));
         }
-        let envelope: RawEnvelope =
-            serde_json::from_slice(stored).map_err(|e| fail(at, Problem::Malformed { detail: e.to_string() }))?;
-        let record_bytes = envelope.record.get().as_bytes();
-        let fields: ChainFields =
-            serde_json::from_slice(record_bytes).map_err(|e| fail(at, Problem::Malformed { detail: e.to_string() }))?;
-        let computed = Digest32::chain(&fields.prev_hash, record_bytes);
-        if computed != envelope.hash {
-            return Err(fail(at, Problem::HashMismatch { stored: envelope.hash, computed }));
+        let computed = Digest32::chain(&prev_hash, record_bytes);
+        if computed != stored_hash {
+            return Err(fail(at, Problem::HashMismatch { stored: stored_hash, computed }));
         }
-        if fields.position != at {
+        if position != at {
             // A file has no keys: a record that claims a later position means records are missing.
-            let problem = match (stored_at, fields.position > at) {
-                (None, true) => Problem::Gap { expected, found: fields.position },
-                _ => Problem::PositionMismatch { stored_at: at, claims: fields.position },
+            let problem = match (stored_at, position > at) {
+                (None, true) => Problem::Gap { expected, found: position },
+                _ => Problem::PositionMismatch { stored_at: at, claims: position },
             };
             return Err(fail(at, problem));
         }
-        if fields.prev_hash != self.head.hash {
-            return Err(fail(at, Problem::BrokenLink { expected_prev: self.head.hash, found_prev: fields.prev_hash }));
+        if prev_hash != self.head.hash {
+            return Err(fail(at, Problem::BrokenLink { expected_prev: self.head.hash, found_prev: prev_hash }));
         }
         for anchor in &self.anchors {
             if anchor.position == at && anchor.hash != computed {

@@ -82,9 +82,9 @@ impl EventStore {
         let mut batch_ids = HashSet::new();
         while let Some((line_no, bytes)) = lines.next_line()? {
             let bad = |detail: String| StoreError::BadLogFile { line: line_no, detail };
-            let hash = walker.push(None, &bytes).map_err(StoreError::ChainBroken)?;
+            let hash = walker.push(None, bytes).map_err(StoreError::ChainBroken)?;
             let placed: PlacementFields =
-                serde_json::from_slice(record_body(&bytes)?).map_err(|e| bad(format!("not a record: {e}")))?;
+                serde_json::from_slice(record_body(bytes)?).map_err(|e| bad(format!("not a record: {e}")))?;
             let version = streams.entry(placed.stream.to_string()).or_insert(0);
             if placed.version != *version + 1 {
                 return Err(bad(format!(
@@ -97,7 +97,7 @@ impl EventStore {
             if !batch_ids.insert(placed.event_id) || self.log.contains_key(event_key).map_err(sled_err)? {
                 return Err(bad(format!("event id {} appears twice", placed.event_id)));
             }
-            batch.insert(&layout::record_key(placed.position), &bytes[..]);
+            batch.insert(&layout::record_key(placed.position), bytes);
             batch.insert(layout::stream_key(&placed.stream, placed.version), &layout::encode_u64(placed.position));
             batch.insert(&event_key, &layout::encode_u64(placed.position));
             debug_assert_eq!(walker.head().hash, hash);
@@ -160,7 +160,7 @@ pub fn verify_export(input: impl BufRead, anchor: Option<Head>) -> Result<(Expor
             }
             Err(other) => return Err(other),
         };
-        if let Err(failure) = walker.push(None, &line) {
+        if let Err(failure) = walker.push(None, line) {
             return Ok((header, walker.finish(Some(failure))));
         }
     }
@@ -170,7 +170,39 @@ pub fn verify_export(input: impl BufRead, anchor: Option<Head>) -> Result<(Expor
 /// Reads an exported log as records, without any store, streaming. With `verify`, the chain is
 /// checked as it is read and a broken link ends the stream with `ChainBroken`; a file that stops
 /// short of its header's head is reported once the end is reached.
-pub fn read_export<R: BufRead>(
+///
+/// Reading, hashing and parsing run on a thread of their own, a few batches ahead of the caller,
+/// so that a caller folding the records (replay) works in parallel with the reading; dropping the
+/// iterator stops the thread. Memory stays bounded by the batches in flight.
+pub fn read_export<R: BufRead + Send + 'static>(
+    input: R,
+    verify: bool,
+) -> Result<(ExportHeader, impl Iterator<Item = Result<crate::Record>>)> {
+    let (header, records) = read_export_here(input, verify)?;
+    Ok((header, read_ahead(records)?))
+}
+
+/// Records read ahead per batch, and batches in flight: about a megabyte at most.
+const READ_AHEAD_BATCH: usize = 256;
+const READ_AHEAD_BATCHES: usize = 4;
+
+/// Runs `items` on a thread of its own, handing them over in batches through a bounded channel.
+fn read_ahead<T: Send + 'static>(items: impl Iterator<Item = T> + Send + 'static) -> Result<impl Iterator<Item = T>> {
+    let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<T>>(READ_AHEAD_BATCHES);
+    let spawned = std::thread::Builder::new().name("regent-read-ahead".into()).spawn(move || {
+        let mut items = items.peekable();
+        while items.peek().is_some() {
+            let batch: Vec<T> = items.by_ref().take(READ_AHEAD_BATCH).collect();
+            if sender.send(batch).is_err() {
+                return; // the reader stopped early
+            }
+        }
+    });
+    spawned.map_err(|e| StoreError::Io { path: "a thread to read the log".into(), source: e })?;
+    Ok(receiver.into_iter().flatten())
+}
+
+fn read_export_here<R: BufRead>(
     input: R,
     verify: bool,
 ) -> Result<(ExportHeader, impl Iterator<Item = Result<crate::Record>>)> {
@@ -185,15 +217,21 @@ pub fn read_export<R: BufRead>(
         }
         let result = match lines.next_line() {
             Ok(Some((line, bytes))) => {
-                let checked = if verify {
-                    walker.push(None, &bytes).map(|_| ()).map_err(StoreError::ChainBroken)
-                } else {
-                    Ok(())
-                };
-                checked.and_then(|()| {
-                    crate::record::decode(&bytes)
-                        .map_err(|e| StoreError::BadLogFile { line, detail: format!("not a record: {e}") })
-                })
+                // One parse serves both the chain check and the record; only a line that does not
+                // read as a record is walked again, to say what is wrong with it.
+                let parsed = crate::record::split_stored(bytes)
+                    .and_then(|(hash, body)| Ok((hash, body, crate::record::decode_body(hash, body)?)));
+                match parsed {
+                    Ok((hash, body, record)) if verify => walker
+                        .push_parts(None, hash, body, record.position, record.prev_hash)
+                        .map(|_| record)
+                        .map_err(StoreError::ChainBroken),
+                    Ok((_, _, record)) => Ok(record),
+                    Err(e) => match verify.then(|| walker.push(None, bytes)) {
+                        Some(Err(failure)) => Err(StoreError::ChainBroken(failure)),
+                        _ => Err(StoreError::BadLogFile { line, detail: format!("not a record: {e}") }),
+                    },
+                }
             }
             Ok(None) => {
                 done = true;
@@ -221,9 +259,9 @@ pub fn read_export<R: BufRead>(
 
 /// The raw bytes of the `record` object inside a stored line.
 fn record_body(stored: &[u8]) -> Result<&[u8]> {
-    let envelope: crate::record::RawEnvelope = serde_json::from_slice(stored)
+    let (_, body) = crate::record::split_stored(stored)
         .map_err(|e| StoreError::Internal(format!("a verified record no longer parses: {e}")))?;
-    Ok(envelope.record.get().as_bytes())
+    Ok(body)
 }
 
 /// Reads an export line by line with a bound on each line, so a huge or hostile file cannot make
@@ -250,7 +288,7 @@ impl<R: BufRead> LogLines<R> {
             line,
             detail: format!("this is not a regent log export (the first line must be a `{FORMAT_NAME}` header)"),
         };
-        let header: ExportHeader = serde_json::from_slice(&bytes).map_err(|_| not_ours())?;
+        let header: ExportHeader = serde_json::from_slice(bytes).map_err(|_| not_ours())?;
         if header.format != FORMAT_NAME {
             return Err(not_ours());
         }
@@ -267,7 +305,7 @@ impl<R: BufRead> LogLines<R> {
     }
 
     /// The next non-empty line without its newline, or None at the end.
-    fn next_line(&mut self) -> Result<Option<(u64, Vec<u8>)>> {
+    fn next_line(&mut self) -> Result<Option<(u64, &[u8])>> {
         loop {
             self.buf.clear();
             self.line_no += 1;
@@ -301,7 +339,7 @@ impl<R: BufRead> LogLines<R> {
             if self.buf.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            return Ok(Some((line, std::mem::take(&mut self.buf))));
+            return Ok(Some((line, &self.buf)));
         }
     }
 }
