@@ -54,6 +54,13 @@ impl Setup {
         assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
         output
     }
+
+    /// `regent --json <args>` for `agent`, parsed.
+    pub fn json(&self, agent: &str, args: &[&str]) -> serde_json::Value {
+        let out = self.regent(agent).arg("--json").args(args).output().unwrap();
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+    }
 }
 
 /// Every form a secret could take in bytes.
