@@ -98,7 +98,7 @@ const WIZARD_EXITS: &str = "Exit status:
   1    a step was refused and the wizard stopped
   2    usage error, e.g. no terminal without --unattended, or --json without --unattended
   3    the store could not be used
-  130  stopped with Esc or Ctrl-C at a prompt
+  130  stopped at a prompt: Esc, Ctrl-C, or no to \"Register now?\"
 The steps done before a stop are kept: run `regent wizard` again to resume.";
 
 #[derive(Args)]

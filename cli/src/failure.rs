@@ -7,7 +7,7 @@ use regent_store::StoreError;
 pub const EXIT_REFUSED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_STORE: u8 = 3;
-/// The operator stopped an interactive command (Esc or Ctrl-C at a prompt): 128 + SIGINT, as a
+/// The operator stopped an interactive command at a prompt (Esc, Ctrl-C): 128 + SIGINT, as a
 /// shell reports a command stopped with Ctrl-C.
 pub const EXIT_STOPPED: u8 = 130;
 

@@ -203,9 +203,6 @@ fn interactive(ctx: &Context, a: WizardArgs) -> Result<u8, Failure> {
         ));
         return Ok(0);
     }
-    if std::env::var_os("NO_COLOR").is_some() {
-        inquire::set_global_render_config(inquire::ui::RenderConfig::empty());
-    }
     let answers = Answers::new(ctx, &a, &state);
     let mut wizard = Wizard { ctx, vault: &vault, endpoint: a.endpoint, answers, proxy_answered };
     wizard.walk(&state)
