@@ -11,7 +11,7 @@ use regent_store::Head;
     name = "regent",
     version,
     about = "Registers this server with a backup vault, keeping a verifiable audit log",
-    after_help = "Start with `regent status`; the wizard steps are folders, credentials, passphrase, register."
+    after_help = "Start with `regent wizard` (it asks for each answer) or `regent status`; the steps are folders, proxy, credentials, passphrase, register."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -66,7 +66,8 @@ pub enum Command {
     Audit(AuditArgs),
     /// Rebuild state from an exported log, touching nothing else; --check re-decides every step.
     Replay(ReplayArgs),
-    /// The wizard: every step in order. Interactive is to come; `--unattended` runs from flags alone.
+    /// The wizard: every step in order, with prompts on a terminal; `--unattended` runs from flags.
+    #[command(long_about = WIZARD_ABOUT, after_help = WIZARD_EXITS)]
     Wizard(WizardArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
@@ -80,37 +81,77 @@ pub enum Command {
     Vault(VaultCommand),
 }
 
+const WIZARD_ABOUT: &str = "The wizard: every registration step in order.
+
+On a terminal, `regent wizard` asks for each answer in turn (folders, proxy, vault credentials,
+encryption passphrase, register), says what it needs and why, takes secrets at a masked prompt,
+and offers a refused screen again with the answers filled in. Every answer is recorded as the step
+commands record it. Run again after a stop, it resumes at the first step not done yet. The step
+flags below, given without --unattended, become the answers it offers (secrets are always typed).
+--endpoint and --ca-file apply in both modes.
+
+With --unattended it runs the same steps from the flags alone, for provisioning scripts, and stops
+at the first refusal.";
+
+const WIZARD_EXITS: &str = "Exit status:
+  0    registered (or registered already)
+  1    a step was refused and the wizard stopped
+  2    usage error, e.g. no terminal without --unattended, or --json without --unattended
+  3    the store could not be used
+  130  stopped at a prompt: Esc, Ctrl-C, or no to \"Register now?\"
+The steps done before a stop are kept: run `regent wizard` again to resume.";
+
 #[derive(Args)]
 pub struct WizardArgs {
     /// Run every step from the flags below, without prompts (for provisioning scripts).
-    #[arg(long, required = true)]
+    #[arg(
+        long,
+        requires = "install_dir",
+        requires = "scratch_dir",
+        requires = "backup_size",
+        requires = "credentials",
+        requires = "passphrase_source"
+    )]
     pub unattended: bool,
+    /// The install folder (required with --unattended).
     #[arg(long, value_name = "DIR")]
-    pub install_dir: PathBuf,
+    pub install_dir: Option<PathBuf>,
+    /// The scratch (cache) folder (required with --unattended).
     #[arg(long, value_name = "DIR")]
-    pub scratch_dir: PathBuf,
+    pub scratch_dir: Option<PathBuf>,
+    /// How much data will be backed up, e.g. 750GiB (required with --unattended).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    pub backup_size: u64,
+    pub backup_size: Option<u64>,
+    /// The proxy's host name or IP address (with --proxy-port).
     #[arg(long, value_name = "HOST", requires = "proxy_port")]
     pub proxy_host: Option<String>,
+    /// The proxy's port, 1 to 65535.
     #[arg(long, value_name = "PORT", requires = "proxy_host")]
     pub proxy_port: Option<u32>,
+    /// The user name the proxy asks for (its password from --proxy-password-env or -stdin).
     #[arg(long, value_name = "USER", requires = "proxy_host")]
     pub proxy_user: Option<String>,
-    /// Read the proxy password from this environment variable.
-    #[arg(long, value_name = "VAR", requires = "proxy_user", conflicts_with = "proxy_password_stdin")]
+    /// Read the proxy password from this environment variable (with --unattended).
+    #[arg(
+        long,
+        value_name = "VAR",
+        requires = "proxy_user",
+        requires = "unattended",
+        conflicts_with = "proxy_password_stdin"
+    )]
     pub proxy_password_env: Option<String>,
-    /// Read the proxy password from the first line of standard input.
-    #[arg(long, requires = "proxy_user")]
+    /// Read the proxy password from the first line of standard input (with --unattended).
+    #[arg(long, requires = "proxy_user", requires = "unattended")]
     pub proxy_password_stdin: bool,
-    /// The vault credentials file.
+    /// The vault credentials file (required with --unattended).
     #[arg(long, value_name = "FILE")]
-    pub credentials: PathBuf,
-    /// Generate the passphrase and save it to this new file (mode 0600).
-    #[arg(long, value_name = "FILE", required_unless_present = "passphrase_file", conflicts_with = "passphrase_file")]
+    pub credentials: Option<PathBuf>,
+    /// Generate the passphrase and save it to this new file, mode 0600 (with --unattended, this or
+    /// --passphrase-file).
+    #[arg(long, value_name = "FILE", group = "passphrase_source")]
     pub generate_passphrase_to: Option<PathBuf>,
-    /// Use the passphrase on the first line of this file.
-    #[arg(long, value_name = "F")]
+    /// Use the passphrase on the first line of this file (with --unattended).
+    #[arg(long, value_name = "F", group = "passphrase_source", requires = "unattended")]
     pub passphrase_file: Option<PathBuf>,
     /// The vault service's address, instead of the one in the credentials file.
     #[arg(long, value_name = "URL")]

@@ -7,6 +7,9 @@ use regent_store::StoreError;
 pub const EXIT_REFUSED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_STORE: u8 = 3;
+/// The operator stopped an interactive command at a prompt (Esc, Ctrl-C): 128 + SIGINT, as a
+/// shell reports a command stopped with Ctrl-C.
+pub const EXIT_STOPPED: u8 = 130;
 
 #[derive(Debug)]
 pub struct Failure {
@@ -25,6 +28,10 @@ impl Failure {
 
     pub fn store(message: impl Into<String>) -> Failure {
         Failure { code: EXIT_STORE, message: message.into() }
+    }
+
+    pub fn stopped(message: impl Into<String>) -> Failure {
+        Failure { code: EXIT_STOPPED, message: message.into() }
     }
 }
 

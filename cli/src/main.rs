@@ -9,6 +9,7 @@ mod secret_input;
 mod steps;
 mod vault;
 mod views;
+mod wizard;
 mod world;
 
 use std::process::ExitCode;
@@ -124,7 +125,7 @@ fn run(ctx: &Context, command: Command) -> Result<u8, Failure> {
         Command::Vault(command) => vault::run(ctx, command),
         Command::Quickstart => quickstart::run(ctx),
         Command::Replay(args) => replay::run(ctx, args),
-        Command::Wizard(args) => unattended(ctx, args),
+        Command::Wizard(args) => wizard::run(ctx, args),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -141,49 +142,6 @@ fn run(ctx: &Context, command: Command) -> Result<u8, Failure> {
             Ok(0)
         }
     }
-}
-
-/// `regent wizard --unattended`: the steps in order from flags, stopping at the first refusal.
-/// Secrets are read before anything is recorded, so a missing one records nothing.
-fn unattended(ctx: &Context, a: WizardArgs) -> Result<u8, Failure> {
-    check_no_credentials(a.proxy_host.as_deref(), a.endpoint.as_deref())?;
-    let proxy_password = match (&a.proxy_password_env, a.proxy_password_stdin) {
-        (Some(var), _) => Some(secret_input::from_env("proxy password", var)?),
-        (None, true) => Some(secret_input::from_stdin("proxy password")?),
-        (None, false) if a.proxy_user.is_some() => {
-            return Err(Failure::usage("--proxy-user needs --proxy-password-env VAR or --proxy-password-stdin"));
-        }
-        (None, false) => None,
-    };
-    let passphrase = match &a.passphrase_file {
-        Some(path) => Some(secret_input::from_file("passphrase", path)?),
-        None => None,
-    };
-    let vault = vault_client(a.ca_file.as_deref())?;
-    let state = regent_engine::projections::current_state(&ctx.open_store()?)?.0;
-    if let Some(registration) = &state.registration {
-        eprintln!("already registered to vault {} as {}; nothing to do", registration.vault, registration.machine_id);
-        return Ok(0);
-    }
-    let folders = Step::ChooseFolders {
-        install_dir: a.install_dir,
-        scratch_dir: a.scratch_dir,
-        backup_size_bytes: a.backup_size,
-    };
-    steps::run(ctx, folders, SecretInputs::default())?;
-    if let (Some(host), Some(port)) = (a.proxy_host, a.proxy_port) {
-        let command = Step::SetProxy { host, port, username: a.proxy_user, password_given: proxy_password.is_some() };
-        steps::run(ctx, command, SecretInputs { proxy_password, ..Default::default() })?;
-    }
-    let credentials = std::path::absolute(&a.credentials).unwrap_or(a.credentials);
-    steps::run(ctx, Step::LoadCredentials { file: credentials }, SecretInputs::default())?;
-    // A re-run after a failed registration keeps the passphrase it already created: generating
-    // again would refuse the existing file, and a new passphrase would orphan the saved one.
-    if state.encryption.is_none() || passphrase.is_some() {
-        let save_to = a.generate_passphrase_to.map(|p| std::path::absolute(&p).unwrap_or(p));
-        steps::run(ctx, Step::SetPassphrase { save_to }, SecretInputs { passphrase, ..Default::default() })?;
-    }
-    steps::run_with_vault(ctx, Step::Register { endpoint_override: a.endpoint }, SecretInputs::default(), &vault)
 }
 
 /// Credentials in a host or URL would be recorded in the log and echoed in messages, so such a

@@ -96,7 +96,7 @@ fn download_credentials(admin: &AdminClient, home: &std::path::Path) -> Result<P
 }
 
 /// `<dir>/<stem>.<ext>`, or `<stem>-2.<ext>`, ... : generated files are never overwritten.
-fn unused_path(dir: &std::path::Path, stem: &str, ext: &str) -> PathBuf {
+pub(crate) fn unused_path(dir: &std::path::Path, stem: &str, ext: &str) -> PathBuf {
     (1..)
         .map(|n| if n == 1 { dir.join(format!("{stem}.{ext}")) } else { dir.join(format!("{stem}-{n}.{ext}")) })
         .find(|p| !p.exists())

@@ -49,11 +49,31 @@ pub fn prompt(what: &str, confirm: bool, flags: &str) -> Result<SecretString, Fa
         return Err(Failure::usage(format!("the {what} is needed: give it with {flags}")));
     }
     let label = format!("{}:", capitalize(what));
-    let mut prompt = inquire::Password::new(&label).with_display_mode(inquire::PasswordDisplayMode::Masked);
-    if !confirm {
-        prompt = prompt.without_confirmation();
+    let confirmation = confirm.then_some("Type it again:");
+    masked(&label, confirmation, None).map_err(|e| Failure::usage(format!("no {what} was entered ({e})")))
+}
+
+/// A masked prompt (one `*` per character typed, the text never shown), asked a second time
+/// with `confirmation` as its label when given; an empty answer is asked again. The answer goes
+/// straight into a `SecretString`.
+pub fn masked(
+    label: &str,
+    confirmation: Option<&str>,
+    help: Option<&str>,
+) -> Result<SecretString, inquire::InquireError> {
+    let mut prompt = inquire::Password::new(label)
+        .with_display_mode(inquire::PasswordDisplayMode::Masked)
+        .with_validator(inquire::required!("type it (Esc stops)"));
+    prompt = match confirmation {
+        Some(again) => prompt
+            .with_custom_confirmation_message(again)
+            .with_custom_confirmation_error_message("The two entries differ; type it twice again."),
+        None => prompt.without_confirmation(),
+    };
+    if let Some(help) = help {
+        prompt = prompt.with_help_message(help);
     }
-    prompt.prompt().map(SecretString::from).map_err(|e| Failure::usage(format!("no {what} was entered ({e})")))
+    prompt.prompt().map(SecretString::from)
 }
 
 fn capitalize(text: &str) -> String {

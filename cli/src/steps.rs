@@ -23,11 +23,22 @@ pub fn run_with_vault(
     secrets: SecretInputs,
     vault: &dyn VaultClient,
 ) -> Result<u8, Failure> {
+    report(ctx, &execute(ctx, command, secrets, vault)?)
+}
+
+/// Runs a command through the engine and records its outcome, accepted or refused, printing
+/// nothing: for callers that tell the operator themselves (the interactive wizard). The store is
+/// closed again on return, so that other regent commands are not kept waiting.
+pub fn execute(
+    ctx: &Context,
+    command: Command,
+    secrets: SecretInputs,
+    vault: &dyn VaultClient,
+) -> Result<StepResult, Failure> {
     let store = ctx.open_store()?;
     let area = ctx.secrets_area()?;
     let world = real_world(&area, vault);
-    let result = Registrar::new(&store).execute(&world, world::actor(), command, secrets)?;
-    report(ctx, &result)
+    Ok(Registrar::new(&store).execute(&world, world::actor(), command, secrets)?)
 }
 
 fn report(ctx: &Context, result: &StepResult) -> Result<u8, Failure> {

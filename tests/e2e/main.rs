@@ -8,3 +8,4 @@ mod replay;
 mod snapshots;
 mod steps;
 mod support;
+mod wizard_pty;

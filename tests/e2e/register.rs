@@ -1,50 +1,12 @@
 //! Registration through the real binary against a real vault service on 127.0.0.1 (port 0):
 //! the admin commands, registration, the vault's refusals, and the passphrase change with a PIN.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
-use assert_cmd::Command;
-use regent_vault::{BackgroundServer, ServeConfig};
-
-struct Setup {
-    dir: tempfile::TempDir,
-    server: BackgroundServer,
-}
+use crate::support::Setup;
 
 impl Setup {
-    fn new() -> Setup {
-        let dir = tempfile::tempdir().unwrap();
-        let server =
-            BackgroundServer::start(ServeConfig::new(dir.path().join("vault"), "127.0.0.1:0".parse().unwrap()))
-                .unwrap();
-        Setup { dir, server }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn regent(&self, agent: &str) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_regent"));
-        cmd.env_remove("REGENT_DATA_DIR").env("NO_COLOR", "1").arg("--data-dir").arg(self.path(agent));
-        cmd
-    }
-
-    fn admin(&self, args: &[&str]) -> Output {
-        let token = self.server.admin_token_path().to_path_buf();
-        let mut cmd = self.regent("admin");
-        cmd.args(["vault"]).args(args).arg("--server").arg(self.server.url()).arg("--token-file").arg(token);
-        cmd.output().unwrap()
-    }
-
-    fn download(&self, vault: &str, file: &str) -> PathBuf {
-        let output = self.path(file);
-        let out = self.admin(&["credentials", "--vault", vault, "--output", output.to_str().unwrap()]);
-        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-        output
-    }
-
     /// folders, credentials, passphrase for the agent in `agent`.
     fn prepare(&self, agent: &str, credentials: &Path) {
         let ok = |out: Output| assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));

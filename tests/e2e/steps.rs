@@ -1,12 +1,14 @@
 //! The wizard steps and views through the real binary: outcomes, reason codes, JSON shapes, exit
 //! codes, secrets, and concurrent commands on one data dir.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Output;
 
 use assert_cmd::Command;
 use chrono::{Duration, Utc};
 use serde_json::Value;
+
+use crate::support::{files_under, leaks};
 
 struct Agent {
     dir: tempfile::TempDir,
@@ -289,26 +291,6 @@ fn usage_errors_exit_2_and_record_nothing() {
         assert!(!stderr(&output).contains("Hunter2-secret"), "the secret is echoed: {}", stderr(&output));
     }
     assert_eq!(agent.json(&["status"])["events"], 0, "usage errors record nothing");
-}
-
-/// Every form a secret could take in bytes.
-fn leaks(haystack: &[u8], secret: &str) -> bool {
-    use base64::Engine as _;
-    let forms = [
-        secret.as_bytes().to_vec(),
-        hex::encode(secret).into_bytes(),
-        base64::engine::general_purpose::STANDARD.encode(secret).into_bytes(),
-    ];
-    forms.iter().any(|form| haystack.windows(form.len()).any(|w| w == form.as_slice()))
-}
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() { out.extend(files_under(&path)) } else { out.push(path) }
-    }
-    out
 }
 
 #[test]

@@ -49,7 +49,7 @@ impl FolderProbe for DiskFolders {
 }
 
 /// Bytes available to an unprivileged user on the filesystem holding `path`.
-fn free_bytes(path: &Path) -> std::io::Result<u64> {
+pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path has a NUL byte"))?;

@@ -3,7 +3,7 @@
 
 mod folders;
 
-pub use folders::DiskFolders;
+pub use folders::{DiskFolders, free_bytes};
 
 use std::io::Read;
 use std::path::Path;

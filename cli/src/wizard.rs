@@ -1,0 +1,777 @@
+//! `regent wizard`: the registration steps in the seed's order, folders → proxy → vault
+//! credentials → encryption passphrase → register.
+//!
+//! On a terminal it asks: one screen per step that says what it needs and why, shows the
+//! defaults, takes secrets masked and confirmed, and offers a refused screen again with the
+//! answers filled in. `--unattended` runs the same steps from flags alone. Both run each step
+//! through [`steps`] and the engine like the step commands do, so every answer is recorded,
+//! accepted or refused, and a re-run resumes from what the log says is done.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use inquire::validator::Validation;
+use inquire::{Confirm, InquireError, Select, Text};
+use regent_engine::State;
+use regent_engine::model::{Change, Command as Step, Outcome, PassphraseOrigin, Refusal};
+use regent_engine::ports::VaultClient;
+use regent_engine::projections::{self, AuditFilter};
+use regent_engine::service::{SecretInputs, StepResult};
+use regent_engine::units::{format_bytes, parse_size};
+use regent_engine::{Reason, decide::SCRATCH_FREE_PERCENT};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::args::WizardArgs;
+use crate::context::{Context, NoVault};
+use crate::failure::Failure;
+use crate::{check_no_credentials, secret_input, steps, vault_client, world};
+
+pub fn run(ctx: &Context, args: WizardArgs) -> Result<u8, Failure> {
+    if args.unattended { unattended(ctx, args) } else { interactive(ctx, args) }
+}
+
+/// `regent wizard --unattended`: the steps in order from flags, stopping at the first refusal.
+/// Secrets are read before anything is recorded, so a missing one records nothing.
+fn unattended(ctx: &Context, a: WizardArgs) -> Result<u8, Failure> {
+    check_no_credentials(a.proxy_host.as_deref(), a.endpoint.as_deref())?;
+    // clap requires these with --unattended; an absent one is still a usage error, never a panic.
+    let needed =
+        |value: Option<PathBuf>, flag: &str| value.ok_or_else(|| Failure::usage(format!("--unattended needs {flag}")));
+    let install_dir = needed(a.install_dir, "--install-dir DIR")?;
+    let scratch_dir = needed(a.scratch_dir, "--scratch-dir DIR")?;
+    let credentials = needed(a.credentials, "--credentials FILE")?;
+    let backup_size_bytes = a.backup_size.ok_or_else(|| Failure::usage("--unattended needs --backup-size SIZE"))?;
+    let proxy_password = match (&a.proxy_password_env, a.proxy_password_stdin) {
+        (Some(var), _) => Some(secret_input::from_env("proxy password", var)?),
+        (None, true) => Some(secret_input::from_stdin("proxy password")?),
+        (None, false) if a.proxy_user.is_some() => {
+            return Err(Failure::usage("--proxy-user needs --proxy-password-env VAR or --proxy-password-stdin"));
+        }
+        (None, false) => None,
+    };
+    let passphrase = match &a.passphrase_file {
+        Some(path) => Some(secret_input::from_file("passphrase", path)?),
+        None => None,
+    };
+    let vault = vault_client(a.ca_file.as_deref())?;
+    let state = projections::current_state(&ctx.open_store()?)?.0;
+    if let Some(registration) = &state.registration {
+        eprintln!("already registered to vault {} as {}; nothing to do", registration.vault, registration.machine_id);
+        return Ok(0);
+    }
+    steps::run(ctx, Step::ChooseFolders { install_dir, scratch_dir, backup_size_bytes }, SecretInputs::default())?;
+    if let (Some(host), Some(port)) = (a.proxy_host, a.proxy_port) {
+        let command = Step::SetProxy { host, port, username: a.proxy_user, password_given: proxy_password.is_some() };
+        steps::run(ctx, command, SecretInputs { proxy_password, ..Default::default() })?;
+    }
+    let credentials = std::path::absolute(&credentials).unwrap_or(credentials);
+    steps::run(ctx, Step::LoadCredentials { file: credentials }, SecretInputs::default())?;
+    // A re-run after a failed registration keeps the passphrase it already created: generating
+    // again would refuse the existing file, and a new passphrase would orphan the saved one.
+    if state.encryption.is_none() || passphrase.is_some() {
+        let save_to = a.generate_passphrase_to.map(|p| std::path::absolute(&p).unwrap_or(p));
+        steps::run(ctx, Step::SetPassphrase { save_to }, SecretInputs { passphrase, ..Default::default() })?;
+    }
+    steps::run_with_vault(ctx, Step::Register { endpoint_override: a.endpoint }, SecretInputs::default(), &vault)
+}
+
+const NO_TERMINAL: &str = "`regent wizard` asks its questions on a terminal, and standard input is not one; \
+     in a script, use `regent wizard --unattended --install-dir DIR --scratch-dir DIR --backup-size SIZE \
+     --credentials FILE --generate-passphrase-to FILE` (see `regent wizard --help`)";
+
+const STOPPED: &str = "wizard stopped; the steps done so far are kept: run `regent wizard` to resume";
+
+/// The screens, in the seed's order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Screen {
+    Folders,
+    Proxy,
+    Credentials,
+    Passphrase,
+    Register,
+}
+
+impl Screen {
+    const COUNT: u8 = 5;
+
+    fn number(self) -> u8 {
+        self as u8 + 1
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Screen::Folders => "Folders",
+            Screen::Proxy => "Proxy",
+            Screen::Credentials => "Vault credentials",
+            Screen::Passphrase => "Encryption passphrase",
+            Screen::Register => "Register",
+        }
+    }
+
+    fn following(self) -> Screen {
+        match self {
+            Screen::Folders => Screen::Proxy,
+            Screen::Proxy => Screen::Credentials,
+            Screen::Credentials => Screen::Passphrase,
+            Screen::Passphrase | Screen::Register => Screen::Register,
+        }
+    }
+}
+
+/// What the screens offer as defaults: the flags given, else what the log holds, else regent's
+/// own defaults; then each answer as typed, so a screen offered again is filled in.
+struct Answers {
+    install_dir: PathBuf,
+    scratch_dir: PathBuf,
+    backup_size: Option<String>,
+    proxy: Option<ProxyAnswer>,
+    credentials: Option<PathBuf>,
+    save_to: Option<PathBuf>,
+    own_passphrase: bool,
+}
+
+#[derive(Clone)]
+struct ProxyAnswer {
+    host: String,
+    port: u32,
+    username: Option<String>,
+}
+
+impl Answers {
+    fn new(ctx: &Context, a: &WizardArgs, state: &State) -> Answers {
+        let (install, scratch) = default_folders(ctx);
+        let folders = state.folders.as_ref();
+        let flags_proxy = a.proxy_host.clone().zip(a.proxy_port).map(|(host, port)| ProxyAnswer {
+            host,
+            port,
+            username: a.proxy_user.clone(),
+        });
+        let state_proxy = state.proxy.as_ref().map(|p| ProxyAnswer {
+            host: p.host.clone(),
+            port: u32::from(p.port),
+            username: p.username.clone(),
+        });
+        Answers {
+            install_dir: a.install_dir.clone().or_else(|| folders.map(|f| f.install_dir.clone())).unwrap_or(install),
+            scratch_dir: a.scratch_dir.clone().or_else(|| folders.map(|f| f.scratch_dir.clone())).unwrap_or(scratch),
+            backup_size: a.backup_size.or_else(|| folders.map(|f| f.backup_size_bytes)).map(size_text),
+            proxy: flags_proxy.or(state_proxy),
+            credentials: a.credentials.clone().or_else(|| state.credentials.as_ref().map(|c| c.file.clone())),
+            save_to: a.generate_passphrase_to.clone(),
+            own_passphrase: state.encryption.as_ref().is_some_and(|e| e.origin == PassphraseOrigin::Provided),
+        }
+    }
+}
+
+struct Wizard<'a> {
+    ctx: &'a Context,
+    vault: &'a dyn VaultClient,
+    endpoint: Option<String>,
+    answers: Answers,
+    /// An accepted proxy step is in the log: the proxy screen was answered (a cleared proxy
+    /// leaves no trace in the state, so the log says it).
+    proxy_answered: bool,
+}
+
+fn interactive(ctx: &Context, a: WizardArgs) -> Result<u8, Failure> {
+    if ctx.json {
+        return Err(Failure::usage(
+            "`regent wizard` asks questions and has no JSON output; with --json, use `regent wizard --unattended ...` or the step commands",
+        ));
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(Failure::usage(NO_TERMINAL));
+    }
+    check_no_credentials(a.proxy_host.as_deref(), a.endpoint.as_deref())?;
+    let vault = vault_client(a.ca_file.as_deref())?;
+    let (state, proxy_answered) = {
+        let store = ctx.open_store()?;
+        let state = projections::current_state(&store)?.0;
+        let filter = AuditFilter { kind: Some("proxy".into()), ..AuditFilter::default() };
+        let mut proxy_steps = projections::audit(store.read_all(1), &filter);
+        let answered = proxy_steps.try_fold(false, |found, entry| entry.map(|e| found || e.outcome == "accepted"))?;
+        (state, answered)
+    };
+    if let Some(r) = &state.registration {
+        say(format!(
+            "This machine is registered already, to vault {} as machine {} (since {}): there is nothing to do.\n\
+             See it with `regent properties`; `regent unregister` first to register again.",
+            r.vault,
+            r.machine_id,
+            r.registered_at.format("%Y-%m-%d %H:%M UTC")
+        ));
+        return Ok(0);
+    }
+    let answers = Answers::new(ctx, &a, &state);
+    let mut wizard = Wizard { ctx, vault: &vault, endpoint: a.endpoint, answers, proxy_answered };
+    wizard.walk(&state)
+}
+
+impl Wizard<'_> {
+    fn walk(&mut self, state: &State) -> Result<u8, Failure> {
+        say(format!(
+            "This wizard registers this server with a backup vault in {} steps: folders, proxy, vault credentials,\n\
+             encryption passphrase, register. Every answer is recorded in the audit log (`regent audit`).\n\
+             Esc or Ctrl-C stops it; the steps done are kept, and `regent wizard` resumes.",
+            Screen::COUNT
+        ));
+        let mut screen = self.first_not_done(state);
+        // Going through every screen again: each leads to the next, not to the first one not done.
+        let mut review = false;
+        if screen != Screen::Folders {
+            self.show_done(state);
+            let question = format!("Keep these and continue at step {}, {}?", screen.number(), screen.title());
+            let keep = ask(Confirm::new(&question)
+                .with_default(true)
+                .with_help_message("No goes through every screen again, with these answers filled in")
+                .prompt())?;
+            if !keep {
+                review = true;
+                screen = Screen::Folders;
+            }
+        }
+        loop {
+            match screen {
+                Screen::Folders => self.folders()?,
+                Screen::Proxy => self.proxy()?,
+                Screen::Credentials => self.credentials()?,
+                Screen::Passphrase => self.passphrase()?,
+                Screen::Register => match self.register()? {
+                    None => return Ok(0),
+                    Some(back) => {
+                        review = false;
+                        screen = back;
+                        continue;
+                    }
+                },
+            }
+            screen = if review { screen.following() } else { self.first_not_done(&self.state()?) };
+        }
+    }
+
+    fn state(&self) -> Result<State, Failure> {
+        Ok(projections::current_state(&self.ctx.open_store()?)?.0)
+    }
+
+    /// The first screen whose step is not done; expired credentials are not done either.
+    fn first_not_done(&self, state: &State) -> Screen {
+        let usable = state.credentials.as_ref().is_some_and(|c| c.facts.not_after > chrono::Utc::now());
+        if state.folders.is_none() {
+            Screen::Folders
+        } else if state.credentials.is_none() && !self.proxy_answered {
+            Screen::Proxy
+        } else if !usable {
+            Screen::Credentials
+        } else if state.encryption.is_none() {
+            Screen::Passphrase
+        } else {
+            Screen::Register
+        }
+    }
+
+    fn show_done(&self, state: &State) {
+        say("\nResuming: these steps are done already.");
+        let row = |label: &str, value: String| say(format!("  {label:<13}{value}"));
+        if let Some(f) = &state.folders {
+            row(
+                "folders",
+                format!(
+                    "install {}, scratch {}, backup size {}",
+                    f.install_dir.display(),
+                    f.scratch_dir.display(),
+                    format_bytes(f.backup_size_bytes)
+                ),
+            );
+        }
+        match &state.proxy {
+            Some(p) => row("proxy", proxy_text(&p.host, u32::from(p.port), p.username.as_deref())),
+            None if self.proxy_answered => row("proxy", "none: direct connection".into()),
+            None => {}
+        }
+        if let Some(c) = &state.credentials {
+            let expired = if c.facts.not_after < chrono::Utc::now() { " (expired: load a new file)" } else { "" };
+            row(
+                "credentials",
+                format!(
+                    "vault {}, valid until {}{expired}",
+                    c.facts.vault.name,
+                    c.facts.not_after.format("%Y-%m-%d %H:%M UTC")
+                ),
+            );
+        }
+        if let Some(e) = &state.encryption {
+            row("passphrase", passphrase_origin(&e.origin));
+        }
+    }
+
+    fn folders(&mut self) -> Result<(), Failure> {
+        header(
+            Screen::Folders,
+            &format!(
+                "regent needs two folders. The install folder holds the agent's files. The scratch folder is its cache\n\
+                 while backups run: it must be on a local disk, and its filesystem needs free space of at least\n\
+                 {SCRATCH_FREE_PERCENT}% of the data you back up (37.5 GiB for 750 GiB), so regent asks how much that is.\n\
+                 Folders that do not exist yet are created."
+            ),
+        );
+        loop {
+            let install_dir = ask_path(
+                "Install folder:",
+                Some(&self.answers.install_dir),
+                "Where the agent is installed: an absolute path",
+            )?;
+            self.answers.install_dir = install_dir.clone();
+            let scratch_dir = ask_path(
+                "Scratch folder:",
+                Some(&self.answers.scratch_dir),
+                "The cache, on a local disk, not inside the install folder",
+            )?;
+            self.answers.scratch_dir = scratch_dir.clone();
+            let help = size_help(&scratch_dir);
+            let mut prompt = Text::new("Backup data size:")
+                .with_placeholder("e.g. 750GiB")
+                .with_help_message(&help)
+                .with_validator(|text: &str| {
+                    Ok(match parse_size(text) {
+                        Ok(_) => Validation::Valid,
+                        Err(e) => Validation::Invalid(e.into()),
+                    })
+                });
+            if let Some(size) = &self.answers.backup_size {
+                prompt = prompt.with_default(size);
+            }
+            let size = ask(prompt.prompt())?;
+            let backup_size_bytes = match parse_size(&size) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    say(format!("{e}; try again"));
+                    continue;
+                }
+            };
+            self.answers.backup_size = Some(size.trim().to_string());
+            let command = Step::ChooseFolders { install_dir, scratch_dir, backup_size_bytes };
+            if let Some(Change::FoldersChosen(f)) = self.record(command, SecretInputs::default())? {
+                say(format!(
+                    "Folders chosen: install {}, scratch {} ({} free on {}).",
+                    f.install_dir.display(),
+                    f.scratch_dir.display(),
+                    format_bytes(f.scratch_free_bytes),
+                    f.scratch_filesystem
+                ));
+                return Ok(());
+            }
+        }
+    }
+
+    fn proxy(&mut self) -> Result<(), Failure> {
+        const DIRECT: &str = "Directly, without a proxy";
+        const THROUGH: &str = "Through a proxy server";
+        header(
+            Screen::Proxy,
+            "If this server reaches the internet through a proxy server, regent sends every call to the vault\n\
+             through it. A proxy that asks for a user name and password gets them here; the password is kept\n\
+             sealed on this machine, never in the log.",
+        );
+        loop {
+            let starting = usize::from(self.answers.proxy.is_some());
+            let choice =
+                ask(choose("How does this server reach the vault?", vec![DIRECT, THROUGH], starting).prompt())?;
+            if choice == DIRECT {
+                if self.record(Step::ClearProxy, SecretInputs::default())?.is_some() {
+                    self.answers.proxy = None;
+                    self.proxy_answered = true;
+                    say("No proxy: regent connects to the vault directly.");
+                    return Ok(());
+                }
+                continue;
+            }
+            let previous = self.answers.proxy.clone();
+            let host = ask(text(
+                "Proxy host:",
+                previous.as_ref().map(|p| p.host.as_str()),
+                "The proxy server's name or IP address, e.g. proxy.example.com (no user or password here)",
+            )
+            .with_validator(|text: &str| {
+                Ok(if text.trim().is_empty() {
+                    Validation::Invalid("type the proxy's host name or IP address".into())
+                } else if text.contains('@') {
+                    // It would be recorded in the log: the user and password are asked for next.
+                    Validation::Invalid("no user or password in the host: they are asked for next".into())
+                } else {
+                    Validation::Valid
+                })
+            })
+            .prompt())?;
+            let port_default = previous.as_ref().map(|p| p.port.to_string());
+            let port = ask(text("Proxy port:", port_default.as_deref(), "1 to 65535, e.g. 3128 or 8080")
+                .with_validator(|text: &str| {
+                    Ok(match text.trim().parse::<u32>() {
+                        Ok(_) => Validation::Valid,
+                        Err(_) => Validation::Invalid("type the port as a number, e.g. 3128".into()),
+                    })
+                })
+                .prompt())?;
+            let Ok(port) = port.trim().parse::<u32>() else { continue };
+            let had_user = previous.as_ref().is_some_and(|p| p.username.is_some());
+            let login =
+                ask(Confirm::new("Does the proxy ask for a user name and password?").with_default(had_user).prompt())?;
+            let (username, password) = if login {
+                let user_default = previous.as_ref().and_then(|p| p.username.as_deref());
+                let user = ask(text("Proxy user name:", user_default, "The user name the proxy asks for").prompt())?;
+                let password = ask(secret_input::masked(
+                    "Proxy password:",
+                    Some("Type the password again:"),
+                    Some("Not shown; kept sealed on this machine, never in the log"),
+                ))?;
+                (Some(user.trim().to_string()), Some(password))
+            } else {
+                (None, None)
+            };
+            let host = host.trim().to_string();
+            self.answers.proxy = Some(ProxyAnswer { host: host.clone(), port, username: username.clone() });
+            let command = Step::SetProxy { host, port, username, password_given: password.is_some() };
+            let secrets = SecretInputs { proxy_password: password, ..SecretInputs::default() };
+            if let Some(Change::ProxySet(p)) = self.record(command, secrets)? {
+                self.proxy_answered = true;
+                say(format!("Proxy set: {}.", proxy_text(&p.host, u32::from(p.port), p.username.as_deref())));
+                return Ok(());
+            }
+        }
+    }
+
+    fn credentials(&mut self) -> Result<(), Failure> {
+        header(
+            Screen::Credentials,
+            "The vault credentials file (.VaultCredentials) proves to your vault that you allow this server to\n\
+             register. Download it from the vault (`regent vault credentials`, or the vault's portal). It expires\n\
+             (48 hours after the download by default), and only the newest download is valid: each download\n\
+             makes the earlier files useless.",
+        );
+        loop {
+            let default = self.answers.credentials.clone().or_else(newest_credentials_file);
+            let file = ask_path("Vault credentials file:", default.as_deref(), "The path of the downloaded file")?;
+            let file = std::path::absolute(&file).unwrap_or(file);
+            self.answers.credentials = Some(file.clone());
+            if let Some(Change::CredentialsLoaded(c)) =
+                self.record(Step::LoadCredentials { file }, SecretInputs::default())?
+            {
+                say(format!(
+                    "Vault credentials loaded: vault {}, valid until {}.",
+                    c.facts.vault.name,
+                    c.facts.not_after.format("%Y-%m-%d %H:%M UTC")
+                ));
+                return Ok(());
+            }
+        }
+    }
+
+    fn passphrase(&mut self) -> Result<(), Failure> {
+        const GENERATE: &str = "Generate a strong passphrase and save it to a file (recommended)";
+        const OWN: &str = "Type my own passphrase";
+        header(
+            Screen::Passphrase,
+            "Backups are encrypted with a passphrase that only you hold: regent keeps a verifier of it, not the\n\
+             passphrase, and the vault never sees it. Nobody can recover a lost passphrase, and without it\n\
+             backups cannot be restored. Generate one (recommended) and keep the file somewhere safe, off this\n\
+             machine; or type your own: at least 16 characters, printable ASCII only.",
+        );
+        if let Some(encryption) = &self.state()?.encryption {
+            let question =
+                format!("A passphrase was created already ({}). Keep it?", passphrase_origin(&encryption.origin));
+            let keep = ask(Confirm::new(&question)
+                .with_default(true)
+                .with_help_message("No makes a new one, which replaces it")
+                .prompt())?;
+            if keep {
+                return Ok(());
+            }
+        }
+        loop {
+            let choice = ask(choose(
+                "How should the passphrase be made?",
+                vec![GENERATE, OWN],
+                usize::from(self.answers.own_passphrase),
+            )
+            .prompt())?;
+            self.answers.own_passphrase = choice == OWN;
+            let (command, secrets) = if choice == GENERATE {
+                let default = self.answers.save_to.clone().unwrap_or_else(|| default_save_to(self.ctx));
+                let save_to = ask_path(
+                    "Save it to (a new file):",
+                    Some(&default),
+                    "A new file in an existing folder, mode 0600; regent never overwrites one",
+                )?;
+                let save_to = std::path::absolute(&save_to).unwrap_or(save_to);
+                self.answers.save_to = Some(save_to.clone());
+                (Step::SetPassphrase { save_to: Some(save_to) }, SecretInputs::default())
+            } else {
+                let passphrase = ask(secret_input::masked(
+                    "Passphrase:",
+                    Some("Type it again:"),
+                    Some("At least 16 characters, printable ASCII; not shown"),
+                ))?;
+                (
+                    Step::SetPassphrase { save_to: None },
+                    SecretInputs { passphrase: Some(passphrase), ..Default::default() },
+                )
+            };
+            let result = steps::execute(self.ctx, command, secrets, &NoVault)?;
+            let generated = result.generated_passphrase.clone();
+            if let Some(Change::PassphraseCreated(encryption)) = accepted(result) {
+                match (&encryption.origin, generated) {
+                    (PassphraseOrigin::Generated { saved_to }, Some(passphrase)) => {
+                        show_generated(saved_to, &passphrase)
+                    }
+                    _ => say("Passphrase set. Keep it somewhere safe: nobody can recover it."),
+                }
+                for warning in &encryption.warnings {
+                    say(format!("Warning: {warning}"));
+                }
+                return Ok(());
+            }
+        }
+    }
+
+    /// Registers, with a spinner while the vault answers. None once registered; after a refusal,
+    /// the screen the operator chose to go back to.
+    fn register(&mut self) -> Result<Option<Screen>, Failure> {
+        const AGAIN: &str = "Try to register again";
+        const PROXY: &str = "Change the proxy settings";
+        const CREDENTIALS: &str = "Load another vault credentials file";
+        const STOP: &str = "Stop here (the steps done are kept)";
+        let state = self.state()?;
+        let Some(credentials) = &state.credentials else { return Ok(Some(Screen::Credentials)) };
+        let vault = credentials.facts.vault.name.clone();
+        let endpoint = self.endpoint.clone().unwrap_or_else(|| credentials.facts.endpoint.clone());
+        header(
+            Screen::Register,
+            &format!("regent now registers this server ({}) with vault {vault} at {endpoint}.", world::host_name()),
+        );
+        if !ask(Confirm::new("Register now?").with_default(true).prompt())? {
+            return Err(Failure::stopped(STOPPED));
+        }
+        let spinner = indicatif::ProgressBar::new_spinner().with_message(format!("Registering with vault {vault}..."));
+        spinner.tick(); // drawn now, even if the vault answers before the first steady tick
+        spinner.enable_steady_tick(Duration::from_millis(100));
+        let command = Step::Register { endpoint_override: self.endpoint.clone() };
+        let result = steps::execute(self.ctx, command, SecretInputs::default(), self.vault);
+        spinner.finish_and_clear();
+        match result?.record.outcome {
+            Outcome::Accepted(Change::Registered(r)) => {
+                say(format!("Registered: this server is machine {} in vault {}.", r.machine_id, r.vault));
+                say("See it with `regent status` and `regent properties`; the record with `regent audit`.");
+                Ok(None)
+            }
+            Outcome::Accepted(_) => Ok(None),
+            Outcome::Refused(refusal) => {
+                tell_refusal(&refusal);
+                let starting = match refusal.reason {
+                    Reason::ProxyAuthFailed | Reason::InvalidProxy => 1,
+                    Reason::VaultUnreachable if state.proxy.is_some() => 1,
+                    Reason::CredentialsExpired
+                    | Reason::CredentialsSuperseded
+                    | Reason::CredentialsInvalid
+                    | Reason::CredentialsUnreadable
+                    | Reason::CredentialsWrongVault => 2,
+                    _ => 0,
+                };
+                let choice = ask(choose("What now?", vec![AGAIN, PROXY, CREDENTIALS, STOP], starting).prompt())?;
+                match choice {
+                    PROXY => Ok(Some(Screen::Proxy)),
+                    CREDENTIALS => Ok(Some(Screen::Credentials)),
+                    STOP => Err(Failure::refused(format!(
+                        "{}: registration refused; the steps done so far are kept: run `regent wizard` to try again",
+                        refusal.reason
+                    ))),
+                    _ => Ok(Some(Screen::Register)),
+                }
+            }
+        }
+    }
+
+    /// Runs one step through the engine, recorded. The change when accepted; a refusal is told
+    /// to the operator and gives None, for the screen to be offered again.
+    fn record(&self, command: Step, secrets: SecretInputs) -> Result<Option<Change>, Failure> {
+        Ok(accepted(steps::execute(self.ctx, command, secrets, &NoVault)?))
+    }
+}
+
+fn accepted(result: StepResult) -> Option<Change> {
+    match result.record.outcome {
+        Outcome::Accepted(change) => Some(change),
+        Outcome::Refused(refusal) => {
+            tell_refusal(&refusal);
+            say("Try again: your answers are filled in (Enter keeps one; Esc stops, keeping what is done).");
+            None
+        }
+    }
+}
+
+fn tell_refusal(refusal: &Refusal) {
+    say(format!("\nRefused ({}): {}.", refusal.reason, refusal.message.trim_end_matches('.')));
+}
+
+/// A generated passphrase is shown this once, on the terminal the wizard talks on.
+fn show_generated(saved_to: &Path, passphrase: &SecretString) {
+    if std::io::stderr().is_terminal() {
+        say("\nYour passphrase, shown this once:\n");
+        say(format!("    {}\n", passphrase.expose_secret()));
+    }
+    say(format!(
+        "It is saved in {} (readable by you only). Keep a copy somewhere safe, off this machine.\n\
+         Nobody can recover this passphrase: without it, backups cannot be restored.",
+        saved_to.display()
+    ));
+}
+
+/// The wizard talks on stderr, where the prompts are, so stdout can be redirected.
+fn say(text: impl std::fmt::Display) {
+    eprintln!("{text}");
+}
+
+fn header(screen: Screen, text: &str) {
+    say(format!("\n== Step {} of {}: {} ==", screen.number(), Screen::COUNT, screen.title()));
+    say(text);
+}
+
+/// A prompt's answer; Esc and Ctrl-C stop the wizard, keeping what is recorded.
+fn ask<T>(answer: Result<T, InquireError>) -> Result<T, Failure> {
+    answer.map_err(|e| match e {
+        InquireError::OperationCanceled | InquireError::OperationInterrupted => Failure::stopped(STOPPED),
+        InquireError::NotTTY => Failure::usage(NO_TERMINAL),
+        other => Failure::refused(format!("cannot use the terminal: {other}")),
+    })
+}
+
+/// A choice among a few options, with `starting` (the answer given before) offered first.
+fn choose<'a>(question: &'a str, options: Vec<&'a str>, starting: usize) -> Select<'a, &'a str> {
+    Select::new(question, options)
+        .with_starting_cursor(starting)
+        .without_filtering()
+        .with_help_message("up and down arrows to move, Enter to choose")
+}
+
+fn text<'a>(label: &'a str, default: Option<&'a str>, help: &'a str) -> Text<'a, 'a> {
+    let prompt = Text::new(label).with_help_message(help);
+    match default {
+        Some(default) => prompt.with_default(default),
+        None => prompt,
+    }
+}
+
+/// A path, with `~/` meaning the home directory (no shell expands it here).
+fn ask_path(label: &str, default: Option<&Path>, help: &str) -> Result<PathBuf, Failure> {
+    let default = default.map(|p| p.display().to_string());
+    let answer = ask(text(label, default.as_deref(), help)
+        .with_validator(|text: &str| {
+            Ok(if text.trim().is_empty() { Validation::Invalid("type a path".into()) } else { Validation::Valid })
+        })
+        .prompt())?;
+    let answer = answer.trim();
+    let home = || directories::BaseDirs::new().map(|d| d.home_dir().to_path_buf());
+    Ok(match (answer.strip_prefix("~/"), home()) {
+        (Some(rest), Some(home)) => home.join(rest),
+        (None, Some(home)) if answer == "~" => home,
+        _ => PathBuf::from(answer),
+    })
+}
+
+/// The root of a machine gets the usual system places; anyone else, folders under the data dir.
+fn default_folders(ctx: &Context) -> (PathBuf, PathBuf) {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        (PathBuf::from("/opt/regent"), PathBuf::from("/var/cache/regent"))
+    } else {
+        let base = std::path::absolute(&ctx.data_dir).unwrap_or_else(|_| ctx.data_dir.clone());
+        (base.join("install"), base.join("scratch"))
+    }
+}
+
+/// A new file in the home directory (or the data dir without one).
+fn default_save_to(ctx: &Context) -> PathBuf {
+    let dir = directories::BaseDirs::new().map_or_else(|| ctx.data_dir.clone(), |d| d.home_dir().to_path_buf());
+    crate::quickstart::unused_path(&dir, "regent-passphrase", "txt")
+}
+
+/// The newest `.VaultCredentials` file in the current directory or ~/Downloads, where a browser
+/// puts a download.
+fn newest_credentials_file() -> Option<PathBuf> {
+    let mut places = vec![std::env::current_dir().ok()?];
+    if let Some(dirs) = directories::UserDirs::new() {
+        places.extend(dirs.download_dir().map(Path::to_path_buf));
+    }
+    places
+        .iter()
+        .filter_map(|dir| std::fs::read_dir(dir).ok())
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_name().to_string_lossy().ends_with(".VaultCredentials"))
+        .filter_map(|entry| Some((entry.metadata().ok()?.modified().ok()?, entry.path())))
+        .max()
+        .map(|(_, path)| path)
+}
+
+/// The backup size prompt's help: the free space the scratch folder's filesystem has now, and
+/// the largest backup that fits the 5% rule.
+fn size_help(scratch: &Path) -> String {
+    let free = scratch.ancestors().find(|p| p.exists()).and_then(|p| world::free_bytes(p).ok());
+    match free {
+        Some(free) => format!(
+            "e.g. 750GiB or 2TB; scratch has {} free: room for up to {}",
+            format_bytes(free),
+            format_bytes(free.saturating_mul(100 / SCRATCH_FREE_PERCENT))
+        ),
+        None => format!("e.g. 750GiB or 2TB; scratch needs {SCRATCH_FREE_PERCENT}% of it free"),
+    }
+}
+
+/// A size as the operator would type it: the shortest exact form (`750GiB`, `2TB`, `1536`).
+fn size_text(bytes: u64) -> String {
+    const UNITS: [(&str, u64); 8] = [
+        ("MiB", 1 << 20),
+        ("GiB", 1 << 30),
+        ("TiB", 1 << 40),
+        ("PiB", 1 << 50),
+        ("MB", 1_000_000),
+        ("GB", 1_000_000_000),
+        ("TB", 1_000_000_000_000),
+        ("PB", 1_000_000_000_000_000),
+    ];
+    UNITS
+        .iter()
+        .filter(|(_, unit)| bytes >= *unit && bytes.is_multiple_of(*unit))
+        .map(|(name, unit)| format!("{}{name}", bytes / unit))
+        .chain(std::iter::once(bytes.to_string()))
+        .min_by_key(String::len)
+        .unwrap_or_default()
+}
+
+fn proxy_text(host: &str, port: u32, username: Option<&str>) -> String {
+    match username {
+        Some(user) => format!("{host}:{port}, user {user} (password set)"),
+        None => format!("{host}:{port}"),
+    }
+}
+
+fn passphrase_origin(origin: &PassphraseOrigin) -> String {
+    match origin {
+        PassphraseOrigin::Generated { saved_to } => format!("generated, saved to {}", saved_to.display()),
+        PassphraseOrigin::Provided => "typed by you".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_size_is_offered_again_as_it_would_be_typed() {
+        for (bytes, text) in
+            [(1 << 30, "1GiB"), (750 << 30, "750GiB"), (2_000_000_000_000, "2TB"), (1536, "1536"), (1 << 50, "1PiB")]
+        {
+            assert_eq!(size_text(bytes), text);
+            assert_eq!(parse_size(&size_text(bytes)), Ok(bytes));
+        }
+    }
+}
