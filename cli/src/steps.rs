@@ -7,6 +7,7 @@ use regent_engine::service::{Registrar, SecretInputs, StepResult};
 use secrecy::ExposeSecret;
 use serde_json::json;
 
+use crate::anchor::{self, StepAnchor};
 use crate::context::{Context, NoVault, real_world};
 use crate::failure::Failure;
 use crate::world;
@@ -26,11 +27,27 @@ pub fn run_with_vault(
     let store = ctx.open_store()?;
     let area = ctx.secrets_area()?;
     let world = real_world(&area, vault);
-    let result = Registrar::new(&store).execute(&world, world::actor(), command, secrets)?;
-    report(ctx, &result)
+    let registrar = Registrar::new(&store);
+    // Unregister forgets the registration under which its own head is still reported.
+    let before = match command {
+        Command::Unregister => registrar.state()?.0.registration,
+        _ => None,
+    };
+    let result = registrar.execute(&world, world::actor(), command, secrets)?;
+    // Every step appends (refusals too), so while registered the new head goes to the vault. The
+    // store stays open meanwhile: heads reach the vault in log order.
+    let registration = result.state.registration.clone().or(before);
+    let anchored = anchor::after_step(ctx, &store, &area, &result.state, registration.as_ref(), result.head);
+    drop(store);
+    let code = report(ctx, &result, anchored.as_ref());
+    if let Some(warning) = anchored.as_ref().and_then(StepAnchor::warning) {
+        eprintln!("warning: {warning}");
+    }
+    code
 }
 
-fn report(ctx: &Context, result: &StepResult) -> Result<u8, Failure> {
+fn report(ctx: &Context, result: &StepResult, anchored: Option<&StepAnchor>) -> Result<u8, Failure> {
+    let log_anchor = anchored.map_or(serde_json::Value::Null, StepAnchor::json);
     let status = projections::status(&result.state, result.head);
     let summary = projections::summary(&result.record.outcome);
     let warnings = match &result.record.outcome {
@@ -49,6 +66,7 @@ fn report(ctx: &Context, result: &StepResult) -> Result<u8, Failure> {
                     "summary": summary,
                     "warnings": warnings,
                     "status": status,
+                    "log_anchor": log_anchor,
                 });
                 println!("{line}");
             } else {
@@ -74,6 +92,7 @@ fn report(ctx: &Context, result: &StepResult) -> Result<u8, Failure> {
                     "summary": summary,
                     "message": refusal.message,
                     "status": status,
+                    "log_anchor": log_anchor,
                 });
                 println!("{line}");
             }

@@ -1,81 +1,9 @@
 //! Registration through the real binary against a real vault service on 127.0.0.1 (port 0):
 //! the admin commands, registration, the vault's refusals, and the passphrase change with a PIN.
 
-use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::path::Path;
 
-use assert_cmd::Command;
-use regent_vault::{BackgroundServer, ServeConfig};
-
-struct Setup {
-    dir: tempfile::TempDir,
-    server: BackgroundServer,
-}
-
-impl Setup {
-    fn new() -> Setup {
-        let dir = tempfile::tempdir().unwrap();
-        let server =
-            BackgroundServer::start(ServeConfig::new(dir.path().join("vault"), "127.0.0.1:0".parse().unwrap()))
-                .unwrap();
-        Setup { dir, server }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn regent(&self, agent: &str) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_regent"));
-        cmd.env_remove("REGENT_DATA_DIR").env("NO_COLOR", "1").arg("--data-dir").arg(self.path(agent));
-        cmd
-    }
-
-    fn admin(&self, args: &[&str]) -> Output {
-        let token = self.server.admin_token_path().to_path_buf();
-        let mut cmd = self.regent("admin");
-        cmd.args(["vault"]).args(args).arg("--server").arg(self.server.url()).arg("--token-file").arg(token);
-        cmd.output().unwrap()
-    }
-
-    fn download(&self, vault: &str, file: &str) -> PathBuf {
-        let output = self.path(file);
-        let out = self.admin(&["credentials", "--vault", vault, "--output", output.to_str().unwrap()]);
-        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-        output
-    }
-
-    /// folders, credentials, passphrase for the agent in `agent`.
-    fn prepare(&self, agent: &str, credentials: &Path) {
-        let ok = |out: Output| assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-        ok(self
-            .regent(agent)
-            .args(["folders", "--install-dir"])
-            .arg(self.path(&format!("{agent}-i")))
-            .arg("--scratch-dir")
-            .arg(self.path(&format!("{agent}-s")))
-            .args(["--backup-size", "1GiB"])
-            .output()
-            .unwrap());
-        ok(self.regent(agent).args(["credentials", "load"]).arg(credentials).output().unwrap());
-        ok(self
-            .regent(agent)
-            .args(["passphrase", "set", "--passphrase-stdin"])
-            .write_stdin("a good long passphrase\n")
-            .output()
-            .unwrap());
-    }
-
-    fn step(&self, agent: &str, args: &[&str]) -> (i32, String) {
-        let out = self.regent(agent).args(args).output().unwrap();
-        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
-fn refused_with(result: (i32, String), reason: &str) {
-    assert_eq!(result.0, 1, "{}", result.1);
-    assert!(result.1.starts_with(&format!("regent: {reason}: ")), "{}", result.1);
-}
+use crate::support::{Setup, refused_with};
 
 #[test]
 fn register_against_a_real_vault_with_its_refusals() {
@@ -158,7 +86,7 @@ fn credentials_download_refuses_to_overwrite_and_needs_the_token() {
     std::fs::write(&bad_token, "not-the-token\n").unwrap();
     let out = setup
         .regent("admin")
-        .args(["vault", "create", "x", "--server", setup.server.url(), "--token-file"])
+        .args(["vault", "create", "x", "--server", &setup.url(), "--token-file"])
         .arg(&bad_token)
         .output()
         .unwrap();

@@ -1,8 +1,12 @@
 //! Helpers shared by the end-to-end tests.
 
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Output;
 
+use assert_cmd::Command;
 use chrono::{DateTime, Duration, Utc};
+use regent_vault::{BackgroundServer, ServeConfig};
 
 /// Writes a credentials file for `vault`, issued as the vault service issues them, valid from
 /// `from` for `hours`.
@@ -27,4 +31,98 @@ pub fn write_credentials(path: &Path, vault: &str, from: DateTime<Utc>, hours: i
     })
     .unwrap();
     std::fs::write(path, issued.xml.as_bytes()).unwrap();
+}
+
+/// A temp dir with a real vault service on 127.0.0.1 (its data in `vault/`), and agents in
+/// sibling data dirs, driven through the real binary.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    server: Option<BackgroundServer>,
+    addr: SocketAddr,
+    token: PathBuf,
+}
+
+impl Setup {
+    pub fn new() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let server =
+            BackgroundServer::start(ServeConfig::new(dir.path().join("vault"), "127.0.0.1:0".parse().unwrap()))
+                .unwrap();
+        let (addr, token) = (server.local_addr(), server.admin_token_path().to_path_buf());
+        Setup { dir, server: Some(server), addr, token }
+    }
+
+    /// The vault service's URL (the same across a stop and a start).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops the vault service (its log closed); agents find nothing listening.
+    pub fn stop_vault(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().unwrap();
+        }
+    }
+
+    /// Starts the vault service again on its data and its port.
+    pub fn start_vault(&mut self) {
+        self.stop_vault();
+        let config = ServeConfig::new(self.dir.path().join("vault"), self.addr);
+        self.server = Some(BackgroundServer::start(config).unwrap());
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn regent(&self, agent: &str) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_regent"));
+        cmd.env_remove("REGENT_DATA_DIR").env("NO_COLOR", "1").arg("--data-dir").arg(self.path(agent));
+        cmd
+    }
+
+    pub fn admin(&self, args: &[&str]) -> Output {
+        let mut cmd = self.regent("admin");
+        cmd.args(["vault"]).args(args).arg("--server").arg(self.url()).arg("--token-file").arg(&self.token);
+        cmd.output().unwrap()
+    }
+
+    pub fn download(&self, vault: &str, file: &str) -> PathBuf {
+        let output = self.path(file);
+        let out = self.admin(&["credentials", "--vault", vault, "--output", output.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        output
+    }
+
+    /// folders, credentials, passphrase for the agent in `agent`.
+    pub fn prepare(&self, agent: &str, credentials: &Path) {
+        let ok = |out: Output| assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        ok(self
+            .regent(agent)
+            .args(["folders", "--install-dir"])
+            .arg(self.path(&format!("{agent}-i")))
+            .arg("--scratch-dir")
+            .arg(self.path(&format!("{agent}-s")))
+            .args(["--backup-size", "1GiB"])
+            .output()
+            .unwrap());
+        ok(self.regent(agent).args(["credentials", "load"]).arg(credentials).output().unwrap());
+        ok(self
+            .regent(agent)
+            .args(["passphrase", "set", "--passphrase-stdin"])
+            .write_stdin("a good long passphrase\n")
+            .output()
+            .unwrap());
+    }
+
+    /// Runs `regent ARGS` for `agent`: the exit code and stderr.
+    pub fn step(&self, agent: &str, args: &[&str]) -> (i32, String) {
+        let out = self.regent(agent).args(args).output().unwrap();
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+pub fn refused_with(result: (i32, String), reason: &str) {
+    assert_eq!(result.0, 1, "{}", result.1);
+    assert!(result.1.starts_with(&format!("regent: {reason}: ")), "{}", result.1);
 }

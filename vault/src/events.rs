@@ -97,6 +97,9 @@ pub(crate) struct LogHeadRefused {
     /// What was offered.
     pub position: u64,
     pub hash: String,
+    /// The anchored position and the hash the agent's log holds there, when it named them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extends: Option<crate::protocol::LogHeadBase>,
     /// What the vault held then (and still holds).
     pub anchored_position: u64,
     pub anchored_hash: String,

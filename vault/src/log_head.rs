@@ -20,8 +20,8 @@ use zeroize::Zeroizing;
 use crate::client::{Attempt, CallError, HttpVaultClient};
 use crate::http;
 use crate::protocol::{
-    LOG_HEAD_CONFLICT, LOG_HEAD_NOT_FOUND, LOG_HEAD_REGRESSED, LogHead, LogHeadBody, SIGNATURE_HEADERS,
-    log_head_message, log_head_read_message,
+    LOG_HEAD_BASE_REQUIRED, LOG_HEAD_CONFLICT, LOG_HEAD_NOT_FOUND, LOG_HEAD_REGRESSED, LogHead, LogHeadBase,
+    LogHeadBody, SIGNATURE_HEADERS, log_head_message, log_head_read_message,
 };
 
 /// What speaks for a registered machine at its vault: where, which machine, and the key it
@@ -104,16 +104,55 @@ fn signing_key(signer: &MachineSigner) -> Result<PrivateKey, LogHeadError> {
 }
 
 impl HttpVaultClient {
-    /// Reports the head of the machine's log (`position`, `hash` as 64 lowercase hex digits). The
-    /// vault answers with the head it holds now; a head behind it or different at its position is
-    /// refused (`log_head_regressed`, `log_head_conflict`) and recorded by the vault.
-    pub fn report_log_head(&self, signer: &MachineSigner, position: u64, hash: &str) -> Result<LogHead, LogHeadError> {
+    /// Reports the head of the machine's log (`position`, `hash` as 64 lowercase hex digits) and
+    /// returns the head the vault holds now.
+    ///
+    /// It reads the anchored head first: a head past it names it in `extends`, with the hash
+    /// `hash_at` gives for that position (the hash the agent's log holds there), so that a log cut
+    /// back and grown past the anchor again cannot take its place. A head behind the anchored one,
+    /// or another record at its position, is refused (`log_head_regressed`, `log_head_conflict`)
+    /// and recorded by the vault.
+    pub fn report_log_head(
+        &self,
+        signer: &MachineSigner,
+        position: u64,
+        hash: &str,
+        hash_at: &dyn Fn(u64) -> Option<String>,
+    ) -> Result<LogHead, LogHeadError> {
+        let hash = hash.to_ascii_lowercase();
+        // A second round only if another report moved the anchor between the read and the report.
+        let mut round = 0;
+        loop {
+            round += 1;
+            let held = self.fetch_log_head(signer)?;
+            if let Some(held) = &held
+                && held.position == position
+                && held.hash == hash
+            {
+                return Ok(held.clone());
+            }
+            let extends = held
+                .filter(|held| held.position < position)
+                .and_then(|held| hash_at(held.position).map(|hash| LogHeadBase { position: held.position, hash }));
+            match self.post_log_head(signer, position, &hash, extends.as_ref()) {
+                Err(LogHeadError::Refused { code, .. }) if code == LOG_HEAD_BASE_REQUIRED && round < 2 => continue,
+                answer => return answer,
+            }
+        }
+    }
+
+    fn post_log_head(
+        &self,
+        signer: &MachineSigner,
+        position: u64,
+        hash: &str,
+        extends: Option<&LogHeadBase>,
+    ) -> Result<LogHead, LogHeadError> {
         let key = signing_key(signer)?;
         let url = self.log_head_url(signer)?;
         let proxy = signer.proxy.as_ref();
         let client =
             self.client_for(proxy).map_err(|detail| LogHeadError::Failed { reason: Reason::InvalidProxy, detail })?;
-        let hash = hash.to_ascii_lowercase();
         let answer = self.with_retries_detailed(|| {
             let nonce = match fresh_nonce() {
                 Ok(nonce) => nonce,
@@ -125,7 +164,8 @@ impl HttpVaultClient {
                 &signer.machine_id,
                 &signer.thumbprint,
                 position,
-                &hash,
+                hash,
+                extends,
                 timestamp,
                 &nonce,
             );
@@ -138,7 +178,8 @@ impl HttpVaultClient {
             let body = LogHeadBody {
                 thumbprint: signer.thumbprint.clone(),
                 position,
-                hash: hash.clone(),
+                hash: hash.to_string(),
+                extends: extends.cloned(),
                 timestamp,
                 nonce,
                 signature: STANDARD.encode(signature),

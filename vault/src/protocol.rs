@@ -247,6 +247,9 @@ pub const LOG_HEAD_REGRESSED: &str = "log_head_regressed";
 pub const LOG_HEAD_CONFLICT: &str = "log_head_conflict";
 /// No head was ever anchored for the machine.
 pub const LOG_HEAD_NOT_FOUND: &str = "log_head_not_found";
+/// A head past the anchored one without `extends` naming the anchored position (or naming an
+/// older one): read the anchor and report again. Not evidence of anything, so not recorded.
+pub const LOG_HEAD_BASE_REQUIRED: &str = "log_head_base_required";
 
 /// The headers of a signed read of a log head: thumbprint, timestamp, nonce, signature (base64),
 /// with the same meaning as in [`LogHeadBody`].
@@ -264,12 +267,25 @@ pub struct LogHeadBody {
     pub position: u64,
     /// That record's hash: 64 lowercase hex digits.
     pub hash: String,
+    /// Required when the vault holds a head for the machine and `position` is past it: that
+    /// head's position and the hash the agent's log holds there. It proves the new head extends
+    /// the anchored one (a log cut back and grown past the anchor again is refused).
+    #[serde(default)]
+    pub extends: Option<LogHeadBase>,
     /// Unix seconds at the agent when it signed.
     pub timestamp: i64,
     /// Fresh for every attempt: a replayed nonce is refused.
     pub nonce: String,
     /// Base64 (standard alphabet) of the signature over [`log_head_message`].
     pub signature: String,
+}
+
+/// A position of the agent's log and the hash of its record there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogHeadBase {
+    pub position: u64,
+    pub hash: String,
 }
 
 /// The head a vault keeps for a machine, and what it refused.
@@ -298,19 +314,23 @@ pub struct LogHeadRefusal {
     pub refused_at: DateTime<Utc>,
 }
 
-/// The exact bytes a log-head report signs, as [`registration_message`] is built.
+/// The exact bytes a log-head report signs, as [`registration_message`] is built. `extends` is
+/// written `POSITION:HASH`, or empty when absent.
+#[allow(clippy::too_many_arguments, reason = "one argument per signed field, in the order they are signed")]
 pub fn log_head_message(
     vault: &str,
     machine_id: &str,
     thumbprint: &str,
     position: u64,
     hash: &str,
+    extends: Option<&LogHeadBase>,
     timestamp: i64,
     nonce: &str,
 ) -> Vec<u8> {
+    let extends = extends.map(|base| format!("{}:{}", base.position, base.hash)).unwrap_or_default();
     format!(
         "regent-vault-log-head-v1\nvault={vault}\nmachine_id={machine_id}\nthumbprint={thumbprint}\n\
-         position={position}\nhash={hash}\ntimestamp={timestamp}\nnonce={nonce}\n"
+         position={position}\nhash={hash}\nextends={extends}\ntimestamp={timestamp}\nnonce={nonce}\n"
     )
     .into_bytes()
 }
@@ -328,7 +348,16 @@ pub fn log_head_read_message(vault: &str, machine_id: &str, thumbprint: &str, ti
 impl LogHeadBody {
     /// The bytes this body's signature must cover, for `vault` and `machine_id` (from the path).
     pub fn message(&self, vault: &str, machine_id: &str) -> Vec<u8> {
-        log_head_message(vault, machine_id, &self.thumbprint, self.position, &self.hash, self.timestamp, &self.nonce)
+        log_head_message(
+            vault,
+            machine_id,
+            &self.thumbprint,
+            self.position,
+            &self.hash,
+            self.extends.as_ref(),
+            self.timestamp,
+            &self.nonce,
+        )
     }
 }
 
@@ -361,14 +390,17 @@ mod tests {
     fn the_log_head_messages_are_stable_and_distinct() {
         let t = "cd".repeat(32);
         let h = "ef".repeat(32);
-        let report = log_head_message("v", "m-1", &t, 12, &h, 1_700_000_000, "n0nce");
+        let report = log_head_message("v", "m-1", &t, 12, &h, None, 1_700_000_000, "n0nce");
         assert_eq!(
             String::from_utf8(report).unwrap(),
             format!(
                 "regent-vault-log-head-v1\nvault=v\nmachine_id=m-1\nthumbprint={t}\nposition=12\nhash={h}\n\
-                 timestamp=1700000000\nnonce=n0nce\n"
+                 extends=\ntimestamp=1700000000\nnonce=n0nce\n"
             )
         );
+        let base = LogHeadBase { position: 9, hash: t.clone() };
+        let report = log_head_message("v", "m-1", &t, 12, &h, Some(&base), 1_700_000_000, "n0nce");
+        assert!(String::from_utf8(report).unwrap().contains(&format!("\nhash={h}\nextends=9:{t}\ntimestamp=")));
         let read = log_head_read_message("v", "m-1", &t, 1_700_000_000, "n0nce");
         assert_eq!(
             String::from_utf8(read).unwrap(),

@@ -39,11 +39,11 @@ use crate::events::{
     PinsRevoked, VaultCreated, VaultEvent, stream_of,
 };
 use crate::protocol::{
-    self, CreateVault, CredentialsFile, DownloadCredentials, ErrorBody, Health, IssuedPin, LOG_HEAD_CONFLICT,
-    LOG_HEAD_NOT_FOUND, LOG_HEAD_REGRESSED, LogHead, LogHeadBody, MachineInfo, Machines, PinCheckBody, PinValid,
-    RegisterBody, Registered, SERVICE_HEADER, SIGNATURE_HEADERS, VaultInfo, valid_vault_name,
+    self, CreateVault, CredentialsFile, DownloadCredentials, ErrorBody, Health, IssuedPin, LOG_HEAD_BASE_REQUIRED,
+    LOG_HEAD_CONFLICT, LOG_HEAD_NOT_FOUND, LOG_HEAD_REGRESSED, LogHead, LogHeadBody, MachineInfo, Machines,
+    PinCheckBody, PinValid, RegisterBody, Registered, SERVICE_HEADER, SIGNATURE_HEADERS, VaultInfo, valid_vault_name,
 };
-use crate::state::{PendingAnswer, ServiceState};
+use crate::state::{AnchoredHead, PendingAnswer, ServiceState};
 use crate::token::{self, AdminKey};
 
 /// Wrong PINs in a row after which every outstanding PIN of the vault is revoked: with 10^8 PINs,
@@ -1113,12 +1113,15 @@ fn verify_machine_signature(certificate: &[u8], message: &[u8], signature: &[u8]
 
 /// What a verified report comes to.
 enum HeadDecision {
-    /// At or past nothing anchored yet, or past the anchored head: anchor it.
+    /// Nothing anchored yet, or past the anchored head and extending it: anchor it.
     Anchor,
     /// The head anchored already: the same answer again, nothing written.
     Same(LogHead),
-    /// Refused, with the protocol code and the head the vault holds.
-    Refuse(&'static str, u64, String),
+    /// Past the anchored head (at this position) without naming it: ask again, nothing written.
+    BaseRequired(u64),
+    /// Refused, with the protocol code and the head the vault holds; recorded unless `again` (the
+    /// same refused head as the last refusal: a retry adds no evidence).
+    Refuse { code: &'static str, held_position: u64, held_hash: String, again: bool },
 }
 
 async fn report_log_head(
@@ -1136,6 +1139,13 @@ async fn report_log_head(
     if !is_lower_hex64(&body.hash) {
         return Err(ApiError::bad_request("hash must be 64 lowercase hex digits"));
     }
+    if let Some(base) = &body.extends
+        && (base.position == 0 || base.position >= body.position || !is_lower_hex64(&base.hash))
+    {
+        return Err(ApiError::bad_request(
+            "extends must name a position before the head's (1 or more) and a hash of 64 lowercase hex digits",
+        ));
+    }
     let now = Utc::now();
     check_clock(body.timestamp, now)?;
     let certificate = machine_certificate(&app, &vault, &machine_id, &body.thumbprint)?;
@@ -1149,19 +1159,30 @@ async fn report_log_head(
             return Err(nonce_replayed());
         }
         let anchor = v.anchors.get(&machine_id);
+        let refuse = |code: &'static str, held: &AnchoredHead| HeadDecision::Refuse {
+            code,
+            held_position: held.position,
+            held_hash: held.hash.clone(),
+            again: anchor
+                .and_then(|a| a.last_refusal.as_ref())
+                .is_some_and(|last| last.error == code && last.position == body.position && last.hash == body.hash),
+        };
         match anchor.and_then(|a| a.head.as_ref()) {
             None => HeadDecision::Anchor,
-            Some(held) if body.position > held.position => HeadDecision::Anchor,
+            Some(held) if body.position > held.position => match &body.extends {
+                Some(base) if base.position == held.position && base.hash == held.hash => HeadDecision::Anchor,
+                // The agent's log holds another record where the vault anchored one: a fork.
+                Some(base) if base.position == held.position => refuse(LOG_HEAD_CONFLICT, held),
+                _ => HeadDecision::BaseRequired(held.position),
+            },
             Some(held) if body.position == held.position && body.hash == held.hash => {
                 match anchor.and_then(|a| a.log_head(&machine_id)) {
                     Some(head) => HeadDecision::Same(head),
                     None => HeadDecision::Anchor,
                 }
             }
-            Some(held) if body.position == held.position => {
-                HeadDecision::Refuse(LOG_HEAD_CONFLICT, held.position, held.hash.clone())
-            }
-            Some(held) => HeadDecision::Refuse(LOG_HEAD_REGRESSED, held.position, held.hash.clone()),
+            Some(held) if body.position == held.position => refuse(LOG_HEAD_CONFLICT, held),
+            Some(held) => refuse(LOG_HEAD_REGRESSED, held),
         }
     };
     let actor = Actor { user: format!("machine:{machine_id}"), host: peer.ip().to_string() };
@@ -1190,35 +1211,45 @@ async fn report_log_head(
                 .map(axum::Json)
                 .ok_or_else(|| ApiError::internal("the log head was stored but cannot be read back"))
         }
-        HeadDecision::Refuse(code, held_position, held_hash) => {
-            let event = VaultEvent::LogHeadRefused(LogHeadRefused {
-                machine_id: machine_id.clone(),
-                error: code.to_string(),
-                position: body.position,
-                hash: body.hash.clone(),
-                anchored_position: held_position,
-                anchored_hash: held_hash.clone(),
-                nonce: body.nonce.clone(),
-                refused_at: now,
-                peer: peer.ip().to_string(),
-            });
-            // Recorded before answering: the refusal is the evidence, it must not be lost.
-            app.append(&vault, ExpectedVersion::Any, actor, vec![(event.clone(), None)])
-                .await
-                .map_err(ApiError::store)?;
-            app.apply(&vault, &[event])?;
-            tracing::warn!(vault = %vault, machine_id = %machine_id, position = body.position, held = held_position, code, "log head refused");
+        HeadDecision::BaseRequired(held_position) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            LOG_HEAD_BASE_REQUIRED,
+            format!(
+                "the vault anchored head {held_position} for this machine: a later head must name, in extends, the hash \
+                 the agent's log holds at {held_position}; read the anchor and report again"
+            ),
+        )),
+        HeadDecision::Refuse { code, held_position, held_hash, again } => {
+            if !again {
+                let event = VaultEvent::LogHeadRefused(LogHeadRefused {
+                    machine_id: machine_id.clone(),
+                    error: code.to_string(),
+                    position: body.position,
+                    hash: body.hash.clone(),
+                    extends: body.extends.clone(),
+                    anchored_position: held_position,
+                    anchored_hash: held_hash.clone(),
+                    nonce: body.nonce.clone(),
+                    refused_at: now,
+                    peer: peer.ip().to_string(),
+                });
+                // Recorded before answering: the refusal is the evidence, it must not be lost.
+                app.append(&vault, ExpectedVersion::Any, actor, vec![(event.clone(), None)])
+                    .await
+                    .map_err(ApiError::store)?;
+                app.apply(&vault, &[event])?;
+                tracing::warn!(vault = %vault, machine_id = %machine_id, position = body.position, held = held_position, code, "log head refused");
+            }
             let held = format!("{held_position}:{}…", &held_hash[..held_hash.len().min(16)]);
             let message = if code == LOG_HEAD_CONFLICT {
                 format!(
-                    "vault {vault} anchored head {held} for machine {machine_id}; the record reported at position {} \
-                     has another hash: the agent's log was rewritten or restored from a copy",
-                    body.position
+                    "the vault anchored head {held} for this machine, and the agent's log holds another record at \
+                     position {held_position}: it was rewritten, or restored from a copy and changed since"
                 )
             } else {
                 format!(
-                    "vault {vault} anchored head {held} for machine {machine_id}; the reported head {} is behind it: \
-                     records {}-{held_position} are missing from the agent's log (cut off, or an older copy restored)",
+                    "the vault anchored head {held} for this machine, and the agent's log ends at {}: records {}-{held_position} \
+                     are missing from it (cut off, or an older copy restored)",
                     body.position,
                     body.position + 1
                 )

@@ -18,6 +18,11 @@ fn hash(byte: u8) -> String {
     format!("{byte:02x}").repeat(32)
 }
 
+/// The agent's log in these tests: the record at position p hashes to `hash(p)`.
+fn honest(position: u64) -> Option<String> {
+    Some(hash(position as u8))
+}
+
 /// Registers a machine with `credentials` and returns its id.
 fn register(credentials: &VaultCredentials, request_id: &str) -> String {
     machine_id(&regent_engine::ports::VaultClient::register(
@@ -65,7 +70,7 @@ fn a_signed_head_is_anchored_read_back_and_listed() {
     let me = signer(&vault, "alpha", &machine, &credentials);
 
     assert_eq!(client.fetch_log_head(&me).unwrap(), None, "nothing anchored yet");
-    let first = client.report_log_head(&me, 3, &hash(3)).unwrap();
+    let first = client.report_log_head(&me, 3, &hash(3), &honest).unwrap();
     assert_eq!(
         (first.machine_id.as_str(), first.position, first.hash.as_str()),
         (machine.as_str(), 3, hash(3).as_str())
@@ -76,9 +81,9 @@ fn a_signed_head_is_anchored_read_back_and_listed() {
 
     // The same head again (a retry, or `regent audit anchor` with nothing new): the first answer,
     // nothing written (counted in the log below).
-    assert_eq!(client.report_log_head(&me, 3, &hash(3)).unwrap(), first);
+    assert_eq!(client.report_log_head(&me, 3, &hash(3), &honest).unwrap(), first);
 
-    let later = client.report_log_head(&me, 5, &hash(5)).unwrap();
+    let later = client.report_log_head(&me, 5, &hash(5), &honest).unwrap();
     assert_eq!((later.position, later.hash.as_str()), (5, hash(5).as_str()));
     // The other machine's head is its own.
     assert_eq!(client.fetch_log_head(&signer(&vault, "alpha", &other, &credentials)).unwrap(), None);
@@ -107,19 +112,19 @@ fn forged_foreign_unknown_and_replayed_reports_are_refused_and_store_nothing() {
     // Signed with another key under the registration's thumbprint: the signature does not verify.
     let mut forged = signer(&vault, "beta", &machine, &credentials);
     forged.private_key = Zeroizing::new(newer.private_key.pkcs8_der().to_vec());
-    assert_eq!(refused_code(client.report_log_head(&forged, 2, &hash(2))), "credentials_invalid");
+    assert_eq!(refused_code(client.report_log_head(&forged, 2, &hash(2), &honest)), "credentials_invalid");
     assert_eq!(refused_code(client.fetch_log_head(&forged)), "credentials_invalid");
     // A valid certificate of the same vault, but not the one the machine registered with.
     let other_cert = signer(&vault, "beta", &machine, &newer);
-    assert_eq!(refused_code(client.report_log_head(&other_cert, 2, &hash(2))), "credentials_invalid");
+    assert_eq!(refused_code(client.report_log_head(&other_cert, 2, &hash(2), &honest)), "credentials_invalid");
     // Another vault's certificate.
     let other_vault = signer(&vault, "beta", &machine, &foreign);
-    assert_eq!(refused_code(client.report_log_head(&other_vault, 2, &hash(2))), "credentials_wrong_vault");
+    assert_eq!(refused_code(client.report_log_head(&other_vault, 2, &hash(2), &honest)), "credentials_wrong_vault");
     // A machine the vault does not know, and a vault that does not exist.
     let unknown = signer(&vault, "beta", "00000000-0000-0000-0000-000000000000", &credentials);
-    assert_eq!(refused_code(client.report_log_head(&unknown, 2, &hash(2))), "machine_not_found");
+    assert_eq!(refused_code(client.report_log_head(&unknown, 2, &hash(2), &honest)), "machine_not_found");
     let nowhere = signer(&vault, "nowhere", &machine, &credentials);
-    assert_eq!(refused_code(client.report_log_head(&nowhere, 2, &hash(2))), "vault_not_found");
+    assert_eq!(refused_code(client.report_log_head(&nowhere, 2, &hash(2), &honest)), "vault_not_found");
     assert!(client.fetch_log_head(&signer(&vault, "beta", &machine, &credentials)).unwrap().is_none());
 
     // A replayed request: the first is anchored, the same bytes again are refused.
@@ -167,11 +172,12 @@ fn signed_body(
 ) -> LogHeadBody {
     let timestamp = Utc::now().timestamp();
     let thumbprint = credentials.certificate.thumbprint.clone();
-    let message = log_head_message(vault, machine_id, &thumbprint, position, hash, timestamp, nonce);
+    let message = log_head_message(vault, machine_id, &thumbprint, position, hash, None, timestamp, nonce);
     LogHeadBody {
         thumbprint,
         position,
         hash: hash.to_string(),
+        extends: None,
         timestamp,
         nonce: nonce.to_string(),
         signature: STANDARD.encode(credentials.private_key.sign(&message).unwrap()),
@@ -185,13 +191,13 @@ fn a_head_that_goes_back_or_forks_is_refused_recorded_and_changes_nothing() {
     let machine = register(&credentials, "req-1");
     let client = quick_client(None);
     let me = signer(&vault, "delta", &machine, &credentials);
-    let anchored = client.report_log_head(&me, 5, &hash(5)).unwrap();
+    let anchored = client.report_log_head(&me, 5, &hash(5), &honest).unwrap();
 
-    let regressed = client.report_log_head(&me, 4, &hash(4)).unwrap_err();
+    let regressed = client.report_log_head(&me, 4, &hash(4), &honest).unwrap_err();
     assert_eq!(regressed.code(), "log_head_regressed");
     assert!(regressed.is_tamper_evidence());
     assert!(regressed.to_string().contains("records 5-5 are missing"), "{regressed}");
-    let conflict = client.report_log_head(&me, 5, &hash(0xee)).unwrap_err();
+    let conflict = client.report_log_head(&me, 5, &hash(0xee), &honest).unwrap_err();
     assert_eq!(conflict.code(), "log_head_conflict");
     assert!(conflict.is_tamper_evidence());
 
@@ -201,12 +207,34 @@ fn a_head_that_goes_back_or_forks_is_refused_recorded_and_changes_nothing() {
     let last = now.last_refusal.unwrap();
     assert_eq!((last.error.as_str(), last.position, last.hash.as_str()), ("log_head_conflict", 5, hash(0xee).as_str()));
 
-    // A head past the anchor is still accepted: the refusals do not lock the machine out.
-    assert_eq!(client.report_log_head(&me, 6, &hash(6)).unwrap().position, 6);
+    // A log cut back and grown past the anchor again: its head is later, but it holds another
+    // record at the anchored position. Refused, and recorded once (a retry adds nothing).
+    let forked = |position: u64| Some(hash(0xf0 + position as u8));
+    let grown = client.report_log_head(&me, 7, &hash(0xf7), &forked).unwrap_err();
+    assert_eq!(grown.code(), "log_head_conflict", "{grown}");
+    assert!(grown.to_string().contains("another record at position 5"), "{grown}");
+    assert_eq!(client.report_log_head(&me, 7, &hash(0xf7), &forked).unwrap_err().code(), "log_head_conflict");
+    assert_eq!(client.fetch_log_head(&me).unwrap().unwrap().refusals, 3);
+    // Past the anchor without naming it: asked to name it, nothing recorded. The anchored head
+    // itself again: the first answer.
+    let path = format!("/v1/vaults/delta/machines/{machine}/log-head");
+    let same = signed_body(&credentials, "delta", &machine, 5, &hash(5), "nonce-same-0123456789ab");
+    let answer =
+        raw(vault.addr(), "POST", &path, &[("Content-Type", "application/json")], &serde_json::to_vec(&same).unwrap());
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.json()["anchored_at"], serde_json::to_value(anchored.anchored_at).unwrap());
+    let bare = signed_body(&credentials, "delta", &machine, 8, &hash(8), "nonce-bare-0123456789ab");
+    let answer =
+        raw(vault.addr(), "POST", &path, &[("Content-Type", "application/json")], &serde_json::to_vec(&bare).unwrap());
+    assert_eq!((answer.status, answer.error_code().as_str()), (409, "log_head_base_required"), "{}", answer.body);
+
+    // A head past the anchor that extends it is accepted: the refusals do not lock the machine out.
+    assert_eq!(client.report_log_head(&me, 6, &hash(6), &honest).unwrap().position, 6);
+    assert_eq!(client.fetch_log_head(&me).unwrap().unwrap().refusals, 3);
     let Vault { server, dir, .. } = vault;
     server.shutdown().unwrap();
     let kinds = log_kinds(dir.path());
-    assert_eq!((count(&kinds, "LogHeadAnchored"), count(&kinds, "LogHeadRefused")), (2, 2));
+    assert_eq!((count(&kinds, "LogHeadAnchored"), count(&kinds, "LogHeadRefused")), (2, 3));
 }
 
 #[test]
@@ -216,8 +244,8 @@ fn anchors_and_refusals_survive_a_restart() {
     let machine = register(&credentials, "req-1");
     let client = quick_client(None);
     let me = signer(&vault, "epsilon", &machine, &credentials);
-    let anchored = client.report_log_head(&me, 7, &hash(7)).unwrap();
-    assert_eq!(client.report_log_head(&me, 6, &hash(6)).unwrap_err().code(), "log_head_regressed");
+    let anchored = client.report_log_head(&me, 7, &hash(7), &honest).unwrap();
+    assert_eq!(client.report_log_head(&me, 6, &hash(6), &honest).unwrap_err().code(), "log_head_regressed");
     let token = vault.token();
     let Vault { server, dir, .. } = vault;
     server.shutdown().unwrap();
@@ -227,8 +255,8 @@ fn anchors_and_refusals_survive_a_restart() {
     let now = client.fetch_log_head(&me).unwrap().unwrap();
     assert_eq!((now.position, now.hash.as_str(), now.anchored_at), (7, hash(7).as_str(), anchored.anchored_at));
     assert_eq!(now.refusals, 1);
-    assert_eq!(client.report_log_head(&me, 7, &hash(8)).unwrap_err().code(), "log_head_conflict");
-    assert_eq!(client.report_log_head(&me, 8, &hash(8)).unwrap().position, 8);
+    assert_eq!(client.report_log_head(&me, 7, &hash(8), &honest).unwrap_err().code(), "log_head_conflict");
+    assert_eq!(client.report_log_head(&me, 8, &hash(8), &honest).unwrap().position, 8);
     let admin = AdminClient::new(server.url(), SecretString::from(token), None).unwrap();
     let listed = admin.machines("epsilon").unwrap();
     assert_eq!(listed[0].log_head.as_ref().map(|h| (h.position, h.refusals)), Some((8, 2)));
@@ -242,7 +270,7 @@ fn a_vault_that_is_down_is_unreachable() {
     let machine = register(&credentials, "req-1");
     let mut me = signer(&vault, "zeta", &machine, &credentials);
     me.endpoint = format!("http://127.0.0.1:{}", free_port());
-    let error = quick_client(None).report_log_head(&me, 1, &hash(1)).unwrap_err();
+    let error = quick_client(None).report_log_head(&me, 1, &hash(1), &honest).unwrap_err();
     assert_eq!(error.code(), "vault_unreachable", "{error}");
     assert!(!error.is_tamper_evidence());
 }
