@@ -315,7 +315,7 @@ pub fn after_step(
 
 fn not_registered(what: &str) -> Failure {
     Failure::refused(format!(
-        "not_registered: this machine is not registered, so no vault keeps its log head to {what}; register first with `regent register`"
+        "not_registered: this machine is not registered, so there is no vault {what}; register first with `regent register`"
     ))
 }
 
@@ -332,7 +332,7 @@ pub fn anchor_now(ctx: &Context, endpoint: Option<String>, ca_file: Option<PathB
     crate::check_no_credentials(None, endpoint.as_deref())?;
     use_ca_file(ca_file.as_deref());
     let store = ctx.open_store()?;
-    let (state, head, registration) = registered(&store, "send it to")?;
+    let (state, head, registration) = registered(&store, "to send its log head to")?;
     let mut note = AnchorNote::load(&ctx.data_dir);
     // The store stays open: the head sent is the head of the log until the vault answers.
     let result = secrets_area(ctx)
@@ -424,7 +424,7 @@ pub fn verify_against_vault(ctx: &Context, endpoint: Option<String>, ca_file: Op
     // Read who the machine is, then let go of the store while the vault is asked.
     let (signer, registration) = {
         let store = ctx.open_store()?;
-        let (state, _, registration) = registered(&store, "compare against")?;
+        let (state, _, registration) = registered(&store, "whose anchor to check against")?;
         let signer = secrets_area(ctx)
             .and_then(|area| signer(&store, &area, &state, &registration, endpoint.as_deref()))
             .map_err(|e| {
