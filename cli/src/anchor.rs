@@ -236,8 +236,9 @@ fn hash_at(store: &EventStore) -> impl Fn(u64) -> Option<String> + '_ {
     |position| store.hash_at(position).ok().flatten().map(|hash| hash.to_hex())
 }
 
-fn short(hash: &str) -> &str {
-    &hash[..hash.len().min(16)]
+/// The first 16 characters (char-safe: the text may come from the network).
+fn short(hash: &str) -> String {
+    hash.chars().take(16).collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -541,7 +542,7 @@ pub fn verify_against_vault(ctx: &Context, endpoint: Option<String>, ca_file: Op
             anchor.position,
             short(&anchor.hash),
             report.failure.as_ref().map_or(String::new(), |f| match &f.problem {
-                Problem::HeadMismatch { found, .. } => short(&found.to_hex()).to_string(),
+                Problem::HeadMismatch { found, .. } => short(&found.to_hex()),
                 _ => String::new(),
             })
         ))),

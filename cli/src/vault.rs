@@ -96,7 +96,7 @@ fn log_head_cell(head: Option<&regent_vault::LogHead>) -> String {
     let mut cell = format!(
         "{}:{}… at {}",
         head.position,
-        &head.hash[..head.hash.len().min(12)],
+        head.hash.chars().take(12).collect::<String>(),
         head.anchored_at.format("%Y-%m-%d %H:%M:%S")
     );
     if let Some(last) = &head.last_refusal {

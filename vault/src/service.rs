@@ -1240,7 +1240,7 @@ async fn report_log_head(
                 app.apply(&vault, &[event])?;
                 tracing::warn!(vault = %vault, machine_id = %machine_id, position = body.position, held = held_position, code, "log head refused");
             }
-            let held = format!("{held_position}:{}…", &held_hash[..held_hash.len().min(16)]);
+            let held = format!("{held_position}:{}…", held_hash.chars().take(16).collect::<String>());
             let message = if code == LOG_HEAD_CONFLICT {
                 format!(
                     "the vault anchored head {held} for this machine, and the agent's log holds another record at \
