@@ -418,6 +418,26 @@ pub enum AuditCommand {
         /// A head kept elsewhere (POSITION:HASH) the log must reach; catches a cut-off tail.
         #[arg(long, value_name = "POSITION:HASH")]
         head: Option<Head>,
+        /// Also check the log against the head this machine anchored at its vault (fetched, signed):
+        /// catches a tail cut off together with every head kept beside the log.
+        #[arg(long, conflicts_with_all = ["file", "head"])]
+        against_vault: bool,
+        /// With --against-vault: the vault service's address, instead of the registration's.
+        #[arg(long, value_name = "URL", requires = "against_vault")]
+        endpoint: Option<String>,
+        /// With --against-vault: a CA certificate (PEM) to trust for an HTTPS vault.
+        #[arg(long, value_name = "F", requires = "against_vault")]
+        ca_file: Option<PathBuf>,
+    },
+    /// Send the head of the log to the vault now (done after every step while registered; this
+    /// retries one that did not get through).
+    Anchor {
+        /// The vault service's address, instead of the registration's.
+        #[arg(long, value_name = "URL")]
+        endpoint: Option<String>,
+        /// A CA certificate (PEM) to trust for an HTTPS vault; remembered for later anchors.
+        #[arg(long, value_name = "F")]
+        ca_file: Option<PathBuf>,
     },
     /// Write the log as JSON Lines; the export verifies on its own and replays.
     Export {

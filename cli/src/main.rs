@@ -1,5 +1,6 @@
 //! The `regent` command line: argument parsing, logging, and the exit codes of spec/cli.md.
 
+mod anchor;
 mod args;
 mod context;
 mod failure;
@@ -113,8 +114,18 @@ fn run(ctx: &Context, command: Command) -> Result<u8, Failure> {
         Command::Properties { change: Some(PropertiesCommand::Passphrase(PassphraseChangeCommand::Change(a))) } => {
             change_passphrase(ctx, a)
         }
-        Command::Audit(AuditArgs { action: Some(AuditCommand::Verify { file, head }), .. }) => {
-            views::verify(ctx, file.as_deref(), head)
+        Command::Audit(AuditArgs {
+            action: Some(AuditCommand::Verify { file, head, against_vault, endpoint, ca_file }),
+            ..
+        }) => {
+            if against_vault {
+                anchor::verify_against_vault(ctx, endpoint, ca_file)
+            } else {
+                views::verify(ctx, file.as_deref(), head)
+            }
+        }
+        Command::Audit(AuditArgs { action: Some(AuditCommand::Anchor { endpoint, ca_file }), .. }) => {
+            anchor::anchor_now(ctx, endpoint, ca_file)
         }
         Command::Audit(AuditArgs { action: Some(AuditCommand::Export { output }), .. }) => {
             views::export(ctx, output.as_deref())
@@ -160,6 +171,8 @@ fn check_no_credentials(host: Option<&str>, endpoint: Option<&str>) -> Result<()
 }
 
 fn vault_client(ca_file: Option<&std::path::Path>) -> Result<regent_vault::HttpVaultClient, Failure> {
+    // The log head goes to the same vault after the step: with the same CA.
+    anchor::use_ca_file(ca_file);
     regent_vault::HttpVaultClient::with_ca_file(ca_file).map_err(|e| Failure::usage(e.to_string()))
 }
 

@@ -7,6 +7,7 @@ use regent_engine::service::{Registrar, SecretInputs, StepResult};
 use secrecy::ExposeSecret;
 use serde_json::json;
 
+use crate::anchor::{self, StepAnchor};
 use crate::context::{Context, NoVault, real_world};
 use crate::failure::Failure;
 use crate::world;
@@ -23,25 +24,43 @@ pub fn run_with_vault(
     secrets: SecretInputs,
     vault: &dyn VaultClient,
 ) -> Result<u8, Failure> {
-    report(ctx, &execute(ctx, command, secrets, vault)?)
+    let (result, anchored) = execute(ctx, command, secrets, vault)?;
+    let code = report(ctx, &result, anchored.as_ref());
+    if let Some(warning) = anchored.as_ref().and_then(StepAnchor::warning) {
+        eprintln!("warning: {warning}");
+    }
+    code
 }
 
 /// Runs a command through the engine and records its outcome, accepted or refused, printing
 /// nothing: for callers that tell the operator themselves (the interactive wizard). The store is
-/// closed again on return, so that other regent commands are not kept waiting.
+/// closed again on return, so that other regent commands are not kept waiting. While the machine
+/// is registered, the new head has been sent to the vault (see anchor.rs) before it returns.
 pub fn execute(
     ctx: &Context,
     command: Command,
     secrets: SecretInputs,
     vault: &dyn VaultClient,
-) -> Result<StepResult, Failure> {
+) -> Result<(StepResult, Option<StepAnchor>), Failure> {
     let store = ctx.open_store()?;
     let area = ctx.secrets_area()?;
     let world = real_world(&area, vault);
-    Ok(Registrar::new(&store).execute(&world, world::actor(), command, secrets)?)
+    let registrar = Registrar::new(&store);
+    // Unregister forgets the registration under which its own head is still reported.
+    let before = match command {
+        Command::Unregister => registrar.state()?.0.registration,
+        _ => None,
+    };
+    let result = registrar.execute(&world, world::actor(), command, secrets)?;
+    // Every step appends (refusals too), so while registered the new head goes to the vault. The
+    // store stays open meanwhile: heads reach the vault in log order.
+    let registration = result.state.registration.clone().or(before);
+    let anchored = anchor::after_step(ctx, &store, &area, &result.state, registration.as_ref(), result.head);
+    Ok((result, anchored))
 }
 
-fn report(ctx: &Context, result: &StepResult) -> Result<u8, Failure> {
+fn report(ctx: &Context, result: &StepResult, anchored: Option<&StepAnchor>) -> Result<u8, Failure> {
+    let log_anchor = anchored.map_or(serde_json::Value::Null, StepAnchor::json);
     let status = projections::status(&result.state, result.head);
     let summary = projections::summary(&result.record.outcome);
     let warnings = match &result.record.outcome {
@@ -60,6 +79,7 @@ fn report(ctx: &Context, result: &StepResult) -> Result<u8, Failure> {
                     "summary": summary,
                     "warnings": warnings,
                     "status": status,
+                    "log_anchor": log_anchor,
                 });
                 println!("{line}");
             } else {
@@ -85,6 +105,7 @@ fn report(ctx: &Context, result: &StepResult) -> Result<u8, Failure> {
                     "summary": summary,
                     "message": refusal.message,
                     "status": status,
+                    "log_anchor": log_anchor,
                 });
                 println!("{line}");
             }

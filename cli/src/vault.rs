@@ -73,19 +73,42 @@ pub fn run(ctx: &Context, command: VaultCommand) -> Result<u8, Failure> {
             if ctx.json {
                 println!("{}", serde_json::to_string(&machines).map_err(|e| Failure::store(e.to_string()))?);
             } else {
-                println!("{:<40}  {:<20}  REGISTERED (UTC)", "MACHINE ID", "NAME");
+                println!("{:<40}  {:<20}  {:<19}  LOG HEAD", "MACHINE ID", "NAME", "REGISTERED (UTC)");
                 for m in &machines {
                     println!(
-                        "{:<40}  {:<20}  {}",
+                        "{:<40}  {:<20}  {:<19}  {}",
                         m.machine_id,
                         m.machine_name,
-                        m.registered_at.format("%Y-%m-%d %H:%M:%S")
+                        m.registered_at.format("%Y-%m-%d %H:%M:%S"),
+                        log_head_cell(m.log_head.as_ref())
                     );
                 }
             }
             Ok(0)
         }
     }
+}
+
+/// The anchored head as `POSITION:HASH… at TIME`, with the refused reports (evidence that a copy of
+/// the machine's log was cut or rewritten) when there were any.
+fn log_head_cell(head: Option<&regent_vault::LogHead>) -> String {
+    let Some(head) = head else { return "-".into() };
+    let mut cell = format!(
+        "{}:{}… at {}",
+        head.position,
+        head.hash.chars().take(12).collect::<String>(),
+        head.anchored_at.format("%Y-%m-%d %H:%M:%S")
+    );
+    if let Some(last) = &head.last_refusal {
+        cell.push_str(&format!(
+            "  REFUSED {} report(s), last {} for position {} at {}",
+            head.refusals,
+            last.error,
+            last.position,
+            last.refused_at.format("%Y-%m-%d %H:%M:%S")
+        ));
+    }
+    cell
 }
 
 fn admin_client(args: &AdminArgs) -> Result<AdminClient, Failure> {

@@ -22,10 +22,14 @@ pub fn status(ctx: &Context) -> Result<u8, Failure> {
         let mut value = serde_json::to_value(&status).map_err(|e| Failure::store(e.to_string()))?;
         value["sealed_secrets"] = json!(sealed);
         value["store_damage"] = json!(store.damage());
+        value["log_anchor"] = crate::anchor::status_json(ctx, &state, head);
         println!("{value}");
         return Ok(0);
     }
     print_status(&status, state.next_step());
+    if let Some(anchor) = crate::anchor::status_line(ctx, &state, head) {
+        println!("{:<14}{anchor}", "anchor");
+    }
     println!("{:<14}{sealed}", "secrets");
     if let Some(damage) = store.damage() {
         println!("{:<14}DAMAGED: {damage}", "store");

@@ -516,7 +516,7 @@ impl Wizard<'_> {
                     SecretInputs { passphrase: Some(passphrase), ..Default::default() },
                 )
             };
-            let result = steps::execute(self.ctx, command, secrets, &NoVault)?;
+            let result = self.execute(command, secrets, &NoVault)?;
             let generated = result.generated_passphrase.clone();
             if let Some(Change::PassphraseCreated(encryption)) = accepted(result) {
                 match (&encryption.origin, generated) {
@@ -555,7 +555,7 @@ impl Wizard<'_> {
         spinner.tick(); // drawn now, even if the vault answers before the first steady tick
         spinner.enable_steady_tick(Duration::from_millis(100));
         let command = Step::Register { endpoint_override: self.endpoint.clone() };
-        let result = steps::execute(self.ctx, command, SecretInputs::default(), self.vault);
+        let result = self.execute(command, SecretInputs::default(), self.vault);
         spinner.finish_and_clear();
         match result?.record.outcome {
             Outcome::Accepted(Change::Registered(r)) => {
@@ -593,7 +593,16 @@ impl Wizard<'_> {
     /// Runs one step through the engine, recorded. The change when accepted; a refusal is told
     /// to the operator and gives None, for the screen to be offered again.
     fn record(&self, command: Step, secrets: SecretInputs) -> Result<Option<Change>, Failure> {
-        Ok(accepted(steps::execute(self.ctx, command, secrets, &NoVault)?))
+        Ok(accepted(self.execute(command, secrets, &NoVault)?))
+    }
+
+    /// One step through the engine, recorded; a log head the vault did not take is said here.
+    fn execute(&self, command: Step, secrets: SecretInputs, vault: &dyn VaultClient) -> Result<StepResult, Failure> {
+        let (result, anchored) = steps::execute(self.ctx, command, secrets, vault)?;
+        if let Some(warning) = anchored.as_ref().and_then(crate::anchor::StepAnchor::warning) {
+            say(format!("Warning: {warning}"));
+        }
+        Ok(result)
     }
 }
 

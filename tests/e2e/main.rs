@@ -1,5 +1,6 @@
 //! End-to-end tests: the real `regent` binary on a real store in a temp dir.
 
+mod anchor;
 mod audit;
 mod fixtures;
 mod quickstart;

@@ -2,42 +2,8 @@
 //! the admin commands, registration, the vault's refusals, and the passphrase change with a PIN.
 
 use std::path::Path;
-use std::process::Output;
 
-use crate::support::Setup;
-
-impl Setup {
-    /// folders, credentials, passphrase for the agent in `agent`.
-    fn prepare(&self, agent: &str, credentials: &Path) {
-        let ok = |out: Output| assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-        ok(self
-            .regent(agent)
-            .args(["folders", "--install-dir"])
-            .arg(self.path(&format!("{agent}-i")))
-            .arg("--scratch-dir")
-            .arg(self.path(&format!("{agent}-s")))
-            .args(["--backup-size", "1GiB"])
-            .output()
-            .unwrap());
-        ok(self.regent(agent).args(["credentials", "load"]).arg(credentials).output().unwrap());
-        ok(self
-            .regent(agent)
-            .args(["passphrase", "set", "--passphrase-stdin"])
-            .write_stdin("a good long passphrase\n")
-            .output()
-            .unwrap());
-    }
-
-    fn step(&self, agent: &str, args: &[&str]) -> (i32, String) {
-        let out = self.regent(agent).args(args).output().unwrap();
-        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
-fn refused_with(result: (i32, String), reason: &str) {
-    assert_eq!(result.0, 1, "{}", result.1);
-    assert!(result.1.starts_with(&format!("regent: {reason}: ")), "{}", result.1);
-}
+use crate::support::{Setup, refused_with};
 
 #[test]
 fn register_against_a_real_vault_with_its_refusals() {
@@ -120,7 +86,7 @@ fn credentials_download_refuses_to_overwrite_and_needs_the_token() {
     std::fs::write(&bad_token, "not-the-token\n").unwrap();
     let out = setup
         .regent("admin")
-        .args(["vault", "create", "x", "--server", setup.server.url(), "--token-file"])
+        .args(["vault", "create", "x", "--server", &setup.url(), "--token-file"])
         .arg(&bad_token)
         .output()
         .unwrap();

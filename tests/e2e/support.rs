@@ -1,88 +1,12 @@
 //! Helpers shared by the end-to-end tests.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use assert_cmd::Command;
 use chrono::{DateTime, Duration, Utc};
 use regent_vault::{BackgroundServer, ServeConfig};
-
-/// A temp dir with a real vault service on 127.0.0.1 (port 0); agents keep their data dirs in it.
-pub struct Setup {
-    pub dir: tempfile::TempDir,
-    pub server: BackgroundServer,
-}
-
-impl Setup {
-    pub fn new() -> Setup {
-        let dir = tempfile::tempdir().unwrap();
-        let server =
-            BackgroundServer::start(ServeConfig::new(dir.path().join("vault"), "127.0.0.1:0".parse().unwrap()))
-                .unwrap();
-        Setup { dir, server }
-    }
-
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// `regent --data-dir <dir>/<agent>`, as a std command (for a pseudo-terminal).
-    pub fn regent_std(&self, agent: &str) -> std::process::Command {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_regent"));
-        cmd.env_remove("REGENT_DATA_DIR")
-            .env_remove("RUST_LOG")
-            .env("NO_COLOR", "1")
-            .arg("--data-dir")
-            .arg(self.path(agent));
-        cmd
-    }
-
-    pub fn regent(&self, agent: &str) -> assert_cmd::Command {
-        assert_cmd::Command::from_std(self.regent_std(agent))
-    }
-
-    pub fn admin(&self, args: &[&str]) -> Output {
-        let token = self.server.admin_token_path().to_path_buf();
-        let mut cmd = self.regent("admin");
-        cmd.args(["vault"]).args(args).arg("--server").arg(self.server.url()).arg("--token-file").arg(token);
-        cmd.output().unwrap()
-    }
-
-    /// Downloads credentials for `vault` to `<dir>/<file>`.
-    pub fn download(&self, vault: &str, file: &str) -> PathBuf {
-        let output = self.path(file);
-        let out = self.admin(&["credentials", "--vault", vault, "--output", output.to_str().unwrap()]);
-        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-        output
-    }
-
-    /// `regent --json <args>` for `agent`, parsed.
-    pub fn json(&self, agent: &str, args: &[&str]) -> serde_json::Value {
-        let out = self.regent(agent).arg("--json").args(args).output().unwrap();
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
-    }
-}
-
-/// Every form a secret could take in bytes.
-pub fn leaks(haystack: &[u8], secret: &str) -> bool {
-    use base64::Engine as _;
-    let forms = [
-        secret.as_bytes().to_vec(),
-        hex::encode(secret).into_bytes(),
-        base64::engine::general_purpose::STANDARD.encode(secret).into_bytes(),
-    ];
-    forms.iter().any(|form| haystack.windows(form.len()).any(|w| w == form.as_slice()))
-}
-
-/// Every file under `dir`, recursively.
-pub fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() { out.extend(files_under(&path)) } else { out.push(path) }
-    }
-    out
-}
 
 /// Writes a credentials file for `vault`, issued as the vault service issues them, valid from
 /// `from` for `hours`.
@@ -107,4 +31,135 @@ pub fn write_credentials(path: &Path, vault: &str, from: DateTime<Utc>, hours: i
     })
     .unwrap();
     std::fs::write(path, issued.xml.as_bytes()).unwrap();
+}
+
+/// A temp dir with a real vault service on 127.0.0.1 (its data in `vault/`), and agents in
+/// sibling data dirs, driven through the real binary.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    server: Option<BackgroundServer>,
+    addr: SocketAddr,
+    token: PathBuf,
+}
+
+impl Setup {
+    pub fn new() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let server =
+            BackgroundServer::start(ServeConfig::new(dir.path().join("vault"), "127.0.0.1:0".parse().unwrap()))
+                .unwrap();
+        let (addr, token) = (server.local_addr(), server.admin_token_path().to_path_buf());
+        Setup { dir, server: Some(server), addr, token }
+    }
+
+    /// The vault service's URL (the same across a stop and a start).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops the vault service (its log closed); agents find nothing listening.
+    pub fn stop_vault(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().unwrap();
+        }
+    }
+
+    /// Starts the vault service again on its data and its port.
+    pub fn start_vault(&mut self) {
+        self.stop_vault();
+        let config = ServeConfig::new(self.dir.path().join("vault"), self.addr);
+        self.server = Some(BackgroundServer::start(config).unwrap());
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `regent --data-dir <dir>/<agent>`, as a std command (for a pseudo-terminal).
+    pub fn regent_std(&self, agent: &str) -> std::process::Command {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_regent"));
+        cmd.env_remove("REGENT_DATA_DIR")
+            .env_remove("RUST_LOG")
+            .env("NO_COLOR", "1")
+            .arg("--data-dir")
+            .arg(self.path(agent));
+        cmd
+    }
+
+    pub fn regent(&self, agent: &str) -> Command {
+        Command::from_std(self.regent_std(agent))
+    }
+
+    /// `regent --json <args>` for `agent`, parsed.
+    pub fn json(&self, agent: &str, args: &[&str]) -> serde_json::Value {
+        let out = self.regent(agent).arg("--json").args(args).output().unwrap();
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    pub fn admin(&self, args: &[&str]) -> Output {
+        let mut cmd = self.regent("admin");
+        cmd.args(["vault"]).args(args).arg("--server").arg(self.url()).arg("--token-file").arg(&self.token);
+        cmd.output().unwrap()
+    }
+
+    pub fn download(&self, vault: &str, file: &str) -> PathBuf {
+        let output = self.path(file);
+        let out = self.admin(&["credentials", "--vault", vault, "--output", output.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        output
+    }
+
+    /// folders, credentials, passphrase for the agent in `agent`.
+    pub fn prepare(&self, agent: &str, credentials: &Path) {
+        let ok = |out: Output| assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        ok(self
+            .regent(agent)
+            .args(["folders", "--install-dir"])
+            .arg(self.path(&format!("{agent}-i")))
+            .arg("--scratch-dir")
+            .arg(self.path(&format!("{agent}-s")))
+            .args(["--backup-size", "1GiB"])
+            .output()
+            .unwrap());
+        ok(self.regent(agent).args(["credentials", "load"]).arg(credentials).output().unwrap());
+        ok(self
+            .regent(agent)
+            .args(["passphrase", "set", "--passphrase-stdin"])
+            .write_stdin("a good long passphrase\n")
+            .output()
+            .unwrap());
+    }
+
+    /// Runs `regent ARGS` for `agent`: the exit code and stderr.
+    pub fn step(&self, agent: &str, args: &[&str]) -> (i32, String) {
+        let out = self.regent(agent).args(args).output().unwrap();
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+pub fn refused_with(result: (i32, String), reason: &str) {
+    assert_eq!(result.0, 1, "{}", result.1);
+    assert!(result.1.starts_with(&format!("regent: {reason}: ")), "{}", result.1);
+}
+
+/// Every form a secret could take in bytes.
+pub fn leaks(haystack: &[u8], secret: &str) -> bool {
+    use base64::Engine as _;
+    let forms = [
+        secret.as_bytes().to_vec(),
+        hex::encode(secret).into_bytes(),
+        base64::engine::general_purpose::STANDARD.encode(secret).into_bytes(),
+    ];
+    forms.iter().any(|form| haystack.windows(form.len()).any(|w| w == form.as_slice()))
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() { out.extend(files_under(&path)) } else { out.push(path) }
+    }
+    out
 }

@@ -213,7 +213,7 @@ fn the_interactive_wizard_resumes_after_ctrl_c_and_esc_at_the_first_step_not_don
 
     // Resumed: straight to the credentials screen; a generated passphrase is shown once;
     // --endpoint applies as it does to `regent register`.
-    let endpoint = setup.server.url().to_string();
+    let endpoint = setup.url();
     let mut pty = wizard(&setup, "agent", &["--endpoint", &endpoint]);
     pty.expect("proxy        none: direct connection");
     pty.answer("Keep these and continue at step 3, Vault credentials?", "");

@@ -99,11 +99,22 @@ impl std::fmt::Debug for HttpVaultClient {
 }
 
 /// How one attempt ended.
-enum Attempt<T> {
+pub(crate) enum Attempt<T> {
     Done(T),
     /// Worth another attempt (connect failure, 5xx); the reason and detail stand if none is left.
     Retry(Reason, String),
     Fail(Reason, String),
+    /// The service refused the request (a 4xx from the service itself): never retried.
+    Refused(CallError),
+}
+
+/// Why a call failed: the engine's reason code, a one-line detail, and, when the service itself
+/// refused, its protocol code and message.
+#[derive(Debug)]
+pub(crate) struct CallError {
+    pub reason: Reason,
+    pub detail: String,
+    pub service: Option<(String, String)>,
 }
 
 impl HttpVaultClient {
@@ -117,7 +128,7 @@ impl HttpVaultClient {
         HttpVaultClient::new(ClientOptions { ca_file: ca_file.map(PathBuf::from), ..ClientOptions::default() })
     }
 
-    fn client_for(&self, proxy: Option<&ProxyConfig>) -> Result<Client, String> {
+    pub(crate) fn client_for(&self, proxy: Option<&ProxyConfig>) -> Result<Client, String> {
         let key = ProxyKey::of(proxy);
         let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((cached_key, client)) = cached.as_ref()
@@ -132,7 +143,12 @@ impl HttpVaultClient {
 
     /// Runs attempts until one is done or fails for good, the attempts are used up, or the total
     /// timeout would pass during the next backoff.
-    fn with_retries<T>(&self, mut attempt: impl FnMut() -> Attempt<T>) -> Result<T, (Reason, String)> {
+    fn with_retries<T>(&self, attempt: impl FnMut() -> Attempt<T>) -> Result<T, (Reason, String)> {
+        self.with_retries_detailed(attempt).map_err(|e| (e.reason, e.detail))
+    }
+
+    /// As [`Self::with_retries`], keeping the service's own refusal code when there is one.
+    pub(crate) fn with_retries_detailed<T>(&self, mut attempt: impl FnMut() -> Attempt<T>) -> Result<T, CallError> {
         let started = Instant::now();
         let mut backoff = self.options.backoff;
         let mut tries = 0;
@@ -140,13 +156,14 @@ impl HttpVaultClient {
             tries += 1;
             match attempt() {
                 Attempt::Done(value) => return Ok(value),
-                Attempt::Fail(reason, detail) => return Err((reason, detail)),
+                Attempt::Fail(reason, detail) => return Err(CallError { reason, detail, service: None }),
+                Attempt::Refused(error) => return Err(error),
                 Attempt::Retry(reason, detail) => {
                     if tries >= self.options.attempts.max(1)
                         || started.elapsed() + backoff >= self.options.total_timeout
                     {
                         let detail = if tries > 1 { format!("{detail} (after {tries} attempts)") } else { detail };
-                        return Err((reason, detail));
+                        return Err(CallError { reason, detail, service: None });
                     }
                     tracing::debug!(%reason, %detail, attempt = tries, "vault call failed; retrying");
                     std::thread::sleep(backoff);
@@ -157,7 +174,7 @@ impl HttpVaultClient {
     }
 
     /// What a sent request came to: the answer, or a reason.
-    fn answer<T: DeserializeOwned>(
+    pub(crate) fn answer<T: DeserializeOwned>(
         &self,
         sent: reqwest::Result<Response>,
         proxy: Option<&ProxyConfig>,
@@ -185,16 +202,21 @@ impl HttpVaultClient {
                     Reason::VaultError,
                     format!("the vault service failed (HTTP {}, {}): {}", status.as_u16(), body.error, body.message),
                 ),
-                Some(reason) => Attempt::Fail(reason, body.message),
-                None => Attempt::Fail(
-                    Reason::VaultError,
-                    format!(
+                Some(reason) => Attempt::Refused(CallError {
+                    reason,
+                    detail: body.message.clone(),
+                    service: Some((body.error, body.message)),
+                }),
+                None => Attempt::Refused(CallError {
+                    reason: Reason::VaultError,
+                    detail: format!(
                         "the vault service refused the request (HTTP {}, {}): {}",
                         status.as_u16(),
                         body.error,
                         body.message
                     ),
-                ),
+                    service: Some((body.error, body.message)),
+                }),
             };
         }
         // Not the service: a proxy, or something else listening at the endpoint.

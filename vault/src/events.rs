@@ -76,6 +76,38 @@ pub(crate) struct MachineRemoved {
     pub removed_at: DateTime<Utc>,
 }
 
+/// A machine's log head, accepted: it is at or past every head the machine anchored before.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct LogHeadAnchored {
+    pub machine_id: String,
+    pub position: u64,
+    pub hash: String,
+    pub nonce: String,
+    pub anchored_at: DateTime<Utc>,
+    pub peer: String,
+}
+
+/// A machine's log head, refused because it went backwards or conflicts with the anchored one. Kept
+/// as evidence: a correctly signed report of such a head means the agent's log was cut or rewritten.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct LogHeadRefused {
+    pub machine_id: String,
+    /// `log_head_regressed` or `log_head_conflict`.
+    pub error: String,
+    /// What was offered.
+    pub position: u64,
+    pub hash: String,
+    /// The anchored position and the hash the agent's log holds there, when it named them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extends: Option<crate::protocol::LogHeadBase>,
+    /// What the vault held then (and still holds).
+    pub anchored_position: u64,
+    pub anchored_hash: String,
+    pub nonce: String,
+    pub refused_at: DateTime<Utc>,
+    pub peer: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum VaultEvent {
     VaultCreated(VaultCreated),
@@ -85,6 +117,8 @@ pub(crate) enum VaultEvent {
     PinsRevoked(PinsRevoked),
     MachineRegistered(MachineRegistered),
     MachineRemoved(MachineRemoved),
+    LogHeadAnchored(LogHeadAnchored),
+    LogHeadRefused(LogHeadRefused),
 }
 
 impl VaultEvent {
@@ -97,6 +131,8 @@ impl VaultEvent {
             VaultEvent::PinsRevoked(_) => "PinsRevoked",
             VaultEvent::MachineRegistered(_) => "MachineRegistered",
             VaultEvent::MachineRemoved(_) => "MachineRemoved",
+            VaultEvent::LogHeadAnchored(_) => "LogHeadAnchored",
+            VaultEvent::LogHeadRefused(_) => "LogHeadRefused",
         }
     }
 
@@ -113,6 +149,8 @@ impl VaultEvent {
             VaultEvent::PinsRevoked(e) => NewEvent::with_id(id, kind, SCHEMA, e),
             VaultEvent::MachineRegistered(e) => NewEvent::with_id(id, kind, SCHEMA, e),
             VaultEvent::MachineRemoved(e) => NewEvent::with_id(id, kind, SCHEMA, e),
+            VaultEvent::LogHeadAnchored(e) => NewEvent::with_id(id, kind, SCHEMA, e),
+            VaultEvent::LogHeadRefused(e) => NewEvent::with_id(id, kind, SCHEMA, e),
         }
     }
 
@@ -131,6 +169,8 @@ impl VaultEvent {
             "PinsRevoked" => VaultEvent::PinsRevoked(record.payload_as().map_err(text)?),
             "MachineRegistered" => VaultEvent::MachineRegistered(record.payload_as().map_err(text)?),
             "MachineRemoved" => VaultEvent::MachineRemoved(record.payload_as().map_err(text)?),
+            "LogHeadAnchored" => VaultEvent::LogHeadAnchored(record.payload_as().map_err(text)?),
+            "LogHeadRefused" => VaultEvent::LogHeadRefused(record.payload_as().map_err(text)?),
             other => return Err(format!("unknown event kind {other:?}")),
         })
     }

@@ -7,7 +7,8 @@
 //! - [`AdminClient`]: the blocking client behind `regent vault create / credentials / pin / machines`.
 //! - [`HttpVaultClient`]: the agent's side, implementing the engine's
 //!   [`VaultClient`](regent_engine::ports::VaultClient) port: signed registration, PIN checks, proxies,
-//!   retries, and every failure turned into one of the engine's reason codes.
+//!   retries, and every failure turned into one of the engine's reason codes. It also reports the
+//!   head of the agent's log to the vault and reads it back ([`MachineSigner`], [`LogHeadError`]).
 //! - [`protocol`]: the wire format both sides share (JSON over HTTP under `/v1`), including the exact
 //!   bytes a registration signs. `README.md` in this crate summarizes it.
 
@@ -17,6 +18,7 @@ mod commit;
 mod error;
 mod events;
 mod http;
+mod log_head;
 pub mod protocol;
 mod server;
 mod service;
@@ -27,6 +29,7 @@ mod token;
 pub use admin::AdminClient;
 pub use client::{ClientOptions, HttpVaultClient};
 pub use error::{AdminError, ClientError, VaultError};
-pub use protocol::{CredentialsFile, IssuedPin, MachineInfo, VaultInfo};
+pub use log_head::{LogHeadError, MachineSigner};
+pub use protocol::{CredentialsFile, IssuedPin, LogHead, LogHeadBase, LogHeadRefusal, MachineInfo, VaultInfo};
 pub use server::{BackgroundServer, RunningServer, ServeConfig, ServerInfo, TlsFiles, run_until_signal, serve};
 pub use token::{ADMIN_TOKEN_FILE, read_token_file};

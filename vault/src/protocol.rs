@@ -11,6 +11,8 @@
 //! | `DELETE /v1/vaults/{vault}/machines/{machine_id}` | admin | | `200` [`MachineInfo`] |
 //! | `POST /v1/vaults/{vault}/registrations` | agent, signed | [`RegisterBody`] | `200` [`Registered`] |
 //! | `POST /v1/vaults/{vault}/pin-checks` | agent | [`PinCheckBody`] | `200` [`PinValid`] |
+//! | `POST /v1/vaults/{vault}/machines/{machine_id}/log-head` | agent, signed | [`LogHeadBody`] | `200` [`LogHead`] |
+//! | `GET /v1/vaults/{vault}/machines/{machine_id}/log-head` | agent, signed headers | | `200` [`LogHead`] |
 //!
 //! Admin calls carry `Authorization: Bearer <token>`. Bodies are `application/json`, at most
 //! [`MAX_BODY_BYTES`]. Every answer of the service carries the header [`SERVICE_HEADER`], so a client
@@ -22,6 +24,14 @@
 //! [`registration_message`] (vault, resource id, machine name, certificate thumbprint, timestamp,
 //! nonce, request id) with it, and the service verifies the signature with the certificate it issued
 //! under that thumbprint.
+//!
+//! A registered machine keeps its log head at the vault (an *anchor*): it signs
+//! [`log_head_message`] with the private key of the credentials it registered with, and the service
+//! verifies it with the certificate of that registration. Reading the anchor back is signed too
+//! ([`log_head_read_message`], in the headers [`SIGNATURE_HEADERS`]). A head is never allowed to go
+//! backwards or to change at a position already anchored: such a report is refused
+//! ([`LOG_HEAD_REGRESSED`], [`LOG_HEAD_CONFLICT`]) and the refusal is recorded, since it is evidence
+//! that the agent's log was cut or rewritten.
 
 use std::fmt;
 
@@ -127,6 +137,9 @@ pub struct MachineInfo {
     pub registered_at: DateTime<Utc>,
     /// The credentials download it registered with.
     pub thumbprint: String,
+    /// The head of the machine's log as last anchored (null until it reports one).
+    #[serde(default)]
+    pub log_head: Option<LogHead>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -228,6 +241,126 @@ impl RegisterBody {
     }
 }
 
+/// A head lower than the one anchored: the agent's log lost records (or an old copy speaks).
+pub const LOG_HEAD_REGRESSED: &str = "log_head_regressed";
+/// Another hash at the position anchored: the agent's log was rewritten (or forked from a copy).
+pub const LOG_HEAD_CONFLICT: &str = "log_head_conflict";
+/// No head was ever anchored for the machine.
+pub const LOG_HEAD_NOT_FOUND: &str = "log_head_not_found";
+/// A head past the anchored one without `extends` naming the anchored position (or naming an
+/// older one): read the anchor and report again. Not evidence of anything, so not recorded.
+pub const LOG_HEAD_BASE_REQUIRED: &str = "log_head_base_required";
+
+/// The headers of a signed read of a log head: thumbprint, timestamp, nonce, signature (base64),
+/// with the same meaning as in [`LogHeadBody`].
+pub const SIGNATURE_HEADERS: [&str; 4] =
+    ["x-regent-thumbprint", "x-regent-timestamp", "x-regent-nonce", "x-regent-signature"];
+
+/// A machine reports the head of its log: signed with the private key of the credentials it
+/// registered with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogHeadBody {
+    /// Lowercase hex SHA-256 of the certificate the machine registered with.
+    pub thumbprint: String,
+    /// The position of the last record of the agent's log (1 or more).
+    pub position: u64,
+    /// That record's hash: 64 lowercase hex digits.
+    pub hash: String,
+    /// Required when the vault holds a head for the machine and `position` is past it: that
+    /// head's position and the hash the agent's log holds there. It proves the new head extends
+    /// the anchored one (a log cut back and grown past the anchor again is refused).
+    #[serde(default)]
+    pub extends: Option<LogHeadBase>,
+    /// Unix seconds at the agent when it signed.
+    pub timestamp: i64,
+    /// Fresh for every attempt: a replayed nonce is refused.
+    pub nonce: String,
+    /// Base64 (standard alphabet) of the signature over [`log_head_message`].
+    pub signature: String,
+}
+
+/// A position of the agent's log and the hash of its record there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogHeadBase {
+    pub position: u64,
+    pub hash: String,
+}
+
+/// The head a vault keeps for a machine, and what it refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogHead {
+    pub machine_id: String,
+    pub position: u64,
+    pub hash: String,
+    /// When the vault first accepted this head.
+    pub anchored_at: DateTime<Utc>,
+    /// Reports the vault refused for this machine (heads that went backwards or conflicted).
+    #[serde(default)]
+    pub refusals: u64,
+    /// The most recent of them.
+    #[serde(default)]
+    pub last_refusal: Option<LogHeadRefusal>,
+}
+
+/// A refused report: which code, and the head that was offered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogHeadRefusal {
+    /// [`LOG_HEAD_REGRESSED`] or [`LOG_HEAD_CONFLICT`].
+    pub error: String,
+    pub position: u64,
+    pub hash: String,
+    pub refused_at: DateTime<Utc>,
+}
+
+/// The exact bytes a log-head report signs, as [`registration_message`] is built. `extends` is
+/// written `POSITION:HASH`, or empty when absent.
+#[allow(clippy::too_many_arguments, reason = "one argument per signed field, in the order they are signed")]
+pub fn log_head_message(
+    vault: &str,
+    machine_id: &str,
+    thumbprint: &str,
+    position: u64,
+    hash: &str,
+    extends: Option<&LogHeadBase>,
+    timestamp: i64,
+    nonce: &str,
+) -> Vec<u8> {
+    let extends = extends.map(|base| format!("{}:{}", base.position, base.hash)).unwrap_or_default();
+    format!(
+        "regent-vault-log-head-v1\nvault={vault}\nmachine_id={machine_id}\nthumbprint={thumbprint}\n\
+         position={position}\nhash={hash}\nextends={extends}\ntimestamp={timestamp}\nnonce={nonce}\n"
+    )
+    .into_bytes()
+}
+
+/// The exact bytes a read of a log head signs. Its own header line: a read's signature can never
+/// pass for a report's.
+pub fn log_head_read_message(vault: &str, machine_id: &str, thumbprint: &str, timestamp: i64, nonce: &str) -> Vec<u8> {
+    format!(
+        "regent-vault-log-head-read-v1\nvault={vault}\nmachine_id={machine_id}\nthumbprint={thumbprint}\n\
+         timestamp={timestamp}\nnonce={nonce}\n"
+    )
+    .into_bytes()
+}
+
+impl LogHeadBody {
+    /// The bytes this body's signature must cover, for `vault` and `machine_id` (from the path).
+    pub fn message(&self, vault: &str, machine_id: &str) -> Vec<u8> {
+        log_head_message(
+            vault,
+            machine_id,
+            &self.thumbprint,
+            self.position,
+            &self.hash,
+            self.extends.as_ref(),
+            self.timestamp,
+            &self.nonce,
+        )
+    }
+}
+
 /// A vault name: 1 to 64 characters of `A-Z a-z 0-9 - _ .`, starting with a letter or digit, so that it
 /// is safe in a URL path, a file name and a stream id as it is.
 pub fn valid_vault_name(name: &str) -> bool {
@@ -251,6 +384,30 @@ mod tests {
             "ab".repeat(32)
         );
         assert_eq!(String::from_utf8(message).unwrap(), expected);
+    }
+
+    #[test]
+    fn the_log_head_messages_are_stable_and_distinct() {
+        let t = "cd".repeat(32);
+        let h = "ef".repeat(32);
+        let report = log_head_message("v", "m-1", &t, 12, &h, None, 1_700_000_000, "n0nce");
+        assert_eq!(
+            String::from_utf8(report).unwrap(),
+            format!(
+                "regent-vault-log-head-v1\nvault=v\nmachine_id=m-1\nthumbprint={t}\nposition=12\nhash={h}\n\
+                 extends=\ntimestamp=1700000000\nnonce=n0nce\n"
+            )
+        );
+        let base = LogHeadBase { position: 9, hash: t.clone() };
+        let report = log_head_message("v", "m-1", &t, 12, &h, Some(&base), 1_700_000_000, "n0nce");
+        assert!(String::from_utf8(report).unwrap().contains(&format!("\nhash={h}\nextends=9:{t}\ntimestamp=")));
+        let read = log_head_read_message("v", "m-1", &t, 1_700_000_000, "n0nce");
+        assert_eq!(
+            String::from_utf8(read).unwrap(),
+            format!(
+                "regent-vault-log-head-read-v1\nvault=v\nmachine_id=m-1\nthumbprint={t}\ntimestamp=1700000000\nnonce=n0nce\n"
+            )
+        );
     }
 
     #[test]

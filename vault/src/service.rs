@@ -35,14 +35,15 @@ use zeroize::Zeroizing;
 use crate::commit::{CommitQueue, Committer};
 use crate::error::VaultError;
 use crate::events::{
-    CredentialsIssued, MachineRegistered, MachineRemoved, PinIssued, PinUsed, PinsRevoked, VaultCreated, VaultEvent,
-    stream_of,
+    CredentialsIssued, LogHeadAnchored, LogHeadRefused, MachineRegistered, MachineRemoved, PinIssued, PinUsed,
+    PinsRevoked, VaultCreated, VaultEvent, stream_of,
 };
 use crate::protocol::{
-    self, CreateVault, CredentialsFile, DownloadCredentials, ErrorBody, Health, IssuedPin, MachineInfo, Machines,
-    PinCheckBody, PinValid, RegisterBody, Registered, SERVICE_HEADER, VaultInfo, valid_vault_name,
+    self, CreateVault, CredentialsFile, DownloadCredentials, ErrorBody, Health, IssuedPin, LOG_HEAD_BASE_REQUIRED,
+    LOG_HEAD_CONFLICT, LOG_HEAD_NOT_FOUND, LOG_HEAD_REGRESSED, LogHead, LogHeadBody, MachineInfo, Machines,
+    PinCheckBody, PinValid, RegisterBody, Registered, SERVICE_HEADER, SIGNATURE_HEADERS, VaultInfo, valid_vault_name,
 };
-use crate::state::{PendingAnswer, ServiceState};
+use crate::state::{AnchoredHead, PendingAnswer, ServiceState};
 use crate::token::{self, AdminKey};
 
 /// Wrong PINs in a row after which every outstanding PIN of the vault is revoked: with 10^8 PINs,
@@ -59,6 +60,9 @@ pub(crate) struct App {
     /// Admin changes (create, download, PIN, remove) run one at a time, so they reach the state in
     /// log order. Registrations do not take it.
     admin_changes: tokio::sync::Mutex<()>,
+    /// Log-head reports run one at a time (check, append, apply), so two reports of one machine
+    /// cannot both pass the check against the same anchored head.
+    anchor_changes: tokio::sync::Mutex<()>,
     /// What credentials name as `IdMgmtRestEndpoint` when set; otherwise the address the admin
     /// reached the service at.
     public_url: Option<String>,
@@ -111,6 +115,7 @@ impl App {
             state: Mutex::new(state),
             admin,
             admin_changes: tokio::sync::Mutex::new(()),
+            anchor_changes: tokio::sync::Mutex::new(()),
             public_url,
             scheme: if tls { "https" } else { "http" },
             bound_url: Mutex::new(String::new()),
@@ -209,7 +214,8 @@ pub(crate) fn router(app: Arc<App>) -> Router {
     let agent = Router::new()
         .route("/v1/health", get(health))
         .route("/v1/vaults/{vault}/registrations", post(register))
-        .route("/v1/vaults/{vault}/pin-checks", post(check_pin));
+        .route("/v1/vaults/{vault}/pin-checks", post(check_pin))
+        .route("/v1/vaults/{vault}/machines/{machine_id}/log-head", post(report_log_head).get(read_log_head));
     admin
         .merge(agent)
         .fallback(not_found)
@@ -590,7 +596,7 @@ async fn list_machines(
 ) -> Result<axum::Json<Machines>, ApiError> {
     let state = app.lock_state();
     let v = state.vaults.get(&vault).ok_or_else(|| ApiError::vault_not_found(&vault))?;
-    let mut machines: Vec<MachineInfo> = v.machines.values().cloned().collect();
+    let mut machines: Vec<MachineInfo> = v.machines.values().map(|m| v.machine_info(m)).collect();
     machines.sort_by(|a, b| a.registered_at.cmp(&b.registered_at).then_with(|| a.machine_id.cmp(&b.machine_id)));
     Ok(axum::Json(Machines { vault, machines }))
 }
@@ -604,7 +610,7 @@ async fn remove_machine(
     let machine = {
         let state = app.lock_state();
         let v = state.vaults.get(&vault).ok_or_else(|| ApiError::vault_not_found(&vault))?;
-        v.machines.get(&machine_id).cloned().ok_or_else(|| {
+        v.machines.get(&machine_id).map(|m| v.machine_info(m)).ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,
                 "machine_not_found",
@@ -990,6 +996,306 @@ async fn check_pin(
             ))
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handlers: the agent's log head
+
+/// Refuses what cannot be a machine id (ids are UUIDs; anything printable up to 128 is tolerated).
+fn valid_machine_id(machine_id: &str) -> Result<(), ApiError> {
+    if machine_id.is_empty()
+        || machine_id.len() > 128
+        || !machine_id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(ApiError::bad_request(
+            "the machine id must be 1 to 128 characters of A-Z, a-z, 0-9, '-', '_' and '.'",
+        ));
+    }
+    Ok(())
+}
+
+fn is_lower_hex64(text: &str) -> bool {
+    text.len() == 64 && text.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+}
+
+/// Checks the fields every signed agent request carries; returns the decoded signature.
+fn signed_fields(thumbprint: &str, nonce: &str, signature: &str) -> Result<Vec<u8>, ApiError> {
+    if !is_lower_hex64(thumbprint) {
+        return Err(ApiError::bad_request("thumbprint must be 64 lowercase hex digits (SHA-256 of the certificate)"));
+    }
+    if nonce.len() < 16
+        || nonce.len() > 128
+        || !nonce.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+    {
+        return Err(ApiError::bad_request("nonce must be 16 to 128 characters of A-Z, a-z, 0-9, '-' and '_'"));
+    }
+    if signature.len() > 4096 {
+        return Err(ApiError::bad_request("signature is too long"));
+    }
+    let signature = STANDARD.decode(signature).map_err(|_| ApiError::bad_request("signature is not base64"))?;
+    if signature.is_empty() {
+        return Err(ApiError::bad_request("signature is empty"));
+    }
+    Ok(signature)
+}
+
+fn check_clock(timestamp: i64, now: DateTime<Utc>) -> Result<(), ApiError> {
+    let skew = timestamp.saturating_sub(now.timestamp());
+    if skew.abs() > protocol::MAX_CLOCK_SKEW_SECS {
+        return Err(ApiError {
+            status: StatusCode::FORBIDDEN,
+            code: "clock_skew",
+            reason: Some(Reason::VaultError),
+            message: format!(
+                "the request was signed {} seconds {} the vault's clock (at most {} allowed); check this machine's clock",
+                skew.abs(),
+                if skew > 0 { "ahead of" } else { "behind" },
+                protocol::MAX_CLOCK_SKEW_SECS
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn nonce_replayed() -> ApiError {
+    ApiError {
+        status: StatusCode::FORBIDDEN,
+        code: "nonce_replayed",
+        reason: Some(Reason::VaultError),
+        message:
+            "this request was already received (its nonce was used); a retry must be signed again with a fresh nonce"
+                .into(),
+    }
+}
+
+/// The certificate a machine's requests are verified with: the one it registered with, and no
+/// other. Its expiry and later downloads do not matter here: they limit who may enroll a machine,
+/// while this key is the enrolled machine's identity. Any other certificate of the vault would let
+/// every holder of a credentials file speak for every machine.
+fn machine_certificate(app: &App, vault: &str, machine_id: &str, thumbprint: &str) -> Result<Arc<[u8]>, ApiError> {
+    let state = app.lock_state();
+    let v = state.vaults.get(vault).ok_or_else(|| ApiError::vault_not_found(vault))?;
+    let machine = v.machines.get(machine_id).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "machine_not_found",
+            format!("vault {vault} has no machine {machine_id:?} (never registered, or removed)"),
+        )
+    })?;
+    if machine.thumbprint != thumbprint {
+        return Err(match state.thumbprints.get(thumbprint) {
+            Some(other) if other != vault => ApiError::refused(
+                Reason::CredentialsWrongVault,
+                format!("the request was signed with credentials of vault {other}, not {vault}"),
+            ),
+            _ => ApiError::refused(
+                Reason::CredentialsInvalid,
+                format!(
+                    "machine {machine_id} registered with another certificate; only the key it registered with speaks for it"
+                ),
+            ),
+        });
+    }
+    v.certs
+        .get(thumbprint)
+        .map(|cert| cert.der.clone())
+        .ok_or_else(|| ApiError::refused(Reason::CredentialsInvalid, "this vault never issued that certificate"))
+}
+
+fn verify_machine_signature(certificate: &[u8], message: &[u8], signature: &[u8]) -> Result<(), ApiError> {
+    regent_credentials::verify_signature(certificate, message, signature).map_err(|_| {
+        ApiError::refused(
+            Reason::CredentialsInvalid,
+            "the request's signature does not verify: it was not signed with the key this machine registered with",
+        )
+    })
+}
+
+/// What a verified report comes to.
+enum HeadDecision {
+    /// Nothing anchored yet, or past the anchored head and extending it: anchor it.
+    Anchor,
+    /// The head anchored already: the same answer again, nothing written.
+    Same(LogHead),
+    /// Past the anchored head (at this position) without naming it: ask again, nothing written.
+    BaseRequired(u64),
+    /// Refused, with the protocol code and the head the vault holds; recorded unless `again` (the
+    /// same refused head as the last refusal: a retry adds no evidence).
+    Refuse { code: &'static str, held_position: u64, held_hash: String, again: bool },
+}
+
+async fn report_log_head(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ApiPath((vault, machine_id)): ApiPath<(String, String)>,
+    ApiJson(body): ApiJson<LogHeadBody>,
+) -> Result<axum::Json<LogHead>, ApiError> {
+    known_vault(&vault)?;
+    valid_machine_id(&machine_id)?;
+    let signature = signed_fields(&body.thumbprint, &body.nonce, &body.signature)?;
+    if body.position == 0 {
+        return Err(ApiError::bad_request("position must be 1 or more: a registered machine's log is never empty"));
+    }
+    if !is_lower_hex64(&body.hash) {
+        return Err(ApiError::bad_request("hash must be 64 lowercase hex digits"));
+    }
+    if let Some(base) = &body.extends
+        && (base.position == 0 || base.position >= body.position || !is_lower_hex64(&base.hash))
+    {
+        return Err(ApiError::bad_request(
+            "extends must name a position before the head's (1 or more) and a hash of 64 lowercase hex digits",
+        ));
+    }
+    let now = Utc::now();
+    check_clock(body.timestamp, now)?;
+    let certificate = machine_certificate(&app, &vault, &machine_id, &body.thumbprint)?;
+    verify_machine_signature(&certificate, &body.message(&vault, &machine_id), &signature)?;
+
+    let _serial = app.anchor_changes.lock().await;
+    let decision = {
+        let mut state = app.lock_state();
+        let v = state.vaults.get_mut(&vault).ok_or_else(|| ApiError::vault_not_found(&vault))?;
+        if !v.remember_nonce(&body.nonce, now, now) {
+            return Err(nonce_replayed());
+        }
+        let anchor = v.anchors.get(&machine_id);
+        let refuse = |code: &'static str, held: &AnchoredHead| HeadDecision::Refuse {
+            code,
+            held_position: held.position,
+            held_hash: held.hash.clone(),
+            again: anchor
+                .and_then(|a| a.last_refusal.as_ref())
+                .is_some_and(|last| last.error == code && last.position == body.position && last.hash == body.hash),
+        };
+        match anchor.and_then(|a| a.head.as_ref()) {
+            None => HeadDecision::Anchor,
+            Some(held) if body.position > held.position => match &body.extends {
+                Some(base) if base.position == held.position && base.hash == held.hash => HeadDecision::Anchor,
+                // The agent's log holds another record where the vault anchored one: a fork.
+                Some(base) if base.position == held.position => refuse(LOG_HEAD_CONFLICT, held),
+                _ => HeadDecision::BaseRequired(held.position),
+            },
+            Some(held) if body.position == held.position && body.hash == held.hash => {
+                match anchor.and_then(|a| a.log_head(&machine_id)) {
+                    Some(head) => HeadDecision::Same(head),
+                    None => HeadDecision::Anchor,
+                }
+            }
+            Some(held) if body.position == held.position => refuse(LOG_HEAD_CONFLICT, held),
+            Some(held) => refuse(LOG_HEAD_REGRESSED, held),
+        }
+    };
+    let actor = Actor { user: format!("machine:{machine_id}"), host: peer.ip().to_string() };
+    match decision {
+        HeadDecision::Same(head) => Ok(axum::Json(head)),
+        HeadDecision::Anchor => {
+            let event = VaultEvent::LogHeadAnchored(LogHeadAnchored {
+                machine_id: machine_id.clone(),
+                position: body.position,
+                hash: body.hash.clone(),
+                nonce: body.nonce.clone(),
+                anchored_at: now,
+                peer: peer.ip().to_string(),
+            });
+            app.append(&vault, ExpectedVersion::Any, actor, vec![(event.clone(), None)])
+                .await
+                .map_err(ApiError::store)?;
+            app.apply(&vault, &[event])?;
+            tracing::info!(vault = %vault, machine_id = %machine_id, position = body.position, "log head anchored");
+            let state = app.lock_state();
+            state
+                .vaults
+                .get(&vault)
+                .and_then(|v| v.anchors.get(&machine_id))
+                .and_then(|a| a.log_head(&machine_id))
+                .map(axum::Json)
+                .ok_or_else(|| ApiError::internal("the log head was stored but cannot be read back"))
+        }
+        HeadDecision::BaseRequired(held_position) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            LOG_HEAD_BASE_REQUIRED,
+            format!(
+                "the vault anchored head {held_position} for this machine: a later head must name, in extends, the hash \
+                 the agent's log holds at {held_position}; read the anchor and report again"
+            ),
+        )),
+        HeadDecision::Refuse { code, held_position, held_hash, again } => {
+            if !again {
+                let event = VaultEvent::LogHeadRefused(LogHeadRefused {
+                    machine_id: machine_id.clone(),
+                    error: code.to_string(),
+                    position: body.position,
+                    hash: body.hash.clone(),
+                    extends: body.extends.clone(),
+                    anchored_position: held_position,
+                    anchored_hash: held_hash.clone(),
+                    nonce: body.nonce.clone(),
+                    refused_at: now,
+                    peer: peer.ip().to_string(),
+                });
+                // Recorded before answering: the refusal is the evidence, it must not be lost.
+                app.append(&vault, ExpectedVersion::Any, actor, vec![(event.clone(), None)])
+                    .await
+                    .map_err(ApiError::store)?;
+                app.apply(&vault, &[event])?;
+                tracing::warn!(vault = %vault, machine_id = %machine_id, position = body.position, held = held_position, code, "log head refused");
+            }
+            let held = format!("{held_position}:{}…", held_hash.chars().take(16).collect::<String>());
+            let message = if code == LOG_HEAD_CONFLICT {
+                format!(
+                    "the vault anchored head {held} for this machine, and the agent's log holds another record at \
+                     position {held_position}: it was rewritten, or restored from a copy and changed since"
+                )
+            } else {
+                format!(
+                    "the vault anchored head {held} for this machine, and the agent's log ends at {}: records {}-{held_position} \
+                     are missing from it (cut off, or an older copy restored)",
+                    body.position,
+                    body.position + 1
+                )
+            };
+            Err(ApiError::new(StatusCode::CONFLICT, code, message))
+        }
+    }
+}
+
+async fn read_log_head(
+    State(app): State<Arc<App>>,
+    ApiPath((vault, machine_id)): ApiPath<(String, String)>,
+    headers: HeaderMap,
+) -> Result<axum::Json<LogHead>, ApiError> {
+    known_vault(&vault)?;
+    valid_machine_id(&machine_id)?;
+    let field = |name: &str| {
+        headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "reading a log head is signed by the machine: send the headers {}",
+                SIGNATURE_HEADERS.join(", ")
+            ))
+        })
+    };
+    let [thumbprint, timestamp, nonce, signature] = SIGNATURE_HEADERS;
+    let (thumbprint, timestamp, nonce, signature) =
+        (field(thumbprint)?, field(timestamp)?, field(nonce)?, field(signature)?);
+    let signature = signed_fields(thumbprint, nonce, signature)?;
+    let timestamp: i64 = timestamp.parse().map_err(|_| ApiError::bad_request("the timestamp must be Unix seconds"))?;
+    let now = Utc::now();
+    check_clock(timestamp, now)?;
+    let certificate = machine_certificate(&app, &vault, &machine_id, thumbprint)?;
+    let message = protocol::log_head_read_message(&vault, &machine_id, thumbprint, timestamp, nonce);
+    verify_machine_signature(&certificate, &message, &signature)?;
+    let mut state = app.lock_state();
+    let v = state.vaults.get_mut(&vault).ok_or_else(|| ApiError::vault_not_found(&vault))?;
+    if !v.remember_nonce(nonce, now, now) {
+        return Err(nonce_replayed());
+    }
+    v.anchors.get(&machine_id).and_then(|a| a.log_head(&machine_id)).map(axum::Json).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            LOG_HEAD_NOT_FOUND,
+            format!("machine {machine_id} has not anchored a log head at vault {vault} yet"),
+        )
+    })
 }
 
 #[cfg(test)]

@@ -8,8 +8,8 @@ use chrono::{DateTime, Duration, Utc};
 use regent_credentials::VaultIdentity;
 use uuid::Uuid;
 
-use crate::events::{CredentialsIssued, MachineRegistered, PinIssued, VaultEvent};
-use crate::protocol::{self, MachineInfo, Registered, VaultInfo};
+use crate::events::{CredentialsIssued, LogHeadAnchored, LogHeadRefused, MachineRegistered, PinIssued, VaultEvent};
+use crate::protocol::{self, LogHead, LogHeadRefusal, MachineInfo, Registered, VaultInfo};
 
 /// How long a nonce is remembered after it was seen: a request older than the clock-skew window is
 /// refused by its timestamp anyway, so a nonce needs keeping only a little longer than the window is wide.
@@ -38,6 +38,35 @@ pub(crate) struct PinRecord {
     pub expires_at: DateTime<Utc>,
 }
 
+/// What a vault keeps of one machine's log: the head anchored last, and the reports it refused.
+#[derive(Default)]
+pub(crate) struct MachineAnchor {
+    pub head: Option<AnchoredHead>,
+    pub refusals: u64,
+    pub last_refusal: Option<LogHeadRefusal>,
+}
+
+#[derive(Clone)]
+pub(crate) struct AnchoredHead {
+    pub position: u64,
+    pub hash: String,
+    pub anchored_at: DateTime<Utc>,
+}
+
+impl MachineAnchor {
+    /// The anchor as the protocol shows it; `None` until a head was accepted.
+    pub(crate) fn log_head(&self, machine_id: &str) -> Option<LogHead> {
+        self.head.as_ref().map(|head| LogHead {
+            machine_id: machine_id.to_string(),
+            position: head.position,
+            hash: head.hash.clone(),
+            anchored_at: head.anchored_at,
+            refusals: self.refusals,
+            last_refusal: self.last_refusal.clone(),
+        })
+    }
+}
+
 /// The outcome of a registration in progress, shared with concurrent retries of the same request.
 pub(crate) type PendingAnswer = tokio::sync::watch::Receiver<Option<Result<Registered, String>>>;
 
@@ -59,6 +88,8 @@ pub(crate) struct VaultState {
     pub pin_failures: u32,
     /// Registrations being written, by request id (runtime only, never in the log).
     pub pending: HashMap<String, PendingAnswer>,
+    /// Log heads by machine id. Kept apart from `machines`: a removed machine's history stays.
+    pub anchors: HashMap<String, MachineAnchor>,
 }
 
 impl VaultState {
@@ -75,6 +106,7 @@ impl VaultState {
             pins: HashMap::new(),
             pin_failures: 0,
             pending: HashMap::new(),
+            anchors: HashMap::new(),
         }
     }
 
@@ -128,12 +160,38 @@ impl VaultState {
                 machine_name: e.machine_name.clone(),
                 registered_at: e.registered_at,
                 thumbprint: e.thumbprint.clone(),
+                log_head: None,
             },
         );
         // Replayed from the log, the nonce is remembered as seen when the machine registered; a
         // nonce that old is dropped at the next registration.
         let now = Utc::now();
         self.remember_nonce(&e.nonce, e.registered_at, now);
+    }
+
+    /// A machine as the admin API lists it: with its anchored log head.
+    pub(crate) fn machine_info(&self, machine: &MachineInfo) -> MachineInfo {
+        let mut info = machine.clone();
+        info.log_head = self.anchors.get(&machine.machine_id).and_then(|a| a.log_head(&machine.machine_id));
+        info
+    }
+
+    fn apply_anchored(&mut self, e: &LogHeadAnchored) {
+        let anchor = self.anchors.entry(e.machine_id.clone()).or_default();
+        anchor.head = Some(AnchoredHead { position: e.position, hash: e.hash.clone(), anchored_at: e.anchored_at });
+        self.remember_nonce(&e.nonce, e.anchored_at, Utc::now());
+    }
+
+    fn apply_refused(&mut self, e: &LogHeadRefused) {
+        let anchor = self.anchors.entry(e.machine_id.clone()).or_default();
+        anchor.refusals += 1;
+        anchor.last_refusal = Some(LogHeadRefusal {
+            error: e.error.clone(),
+            position: e.position,
+            hash: e.hash.clone(),
+            refused_at: e.refused_at,
+        });
+        self.remember_nonce(&e.nonce, e.refused_at, Utc::now());
     }
 }
 
@@ -187,6 +245,8 @@ impl ServiceState {
             VaultEvent::MachineRemoved(e) => {
                 state.machines.remove(&e.machine_id);
             }
+            VaultEvent::LogHeadAnchored(e) => state.apply_anchored(e),
+            VaultEvent::LogHeadRefused(e) => state.apply_refused(e),
         }
         Ok(())
     }

@@ -1,0 +1,261 @@
+//! The log head kept at the vault, through the real binary against a real vault service: every
+//! step while registered sends it, `regent audit anchor` sends it on demand, and `regent audit
+//! verify --against-vault` catches what the chain alone cannot (a cut tail, a forked copy).
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::support::{Setup, refused_with};
+
+const THROTTLE: [&str; 11] = [
+    "properties",
+    "throttling",
+    "set",
+    "--work-days",
+    "mon-fri",
+    "--work-hours",
+    "09:00-17:00",
+    "--work-bandwidth",
+    "512Kbps",
+    "--non-work-bandwidth",
+    "20Mbps",
+];
+const THROTTLE_OTHER: [&str; 11] = [
+    "properties",
+    "throttling",
+    "set",
+    "--work-days",
+    "sat,sun",
+    "--work-hours",
+    "08:00-12:00",
+    "--work-bandwidth",
+    "1Mbps",
+    "--non-work-bandwidth",
+    "10Mbps",
+];
+const THROTTLE_OFF: [&str; 3] = ["properties", "throttling", "off"];
+const PROXY_CLEAR: [&str; 2] = ["proxy", "clear"];
+const VERIFY: [&str; 3] = ["audit", "verify", "--against-vault"];
+
+/// A whole data dir, copied while no regent runs: a backup an attacker (or a careless restore) puts back.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Runs a step that must be accepted with nothing on stderr (the head was anchored).
+fn quietly(setup: &Setup, agent: &str, args: &[&str]) {
+    let (code, stderr) = setup.step(agent, args);
+    assert_eq!((code, stderr.as_str()), (0, ""), "{args:?}");
+}
+
+fn json_of(setup: &Setup, agent: &str, args: &[&str]) -> (i32, Value, String) {
+    let out = setup.regent(agent).arg("--json").args(args).output().unwrap();
+    let value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+    (out.status.code().unwrap_or(-1), value, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn stdout_of(setup: &Setup, agent: &str, args: &[&str]) -> (i32, String, String) {
+    let out = setup.regent(agent).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// One line on stderr, starting `regent: CODE: `.
+fn one_line_failure(stderr: &str, code: &str) {
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with(&format!("regent: {code}: ")), "{stderr}");
+}
+
+fn registered_agent(setup: &Setup) {
+    assert_eq!(setup.admin(&["create", "prod"]).status.code(), Some(0));
+    let credentials = setup.download("prod", "prod.VaultCredentials");
+    setup.prepare("agent", &credentials);
+    let (code, answer, stderr) = json_of(setup, "agent", &["register"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(answer["status"]["phase"], "registered");
+    // folders, credentials, passphrase, register: the fourth record is the head the vault keeps.
+    assert_eq!(answer["log_anchor"]["anchored"], true, "{answer}");
+    assert_eq!(answer["log_anchor"]["position"], 4);
+    assert_eq!(answer["log_anchor"]["vault_position"], 4);
+}
+
+#[test]
+fn verify_against_the_vault_catches_a_cut_tail_and_a_forked_copy() {
+    let mut setup = Setup::new();
+    registered_agent(&setup);
+    quietly(&setup, "agent", &THROTTLE); // 5
+    quietly(&setup, "agent", &PROXY_CLEAR); // 6
+    let (code, stdout, stderr) = stdout_of(&setup, "agent", &VERIFY);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("ok: 6 records verified") && stdout.contains("vault anchor at 6 matches"), "{stdout}");
+
+    // A copy of the whole data dir at head 6, then one more change anchored at 7.
+    copy_dir(&setup.path("agent"), &setup.path("copy"));
+    quietly(&setup, "agent", &THROTTLE_OFF); // 7
+
+    // Forked: the old copy restored, and another change made from it. Its head 7 is another record
+    // than the vault's 7: the report is refused (the step itself still succeeds).
+    copy_dir(&setup.path("copy"), &setup.path("fork"));
+    let (code, stderr) = setup.step("fork", &THROTTLE_OTHER);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("warning: vault prod refused log head 7 (log_head_conflict: "), "{stderr}");
+    assert!(stderr.contains("regent audit verify --against-vault"), "{stderr}");
+    assert_eq!(setup.step("fork", &["audit", "verify"]).0, 0, "the fork's own chain is intact");
+    let (code, stdout, stderr) = stdout_of(&setup, "fork", &VERIFY);
+    assert_eq!(code, 1, "{stdout}");
+    one_line_failure(&stderr, "log_head_mismatch");
+    assert!(stderr.contains("record 7 is not the one vault prod anchored"), "{stderr}");
+    assert!(stdout.contains("FAILED at record 7: head mismatch"), "{stdout}");
+    let (code, report, _) = json_of(&setup, "fork", &VERIFY);
+    assert_eq!(code, 1);
+    assert_eq!(report["against_vault"]["outcome"], "altered");
+    assert_eq!(report["against_vault"]["mismatch"]["from"], 7);
+    assert_eq!(report["failure"]["problem"], "head_mismatch");
+
+    // The real log goes on: 8 is anchored (past the refusals).
+    quietly(&setup, "agent", &PROXY_CLEAR); // 8
+
+    // Cut tail: the old copy (head 6) put back in place of the log. Its chain, store head and
+    // durable head all agree, so plain verify passes; the vault's head 8 shows 7-8 are missing.
+    copy_dir(&setup.path("copy"), &setup.path("cut"));
+    let (code, stdout, _) = stdout_of(&setup, "cut", &["audit", "verify"]);
+    assert_eq!(code, 0, "plain verify cannot see a cut tail: {stdout}");
+    let (code, stdout, stderr) = stdout_of(&setup, "cut", &VERIFY);
+    assert_eq!(code, 1, "{stdout}");
+    one_line_failure(&stderr, "log_tail_cut");
+    assert!(stderr.contains("anchored this log at position 8, but it ends at 6: records 7-8 are missing"), "{stderr}");
+    let (code, report, _) = json_of(&setup, "cut", &VERIFY);
+    assert_eq!(code, 1);
+    assert_eq!(report["against_vault"]["outcome"], "tail_cut");
+    assert_eq!(
+        (report["against_vault"]["missing"]["from"].as_u64(), report["against_vault"]["missing"]["to"].as_u64()),
+        (Some(7), Some(8))
+    );
+    assert_eq!(report["against_vault"]["anchor"]["position"], 8);
+    assert_eq!(report["failure"]["problem"], "truncated");
+    assert_eq!(report["records"], 6, "the verified part is still reported");
+    // The cut copy reporting its own next head is refused as going backwards.
+    let (code, stderr) = setup.step("cut", &THROTTLE_OFF);
+    assert_eq!(code, 0);
+    assert!(stderr.starts_with("warning: vault prod refused log head 7 (log_head_regressed: "), "{stderr}");
+
+    // Cut back and grown past the anchor while the vault could not see it: a later head must name
+    // the hash this log holds at the anchored position, and it holds another record there.
+    copy_dir(&setup.path("copy"), &setup.path("grown"));
+    setup.stop_vault();
+    for args in [&THROTTLE_OFF[..], &PROXY_CLEAR, &THROTTLE] {
+        let (code, stderr) = setup.step("grown", args);
+        assert_eq!(code, 0);
+        assert!(stderr.contains("(vault_unreachable: "), "{stderr}");
+    }
+    setup.start_vault();
+    let (code, _, stderr) = stdout_of(&setup, "grown", &["audit", "anchor"]);
+    assert_eq!(code, 1);
+    one_line_failure(&stderr, "log_head_conflict");
+    assert!(stderr.contains("refused log head 9") && stderr.contains("another record at position 8"), "{stderr}");
+    let (code, _, stderr) = stdout_of(&setup, "grown", &VERIFY);
+    assert_eq!(code, 1);
+    one_line_failure(&stderr, "log_head_mismatch");
+    assert!(stderr.contains("record 8 is not the one vault prod anchored"), "{stderr}");
+
+    // The real log still matches; the refused reports stay visible, here and in the vault's list.
+    let (code, stdout, stderr) = stdout_of(&setup, "agent", &VERIFY);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("vault anchor at 8 matches"), "{stdout}");
+    assert!(stderr.starts_with("warning: vault prod refused 3 log head report(s)"), "{stderr}");
+    let machines = String::from_utf8(setup.admin(&["machines", "--vault", "prod"]).stdout).unwrap();
+    assert!(machines.contains("LOG HEAD") && machines.contains("REFUSED 3 report(s)"), "{machines}");
+    let machines: Value =
+        serde_json::from_slice(&setup.admin(&["machines", "--vault", "prod", "--json"]).stdout).unwrap();
+    assert_eq!(machines[0]["log_head"]["position"], 8);
+    assert_eq!(machines[0]["log_head"]["refusals"], 3);
+    assert_eq!(machines[0]["log_head"]["last_refusal"]["error"], "log_head_conflict");
+    assert_eq!(machines[0]["log_head"]["last_refusal"]["position"], 9);
+}
+
+#[test]
+fn a_vault_that_is_down_leaves_the_step_recorded_and_audit_anchor_catches_up() {
+    let mut setup = Setup::new();
+    registered_agent(&setup);
+    let (_, status, _) = json_of(&setup, "agent", &["status"]);
+    assert_eq!(status["log_anchor"]["position"], 4);
+    assert_eq!(status["log_anchor"]["behind"], 0);
+    let (_, stdout, _) = stdout_of(&setup, "agent", &["status"]);
+    assert!(stdout.contains("anchor        4 at vault prod (up to date)"), "{stdout}");
+
+    setup.stop_vault();
+    // The step is done and recorded; one warning says the head was not anchored and what to do.
+    let (code, stderr) = setup.step("agent", &THROTTLE);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("warning: log head 5 was not anchored at vault prod (vault_unreachable: "), "{stderr}");
+    assert!(stderr.contains("run `regent audit anchor`"), "{stderr}");
+    let (code, answer, _) = json_of(&setup, "agent", &PROXY_CLEAR);
+    assert_eq!(code, 0);
+    assert_eq!((answer["outcome"].as_str(), answer["position"].as_u64()), (Some("accepted"), Some(6)));
+    assert_eq!(answer["log_anchor"]["anchored"], false);
+    assert_eq!(answer["log_anchor"]["reason"], "vault_unreachable");
+    // A refused step moves the head too, and is reported too.
+    let (code, stderr) = setup.step("agent", &["register"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("warning: log head 7 was not anchored") && stderr.contains("regent: already_registered: "));
+    let (_, status, _) = json_of(&setup, "agent", &["status"]);
+    assert_eq!(status["events"], 7, "every step was recorded");
+    assert_eq!(status["log_anchor"]["behind"], 3);
+    assert_eq!(status["log_anchor"]["last_failure"]["reason"], "vault_unreachable");
+    let (_, stdout, _) = stdout_of(&setup, "agent", &["status"]);
+    assert!(stdout.contains("4 at vault prod (3 records not yet anchored"), "{stdout}");
+
+    let (code, _, stderr) = stdout_of(&setup, "agent", &["audit", "anchor"]);
+    assert_eq!(code, 1);
+    one_line_failure(&stderr, "vault_unreachable");
+    assert!(stderr.contains("log head 7 was not anchored at vault prod"), "{stderr}");
+    let (code, _, stderr) = stdout_of(&setup, "agent", &VERIFY);
+    assert_eq!(code, 1);
+    one_line_failure(&stderr, "vault_unreachable");
+    assert!(stderr.contains("cannot read the anchored log head from vault prod"), "{stderr}");
+
+    // Back up: verify shows what is not yet anchored, `audit anchor` catches up.
+    setup.start_vault();
+    let (code, stdout, stderr) = stdout_of(&setup, "agent", &VERIFY);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("vault anchor at 4 matches") && stdout.contains("records 5-7 are not yet anchored"),
+        "{stdout}"
+    );
+    let (code, stdout, stderr) = stdout_of(&setup, "agent", &["audit", "anchor"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("log head 7:") && stdout.contains("anchored at vault prod"), "{stdout}");
+    let (code, report, _) = json_of(&setup, "agent", &VERIFY);
+    assert_eq!(code, 0);
+    assert_eq!(report["against_vault"]["outcome"], "match");
+    assert_eq!(report["against_vault"]["anchor"]["position"], 7);
+    assert!(report["against_vault"]["not_yet_anchored"].is_null());
+    let (_, status, _) = json_of(&setup, "agent", &["status"]);
+    assert_eq!(status["log_anchor"]["behind"], 0);
+
+    // Unregistering is reported under the registration it ends; then there is nothing to check against.
+    quietly(&setup, "agent", &["unregister"]);
+    let machines: Value =
+        serde_json::from_slice(&setup.admin(&["machines", "--vault", "prod", "--json"]).stdout).unwrap();
+    assert_eq!(machines[0]["log_head"]["position"], 8);
+    let (code, _, stderr) = stdout_of(&setup, "agent", &VERIFY);
+    assert_eq!(code, 1);
+    one_line_failure(&stderr, "not_registered");
+    refused_with(setup.step("agent", &["audit", "anchor"]), "not_registered");
+}
