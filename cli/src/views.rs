@@ -11,7 +11,7 @@ use regent_store::{EventStore, Head, VerifyReport};
 use serde_json::json;
 
 use crate::context::Context;
-use crate::failure::{EXIT_REFUSED, Failure};
+use crate::failure::Failure;
 
 pub fn status(ctx: &Context) -> Result<u8, Failure> {
     let store = ctx.open_store()?;
@@ -222,7 +222,14 @@ pub fn verify(ctx: &Context, file: Option<&Path>, head: Option<Head>) -> Result<
         None => ctx.open_store()?.verify(head)?,
     };
     print_report(&report, ctx.json);
-    Ok(if report.is_ok() { 0 } else { EXIT_REFUSED })
+    match &report.failure {
+        None => Ok(0),
+        // The report went to stdout; stderr gets the one line every failing command ends with.
+        Some(failure) => Err(Failure::refused(format!(
+            "verification failed at {failure}; only records up to {} can be trusted",
+            report.verified_head.position
+        ))),
+    }
 }
 
 fn print_report(report: &VerifyReport, json: bool) {

@@ -3,6 +3,7 @@
 mod anchor;
 mod audit;
 mod fixtures;
+mod large_logs;
 mod quickstart;
 mod register;
 mod replay;
