@@ -9,7 +9,7 @@
 # says fails the recording). Two fixtures are rewrites of a recorded one (see rewrite.py): a log as
 # schema 1 wrote it, and a log from a build with another passphrase rule (the divergence).
 #
-# Usage: replay-fixtures/record.sh        (needs cargo, python3, tinyproxy; takes about a minute)
+# Usage: replay-fixtures/record.sh        (needs cargo, python3, tinyproxy; about 10 s after the build)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -28,7 +28,8 @@ cleanup() {
 }
 trap cleanup EXIT
 export NO_COLOR=1
-rm -f "$here"/*.jsonl "$here"/*.expected.json # a fixture whose scenario is gone goes too
+out="$work/fixtures" # recorded here, and moved beside this script only when every scenario did
+mkdir -p "$out"
 unset REGENT_DATA_DIR
 
 # The vault service, and the address it prints.
@@ -79,8 +80,8 @@ prepared() { folders; credentials; passphrase; }
 record() {
     local name=$1 phase=$2 failure=$3 description=$4
     "$bin" --data-dir "$agent" --json status >"$agent.status"
-    "$bin" --data-dir "$agent" audit export --output "$here/$name.jsonl"
-    python3 - "$agent.status" "$here/$name.expected.json" "$phase" "$failure" "$description" "$name" <<'EOF'
+    "$bin" --data-dir "$agent" audit export --output "$out/$name.jsonl"
+    python3 - "$agent.status" "$out/$name.expected.json" "$phase" "$failure" "$description" "$name" <<'EOF'
 import json, sys
 status_file, out, phase, failure, description, name = sys.argv[1:]
 status = json.load(open(status_file))
@@ -95,7 +96,7 @@ with open(out, "w") as f:
     json.dump(expected, f, indent=2)
     f.write("\n")
 EOF
-    echo "recorded $name: $phase, last failure ${failure/-/none}, $(($(wc -l <"$here/$name.jsonl") - 1)) events"
+    echo "recorded $name: $phase, last failure ${failure/-/none}, $(($(wc -l <"$out/$name.jsonl") - 1)) events"
 }
 scenario() { agent="$work/agents/$1"; mkdir -p "$work/agents"; }
 
@@ -204,8 +205,8 @@ r properties throttling set --work-days mon-fri --work-hours 09:00-17:00 --work-
 record invalid_throttling registered invalid_throttling "a work-hours bandwidth under 512 Kbps"
 
 # --- rewrites of a recorded log (rewrite.py says why) ---
-python3 "$here/rewrite.py" schema-1 "$here/registered.jsonl" "$here/schema-1.jsonl" 1GiB
-python3 - "$here/registered.expected.json" "$here/schema-1.expected.json" <<'EOF'
+python3 "$here/rewrite.py" schema-1 "$out/registered.jsonl" "$out/schema-1.jsonl" 1GiB
+python3 - "$out/registered.expected.json" "$out/schema-1.expected.json" <<'EOF'
 import json, sys
 expected = json.load(open(sys.argv[1]))
 expected["description"] = "the registered fixture with its folders event as schema 1 wrote it (backup_size as typed), upcast on read"
@@ -216,8 +217,8 @@ open(sys.argv[2], "a").write("\n")
 EOF
 echo "recorded schema-1 (from registered)"
 
-python3 "$here/rewrite.py" short-12 "$here/registered-through-proxy.jsonl" "$here/divergence.jsonl"
-python3 - "$here/registered-through-proxy.expected.json" "$here/divergence.expected.json" "$here/divergence.jsonl" <<'EOF'
+python3 "$here/rewrite.py" short-12 "$out/registered-through-proxy.jsonl" "$out/divergence.jsonl"
+python3 - "$out/registered-through-proxy.expected.json" "$out/divergence.expected.json" "$out/divergence.jsonl" <<'EOF'
 import json, sys
 expected = json.load(open(sys.argv[1]))
 position = next(json.loads(l[l.index('"record":') + 9:-1])["position"]
@@ -229,3 +230,8 @@ json.dump(expected, open(sys.argv[2], "w"), indent=2)
 open(sys.argv[2], "a").write("\n")
 EOF
 echo "recorded divergence (from registered-through-proxy)"
+
+# Every scenario did what it says: replace the fixtures (one whose scenario is gone goes too).
+rm -f "$here"/*.jsonl "$here"/*.expected.json
+mv "$out"/* "$here"/
+echo "wrote $(ls "$here"/*.jsonl | wc -l) fixtures to $here"

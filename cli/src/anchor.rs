@@ -71,6 +71,17 @@ struct AnchorNote {
     /// The last report that did not get through (only its code: messages may name hosts).
     #[serde(default)]
     last_failure: Option<NoteFailure>,
+    /// A machine registered by `regent quickstart`, whose vault runs only while quickstart does:
+    /// its later steps are not reported (they could never get through, and would warn every time).
+    #[serde(default)]
+    quickstart_machine: Option<String>,
+}
+
+/// Marks `machine_id` as registered with quickstart's in-process vault (see `quickstart_machine`).
+pub fn mark_quickstart_machine(ctx: &Context, machine_id: &str) {
+    let mut note = AnchorNote::load(&ctx.data_dir);
+    note.quickstart_machine = Some(machine_id.to_string());
+    note.save(&ctx.data_dir);
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -298,6 +309,9 @@ pub fn after_step(
 ) -> Option<StepAnchor> {
     let registration = registration?;
     let mut note = AnchorNote::load(&ctx.data_dir);
+    if note.quickstart_machine.as_deref() == Some(registration.machine_id.as_str()) {
+        return None;
+    }
     let result = signer(store, area, state, registration, None).and_then(|signer| {
         client(after_step_options(note.ca_file()))?.report_log_head(
             &signer,
@@ -573,6 +587,9 @@ pub fn status_line(ctx: &Context, state: &State, head: Head) -> Option<String> {
     let note = AnchorNote::load(&ctx.data_dir);
     let anchored = note.anchored.filter(|a| a.machine_id == registration.machine_id);
     let failure = note.last_failure.filter(|f| f.machine_id == registration.machine_id);
+    if note.quickstart_machine.as_deref() == Some(registration.machine_id.as_str()) {
+        return Some("not kept: quickstart's vault runs only while `regent quickstart` does".into());
+    }
     let mut line = match &anchored {
         None => "not anchored at the vault yet (`regent audit anchor`)".to_string(),
         Some(a) if a.position == head.position => format!("{} at vault {} (up to date)", a.position, a.vault),

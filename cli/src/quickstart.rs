@@ -64,6 +64,10 @@ pub fn run(ctx: &Context) -> Result<u8, Failure> {
     let vault = regent_vault::HttpVaultClient::with_ca_file(None).map_err(|e| Failure::store(e.to_string()))?;
     steps::run_with_vault(ctx, Step::Register { endpoint_override: None }, SecretInputs::default(), &vault)?;
     drop(server);
+    // The registration's head was anchored while the vault ran; later steps have nowhere to go.
+    if let Some(registration) = projections::current_state(&ctx.open_store()?)?.0.registration {
+        crate::anchor::mark_quickstart_machine(ctx, &registration.machine_id);
+    }
     show_views(ctx)?;
     if !ctx.json {
         println!();

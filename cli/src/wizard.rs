@@ -555,9 +555,14 @@ impl Wizard<'_> {
         spinner.tick(); // drawn now, even if the vault answers before the first steady tick
         spinner.enable_steady_tick(Duration::from_millis(100));
         let command = Step::Register { endpoint_override: self.endpoint.clone() };
-        let result = self.execute(command, SecretInputs::default(), self.vault);
+        let result = steps::execute(self.ctx, command, SecretInputs::default(), self.vault);
+        // The spinner goes before anything is said, or a warning would land on its line.
         spinner.finish_and_clear();
-        match result?.record.outcome {
+        let (result, anchored) = result?;
+        if let Some(warning) = anchored.as_ref().and_then(crate::anchor::StepAnchor::warning) {
+            say(format!("Warning: {warning}"));
+        }
+        match result.record.outcome {
             Outcome::Accepted(Change::Registered(r)) => {
                 say(format!("Registered: this server is machine {} in vault {}.", r.machine_id, r.vault));
                 say("See it with `regent status` and `regent properties`; the record with `regent audit`.");

@@ -6,7 +6,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::record::{ChainFields, Digest32, Head, split_stored};
+use crate::record::{ChainFields, Digest32, Head, split_and_parse};
 
 /// What is wrong with a record, or with the chain's end.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -132,8 +132,7 @@ impl ChainWalker {
         }
         let malformed =
             |e: serde_json::Error| ChainFailure { position: at, problem: Problem::Malformed { detail: e.to_string() } };
-        let (hash, body) = split_stored(stored).map_err(malformed)?;
-        let fields: ChainFields = serde_json::from_slice(body).map_err(malformed)?;
+        let (hash, body, fields): (_, _, ChainFields) = split_and_parse(stored).map_err(malformed)?;
         self.push_parts(stored_at, hash, body, fields.position, fields.prev_hash)
     }
 

@@ -83,8 +83,8 @@ impl EventStore {
         while let Some((line_no, bytes)) = lines.next_line()? {
             let bad = |detail: String| StoreError::BadLogFile { line: line_no, detail };
             let hash = walker.push(None, bytes).map_err(StoreError::ChainBroken)?;
-            let placed: PlacementFields =
-                serde_json::from_slice(record_body(bytes)?).map_err(|e| bad(format!("not a record: {e}")))?;
+            let (_, _, placed): (_, _, PlacementFields) =
+                crate::record::split_and_parse(bytes).map_err(|e| bad(format!("not a record: {e}")))?;
             let version = streams.entry(placed.stream.to_string()).or_insert(0);
             if placed.version != *version + 1 {
                 return Err(bad(format!(
@@ -179,27 +179,7 @@ pub fn read_export<R: BufRead + Send + 'static>(
     verify: bool,
 ) -> Result<(ExportHeader, impl Iterator<Item = Result<crate::Record>>)> {
     let (header, records) = read_export_here(input, verify)?;
-    Ok((header, read_ahead(records)?))
-}
-
-/// Records read ahead per batch, and batches in flight: about a megabyte at most.
-const READ_AHEAD_BATCH: usize = 256;
-const READ_AHEAD_BATCHES: usize = 4;
-
-/// Runs `items` on a thread of its own, handing them over in batches through a bounded channel.
-fn read_ahead<T: Send + 'static>(items: impl Iterator<Item = T> + Send + 'static) -> Result<impl Iterator<Item = T>> {
-    let (sender, receiver) = std::sync::mpsc::sync_channel::<Vec<T>>(READ_AHEAD_BATCHES);
-    let spawned = std::thread::Builder::new().name("regent-read-ahead".into()).spawn(move || {
-        let mut items = items.peekable();
-        while items.peek().is_some() {
-            let batch: Vec<T> = items.by_ref().take(READ_AHEAD_BATCH).collect();
-            if sender.send(batch).is_err() {
-                return; // the reader stopped early
-            }
-        }
-    });
-    spawned.map_err(|e| StoreError::Io { path: "a thread to read the log".into(), source: e })?;
-    Ok(receiver.into_iter().flatten())
+    Ok((header, crate::read_ahead::read_ahead(records, |r: &crate::Record| r.payload.get().len() + 512)))
 }
 
 fn read_export_here<R: BufRead>(
@@ -219,14 +199,12 @@ fn read_export_here<R: BufRead>(
             Ok(Some((line, bytes))) => {
                 // One parse serves both the chain check and the record; only a line that does not
                 // read as a record is walked again, to say what is wrong with it.
-                let parsed = crate::record::split_stored(bytes)
-                    .and_then(|(hash, body)| Ok((hash, body, crate::record::decode_body(hash, body)?)));
-                match parsed {
-                    Ok((hash, body, record)) if verify => walker
-                        .push_parts(None, hash, body, record.position, record.prev_hash)
+                match crate::record::decode_parts(bytes) {
+                    Ok((body, record)) if verify => walker
+                        .push_parts(None, record.hash, body, record.position, record.prev_hash)
                         .map(|_| record)
                         .map_err(StoreError::ChainBroken),
-                    Ok((_, _, record)) => Ok(record),
+                    Ok((_, record)) => Ok(record),
                     Err(e) => match verify.then(|| walker.push(None, bytes)) {
                         Some(Err(failure)) => Err(StoreError::ChainBroken(failure)),
                         _ => Err(StoreError::BadLogFile { line, detail: format!("not a record: {e}") }),
@@ -255,13 +233,6 @@ fn read_export_here<R: BufRead>(
         Some(result)
     });
     Ok((header, records))
-}
-
-/// The raw bytes of the `record` object inside a stored line.
-fn record_body(stored: &[u8]) -> Result<&[u8]> {
-    let (_, body) = crate::record::split_stored(stored)
-        .map_err(|e| StoreError::Internal(format!("a verified record no longer parses: {e}")))?;
-    Ok(body)
 }
 
 /// Reads an export line by line with a bound on each line, so a huge or hostile file cannot make

@@ -15,6 +15,7 @@ mod error;
 mod export;
 #[doc(hidden)]
 pub mod layout;
+mod read_ahead;
 pub mod record;
 mod store;
 

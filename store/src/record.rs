@@ -277,54 +277,70 @@ pub(crate) fn encode(
 const STORED_PREFIX: &[u8] = b"{\"hash\":\"";
 const STORED_MIDDLE: &[u8] = b"\",\"record\":";
 
-/// Splits a stored line into its hash and the exact bytes of its `record` object.
+/// Splits a stored line into its hash and the exact bytes of its `record` object, and parses the
+/// record's bytes as `T`.
 ///
-/// The layout `encode` writes is read without a JSON parser: a third of the cost of reading a log
-/// went into parsing the envelope only to find where the record starts. Any other layout (spaces,
-/// another key order) goes through serde and yields the same parts. The fast path needs the body
-/// to start with `{` and end with `}`, so its bytes are the ones serde would capture, provided the
-/// caller parses the body in full (serde_json::from_slice), which every caller does.
-pub(crate) fn split_stored(stored: &[u8]) -> Result<(Digest32, &[u8]), serde_json::Error> {
+/// The layout `encode` writes is split without a JSON parser: a third of the cost of reading a log
+/// went into parsing the envelope only to find where the record starts. The fast split needs the
+/// body to start with `{`, end with `}`, be UTF-8 and parse in full as `T`; anything else (spaces,
+/// another key order, an extra key after the record) goes through serde's envelope, so both paths
+/// read the same lines the same way.
+pub(crate) fn split_and_parse<'a, T: Deserialize<'a>>(
+    stored: &'a [u8],
+) -> Result<(Digest32, &'a [u8], T), serde_json::Error> {
+    if let Some((hash, body)) = fast_split(stored)
+        && let Ok(parsed) = serde_json::from_slice(body)
+    {
+        return Ok((hash, body, parsed));
+    }
+    let envelope: RawEnvelope<'a> = serde_json::from_slice(stored)?;
+    let body = envelope.record.get().as_bytes();
+    Ok((envelope.hash, body, serde_json::from_slice(body)?))
+}
+
+fn fast_split(stored: &[u8]) -> Option<(Digest32, &[u8])> {
     let hex_end = STORED_PREFIX.len() + 64;
     let body_start = hex_end + STORED_MIDDLE.len();
-    if stored.len() > body_start + 1
+    let fits = stored.len() > body_start + 1
         && stored.starts_with(STORED_PREFIX)
         && stored[hex_end..].starts_with(STORED_MIDDLE)
         && stored[body_start] == b'{'
-        && stored.ends_with(b"}}")
-    {
-        let hash = std::str::from_utf8(&stored[STORED_PREFIX.len()..hex_end]).ok().and_then(Digest32::from_hex);
-        if let Some(hash) = hash {
-            return Ok((hash, &stored[body_start..stored.len() - 1]));
-        }
+        && stored.ends_with(b"}}");
+    if !fits {
+        return None;
     }
-    let envelope: RawEnvelope = serde_json::from_slice(stored)?;
-    Ok((envelope.hash, envelope.record.get().as_bytes()))
+    let hash = Digest32::from_hex(std::str::from_utf8(&stored[STORED_PREFIX.len()..hex_end]).ok()?)?;
+    let body = &stored[body_start..stored.len() - 1];
+    // serde skips over ignored strings without checking them; the body must be UTF-8 all the same.
+    std::str::from_utf8(body).ok()?;
+    Some((hash, body))
 }
 
 /// Reads a stored record. This does not check the hash: `verify` does.
 pub fn decode(stored: &[u8]) -> Result<Record, serde_json::Error> {
-    let (hash, body) = split_stored(stored)?;
-    decode_body(hash, body)
+    decode_parts(stored).map(|(_, record)| record)
 }
 
-/// Reads a record from the bytes of its `record` object and the hash stored beside them.
-pub(crate) fn decode_body(hash: Digest32, body: &[u8]) -> Result<Record, serde_json::Error> {
-    let r: RecordIn = serde_json::from_slice(body)?;
-    Ok(Record {
-        position: r.position,
-        stream: r.stream,
-        version: r.version,
-        event_id: r.event_id,
-        kind: r.kind,
-        schema: r.schema,
-        recorded_at: r.recorded_at,
-        actor: r.actor,
-        correlation_id: r.correlation_id,
-        prev_hash: r.prev_hash,
-        payload: r.payload,
-        hash,
-    })
+/// A stored record and the exact bytes of its `record` object, which its hash covers.
+pub(crate) fn decode_parts(stored: &[u8]) -> Result<(&[u8], Record), serde_json::Error> {
+    let (hash, body, r): (_, _, RecordIn) = split_and_parse(stored)?;
+    Ok((
+        body,
+        Record {
+            position: r.position,
+            stream: r.stream,
+            version: r.version,
+            event_id: r.event_id,
+            kind: r.kind,
+            schema: r.schema,
+            recorded_at: r.recorded_at,
+            actor: r.actor,
+            correlation_id: r.correlation_id,
+            prev_hash: r.prev_hash,
+            payload: r.payload,
+            hash,
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -362,10 +378,9 @@ mod tests {
         let serde_split =
             |line: &str| serde_json::from_str::<RawEnvelope>(line).map(|e| (e.hash, e.record.get().to_string())).ok();
         let split = |line: &str| {
-            split_stored(line.as_bytes())
+            split_and_parse::<serde::de::IgnoredAny>(line.as_bytes())
                 .ok()
-                .filter(|(_, b)| serde_json::from_slice::<serde::de::IgnoredAny>(b).is_ok())
-                .map(|(h, b)| (h, String::from_utf8(b.to_vec()).unwrap()))
+                .map(|(h, b, _)| (h, String::from_utf8(b.to_vec()).unwrap()))
         };
         assert_eq!(split(&text), Some((hash, body.clone())));
         let hex = hash.to_hex();
@@ -377,6 +392,7 @@ mod tests {
             format!("{{\"hash\":\"{hex}\",\"record\":{body} }}}}"),
             format!("{{\"hash\":\"{hex}\",\"record\":{body}x}}"),
             format!("{{\"hash\":\"{hex}\",\"record\":{body},\"hash\":\"{hex}\"}}"),
+            format!("{{\"hash\":\"{hex}\",\"record\":{body},\"extra\":{{\"a\":1}}}}"),
             format!("{{\"hash\":\"{}\",\"record\":{body}}}", &hex[..63]),
         ] {
             assert_eq!(split(&line), serde_split(&line), "{line}");

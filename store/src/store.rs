@@ -13,6 +13,7 @@ use uuid::Uuid;
 use crate::chain::{ChainFailure, ChainWalker, Problem, VerifyReport};
 use crate::error::{ExpectedVersion, Result, StoreError};
 use crate::layout::{self, HEAD_KEY};
+use crate::read_ahead::read_ahead;
 use crate::record::{self, BatchMeta, Digest32, Head, MAX_RECORD_BYTES, NewEvent, RawEnvelope, Record};
 
 /// How a store is opened.
@@ -296,16 +297,18 @@ impl EventStore {
         }
     }
 
-    /// Every record from `from_position` on, oldest first, read lazily.
+    /// Every record from `from_position` on, oldest first, read and decoded ahead of the caller on
+    /// a thread of its own (see read_ahead.rs).
     pub fn read_all(&self, from_position: u64) -> impl Iterator<Item = Result<Record>> + 'static {
         let path = self.path.clone();
-        self.raw_records(from_position).map(move |item| {
+        let records = self.raw_records(from_position).map(move |item| {
             let (position, bytes) = item?;
             record::decode(&bytes).map_err(|e| StoreError::Corrupt {
                 path: path.clone(),
                 detail: format!("record {position} cannot be read: {e}"),
             })
-        })
+        });
+        read_ahead(records, |r: &Record| r.payload.get().len() + 512)
     }
 
     /// One stream's records from `from_version` on, oldest first, read lazily.
@@ -349,7 +352,8 @@ impl EventStore {
         for anchor in durable.into_iter().chain(anchor) {
             walker = walker.with_anchor(anchor);
         }
-        for item in self.raw_records(0) {
+        // sled's iteration on one core, parsing and hashing on the other.
+        for item in read_ahead(self.raw_records(0), |(_, bytes): &(u64, sled::IVec)| bytes.len()) {
             let (position, bytes) = item?;
             if let Err(failure) = walker.push(Some(position), &bytes) {
                 return Ok(walker.finish(Some(failure)));

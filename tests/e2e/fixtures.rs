@@ -125,3 +125,16 @@ fn no_fixture_holds_a_secret_that_record_sh_typed() {
         }
     }
 }
+
+#[test]
+fn a_fixture_cut_short_is_refused_as_incomplete_not_replayed_as_if_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(fixtures_dir().join("change-properties.jsonl")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let cut = dir.path().join("cut.jsonl");
+    std::fs::write(&cut, lines[..lines.len() - 2].join("\n") + "\n").unwrap();
+    let out = regent().args(["replay", "--check", "--json"]).arg(&cut).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("incomplete") && stderr.lines().count() == 1, "{stderr}");
+}

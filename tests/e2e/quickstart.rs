@@ -40,4 +40,13 @@ fn quickstart_registers_a_fresh_machine_and_a_second_run_only_shows_it() {
     let status: serde_json::Value =
         serde_json::from_slice(&regent(&data).args(["--json", "status"]).output().unwrap().stdout).unwrap();
     assert_eq!(status["events"], 4, "a second run records nothing");
+
+    // The quickstart's vault is gone: the next step it suggests works without a warning about it.
+    let next = regent(&data)
+        .args(["properties", "throttling", "set", "--work-days", "mon-fri", "--work-hours", "09:00-17:00"])
+        .args(["--work-bandwidth", "512Kbps", "--non-work-bandwidth", "20Mbps"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&next.stderr);
+    assert_eq!((next.status.code(), stderr.as_ref()), (Some(0), ""), "{stderr}");
 }

@@ -64,11 +64,23 @@ impl Setup {
         }
     }
 
-    /// Starts the vault service again on its data and its port.
+    /// Starts the vault service again on its data and its port. Another test may hold the port for
+    /// a moment (ports are handed out by the kernel to everyone), so a busy port is tried again.
     pub fn start_vault(&mut self) {
         self.stop_vault();
-        let config = ServeConfig::new(self.dir.path().join("vault"), self.addr);
-        self.server = Some(BackgroundServer::start(config).unwrap());
+        let mut last_error = None;
+        for _ in 0..100 {
+            let config = ServeConfig::new(self.dir.path().join("vault"), self.addr);
+            match BackgroundServer::start(config) {
+                Ok(server) => {
+                    self.server = Some(server);
+                    return;
+                }
+                Err(e) => last_error = Some(e),
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("the vault cannot listen on {} again: {last_error:?}", self.addr);
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
