@@ -506,13 +506,7 @@ pub fn verify_against_vault(ctx: &Context, endpoint: Option<String>, ca_file: Op
         });
         println!("{value}");
     } else {
-        match &report.failure {
-            None => println!("ok: {} records verified; head {}", report.records, report.verified_head),
-            Some(failure) => {
-                println!("FAILED at {failure}");
-                println!("verified up to head {} ({} records)", report.verified_head, report.records);
-            }
-        }
+        crate::views::print_report(&report, false);
         let at = anchor.anchored_at.format("%Y-%m-%d %H:%M:%S UTC");
         match comparison {
             Comparison::Match => {

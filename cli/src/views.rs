@@ -232,7 +232,7 @@ pub fn verify(ctx: &Context, file: Option<&Path>, head: Option<Head>) -> Result<
     }
 }
 
-fn print_report(report: &VerifyReport, json: bool) {
+pub(crate) fn print_report(report: &VerifyReport, json: bool) {
     if json {
         println!("{}", serde_json::to_string(report).unwrap_or_else(|_| "{}".into()));
         return;
