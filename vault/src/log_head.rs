@@ -14,6 +14,7 @@ use chrono::Utc;
 use regent_credentials::PrivateKey;
 use regent_engine::Reason;
 use regent_engine::ports::ProxyConfig;
+use reqwest::blocking::Client;
 use reqwest::header::HeaderValue;
 use zeroize::Zeroizing;
 
@@ -87,6 +88,13 @@ impl From<CallError> for LogHeadError {
     }
 }
 
+/// What one attempt signed: sent as the body's fields or as headers.
+struct Signed {
+    timestamp: i64,
+    nonce: String,
+    signature: String,
+}
+
 fn fresh_nonce() -> Result<String, LogHeadError> {
     let mut nonce = [0u8; 16];
     getrandom::fill(&mut nonce).map_err(|_| LogHeadError::Failed {
@@ -148,70 +156,34 @@ impl HttpVaultClient {
         hash: &str,
         extends: Option<&LogHeadBase>,
     ) -> Result<LogHead, LogHeadError> {
-        let key = signing_key(signer)?;
-        let url = self.log_head_url(signer)?;
-        let proxy = signer.proxy.as_ref();
-        let client =
-            self.client_for(proxy).map_err(|detail| LogHeadError::Failed { reason: Reason::InvalidProxy, detail })?;
-        let answer = self.with_retries_detailed(|| {
-            let nonce = match fresh_nonce() {
-                Ok(nonce) => nonce,
-                Err(e) => return Attempt::Fail(Reason::VaultError, e.to_string()),
-            };
-            let timestamp = Utc::now().timestamp();
-            let message = log_head_message(
-                &signer.vault,
-                &signer.machine_id,
-                &signer.thumbprint,
-                position,
-                hash,
-                extends,
-                timestamp,
-                &nonce,
-            );
-            let signature = match key.sign(&message) {
-                Ok(signature) => signature,
-                Err(e) => {
-                    return Attempt::Fail(Reason::CredentialsInvalid, format!("signing the log head failed: {e}"));
-                }
-            };
+        let message = |timestamp: i64, nonce: &str| {
+            let (vault, machine, thumbprint) = (&signer.vault, &signer.machine_id, &signer.thumbprint);
+            log_head_message(vault, machine, thumbprint, position, hash, extends, timestamp, nonce)
+        };
+        let send = |client: &Client, url: &reqwest::Url, signed: Signed| {
             let body = LogHeadBody {
                 thumbprint: signer.thumbprint.clone(),
                 position,
                 hash: hash.to_string(),
                 extends: extends.cloned(),
-                timestamp,
-                nonce,
-                signature: STANDARD.encode(signature),
+                timestamp: signed.timestamp,
+                nonce: signed.nonce,
+                signature: signed.signature,
             };
-            self.answer(client.post(url.clone()).json(&body).send(), proxy, &url)
-        });
-        answer.map_err(LogHeadError::from)
+            self.answer(client.post(url.clone()).json(&body).send(), signer.proxy.as_ref(), url)
+        };
+        self.signed_call(signer, "the log head", message, send)
     }
 
     /// The head the vault holds for the machine, or `None` if it never anchored one.
     pub fn fetch_log_head(&self, signer: &MachineSigner) -> Result<Option<LogHead>, LogHeadError> {
-        let key = signing_key(signer)?;
-        let url = self.log_head_url(signer)?;
-        let proxy = signer.proxy.as_ref();
-        let client =
-            self.client_for(proxy).map_err(|detail| LogHeadError::Failed { reason: Reason::InvalidProxy, detail })?;
-        let answer = self.with_retries_detailed(|| {
-            let nonce = match fresh_nonce() {
-                Ok(nonce) => nonce,
-                Err(e) => return Attempt::Fail(Reason::VaultError, e.to_string()),
-            };
-            let timestamp = Utc::now().timestamp();
-            let message =
-                log_head_read_message(&signer.vault, &signer.machine_id, &signer.thumbprint, timestamp, &nonce);
-            let signature = match key.sign(&message) {
-                Ok(signature) => STANDARD.encode(signature),
-                Err(e) => return Attempt::Fail(Reason::CredentialsInvalid, format!("signing the read failed: {e}")),
-            };
+        let message = |timestamp: i64, nonce: &str| {
+            log_head_read_message(&signer.vault, &signer.machine_id, &signer.thumbprint, timestamp, nonce)
+        };
+        let send = |client: &Client, url: &reqwest::Url, signed: Signed| {
             let mut request = client.get(url.clone());
-            for (name, value) in
-                SIGNATURE_HEADERS.into_iter().zip([signer.thumbprint.clone(), timestamp.to_string(), nonce, signature])
-            {
+            let values = [signer.thumbprint.clone(), signed.timestamp.to_string(), signed.nonce, signed.signature];
+            for (name, value) in SIGNATURE_HEADERS.into_iter().zip(values) {
                 match HeaderValue::from_str(&value) {
                     Ok(value) => request = request.header(name, value),
                     Err(_) => {
@@ -222,13 +194,43 @@ impl HttpVaultClient {
                     }
                 }
             }
-            self.answer::<LogHead>(request.send(), proxy, &url)
-        });
-        match answer {
+            self.answer::<LogHead>(request.send(), signer.proxy.as_ref(), url)
+        };
+        match self.signed_call(signer, "the read", message, send) {
             Ok(head) => Ok(Some(head)),
-            Err(CallError { service: Some((code, _)), .. }) if code == LOG_HEAD_NOT_FOUND => Ok(None),
-            Err(error) => Err(error.into()),
+            Err(LogHeadError::Refused { code, .. }) if code == LOG_HEAD_NOT_FOUND => Ok(None),
+            Err(error) => Err(error),
         }
+    }
+
+    /// One call to the machine's log-head URL, retried as registration is: every attempt signs
+    /// `message(timestamp, nonce)` afresh with the registration's key and `send`s it.
+    fn signed_call<T>(
+        &self,
+        signer: &MachineSigner,
+        what: &str,
+        message: impl Fn(i64, &str) -> Vec<u8>,
+        send: impl Fn(&Client, &reqwest::Url, Signed) -> Attempt<T>,
+    ) -> Result<T, LogHeadError> {
+        let key = signing_key(signer)?;
+        let url = self.log_head_url(signer)?;
+        let client = self
+            .client_for(signer.proxy.as_ref())
+            .map_err(|detail| LogHeadError::Failed { reason: Reason::InvalidProxy, detail })?;
+        let answer = self.with_retries_detailed(|| {
+            let nonce = match fresh_nonce() {
+                Ok(nonce) => nonce,
+                Err(e) => return Attempt::Fail(Reason::VaultError, e.to_string()),
+            };
+            let timestamp = Utc::now().timestamp();
+            match key.sign(&message(timestamp, &nonce)) {
+                Ok(signature) => {
+                    send(&client, &url, Signed { timestamp, nonce, signature: STANDARD.encode(signature) })
+                }
+                Err(e) => Attempt::Fail(Reason::CredentialsInvalid, format!("signing {what} failed: {e}")),
+            }
+        });
+        answer.map_err(LogHeadError::from)
     }
 
     fn log_head_url(&self, signer: &MachineSigner) -> Result<reqwest::Url, LogHeadError> {

@@ -642,23 +642,7 @@ fn validate_registration(body: &RegisterBody) -> Result<Vec<u8>, ApiError> {
     if body.machine_name.trim().is_empty() || body.machine_name.len() > 255 || !printable(&body.machine_name) {
         return Err(ApiError::bad_request("machine_name must be 1 to 255 bytes without control characters"));
     }
-    if body.thumbprint.len() != 64 || !body.thumbprint.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)) {
-        return Err(ApiError::bad_request("thumbprint must be 64 lowercase hex digits (SHA-256 of the certificate)"));
-    }
-    if body.nonce.len() < 16
-        || body.nonce.len() > 128
-        || !body.nonce.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
-    {
-        return Err(ApiError::bad_request("nonce must be 16 to 128 characters of A-Z, a-z, 0-9, '-' and '_'"));
-    }
-    if body.signature.len() > 4096 {
-        return Err(ApiError::bad_request("signature is too long"));
-    }
-    let signature = STANDARD.decode(&body.signature).map_err(|_| ApiError::bad_request("signature is not base64"))?;
-    if signature.is_empty() {
-        return Err(ApiError::bad_request("signature is empty"));
-    }
-    Ok(signature)
+    signed_fields(&body.thumbprint, &body.nonce, &body.signature)
 }
 
 /// What to do with a registration once it is verified.
@@ -680,21 +664,7 @@ async fn register(
     known_vault(&vault).map_err(|e| e.with_reason(Reason::CredentialsInvalid))?;
     let signature = validate_registration(&body)?;
     let now = Utc::now();
-    let skew = body.timestamp.saturating_sub(now.timestamp());
-    if skew.abs() > protocol::MAX_CLOCK_SKEW_SECS {
-        // No reason code speaks of clocks; vault_error shows the message as the vault's refusal.
-        return Err(ApiError {
-            status: StatusCode::FORBIDDEN,
-            code: "clock_skew",
-            reason: Some(Reason::VaultError),
-            message: format!(
-                "the request was signed {} seconds {} the vault's clock (at most {} allowed); check this machine's clock",
-                skew.abs(),
-                if skew > 0 { "ahead of" } else { "behind" },
-                protocol::MAX_CLOCK_SKEW_SECS
-            ),
-        });
-    }
+    check_clock(body.timestamp, now)?;
 
     // Find the certificate this vault issued under the thumbprint.
     let certificate = {
@@ -737,12 +707,7 @@ async fn register(
         let mut state = app.lock_state();
         let v = state.vaults.get_mut(&vault).ok_or_else(|| ApiError::vault_not_found(&vault))?;
         if !v.remember_nonce(&body.nonce, now, now) {
-            return Err(ApiError {
-                status: StatusCode::FORBIDDEN,
-                code: "nonce_replayed",
-                reason: Some(Reason::VaultError),
-                message: "this request was already received (its nonce was used); a retry must be signed again with a fresh nonce".into(),
-            });
+            return Err(nonce_replayed());
         }
         if let Some(answer) = v.answers.get(&body.request_id) {
             Step::Answer(answer.clone())
