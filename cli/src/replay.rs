@@ -16,8 +16,11 @@ use crate::views;
 pub fn run(ctx: &Context, args: ReplayArgs) -> Result<u8, Failure> {
     let file = std::fs::File::open(&args.file)
         .map_err(|e| Failure::refused(format!("cannot read {}: {e}; check the path", args.file.display())))?;
-    let (header, records) =
-        regent_store::read_export(BufReader::new(file), !args.no_verify).map_err(|e| bad_log(e, &args))?;
+    // Records are parsed, hashed and their steps decoded on worker threads; this thread walks the
+    // chain's links, folds and re-decides.
+    let input = BufReader::with_capacity(256 * 1024, file);
+    let (header, records) = regent_store::read_export_decoded(input, !args.no_verify, events::decode_step)
+        .map_err(|e| bad_log(e, &args))?;
     if !ctx.json {
         println!("replaying {} (written by {}, head {})", args.file.display(), header.writer, header.head);
         println!("{:>5}  {:<20}  {:<18}  {:<10}  {:<28}  WHAT", "POS", "WHEN (UTC)", "WHO", "OUTCOME", "REASON");
@@ -25,16 +28,15 @@ pub fn run(ctx: &Context, args: ReplayArgs) -> Result<u8, Failure> {
     let json = ctx.json;
     let until = args.until;
     let bounded = records.take_while(move |r| match (r, until) {
-        (Ok(record), Some(until)) => record.position <= until,
+        (Ok((record, _)), Some(until)) => record.position <= until,
         _ => true,
     });
-    let timeline = bounded.inspect(move |record| {
-        let Ok(record) = record else { return };
-        if json || record.stream != events::STREAM {
+    let timeline = bounded.inspect(move |item| {
+        if json {
             return;
         }
-        if let Ok(step) = events::decode(record) {
-            let entry = projections::audit_entry(record, &step);
+        if let Ok((record, Some(Ok(step)))) = item {
+            let entry = projections::audit_entry(record, step);
             println!(
                 "{:>5}  {:<20}  {:<18}  {:<10}  {:<28}  {}",
                 entry.position,

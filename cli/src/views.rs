@@ -217,7 +217,7 @@ pub fn verify(ctx: &Context, file: Option<&Path>, head: Option<Head>) -> Result<
         Some(file) => {
             let input = std::fs::File::open(file)
                 .map_err(|e| Failure::refused(format!("cannot read {}: {e}; check the path", file.display())))?;
-            regent_store::verify_export(BufReader::new(input), head)?.1
+            regent_store::verify_export(BufReader::with_capacity(256 * 1024, input), head)?.1
         }
         None => ctx.open_store()?.verify(head)?,
     };

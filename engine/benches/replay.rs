@@ -15,6 +15,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use regent_engine::events::decode_step;
 use regent_engine::replay::replay;
 use regent_store::{EventStore, StoreOptions};
 use sha2::{Digest, Sha256};
@@ -85,13 +86,13 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("part: replay without check (verify, fold)", |b| {
         b.iter(|| {
-            let (_, records) = regent_store::read_export(open(&export), true).expect("read");
+            let (_, records) = regent_store::read_export_decoded(open(&export), true, decode_step).expect("read");
             replay(records, false, None).expect("replay").head
         })
     });
     group.bench_function("replay --check (verify, fold, re-decide)", |b| {
         b.iter(|| {
-            let (_, records) = regent_store::read_export(open(&export), true).expect("read");
+            let (_, records) = regent_store::read_export_decoded(open(&export), true, decode_step).expect("read");
             let replayed = replay(records, true, None).expect("replay");
             assert!(replayed.divergence.is_none());
             replayed.head

@@ -44,6 +44,11 @@ pub fn decode(record: &Record) -> Result<StepRecord, DecodeError> {
     serde_json::from_value(payload).map_err(|e| malformed(e.to_string()))
 }
 
+/// The step a record holds, if it is a record of the registration stream; None for other streams.
+pub fn decode_step(record: &Record) -> Option<Result<StepRecord, DecodeError>> {
+    (record.stream == STREAM).then(|| decode(record))
+}
+
 /// Turns a payload of schema `from` into one of `from + 1`.
 fn upcast(from: u32, payload: &mut Value) -> Result<(), String> {
     match from {

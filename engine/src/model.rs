@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 
 use chrono::{DateTime, NaiveTime, Utc};
+use regent_store::utc_time;
 use serde::{Deserialize, Serialize};
 
 use crate::reason::{Reason, Step};
@@ -169,7 +170,9 @@ pub struct CredentialFacts {
     pub vault: VaultIdentity,
     pub endpoint: String,
     pub thumbprint: String,
+    #[serde(deserialize_with = "utc_time::deserialize")]
     pub not_before: DateTime<Utc>,
+    #[serde(deserialize_with = "utc_time::deserialize")]
     pub not_after: DateTime<Utc>,
     pub subject: String,
 }
@@ -214,21 +217,36 @@ pub struct PassphraseObserved {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "answer", rename_all = "snake_case")]
 pub enum VaultAnswer {
-    Registered { machine_id: String, vault: String, registered_at: DateTime<Utc> },
-    Refused { reason: Reason, detail: String },
+    Registered {
+        machine_id: String,
+        vault: String,
+        #[serde(deserialize_with = "utc_time::deserialize")]
+        registered_at: DateTime<Utc>,
+    },
+    Refused {
+        reason: Reason,
+        detail: String,
+    },
 }
 
 /// The vault's answer to a security PIN check.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "answer", rename_all = "snake_case")]
 pub enum PinAnswer {
-    Valid { issued_at: DateTime<Utc> },
-    Refused { reason: Reason, detail: String },
+    Valid {
+        #[serde(deserialize_with = "utc_time::deserialize")]
+        issued_at: DateTime<Utc>,
+    },
+    Refused {
+        reason: Reason,
+        detail: String,
+    },
 }
 
 /// Everything the world said while a command ran. Only what the command needed is present.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Observations {
+    #[serde(deserialize_with = "utc_time::deserialize")]
     pub now: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub install: Option<FolderFacts>,
@@ -304,6 +322,7 @@ pub struct Encryption {
     pub origin: PassphraseOrigin,
     pub verifier: String,
     pub sealed: Option<SealedRef>,
+    #[serde(deserialize_with = "utc_time::deserialize")]
     pub set_at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
@@ -314,6 +333,7 @@ pub struct LoadedCredentials {
     pub file: PathBuf,
     pub facts: CredentialFacts,
     pub private_key: SealedRef,
+    #[serde(deserialize_with = "utc_time::deserialize")]
     pub loaded_at: DateTime<Utc>,
 }
 
@@ -321,6 +341,7 @@ pub struct LoadedCredentials {
 pub struct Registration {
     pub vault: String,
     pub machine_id: String,
+    #[serde(deserialize_with = "utc_time::deserialize")]
     pub registered_at: DateTime<Utc>,
     pub endpoint: String,
     pub thumbprint: String,

@@ -5,8 +5,8 @@ use regent_store::{Head, Record, StoreError};
 use serde::Serialize;
 
 use crate::decide::decide;
-use crate::events::{self, STREAM};
-use crate::model::Outcome;
+use crate::events::{self, DecodeError};
+use crate::model::{Outcome, StepRecord};
 use crate::projections::ProjectionError;
 use crate::state::State;
 
@@ -26,26 +26,42 @@ pub struct Replayed {
     pub divergence: Option<Divergence>,
 }
 
+/// A record, and the step it holds when it holds one, decoded (see [`events::decode_step`]).
+pub type StepItem = (Record, Option<Result<StepRecord, DecodeError>>);
+
+/// Pairs records with their steps, decoding on the caller's thread. A reader that decodes on its
+/// own threads (`regent_store::read_export_decoded` with [`events::decode_step`]) gives these
+/// pairs directly.
+pub fn with_steps<I>(records: I) -> impl Iterator<Item = Result<StepItem, StoreError>>
+where
+    I: IntoIterator<Item = Result<Record, StoreError>>,
+{
+    records.into_iter().map(|record| {
+        record.map(|record| {
+            let step = events::decode_step(&record);
+            (record, step)
+        })
+    })
+}
+
 /// Folds `records` (up to `until`, if given). With `check`, also re-decides each step from the
 /// state before it and its recorded observations; the first difference is reported, and the
 /// recorded outcome is what is folded on, so the state is always the log's own.
 pub fn replay<I>(records: I, check: bool, until: Option<u64>) -> Result<Replayed, ProjectionError>
 where
-    I: IntoIterator<Item = Result<Record, StoreError>>,
+    I: IntoIterator<Item = Result<StepItem, StoreError>>,
 {
     let mut state = State::default();
     let mut head = Head::EMPTY;
     let mut divergence = None;
-    for record in records {
-        let record = record?;
+    for item in records {
+        let (record, step) = item?;
         if until.is_some_and(|until| record.position > until) {
             break;
         }
         head = Head { position: record.position, hash: record.hash };
-        if record.stream != STREAM {
-            continue;
-        }
-        let step = events::decode(&record)?;
+        let Some(step) = step else { continue };
+        let step = step?;
         if check && divergence.is_none() {
             let now_decides = decide(&state, &step.command, &step.observed);
             if !same_decision(&now_decides, &step.outcome) {

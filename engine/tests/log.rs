@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use regent_engine::events::{self, STREAM};
 use regent_engine::model::*;
 use regent_engine::projections::{self, AuditFilter, STATE_CHECKPOINT};
-use regent_engine::replay::replay;
+use regent_engine::replay::{replay, with_steps};
 use regent_engine::{State, decide};
 use regent_store::{Actor, BatchMeta, EventStore, ExpectedVersion, NewEvent, StoreOptions};
 use uuid::Uuid;
@@ -159,7 +159,7 @@ proptest! {
         store.delete_checkpoint(STATE_CHECKPOINT).unwrap();
         prop_assert_eq!(projections::current_state(&store).unwrap().0, full.clone());
         // Replay needs no world and re-decides every step the same way.
-        let replayed = replay(store.read_all(1), true, None).unwrap();
+        let replayed = replay(with_steps(store.read_all(1)), true, None).unwrap();
         prop_assert_eq!(replayed.divergence, None);
         prop_assert_eq!(replayed.state, full);
     }
@@ -184,14 +184,14 @@ fn replay_check_finds_a_step_the_current_rules_decide_differently() {
         })),
     };
     store.append(STREAM, ExpectedVersion::Exact(3), &meta(t0()), &[events::encode(&forged).unwrap()]).unwrap();
-    let replayed = replay(store.read_all(1), true, None).unwrap();
+    let replayed = replay(with_steps(store.read_all(1)), true, None).unwrap();
     let divergence = replayed.divergence.expect("the divergence is found");
     assert_eq!(divergence.position, 4);
     assert!(
         matches!(divergence.now_decides, Outcome::Refused(ref r) if r.reason == regent_engine::Reason::PassphraseTooShort)
     );
     assert_eq!(replayed.state.phase().name(), "passphrase_created", "the log's own outcome is what is folded");
-    let until = replay(store.read_all(1), true, Some(3)).unwrap();
+    let until = replay(with_steps(store.read_all(1)), true, Some(3)).unwrap();
     assert_eq!((until.head.position, until.divergence), (3, None));
 }
 
@@ -219,7 +219,7 @@ fn a_schema_1_event_is_read_through_the_upcaster() {
     let (state, _) = projections::current_state(&store).unwrap();
     assert_eq!(state.folders.unwrap().backup_size_bytes, 750 << 30);
     // And today's rules still decide that step the same way.
-    assert_eq!(replay(store.read_all(1), true, None).unwrap().divergence, None);
+    assert_eq!(replay(with_steps(store.read_all(1)), true, None).unwrap().divergence, None);
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::record::{ChainFields, Digest32, Head, split_and_parse};
+use crate::record::{ChainFields, Digest32, Head, Utf8, split_and_parse_checked};
 
 /// What is wrong with a record, or with the chain's end.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -99,6 +99,37 @@ impl VerifyReport {
     }
 }
 
+/// What the chain needs of one record: the hash stored with it, the hash its bytes give, and the
+/// position and previous hash it names. Finding these is the costly part of verifying (a parse and
+/// a SHA-256) and does not depend on the records before, so it can run on any thread; the links are
+/// then checked in order by [`ChainWalker::push_hashed`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HashedRecord {
+    pub stored_hash: Digest32,
+    pub computed: Digest32,
+    pub position: u64,
+    pub prev_hash: Digest32,
+}
+
+impl HashedRecord {
+    /// Parses and hashes a stored record; the error says why it is not a record.
+    pub fn of(stored: &[u8]) -> Result<HashedRecord, String> {
+        Self::of_checked(stored, Utf8::Unknown)
+    }
+
+    pub(crate) fn of_checked(stored: &[u8], utf8: Utf8) -> Result<HashedRecord, String> {
+        let (stored_hash, body, fields): (_, _, ChainFields) =
+            split_and_parse_checked(stored, utf8).map_err(|e| e.to_string())?;
+        Ok(HashedRecord::from_parts(stored_hash, body, fields.position, fields.prev_hash))
+    }
+
+    /// From a record already parsed: its stored hash, the exact bytes of its `record` object, and
+    /// the position and previous hash it holds.
+    pub(crate) fn from_parts(stored_hash: Digest32, body: &[u8], position: u64, prev_hash: Digest32) -> HashedRecord {
+        HashedRecord { stored_hash, computed: Digest32::chain(&prev_hash, body), position, prev_hash }
+    }
+}
+
 /// Checks records one at a time, in order. Holds only the last good head, so any length streams.
 #[derive(Debug)]
 pub struct ChainWalker {
@@ -125,26 +156,15 @@ impl ChainWalker {
     /// Checks the next record. `stored_at` is the position it is stored under, when the source has
     /// one (a store key); an exported line has none. On success returns the record's hash.
     pub fn push(&mut self, stored_at: Option<u64>, stored: &[u8]) -> Result<Digest32, ChainFailure> {
-        let expected = self.head.position + 1;
-        let at = stored_at.unwrap_or(expected);
-        if at != expected {
-            return Err(ChainFailure { position: expected, problem: Problem::Gap { expected, found: at } });
-        }
-        let malformed =
-            |e: serde_json::Error| ChainFailure { position: at, problem: Problem::Malformed { detail: e.to_string() } };
-        let (hash, body, fields): (_, _, ChainFields) = split_and_parse(stored).map_err(malformed)?;
-        self.push_parts(stored_at, hash, body, fields.position, fields.prev_hash)
+        self.push_hashed(stored_at, HashedRecord::of(stored))
     }
 
-    /// Checks the next record from its parts, for a reader that has already parsed them: the stored
-    /// hash, the exact bytes of the `record` object, and the position and previous hash it holds.
-    pub(crate) fn push_parts(
+    /// Checks the next record from what [`HashedRecord::of`] found in it (or why it found nothing),
+    /// for readers that parse and hash records on other threads and walk the results in order.
+    pub fn push_hashed(
         &mut self,
         stored_at: Option<u64>,
-        stored_hash: Digest32,
-        record_bytes: &[u8],
-        position: u64,
-        prev_hash: Digest32,
+        record: Result<HashedRecord, String>,
     ) -> Result<Digest32, ChainFailure> {
         let expected = self.head.position + 1;
         let fail = |position: u64, problem: Problem| ChainFailure { position, problem };
@@ -152,7 +172,8 @@ impl ChainWalker {
         if at != expected {
             return Err(fail(expected, Problem::Gap { expected, found: at }));
         }
-        let computed = Digest32::chain(&prev_hash, record_bytes);
+        let HashedRecord { stored_hash, computed, position, prev_hash } =
+            record.map_err(|detail| fail(at, Problem::Malformed { detail }))?;
         if computed != stored_hash {
             return Err(fail(at, Problem::HashMismatch { stored: stored_hash, computed }));
         }

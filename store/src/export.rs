@@ -6,10 +6,11 @@ use std::io::{BufRead, Write};
 
 use serde::{Deserialize, Serialize};
 
-use crate::chain::{ChainWalker, VerifyReport};
+use crate::chain::{ChainWalker, HashedRecord, VerifyReport};
 use crate::error::{Result, StoreError};
 use crate::layout::{self, HEAD_KEY};
-use crate::record::{Head, MAX_RECORD_BYTES, PlacementFields};
+use crate::read_ahead::{BATCH_BYTES, BATCH_ITEMS, read_ahead};
+use crate::record::{Head, MAX_RECORD_BYTES, PlacementFields, Utf8};
 use crate::store::EventStore;
 
 /// The `format` a header names.
@@ -139,28 +140,33 @@ impl EventStore {
 
 /// Verifies an exported log without any store: the chain, the header's head and, if given, an
 /// anchor kept elsewhere. A malformed line is reported as the failure at its position.
-pub fn verify_export(input: impl BufRead, anchor: Option<Head>) -> Result<(ExportHeader, VerifyReport)> {
+pub fn verify_export<R: BufRead + Send + 'static>(
+    input: R,
+    anchor: Option<Head>,
+) -> Result<(ExportHeader, VerifyReport)> {
     let mut lines = LogLines::new(input);
     let header = lines.header()?;
     let mut walker = ChainWalker::new().with_anchor(header.head);
     if let Some(anchor) = anchor {
         walker = walker.with_anchor(anchor);
     }
-    loop {
-        let expected = walker.head().position + 1;
-        let line = match lines.next_line() {
-            Ok(Some((_, bytes))) => bytes,
-            Ok(None) => break,
+    let hashed = read_ahead(line_batches(lines), |batch: LineBatch| {
+        batch.work(|_, bytes| HashedRecord::of_checked(bytes, Utf8::Checked))
+    });
+    for item in hashed {
+        let hashed = match item {
+            Ok(ReadLine::Line { worked, .. }) => worked,
+            Ok(ReadLine::End { .. }) => break,
             Err(StoreError::BadLogFile { detail, .. }) => {
                 let failure = crate::chain::ChainFailure {
-                    position: expected,
+                    position: walker.head().position + 1,
                     problem: crate::chain::Problem::Malformed { detail },
                 };
                 return Ok((header, walker.finish(Some(failure))));
             }
             Err(other) => return Err(other),
         };
-        if let Err(failure) = walker.push(None, line) {
+        if let Err(failure) = walker.push_hashed(None, hashed) {
             return Ok((header, walker.finish(Some(failure))));
         }
     }
@@ -170,52 +176,64 @@ pub fn verify_export(input: impl BufRead, anchor: Option<Head>) -> Result<(Expor
 /// Reads an exported log as records, without any store, streaming. With `verify`, the chain is
 /// checked as it is read and a broken link ends the stream with `ChainBroken`; a file that stops
 /// short of its header's head is reported once the end is reached.
-///
-/// Reading, hashing and parsing run on a thread of their own, a few batches ahead of the caller,
-/// so that a caller folding the records (replay) works in parallel with the reading; dropping the
-/// iterator stops the thread. Memory stays bounded by the batches in flight.
 pub fn read_export<R: BufRead + Send + 'static>(
     input: R,
     verify: bool,
 ) -> Result<(ExportHeader, impl Iterator<Item = Result<crate::Record>>)> {
-    let (header, records) = read_export_here(input, verify)?;
-    Ok((header, crate::read_ahead::read_ahead(records, |r: &crate::Record| r.payload.get().len() + 512)))
+    let (header, records) = read_export_decoded(input, verify, |_| ())?;
+    Ok((header, records.map(|item| item.map(|(record, ())| record))))
 }
 
-fn read_export_here<R: BufRead>(
+/// [`read_export`], with `decode` applied to each record too (e.g. reading its payload).
+///
+/// Reading runs on a thread of its own, and parsing, hashing and `decode` on worker threads, a few
+/// batches ahead of the caller; the chain's links are checked in order as the caller takes the
+/// records. Dropping the iterator stops the threads. Memory stays bounded by the batches in flight.
+pub fn read_export_decoded<R, T, F>(
     input: R,
     verify: bool,
-) -> Result<(ExportHeader, impl Iterator<Item = Result<crate::Record>>)> {
+    decode: F,
+) -> Result<(ExportHeader, impl Iterator<Item = Result<(crate::Record, T)>>)>
+where
+    R: BufRead + Send + 'static,
+    T: Send + 'static,
+    F: Fn(&crate::Record) -> T + Send + Sync + 'static,
+{
     let mut lines = LogLines::new(input);
     let header = lines.header()?;
     let expected_head = header.head;
+    let work = move |batch: LineBatch| {
+        batch.work(|_, bytes| match crate::record::decode_parts(bytes, Utf8::Checked) {
+            Ok((body, record)) => {
+                let hashed =
+                    verify.then(|| Ok(HashedRecord::from_parts(record.hash, body, record.position, record.prev_hash)));
+                let decoded = decode(&record);
+                (hashed, Ok((record, decoded)))
+            }
+            // Only a line that does not read as a record is parsed again, for the chain's own reading
+            // of what is wrong with it.
+            Err(e) => (verify.then(|| HashedRecord::of_checked(bytes, Utf8::Checked)), Err(e.to_string())),
+        })
+    };
     let mut walker = ChainWalker::new();
+    let mut items = read_ahead(line_batches(lines), work);
     let mut done = false;
     let records = std::iter::from_fn(move || {
         if done {
             return None;
         }
-        let result = match lines.next_line() {
-            Ok(Some((line, bytes))) => {
-                // One parse serves both the chain check and the record; only a line that does not
-                // read as a record is walked again, to say what is wrong with it.
-                match crate::record::decode_parts(bytes) {
-                    Ok((body, record)) if verify => walker
-                        .push_parts(None, record.hash, body, record.position, record.prev_hash)
-                        .map(|_| record)
-                        .map_err(StoreError::ChainBroken),
-                    Ok((_, record)) => Ok(record),
-                    Err(e) => match verify.then(|| walker.push(None, bytes)) {
-                        Some(Err(failure)) => Err(StoreError::ChainBroken(failure)),
-                        _ => Err(StoreError::BadLogFile { line, detail: format!("not a record: {e}") }),
-                    },
+        let result = match items.next()? {
+            Ok(ReadLine::Line { line, worked: (hashed, record) }) => {
+                match hashed.map(|hashed| walker.push_hashed(None, hashed)) {
+                    Some(Err(failure)) => Err(StoreError::ChainBroken(failure)),
+                    _ => record.map_err(|e| StoreError::BadLogFile { line, detail: format!("not a record: {e}") }),
                 }
             }
-            Ok(None) => {
+            Ok(ReadLine::End { line }) => {
                 done = true;
                 if verify && walker.head() != expected_head {
                     return Some(Err(StoreError::BadLogFile {
-                        line: lines.line_no,
+                        line,
                         detail: format!(
                             "the file ends at {} but its header names head {}: the copy is incomplete",
                             walker.head(),
@@ -233,6 +251,66 @@ fn read_export_here<R: BufRead>(
         Some(result)
     });
     Ok((header, records))
+}
+
+/// Lines of an export packed into one buffer, so that a batch is two allocations however many lines
+/// it holds.
+struct LineBatch {
+    text: Vec<u8>,
+    /// Each line's number and where it is in `text`.
+    lines: Vec<(u64, std::ops::Range<usize>)>,
+    /// How reading ended after these lines, if it did.
+    ending: Option<Result<u64>>,
+}
+
+/// A line worked on, or the end of the file (with the number the next line would have had).
+enum ReadLine<W> {
+    Line { line: u64, worked: W },
+    End { line: u64 },
+}
+
+impl LineBatch {
+    fn work<W>(self, mut each: impl FnMut(u64, &[u8]) -> W) -> Vec<Result<ReadLine<W>>> {
+        let mut worked: Vec<Result<ReadLine<W>>> = self
+            .lines
+            .iter()
+            .map(|(line, range)| Ok(ReadLine::Line { line: *line, worked: each(*line, &self.text[range.clone()]) }))
+            .collect();
+        match self.ending {
+            Some(Ok(line)) => worked.push(Ok(ReadLine::End { line })),
+            Some(Err(e)) => worked.push(Err(e)),
+            None => {}
+        }
+        worked
+    }
+}
+
+/// The lines after the header, in batches, read on the producer thread.
+fn line_batches<R: BufRead>(mut lines: LogLines<R>) -> impl Iterator<Item = LineBatch> {
+    let mut ended = false;
+    std::iter::from_fn(move || {
+        if ended {
+            return None;
+        }
+        let mut batch = LineBatch {
+            text: Vec::with_capacity(BATCH_BYTES + MAX_RECORD_BYTES),
+            lines: Vec::with_capacity(BATCH_ITEMS),
+            ending: None,
+        };
+        while batch.ending.is_none() && batch.lines.len() < BATCH_ITEMS && batch.text.len() < BATCH_BYTES {
+            match lines.next_line() {
+                Ok(Some((line, bytes))) => {
+                    let start = batch.text.len();
+                    batch.text.extend_from_slice(bytes);
+                    batch.lines.push((line, start..batch.text.len()));
+                }
+                Ok(None) => batch.ending = Some(Ok(lines.line_no)),
+                Err(e) => batch.ending = Some(Err(e)),
+            }
+        }
+        ended = batch.ending.is_some();
+        Some(batch)
+    })
 }
 
 /// Reads an export line by line with a bound on each line, so a huge or hostile file cannot make

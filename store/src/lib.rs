@@ -18,9 +18,10 @@ pub mod layout;
 mod read_ahead;
 pub mod record;
 mod store;
+pub mod utc_time;
 
-pub use chain::{ChainFailure, ChainWalker, Problem, VerifyReport};
+pub use chain::{ChainFailure, ChainWalker, HashedRecord, Problem, VerifyReport};
 pub use error::{ExpectedVersion, Result, StoreError};
-pub use export::{ExportHeader, FORMAT_NAME, FORMAT_VERSION, read_export, verify_export};
+pub use export::{ExportHeader, FORMAT_NAME, FORMAT_VERSION, read_export, read_export_decoded, verify_export};
 pub use record::{Actor, BatchMeta, Digest32, Head, MAX_RECORD_BYTES, NewEvent, Record};
 pub use store::{Appended, Checkpoint, EventStore, MAX_STREAM_ID_BYTES, StoreOptions, new_correlation_id};

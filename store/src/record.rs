@@ -7,8 +7,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use chrono::{DateTime, SecondsFormat, Utc};
-use serde::de::Error as _;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
@@ -18,6 +17,21 @@ use uuid::Uuid;
 /// longest line an import accepts. Kept well under sled's blob threshold (a quarter of its 512 KiB
 /// segment): sled writes larger messages to blob files that it never syncs.
 pub const MAX_RECORD_BYTES: usize = 32 * 1024;
+
+const INVALID_HEX: u8 = 0xff;
+
+/// The value of each byte as a hex digit, `INVALID_HEX` for bytes that are not one. A valid digit is
+/// at most 0x0f, so `high | low` is `INVALID_HEX` exactly when either one is invalid.
+const HEX_VALUE: [u8; 256] = {
+    let mut table = [INVALID_HEX; 256];
+    let mut digit = 0;
+    while digit < 16 {
+        table[b"0123456789abcdef"[digit] as usize] = digit as u8;
+        table[b"0123456789ABCDEF"[digit] as usize] = digit as u8;
+        digit += 1;
+    }
+    table
+};
 
 /// A SHA-256 digest, shown and serialized as 64 lowercase hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -31,9 +45,18 @@ impl Digest32 {
         hex::encode(self.0)
     }
 
+    /// Parses 64 hex digits (either case). Every record read parses two of these, so it is a
+    /// table lookup per digit rather than the `hex` crate's general decoder.
     pub fn from_hex(text: &str) -> Option<Digest32> {
+        let digits: &[u8; 64] = text.as_bytes().try_into().ok()?;
         let mut bytes = [0u8; 32];
-        hex::decode_to_slice(text, &mut bytes).ok()?;
+        for (byte, pair) in bytes.iter_mut().zip(digits.chunks_exact(2)) {
+            let (high, low) = (HEX_VALUE[usize::from(pair[0])], HEX_VALUE[usize::from(pair[1])]);
+            if high | low == INVALID_HEX {
+                return None;
+            }
+            *byte = (high << 4) | low;
+        }
         Some(Digest32(bytes))
     }
 
@@ -69,8 +92,18 @@ impl Serialize for Digest32 {
 
 impl<'de> Deserialize<'de> for Digest32 {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = Cow::<'de, str>::deserialize(deserializer)?;
-        Digest32::from_hex(&text).ok_or_else(|| D::Error::custom("expected 64 hex digits"))
+        // A visitor, not `Cow<str>`: serde fills a `Cow` with an owned copy every time.
+        struct HexDigits;
+        impl serde::de::Visitor<'_> for HexDigits {
+            type Value = Digest32;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("64 hex digits")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Digest32, E> {
+                Digest32::from_hex(text).ok_or_else(|| E::custom("expected 64 hex digits"))
+            }
+        }
+        deserializer.deserialize_str(HexDigits)
     }
 }
 
@@ -210,6 +243,7 @@ struct RecordIn {
     event_id: Uuid,
     kind: String,
     schema: u32,
+    #[serde(deserialize_with = "crate::utc_time::deserialize")]
     recorded_at: DateTime<Utc>,
     actor: Actor,
     correlation_id: Uuid,
@@ -258,7 +292,7 @@ pub(crate) fn encode(
         event_id: event.event_id,
         kind: &event.kind,
         schema: event.schema,
-        recorded_at: meta.recorded_at.to_rfc3339_opts(SecondsFormat::Micros, true),
+        recorded_at: crate::utc_time::format(&meta.recorded_at),
         actor: &meta.actor,
         correlation_id: meta.correlation_id,
         prev_hash: *prev_hash,
@@ -288,7 +322,22 @@ const STORED_MIDDLE: &[u8] = b"\",\"record\":";
 pub(crate) fn split_and_parse<'a, T: Deserialize<'a>>(
     stored: &'a [u8],
 ) -> Result<(Digest32, &'a [u8], T), serde_json::Error> {
-    if let Some((hash, body)) = fast_split(stored)
+    split_and_parse_checked(stored, Utf8::Unknown)
+}
+
+/// Whether the caller already checked that a line is UTF-8 (an export's lines are checked as they
+/// are read), so the fast split need not check it again.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Utf8 {
+    Unknown,
+    Checked,
+}
+
+pub(crate) fn split_and_parse_checked<'a, T: Deserialize<'a>>(
+    stored: &'a [u8],
+    utf8: Utf8,
+) -> Result<(Digest32, &'a [u8], T), serde_json::Error> {
+    if let Some((hash, body)) = fast_split(stored, utf8)
         && let Ok(parsed) = serde_json::from_slice(body)
     {
         return Ok((hash, body, parsed));
@@ -298,7 +347,7 @@ pub(crate) fn split_and_parse<'a, T: Deserialize<'a>>(
     Ok((envelope.hash, body, serde_json::from_slice(body)?))
 }
 
-fn fast_split(stored: &[u8]) -> Option<(Digest32, &[u8])> {
+fn fast_split(stored: &[u8], utf8: Utf8) -> Option<(Digest32, &[u8])> {
     let hex_end = STORED_PREFIX.len() + 64;
     let body_start = hex_end + STORED_MIDDLE.len();
     let fits = stored.len() > body_start + 1
@@ -312,18 +361,20 @@ fn fast_split(stored: &[u8]) -> Option<(Digest32, &[u8])> {
     let hash = Digest32::from_hex(std::str::from_utf8(&stored[STORED_PREFIX.len()..hex_end]).ok()?)?;
     let body = &stored[body_start..stored.len() - 1];
     // serde skips over ignored strings without checking them; the body must be UTF-8 all the same.
-    std::str::from_utf8(body).ok()?;
+    if utf8 == Utf8::Unknown {
+        std::str::from_utf8(body).ok()?;
+    }
     Some((hash, body))
 }
 
 /// Reads a stored record. This does not check the hash: `verify` does.
 pub fn decode(stored: &[u8]) -> Result<Record, serde_json::Error> {
-    decode_parts(stored).map(|(_, record)| record)
+    decode_parts(stored, Utf8::Unknown).map(|(_, record)| record)
 }
 
 /// A stored record and the exact bytes of its `record` object, which its hash covers.
-pub(crate) fn decode_parts(stored: &[u8]) -> Result<(&[u8], Record), serde_json::Error> {
-    let (hash, body, r): (_, _, RecordIn) = split_and_parse(stored)?;
+pub(crate) fn decode_parts(stored: &[u8], utf8: Utf8) -> Result<(&[u8], Record), serde_json::Error> {
+    let (hash, body, r): (_, _, RecordIn) = split_and_parse_checked(stored, utf8)?;
     Ok((
         body,
         Record {

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::chain::{ChainFailure, ChainWalker, Problem, VerifyReport};
+use crate::chain::{ChainFailure, ChainWalker, HashedRecord, Problem, VerifyReport};
 use crate::error::{ExpectedVersion, Result, StoreError};
 use crate::layout::{self, HEAD_KEY};
-use crate::read_ahead::read_ahead;
+use crate::read_ahead::{batched, read_ahead};
 use crate::record::{self, BatchMeta, Digest32, Head, MAX_RECORD_BYTES, NewEvent, RawEnvelope, Record};
 
 /// How a store is opened.
@@ -298,17 +298,19 @@ impl EventStore {
     }
 
     /// Every record from `from_position` on, oldest first, read and decoded ahead of the caller on
-    /// a thread of its own (see read_ahead.rs).
+    /// other threads (see read_ahead.rs).
     pub fn read_all(&self, from_position: u64) -> impl Iterator<Item = Result<Record>> + 'static {
         let path = self.path.clone();
-        let records = self.raw_records(from_position).map(move |item| {
-            let (position, bytes) = item?;
-            record::decode(&bytes).map_err(|e| StoreError::Corrupt {
-                path: path.clone(),
-                detail: format!("record {position} cannot be read: {e}"),
-            })
-        });
-        read_ahead(records, |r: &Record| r.payload.get().len() + 512)
+        let weigh = |(_, bytes): &(u64, sled::IVec)| bytes.len();
+        read_ahead(batched(self.raw_records(from_position), weigh), move |batch| {
+            let decode = |(position, bytes): (u64, sled::IVec)| {
+                record::decode(&bytes).map_err(|e| StoreError::Corrupt {
+                    path: path.clone(),
+                    detail: format!("record {position} cannot be read: {e}"),
+                })
+            };
+            batch.into_iter().map(|item| item.and_then(decode)).collect()
+        })
     }
 
     /// One stream's records from `from_version` on, oldest first, read lazily.
@@ -352,10 +354,15 @@ impl EventStore {
         for anchor in durable.into_iter().chain(anchor) {
             walker = walker.with_anchor(anchor);
         }
-        // sled's iteration on one core, parsing and hashing on the other.
-        for item in read_ahead(self.raw_records(0), |(_, bytes): &(u64, sled::IVec)| bytes.len()) {
-            let (position, bytes) = item?;
-            if let Err(failure) = walker.push(Some(position), &bytes) {
+        // sled's iteration on one thread, parsing and hashing on the others, the links checked here.
+        let weigh = |(_, bytes): &(u64, sled::IVec)| bytes.len();
+        let hashed = read_ahead(batched(self.raw_records(0), weigh), |batch| {
+            let hash = |(position, bytes): (u64, sled::IVec)| (position, HashedRecord::of(&bytes));
+            batch.into_iter().map(|item| item.map(hash)).collect()
+        });
+        for item in hashed {
+            let (position, record) = item?;
+            if let Err(failure) = walker.push_hashed(Some(position), record) {
                 return Ok(walker.finish(Some(failure)));
             }
         }

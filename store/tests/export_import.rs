@@ -30,7 +30,7 @@ fn an_export_is_the_stored_bytes_and_imports_back_byte_for_byte() {
     assert_eq!(store.read_stream("b", 1).count(), 2);
     store.append("a", ExpectedVersion::Exact(4), &meta(), &events(6..7)).unwrap();
     assert!(store.verify(None).unwrap().is_ok());
-    let (header, report) = verify_export(export.as_slice(), Some(head)).unwrap();
+    let (header, report) = verify_export(std::io::Cursor::new(export.clone()), Some(head)).unwrap();
     assert_eq!((header.format_version, report.records, report.failure), (FORMAT_VERSION, 6, None));
 }
 
@@ -124,7 +124,7 @@ fn verify_export_reports_a_malformed_line_as_the_failure_at_its_position() {
     let mut bytes = export.clone();
     let at = bytes.iter().enumerate().filter(|(_, b)| **b == b'\n').nth(2).unwrap().0 + 1;
     bytes[at] = 0xff;
-    let (_, report) = verify_export(bytes.as_slice(), None).unwrap();
+    let (_, report) = verify_export(std::io::Cursor::new(bytes.clone()), None).unwrap();
     let failure = report.failure.unwrap();
     assert_eq!(failure.position, 3);
     assert_eq!(report.verified_head.position, 2);

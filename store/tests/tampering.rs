@@ -207,7 +207,7 @@ fn tampering_with_an_export_is_caught_in_the_file_alone() {
     open(dir.path()).export(&mut export, "regent test").unwrap();
     let text = String::from_utf8(export).unwrap();
     let lines: Vec<&str> = text.lines().collect();
-    let check = |lines: &[String], anchor| verify_export(lines.join("\n").as_bytes(), anchor).unwrap().1;
+    let check = |lines: &[String], anchor| verify_export(std::io::Cursor::new(lines.join("\n")), anchor).unwrap().1;
 
     let intact: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
     assert_eq!(check(&intact, Some(head)).failure, None);
