@@ -41,6 +41,7 @@ impl From<StoreError> for Failure {
             StoreError::Locked { .. }
             | StoreError::NotADirectory { .. }
             | StoreError::Io { .. }
+            | StoreError::SyncFailed { .. }
             | StoreError::Corrupt { .. }
             | StoreError::Internal(_) => EXIT_STORE,
             // Another regent appended between our read and our write.

@@ -42,6 +42,13 @@ pub enum StoreError {
     #[error("cannot use the store at {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
 
+    /// A sync to disk failed. Batches applied since the last good sync may or may not be on disk,
+    /// and a later sync cannot tell, so the store refuses appends until it is opened again.
+    #[error(
+        "the store at {path} could not be written to disk ({source}); what was appended since the last good write may be lost; no more appends until the store is opened again"
+    )]
+    SyncFailed { path: PathBuf, source: std::sync::Arc<std::io::Error> },
+
     #[error("the store at {path} is damaged ({detail}); restore it from an export with `import`")]
     Corrupt { path: PathBuf, detail: String },
 

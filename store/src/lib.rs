@@ -25,3 +25,5 @@ pub use error::{ExpectedVersion, Result, StoreError};
 pub use export::{ExportHeader, FORMAT_NAME, FORMAT_VERSION, read_export, read_export_decoded, verify_export};
 pub use record::{Actor, BatchMeta, Digest32, Head, MAX_RECORD_BYTES, NewEvent, Record};
 pub use store::{Appended, Checkpoint, EventStore, MAX_STREAM_ID_BYTES, StoreOptions, new_correlation_id};
+#[doc(hidden)]
+pub use store::{SyncEvent, SyncHook};

@@ -3,8 +3,8 @@
 use std::collections::HashSet;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -50,6 +50,41 @@ pub struct Checkpoint {
     pub state: Vec<u8>,
 }
 
+/// What the store tells a [`SyncHook`]: group commit seen from inside, for tests.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncEvent {
+    /// An append's batch was applied and took sequence number `sequence`; its last record is at
+    /// `last_position`. Called under the writer lock, after the number is taken. The hook's result
+    /// is ignored.
+    Applied { sequence: u64, last_position: u64 },
+    /// A sync of the batches numbered `first..=last` is about to start (sled's flush, then the
+    /// fdatasync). An error fails the sync without running it.
+    Starting { first: u64, last: u64 },
+    /// That sync returned Ok; no writer it covers has been told yet. An error makes the sync count
+    /// as failed after it ran, as an fsync that wrote and then reported EIO.
+    Completed { first: u64, last: u64 },
+    /// That sync failed; the store refuses appends from now on. The hook's result is ignored.
+    Failed { first: u64, last: u64 },
+}
+
+/// A hook the store calls around each sync (see [`SyncEvent`]), to observe group commit and to
+/// inject sync failures in tests. It is a setter on the store rather than a cargo feature so that
+/// tests run the very code that ships, not a variant compiled for them; unset, it costs one `None`
+/// check per append and per sync, nothing beside an fdatasync.
+#[doc(hidden)]
+pub type SyncHook = Arc<dyn Fn(SyncEvent) -> std::io::Result<()> + Send + Sync>;
+
+/// Group commit's progress: the batches synced so far, and the failure that ended syncing.
+struct Flushed {
+    /// Every batch numbered up to this one is on disk.
+    through: u64,
+    /// Set by a failed sync, never cleared: after a failed fsync the kernel may have dropped the
+    /// dirty pages and marked them clean, so a later sync that succeeds proves nothing about them
+    /// (PostgreSQL's "fsyncgate"). The store refuses appends until it is opened again.
+    failed: Option<Arc<std::io::Error>>,
+}
+
 /// The longest stream id accepted.
 pub const MAX_STREAM_ID_BYTES: usize = 256;
 
@@ -70,8 +105,12 @@ pub struct EventStore {
     /// Group commit: each applied batch takes the next sequence number; a flush covers every batch
     /// applied before it started, so a writer whose batch is covered returns without syncing.
     applied: AtomicU64,
-    flushed: Mutex<u64>,
+    flushed: Mutex<Flushed>,
+    /// Set together with `Flushed::failed`, read without the flush lock so that a refused append
+    /// does not wait for a sync in progress.
+    sync_failed: AtomicBool,
     syncs: AtomicU64,
+    sync_hook: Option<SyncHook>,
     /// sled's data file, fdatasync'ed after sled's own flush: sled syncs with `sync_file_range`
     /// on Linux, which survives a killed process but neither the file's size nor the disk's
     /// write cache, so not a power cut.
@@ -153,10 +192,19 @@ impl EventStore {
             damage,
             durable: Mutex::new(durable),
             applied: AtomicU64::new(0),
-            flushed: Mutex::new(0),
+            flushed: Mutex::new(Flushed { through: 0, failed: None }),
+            sync_failed: AtomicBool::new(false),
             syncs: AtomicU64::new(0),
+            sync_hook: None,
             data_file,
         })
+    }
+
+    /// Sets the hook called around each sync (tests only; see [`SyncHook`]). Taking `&mut self`,
+    /// it is set before the store is shared, so no sync runs meanwhile.
+    #[doc(hidden)]
+    pub fn set_sync_hook(&mut self, hook: Option<SyncHook>) {
+        self.sync_hook = hook;
     }
 
     /// What is wrong with the store, if it was found damaged at open.
@@ -193,7 +241,9 @@ impl EventStore {
 
     /// Appends a batch to one stream, atomically, if the stream is at `expected`. Returns after the
     /// batch is on disk. Sending a batch whose event ids are all stored already writes nothing and
-    /// reports where they are, so a retried command never writes twice.
+    /// reports where they are, so a retried command never writes twice. When a sync fails, the
+    /// writers it was to cover get `SyncFailed`, and so does every append after it until the store
+    /// is opened again: such a batch may or may not be on disk then, and resending it is safe.
     pub fn append(
         &self,
         stream: &str,
@@ -205,9 +255,10 @@ impl EventStore {
         if let Some(damage) = &self.damage {
             return Err(self.corrupt(damage));
         }
+        self.refuse_after_failed_sync()?;
         let mut head = self.lock_writer();
         if let Some(done) = self.already_stored(stream, events, *head)? {
-            // Stored is not yet durable: the first try may still be syncing, or its sync failed.
+            // Stored is not yet durable: the first try may still be syncing.
             drop(head);
             self.flush_through(self.applied.load(Ordering::SeqCst))?;
             return Ok(done);
@@ -245,6 +296,9 @@ impl EventStore {
         batch.insert(HEAD_KEY, &layout::encode_head(&new_head)[..]);
         self.log.apply_batch(batch).map_err(|e| self.sled_err(e))?;
         let sequence = self.applied.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some(hook) = &self.sync_hook {
+            let _ = hook(SyncEvent::Applied { sequence, last_position: new_head.position });
+        }
         let first_position = head.position + 1;
         *head = new_head;
         drop(head);
@@ -273,19 +327,69 @@ impl EventStore {
     }
 
     /// Makes batch `sequence` durable, with every batch applied before this flush began. Writers
-    /// queue on the flush lock; the one that flushes covers those behind it (group commit).
+    /// queue on the flush lock; the one that flushes covers those behind it (group commit). When a
+    /// sync fails, it and every later flush fail: the writers it covered, those queued behind it,
+    /// and every append until the store is opened again (see `Flushed::failed`).
     fn flush_through(&self, sequence: u64) -> Result<()> {
         let mut flushed = self.flushed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if *flushed >= sequence {
+        if flushed.through >= sequence {
             return Ok(());
+        }
+        if let Some(failure) = &flushed.failed {
+            return Err(self.sync_failed(failure));
         }
         // Every batch numbered up to `target` was applied before it was numbered.
         let target = self.applied.load(Ordering::SeqCst);
-        self.db.flush().map_err(|e| self.sled_err(e))?;
-        self.data_file.sync_data().map_err(|source| StoreError::Io { path: self.path.join("db"), source })?;
-        self.syncs.fetch_add(1, Ordering::Relaxed);
-        *flushed = target;
+        let (first, last) = (flushed.through + 1, target);
+        match self.sync(first, last) {
+            Ok(()) => {
+                self.syncs.fetch_add(1, Ordering::Relaxed);
+                flushed.through = target;
+                Ok(())
+            }
+            Err(source) => {
+                tracing::error!(path = %self.path.display(), error = %source, "a sync to disk failed; the store refuses appends until it is opened again");
+                let failure = Arc::new(source);
+                flushed.failed = Some(failure.clone());
+                self.sync_failed.store(true, Ordering::SeqCst);
+                if let Some(hook) = &self.sync_hook {
+                    let _ = hook(SyncEvent::Failed { first, last });
+                }
+                Err(self.sync_failed(&failure))
+            }
+        }
+    }
+
+    /// One sync: sled's flush, then an fdatasync of its data file, with the hook around them.
+    fn sync(&self, first: u64, last: u64) -> std::io::Result<()> {
+        if let Some(hook) = &self.sync_hook {
+            hook(SyncEvent::Starting { first, last })?;
+        }
+        self.db.flush().map_err(|e| match e {
+            sled::Error::Io(source) => source,
+            other => std::io::Error::other(other.to_string()),
+        })?;
+        self.data_file.sync_data()?;
+        if let Some(hook) = &self.sync_hook {
+            hook(SyncEvent::Completed { first, last })?;
+        }
         Ok(())
+    }
+
+    /// Refuses to write once a sync has failed (see `Flushed::failed`).
+    fn refuse_after_failed_sync(&self) -> Result<()> {
+        if !self.sync_failed.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let flushed = self.flushed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match &flushed.failed {
+            Some(failure) => Err(self.sync_failed(failure)),
+            None => Ok(()),
+        }
+    }
+
+    fn sync_failed(&self, failure: &Arc<std::io::Error>) -> StoreError {
+        StoreError::SyncFailed { path: self.path.clone(), source: failure.clone() }
     }
 
     /// Records that everything up to `head` is on disk, so that a store that later opens shorter is

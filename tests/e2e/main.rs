@@ -7,6 +7,7 @@ mod large_logs;
 mod quickstart;
 mod register;
 mod replay;
+mod secret_scans;
 mod snapshots;
 mod steps;
 mod support;

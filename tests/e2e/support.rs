@@ -175,3 +175,128 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// Whether `needle` occurs in `haystack`.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The forms the private key of a credentials file could take in bytes, each with a name, derived
+/// from the file as regent-credentials reads it (`parse`: the PKCS#12 in `ManagementCert`, opened
+/// with the empty password, holds the PKCS#8 key):
+/// - the PKCS#8 DER, whole, in base64 and in hex;
+/// - its PEM body: each line of the base64 wrapped at 64 characters, as `BEGIN PRIVATE KEY` writes it;
+/// - the P-256 private scalar alone (what any other encoding of the key holds), raw, in hex and base64;
+/// - the PKCS#12 bundle (the key under an empty password: a copy of it is the key), as the file's
+///   base64 text (one 64-character slice) and as bytes (a 32-byte window from its middle).
+pub fn private_key_forms(credentials_file: &Path) -> Vec<(String, Vec<u8>)> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    let bytes = std::fs::read(credentials_file).unwrap();
+    let name = credentials_file.to_str().unwrap();
+    let parsed = regent_credentials::parse(name, &bytes).unwrap();
+    let der = parsed.private_key.pkcs8_der().to_vec();
+    let mut forms = vec![
+        ("PKCS#8 DER".to_string(), der.clone()),
+        ("PKCS#8 DER in base64".to_string(), STANDARD.encode(&der).into_bytes()),
+        ("PKCS#8 DER in hex".to_string(), hex::encode(&der).into_bytes()),
+    ];
+    let pem_body = STANDARD.encode(&der);
+    let lines: Vec<&[u8]> = pem_body.as_bytes().chunks(64).collect();
+    assert!(lines.len() >= 2, "a P-256 PKCS#8 key is more than one PEM line");
+    for (i, line) in lines.iter().enumerate().filter(|(_, line)| line.len() >= 16) {
+        forms.push((format!("PEM line {}", i + 1), line.to_vec()));
+    }
+    // ECPrivateKey (RFC 5915) inside the PKCS#8: version 1 (02 01 01), then the scalar (04 20 ...).
+    let at = der.windows(5).position(|w| w == [0x02, 0x01, 0x01, 0x04, 0x20]).expect("a P-256 key's scalar");
+    let scalar = der[at + 5..at + 5 + 32].to_vec();
+    forms.push(("private scalar in hex".into(), hex::encode(&scalar).into_bytes()));
+    forms.push(("private scalar in base64".into(), STANDARD.encode(&scalar).into_bytes()));
+    forms.push(("private scalar".into(), scalar));
+    // The bundle as the file holds it.
+    let text = String::from_utf8(bytes).unwrap();
+    let start = text.find("<ManagementCert>").expect("a ManagementCert element") + "<ManagementCert>".len();
+    let end = start + text[start..].find("</ManagementCert>").unwrap();
+    let bundle_text: String = text[start..end].chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    assert!(bundle_text.len() > 256, "the bundle is in the file");
+    let middle = bundle_text.len() / 2;
+    forms.push(("PKCS#12 base64 text".into(), bundle_text.as_bytes()[middle..middle + 64].to_vec()));
+    let bundle = STANDARD.decode(&bundle_text).unwrap();
+    let middle = bundle.len() / 2;
+    forms.push(("PKCS#12 bytes".into(), bundle[middle..middle + 32].to_vec()));
+    forms
+}
+
+/// A real tinyproxy (Debian's package) on 127.0.0.1 with `BasicAuth`, logging to a temp dir; as
+/// the vault's proxy tests start it (vault/tests/common). It must be installed: the test fails
+/// and says so, it is never skipped.
+pub struct Tinyproxy {
+    child: std::process::Child,
+    pub port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tinyproxy {
+    pub fn start(user: &str, password: &str) -> Tinyproxy {
+        use std::net::{TcpListener, TcpStream};
+        use std::process::Stdio;
+        use std::time::{Duration, Instant};
+        let mut candidates = vec![PathBuf::from("/usr/bin/tinyproxy"), PathBuf::from("/usr/sbin/tinyproxy")];
+        if let Some(path) = std::env::var_os("PATH") {
+            candidates.extend(std::env::split_paths(&path).map(|dir| dir.join("tinyproxy")));
+        }
+        let binary = candidates.into_iter().find(|p| p.is_file()).unwrap_or_else(|| {
+            panic!("tinyproxy is not installed, and this test needs a real one: `apt-get install -y tinyproxy`")
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("tinyproxy.log");
+        // tinyproxy needs a fixed port: take a free one; if another process grabs it in between,
+        // tinyproxy exits and we try another.
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let config = dir.path().join("tinyproxy.conf");
+            std::fs::write(
+                &config,
+                format!(
+                    "Port {port}\nListen 127.0.0.1\nTimeout 30\nMaxClients 64\nLogFile \"{}\"\nLogLevel Info\nBasicAuth {user} {password}\n",
+                    log.display()
+                ),
+            )
+            .unwrap();
+            let mut child = std::process::Command::new(&binary)
+                .arg("-d")
+                .arg("-c")
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Tinyproxy { child, port, log, _dir: dir };
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("tinyproxy did not start; its log: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Tinyproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
