@@ -236,6 +236,7 @@ struct RecordOut<'a> {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Debug))]
 struct RecordIn {
     position: u64,
     stream: String,
@@ -367,6 +368,97 @@ fn fast_split(stored: &[u8], utf8: Utf8) -> Option<(Digest32, &[u8])> {
     Some((hash, body))
 }
 
+/// Reads a record object laid out exactly as `encode` writes it, without serde's field machinery
+/// (most of the cost of reading a record). Anything else (another key order, spaces, an escape or a
+/// control character in a string, a number serde would refuse, an extra key) gives None and goes
+/// to serde, so every record reads the same either way and every error is serde's.
+fn read_written_layout(body: &[u8]) -> Option<RecordIn> {
+    let mut at = Layout { bytes: body, pos: 0 };
+    at.expect(b"{\"position\":")?;
+    let position = at.number()?;
+    at.expect(b",\"stream\":\"")?;
+    let stream = at.plain_string()?.to_owned();
+    at.expect(b",\"version\":")?;
+    let version = at.number()?;
+    at.expect(b",\"event_id\":\"")?;
+    let event_id = Uuid::try_parse(at.plain_string()?).ok()?;
+    at.expect(b",\"kind\":\"")?;
+    let kind = at.plain_string()?.to_owned();
+    at.expect(b",\"schema\":")?;
+    let schema = u32::try_from(at.number()?).ok()?;
+    at.expect(b",\"recorded_at\":\"")?;
+    let recorded_at = crate::utc_time::parse(at.plain_string()?)?;
+    at.expect(b",\"actor\":{\"user\":\"")?;
+    let user = at.plain_string()?.to_owned();
+    at.expect(b",\"host\":\"")?;
+    let host = at.plain_string()?.to_owned();
+    at.expect(b"},\"correlation_id\":\"")?;
+    let correlation_id = Uuid::try_parse(at.plain_string()?).ok()?;
+    at.expect(b",\"prev_hash\":\"")?;
+    let prev_hash = Digest32::from_hex(at.plain_string()?)?;
+    at.expect(b",\"payload\":")?;
+    // The payload runs to the object's closing brace; serde checks that it is one JSON value.
+    let payload = body.get(at.pos..body.len().checked_sub(1)?)?;
+    let (first, last) = (payload.first()?, payload.last()?);
+    if body.last() != Some(&b'}') || first.is_ascii_whitespace() || last.is_ascii_whitespace() {
+        return None;
+    }
+    let payload: Box<RawValue> = serde_json::from_slice(payload).ok()?;
+    let actor = Actor { user, host };
+    Some(RecordIn {
+        position,
+        stream,
+        version,
+        event_id,
+        kind,
+        schema,
+        recorded_at,
+        actor,
+        correlation_id,
+        prev_hash,
+        payload,
+    })
+}
+
+/// A cursor over a record object in the writer's layout.
+struct Layout<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Layout<'a> {
+    fn expect(&mut self, literal: &[u8]) -> Option<()> {
+        let rest = self.bytes.get(self.pos..)?;
+        rest.starts_with(literal).then(|| self.pos += literal.len())
+    }
+
+    /// A JSON unsigned integer as serde reads one into a `u64`: digits, no leading zero.
+    fn number(&mut self) -> Option<u64> {
+        let rest = self.bytes.get(self.pos..)?;
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits == 0 || (digits > 1 && rest[0] == b'0') {
+            return None;
+        }
+        let value =
+            rest[..digits].iter().try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))?;
+        self.pos += digits;
+        Some(value)
+    }
+
+    /// The rest of a string whose opening quote was read, up to its closing quote, if it holds no
+    /// escape and no control character (those go to serde).
+    fn plain_string(&mut self) -> Option<&'a str> {
+        let rest = self.bytes.get(self.pos..)?;
+        let len = rest.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        if rest[len] != b'"' {
+            return None;
+        }
+        let text = std::str::from_utf8(&rest[..len]).ok()?;
+        self.pos += len + 1;
+        Some(text)
+    }
+}
+
 /// Reads a stored record. This does not check the hash: `verify` does.
 pub fn decode(stored: &[u8]) -> Result<Record, serde_json::Error> {
     decode_parts(stored, Utf8::Unknown).map(|(_, record)| record)
@@ -374,7 +466,13 @@ pub fn decode(stored: &[u8]) -> Result<Record, serde_json::Error> {
 
 /// A stored record and the exact bytes of its `record` object, which its hash covers.
 pub(crate) fn decode_parts(stored: &[u8], utf8: Utf8) -> Result<(&[u8], Record), serde_json::Error> {
-    let (hash, body, r): (_, _, RecordIn) = split_and_parse_checked(stored, utf8)?;
+    let (hash, body, r) = match fast_split(stored, utf8) {
+        Some((hash, body)) => match read_written_layout(body) {
+            Some(record) => (hash, body, record),
+            None => (hash, body, serde_json::from_slice::<RecordIn>(body)?),
+        },
+        None => split_and_parse_checked::<RecordIn>(stored, utf8)?,
+    };
     Ok((
         body,
         Record {
@@ -447,6 +545,77 @@ mod tests {
             format!("{{\"hash\":\"{}\",\"record\":{body}}}", &hex[..63]),
         ] {
             assert_eq!(split(&line), serde_split(&line), "{line}");
+        }
+    }
+
+    fn serde_reads(body: &[u8]) -> Option<String> {
+        serde_json::from_slice::<RecordIn>(body).ok().map(|r| format!("{r:?}"))
+    }
+
+    fn encoded_body(stream: &str, kind: &str, user: &str, host: &str, position: u64, schema: u32) -> Vec<u8> {
+        let meta = BatchMeta {
+            recorded_at: DateTime::from_timestamp(1_700_000_000 + position as i64 % 1_000_000, 5_000)
+                .unwrap_or_default(),
+            actor: Actor { user: user.into(), host: host.into() },
+            correlation_id: Uuid::now_v7(),
+        };
+        let payload = serde_json::json!({"note": kind, "n": position, "list": [1, "two", null]});
+        let event = NewEvent::new(kind, schema, &payload).unwrap();
+        let (stored, _) = encode(position, stream, position / 2, &meta, &event, &Digest32([7; 32])).unwrap();
+        stored[STORED_PREFIX.len() + 64 + STORED_MIDDLE.len()..stored.len() - 1].to_vec()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_written_layout_reads_as_serde_reads_it(
+            stream in "\\PC{0,12}|[\"\\\\\u{0}-\u{1f}a-z]{0,6}",
+            kind in "\\PC{0,12}",
+            user in "[\"\\\\\u{0}-\u{1f}\u{7f}-\u{10ffff}a-z]{0,6}",
+            host in "\\PC{0,8}",
+            position in proptest::prelude::any::<u64>(),
+            schema in proptest::prelude::any::<u32>(),
+        ) {
+            let body = encoded_body(&stream, &kind, &user, &host, position, schema);
+            let fast = read_written_layout(&body).map(|r| format!("{r:?}"));
+            let plain = |s: &str| !s.chars().any(|c| c == '"' || c == '\\' || c < ' ');
+            if [&stream, &kind, &user, &host].iter().all(|s| plain(s)) {
+                proptest::prop_assert!(fast.is_some(), "the writer's own layout must take the fast path");
+            }
+            if fast.is_some() {
+                proptest::prop_assert_eq!(fast, serde_reads(&body));
+            }
+        }
+
+        #[test]
+        fn a_changed_byte_reads_as_serde_reads_it_or_goes_to_serde(
+            at in 0usize..400,
+            byte in proptest::prelude::any::<u8>(),
+        ) {
+            let mut body = encoded_body("registration", "FoldersChosen", "ops", "srv1", 42, 2);
+            let at = at % body.len();
+            body[at] = byte;
+            if let Some(fast) = read_written_layout(&body) {
+                proptest::prop_assert_eq!(Some(format!("{fast:?}")), serde_reads(&body), "byte {} at {}", byte, at);
+            }
+        }
+    }
+
+    #[test]
+    fn near_misses_of_the_layout_go_to_serde() {
+        let body = String::from_utf8(encoded_body("s", "K", "ops", "srv1", 7, 2)).unwrap();
+        assert!(read_written_layout(body.as_bytes()).is_some());
+        for changed in [
+            body.replace("\"position\":7", "\"position\":07"),
+            body.replace("\"position\":7", "\"position\":7.0"),
+            body.replace("\"position\":7", "\"position\":18446744073709551616"),
+            body.replace("\"schema\":2", "\"schema\":4294967296"),
+            body.replace("\"kind\":\"K\"", "\"kind\":\"\\u004b\""),
+            body.replace("\"payload\":", "\"payload\": "),
+            body.replace("\"version\":3,", "\"version\":3,\"extra\":1,"),
+            body.replace("}}", "},\"kind\":\"L\"}"),
+        ] {
+            assert_ne!(changed, body);
+            assert!(read_written_layout(changed.as_bytes()).is_none(), "{changed}");
         }
     }
 
