@@ -15,7 +15,7 @@
 //! | `GET /v1/vaults/{vault}/machines/{machine_id}/log-head` | agent, signed headers | | `200` [`LogHead`] |
 //!
 //! Admin calls carry `Authorization: Bearer <token>`. Bodies are `application/json`, at most
-//! [`MAX_BODY_BYTES`]. Every answer of the service carries the header [`SERVICE_HEADER`], so a client
+//! [`MAX_BODY_BYTES`] ([`MAX_LOG_HEAD_BODY_BYTES`] for a log-head report). Every answer of the service carries the header [`SERVICE_HEADER`], so a client
 //! can tell the service's 401 from a proxy's. Every refusal is an [`ErrorBody`] whose `error` is a
 //! stable code of this protocol and whose `reason`, when the refusal is one the agent records, is the
 //! engine's reason code (`credentials_superseded`, `security_pin_invalid`, ...).
