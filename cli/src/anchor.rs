@@ -778,6 +778,53 @@ mod tests {
         VerifyReport { records: position, verified_head: Head { position, hash: Digest32([1; 32]) }, failure }
     }
 
+    fn machine(id: &str) -> MachineIdentity {
+        MachineIdentity {
+            vault: "v".into(),
+            machine_id: id.into(),
+            endpoint: "http://v".into(),
+            thumbprint: "ab".repeat(32),
+            key: SealedRef { id: "cd".repeat(32) },
+        }
+    }
+
+    fn head(position: u64) -> LogHead {
+        LogHead {
+            machine_id: "m".into(),
+            position,
+            hash: "ef".repeat(32),
+            anchored_at: Utc::now(),
+            refusals: 0,
+            last_refusal: None,
+        }
+    }
+
+    #[test]
+    fn a_failed_report_shows_until_the_vault_holds_a_head_past_it() {
+        let mut note = AnchorNote::default();
+        let refused = LogHeadError::Refused { code: "log_head_conflict".into(), message: "m".into() };
+        note.record("m", 7, &Err(refused));
+        assert_eq!(note.pending_failure("m").map(|f| f.reason.as_str()), Some("log_head_conflict"));
+        assert!(note.pending_failure("other").is_none());
+        // A head before the failed one (verify found the vault's anchor behind it): still shown.
+        note.anchored_now(&machine("m"), &head(6));
+        assert!(note.pending_failure("m").is_some());
+        // A later report went through: the failure is over.
+        note.record("m", 8, &Ok((machine("m"), head(8))));
+        assert!(note.pending_failure("m").is_none() && note.last_failure.is_none());
+        // The note can speak for the machine again, naming its key only by reference.
+        let anchored = note.anchored.as_ref().unwrap();
+        assert_eq!(anchored.identity().map(|m| m.key.id), Some("cd".repeat(32)));
+        let text = serde_json::to_string(&note).unwrap();
+        assert!(text.contains("\"registration_key\":{\"id\":"), "{text}");
+        // A note from before: no key reference, so no identity.
+        let old: Anchored = serde_json::from_str(
+            r#"{"vault":"v","machine_id":"m","position":3,"hash":"00","anchored_at":"2026-01-01T00:00:00Z"}"#,
+        )
+        .unwrap();
+        assert!(old.identity().is_none());
+    }
+
     #[test]
     fn comparisons_name_the_range() {
         let anchor = Head { position: 7, hash: Digest32([7; 32]) };
