@@ -8,13 +8,15 @@
 //! vault kept.
 //!
 //! Nothing here appends to the log: recording a report would move the head it reports.
-//! `<data-dir>/log-anchor.json` keeps what was anchored last and the CA file used, as a hint for
-//! `status` and later commands; it is never trusted for verification (the vault is asked).
+//! `<data-dir>/log-anchor.json` keeps what was anchored last, for which machine (with what it takes
+//! to speak for it again if the log loses its registration) and the CA file used, as a hint for
+//! `status` and later commands; the head in it is never trusted for verification (the vault is
+//! asked).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use regent_engine::events::{self, STREAM};
@@ -44,8 +46,12 @@ pub fn use_ca_file(ca_file: Option<&Path>) {
     }
 }
 
-/// After a step the vault gets one quick try: the step is done and recorded, and other regent
-/// commands wait for this one's store lock (5 s) meanwhile. `regent audit anchor` retries longer.
+/// The whole report after a step (the anchor read and every post of it) ends by then: the step is
+/// done and recorded, and other regent commands wait for this one's store lock (5 s) meanwhile.
+const AFTER_STEP_DEADLINE: Duration = Duration::from_secs(3);
+
+/// After a step the vault gets one quick try, within [`AFTER_STEP_DEADLINE`] in all. `regent audit
+/// anchor` retries longer.
 fn after_step_options(ca_file: Option<PathBuf>) -> ClientOptions {
     ClientOptions {
         ca_file,
@@ -91,6 +97,42 @@ struct Anchored {
     position: u64,
     hash: String,
     anchored_at: DateTime<Utc>,
+    /// What it takes to speak for the machine again when the log no longer shows its registration
+    /// (a cut): the vault's address, the registration's certificate, and the sealed reference of
+    /// its private key (a digest naming the sealed file; the key itself stays sealed). Absent in
+    /// notes written by earlier versions.
+    #[serde(default)]
+    endpoint: Option<String>,
+    #[serde(default)]
+    thumbprint: Option<String>,
+    #[serde(default)]
+    registration_key: Option<SealedRef>,
+}
+
+impl Anchored {
+    fn new(identity: &MachineIdentity, head: &LogHead) -> Anchored {
+        Anchored {
+            vault: identity.vault.clone(),
+            machine_id: identity.machine_id.clone(),
+            position: head.position,
+            hash: head.hash.clone(),
+            anchored_at: head.anchored_at,
+            endpoint: Some(identity.endpoint.clone()),
+            thumbprint: Some(identity.thumbprint.clone()),
+            registration_key: Some(identity.key.clone()),
+        }
+    }
+
+    /// The machine as this note names it, when it names everything needed to sign for it.
+    fn identity(&self) -> Option<MachineIdentity> {
+        Some(MachineIdentity {
+            vault: self.vault.clone(),
+            machine_id: self.machine_id.clone(),
+            endpoint: self.endpoint.clone()?,
+            thumbprint: self.thumbprint.clone()?,
+            key: self.registration_key.clone()?,
+        })
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -129,30 +171,40 @@ impl AnchorNote {
         CA_FILE.get().cloned().or_else(|| self.ca_file.clone())
     }
 
-    fn record(&mut self, registration: &Registration, position: u64, result: &Result<LogHead, LogHeadError>) {
+    /// What became of a report of `machine_id`'s head at `position`.
+    fn record(&mut self, machine_id: &str, position: u64, result: &Result<(MachineIdentity, LogHead), LogHeadError>) {
         if let Some(ca) = CA_FILE.get() {
             self.ca_file = Some(ca.clone());
         }
         match result {
-            Ok(head) => {
-                self.anchored = Some(Anchored {
-                    vault: registration.vault.clone(),
-                    machine_id: registration.machine_id.clone(),
-                    position: head.position,
-                    hash: head.hash.clone(),
-                    anchored_at: head.anchored_at,
-                });
-                self.last_failure = None;
-            }
+            Ok((machine, head)) => self.anchored_now(machine, head),
             Err(e) => {
                 self.last_failure = Some(NoteFailure {
-                    machine_id: registration.machine_id.clone(),
+                    machine_id: machine_id.to_string(),
                     position,
                     reason: e.code().to_string(),
                     at: Utc::now(),
                 });
             }
         }
+    }
+
+    /// The vault holds `head` for the machine: a failed report at or before it is over (a refusal
+    /// included: the vault took a later head since), so it is no longer shown.
+    fn anchored_now(&mut self, machine: &MachineIdentity, head: &LogHead) {
+        self.anchored = Some(Anchored::new(machine, head));
+        if self.last_failure.as_ref().is_some_and(|f| f.machine_id != machine.machine_id || f.position <= head.position)
+        {
+            self.last_failure = None;
+        }
+    }
+
+    /// The failed report still worth showing for `machine_id`: one past what the vault holds.
+    fn pending_failure(&self, machine_id: &str) -> Option<&NoteFailure> {
+        let anchored = self.anchored.as_ref().filter(|a| a.machine_id == machine_id);
+        self.last_failure
+            .as_ref()
+            .filter(|f| f.machine_id == machine_id && anchored.is_none_or(|a| f.position > a.position))
     }
 }
 
@@ -167,6 +219,17 @@ fn secrets_area(ctx: &Context) -> Result<SecretsArea, LogHeadError> {
     };
     let key = MachineKey::load(&ctx.data_dir).map_err(unreadable)?;
     SecretsArea::open_dir(&ctx.data_dir, key).map_err(unreadable)
+}
+
+/// Who the machine is at its vault, and where the key it registered with is sealed: what a report
+/// or a read is signed with. Holds no secret (the key is named by its sealed reference).
+#[derive(Clone, Debug)]
+struct MachineIdentity {
+    vault: String,
+    machine_id: String,
+    endpoint: String,
+    thumbprint: String,
+    key: SealedRef,
 }
 
 /// The sealed private key of the credentials the machine registered with: the loaded credentials
@@ -191,6 +254,33 @@ fn registration_key(store: &EventStore, state: &State, registration: &Registrati
     found
 }
 
+fn key_lost(machine_id: &str, detail: impl std::fmt::Display) -> LogHeadError {
+    LogHeadError::Refused {
+        code: "credentials_unreadable".into(),
+        message: format!(
+            "the private key of the credentials this machine registered with cannot be used ({detail}); \
+             only that key speaks for machine {machine_id} at the vault"
+        ),
+    }
+}
+
+/// The machine as the log shows its registration.
+fn identity_from_log(
+    store: &EventStore,
+    state: &State,
+    registration: &Registration,
+) -> Result<MachineIdentity, LogHeadError> {
+    let key = registration_key(store, state, registration)
+        .ok_or_else(|| key_lost(&registration.machine_id, "it is not in the log"))?;
+    Ok(MachineIdentity {
+        vault: registration.vault.clone(),
+        machine_id: registration.machine_id.clone(),
+        endpoint: registration.endpoint.clone(),
+        thumbprint: registration.thumbprint.clone(),
+        key,
+    })
+}
+
 fn proxy_config(state: &State, area: &SecretsArea) -> Result<Option<ProxyConfig>, LogHeadError> {
     let Some(proxy) = &state.proxy else { return Ok(None) };
     let credentials = match (&proxy.username, &proxy.password) {
@@ -208,31 +298,37 @@ fn proxy_config(state: &State, area: &SecretsArea) -> Result<Option<ProxyConfig>
     Ok(Some(ProxyConfig { host: proxy.host.clone(), port: proxy.port, credentials }))
 }
 
+/// Signs for `machine` with the key its sealed reference names; `key_missing` says why when that
+/// key cannot be opened.
 fn signer(
+    area: &SecretsArea,
+    state: &State,
+    machine: &MachineIdentity,
+    endpoint: Option<&str>,
+    key_missing: impl FnOnce(String) -> LogHeadError,
+) -> Result<MachineSigner, LogHeadError> {
+    let private_key = SecretKeeper::open(area, SecretKind::CredentialsPrivateKey, &machine.key).map_err(key_missing)?;
+    Ok(MachineSigner {
+        endpoint: endpoint.unwrap_or(&machine.endpoint).to_string(),
+        vault: machine.vault.clone(),
+        machine_id: machine.machine_id.clone(),
+        thumbprint: machine.thumbprint.clone(),
+        private_key,
+        proxy: proxy_config(state, area)?,
+    })
+}
+
+/// The machine the log shows registered, and its signer.
+fn registered_signer(
     store: &EventStore,
     area: &SecretsArea,
     state: &State,
     registration: &Registration,
     endpoint: Option<&str>,
-) -> Result<MachineSigner, LogHeadError> {
-    let lost = |detail: String| LogHeadError::Refused {
-        code: "credentials_unreadable".into(),
-        message: format!(
-            "the private key of the credentials this machine registered with cannot be used ({detail}); \
-             only that key speaks for machine {} at the vault",
-            registration.machine_id
-        ),
-    };
-    let sealed = registration_key(store, state, registration).ok_or_else(|| lost("it is not in the log".into()))?;
-    let private_key = SecretKeeper::open(area, SecretKind::CredentialsPrivateKey, &sealed).map_err(lost)?;
-    Ok(MachineSigner {
-        endpoint: endpoint.unwrap_or(&registration.endpoint).to_string(),
-        vault: registration.vault.clone(),
-        machine_id: registration.machine_id.clone(),
-        thumbprint: registration.thumbprint.clone(),
-        private_key,
-        proxy: proxy_config(state, area)?,
-    })
+) -> Result<(MachineIdentity, MachineSigner), LogHeadError> {
+    let machine = identity_from_log(store, state, registration)?;
+    let signer = signer(area, state, &machine, endpoint, |detail| key_lost(&machine.machine_id, detail))?;
+    Ok((machine, signer))
 }
 
 fn client(options: ClientOptions) -> Result<HttpVaultClient, LogHeadError> {
@@ -240,11 +336,6 @@ fn client(options: ClientOptions) -> Result<HttpVaultClient, LogHeadError> {
         reason: regent_engine::Reason::VaultUnreachable,
         detail: format!("{e}; pass a readable CA certificate with --ca-file"),
     })
-}
-
-/// The hash this log holds at a position, for a report to prove it extends the anchored head.
-fn hash_at(store: &EventStore) -> impl Fn(u64) -> Option<String> + '_ {
-    |position| store.hash_at(position).ok().flatten().map(|hash| hash.to_hex())
 }
 
 /// The first 16 characters (char-safe: the text may come from the network).
@@ -312,16 +403,15 @@ pub fn after_step(
     if note.quickstart_machine.as_deref() == Some(registration.machine_id.as_str()) {
         return None;
     }
-    let result = signer(store, area, state, registration, None).and_then(|signer| {
-        client(after_step_options(note.ca_file()))?.report_log_head(
-            &signer,
-            head.position,
-            &head.hash.to_hex(),
-            &hash_at(store),
-        )
+    // One deadline for all of it: the store stays locked until this returns.
+    let deadline = Instant::now() + AFTER_STEP_DEADLINE;
+    let result = registered_signer(store, area, state, registration, None).and_then(|(machine, signer)| {
+        let client = client(after_step_options(note.ca_file()))?;
+        Ok((machine, client.report_log_head(&signer, store, head, Some(deadline))?))
     });
-    note.record(registration, head.position, &result);
+    note.record(&registration.machine_id, head.position, &result);
     note.save(&ctx.data_dir);
+    let result = result.map(|(_, anchor)| anchor);
     Some(StepAnchor { vault: registration.vault.clone(), position: head.position, result })
 }
 
@@ -351,15 +441,15 @@ pub fn anchor_now(ctx: &Context, endpoint: Option<String>, ca_file: Option<PathB
     let mut note = AnchorNote::load(&ctx.data_dir);
     // The store stays open: the head sent is the head of the log until the vault answers.
     let result = secrets_area(ctx)
-        .and_then(|area| signer(&store, &area, &state, &registration, endpoint.as_deref()))
-        .and_then(|signer| {
+        .and_then(|area| registered_signer(&store, &area, &state, &registration, endpoint.as_deref()))
+        .and_then(|(machine, signer)| {
             let options = ClientOptions { ca_file: note.ca_file(), ..ClientOptions::default() };
-            client(options)?.report_log_head(&signer, head.position, &head.hash.to_hex(), &hash_at(&store))
+            Ok((machine, client(options)?.report_log_head(&signer, &store, head, None)?))
         });
     drop(store);
-    note.record(&registration, head.position, &result);
+    note.record(&registration.machine_id, head.position, &result);
     note.save(&ctx.data_dir);
-    match result {
+    match result.map(|(_, anchor)| anchor) {
         Ok(anchor) => {
             if ctx.json {
                 println!(
@@ -432,16 +522,43 @@ fn compare(report: &VerifyReport, anchor: Head) -> (Comparison, Option<Range>) {
     }
 }
 
-pub fn verify_against_vault(ctx: &Context, endpoint: Option<String>, ca_file: Option<PathBuf>) -> Result<u8, Failure> {
-    crate::check_no_credentials(None, endpoint.as_deref())?;
-    use_ca_file(ca_file.as_deref());
-    let mut note = AnchorNote::load(&ctx.data_dir);
-    // Read who the machine is, then let go of the store while the vault is asked.
-    let (signer, registration) = {
-        let store = ctx.open_store()?;
-        let (state, _, registration) = registered(&store, "whose anchor to check against")?;
-        let signer = secrets_area(ctx)
-            .and_then(|area| signer(&store, &area, &state, &registration, endpoint.as_deref()))
+/// Whether the log shows `machine_id`'s registration at all (an unregistered machine's log still
+/// does). A log that does not, while the note names the machine as anchored, was cut before it.
+fn log_shows_registration(store: &EventStore, machine_id: &str) -> Result<bool, Failure> {
+    for record in store.read_stream(STREAM, 1) {
+        if let Ok(step) = events::decode(&record?)
+            && let Outcome::Accepted(Change::Registered(registration)) = &step.outcome
+            && registration.machine_id == machine_id
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The key of a machine the log lost cannot be found: said as such, never as "not registered".
+fn registration_key_not_found(lost: &Anchored, detail: &str) -> Failure {
+    Failure::refused(format!(
+        "registration_key_not_found: this log no longer shows the registration of machine {} at vault {}, which \
+         anchored it at position {} (log-anchor.json), and the key it registered with cannot be found ({detail}): \
+         the log was probably cut; ask the vault's admin for the machine's head (`regent vault machines`) and check \
+         this log with `regent audit verify --head POSITION:HASH`",
+        lost.machine_id, lost.vault, lost.position
+    ))
+}
+
+/// Who to ask the vault about, and how: the machine the log shows registered, or, when the log no
+/// longer shows any registration of it, the machine the note names as anchored.
+fn machine_to_check(
+    ctx: &Context,
+    store: &EventStore,
+    note: &AnchorNote,
+    endpoint: Option<&str>,
+) -> Result<(MachineIdentity, MachineSigner, bool), Failure> {
+    let (state, _) = projections::current_state(store)?;
+    if let Some(registration) = &state.registration {
+        let (machine, signer) = secrets_area(ctx)
+            .and_then(|area| registered_signer(store, &area, &state, registration, endpoint))
             .map_err(|e| {
                 Failure::refused(format!(
                     "{}: cannot ask vault {} for the anchored head: {e}",
@@ -449,8 +566,34 @@ pub fn verify_against_vault(ctx: &Context, endpoint: Option<String>, ca_file: Op
                     registration.vault
                 ))
             })?;
-        (signer, registration)
+        return Ok((machine, signer, false));
+    }
+    let what = "whose anchor to check against";
+    let lost = match &note.anchored {
+        Some(anchored) if !log_shows_registration(store, &anchored.machine_id)? => anchored,
+        _ => return Err(not_registered(what)),
     };
+    let machine = lost.identity().ok_or_else(|| {
+        registration_key_not_found(lost, "the note was written by an earlier regent and does not name it")
+    })?;
+    let area = secrets_area(ctx).map_err(|e| registration_key_not_found(lost, &e.to_string()))?;
+    let signer = signer(&area, &state, &machine, endpoint, |detail| LogHeadError::Refused {
+        code: "registration_key_not_found".into(),
+        message: detail,
+    })
+    .map_err(|e| match e.code() {
+        "registration_key_not_found" => registration_key_not_found(lost, &e.to_string()),
+        code => Failure::refused(format!("{code}: cannot ask vault {} for the anchored head: {e}", lost.vault)),
+    })?;
+    Ok((machine, signer, true))
+}
+
+pub fn verify_against_vault(ctx: &Context, endpoint: Option<String>, ca_file: Option<PathBuf>) -> Result<u8, Failure> {
+    crate::check_no_credentials(None, endpoint.as_deref())?;
+    use_ca_file(ca_file.as_deref());
+    let mut note = AnchorNote::load(&ctx.data_dir);
+    // Read who the machine is, then let go of the store while the vault is asked.
+    let (machine, signer, registration_lost) = machine_to_check(ctx, &ctx.open_store()?, &note, endpoint.as_deref())?;
     let options = ClientOptions { ca_file: note.ca_file(), ..ClientOptions::default() };
     let fetched = client(options).and_then(|client| client.fetch_log_head(&signer));
     let anchor = match fetched {
@@ -458,22 +601,19 @@ pub fn verify_against_vault(ctx: &Context, endpoint: Option<String>, ca_file: Op
         Ok(None) => {
             return Err(Failure::refused(format!(
                 "log_head_not_anchored: vault {} holds no log head for machine {} yet; run `regent audit anchor`, then verify again",
-                registration.vault, registration.machine_id
+                machine.vault, machine.machine_id
             )));
         }
         Err(e) => {
             return Err(Failure::refused(format!(
                 "{}: cannot read the anchored log head from vault {}: {e}; retry once the vault is reachable (--endpoint URL if it moved)",
                 e.code(),
-                registration.vault
+                machine.vault
             )));
         }
     };
     let anchor_hash = Digest32::from_hex(&anchor.hash).ok_or_else(|| {
-        Failure::refused(format!(
-            "vault_error: vault {} answered a malformed hash; check the endpoint",
-            registration.vault
-        ))
+        Failure::refused(format!("vault_error: vault {} answered a malformed hash; check the endpoint", machine.vault))
     })?;
     let anchor_head = Head { position: anchor.position, hash: anchor_hash };
 
@@ -483,13 +623,7 @@ pub fn verify_against_vault(ctx: &Context, endpoint: Option<String>, ca_file: Op
     let not_yet = (comparison == Comparison::Match && head.position > anchor.position)
         .then(|| Range { from: anchor.position + 1, to: head.position });
     if comparison == Comparison::Match && head.position >= anchor.position {
-        note.anchored = Some(Anchored {
-            vault: registration.vault.clone(),
-            machine_id: registration.machine_id.clone(),
-            position: anchor.position,
-            hash: anchor.hash.clone(),
-            anchored_at: anchor.anchored_at,
-        });
+        note.anchored_now(&machine, &anchor);
         note.save(&ctx.data_dir);
     }
 
@@ -497,20 +631,27 @@ pub fn verify_against_vault(ctx: &Context, endpoint: Option<String>, ca_file: Op
         let mut value = serde_json::to_value(&report).map_err(|e| Failure::store(e.to_string()))?;
         value["against_vault"] = json!({
             "outcome": comparison,
-            "vault": registration.vault,
-            "machine_id": registration.machine_id,
+            "vault": machine.vault,
+            "machine_id": machine.machine_id,
             "anchor": anchor,
             "missing": if comparison == Comparison::TailCut { json!(range) } else { json!(null) },
             "mismatch": if comparison == Comparison::Altered { json!(range) } else { json!(null) },
             "not_yet_anchored": not_yet,
+            "registration": if registration_lost { "from_anchor_note" } else { "from_log" },
         });
         println!("{value}");
     } else {
         crate::views::print_report(&report, false);
+        if registration_lost {
+            println!(
+                "this log no longer shows the registration of machine {} (vault {}): checked against its anchor, as log-anchor.json names it",
+                machine.machine_id, machine.vault
+            );
+        }
         let at = anchor.anchored_at.format("%Y-%m-%d %H:%M:%S UTC");
         match comparison {
             Comparison::Match => {
-                println!("vault anchor at {} matches (vault {}, anchored {at})", anchor.position, registration.vault);
+                println!("vault anchor at {} matches (vault {}, anchored {at})", anchor.position, machine.vault);
                 if let Some(r) = not_yet {
                     println!("records {}-{} are not yet anchored (run `regent audit anchor`)", r.from, r.to);
                 }
@@ -527,18 +668,23 @@ pub fn verify_against_vault(ctx: &Context, endpoint: Option<String>, ca_file: Op
         }
     }
     // When this log matches, refused reports are the only sign that another copy of it spoke; when
-    // it does not, the failure line says more.
+    // it does not, the failure line says more. A refusal older than the anchor is history: this
+    // log reported past it since, so it is counted, not warned about.
     if let (Comparison::Match, Some(refusal)) = (comparison, &anchor.last_refusal) {
-        eprintln!(
-            "warning: vault {} refused {} log head report(s) for this machine, the last at {} ({} for position {}): another copy of this log reported heads",
-            registration.vault,
-            anchor.refusals,
-            refusal.refused_at.format("%Y-%m-%d %H:%M:%S UTC"),
-            refusal.error,
-            refusal.position
-        );
+        let refused_at = refusal.refused_at.format("%Y-%m-%d %H:%M:%S UTC");
+        if refusal.refused_at >= anchor.anchored_at {
+            eprintln!(
+                "warning: vault {} refused {} log head report(s) for this machine, the last at {refused_at} ({} for position {}): another copy of this log reported heads",
+                machine.vault, anchor.refusals, refusal.error, refusal.position
+            );
+        } else if !ctx.json {
+            println!(
+                "vault {} refused {} log head report(s) for this machine before its current anchor (the last at {refused_at})",
+                machine.vault, anchor.refusals
+            );
+        }
     }
-    let vault = &registration.vault;
+    let vault = &machine.vault;
     match (comparison, range) {
         (Comparison::Match, _) => Ok(0),
         (Comparison::TailCut, Some(r)) => Err(Failure::refused(format!(
@@ -563,28 +709,47 @@ pub fn verify_against_vault(ctx: &Context, endpoint: Option<String>, ca_file: Op
 
 /// `status`: how far the vault's anchor is behind the log, from the local note (a hint).
 pub fn status_json(ctx: &Context, state: &State, head: Head) -> serde_json::Value {
-    let Some(registration) = &state.registration else { return serde_json::Value::Null };
     let note = AnchorNote::load(&ctx.data_dir);
-    let anchored = note.anchored.filter(|a| a.machine_id == registration.machine_id);
-    let failure = note.last_failure.filter(|f| f.machine_id == registration.machine_id);
+    let Some(registration) = &state.registration else {
+        return match lost_registration(&note, head) {
+            Some(a) => json!({
+                "vault": a.vault, "machine_id": a.machine_id, "position": a.position, "past_log_head": true,
+            }),
+            None => serde_json::Value::Null,
+        };
+    };
+    let anchored = note.anchored.as_ref().filter(|a| a.machine_id == registration.machine_id);
+    let failure = note.pending_failure(&registration.machine_id);
     json!({
-        "position": anchored.as_ref().map(|a| a.position),
-        "anchored_at": anchored.as_ref().map(|a| a.anchored_at),
-        "behind": anchored.as_ref().map_or(head.position, |a| head.position.saturating_sub(a.position)),
+        "position": anchored.map(|a| a.position),
+        "anchored_at": anchored.map(|a| a.anchored_at),
+        "behind": anchored.map_or(head.position, |a| head.position.saturating_sub(a.position)),
         "last_failure": failure.map(|f| json!({"position": f.position, "reason": f.reason, "at": f.at})),
     })
 }
 
-/// `status`: the human line, or nothing when not registered.
+/// A machine the note says was anchored past this log's head while the log shows no registration:
+/// the log was likely cut before it (an unregistered machine's last head is the log's).
+fn lost_registration(note: &AnchorNote, head: Head) -> Option<&Anchored> {
+    note.anchored.as_ref().filter(|a| a.position > head.position)
+}
+
+/// `status`: the human line, or nothing when not registered (unless the log seems cut).
 pub fn status_line(ctx: &Context, state: &State, head: Head) -> Option<String> {
-    let registration = state.registration.as_ref()?;
     let note = AnchorNote::load(&ctx.data_dir);
-    let anchored = note.anchored.filter(|a| a.machine_id == registration.machine_id);
-    let failure = note.last_failure.filter(|f| f.machine_id == registration.machine_id);
+    let Some(registration) = state.registration.as_ref() else {
+        return lost_registration(&note, head).map(|a| {
+            format!(
+                "machine {} was anchored at vault {} at position {}, past this log's head, and this log shows no registration: run `regent audit verify --against-vault`",
+                a.machine_id, a.vault, a.position
+            )
+        });
+    };
     if note.quickstart_machine.as_deref() == Some(registration.machine_id.as_str()) {
         return Some("not kept: quickstart's vault runs only while `regent quickstart` does".into());
     }
-    let mut line = match &anchored {
+    let anchored = note.anchored.as_ref().filter(|a| a.machine_id == registration.machine_id);
+    let mut line = match anchored {
         None => "not anchored at the vault yet (`regent audit anchor`)".to_string(),
         Some(a) if a.position == head.position => format!("{} at vault {} (up to date)", a.position, a.vault),
         Some(a) if a.position < head.position => format!(
@@ -598,9 +763,7 @@ pub fn status_line(ctx: &Context, state: &State, head: Head) -> Option<String> {
             a.position, a.vault
         ),
     };
-    if let Some(f) = failure
-        && anchored.as_ref().is_none_or(|a| f.position > a.position)
-    {
+    if let Some(f) = note.pending_failure(&registration.machine_id) {
         line.push_str(&format!("; the last report failed: {}", f.reason));
     }
     Some(line)
@@ -613,6 +776,53 @@ mod tests {
 
     fn report(failure: Option<ChainFailure>, position: u64) -> VerifyReport {
         VerifyReport { records: position, verified_head: Head { position, hash: Digest32([1; 32]) }, failure }
+    }
+
+    fn machine(id: &str) -> MachineIdentity {
+        MachineIdentity {
+            vault: "v".into(),
+            machine_id: id.into(),
+            endpoint: "http://v".into(),
+            thumbprint: "ab".repeat(32),
+            key: SealedRef { id: "cd".repeat(32) },
+        }
+    }
+
+    fn head(position: u64) -> LogHead {
+        LogHead {
+            machine_id: "m".into(),
+            position,
+            hash: "ef".repeat(32),
+            anchored_at: Utc::now(),
+            refusals: 0,
+            last_refusal: None,
+        }
+    }
+
+    #[test]
+    fn a_failed_report_shows_until_the_vault_holds_a_head_past_it() {
+        let mut note = AnchorNote::default();
+        let refused = LogHeadError::Refused { code: "log_head_conflict".into(), message: "m".into() };
+        note.record("m", 7, &Err(refused));
+        assert_eq!(note.pending_failure("m").map(|f| f.reason.as_str()), Some("log_head_conflict"));
+        assert!(note.pending_failure("other").is_none());
+        // A head before the failed one (verify found the vault's anchor behind it): still shown.
+        note.anchored_now(&machine("m"), &head(6));
+        assert!(note.pending_failure("m").is_some());
+        // A later report went through: the failure is over.
+        note.record("m", 8, &Ok((machine("m"), head(8))));
+        assert!(note.pending_failure("m").is_none() && note.last_failure.is_none());
+        // The note can speak for the machine again, naming its key only by reference.
+        let anchored = note.anchored.as_ref().unwrap();
+        assert_eq!(anchored.identity().map(|m| m.key.id), Some("cd".repeat(32)));
+        let text = serde_json::to_string(&note).unwrap();
+        assert!(text.contains("\"registration_key\":{\"id\":"), "{text}");
+        // A note from before: no key reference, so no identity.
+        let old: Anchored = serde_json::from_str(
+            r#"{"vault":"v","machine_id":"m","position":3,"hash":"00","anchored_at":"2026-01-01T00:00:00Z"}"#,
+        )
+        .unwrap();
+        assert!(old.identity().is_none());
     }
 
     #[test]

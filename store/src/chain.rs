@@ -140,7 +140,14 @@ pub struct ChainWalker {
 
 impl ChainWalker {
     pub fn new() -> ChainWalker {
-        ChainWalker { head: Head::EMPTY, records: 0, anchors: Vec::new() }
+        ChainWalker::resume(Head::EMPTY)
+    }
+
+    /// Walks on from `head`, a record already known good (the head a vault anchored): the next record
+    /// must be at `head.position + 1` and name `head.hash` as its predecessor. Only the records
+    /// pushed count in the report.
+    pub fn resume(head: Head) -> ChainWalker {
+        ChainWalker { head, records: 0, anchors: Vec::new() }
     }
 
     /// Also require that the chain reaches `anchor` and that the record at its position has its hash.
@@ -213,5 +220,55 @@ impl ChainWalker {
 impl Default for ChainWalker {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Digest32;
+
+    /// A stored line at `position` after `prev`, with a payload, as the store writes it.
+    fn line(position: u64, prev: Digest32, payload: &str) -> (Vec<u8>, Digest32) {
+        let body = format!(r#"{{"position":{position},"prev_hash":"{prev}","payload":"{payload}"}}"#);
+        let hash = Digest32::chain(&prev, body.as_bytes());
+        (format!(r#"{{"hash":"{hash}","record":{body}}}"#).into_bytes(), hash)
+    }
+
+    #[test]
+    fn a_resumed_walk_links_to_the_head_it_starts_from() {
+        let (first, h1) = line(1, Digest32::GENESIS, "a");
+        let (second, h2) = line(2, h1, "b");
+        let (third, h3) = line(3, h2, "c");
+        let mut full = ChainWalker::new();
+        for (at, stored) in [&first, &second, &third].into_iter().enumerate() {
+            full.push(None, stored).unwrap();
+            assert_eq!(full.head().position, at as u64 + 1);
+        }
+        assert_eq!(full.head(), Head { position: 3, hash: h3 });
+
+        // From the head at 1, records 2 and 3 verify on their own and end at the same head.
+        let mut resumed = ChainWalker::resume(Head { position: 1, hash: h1 });
+        assert_eq!(resumed.push(None, &second).unwrap(), h2);
+        assert_eq!(resumed.push(None, &third).unwrap(), h3);
+        let report = resumed.finish(None);
+        assert_eq!((report.records, report.verified_head, report.failure), (2, Head { position: 3, hash: h3 }, None));
+
+        // Another head at 1: record 2 does not link to it.
+        let other = Digest32([9; 32]);
+        let failure = ChainWalker::resume(Head { position: 1, hash: other }).push(None, &second).unwrap_err();
+        assert_eq!(
+            failure,
+            ChainFailure { position: 2, problem: Problem::BrokenLink { expected_prev: other, found_prev: h1 } }
+        );
+        // A record other than the next one: a gap after the head, or one at or before it.
+        let failure = ChainWalker::resume(Head { position: 1, hash: h1 }).push(None, &third).unwrap_err();
+        assert_eq!(failure.problem, Problem::Gap { expected: 2, found: 3 });
+        let failure = ChainWalker::resume(Head { position: 2, hash: h2 }).push(None, &second).unwrap_err();
+        assert_eq!(failure.problem, Problem::PositionMismatch { stored_at: 3, claims: 2 });
+        // A record whose bytes were changed after its hash was taken.
+        let altered = String::from_utf8(second.clone()).unwrap().replace("\"b\"", "\"x\"");
+        let failure = ChainWalker::resume(Head { position: 1, hash: h1 }).push(None, altered.as_bytes()).unwrap_err();
+        assert!(matches!(failure.problem, Problem::HashMismatch { stored, .. } if stored == h2), "{failure}");
     }
 }

@@ -507,8 +507,9 @@ impl EventStore {
         self.checkpoints.remove(name.as_bytes()).map(|_| ()).map_err(|e| self.sled_err(e))
     }
 
-    /// The stored hash of the record at `position`, if there is one.
-    pub fn hash_at(&self, position: u64) -> Result<Option<Digest32>> {
+    /// The hash field stored with the record at `position`, if there is one: read, not recomputed,
+    /// so only for matching a cache (a checkpoint) to the log, never as proof of what the log holds.
+    fn hash_at(&self, position: u64) -> Result<Option<Digest32>> {
         hash_at(&self.path, &self.log, position)
     }
 

@@ -186,6 +186,128 @@ fn verify_against_the_vault_catches_a_cut_tail_and_a_forked_copy() {
     assert_eq!(machines[0]["log_head"]["refusals"], 3);
     assert_eq!(machines[0]["log_head"]["last_refusal"]["error"], "log_head_conflict");
     assert_eq!(machines[0]["log_head"]["last_refusal"]["position"], 9);
+
+    // Once the real log reports past them, the refusals are history: counted, no longer a warning.
+    quietly(&setup, "agent", &THROTTLE_OFF); // 9
+    let (code, stdout, stderr) = stdout_of(&setup, "agent", &VERIFY);
+    assert_eq!((code, stderr.as_str()), (0, ""), "{stdout}");
+    assert!(
+        stdout.contains("vault anchor at 9 matches")
+            && stdout.contains("vault prod refused 3 log head report(s) for this machine before its current anchor"),
+        "{stdout}"
+    );
+    let machines = String::from_utf8(setup.admin(&["machines", "--vault", "prod"]).stdout).unwrap();
+    assert!(machines.contains("REFUSED 3 report(s)"), "{machines}");
+}
+
+/// The vault's own log: the positions it anchored, in order (the service stopped first).
+fn anchored_positions(setup: &mut Setup) -> Vec<u64> {
+    setup.stop_vault();
+    let store = regent_store::EventStore::open(setup.path("vault").join("log"), &Default::default()).unwrap();
+    store
+        .read_all(0)
+        .map(|record| record.unwrap())
+        .filter(|record| record.kind == "LogHeadAnchored")
+        .map(|record| record.payload_as::<Value>().unwrap()["position"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_log_far_past_its_anchor_catches_up_in_steps() {
+    let mut setup = Setup::new();
+    registered_agent(&setup); // anchored at 4
+    {
+        let _down = setup.vault_down_fast();
+        for step in 0..260 {
+            let args: &[&str] = if step % 2 == 0 { &THROTTLE } else { &THROTTLE_OFF };
+            let (code, stderr) = setup.step("agent", args);
+            assert_eq!(code, 0, "{stderr}");
+            assert!(stderr.contains("was not anchored") && stderr.contains("(vault_unreachable: "), "{stderr}");
+        }
+    }
+    setup.start_vault();
+    // 260 records past the anchor: more than one report carries (256). The next step sends
+    // them in two signed steps, 5-260 then 261-265, within its one deadline.
+    let (code, answer, stderr) = json_of(&setup, "agent", &PROXY_CLEAR); // 265
+    assert_eq!((code, stderr.as_str()), (0, ""), "{answer}");
+    assert_eq!(answer["log_anchor"]["anchored"], true, "{answer}");
+    assert_eq!(answer["log_anchor"]["vault_position"], 265);
+    let (code, report, stderr) = json_of(&setup, "agent", &VERIFY);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(report["against_vault"]["outcome"], "match");
+    assert_eq!(report["against_vault"]["anchor"]["position"], 265);
+    assert_eq!(anchored_positions(&mut setup), [4, 260, 265]);
+}
+
+#[test]
+fn a_log_cut_before_its_registration_is_still_checked_against_the_vault() {
+    let setup = Setup::new();
+    assert_eq!(setup.admin(&["create", "prod"]).status.code(), Some(0));
+    let credentials = setup.download("prod", "prod.VaultCredentials");
+    setup.prepare("agent", &credentials); // 1-3: folders, credentials (its key sealed), passphrase
+    copy_dir(&setup.path("agent"), &setup.path("early"));
+    quietly(&setup, "agent", &["register"]); // 4
+    quietly(&setup, "agent", &THROTTLE); // 5
+    quietly(&setup, "agent", &PROXY_CLEAR); // 6
+
+    // The log put back as it was before the registration; log-anchor.json left in place. The log
+    // itself verifies, and shows no registration at all.
+    copy_dir(&setup.path("early"), &setup.path("cut"));
+    std::fs::copy(setup.path("agent").join("log-anchor.json"), setup.path("cut").join("log-anchor.json")).unwrap();
+    assert_eq!(setup.step("cut", &["audit", "verify"]).0, 0);
+    let (_, status, _) = json_of(&setup, "cut", &["status"]);
+    assert_eq!(status["phase"], "passphrase_created", "{status}");
+    assert_eq!(
+        (status["log_anchor"]["position"].as_u64(), status["log_anchor"]["past_log_head"].as_bool()),
+        (Some(6), Some(true))
+    );
+
+    // The anchor note names the machine: its anchor is fetched and the cut is named.
+    let (code, stdout, stderr) = stdout_of(&setup, "cut", &VERIFY);
+    assert_eq!(code, 1, "{stdout}");
+    one_line_failure(&stderr, "log_tail_cut");
+    assert!(stderr.contains("anchored this log at position 6, but it ends at 3: records 4-6 are missing"), "{stderr}");
+    assert!(stdout.contains("this log no longer shows the registration of machine"), "{stdout}");
+    let (code, report, _) = json_of(&setup, "cut", &VERIFY);
+    assert_eq!(code, 1);
+    assert_eq!(report["against_vault"]["outcome"], "tail_cut");
+    assert_eq!(report["against_vault"]["registration"], "from_anchor_note");
+    assert_eq!(
+        (report["against_vault"]["missing"]["from"].as_u64(), report["against_vault"]["missing"]["to"].as_u64()),
+        (Some(4), Some(6))
+    );
+
+    // The note keeps how to find the key (its sealed reference), never the key.
+    let note: Value =
+        serde_json::from_slice(&std::fs::read(setup.path("cut").join("log-anchor.json")).unwrap()).unwrap();
+    let key_id = note["anchored"]["registration_key"]["id"].as_str().unwrap().to_string();
+    assert_eq!(key_id.len(), 64, "{note}");
+    // Without that key, the check says so (not "not registered").
+    copy_dir(&setup.path("cut"), &setup.path("keyless"));
+    std::fs::remove_file(setup.path("keyless").join("secrets").join(format!("{key_id}.sealed"))).unwrap();
+    let (code, _, stderr) = stdout_of(&setup, "keyless", &VERIFY);
+    assert_eq!(code, 1);
+    one_line_failure(&stderr, "registration_key_not_found");
+    assert!(
+        stderr.contains("no longer shows the registration of machine") && stderr.contains("position 6"),
+        "{stderr}"
+    );
+    // A note written before it named the key: the same.
+    copy_dir(&setup.path("cut"), &setup.path("old-note"));
+    let mut old = note.clone();
+    old["anchored"]
+        .as_object_mut()
+        .unwrap()
+        .retain(|k, _| !["endpoint", "thumbprint", "registration_key"].contains(&k.as_str()));
+    std::fs::write(setup.path("old-note").join("log-anchor.json"), serde_json::to_vec(&old).unwrap()).unwrap();
+    let (code, _, stderr) = stdout_of(&setup, "old-note", &VERIFY);
+    assert_eq!(code, 1);
+    one_line_failure(&stderr, "registration_key_not_found");
+
+    // The real log still matches.
+    let (code, stdout, stderr) = stdout_of(&setup, "agent", &VERIFY);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("vault anchor at 6 matches"), "{stdout}");
 }
 
 #[test]

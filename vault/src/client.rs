@@ -143,24 +143,35 @@ impl HttpVaultClient {
 
     /// Runs attempts until one is done or fails for good, the attempts are used up, or the total
     /// timeout would pass during the next backoff.
-    fn with_retries<T>(&self, attempt: impl FnMut() -> Attempt<T>) -> Result<T, (Reason, String)> {
-        self.with_retries_detailed(attempt).map_err(|e| (e.reason, e.detail))
+    fn with_retries<T>(&self, mut attempt: impl FnMut() -> Attempt<T>) -> Result<T, (Reason, String)> {
+        self.with_retries_until(None, |_| attempt()).map_err(|e| (e.reason, e.detail))
     }
 
-    /// As [`Self::with_retries`], keeping the service's own refusal code when there is one.
-    pub(crate) fn with_retries_detailed<T>(&self, mut attempt: impl FnMut() -> Attempt<T>) -> Result<T, CallError> {
+    /// As [`Self::with_retries`], keeping the service's own refusal code when there is one, and
+    /// within `deadline` when there is one: each attempt is given the time left (for its request's
+    /// timeout), no attempt or retry starts after it.
+    pub(crate) fn with_retries_until<T>(
+        &self,
+        deadline: Option<Instant>,
+        mut attempt: impl FnMut(Option<Duration>) -> Attempt<T>,
+    ) -> Result<T, CallError> {
         let started = Instant::now();
         let mut backoff = self.options.backoff;
         let mut tries = 0;
         loop {
+            let time_left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if time_left.is_some_and(|left| left.is_zero()) {
+                return Err(CallError { reason: Reason::VaultUnreachable, detail: out_of_time(tries), service: None });
+            }
             tries += 1;
-            match attempt() {
+            match attempt(time_left) {
                 Attempt::Done(value) => return Ok(value),
                 Attempt::Fail(reason, detail) => return Err(CallError { reason, detail, service: None }),
                 Attempt::Refused(error) => return Err(error),
                 Attempt::Retry(reason, detail) => {
                     if tries >= self.options.attempts.max(1)
                         || started.elapsed() + backoff >= self.options.total_timeout
+                        || deadline.is_some_and(|d| Instant::now() + backoff >= d)
                     {
                         let detail = if tries > 1 { format!("{detail} (after {tries} attempts)") } else { detail };
                         return Err(CallError { reason, detail, service: None });
@@ -292,9 +303,10 @@ impl HttpVaultClient {
             return Attempt::Retry(Reason::VaultUnreachable, format!("cannot connect to {url}{via}: {text}"));
         }
         if error.is_timeout() {
+            // A call with a deadline may have given its attempt less than the request timeout.
             return Attempt::Fail(
                 Reason::VaultUnreachable,
-                format!("no answer from {url} within {}s", self.options.request_timeout.as_secs()),
+                format!("no answer from {url} in time (at most {}s)", self.options.request_timeout.as_secs()),
             );
         }
         Attempt::Fail(Reason::VaultUnreachable, format!("the call to {url} failed: {text}"))
@@ -360,6 +372,13 @@ impl HttpVaultClient {
                 .send();
             self.answer(sent, proxy, &url)
         })
+    }
+}
+
+fn out_of_time(tries: u32) -> String {
+    match tries {
+        0 => "no time was left to call the vault".into(),
+        _ => format!("no answer from the vault in the time allowed (after {tries} attempts)"),
     }
 }
 

@@ -87,19 +87,28 @@ pub(crate) struct LogHeadAnchored {
     pub peer: String,
 }
 
-/// A machine's log head, refused because it went backwards or conflicts with the anchored one. Kept
-/// as evidence: a correctly signed report of such a head means the agent's log was cut or rewritten.
+/// A machine's log head, refused because it went backwards, conflicts with the anchored one, or
+/// came with records that do not chain up to it. Kept as evidence: a correctly signed report of
+/// such a head means the agent's log was cut, rewritten or damaged. The records themselves are not
+/// kept (the vault keeps heads only), only how many there were and their digest, which the
+/// signature covers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct LogHeadRefused {
     pub machine_id: String,
-    /// `log_head_regressed` or `log_head_conflict`.
+    /// `log_head_regressed`, `log_head_conflict` or `log_head_proof_invalid`.
     pub error: String,
     /// What was offered.
     pub position: u64,
     pub hash: String,
-    /// The anchored position and the hash the agent's log holds there, when it named them.
+    /// The records sent with it: how many, and [`crate::protocol::records_digest`] of them.
+    /// (Refusals recorded before records were sent held an `extends` field instead; it is ignored.)
+    #[serde(default)]
+    pub records: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub extends: Option<crate::protocol::LogHeadBase>,
+    pub records_sha256: Option<String>,
+    /// Where the records failed, in words (the first bad record and what is wrong with it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
     /// What the vault held then (and still holds).
     pub anchored_position: u64,
     pub anchored_hash: String,

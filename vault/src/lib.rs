@@ -30,6 +30,6 @@ pub use admin::AdminClient;
 pub use client::{ClientOptions, HttpVaultClient};
 pub use error::{AdminError, ClientError, VaultError};
 pub use log_head::{LogHeadError, MachineSigner};
-pub use protocol::{CredentialsFile, IssuedPin, LogHead, LogHeadBase, LogHeadRefusal, MachineInfo, VaultInfo};
+pub use protocol::{CredentialsFile, IssuedPin, LogHead, LogHeadRefusal, MachineInfo, VaultInfo};
 pub use server::{BackgroundServer, RunningServer, ServeConfig, ServerInfo, TlsFiles, run_until_signal, serve};
 pub use token::{ADMIN_TOKEN_FILE, read_token_file};

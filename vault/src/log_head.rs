@@ -3,10 +3,14 @@
 //! registered with; both go through the agent's proxy and retry as registration does (every
 //! attempt signed again with a fresh nonce and timestamp).
 //!
-//! Anchoring is not a wizard step: nothing here touches the agent's log (recording the report
-//! would move the head it reports).
+//! A head past the anchored one carries the records in between, which the vault walks from its
+//! anchor; an agent further ahead than one report may carry reports in steps.
+//!
+//! Anchoring is not a wizard step: nothing here writes to the agent's log (recording the report
+//! would move the head it reports); it only reads the records a report carries.
 
 use std::fmt;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -14,15 +18,16 @@ use chrono::Utc;
 use regent_credentials::PrivateKey;
 use regent_engine::Reason;
 use regent_engine::ports::ProxyConfig;
-use reqwest::blocking::Client;
+use regent_store::{EventStore, Head};
+use reqwest::blocking::{Client, RequestBuilder};
 use reqwest::header::HeaderValue;
 use zeroize::Zeroizing;
 
 use crate::client::{Attempt, CallError, HttpVaultClient};
 use crate::http;
 use crate::protocol::{
-    LOG_HEAD_BASE_REQUIRED, LOG_HEAD_CONFLICT, LOG_HEAD_NOT_FOUND, LOG_HEAD_REGRESSED, LogHead, LogHeadBase,
-    LogHeadBody, SIGNATURE_HEADERS, log_head_message, log_head_read_message,
+    LOG_HEAD_BASE_REQUIRED, LOG_HEAD_CONFLICT, LOG_HEAD_NOT_FOUND, LOG_HEAD_PROOF_INVALID, LOG_HEAD_REGRESSED, LogHead,
+    LogHeadBody, MAX_PROOF_BYTES, MAX_PROOF_RECORDS, SIGNATURE_HEADERS, log_head_message, log_head_read_message,
 };
 
 /// What speaks for a registered machine at its vault: where, which machine, and the key it
@@ -55,7 +60,8 @@ impl fmt::Debug for MachineSigner {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum LogHeadError {
-    /// The service refused: `log_head_regressed`, `log_head_conflict`, `machine_not_found`,
+    /// The service refused: `log_head_regressed`, `log_head_conflict`, `log_head_proof_invalid`,
+    /// `log_head_proof_malformed`, `log_head_proof_too_large`, `machine_not_found`,
     /// `credentials_invalid`, `credentials_wrong_vault`, `nonce_replayed`, `clock_skew`, ...
     #[error("{message}")]
     Refused { code: String, message: String },
@@ -63,6 +69,9 @@ pub enum LogHeadError {
     /// `proxy_auth_failed`, `vault_error`, `invalid_proxy`, `credentials_invalid` (an unusable key).
     #[error("{detail}")]
     Failed { reason: Reason, detail: String },
+    /// The agent's own log could not give the records a report carries: `log_unreadable`.
+    #[error("{detail}")]
+    LogUnreadable { detail: String },
 }
 
 impl LogHeadError {
@@ -70,12 +79,15 @@ impl LogHeadError {
         match self {
             LogHeadError::Refused { code, .. } => code,
             LogHeadError::Failed { reason, .. } => reason.code(),
+            LogHeadError::LogUnreadable { .. } => "log_unreadable",
         }
     }
 
-    /// A refusal that says the agent's log is not the one the vault saw (cut, or rewritten).
+    /// A refusal that says the agent's log is not the one the vault saw (cut, rewritten, or its
+    /// records past the anchor do not chain).
     pub fn is_tamper_evidence(&self) -> bool {
-        matches!(self, LogHeadError::Refused { code, .. } if code == LOG_HEAD_REGRESSED || code == LOG_HEAD_CONFLICT)
+        matches!(self, LogHeadError::Refused { code, .. }
+            if [LOG_HEAD_REGRESSED, LOG_HEAD_CONFLICT, LOG_HEAD_PROOF_INVALID].contains(&code.as_str()))
     }
 }
 
@@ -104,6 +116,14 @@ fn fresh_nonce() -> Result<String, LogHeadError> {
     Ok(hex::encode(nonce))
 }
 
+/// Caps a request's timeout at the time its call has left.
+fn with_time_left(request: RequestBuilder, time_left: Option<Duration>) -> RequestBuilder {
+    match time_left {
+        Some(left) => request.timeout(left),
+        None => request,
+    }
+}
+
 fn signing_key(signer: &MachineSigner) -> Result<PrivateKey, LogHeadError> {
     PrivateKey::from_pkcs8_der(&signer.private_key).map_err(|e| LogHeadError::Failed {
         reason: Reason::CredentialsInvalid,
@@ -111,40 +131,113 @@ fn signing_key(signer: &MachineSigner) -> Result<PrivateKey, LogHeadError> {
     })
 }
 
+/// One step of a report: the head it reports and the stored records after the anchor up to it.
+struct ReportStep {
+    head: Head,
+    records: Vec<String>,
+}
+
+fn log_unreadable(detail: String) -> LogHeadError {
+    LogHeadError::LogUnreadable { detail }
+}
+
+/// The records of `log` after `anchored`, up to `head` and within one report's bounds
+/// ([`MAX_PROOF_RECORDS`], [`MAX_PROOF_BYTES`]), exactly as the store holds them. The step's head is
+/// `head` when they reach it, else the last record's (its stored hash: the vault computes it anyway).
+fn next_step(log: &EventStore, anchored: u64, head: Head) -> Result<ReportStep, LogHeadError> {
+    let last = head.position.min(anchored.saturating_add(MAX_PROOF_RECORDS as u64));
+    let mut records = Vec::new();
+    let (mut bytes, mut full) = (0, false);
+    for item in log.raw_records(anchored + 1) {
+        let (position, stored) = item.map_err(|e| log_unreadable(format!("the log cannot be read: {e}")))?;
+        let expected = anchored + 1 + records.len() as u64;
+        if position != expected {
+            return Err(log_unreadable(format!(
+                "record {expected} is missing from the log; run `regent audit verify`"
+            )));
+        }
+        // A step holds at least one record (a record is far smaller than a step's bytes).
+        if !records.is_empty() && bytes + stored.len() > MAX_PROOF_BYTES {
+            full = true;
+            break;
+        }
+        bytes += stored.len();
+        let line = String::from_utf8(stored.to_vec()).map_err(|_| {
+            log_unreadable(format!("record {position} is not text: the log is damaged; run `regent audit verify`"))
+        })?;
+        records.push(line);
+        if position == last {
+            break;
+        }
+    }
+    let end = anchored + records.len() as u64;
+    if end == head.position {
+        return Ok(ReportStep { head, records });
+    }
+    match records.last() {
+        Some(line) if end == last || full => {
+            let hash = regent_store::record::decode(line.as_bytes())
+                .map_err(|e| log_unreadable(format!("record {end} cannot be read ({e}); run `regent audit verify`")))?
+                .hash;
+            Ok(ReportStep { head: Head { position: end, hash }, records })
+        }
+        _ => Err(log_unreadable(format!(
+            "the log ends at record {end}, before its head {}; run `regent audit verify`",
+            head.position
+        ))),
+    }
+}
+
 impl HttpVaultClient {
-    /// Reports the head of the machine's log (`position`, `hash` as 64 lowercase hex digits) and
-    /// returns the head the vault holds now.
+    /// Reports `head`, the head of the machine's log `log`, and returns the head the vault holds
+    /// now. `deadline`, when given, bounds the whole report (the anchor read and every step): no
+    /// call starts after it, and each gets only the time left.
     ///
-    /// It reads the anchored head first: a head past it names it in `extends`, with the hash
-    /// `hash_at` gives for that position (the hash the agent's log holds there), so that a log cut
-    /// back and grown past the anchor again cannot take its place. A head behind the anchored one,
-    /// or another record at its position, is refused (`log_head_regressed`, `log_head_conflict`)
-    /// and recorded by the vault.
+    /// It reads the anchored head first. The first head of a machine is sent alone (taken on
+    /// trust); a head past the anchored one carries the records in between exactly as the log
+    /// holds them, and the vault walks them from its anchor, so a log cut back and grown past the
+    /// anchor again cannot take its place. Further than one report's bounds ahead, it reports in
+    /// steps (each signed), each anchoring the next part. A head behind the anchored one, another
+    /// record at its position, or records that do not lead from it are refused
+    /// (`log_head_regressed`, `log_head_conflict`, `log_head_proof_invalid`) and recorded by the vault.
     pub fn report_log_head(
         &self,
         signer: &MachineSigner,
-        position: u64,
-        hash: &str,
-        hash_at: &dyn Fn(u64) -> Option<String>,
+        log: &EventStore,
+        head: Head,
+        deadline: Option<Instant>,
     ) -> Result<LogHead, LogHeadError> {
-        let hash = hash.to_ascii_lowercase();
-        // A second round only if another report moved the anchor between the read and the report.
-        let mut round = 0;
+        let hash = head.hash.to_hex();
+        let mut held = self.fetch_log_head_until(signer, deadline)?;
+        // Asked again only if another report moved the anchor between the read and the report.
+        let mut base_asked = 0;
         loop {
-            round += 1;
-            let held = self.fetch_log_head(signer)?;
-            if let Some(held) = &held
-                && held.position == position
-                && held.hash == hash
-            {
-                return Ok(held.clone());
-            }
-            let extends = held
-                .filter(|held| held.position < position)
-                .and_then(|held| hash_at(held.position).map(|hash| LogHeadBase { position: held.position, hash }));
-            match self.post_log_head(signer, position, &hash, extends.as_ref()) {
-                Err(LogHeadError::Refused { code, .. }) if code == LOG_HEAD_BASE_REQUIRED && round < 2 => continue,
-                answer => return answer,
+            let anchored = match &held {
+                Some(held) if held.position == head.position && held.hash == hash => return Ok(held.clone()),
+                Some(held) if held.position < head.position => held.position,
+                // Nothing to walk from yet (trust on first use), or at or past this head: the vault
+                // anchors the first head, and refuses the others as evidence.
+                _ => return self.post_log_head(signer, &ReportStep { head, records: Vec::new() }, deadline),
+            };
+            let step = next_step(log, anchored, head)?;
+            match self.post_log_head(signer, &step, deadline) {
+                Ok(answer) if step.head.position == head.position => return Ok(answer),
+                // The next step goes on from what the vault holds now: the step, unless it moved.
+                Ok(answer) if answer.position > anchored => held = Some(answer),
+                Ok(answer) => {
+                    return Err(LogHeadError::Failed {
+                        reason: Reason::VaultError,
+                        detail: format!(
+                            "the vault accepted head {} but holds {}; report again",
+                            step.head.position, answer.position
+                        ),
+                    });
+                }
+                Err(LogHeadError::Refused { code, .. }) if code == LOG_HEAD_BASE_REQUIRED && base_asked < 1 => {
+                    base_asked += 1;
+                    held = self.fetch_log_head_until(signer, deadline)?;
+                }
+                Err(error) => return Err(error),
             }
         }
     }
@@ -152,36 +245,45 @@ impl HttpVaultClient {
     fn post_log_head(
         &self,
         signer: &MachineSigner,
-        position: u64,
-        hash: &str,
-        extends: Option<&LogHeadBase>,
+        step: &ReportStep,
+        deadline: Option<Instant>,
     ) -> Result<LogHead, LogHeadError> {
+        let (position, hash) = (step.head.position, step.head.hash.to_hex());
         let message = |timestamp: i64, nonce: &str| {
             let (vault, machine, thumbprint) = (&signer.vault, &signer.machine_id, &signer.thumbprint);
-            log_head_message(vault, machine, thumbprint, position, hash, extends, timestamp, nonce)
+            log_head_message(vault, machine, thumbprint, position, &hash, &step.records, timestamp, nonce)
         };
-        let send = |client: &Client, url: &reqwest::Url, signed: Signed| {
+        let send = |client: &Client, url: &reqwest::Url, signed: Signed, time_left: Option<Duration>| {
             let body = LogHeadBody {
                 thumbprint: signer.thumbprint.clone(),
                 position,
-                hash: hash.to_string(),
-                extends: extends.cloned(),
+                hash: hash.clone(),
+                records: step.records.clone(),
                 timestamp: signed.timestamp,
                 nonce: signed.nonce,
                 signature: signed.signature,
             };
-            self.answer(client.post(url.clone()).json(&body).send(), signer.proxy.as_ref(), url)
+            let request = with_time_left(client.post(url.clone()).json(&body), time_left);
+            self.answer(request.send(), signer.proxy.as_ref(), url)
         };
-        self.signed_call(signer, "the log head", message, send)
+        self.signed_call(signer, "the log head", deadline, message, send)
     }
 
     /// The head the vault holds for the machine, or `None` if it never anchored one.
     pub fn fetch_log_head(&self, signer: &MachineSigner) -> Result<Option<LogHead>, LogHeadError> {
+        self.fetch_log_head_until(signer, None)
+    }
+
+    fn fetch_log_head_until(
+        &self,
+        signer: &MachineSigner,
+        deadline: Option<Instant>,
+    ) -> Result<Option<LogHead>, LogHeadError> {
         let message = |timestamp: i64, nonce: &str| {
             log_head_read_message(&signer.vault, &signer.machine_id, &signer.thumbprint, timestamp, nonce)
         };
-        let send = |client: &Client, url: &reqwest::Url, signed: Signed| {
-            let mut request = client.get(url.clone());
+        let send = |client: &Client, url: &reqwest::Url, signed: Signed, time_left: Option<Duration>| {
+            let mut request = with_time_left(client.get(url.clone()), time_left);
             let values = [signer.thumbprint.clone(), signed.timestamp.to_string(), signed.nonce, signed.signature];
             for (name, value) in SIGNATURE_HEADERS.into_iter().zip(values) {
                 match HeaderValue::from_str(&value) {
@@ -196,28 +298,30 @@ impl HttpVaultClient {
             }
             self.answer::<LogHead>(request.send(), signer.proxy.as_ref(), url)
         };
-        match self.signed_call(signer, "the read", message, send) {
+        match self.signed_call(signer, "the read", deadline, message, send) {
             Ok(head) => Ok(Some(head)),
             Err(LogHeadError::Refused { code, .. }) if code == LOG_HEAD_NOT_FOUND => Ok(None),
             Err(error) => Err(error),
         }
     }
 
-    /// One call to the machine's log-head URL, retried as registration is: every attempt signs
-    /// `message(timestamp, nonce)` afresh with the registration's key and `send`s it.
+    /// One call to the machine's log-head URL, retried as registration is (within `deadline`): every
+    /// attempt signs `message(timestamp, nonce)` afresh with the registration's key and `send`s it
+    /// with the time left.
     fn signed_call<T>(
         &self,
         signer: &MachineSigner,
         what: &str,
+        deadline: Option<Instant>,
         message: impl Fn(i64, &str) -> Vec<u8>,
-        send: impl Fn(&Client, &reqwest::Url, Signed) -> Attempt<T>,
+        send: impl Fn(&Client, &reqwest::Url, Signed, Option<Duration>) -> Attempt<T>,
     ) -> Result<T, LogHeadError> {
         let key = signing_key(signer)?;
         let url = self.log_head_url(signer)?;
         let client = self
             .client_for(signer.proxy.as_ref())
             .map_err(|detail| LogHeadError::Failed { reason: Reason::InvalidProxy, detail })?;
-        let answer = self.with_retries_detailed(|| {
+        let answer = self.with_retries_until(deadline, |time_left| {
             let nonce = match fresh_nonce() {
                 Ok(nonce) => nonce,
                 Err(e) => return Attempt::Fail(Reason::VaultError, e.to_string()),
@@ -225,7 +329,7 @@ impl HttpVaultClient {
             let timestamp = Utc::now().timestamp();
             match key.sign(&message(timestamp, &nonce)) {
                 Ok(signature) => {
-                    send(&client, &url, Signed { timestamp, nonce, signature: STANDARD.encode(signature) })
+                    send(&client, &url, Signed { timestamp, nonce, signature: STANDARD.encode(signature) }, time_left)
                 }
                 Err(e) => Attempt::Fail(Reason::CredentialsInvalid, format!("signing {what} failed: {e}")),
             }

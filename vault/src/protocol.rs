@@ -15,7 +15,7 @@
 //! | `GET /v1/vaults/{vault}/machines/{machine_id}/log-head` | agent, signed headers | | `200` [`LogHead`] |
 //!
 //! Admin calls carry `Authorization: Bearer <token>`. Bodies are `application/json`, at most
-//! [`MAX_BODY_BYTES`]. Every answer of the service carries the header [`SERVICE_HEADER`], so a client
+//! [`MAX_BODY_BYTES`] ([`MAX_LOG_HEAD_BODY_BYTES`] for a log-head report). Every answer of the service carries the header [`SERVICE_HEADER`], so a client
 //! can tell the service's 401 from a proxy's. Every refusal is an [`ErrorBody`] whose `error` is a
 //! stable code of this protocol and whose `reason`, when the refusal is one the agent records, is the
 //! engine's reason code (`credentials_superseded`, `security_pin_invalid`, ...).
@@ -31,12 +31,16 @@
 //! ([`log_head_read_message`], in the headers [`SIGNATURE_HEADERS`]). A head is never allowed to go
 //! backwards or to change at a position already anchored: such a report is refused
 //! ([`LOG_HEAD_REGRESSED`], [`LOG_HEAD_CONFLICT`]) and the refusal is recorded, since it is evidence
-//! that the agent's log was cut or rewritten.
+//! that the agent's log was cut or rewritten. A head past the anchored one carries the stored
+//! records in between, and the service walks them from its anchor itself (at most
+//! [`MAX_PROOF_RECORDS`] records and [`MAX_PROOF_BYTES`] bytes a report; an agent further ahead
+//! reports in steps).
 
 use std::fmt;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 /// The path prefix of this version of the protocol.
 pub const PREFIX: &str = "/v1";
@@ -243,13 +247,33 @@ impl RegisterBody {
 
 /// A head lower than the one anchored: the agent's log lost records (or an old copy speaks).
 pub const LOG_HEAD_REGRESSED: &str = "log_head_regressed";
-/// Another hash at the position anchored: the agent's log was rewritten (or forked from a copy).
+/// Another hash at the position anchored, or records past it that do not follow the anchored
+/// record: the agent's log was rewritten (or forked from a copy).
 pub const LOG_HEAD_CONFLICT: &str = "log_head_conflict";
+/// Records past the anchored head that follow it but do not form a chain up to the reported head
+/// (a record altered after its hash was taken, a gap, an end other than the head): the agent's
+/// log is damaged, or the report was forged.
+pub const LOG_HEAD_PROOF_INVALID: &str = "log_head_proof_invalid";
+/// A report whose records cannot be records at all (not JSON, a line break inside, records where
+/// none belong). Not evidence of anything, so not recorded.
+pub const LOG_HEAD_PROOF_MALFORMED: &str = "log_head_proof_malformed";
+/// More than [`MAX_PROOF_RECORDS`] records or [`MAX_PROOF_BYTES`] bytes of them in one report.
+pub const LOG_HEAD_PROOF_TOO_LARGE: &str = "log_head_proof_too_large";
 /// No head was ever anchored for the machine.
 pub const LOG_HEAD_NOT_FOUND: &str = "log_head_not_found";
-/// A head past the anchored one without `extends` naming the anchored position (or naming an
-/// older one): read the anchor and report again. Not evidence of anything, so not recorded.
+/// A head past the anchored one whose records do not start right after it (none sent, or sent
+/// against an older anchor): read the anchor and report again. Not evidence of anything, so not
+/// recorded.
 pub const LOG_HEAD_BASE_REQUIRED: &str = "log_head_base_required";
+
+/// The most records one report carries. An agent further past its anchor reports in steps.
+pub const MAX_PROOF_RECORDS: usize = 256;
+/// The most bytes of records (the stored lines, before JSON escaping) one report carries. A record
+/// is at most [`regent_store::MAX_RECORD_BYTES`], so a step always holds at least one.
+pub const MAX_PROOF_BYTES: usize = 1024 * 1024;
+/// The largest log-head report the service reads: the records as JSON strings (escaping at most
+/// doubles a JSON line: only `"` and `\` are escaped) and the other fields.
+pub const MAX_LOG_HEAD_BODY_BYTES: usize = 2 * MAX_PROOF_BYTES + MAX_BODY_BYTES;
 
 /// The headers of a signed read of a log head: thumbprint, timestamp, nonce, signature (base64),
 /// with the same meaning as in [`LogHeadBody`].
@@ -267,25 +291,19 @@ pub struct LogHeadBody {
     pub position: u64,
     /// That record's hash: 64 lowercase hex digits.
     pub hash: String,
-    /// Required when the vault holds a head for the machine and `position` is past it: that
-    /// head's position and the hash the agent's log holds there. It proves the new head extends
-    /// the anchored one (a log cut back and grown past the anchor again is refused).
+    /// When the vault holds a head A for the machine and `position` is past it: the records at
+    /// A+1..=`position`, each exactly as the agent's store holds it (one export line, without its
+    /// line break). The service walks them from its anchor, so a log cut back and grown past the
+    /// anchor again cannot take its place. Empty for the first report (nothing to walk from: the
+    /// first head is taken on trust) and for a head at or behind the anchor.
     #[serde(default)]
-    pub extends: Option<LogHeadBase>,
+    pub records: Vec<String>,
     /// Unix seconds at the agent when it signed.
     pub timestamp: i64,
     /// Fresh for every attempt: a replayed nonce is refused.
     pub nonce: String,
     /// Base64 (standard alphabet) of the signature over [`log_head_message`].
     pub signature: String,
-}
-
-/// A position of the agent's log and the hash of its record there.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LogHeadBase {
-    pub position: u64,
-    pub hash: String,
 }
 
 /// The head a vault keeps for a machine, and what it refused.
@@ -314,23 +332,36 @@ pub struct LogHeadRefusal {
     pub refused_at: DateTime<Utc>,
 }
 
-/// The exact bytes a log-head report signs, as [`registration_message`] is built. `extends` is
-/// written `POSITION:HASH`, or empty when absent.
+/// SHA-256 (lowercase hex) over the records a report carries, each followed by a line break (the
+/// lines of an export): what a report's signature covers of them.
+pub fn records_digest<R: AsRef<[u8]>>(records: &[R]) -> String {
+    let mut hasher = Sha256::new();
+    for record in records {
+        hasher.update(record.as_ref());
+        hasher.update(b"\n");
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// The exact bytes a log-head report signs, as [`registration_message`] is built. The records are
+/// signed through their count and [`records_digest`] (a record never holds a line break: the
+/// service refuses one that does, so the digest is unambiguous).
 #[allow(clippy::too_many_arguments, reason = "one argument per signed field, in the order they are signed")]
-pub fn log_head_message(
+pub fn log_head_message<R: AsRef<[u8]>>(
     vault: &str,
     machine_id: &str,
     thumbprint: &str,
     position: u64,
     hash: &str,
-    extends: Option<&LogHeadBase>,
+    records: &[R],
     timestamp: i64,
     nonce: &str,
 ) -> Vec<u8> {
-    let extends = extends.map(|base| format!("{}:{}", base.position, base.hash)).unwrap_or_default();
+    let (count, digest) = (records.len(), records_digest(records));
     format!(
-        "regent-vault-log-head-v1\nvault={vault}\nmachine_id={machine_id}\nthumbprint={thumbprint}\n\
-         position={position}\nhash={hash}\nextends={extends}\ntimestamp={timestamp}\nnonce={nonce}\n"
+        "regent-vault-log-head-v2\nvault={vault}\nmachine_id={machine_id}\nthumbprint={thumbprint}\n\
+         position={position}\nhash={hash}\nrecords={count}\nrecords_sha256={digest}\ntimestamp={timestamp}\n\
+         nonce={nonce}\n"
     )
     .into_bytes()
 }
@@ -354,7 +385,7 @@ impl LogHeadBody {
             &self.thumbprint,
             self.position,
             &self.hash,
-            self.extends.as_ref(),
+            &self.records,
             self.timestamp,
             &self.nonce,
         )
@@ -390,17 +421,25 @@ mod tests {
     fn the_log_head_messages_are_stable_and_distinct() {
         let t = "cd".repeat(32);
         let h = "ef".repeat(32);
-        let report = log_head_message("v", "m-1", &t, 12, &h, None, 1_700_000_000, "n0nce");
+        let none: [&str; 0] = [];
+        // SHA-256 of nothing.
+        let empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        let report = log_head_message("v", "m-1", &t, 12, &h, &none, 1_700_000_000, "n0nce");
         assert_eq!(
             String::from_utf8(report).unwrap(),
             format!(
-                "regent-vault-log-head-v1\nvault=v\nmachine_id=m-1\nthumbprint={t}\nposition=12\nhash={h}\n\
-                 extends=\ntimestamp=1700000000\nnonce=n0nce\n"
+                "regent-vault-log-head-v2\nvault=v\nmachine_id=m-1\nthumbprint={t}\nposition=12\nhash={h}\n\
+                 records=0\nrecords_sha256={empty}\ntimestamp=1700000000\nnonce=n0nce\n"
             )
         );
-        let base = LogHeadBase { position: 9, hash: t.clone() };
-        let report = log_head_message("v", "m-1", &t, 12, &h, Some(&base), 1_700_000_000, "n0nce");
-        assert!(String::from_utf8(report).unwrap().contains(&format!("\nhash={h}\nextends=9:{t}\ntimestamp=")));
+        // The records are signed through their digest, line by line: moving a byte across a line
+        // boundary changes it.
+        let records = ["{\"a\":1}", "{\"b\":2}"];
+        assert_eq!(records_digest(&records), hex::encode(Sha256::digest(b"{\"a\":1}\n{\"b\":2}\n")));
+        assert_ne!(records_digest(&records), records_digest(&["{\"a\":1}{\"b\":2}"]));
+        let report = log_head_message("v", "m-1", &t, 12, &h, &records, 1_700_000_000, "n0nce");
+        let digest = records_digest(&records);
+        assert!(String::from_utf8(report).unwrap().contains(&format!("\nrecords=2\nrecords_sha256={digest}\n")));
         let read = log_head_read_message("v", "m-1", &t, 1_700_000_000, "n0nce");
         assert_eq!(
             String::from_utf8(read).unwrap(),

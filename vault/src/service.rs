@@ -24,7 +24,9 @@ use chrono::{DateTime, Duration, Utc};
 use hmac::{Hmac, KeyInit, Mac};
 use regent_credentials::{IssueRequest, VaultIdentity};
 use regent_engine::Reason;
-use regent_store::{Actor, BatchMeta, EventStore, ExpectedVersion, StoreError, StoreOptions};
+use regent_store::{
+    Actor, BatchMeta, ChainWalker, Digest32, EventStore, ExpectedVersion, Head, Problem, StoreError, StoreOptions,
+};
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -40,8 +42,9 @@ use crate::events::{
 };
 use crate::protocol::{
     self, CreateVault, CredentialsFile, DownloadCredentials, ErrorBody, Health, IssuedPin, LOG_HEAD_BASE_REQUIRED,
-    LOG_HEAD_CONFLICT, LOG_HEAD_NOT_FOUND, LOG_HEAD_REGRESSED, LogHead, LogHeadBody, MachineInfo, Machines,
-    PinCheckBody, PinValid, RegisterBody, Registered, SERVICE_HEADER, SIGNATURE_HEADERS, VaultInfo, valid_vault_name,
+    LOG_HEAD_CONFLICT, LOG_HEAD_NOT_FOUND, LOG_HEAD_PROOF_INVALID, LOG_HEAD_PROOF_MALFORMED, LOG_HEAD_PROOF_TOO_LARGE,
+    LOG_HEAD_REGRESSED, LogHead, LogHeadBody, MachineInfo, Machines, PinCheckBody, PinValid, RegisterBody, Registered,
+    SERVICE_HEADER, SIGNATURE_HEADERS, VaultInfo, valid_vault_name,
 };
 use crate::state::{AnchoredHead, PendingAnswer, ServiceState};
 use crate::token::{self, AdminKey};
@@ -215,7 +218,11 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/v1/health", get(health))
         .route("/v1/vaults/{vault}/registrations", post(register))
         .route("/v1/vaults/{vault}/pin-checks", post(check_pin))
-        .route("/v1/vaults/{vault}/machines/{machine_id}/log-head", post(report_log_head).get(read_log_head));
+        .route(
+            "/v1/vaults/{vault}/machines/{machine_id}/log-head",
+            // A report carries records: its own, larger limit (the innermost limit applies).
+            post(report_log_head).layer(DefaultBodyLimit::max(protocol::MAX_LOG_HEAD_BODY_BYTES)).get(read_log_head),
+        );
     admin
         .merge(agent)
         .fallback(not_found)
@@ -331,7 +338,11 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
         JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            format!("the body is larger than {} bytes", protocol::MAX_BODY_BYTES),
+            format!(
+                "the body is too large: at most {} bytes ({} for a log-head report)",
+                protocol::MAX_BODY_BYTES,
+                protocol::MAX_LOG_HEAD_BODY_BYTES
+            ),
         ),
         other => ApiError::new(other.status(), "bad_request", other.body_text()),
     }
@@ -1078,15 +1089,98 @@ fn verify_machine_signature(certificate: &[u8], message: &[u8], signature: &[u8]
 
 /// What a verified report comes to.
 enum HeadDecision {
-    /// Nothing anchored yet, or past the anchored head and extending it: anchor it.
+    /// Nothing anchored yet, or past the anchored head with records that lead from it: anchor it.
     Anchor,
     /// The head anchored already: the same answer again, nothing written.
     Same(LogHead),
-    /// Past the anchored head (at this position) without naming it: ask again, nothing written.
+    /// Past the anchored head (at this position) with records that do not start right after it:
+    /// ask again, nothing written.
     BaseRequired(u64),
-    /// Refused, with the protocol code and the head the vault holds; recorded unless `again` (the
-    /// same refused head as the last refusal: a retry adds no evidence).
-    Refuse { code: &'static str, held_position: u64, held_hash: String, again: bool },
+    /// Refused, with the protocol code, what was wrong with the records (when that was it) and the
+    /// head the vault holds; recorded unless `again` (the same refused head as the last refusal: a
+    /// retry adds no evidence).
+    Refuse { code: &'static str, detail: Option<String>, held_position: u64, held_hash: String, again: bool },
+}
+
+/// What the records of a report past the anchored head come to, walked from the anchor.
+enum ProofWalk {
+    /// They lead from the anchored head to the reported one.
+    Extends,
+    /// They do not start right after the anchored position (none sent, or sent against an older
+    /// anchor).
+    StartsElsewhere,
+    /// The first one does not follow the anchored record: the agent's log holds another record at
+    /// the anchored position.
+    Forked(String),
+    /// They follow the anchor but do not chain up to the reported head.
+    Broken(String),
+    /// One is not a record at all.
+    Malformed(String),
+}
+
+/// Refuses a report's records before anything else is looked at: too many, too large, or with a
+/// line break inside (which would make their digest ambiguous; a stored record never holds one).
+fn check_proof_shape(records: &[String]) -> Result<(), ApiError> {
+    let bytes: usize = records.iter().map(String::len).sum();
+    if records.len() > protocol::MAX_PROOF_RECORDS || bytes > protocol::MAX_PROOF_BYTES {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            LOG_HEAD_PROOF_TOO_LARGE,
+            format!(
+                "a report carries at most {} records and {} bytes of them ({} records, {bytes} bytes sent); report the head in steps",
+                protocol::MAX_PROOF_RECORDS,
+                protocol::MAX_PROOF_BYTES,
+                records.len()
+            ),
+        ));
+    }
+    if let Some(index) = records.iter().position(|r| r.is_empty() || r.contains(['\n', '\r'])) {
+        return Err(proof_malformed(format!("record {} of the report is empty or holds a line break", index + 1)));
+    }
+    Ok(())
+}
+
+fn proof_malformed(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, LOG_HEAD_PROOF_MALFORMED, message)
+}
+
+/// Walks a report's records from the anchored head with the same walker the agent's own verify
+/// uses: each must be the next position, name the hash before it, and hash to its stored hash;
+/// the last must be the reported head. The vault computes every hash itself: nothing the agent
+/// says about its log is taken on its word.
+fn walk_proof(held: &AnchoredHead, records: &[String], reported: Head) -> Result<ProofWalk, ApiError> {
+    let held_hash = Digest32::from_hex(&held.hash)
+        .ok_or_else(|| ApiError::internal("the anchored head's hash cannot be read; restart the service"))?;
+    if records.is_empty() {
+        return Ok(ProofWalk::StartsElsewhere);
+    }
+    let mut walker = ChainWalker::resume(Head { position: held.position, hash: held_hash });
+    for (index, record) in records.iter().enumerate() {
+        if let Err(failure) = walker.push(None, record.as_bytes()) {
+            return Ok(match (index, &failure.problem) {
+                (_, Problem::Malformed { .. }) => ProofWalk::Malformed(failure.to_string()),
+                (0, Problem::Gap { .. } | Problem::PositionMismatch { .. }) => ProofWalk::StartsElsewhere,
+                (0, Problem::BrokenLink { .. }) => ProofWalk::Forked(failure.to_string()),
+                _ => ProofWalk::Broken(failure.to_string()),
+            });
+        }
+    }
+    let end = walker.head();
+    Ok(if end == reported {
+        ProofWalk::Extends
+    } else if end.position == reported.position {
+        ProofWalk::Broken(format!(
+            "record {}: it hashes to {}…, not to the reported head's hash {}…",
+            end.position,
+            &end.hash.to_hex()[..16],
+            &reported.hash.to_hex()[..16]
+        ))
+    } else {
+        ProofWalk::Broken(format!(
+            "the records end at position {}, not at the reported head {}",
+            end.position, reported.position
+        ))
+    })
 }
 
 async fn report_log_head(
@@ -1101,54 +1195,66 @@ async fn report_log_head(
     if body.position == 0 {
         return Err(ApiError::bad_request("position must be 1 or more: a registered machine's log is never empty"));
     }
-    if !is_lower_hex64(&body.hash) {
-        return Err(ApiError::bad_request("hash must be 64 lowercase hex digits"));
-    }
-    if let Some(base) = &body.extends
-        && (base.position == 0 || base.position >= body.position || !is_lower_hex64(&base.hash))
-    {
-        return Err(ApiError::bad_request(
-            "extends must name a position before the head's (1 or more) and a hash of 64 lowercase hex digits",
-        ));
-    }
+    let reported_hash = Digest32::from_hex(&body.hash)
+        .filter(|_| is_lower_hex64(&body.hash))
+        .ok_or_else(|| ApiError::bad_request("hash must be 64 lowercase hex digits"))?;
+    let reported = Head { position: body.position, hash: reported_hash };
+    check_proof_shape(&body.records)?;
     let now = Utc::now();
     check_clock(body.timestamp, now)?;
     let certificate = machine_certificate(&app, &vault, &machine_id, &body.thumbprint)?;
     verify_machine_signature(&certificate, &body.message(&vault, &machine_id), &signature)?;
 
+    // One report at a time: the anchor read here is still the anchor when the decision is applied.
     let _serial = app.anchor_changes.lock().await;
-    let decision = {
+    let records_sha256 = (!body.records.is_empty()).then(|| protocol::records_digest(&body.records));
+    let (head, same, last_refusal) = {
         let mut state = app.lock_state();
         let v = state.vaults.get_mut(&vault).ok_or_else(|| ApiError::vault_not_found(&vault))?;
         if !v.remember_nonce(&body.nonce, now, now) {
             return Err(nonce_replayed());
         }
         let anchor = v.anchors.get(&machine_id);
-        let refuse = |code: &'static str, held: &AnchoredHead| HeadDecision::Refuse {
-            code,
-            held_position: held.position,
-            held_hash: held.hash.clone(),
-            again: anchor
-                .and_then(|a| a.last_refusal.as_ref())
-                .is_some_and(|last| last.error == code && last.position == body.position && last.hash == body.hash),
-        };
-        match anchor.and_then(|a| a.head.as_ref()) {
-            None => HeadDecision::Anchor,
-            Some(held) if body.position > held.position => match &body.extends {
-                Some(base) if base.position == held.position && base.hash == held.hash => HeadDecision::Anchor,
-                // The agent's log holds another record where the vault anchored one: a fork.
-                Some(base) if base.position == held.position => refuse(LOG_HEAD_CONFLICT, held),
-                _ => HeadDecision::BaseRequired(held.position),
-            },
-            Some(held) if body.position == held.position && body.hash == held.hash => {
-                match anchor.and_then(|a| a.log_head(&machine_id)) {
-                    Some(head) => HeadDecision::Same(head),
-                    None => HeadDecision::Anchor,
-                }
-            }
-            Some(held) if body.position == held.position => refuse(LOG_HEAD_CONFLICT, held),
-            Some(held) => refuse(LOG_HEAD_REGRESSED, held),
+        (
+            anchor.and_then(|a| a.head.clone()),
+            anchor.and_then(|a| a.log_head(&machine_id)),
+            anchor.and_then(|a| a.last_refusal.clone().map(|refusal| (refusal, a.last_refused_records.clone()))),
+        )
+    };
+    let refuse = |code: &'static str, detail: Option<String>, held: &AnchoredHead| HeadDecision::Refuse {
+        code,
+        detail,
+        held_position: held.position,
+        held_hash: held.hash.clone(),
+        again: last_refusal.as_ref().is_some_and(|(last, last_records)| {
+            last.error == code
+                && last.position == body.position
+                && last.hash == body.hash
+                && *last_records == records_sha256
+        }),
+    };
+    // Walked outside the state's lock (up to a mebibyte of records to hash).
+    let decision = match &head {
+        // Trust on first use: with nothing anchored there is nothing to walk records from.
+        None if !body.records.is_empty() => {
+            return Err(proof_malformed(
+                "no head is anchored for this machine yet: the first report carries no records",
+            ));
         }
+        None => HeadDecision::Anchor,
+        Some(held) if body.position > held.position => match walk_proof(held, &body.records, reported)? {
+            ProofWalk::Extends => HeadDecision::Anchor,
+            ProofWalk::StartsElsewhere => HeadDecision::BaseRequired(held.position),
+            ProofWalk::Forked(detail) => refuse(LOG_HEAD_CONFLICT, Some(detail), held),
+            ProofWalk::Broken(detail) => refuse(LOG_HEAD_PROOF_INVALID, Some(detail), held),
+            ProofWalk::Malformed(detail) => return Err(proof_malformed(format!("the records sent: {detail}"))),
+        },
+        Some(held) if body.position == held.position && body.hash == held.hash => match same {
+            Some(head) => HeadDecision::Same(head),
+            None => HeadDecision::Anchor,
+        },
+        Some(held) if body.position == held.position => refuse(LOG_HEAD_CONFLICT, None, held),
+        Some(held) => refuse(LOG_HEAD_REGRESSED, None, held),
     };
     let actor = Actor { user: format!("machine:{machine_id}"), host: peer.ip().to_string() };
     match decision {
@@ -1166,7 +1272,7 @@ async fn report_log_head(
                 .await
                 .map_err(ApiError::store)?;
             app.apply(&vault, &[event])?;
-            tracing::info!(vault = %vault, machine_id = %machine_id, position = body.position, "log head anchored");
+            tracing::info!(vault = %vault, machine_id = %machine_id, position = body.position, records = body.records.len(), "log head anchored");
             let state = app.lock_state();
             state
                 .vaults
@@ -1180,18 +1286,21 @@ async fn report_log_head(
             StatusCode::CONFLICT,
             LOG_HEAD_BASE_REQUIRED,
             format!(
-                "the vault anchored head {held_position} for this machine: a later head must name, in extends, the hash \
-                 the agent's log holds at {held_position}; read the anchor and report again"
+                "the vault anchored head {held_position} for this machine: a later head must carry the records from \
+                 position {} on, as the agent's log holds them; read the anchor and report again",
+                held_position + 1
             ),
         )),
-        HeadDecision::Refuse { code, held_position, held_hash, again } => {
+        HeadDecision::Refuse { code, detail, held_position, held_hash, again } => {
             if !again {
                 let event = VaultEvent::LogHeadRefused(LogHeadRefused {
                     machine_id: machine_id.clone(),
                     error: code.to_string(),
                     position: body.position,
                     hash: body.hash.clone(),
-                    extends: body.extends.clone(),
+                    records: body.records.len() as u64,
+                    records_sha256: records_sha256.clone(),
+                    detail: detail.clone(),
                     anchored_position: held_position,
                     anchored_hash: held_hash.clone(),
                     nonce: body.nonce.clone(),
@@ -1206,18 +1315,23 @@ async fn report_log_head(
                 tracing::warn!(vault = %vault, machine_id = %machine_id, position = body.position, held = held_position, code, "log head refused");
             }
             let held = format!("{held_position}:{}…", held_hash.chars().take(16).collect::<String>());
-            let message = if code == LOG_HEAD_CONFLICT {
-                format!(
+            let message = match code {
+                LOG_HEAD_CONFLICT => format!(
                     "the vault anchored head {held} for this machine, and the agent's log holds another record at \
                      position {held_position}: it was rewritten, or restored from a copy and changed since"
-                )
-            } else {
-                format!(
+                ),
+                LOG_HEAD_PROOF_INVALID => format!(
+                    "the vault anchored head {held} for this machine, and the records sent after it do not lead to \
+                     head {} ({}): the agent's log is damaged or was altered; run `regent audit verify`",
+                    body.position,
+                    detail.as_deref().unwrap_or("they do not chain")
+                ),
+                _ => format!(
                     "the vault anchored head {held} for this machine, and the agent's log ends at {}: records {}-{held_position} \
                      are missing from it (cut off, or an older copy restored)",
                     body.position,
                     body.position + 1
-                )
+                ),
             };
             Err(ApiError::new(StatusCode::CONFLICT, code, message))
         }

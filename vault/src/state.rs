@@ -44,6 +44,9 @@ pub(crate) struct MachineAnchor {
     pub head: Option<AnchoredHead>,
     pub refusals: u64,
     pub last_refusal: Option<LogHeadRefusal>,
+    /// The digest of the records the last refused report carried, if any: with the refusal, it
+    /// tells a retry (nothing new to record) from another report of the same head.
+    pub last_refused_records: Option<String>,
 }
 
 #[derive(Clone)]
@@ -191,6 +194,7 @@ impl VaultState {
             hash: e.hash.clone(),
             refused_at: e.refused_at,
         });
+        anchor.last_refused_records = e.records_sha256.clone();
         self.remember_nonce(&e.nonce, e.refused_at, Utc::now());
     }
 }

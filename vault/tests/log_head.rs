@@ -1,26 +1,94 @@
 //! The log-head endpoint end to end, in-process: a registered machine anchors the head of its log
-//! with the key it registered with, reads it back, and the vault refuses everything else.
+//! with the key it registered with, reads it back, and the vault refuses everything else. The
+//! agent's logs here are real stores in temp dirs: a head past the anchor carries their records,
+//! and the vault walks them.
 
 mod common;
+
+use std::io::BufReader;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use chrono::Utc;
 use common::*;
 use regent_credentials::VaultCredentials;
-use regent_store::{EventStore, StoreOptions};
-use regent_vault::protocol::{LogHeadBody, log_head_message};
+use regent_store::{Actor, BatchMeta, Digest32, EventStore, ExpectedVersion, Head, NewEvent, StoreOptions};
+use regent_vault::protocol::{LogHeadBody, MAX_PROOF_BYTES, MAX_PROOF_RECORDS, log_head_message};
 use regent_vault::{AdminClient, BackgroundServer, LogHeadError, MachineSigner, ServeConfig};
 use secrecy::SecretString;
+use tempfile::TempDir;
 use zeroize::Zeroizing;
 
-fn hash(byte: u8) -> String {
-    format!("{byte:02x}").repeat(32)
+/// An agent's log: a real store in a temp dir.
+struct AgentLog {
+    store: EventStore,
+    _dir: TempDir,
 }
 
-/// The agent's log in these tests: the record at position p hashes to `hash(p)`.
-fn honest(position: u64) -> Option<String> {
-    Some(hash(position as u8))
+impl AgentLog {
+    fn new() -> AgentLog {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EventStore::open(dir.path().join("store"), &StoreOptions::default()).unwrap();
+        AgentLog { store, _dir: dir }
+    }
+
+    /// Appends `count` records in one batch, each with `padding` bytes of payload; `tag` makes two
+    /// logs grown alike differ.
+    fn grow_padded(&self, count: usize, tag: &str, padding: usize) -> Head {
+        let meta = BatchMeta {
+            recorded_at: Utc::now(),
+            actor: Actor { user: "test".into(), host: "test".into() },
+            correlation_id: uuid::Uuid::now_v7(),
+        };
+        let pad = "p".repeat(padding);
+        let events: Vec<NewEvent> = (0..count)
+            .map(|n| NewEvent::new("Tested", 1, &serde_json::json!({"tag": tag, "n": n, "pad": pad})).unwrap())
+            .collect();
+        self.store.append("test", ExpectedVersion::Any, &meta, &events).unwrap();
+        self.head()
+    }
+
+    fn grow(&self, count: usize, tag: &str) -> Head {
+        self.grow_padded(count, tag, 0)
+    }
+
+    fn head(&self) -> Head {
+        self.store.head()
+    }
+
+    /// Another log holding this one's records so far (an export imported), to grow apart.
+    fn copy(&self) -> AgentLog {
+        let mut export = Vec::new();
+        self.store.export(&mut export, "test").unwrap();
+        let copy = AgentLog::new();
+        copy.store.import(BufReader::new(export.as_slice())).unwrap();
+        copy
+    }
+
+    /// The head at `position`: the record there and its stored hash.
+    fn head_at(&self, position: u64) -> Head {
+        Head { position, hash: stored_hash(&self.lines(position, position)[0]) }
+    }
+
+    /// The stored lines of records `from..=to`, as a report carries them.
+    fn lines(&self, from: u64, to: u64) -> Vec<String> {
+        self.store
+            .raw_records(from)
+            .map(|r| r.unwrap())
+            .take_while(|(position, _)| *position <= to)
+            .map(|(_, bytes)| String::from_utf8(bytes.to_vec()).unwrap())
+            .collect()
+    }
+}
+
+/// The hash a stored line holds (not checked).
+fn stored_hash(line: &str) -> Digest32 {
+    regent_store::record::decode(line.as_bytes()).unwrap().hash
+}
+
+fn hash(byte: u8) -> Digest32 {
+    Digest32([byte; 32])
 }
 
 /// Registers a machine with `credentials` and returns its id.
@@ -50,14 +118,68 @@ fn refused_code(result: Result<impl std::fmt::Debug, LogHeadError>) -> String {
     }
 }
 
+/// The vault's own log, in order.
+fn vault_log(dir: &std::path::Path) -> Vec<regent_store::Record> {
+    let store = EventStore::open(dir.join("log"), &StoreOptions::default()).unwrap();
+    store.read_all(0).map(|r| r.unwrap()).collect()
+}
+
 /// The kinds of the vault's own log, in order.
 fn log_kinds(dir: &std::path::Path) -> Vec<String> {
-    let store = EventStore::open(dir.join("log"), &StoreOptions::default()).unwrap();
-    store.read_all(0).map(|r| r.unwrap().kind).collect()
+    vault_log(dir).into_iter().map(|r| r.kind).collect()
+}
+
+/// The positions the vault anchored, in order.
+fn anchored_positions(dir: &std::path::Path) -> Vec<u64> {
+    vault_log(dir)
+        .iter()
+        .filter(|r| r.kind == "LogHeadAnchored")
+        .map(|r| r.payload_as::<serde_json::Value>().unwrap()["position"].as_u64().unwrap())
+        .collect()
 }
 
 fn count(kinds: &[String], kind: &str) -> usize {
     kinds.iter().filter(|k| k.as_str() == kind).count()
+}
+
+/// A report as the agent builds it, signed with `credentials`, carrying `records`.
+fn signed_report(
+    credentials: &VaultCredentials,
+    vault: &str,
+    machine_id: &str,
+    head: (u64, &str),
+    records: Vec<String>,
+    nonce: &str,
+) -> LogHeadBody {
+    let timestamp = Utc::now().timestamp();
+    let thumbprint = credentials.certificate.thumbprint.clone();
+    let (position, hash) = head;
+    let message = log_head_message(vault, machine_id, &thumbprint, position, hash, &records, timestamp, nonce);
+    LogHeadBody {
+        thumbprint,
+        position,
+        hash: hash.to_string(),
+        records,
+        timestamp,
+        nonce: nonce.to_string(),
+        signature: STANDARD.encode(credentials.private_key.sign(&message).unwrap()),
+    }
+}
+
+fn signed_body(
+    credentials: &VaultCredentials,
+    vault: &str,
+    machine_id: &str,
+    position: u64,
+    hash: &str,
+    nonce: &str,
+) -> LogHeadBody {
+    signed_report(credentials, vault, machine_id, (position, hash), Vec::new(), nonce)
+}
+
+fn post(vault: &Vault, machine_id: &str, name: &str, body: &LogHeadBody) -> RawAnswer {
+    let path = format!("/v1/vaults/{name}/machines/{machine_id}/log-head");
+    raw(vault.addr(), "POST", &path, &[("Content-Type", "application/json")], &serde_json::to_vec(body).unwrap())
 }
 
 #[test]
@@ -68,12 +190,15 @@ fn a_signed_head_is_anchored_read_back_and_listed() {
     let other = register(&credentials, "req-2");
     let client = quick_client(None);
     let me = signer(&vault, "alpha", &machine, &credentials);
+    let log = AgentLog::new();
 
     assert_eq!(client.fetch_log_head(&me).unwrap(), None, "nothing anchored yet");
-    let first = client.report_log_head(&me, 3, &hash(3), &honest).unwrap();
+    // The first head is taken on trust: there is nothing to walk records from.
+    let head = log.grow(3, "a");
+    let first = client.report_log_head(&me, &log.store, head, None).unwrap();
     assert_eq!(
         (first.machine_id.as_str(), first.position, first.hash.as_str()),
-        (machine.as_str(), 3, hash(3).as_str())
+        (machine.as_str(), 3, head.hash.to_hex().as_str())
     );
     assert!((Utc::now() - first.anchored_at).num_seconds().abs() < 60);
     assert_eq!(first.refusals, 0);
@@ -81,10 +206,12 @@ fn a_signed_head_is_anchored_read_back_and_listed() {
 
     // The same head again (a retry, or `regent audit anchor` with nothing new): the first answer,
     // nothing written (counted in the log below).
-    assert_eq!(client.report_log_head(&me, 3, &hash(3), &honest).unwrap(), first);
+    assert_eq!(client.report_log_head(&me, &log.store, head, None).unwrap(), first);
 
-    let later = client.report_log_head(&me, 5, &hash(5), &honest).unwrap();
-    assert_eq!((later.position, later.hash.as_str()), (5, hash(5).as_str()));
+    // Past it: records 4 and 5 go with the head, and the vault walks them from 3.
+    let head = log.grow(2, "a");
+    let later = client.report_log_head(&me, &log.store, head, None).unwrap();
+    assert_eq!((later.position, later.hash.as_str()), (5, head.hash.to_hex().as_str()));
     // The other machine's head is its own.
     assert_eq!(client.fetch_log_head(&signer(&vault, "alpha", &other, &credentials)).unwrap(), None);
 
@@ -95,8 +222,7 @@ fn a_signed_head_is_anchored_read_back_and_listed() {
 
     let Vault { server, dir, .. } = vault;
     server.shutdown().unwrap();
-    let kinds = log_kinds(dir.path());
-    assert_eq!(count(&kinds, "LogHeadAnchored"), 2, "3, the same 3 again, then 5");
+    assert_eq!(anchored_positions(dir.path()), [3, 5], "3, the same 3 again, then 5");
 }
 
 #[test]
@@ -108,49 +234,53 @@ fn forged_foreign_unknown_and_replayed_reports_are_refused_and_store_nothing() {
     let newer = vault.download("beta", None);
     let foreign = vault.vault_with_credentials("gamma");
     let client = quick_client(None);
+    let log = AgentLog::new();
+    let head = log.grow(2, "b");
 
     // Signed with another key under the registration's thumbprint: the signature does not verify.
     let mut forged = signer(&vault, "beta", &machine, &credentials);
     forged.private_key = Zeroizing::new(newer.private_key.pkcs8_der().to_vec());
-    assert_eq!(refused_code(client.report_log_head(&forged, 2, &hash(2), &honest)), "credentials_invalid");
+    assert_eq!(refused_code(client.report_log_head(&forged, &log.store, head, None)), "credentials_invalid");
     assert_eq!(refused_code(client.fetch_log_head(&forged)), "credentials_invalid");
     // A valid certificate of the same vault, but not the one the machine registered with.
     let other_cert = signer(&vault, "beta", &machine, &newer);
-    assert_eq!(refused_code(client.report_log_head(&other_cert, 2, &hash(2), &honest)), "credentials_invalid");
+    assert_eq!(refused_code(client.report_log_head(&other_cert, &log.store, head, None)), "credentials_invalid");
     // Another vault's certificate.
     let other_vault = signer(&vault, "beta", &machine, &foreign);
-    assert_eq!(refused_code(client.report_log_head(&other_vault, 2, &hash(2), &honest)), "credentials_wrong_vault");
+    assert_eq!(refused_code(client.report_log_head(&other_vault, &log.store, head, None)), "credentials_wrong_vault");
     // A machine the vault does not know, and a vault that does not exist.
     let unknown = signer(&vault, "beta", "00000000-0000-0000-0000-000000000000", &credentials);
-    assert_eq!(refused_code(client.report_log_head(&unknown, 2, &hash(2), &honest)), "machine_not_found");
+    assert_eq!(refused_code(client.report_log_head(&unknown, &log.store, head, None)), "machine_not_found");
     let nowhere = signer(&vault, "nowhere", &machine, &credentials);
-    assert_eq!(refused_code(client.report_log_head(&nowhere, 2, &hash(2), &honest)), "vault_not_found");
+    assert_eq!(refused_code(client.report_log_head(&nowhere, &log.store, head, None)), "vault_not_found");
     assert!(client.fetch_log_head(&signer(&vault, "beta", &machine, &credentials)).unwrap().is_none());
 
     // A replayed request: the first is anchored, the same bytes again are refused.
-    let path = format!("/v1/vaults/beta/machines/{machine}/log-head");
-    let body = signed_body(&credentials, "beta", &machine, 4, &hash(4), "nonce-replay-0123456789");
-    let post = |body: &LogHeadBody| {
-        raw(vault.addr(), "POST", &path, &[("Content-Type", "application/json")], &serde_json::to_vec(body).unwrap())
-    };
-    let first = post(&body);
+    let h = |byte: u8| hash(byte).to_hex();
+    let body = signed_body(&credentials, "beta", &machine, 4, &h(4), "nonce-replay-0123456789");
+    let first = post(&vault, &machine, "beta", &body);
     assert_eq!(first.status, 200, "{}", first.body);
-    let again = post(&body);
+    let again = post(&vault, &machine, "beta", &body);
     assert_eq!((again.status, again.error_code().as_str()), (403, "nonce_replayed"), "{}", again.body);
-    // A changed field breaks the signature; malformed fields are a 400; a read needs its headers.
-    let mut tampered = signed_body(&credentials, "beta", &machine, 9, &hash(9), "nonce-tamper-0123456789");
+    // A changed field breaks the signature (the records too); malformed fields are a 400; a read
+    // needs its headers.
+    let mut tampered = signed_body(&credentials, "beta", &machine, 9, &h(9), "nonce-tamper-0123456789");
     tampered.position = 10;
-    assert_eq!(post(&tampered).error_code(), "credentials_invalid");
-    let mut zero = signed_body(&credentials, "beta", &machine, 0, &hash(0), "nonce-zero-0123456789ab");
+    assert_eq!(post(&vault, &machine, "beta", &tampered).error_code(), "credentials_invalid");
+    let mut padded = signed_body(&credentials, "beta", &machine, 5, &h(5), "nonce-padded-0123456789");
+    padded.records = log.lines(1, 1);
+    assert_eq!(post(&vault, &machine, "beta", &padded).error_code(), "credentials_invalid");
+    let mut zero = signed_body(&credentials, "beta", &machine, 0, &h(0), "nonce-zero-0123456789ab");
     zero.position = 0;
-    assert_eq!(post(&zero).status, 400);
-    let upper = signed_body(&credentials, "beta", &machine, 11, &hash(0xab).to_uppercase(), "nonce-upper-0123456789");
-    assert_eq!(post(&upper).status, 400);
+    assert_eq!(post(&vault, &machine, "beta", &zero).status, 400);
+    let upper = signed_body(&credentials, "beta", &machine, 11, &h(0xab).to_uppercase(), "nonce-upper-0123456789");
+    assert_eq!(post(&vault, &machine, "beta", &upper).status, 400);
     let stale = LogHeadBody {
         timestamp: Utc::now().timestamp() - 3600,
-        ..signed_body(&credentials, "beta", &machine, 12, &hash(12), "nonce-stale-0123456789")
+        ..signed_body(&credentials, "beta", &machine, 12, &h(12), "nonce-stale-0123456789")
     };
-    assert_eq!(post(&stale).error_code(), "clock_skew");
+    assert_eq!(post(&vault, &machine, "beta", &stale).error_code(), "clock_skew");
+    let path = format!("/v1/vaults/beta/machines/{machine}/log-head");
     let unsigned = raw(vault.addr(), "GET", &path, &[], b"");
     assert_eq!((unsigned.status, unsigned.error_code().as_str()), (400, "bad_request"), "{}", unsigned.body);
 
@@ -162,28 +292,6 @@ fn forged_foreign_unknown_and_replayed_reports_are_refused_and_store_nothing() {
     assert_eq!((count(&kinds, "LogHeadAnchored"), count(&kinds, "LogHeadRefused")), (1, 0));
 }
 
-fn signed_body(
-    credentials: &VaultCredentials,
-    vault: &str,
-    machine_id: &str,
-    position: u64,
-    hash: &str,
-    nonce: &str,
-) -> LogHeadBody {
-    let timestamp = Utc::now().timestamp();
-    let thumbprint = credentials.certificate.thumbprint.clone();
-    let message = log_head_message(vault, machine_id, &thumbprint, position, hash, None, timestamp, nonce);
-    LogHeadBody {
-        thumbprint,
-        position,
-        hash: hash.to_string(),
-        extends: None,
-        timestamp,
-        nonce: nonce.to_string(),
-        signature: STANDARD.encode(credentials.private_key.sign(&message).unwrap()),
-    }
-}
-
 #[test]
 fn a_head_that_goes_back_or_forks_is_refused_recorded_and_changes_nothing() {
     let vault = Vault::start();
@@ -191,50 +299,213 @@ fn a_head_that_goes_back_or_forks_is_refused_recorded_and_changes_nothing() {
     let machine = register(&credentials, "req-1");
     let client = quick_client(None);
     let me = signer(&vault, "delta", &machine, &credentials);
-    let anchored = client.report_log_head(&me, 5, &hash(5), &honest).unwrap();
+    let log = AgentLog::new();
+    log.grow(3, "d");
+    // A copy at 3, which will grow apart.
+    let fork = log.copy();
+    let head5 = log.grow(2, "d");
+    let anchored = client.report_log_head(&me, &log.store, head5, None).unwrap();
 
-    let regressed = client.report_log_head(&me, 4, &hash(4), &honest).unwrap_err();
+    let regressed = client.report_log_head(&me, &log.store, log.head_at(4), None).unwrap_err();
     assert_eq!(regressed.code(), "log_head_regressed");
     assert!(regressed.is_tamper_evidence());
     assert!(regressed.to_string().contains("records 5-5 are missing"), "{regressed}");
-    let conflict = client.report_log_head(&me, 5, &hash(0xee), &honest).unwrap_err();
+    let other5 = Head { position: 5, hash: hash(0xee) };
+    let conflict = client.report_log_head(&me, &log.store, other5, None).unwrap_err();
     assert_eq!(conflict.code(), "log_head_conflict");
     assert!(conflict.is_tamper_evidence());
 
     let now = client.fetch_log_head(&me).unwrap().unwrap();
-    assert_eq!((now.position, now.hash.as_str(), now.anchored_at), (5, hash(5).as_str(), anchored.anchored_at));
+    assert_eq!((now.position, now.hash, now.anchored_at), (5, head5.hash.to_hex(), anchored.anchored_at));
     assert_eq!(now.refusals, 2, "the refusals are kept as evidence");
     let last = now.last_refusal.unwrap();
-    assert_eq!((last.error.as_str(), last.position, last.hash.as_str()), ("log_head_conflict", 5, hash(0xee).as_str()));
+    assert_eq!((last.error.as_str(), last.position, last.hash), ("log_head_conflict", 5, hash(0xee).to_hex()));
 
-    // A log cut back and grown past the anchor again: its head is later, but it holds another
-    // record at the anchored position. Refused, and recorded once (a retry adds nothing).
-    let forked = |position: u64| Some(hash(0xf0 + position as u8));
-    let grown = client.report_log_head(&me, 7, &hash(0xf7), &forked).unwrap_err();
+    // A log cut back and grown past the anchor again: its head is later, but its record 6 follows
+    // another record 5 than the anchored one. Refused, and recorded once (a retry adds nothing).
+    let forked = fork.grow(4, "fork");
+    assert_eq!(forked.position, 7);
+    let grown = client.report_log_head(&me, &fork.store, forked, None).unwrap_err();
     assert_eq!(grown.code(), "log_head_conflict", "{grown}");
     assert!(grown.to_string().contains("another record at position 5"), "{grown}");
-    assert_eq!(client.report_log_head(&me, 7, &hash(0xf7), &forked).unwrap_err().code(), "log_head_conflict");
+    assert_eq!(client.report_log_head(&me, &fork.store, forked, None).unwrap_err().code(), "log_head_conflict");
     assert_eq!(client.fetch_log_head(&me).unwrap().unwrap().refusals, 3);
-    // Past the anchor without naming it: asked to name it, nothing recorded. The anchored head
+    // Past the anchor without its records: asked for them, nothing recorded. The anchored head
     // itself again: the first answer.
-    let path = format!("/v1/vaults/delta/machines/{machine}/log-head");
-    let same = signed_body(&credentials, "delta", &machine, 5, &hash(5), "nonce-same-0123456789ab");
-    let answer =
-        raw(vault.addr(), "POST", &path, &[("Content-Type", "application/json")], &serde_json::to_vec(&same).unwrap());
+    let same = signed_body(&credentials, "delta", &machine, 5, &head5.hash.to_hex(), "nonce-same-0123456789ab");
+    let answer = post(&vault, &machine, "delta", &same);
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(answer.json()["anchored_at"], serde_json::to_value(anchored.anchored_at).unwrap());
-    let bare = signed_body(&credentials, "delta", &machine, 8, &hash(8), "nonce-bare-0123456789ab");
-    let answer =
-        raw(vault.addr(), "POST", &path, &[("Content-Type", "application/json")], &serde_json::to_vec(&bare).unwrap());
+    let bare = signed_body(&credentials, "delta", &machine, 8, &hash(8).to_hex(), "nonce-bare-0123456789ab");
+    let answer = post(&vault, &machine, "delta", &bare);
     assert_eq!((answer.status, answer.error_code().as_str()), (409, "log_head_base_required"), "{}", answer.body);
 
-    // A head past the anchor that extends it is accepted: the refusals do not lock the machine out.
-    assert_eq!(client.report_log_head(&me, 6, &hash(6), &honest).unwrap().position, 6);
+    // A head past the anchor whose records lead from it is accepted: the refusals do not lock the
+    // machine out.
+    let head6 = log.grow(1, "d");
+    assert_eq!(client.report_log_head(&me, &log.store, head6, None).unwrap().position, 6);
     assert_eq!(client.fetch_log_head(&me).unwrap().unwrap().refusals, 3);
     let Vault { server, dir, .. } = vault;
     server.shutdown().unwrap();
     let kinds = log_kinds(dir.path());
     assert_eq!((count(&kinds, "LogHeadAnchored"), count(&kinds, "LogHeadRefused")), (2, 3));
+}
+
+/// The attack the old protocol allowed: a log cut back before the anchor and grown past it again,
+/// whose report simply claimed the anchored hash. Now the vault walks the records itself, so every
+/// way of dressing up the grown records is refused, and recorded.
+#[test]
+fn records_rewritten_after_the_anchor_cannot_pass_for_extending_it() {
+    let vault = Vault::start();
+    let credentials = vault.vault_with_credentials("eta");
+    let machine = register(&credentials, "req-1");
+    let client = quick_client(None);
+    let me = signer(&vault, "eta", &machine, &credentials);
+    let log = AgentLog::new();
+    log.grow(3, "honest");
+    let fork = log.copy();
+    let anchored = log.grow(2, "honest"); // 5, anchored below
+    client.report_log_head(&me, &log.store, anchored, None).unwrap();
+    let grown = fork.grow(4, "cut-and-grown"); // 4..7 of another history
+    let h5 = anchored.hash.to_hex();
+    let report = |head: (u64, &str), records: Vec<String>, nonce: &str| {
+        post(&vault, &machine, "eta", &signed_report(&credentials, "eta", &machine, head, records, nonce))
+    };
+    let grown_hash = grown.hash.to_hex();
+
+    // Record 6 edited to name the anchored hash as its predecessor: its bytes no longer hash to
+    // the hash stored with them (the vault computes it).
+    let mut relinked = fork.lines(6, 7);
+    relinked[0] = relinked[0].replace(&fork.head_at(5).hash.to_hex(), &h5);
+    assert_ne!(relinked[0], fork.lines(6, 6)[0]);
+    let answer = report((7, &grown_hash), relinked.clone(), "nonce-relink-0123456789");
+    assert_eq!((answer.status, answer.error_code().as_str()), (409, "log_head_proof_invalid"), "{}", answer.body);
+    assert!(answer.body.contains("record 6: hash mismatch"), "{}", answer.body);
+
+    // ... and its stored hash recomputed too: record 6 now follows 5, but record 7 does not follow it.
+    let body_start = relinked[0].find(",\"record\":").unwrap() + ",\"record\":".len();
+    let record6 = &relinked[0][body_start..relinked[0].len() - 1];
+    let rehashed = Digest32::chain(&anchored.hash, record6.as_bytes()).to_hex();
+    relinked[0] = relinked[0].replace(&stored_hash(&relinked[0]).to_hex(), &rehashed);
+    let answer = report((7, &grown_hash), relinked, "nonce-rehash-0123456789");
+    assert_eq!((answer.status, answer.error_code().as_str()), (409, "log_head_proof_invalid"), "{}", answer.body);
+    assert!(answer.body.contains("record 7: broken link"), "{}", answer.body);
+
+    // The honest log's records with another head claimed at their end.
+    let head7 = log.grow(2, "honest");
+    let answer = report((7, &grown_hash), log.lines(6, 7), "nonce-claim-01234567890");
+    assert_eq!((answer.status, answer.error_code().as_str()), (409, "log_head_proof_invalid"), "{}", answer.body);
+    // Records that stop before the head claimed, or go past it.
+    let answer = report((7, &head7.hash.to_hex()), log.lines(6, 6), "nonce-short-01234567890");
+    assert_eq!(answer.error_code(), "log_head_proof_invalid", "{}", answer.body);
+    let answer = report((6, &log.head_at(6).hash.to_hex()), log.lines(6, 7), "nonce-long-012345678901");
+    assert_eq!(answer.error_code(), "log_head_proof_invalid", "{}", answer.body);
+    // The grown log's own records, as they are: they follow another record 5.
+    let answer = report((7, &grown_hash), fork.lines(6, 7), "nonce-fork-012345678901");
+    assert_eq!((answer.status, answer.error_code().as_str()), (409, "log_head_conflict"), "{}", answer.body);
+
+    // Records that start elsewhere than right after the anchor (an older anchor): asked again, not
+    // recorded. Records that are not records, or hold a line break, or come with a first report:
+    // malformed, not recorded.
+    let answer = report((7, &head7.hash.to_hex()), log.lines(7, 7), "nonce-late-012345678901");
+    assert_eq!((answer.status, answer.error_code().as_str()), (409, "log_head_base_required"), "{}", answer.body);
+    let answer = report((7, &head7.hash.to_hex()), vec!["not a record".into(), "{}".into()], "nonce-junk-0123456789ab");
+    assert_eq!((answer.status, answer.error_code().as_str()), (400, "log_head_proof_malformed"), "{}", answer.body);
+    let mut broken_line = log.lines(6, 7);
+    broken_line[0].insert(1, '\n');
+    let answer = report((7, &head7.hash.to_hex()), broken_line, "nonce-break-01234567890");
+    assert_eq!((answer.status, answer.error_code().as_str()), (400, "log_head_proof_malformed"), "{}", answer.body);
+    let newcomer = register(&credentials, "req-2");
+    let first = signed_report(&credentials, "eta", &newcomer, (2, &h5), log.lines(1, 2), "nonce-first-01234567890");
+    let answer = post(&vault, &newcomer, "eta", &first);
+    assert_eq!((answer.status, answer.error_code().as_str()), (400, "log_head_proof_malformed"), "{}", answer.body);
+
+    // The honest records still anchor.
+    assert_eq!(client.report_log_head(&me, &log.store, head7, None).unwrap().position, 7);
+    let now = client.fetch_log_head(&me).unwrap().unwrap();
+    assert_eq!(now.refusals, 6, "relinked, rehashed, claimed, short, long, forked");
+    let Vault { server, dir, .. } = vault;
+    server.shutdown().unwrap();
+    let refused: Vec<serde_json::Value> =
+        vault_log(dir.path()).iter().filter(|r| r.kind == "LogHeadRefused").map(|r| r.payload_as().unwrap()).collect();
+    assert_eq!(refused.len(), 6);
+    // What was sent is kept as its count and digest (the vault keeps no records), with where it failed.
+    assert_eq!((refused[0]["records"].as_u64(), refused[0]["anchored_position"].as_u64()), (Some(2), Some(5)));
+    assert_eq!(refused[0]["records_sha256"].as_str().map(str::len), Some(64));
+    assert!(refused[0]["detail"].as_str().unwrap().contains("hash mismatch"), "{}", refused[0]);
+}
+
+#[test]
+fn a_head_far_ahead_is_reported_in_steps_within_the_bounds() {
+    let vault = Vault::start();
+    let credentials = vault.vault_with_credentials("theta");
+    let machine = register(&credentials, "req-1");
+    let client = quick_client(None);
+    let me = signer(&vault, "theta", &machine, &credentials);
+    let log = AgentLog::new();
+    client.report_log_head(&me, &log.store, log.grow(1, "t"), None).unwrap();
+
+    // 600 small records past the anchor: steps of 256 records.
+    let head = log.grow(600, "t");
+    assert_eq!(client.report_log_head(&me, &log.store, head, None).unwrap().position, 601);
+    // 100 records of about 20 KiB: steps bounded by bytes (1 MiB).
+    let padded = log.grow_padded(100, "t", 20 * 1024);
+    assert_eq!(client.report_log_head(&me, &log.store, padded, None).unwrap().position, 701);
+
+    let Vault { server, dir, .. } = vault;
+    server.shutdown().unwrap();
+    let positions = anchored_positions(dir.path());
+    assert_eq!(positions[..4], [1, 257, 513, 601]);
+    // At most 51 records of 20 KiB fit in 1 MiB: at least two steps for the 100.
+    assert!(positions.len() >= 6 && positions.last() == Some(&701), "{positions:?}");
+    let step_sizes: Vec<u64> = positions[3..].windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(step_sizes.iter().all(|&n| (1..=(MAX_PROOF_BYTES / (20 * 1024)) as u64).contains(&n)), "{step_sizes:?}");
+}
+
+#[test]
+fn a_report_over_the_bounds_is_refused_unread() {
+    let vault = Vault::start();
+    let credentials = vault.vault_with_credentials("iota");
+    let machine = register(&credentials, "req-1");
+    let client = quick_client(None);
+    let me = signer(&vault, "iota", &machine, &credentials);
+    let log = AgentLog::new();
+    client.report_log_head(&me, &log.store, log.grow(1, "i"), None).unwrap();
+    let head = log.grow(MAX_PROOF_RECORDS + 1, "i");
+    let hash = head.hash.to_hex();
+    let report = |records: Vec<String>, nonce: &str| {
+        post(
+            &vault,
+            &machine,
+            "iota",
+            &signed_report(&credentials, "iota", &machine, (head.position, &hash), records, nonce),
+        )
+    };
+
+    // One record too many, even though they chain.
+    let answer = report(log.lines(2, head.position), "nonce-many-012345678901");
+    assert_eq!((answer.status, answer.error_code().as_str()), (400, "log_head_proof_too_large"), "{}", answer.body);
+    // Over the bytes: refused before anything is walked.
+    let big = vec!["x".repeat(64 * 1024); MAX_PROOF_BYTES / (64 * 1024) + 1];
+    let answer = report(big, "nonce-bytes-01234567890");
+    assert_eq!((answer.status, answer.error_code().as_str()), (400, "log_head_proof_too_large"), "{}", answer.body);
+    // A body larger than a report can be: not even read.
+    let huge = vec!["\"".repeat(64 * 1024); 2 * MAX_PROOF_BYTES / (64 * 1024) + 2];
+    let answer = report(huge, "nonce-huge-012345678901");
+    assert_eq!((answer.status, answer.error_code().as_str()), (413, "payload_too_large"), "{}", answer.status);
+    // Other endpoints keep their small limit.
+    let answer = raw(
+        vault.addr(),
+        "POST",
+        "/v1/vaults/iota/pin-checks",
+        &[("Content-Type", "application/json")],
+        &vec![b' '; 128 * 1024],
+    );
+    assert_eq!(answer.status, 413);
+
+    // The agent's own client never sends more: it reports 257 records in two steps.
+    assert_eq!(client.report_log_head(&me, &log.store, head, None).unwrap().position, head.position);
+    assert_eq!(client.fetch_log_head(&me).unwrap().unwrap().refusals, 0);
 }
 
 #[test]
@@ -244,8 +515,11 @@ fn anchors_and_refusals_survive_a_restart() {
     let machine = register(&credentials, "req-1");
     let client = quick_client(None);
     let me = signer(&vault, "epsilon", &machine, &credentials);
-    let anchored = client.report_log_head(&me, 7, &hash(7), &honest).unwrap();
-    assert_eq!(client.report_log_head(&me, 6, &hash(6), &honest).unwrap_err().code(), "log_head_regressed");
+    let log = AgentLog::new();
+    let head7 = log.grow(7, "e");
+    let anchored = client.report_log_head(&me, &log.store, head7, None).unwrap();
+    let head6 = Head { position: 6, hash: hash(6) };
+    assert_eq!(client.report_log_head(&me, &log.store, head6, None).unwrap_err().code(), "log_head_regressed");
     let token = vault.token();
     let Vault { server, dir, .. } = vault;
     server.shutdown().unwrap();
@@ -253,10 +527,12 @@ fn anchors_and_refusals_survive_a_restart() {
     let server = BackgroundServer::start(ServeConfig::new(dir.path(), loopback())).unwrap();
     let me = MachineSigner { endpoint: server.url().to_string(), ..me };
     let now = client.fetch_log_head(&me).unwrap().unwrap();
-    assert_eq!((now.position, now.hash.as_str(), now.anchored_at), (7, hash(7).as_str(), anchored.anchored_at));
+    assert_eq!((now.position, now.hash, now.anchored_at), (7, head7.hash.to_hex(), anchored.anchored_at));
     assert_eq!(now.refusals, 1);
-    assert_eq!(client.report_log_head(&me, 7, &hash(8), &honest).unwrap_err().code(), "log_head_conflict");
-    assert_eq!(client.report_log_head(&me, 8, &hash(8), &honest).unwrap().position, 8);
+    let other7 = Head { position: 7, hash: hash(8) };
+    assert_eq!(client.report_log_head(&me, &log.store, other7, None).unwrap_err().code(), "log_head_conflict");
+    let head8 = log.grow(1, "e");
+    assert_eq!(client.report_log_head(&me, &log.store, head8, None).unwrap().position, 8);
     let admin = AdminClient::new(server.url(), SecretString::from(token), None).unwrap();
     let listed = admin.machines("epsilon").unwrap();
     assert_eq!(listed[0].log_head.as_ref().map(|h| (h.position, h.refusals)), Some((8, 2)));
@@ -270,7 +546,36 @@ fn a_vault_that_is_down_is_unreachable() {
     let machine = register(&credentials, "req-1");
     let mut me = signer(&vault, "zeta", &machine, &credentials);
     me.endpoint = format!("http://127.0.0.1:{}", free_port());
-    let error = quick_client(None).report_log_head(&me, 1, &hash(1), &honest).unwrap_err();
+    let log = AgentLog::new();
+    let error = quick_client(None).report_log_head(&me, &log.store, log.grow(1, "z"), None).unwrap_err();
     assert_eq!(error.code(), "vault_unreachable", "{error}");
     assert!(!error.is_tamper_evidence());
+}
+
+/// A vault that accepts connections and never answers: a report with a deadline gives up at it,
+/// well before its client's own timeouts (5 s a request here).
+#[test]
+fn a_report_gives_up_at_its_deadline() {
+    // Never accepted: the kernel completes the connection, nobody reads the request.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap();
+    let credentials = {
+        let vault = Vault::start();
+        vault.vault_with_credentials("kappa")
+    };
+    let me = MachineSigner {
+        endpoint: format!("http://{addr}"),
+        vault: "kappa".into(),
+        machine_id: "m-1".into(),
+        thumbprint: credentials.certificate.thumbprint.clone(),
+        private_key: Zeroizing::new(credentials.private_key.pkcs8_der().to_vec()),
+        proxy: None,
+    };
+    let log = AgentLog::new();
+    let started = Instant::now();
+    let deadline = started + Duration::from_millis(500);
+    let error = quick_client(None).report_log_head(&me, &log.store, log.grow(1, "k"), Some(deadline)).unwrap_err();
+    assert_eq!(error.code(), "vault_unreachable", "{error}");
+    assert!(started.elapsed() < Duration::from_millis(1500), "{:?}: {error}", started.elapsed());
+    drop(silent);
 }
