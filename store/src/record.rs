@@ -374,29 +374,29 @@ fn fast_split(stored: &[u8], utf8: Utf8) -> Option<(Digest32, &[u8])> {
 /// to serde, so every record reads the same either way and every error is serde's.
 fn read_written_layout(body: &[u8]) -> Option<RecordIn> {
     let mut at = Layout { bytes: body, pos: 0 };
-    at.expect(b"{\"position\":")?;
+    at.literal(b"{\"position\":")?;
     let position = at.number()?;
-    at.expect(b",\"stream\":\"")?;
+    at.literal(b",\"stream\":\"")?;
     let stream = at.plain_string()?.to_owned();
-    at.expect(b",\"version\":")?;
+    at.literal(b",\"version\":")?;
     let version = at.number()?;
-    at.expect(b",\"event_id\":\"")?;
+    at.literal(b",\"event_id\":\"")?;
     let event_id = Uuid::try_parse(at.plain_string()?).ok()?;
-    at.expect(b",\"kind\":\"")?;
+    at.literal(b",\"kind\":\"")?;
     let kind = at.plain_string()?.to_owned();
-    at.expect(b",\"schema\":")?;
+    at.literal(b",\"schema\":")?;
     let schema = u32::try_from(at.number()?).ok()?;
-    at.expect(b",\"recorded_at\":\"")?;
+    at.literal(b",\"recorded_at\":\"")?;
     let recorded_at = crate::utc_time::parse(at.plain_string()?)?;
-    at.expect(b",\"actor\":{\"user\":\"")?;
+    at.literal(b",\"actor\":{\"user\":\"")?;
     let user = at.plain_string()?.to_owned();
-    at.expect(b",\"host\":\"")?;
+    at.literal(b",\"host\":\"")?;
     let host = at.plain_string()?.to_owned();
-    at.expect(b"},\"correlation_id\":\"")?;
+    at.literal(b"},\"correlation_id\":\"")?;
     let correlation_id = Uuid::try_parse(at.plain_string()?).ok()?;
-    at.expect(b",\"prev_hash\":\"")?;
+    at.literal(b",\"prev_hash\":\"")?;
     let prev_hash = Digest32::from_hex(at.plain_string()?)?;
-    at.expect(b",\"payload\":")?;
+    at.literal(b",\"payload\":")?;
     // The payload runs to the object's closing brace; serde checks that it is one JSON value.
     let payload = body.get(at.pos..body.len().checked_sub(1)?)?;
     let (first, last) = (payload.first()?, payload.last()?);
@@ -427,7 +427,7 @@ struct Layout<'a> {
 }
 
 impl<'a> Layout<'a> {
-    fn expect(&mut self, literal: &[u8]) -> Option<()> {
+    fn literal(&mut self, literal: &[u8]) -> Option<()> {
         let rest = self.bytes.get(self.pos..)?;
         rest.starts_with(literal).then(|| self.pos += literal.len())
     }
