@@ -59,12 +59,21 @@ pub struct RegisterRequest {
     pub request_id: String,
 }
 
+/// Everything a security PIN check needs. The check is signed with the key the machine registered
+/// with, like every other call that changes the vault's state.
 pub struct PinCheck {
     pub endpoint: String,
     pub vault: String,
     pub machine_id: String,
+    /// The certificate the machine registered with (lowercase hex SHA-256).
+    pub thumbprint: String,
+    /// That certificate's private key (PKCS#8 DER), to sign the check.
+    pub private_key: Zeroizing<Vec<u8>>,
     pub pin: SecretString,
     pub proxy: Option<ProxyConfig>,
+    /// The same for every retry of this check, so a retry after a lost answer gets the first answer
+    /// instead of finding the PIN used up.
+    pub request_id: String,
 }
 
 pub trait VaultClient {

@@ -23,10 +23,15 @@ pub enum Reason {
     StepOutOfOrder,
     SecurityPinInvalid,
     InvalidThrottling,
+    /// The vault bound this registration's request id to another machine name, certificate or
+    /// vault (a data dir copied to a second server): a new registration is needed.
+    RequestIdConflict,
+    /// The vault removed the machine this registration made: register again for a new one.
+    MachineRemoved,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 19] = [
         Reason::InvalidFolder,
         Reason::InsufficientScratchSpace,
         Reason::InvalidProxy,
@@ -44,6 +49,8 @@ impl Reason {
         Reason::StepOutOfOrder,
         Reason::SecurityPinInvalid,
         Reason::InvalidThrottling,
+        Reason::RequestIdConflict,
+        Reason::MachineRemoved,
     ];
 
     pub fn code(self) -> &'static str {
@@ -65,6 +72,8 @@ impl Reason {
             Reason::StepOutOfOrder => "step_out_of_order",
             Reason::SecurityPinInvalid => "security_pin_invalid",
             Reason::InvalidThrottling => "invalid_throttling",
+            Reason::RequestIdConflict => "request_id_conflict",
+            Reason::MachineRemoved => "machine_removed",
         }
     }
 }

@@ -185,12 +185,28 @@ fn observe(
                     return Ok(None);
                 }
             };
+            let key = state
+                .credentials
+                .as_ref()
+                .filter(|c| c.facts.thumbprint == registration.thumbprint)
+                .ok_or_else(|| "the credentials this machine registered with are no longer loaded".to_string())
+                .and_then(|c| world.secrets.open(SecretKind::CredentialsPrivateKey, &c.private_key));
+            let private_key = match key {
+                Ok(key) => key,
+                Err(detail) => {
+                    observed.unsealable = Some(Unsealable { secret: SecretKind::CredentialsPrivateKey, detail });
+                    return Ok(None);
+                }
+            };
             let check = PinCheck {
                 endpoint: registration.endpoint.clone(),
                 vault: registration.vault.clone(),
                 machine_id: registration.machine_id.clone(),
+                thumbprint: registration.thumbprint.clone(),
+                private_key,
                 pin,
                 proxy,
+                request_id: correlation_id.to_string(),
             };
             let answer = world.vault.check_pin(&check);
             let valid = matches!(answer, crate::model::PinAnswer::Valid { issued_at }

@@ -631,7 +631,7 @@ fn reason_codes_are_the_names_of_the_spec() {
     let spec = "invalid_folder insufficient_scratch_space invalid_proxy credentials_unreadable credentials_invalid \
         credentials_expired credentials_superseded credentials_wrong_vault passphrase_too_short passphrase_invalid \
         proxy_auth_failed vault_unreachable vault_error already_registered step_out_of_order security_pin_invalid \
-        invalid_throttling";
+        invalid_throttling request_id_conflict machine_removed";
     let codes: Vec<String> =
         Reason::ALL.iter().map(|r| serde_json::to_value(r).unwrap().as_str().unwrap().to_string()).collect();
     assert_eq!(codes, spec.split_whitespace().collect::<Vec<_>>());

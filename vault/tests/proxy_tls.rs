@@ -47,8 +47,11 @@ fn plain_http_through_tinyproxy_needs_the_right_password() {
         endpoint: vault.url(),
         vault: "proxied".into(),
         machine_id: machine,
+        thumbprint: credentials.certificate.thumbprint.clone(),
+        private_key: zeroize::Zeroizing::new(credentials.private_key.pkcs8_der().to_vec()),
         pin: SecretString::from(pin),
         proxy: Some(proxy.config(Some((USER, PASSWORD)))),
+        request_id: "pin-via-proxy".into(),
     });
     assert!(matches!(answer, PinAnswer::Valid { .. }), "{answer:?}");
 

@@ -315,8 +315,11 @@ fn a_security_pin_is_eight_digits_and_good_once() {
             endpoint: vault.url(),
             vault: "theta".into(),
             machine_id: machine.into(),
+            thumbprint: credentials.certificate.thumbprint.clone(),
+            private_key: zeroize::Zeroizing::new(credentials.private_key.pkcs8_der().to_vec()),
             pin: SecretString::from(pin.to_string()),
             proxy: None,
+            request_id: uuid::Uuid::now_v7().to_string(),
         })
     };
 
