@@ -41,7 +41,10 @@ impl Context {
         let options = StoreOptions { cache_bytes: CLI_CACHE_BYTES, ..StoreOptions::default() };
         let data_dir = self.data_dir.display().to_string();
         let store = EventStore::open_with_notice(self.store_dir(), &options, |wait| {
-            eprintln!("regent: another regent command is using {data_dir}; waiting up to {} s for it", wait.as_secs());
+            crate::terminal::errln!(
+                "regent: another regent command is using {data_dir}; waiting up to {} s for it",
+                wait.as_secs()
+            );
         })?;
         if let Some(damage) = store.damage() {
             tracing::warn!(%damage, "the store is damaged");
