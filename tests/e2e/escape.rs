@@ -574,3 +574,59 @@ fn hostile_user_and_host_names_in_a_log_are_escaped_by_audit_and_replay() {
         runs
     });
 }
+
+/// The interactive wizard, on a pseudo-terminal: what the log holds is shown escaped on the resume
+/// screen and as a prompt's default, and Enter on that default gives the exact value, not its
+/// escaped form. (The transcript holds inquire's own ESC sequences, so the hostile value's are
+/// looked for by what they are.)
+#[test]
+fn the_wizard_shows_recorded_values_escaped_and_offers_them_exactly() {
+    use crate::wizard_pty::{ENTER, ESC, Pty};
+    let agent = Agent::new();
+    let (install, scratch) = (agent.path(&format!("i{HOSTILE}")), agent.path(&format!("s{HOSTILE}")));
+    assert_eq!(agent.folders(&install, &scratch).status.code(), Some(0));
+    std::fs::create_dir_all(agent.path("home")).unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_regent"));
+    command
+        .env_remove("REGENT_DATA_DIR")
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1")
+        .env("HOME", agent.path("home"))
+        .arg("--data-dir")
+        .arg(agent.data_dir())
+        .arg("wizard");
+    let mut pty = Pty::spawn(command);
+    pty.expect("Resuming: these steps are done already.");
+    pty.expect("forged row\\u{d}\\u{1b}[2J\\u{1b}]0;title\\u{7}\\u{9b}31m\\u{7f}\\u{9}\\u{202e}dlrow");
+    pty.answer("Keep these and continue at step 2", "n");
+    pty.expect("Install folder:");
+    // The default, escaped, ends the prompt's line.
+    pty.expect("\\u{202e}dlrow\\u{2066}z\\u{2069}\\u{200f})");
+    pty.send(ENTER);
+    pty.answer("Scratch folder:", "");
+    pty.answer("Backup data size:", "");
+    pty.expect("Folders chosen: install ");
+    pty.expect("How does this server reach the vault?");
+    pty.send(ESC);
+    let (code, bytes) = pty.finish();
+    assert_eq!(code, 130, "stopped at a prompt: {}", text(&bytes));
+    let transcript = text(&bytes);
+    for raw in ["\x1b[2J", "\x1b]0;", "\x07", "\u{9b}", "\x7f", "\u{202e}", "\u{2066}", "\u{2069}", "\u{200f}"] {
+        assert!(!transcript.contains(raw), "{raw:?} reached the terminal raw:\n{transcript:?}");
+    }
+    let forged = "    9  2026-01-01 00:00:00";
+    assert!(transcript.matches(forged).count() >= 3, "shown on the resume screen, as a default, once chosen");
+    assert_eq!(
+        transcript.matches(forged).count(),
+        transcript.matches(&format!("\\u{{a}}{forged}")).count(),
+        "every line break in the value is escaped:\n{transcript:?}"
+    );
+    // Enter took the recorded paths themselves.
+    let properties = agent.json(&["properties"]);
+    assert_eq!(properties["folders"]["install_dir"].as_str(), install.to_str(), "{properties}");
+    assert_eq!(properties["folders"]["scratch_dir"].as_str(), scratch.to_str(), "{properties}");
+    let audit = agent.json_lines(&["audit"]);
+    assert_eq!(audit.len(), 2, "chosen again: {audit:?}");
+    assert!(audit[1]["summary"].as_str().unwrap().contains(install.to_str().unwrap()), "{:?}", audit[1]);
+    agent.assert_one_row_per_event();
+}
