@@ -5,14 +5,14 @@
 //! breaks and tabs included), DEL, the C1 controls and the bidi controls are shown as `\u{1b}`,
 //! `\u{a}`, `\u{202e}`; all other text is shown as it is. A line's own end is the only line break
 //! written, so each call is exactly one line: the program's own multi-line texts are printed a
-//! line at a time ([`paragraph`] for constant ones).
+//! line at a time.
 //!
 //! JSON is written as it is ([`json_line`], [`Lines::json`]): serde's escaping is its contract.
 //! The prompts and the spinner (inquire, indicatif) get escaped texts through [`ask_text`],
 //! [`confirm`], [`select`] and [`Spinner`]; clap's messages through [`clap_error`]; tracing's
 //! fields through [`init_logging`]. `cli/clippy.toml` disallows the print macros, `std::io::stdout`
 //! and `std::io::stderr`, and the inquire and indicatif constructors everywhere else.
-#![allow(clippy::disallowed_methods, clippy::disallowed_macros)] // this module is where they belong
+#![allow(clippy::disallowed_methods)] // this module is where they belong
 
 use std::borrow::Cow;
 use std::fmt::{self, Write as _};
@@ -116,14 +116,6 @@ macro_rules! errln {
 }
 
 pub(crate) use {errln, outln};
-
-/// The program's own text of several lines, one line each. Only constants: a value in it would
-/// have its line breaks kept.
-pub fn paragraph(stream: Stream, text: &'static str) {
-    for line in text.split('\n') {
-        write_line(stream, format_args!("{line}"));
-    }
-}
 
 /// A JSON document (or one JSON Lines entry) on standard output, exactly as serialized.
 pub fn json_line(json: impl fmt::Display) {

@@ -7,6 +7,9 @@
 //! through [`steps`] and the engine like the step commands do, so every answer is recorded,
 //! accepted or refused, and a re-run resumes from what the log says is done.
 
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
 use inquire::InquireError;
 use inquire::validator::Validation;
 use regent_engine::State;
@@ -17,8 +20,6 @@ use regent_engine::service::{SecretInputs, StepResult};
 use regent_engine::units::{format_bytes, parse_size};
 use regent_engine::{Reason, decide::SCRATCH_FREE_PERCENT};
 use secrecy::{ExposeSecret, SecretString};
-use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
 
 use crate::args::WizardArgs;
 use crate::context::{Context, NoVault};
@@ -213,11 +214,8 @@ impl Wizard<'_> {
             "This wizard registers this server with a backup vault in {} steps: folders, proxy, vault credentials,",
             Screen::COUNT
         ));
-        terminal::paragraph(
-            terminal::Stream::Stderr,
-            "encryption passphrase, register. Every answer is recorded in the audit log (`regent audit`).\n\
-             Esc or Ctrl-C stops it; the steps done are kept, and `regent wizard` resumes.",
-        );
+        say("encryption passphrase, register. Every answer is recorded in the audit log (`regent audit`).");
+        say("Esc or Ctrl-C stops it; the steps done are kept, and `regent wizard` resumes.");
         let mut screen = self.first_not_done(state);
         // Going through every screen again: each leads to the next, not to the first one not done.
         let mut review = false;
