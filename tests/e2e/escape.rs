@@ -450,7 +450,6 @@ fn machine_and_vault_names_from_the_vaults_api_are_escaped() {
     compare_runs(|agent, hostile| {
         let v = value(hostile);
         let token = agent.path("admin.token");
-        std::fs::create_dir_all(agent.dir.path()).unwrap();
         {
             use std::os::unix::fs::OpenOptionsExt;
             let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&token).unwrap();
