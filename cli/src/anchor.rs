@@ -32,6 +32,7 @@ use serde_json::json;
 
 use crate::context::Context;
 use crate::failure::Failure;
+use crate::terminal::{self, errln, outln};
 
 /// Beside the store in the data directory.
 const ANCHOR_FILE: &str = "log-anchor.json";
@@ -452,15 +453,12 @@ pub fn anchor_now(ctx: &Context, endpoint: Option<String>, ca_file: Option<PathB
     match result.map(|(_, anchor)| anchor) {
         Ok(anchor) => {
             if ctx.json {
-                println!(
-                    "{}",
-                    json!({
-                        "anchored": true, "vault": registration.vault, "machine_id": registration.machine_id,
-                        "position": head.position, "hash": head.hash, "anchor": anchor,
-                    })
-                );
+                terminal::json_line(json!({
+                    "anchored": true, "vault": registration.vault, "machine_id": registration.machine_id,
+                    "position": head.position, "hash": head.hash, "anchor": anchor,
+                }));
             } else {
-                println!(
+                outln!(
                     "log head {head} anchored at vault {} (machine {}, since {})",
                     registration.vault,
                     registration.machine_id,
@@ -639,31 +637,32 @@ pub fn verify_against_vault(ctx: &Context, endpoint: Option<String>, ca_file: Op
             "not_yet_anchored": not_yet,
             "registration": if registration_lost { "from_anchor_note" } else { "from_log" },
         });
-        println!("{value}");
+        terminal::json_line(value);
     } else {
         crate::views::print_report(&report, false);
         if registration_lost {
-            println!(
+            outln!(
                 "this log no longer shows the registration of machine {} (vault {}): checked against its anchor, as log-anchor.json names it",
-                machine.machine_id, machine.vault
+                machine.machine_id,
+                machine.vault
             );
         }
         let at = anchor.anchored_at.format("%Y-%m-%d %H:%M:%S UTC");
         match comparison {
             Comparison::Match => {
-                println!("vault anchor at {} matches (vault {}, anchored {at})", anchor.position, machine.vault);
+                outln!("vault anchor at {} matches (vault {}, anchored {at})", anchor.position, machine.vault);
                 if let Some(r) = not_yet {
-                    println!("records {}-{} are not yet anchored (run `regent audit anchor`)", r.from, r.to);
+                    outln!("records {}-{} are not yet anchored (run `regent audit anchor`)", r.from, r.to);
                 }
             }
             Comparison::TailCut => {
-                println!("vault anchor at {} (anchored {at}): this log does not reach it", anchor.position)
+                outln!("vault anchor at {} (anchored {at}): this log does not reach it", anchor.position)
             }
             Comparison::Altered => {
-                println!("vault anchor at {} (anchored {at}): another record there", anchor.position)
+                outln!("vault anchor at {} (anchored {at}): another record there", anchor.position)
             }
             Comparison::ChainBroken => {
-                println!("vault anchor at {} (anchored {at}); the log fails before it", anchor.position)
+                outln!("vault anchor at {} (anchored {at}); the log fails before it", anchor.position)
             }
         }
     }
@@ -673,14 +672,18 @@ pub fn verify_against_vault(ctx: &Context, endpoint: Option<String>, ca_file: Op
     if let (Comparison::Match, Some(refusal)) = (comparison, &anchor.last_refusal) {
         let refused_at = refusal.refused_at.format("%Y-%m-%d %H:%M:%S UTC");
         if refusal.refused_at >= anchor.anchored_at {
-            eprintln!(
+            errln!(
                 "warning: vault {} refused {} log head report(s) for this machine, the last at {refused_at} ({} for position {}): another copy of this log reported heads",
-                machine.vault, anchor.refusals, refusal.error, refusal.position
+                machine.vault,
+                anchor.refusals,
+                refusal.error,
+                refusal.position
             );
         } else if !ctx.json {
-            println!(
+            outln!(
                 "vault {} refused {} log head report(s) for this machine before its current anchor (the last at {refused_at})",
-                machine.vault, anchor.refusals
+                machine.vault,
+                anchor.refusals
             );
         }
     }

@@ -23,7 +23,8 @@ pub struct Cli {
 #[derive(Args, Clone)]
 pub struct Global {
     /// Where the agent keeps its store and keys [default: ~/.local/share/regent].
-    #[arg(long, global = true, env = "REGENT_DATA_DIR", value_name = "DIR")]
+    // The help would show the variable's value as it is, control characters and all.
+    #[arg(long, global = true, env = "REGENT_DATA_DIR", hide_env_values = true, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Machine-readable output on stdout (JSON; JSON Lines where a command streams).
     #[arg(long, global = true)]
@@ -416,7 +417,7 @@ pub enum AuditCommand {
         #[arg(long, value_name = "LOG")]
         file: Option<PathBuf>,
         /// A head kept elsewhere (POSITION:HASH) the log must reach; catches a cut-off tail.
-        #[arg(long, value_name = "POSITION:HASH")]
+        #[arg(long, value_name = "POSITION:HASH", value_parser = parse_head)]
         head: Option<Head>,
         /// Also check the log against the head this machine anchored at its vault (fetched, signed):
         /// catches a tail cut off together with every head kept beside the log.
@@ -447,7 +448,18 @@ pub enum AuditCommand {
     },
 }
 
+// The value parsers' messages quote what was typed, and clap prints them inside its own line: they
+// are escaped here, where the value is known (see terminal::clap_error).
+
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    parse_duration_text(text).map_err(escaped)
+}
+
+fn escaped(message: String) -> String {
+    crate::terminal::escape(&message).into_owned()
+}
+
+fn parse_duration_text(text: &str) -> Result<std::time::Duration, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
@@ -466,15 +478,23 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         .ok_or_else(|| format!("'{text}' is not a usable duration"))
 }
 
+fn parse_head(text: &str) -> Result<Head, String> {
+    text.parse().map_err(escaped)
+}
+
 fn parse_size(text: &str) -> Result<u64, String> {
-    regent_engine::units::parse_size(text)
+    regent_engine::units::parse_size(text).map_err(escaped)
 }
 
 fn parse_rate(text: &str) -> Result<u64, String> {
-    regent_engine::units::parse_rate(text)
+    regent_engine::units::parse_rate(text).map_err(escaped)
 }
 
 fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    parse_time_text(text).map_err(escaped)
+}
+
+fn parse_time_text(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
     if let Ok(time) = chrono::DateTime::parse_from_rfc3339(text) {
         return Ok(time.to_utc());
     }

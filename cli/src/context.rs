@@ -10,6 +10,7 @@ use regent_store::{EventStore, StoreOptions};
 
 use crate::args::Global;
 use crate::failure::Failure;
+use crate::terminal::errln;
 use crate::world;
 
 /// sled's page cache for the CLI: small, since a command reads at most the events since the
@@ -41,7 +42,7 @@ impl Context {
         let options = StoreOptions { cache_bytes: CLI_CACHE_BYTES, ..StoreOptions::default() };
         let data_dir = self.data_dir.display().to_string();
         let store = EventStore::open_with_notice(self.store_dir(), &options, |wait| {
-            eprintln!("regent: another regent command is using {data_dir}; waiting up to {} s for it", wait.as_secs());
+            errln!("regent: another regent command is using {data_dir}; waiting up to {} s for it", wait.as_secs());
         })?;
         if let Some(damage) = store.damage() {
             tracing::warn!(%damage, "the store is damaged");

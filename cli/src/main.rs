@@ -8,6 +8,7 @@ mod quickstart;
 mod replay;
 mod secret_input;
 mod steps;
+mod terminal;
 mod vault;
 mod views;
 mod wizard;
@@ -33,18 +34,14 @@ fn main() -> ExitCode {
     }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(err) => {
-            let code = if err.use_stderr() { EXIT_USAGE } else { 0 };
-            let _ = err.print();
-            return ExitCode::from(code);
-        }
+        Err(err) => return ExitCode::from(terminal::clap_error(err, EXIT_USAGE)),
     };
     init_logging(&cli.global);
     let outcome = Context::new(&cli.global).and_then(|ctx| run(&ctx, cli.command));
     match outcome {
-        Ok(code) => ExitCode::from(code),
+        Ok(code) => ExitCode::from(terminal::exit_code(code)),
         Err(failure) => {
-            eprintln!("regent: {}", failure.message);
+            terminal::errln!("regent: {}", failure.message);
             ExitCode::from(failure.code)
         }
     }
@@ -58,8 +55,7 @@ fn init_logging(global: &Global) {
         (false, _) => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
-    let ansi = std::env::var_os("NO_COLOR").is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(ansi).with_env_filter(filter).init();
+    terminal::init_logging(filter);
 }
 
 fn run(ctx: &Context, command: Command) -> Result<u8, Failure> {
@@ -142,13 +138,13 @@ fn run(ctx: &Context, command: Command) -> Result<u8, Failure> {
                 shell,
                 &mut <Cli as clap::CommandFactory>::command(),
                 "regent",
-                &mut std::io::stdout(),
+                &mut terminal::machine_stdout(),
             );
             Ok(0)
         }
         Command::Man => {
             clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
-                .render(&mut std::io::stdout())
+                .render(&mut terminal::machine_stdout())
                 .map_err(|e| Failure::refused(format!("cannot write the manual page: {e}")))?;
             Ok(0)
         }

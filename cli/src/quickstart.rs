@@ -12,6 +12,7 @@ use regent_vault::{AdminClient, BackgroundServer, ServeConfig};
 
 use crate::context::Context;
 use crate::failure::Failure;
+use crate::terminal::{errln, outln};
 use crate::{steps, views};
 
 const VAULT_NAME: &str = "quickstart-vault";
@@ -70,13 +71,13 @@ pub fn run(ctx: &Context) -> Result<u8, Failure> {
     }
     show_views(ctx)?;
     if !ctx.json {
-        println!();
-        println!("Next, try:");
-        println!("  regent audit verify                  check that the record was not altered");
-        println!("  regent audit export -o log.jsonl     hand the log to someone else; it verifies on its own");
-        println!("  regent properties throttling set --work-days mon-fri --work-hours 09:00-17:00 \\");
-        println!("      --work-bandwidth 512Kbps --non-work-bandwidth 20Mbps");
-        println!("  regent --help                        every command");
+        outln!();
+        outln!("Next, try:");
+        outln!("  regent audit verify                  check that the record was not altered");
+        outln!("  regent audit export -o log.jsonl     hand the log to someone else; it verifies on its own");
+        outln!("  regent properties throttling set --work-days mon-fri --work-hours 09:00-17:00 \\");
+        outln!("      --work-bandwidth 512Kbps --non-work-bandwidth 20Mbps");
+        outln!("  regent --help                        every command");
     }
     Ok(0)
 }
@@ -118,11 +119,12 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<(), Failure> {
 
 /// Narration goes to stderr under --json, so stdout stays machine-readable.
 fn say(ctx: &Context, text: &str) {
-    if ctx.json { eprintln!("{text}") } else { println!("{text}") }
+    if ctx.json { errln!("{text}") } else { outln!("{text}") }
 }
 
 fn section(ctx: &Context, title: &str) {
     if !ctx.json {
-        println!("\n== {title} ==");
+        outln!();
+        outln!("== {title} ==");
     }
 }

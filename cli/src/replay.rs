@@ -11,6 +11,7 @@ use serde_json::json;
 use crate::args::ReplayArgs;
 use crate::context::Context;
 use crate::failure::Failure;
+use crate::terminal::{self, outln};
 use crate::views;
 
 pub fn run(ctx: &Context, args: ReplayArgs) -> Result<u8, Failure> {
@@ -22,8 +23,8 @@ pub fn run(ctx: &Context, args: ReplayArgs) -> Result<u8, Failure> {
     let (header, records) = regent_store::read_export_decoded(input, !args.no_verify, events::decode_step)
         .map_err(|e| bad_log(e, &args))?;
     if !ctx.json {
-        println!("replaying {} (written by {}, head {})", args.file.display(), header.writer, header.head);
-        println!("{:>5}  {:<20}  {:<18}  {:<10}  {:<28}  WHAT", "POS", "WHEN (UTC)", "WHO", "OUTCOME", "REASON");
+        outln!("replaying {} (written by {}, head {})", args.file.display(), header.writer, header.head);
+        outln!("{:>5}  {:<20}  {:<18}  {:<10}  {:<28}  WHAT", "POS", "WHEN (UTC)", "WHO", "OUTCOME", "REASON");
     }
     let json = ctx.json;
     let until = args.until;
@@ -37,7 +38,7 @@ pub fn run(ctx: &Context, args: ReplayArgs) -> Result<u8, Failure> {
         }
         if let Ok((record, Some(Ok(step)))) = item {
             let entry = projections::audit_entry(record, step);
-            println!(
+            outln!(
                 "{:>5}  {:<20}  {:<18}  {:<10}  {:<28}  {}",
                 entry.position,
                 entry.at.format("%Y-%m-%d %H:%M:%S"),
@@ -65,20 +66,23 @@ pub fn run(ctx: &Context, args: ReplayArgs) -> Result<u8, Failure> {
         }),
     });
     if ctx.json {
-        println!("{}", json!({ "status": status, "properties": properties, "check": check }));
+        terminal::json_line(json!({ "status": status, "properties": properties, "check": check }));
     } else {
-        println!("\n== Final status ==");
+        outln!();
+        outln!("== Final status ==");
         views::print_status(&status, replayed.state.next_step());
-        println!("\n== Change Properties ==");
+        outln!();
+        outln!("== Change Properties ==");
         views::print_properties(&properties);
         if let Some(check) = &check {
-            println!("\n== Check against this build ==");
+            outln!();
+            outln!("== Check against this build ==");
             match &replayed.divergence {
-                None => println!("no divergence: {}", check["detail"].as_str().unwrap_or_default()),
+                None => outln!("no divergence: {}", check["detail"].as_str().unwrap_or_default()),
                 Some(d) => {
-                    println!("DIVERGED at record {}", d.position);
-                    println!("  recorded:            {}", describe(&d.recorded));
-                    println!("  this build decides:  {}", describe(&d.now_decides));
+                    outln!("DIVERGED at record {}", d.position);
+                    outln!("  recorded:            {}", describe(&d.recorded));
+                    outln!("  this build decides:  {}", describe(&d.now_decides));
                 }
             }
         }

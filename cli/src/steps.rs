@@ -10,6 +10,7 @@ use serde_json::json;
 use crate::anchor::{self, StepAnchor};
 use crate::context::{Context, NoVault, real_world};
 use crate::failure::Failure;
+use crate::terminal::{self, errln, outln};
 use crate::world;
 
 /// Runs a command that needs no vault.
@@ -27,7 +28,7 @@ pub fn run_with_vault(
     let (result, anchored) = execute(ctx, command, secrets, vault)?;
     let code = report(ctx, &result, anchored.as_ref());
     if let Some(warning) = anchored.as_ref().and_then(StepAnchor::warning) {
-        eprintln!("warning: {warning}");
+        errln!("warning: {warning}");
     }
     code
 }
@@ -81,14 +82,14 @@ fn report(ctx: &Context, result: &StepResult, anchored: Option<&StepAnchor>) -> 
                     "status": status,
                     "log_anchor": log_anchor,
                 });
-                println!("{line}");
+                terminal::json_line(line);
             } else {
-                println!("{summary}");
+                outln!("{summary}");
                 for warning in &warnings {
-                    eprintln!("warning: {warning}");
+                    errln!("warning: {warning}");
                 }
                 if let Some(next) = result.state.next_step() {
-                    println!("next: {}", next.command_line());
+                    outln!("next: {}", next.command_line());
                 }
             }
             if let Some(passphrase) = &result.generated_passphrase {
@@ -107,7 +108,7 @@ fn report(ctx: &Context, result: &StepResult, anchored: Option<&StepAnchor>) -> 
                     "status": status,
                     "log_anchor": log_anchor,
                 });
-                println!("{line}");
+                terminal::json_line(line);
             }
             Err(Failure::refused(format!("{}: {}", refusal.reason, refusal.message)))
         }
@@ -116,14 +117,11 @@ fn report(ctx: &Context, result: &StepResult, anchored: Option<&StepAnchor>) -> 
 
 /// A generated passphrase is shown once, on a terminal only: in a script it stays in its file.
 fn show_generated_once(ctx: &Context, passphrase: &str) {
-    use std::io::IsTerminal;
-    if ctx.json || !std::io::stdout().is_terminal() {
+    if ctx.json || !terminal::stdout_is_terminal() {
         return;
     }
-    println!();
-    println!("Your passphrase (shown once; it is also in the file you named):");
-    println!("  {passphrase}");
-    println!(
-        "Keep it somewhere safe, off this machine. Nobody can recover it: without it, backups cannot be restored."
-    );
+    outln!();
+    outln!("Your passphrase (shown once; it is also in the file you named):");
+    outln!("  {passphrase}");
+    outln!("Keep it somewhere safe, off this machine. Nobody can recover it: without it, backups cannot be restored.");
 }

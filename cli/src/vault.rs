@@ -8,6 +8,7 @@ use regent_vault::{AdminClient, ServeConfig};
 use crate::args::{AdminArgs, VaultCommand};
 use crate::context::Context;
 use crate::failure::Failure;
+use crate::terminal::{self, errln, outln};
 
 pub fn run(ctx: &Context, command: VaultCommand) -> Result<u8, Failure> {
     match command {
@@ -26,10 +27,10 @@ pub fn run(ctx: &Context, command: VaultCommand) -> Result<u8, Failure> {
             let json = ctx.json;
             regent_vault::run_until_signal(config, |info| {
                 if json {
-                    println!("{}", serde_json::json!({ "url": info.url, "admin_token": info.admin_token_path }));
+                    terminal::json_line(serde_json::json!({ "url": info.url, "admin_token": info.admin_token_path }));
                 } else {
-                    println!("listening on {}", info.url);
-                    println!("admin token in {}", info.admin_token_path.display());
+                    outln!("listening on {}", info.url);
+                    outln!("admin token in {}", info.admin_token_path.display());
                 }
             })
             .map_err(|e| Failure::store(e.to_string()))?;
@@ -61,21 +62,21 @@ pub fn run(ctx: &Context, command: VaultCommand) -> Result<u8, Failure> {
         VaultCommand::Pin { vault, admin } => {
             let pin = admin_client(&admin)?.issue_pin(&vault).map_err(admin_failure)?;
             if ctx.json {
-                println!("{}", serde_json::json!({ "pin": pin.pin, "expires_at": pin.expires_at }));
+                terminal::json_line(serde_json::json!({ "pin": pin.pin, "expires_at": pin.expires_at }));
             } else {
-                println!("{}", pin.pin);
-                eprintln!("valid until {} (5 minutes), once", pin.expires_at);
+                outln!("{}", pin.pin);
+                errln!("valid until {} (5 minutes), once", pin.expires_at);
             }
             Ok(0)
         }
         VaultCommand::Machines { vault, admin } => {
             let machines = admin_client(&admin)?.machines(&vault).map_err(admin_failure)?;
             if ctx.json {
-                println!("{}", serde_json::to_string(&machines).map_err(|e| Failure::store(e.to_string()))?);
+                terminal::json_line(serde_json::to_string(&machines).map_err(|e| Failure::store(e.to_string()))?);
             } else {
-                println!("{:<40}  {:<20}  {:<19}  LOG HEAD", "MACHINE ID", "NAME", "REGISTERED (UTC)");
+                outln!("{:<40}  {:<20}  {:<19}  LOG HEAD", "MACHINE ID", "NAME", "REGISTERED (UTC)");
                 for m in &machines {
-                    println!(
+                    outln!(
                         "{:<40}  {:<20}  {:<19}  {}",
                         m.machine_id,
                         m.machine_name,
@@ -121,9 +122,9 @@ fn admin_failure(err: regent_vault::AdminError) -> Failure {
 
 fn print<T: serde::Serialize>(ctx: &Context, value: &T, human: impl FnOnce() -> String) {
     if ctx.json {
-        println!("{}", serde_json::to_string(value).unwrap_or_default());
+        terminal::json_line(serde_json::to_string(value).unwrap_or_default());
     } else {
-        println!("{}", human());
+        outln!("{}", human());
     }
 }
 

@@ -12,6 +12,7 @@ use serde_json::json;
 
 use crate::context::Context;
 use crate::failure::Failure;
+use crate::terminal::{self, errln, outln};
 
 pub fn status(ctx: &Context) -> Result<u8, Failure> {
     let store = ctx.open_store()?;
@@ -23,22 +24,22 @@ pub fn status(ctx: &Context) -> Result<u8, Failure> {
         value["sealed_secrets"] = json!(sealed);
         value["store_damage"] = json!(store.damage());
         value["log_anchor"] = crate::anchor::status_json(ctx, &state, head);
-        println!("{value}");
+        terminal::json_line(value);
         return Ok(0);
     }
     print_status(&status, state.next_step());
     if let Some(anchor) = crate::anchor::status_line(ctx, &state, head) {
-        println!("{:<14}{anchor}", "anchor");
+        outln!("{:<14}{anchor}", "anchor");
     }
-    println!("{:<14}{sealed}", "secrets");
+    outln!("{:<14}{sealed}", "secrets");
     if let Some(damage) = store.damage() {
-        println!("{:<14}DAMAGED: {damage}", "store");
+        outln!("{:<14}DAMAGED: {damage}", "store");
     }
     Ok(0)
 }
 
 pub fn print_status(status: &Status, next: Option<Step>) {
-    let row = |label: &str, value: &str| println!("{label:<14}{value}");
+    let row = |label: &str, value: &str| outln!("{label:<14}{value}");
     row("phase", status.phase);
     row("next step", &next.map_or("none: registered".into(), |s| format!("{}  ({})", s.name(), s.command_line())));
     row("vault", status.vault.as_deref().unwrap_or("(not registered)"));
@@ -94,7 +95,7 @@ pub fn properties(ctx: &Context) -> Result<u8, Failure> {
     let (state, _) = projections::current_state(&store)?;
     let properties = projections::properties(&state);
     if ctx.json {
-        println!("{}", serde_json::to_string(&properties).map_err(|e| Failure::store(e.to_string()))?);
+        terminal::json_line(serde_json::to_string(&properties).map_err(|e| Failure::store(e.to_string()))?);
     } else {
         print_properties(&properties);
     }
@@ -102,8 +103,11 @@ pub fn properties(ctx: &Context) -> Result<u8, Failure> {
 }
 
 pub fn print_properties(p: &Properties) {
-    let section = |title: &str| println!("\n{title}");
-    let row = |label: &str, value: &str| println!("  {label:<20}{value}");
+    let section = |title: &str| {
+        outln!();
+        outln!("{title}");
+    };
+    let row = |label: &str, value: &str| outln!("  {label:<20}{value}");
     let not_set = "(not set)";
     section("Proxy");
     match &p.proxy {
@@ -178,25 +182,22 @@ pub fn print_properties(p: &Properties) {
 
 pub fn audit(ctx: &Context, filter: AuditFilter) -> Result<u8, Failure> {
     let store = ctx.open_store()?;
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut out = terminal::Lines::stdout();
     let io = |e: std::io::Error| Failure::refused(format!("cannot write the audit trail: {e}"));
     if !ctx.json {
-        writeln!(
-            out,
+        out.line(format_args!(
             "{:>5}  {:<20}  {:<18}  {:<10}  {:<28}  SUMMARY",
             "POS", "WHEN (UTC)", "WHO", "OUTCOME", "REASON"
-        )
+        ))
         .map_err(io)?;
     }
     for entry in projections::audit(store.read_all(1), &filter) {
         let entry = entry?;
         if ctx.json {
             let line = serde_json::to_string(&entry).map_err(|e| Failure::store(e.to_string()))?;
-            writeln!(out, "{line}").map_err(io)?;
+            out.json(&line).map_err(io)?;
         } else {
-            writeln!(
-                out,
+            out.line(format_args!(
                 "{:>5}  {:<20}  {:<18}  {:<10}  {:<28}  {}",
                 entry.position,
                 entry.at.format("%Y-%m-%d %H:%M:%S"),
@@ -204,7 +205,7 @@ pub fn audit(ctx: &Context, filter: AuditFilter) -> Result<u8, Failure> {
                 entry.outcome,
                 entry.reason.map_or("", Reason::code),
                 entry.summary
-            )
+            ))
             .map_err(io)?;
         }
     }
@@ -234,14 +235,14 @@ pub fn verify(ctx: &Context, file: Option<&Path>, head: Option<Head>) -> Result<
 
 pub(crate) fn print_report(report: &VerifyReport, json: bool) {
     if json {
-        println!("{}", serde_json::to_string(report).unwrap_or_else(|_| "{}".into()));
+        terminal::json_line(serde_json::to_string(report).unwrap_or_else(|_| "{}".into()));
         return;
     }
     match &report.failure {
-        None => println!("ok: {} records verified; head {}", report.records, report.verified_head),
+        None => outln!("ok: {} records verified; head {}", report.records, report.verified_head),
         Some(failure) => {
-            println!("FAILED at {failure}");
-            println!("verified up to head {} ({} records)", report.verified_head, report.records);
+            outln!("FAILED at {failure}");
+            outln!("verified up to head {} ({} records)", report.verified_head, report.records);
         }
     }
 }
@@ -252,10 +253,10 @@ pub fn export(ctx: &Context, output: Option<&Path>) -> Result<u8, Failure> {
     match output {
         Some(path) => {
             let head = export_to_file(&store, path, writer)?;
-            eprintln!("exported {} records to {} (head {head})", head.position, path.display());
+            errln!("exported {} records to {} (head {head})", head.position, path.display());
         }
         None => {
-            store.export(&mut std::io::stdout().lock(), writer)?;
+            store.export(&mut terminal::machine_stdout().lock(), writer)?;
         }
     }
     Ok(0)

@@ -9,10 +9,9 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
+use inquire::InquireError;
 use inquire::validator::Validation;
-use inquire::{Confirm, InquireError, Select, Text};
 use regent_engine::State;
 use regent_engine::model::{Change, Command as Step, Outcome, PassphraseOrigin, Refusal};
 use regent_engine::ports::VaultClient;
@@ -25,6 +24,7 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::args::WizardArgs;
 use crate::context::{Context, NoVault};
 use crate::failure::Failure;
+use crate::terminal::{self, errln};
 use crate::{check_no_credentials, secret_input, steps, vault_client, world};
 
 pub fn run(ctx: &Context, args: WizardArgs) -> Result<u8, Failure> {
@@ -57,7 +57,7 @@ fn unattended(ctx: &Context, a: WizardArgs) -> Result<u8, Failure> {
     let vault = vault_client(a.ca_file.as_deref())?;
     let state = projections::current_state(&ctx.open_store()?)?.0;
     if let Some(registration) = &state.registration {
-        eprintln!("already registered to vault {} as {}; nothing to do", registration.vault, registration.machine_id);
+        errln!("already registered to vault {} as {}; nothing to do", registration.vault, registration.machine_id);
         return Ok(0);
     }
     steps::run(ctx, Step::ChooseFolders { install_dir, scratch_dir, backup_size_bytes }, SecretInputs::default())?;
@@ -195,12 +195,12 @@ fn interactive(ctx: &Context, a: WizardArgs) -> Result<u8, Failure> {
     };
     if let Some(r) = &state.registration {
         say(format!(
-            "This machine is registered already, to vault {} as machine {} (since {}): there is nothing to do.\n\
-             See it with `regent properties`; `regent unregister` first to register again.",
+            "This machine is registered already, to vault {} as machine {} (since {}): there is nothing to do.",
             r.vault,
             r.machine_id,
             r.registered_at.format("%Y-%m-%d %H:%M UTC")
         ));
+        say("See it with `regent properties`; `regent unregister` first to register again.");
         return Ok(0);
     }
     let answers = Answers::new(ctx, &a, &state);
@@ -211,21 +211,22 @@ fn interactive(ctx: &Context, a: WizardArgs) -> Result<u8, Failure> {
 impl Wizard<'_> {
     fn walk(&mut self, state: &State) -> Result<u8, Failure> {
         say(format!(
-            "This wizard registers this server with a backup vault in {} steps: folders, proxy, vault credentials,\n\
-             encryption passphrase, register. Every answer is recorded in the audit log (`regent audit`).\n\
-             Esc or Ctrl-C stops it; the steps done are kept, and `regent wizard` resumes.",
+            "This wizard registers this server with a backup vault in {} steps: folders, proxy, vault credentials,",
             Screen::COUNT
         ));
+        say("encryption passphrase, register. Every answer is recorded in the audit log (`regent audit`).");
+        say("Esc or Ctrl-C stops it; the steps done are kept, and `regent wizard` resumes.");
         let mut screen = self.first_not_done(state);
         // Going through every screen again: each leads to the next, not to the first one not done.
         let mut review = false;
         if screen != Screen::Folders {
             self.show_done(state);
             let question = format!("Keep these and continue at step {}, {}?", screen.number(), screen.title());
-            let keep = ask(Confirm::new(&question)
-                .with_default(true)
-                .with_help_message("No goes through every screen again, with these answers filled in")
-                .prompt())?;
+            let keep = ask(terminal::confirm(
+                &question,
+                true,
+                Some("No goes through every screen again, with these answers filled in"),
+            ))?;
             if !keep {
                 review = true;
                 screen = Screen::Folders;
@@ -271,7 +272,8 @@ impl Wizard<'_> {
     }
 
     fn show_done(&self, state: &State) {
-        say("\nResuming: these steps are done already.");
+        say("");
+        say("Resuming: these steps are done already.");
         let row = |label: &str, value: String| say(format!("  {label:<13}{value}"));
         if let Some(f) = &state.folders {
             row(
@@ -308,12 +310,14 @@ impl Wizard<'_> {
     fn folders(&mut self) -> Result<(), Failure> {
         header(
             Screen::Folders,
-            &format!(
-                "regent needs two folders. The install folder holds the agent's files. The scratch folder is its cache\n\
-                 while backups run: it must be on a local disk, and its filesystem needs free space of at least\n\
-                 {SCRATCH_FREE_PERCENT}% of the data you back up (37.5 GiB for 750 GiB), so regent asks how much that is.\n\
-                 Folders that do not exist yet are created."
-            ),
+            &[
+                "regent needs two folders. The install folder holds the agent's files. The scratch folder is its cache",
+                "while backups run: it must be on a local disk, and its filesystem needs free space of at least",
+                &format!(
+                    "{SCRATCH_FREE_PERCENT}% of the data you back up (37.5 GiB for 750 GiB), so regent asks how much that is."
+                ),
+                "Folders that do not exist yet are created.",
+            ],
         );
         loop {
             let install_dir = ask_path(
@@ -329,19 +333,18 @@ impl Wizard<'_> {
             )?;
             self.answers.scratch_dir = scratch_dir.clone();
             let help = size_help(&scratch_dir);
-            let mut prompt = Text::new("Backup data size:")
-                .with_placeholder("e.g. 750GiB")
-                .with_help_message(&help)
-                .with_validator(|text: &str| {
+            let size = ask(terminal::ask_text(
+                "Backup data size:",
+                self.answers.backup_size.as_deref(),
+                &help,
+                Some("e.g. 750GiB"),
+                |text: &str| {
                     Ok(match parse_size(text) {
                         Ok(_) => Validation::Valid,
                         Err(e) => Validation::Invalid(e.into()),
                     })
-                });
-            if let Some(size) = &self.answers.backup_size {
-                prompt = prompt.with_default(size);
-            }
-            let size = ask(prompt.prompt())?;
+                },
+            ))?;
             let backup_size_bytes = match parse_size(&size) {
                 Ok(bytes) => bytes,
                 Err(e) => {
@@ -369,14 +372,15 @@ impl Wizard<'_> {
         const THROUGH: &str = "Through a proxy server";
         header(
             Screen::Proxy,
-            "If this server reaches the internet through a proxy server, regent sends every call to the vault\n\
-             through it. A proxy that asks for a user name and password gets them here; the password is kept\n\
-             sealed on this machine, never in the log.",
+            &[
+                "If this server reaches the internet through a proxy server, regent sends every call to the vault",
+                "through it. A proxy that asks for a user name and password gets them here; the password is kept",
+                "sealed on this machine, never in the log.",
+            ],
         );
         loop {
             let starting = usize::from(self.answers.proxy.is_some());
-            let choice =
-                ask(choose("How does this server reach the vault?", vec![DIRECT, THROUGH], starting).prompt())?;
+            let choice = ask(choose("How does this server reach the vault?", vec![DIRECT, THROUGH], starting))?;
             if choice == DIRECT {
                 if self.record(Step::ClearProxy, SecretInputs::default())?.is_some() {
                     self.answers.proxy = None;
@@ -391,34 +395,31 @@ impl Wizard<'_> {
                 "Proxy host:",
                 previous.as_ref().map(|p| p.host.as_str()),
                 "The proxy server's name or IP address, e.g. proxy.example.com (no user or password here)",
-            )
-            .with_validator(|text: &str| {
-                Ok(if text.trim().is_empty() {
-                    Validation::Invalid("type the proxy's host name or IP address".into())
-                } else if text.contains('@') {
-                    // It would be recorded in the log: the user and password are asked for next.
-                    Validation::Invalid("no user or password in the host: they are asked for next".into())
-                } else {
-                    Validation::Valid
-                })
-            })
-            .prompt())?;
+                |text: &str| {
+                    Ok(if text.trim().is_empty() {
+                        Validation::Invalid("type the proxy's host name or IP address".into())
+                    } else if text.contains('@') {
+                        // It would be recorded in the log: the user and password are asked for next.
+                        Validation::Invalid("no user or password in the host: they are asked for next".into())
+                    } else {
+                        Validation::Valid
+                    })
+                },
+            ))?;
             let port_default = previous.as_ref().map(|p| p.port.to_string());
-            let port = ask(text("Proxy port:", port_default.as_deref(), "1 to 65535, e.g. 3128 or 8080")
-                .with_validator(|text: &str| {
+            let port =
+                ask(text("Proxy port:", port_default.as_deref(), "1 to 65535, e.g. 3128 or 8080", |text: &str| {
                     Ok(match text.trim().parse::<u32>() {
                         Ok(_) => Validation::Valid,
                         Err(_) => Validation::Invalid("type the port as a number, e.g. 3128".into()),
                     })
-                })
-                .prompt())?;
+                }))?;
             let Ok(port) = port.trim().parse::<u32>() else { continue };
             let had_user = previous.as_ref().is_some_and(|p| p.username.is_some());
-            let login =
-                ask(Confirm::new("Does the proxy ask for a user name and password?").with_default(had_user).prompt())?;
+            let login = ask(terminal::confirm("Does the proxy ask for a user name and password?", had_user, None))?;
             let (username, password) = if login {
                 let user_default = previous.as_ref().and_then(|p| p.username.as_deref());
-                let user = ask(text("Proxy user name:", user_default, "The user name the proxy asks for").prompt())?;
+                let user = ask(text("Proxy user name:", user_default, "The user name the proxy asks for", any_text))?;
                 let password = ask(secret_input::masked(
                     "Proxy password:",
                     Some("Type the password again:"),
@@ -443,10 +444,12 @@ impl Wizard<'_> {
     fn credentials(&mut self) -> Result<(), Failure> {
         header(
             Screen::Credentials,
-            "The vault credentials file (.VaultCredentials) proves to your vault that you allow this server to\n\
-             register. Download it from the vault (`regent vault credentials`, or the vault's portal). It expires\n\
-             (48 hours after the download by default), and only the newest download is valid: each download\n\
-             makes the earlier files useless.",
+            &[
+                "The vault credentials file (.VaultCredentials) proves to your vault that you allow this server to",
+                "register. Download it from the vault (`regent vault credentials`, or the vault's portal). It expires",
+                "(48 hours after the download by default), and only the newest download is valid: each download",
+                "makes the earlier files useless.",
+            ],
         );
         loop {
             let default = self.answers.credentials.clone().or_else(newest_credentials_file);
@@ -471,18 +474,17 @@ impl Wizard<'_> {
         const OWN: &str = "Type my own passphrase";
         header(
             Screen::Passphrase,
-            "Backups are encrypted with a passphrase that only you hold: regent keeps a verifier of it, not the\n\
-             passphrase, and the vault never sees it. Nobody can recover a lost passphrase, and without it\n\
-             backups cannot be restored. Generate one (recommended) and keep the file somewhere safe, off this\n\
-             machine; or type your own: at least 16 characters, printable ASCII only.",
+            &[
+                "Backups are encrypted with a passphrase that only you hold: regent keeps a verifier of it, not the",
+                "passphrase, and the vault never sees it. Nobody can recover a lost passphrase, and without it",
+                "backups cannot be restored. Generate one (recommended) and keep the file somewhere safe, off this",
+                "machine; or type your own: at least 16 characters, printable ASCII only.",
+            ],
         );
         if let Some(encryption) = &self.state()?.encryption {
             let question =
                 format!("A passphrase was created already ({}). Keep it?", passphrase_origin(&encryption.origin));
-            let keep = ask(Confirm::new(&question)
-                .with_default(true)
-                .with_help_message("No makes a new one, which replaces it")
-                .prompt())?;
+            let keep = ask(terminal::confirm(&question, true, Some("No makes a new one, which replaces it")))?;
             if keep {
                 return Ok(());
             }
@@ -492,8 +494,7 @@ impl Wizard<'_> {
                 "How should the passphrase be made?",
                 vec![GENERATE, OWN],
                 usize::from(self.answers.own_passphrase),
-            )
-            .prompt())?;
+            ))?;
             self.answers.own_passphrase = choice == OWN;
             let (command, secrets) = if choice == GENERATE {
                 let default = self.answers.save_to.clone().unwrap_or_else(|| default_save_to(self.ctx));
@@ -546,14 +547,12 @@ impl Wizard<'_> {
         let endpoint = self.endpoint.clone().unwrap_or_else(|| credentials.facts.endpoint.clone());
         header(
             Screen::Register,
-            &format!("regent now registers this server ({}) with vault {vault} at {endpoint}.", world::host_name()),
+            &[&format!("regent now registers this server ({}) with vault {vault} at {endpoint}.", world::host_name())],
         );
-        if !ask(Confirm::new("Register now?").with_default(true).prompt())? {
+        if !ask(terminal::confirm("Register now?", true, None))? {
             return Err(Failure::stopped(STOPPED));
         }
-        let spinner = indicatif::ProgressBar::new_spinner().with_message(format!("Registering with vault {vault}..."));
-        spinner.tick(); // drawn now, even if the vault answers before the first steady tick
-        spinner.enable_steady_tick(Duration::from_millis(100));
+        let spinner = terminal::Spinner::start(&format!("Registering with vault {vault}..."));
         let command = Step::Register { endpoint_override: self.endpoint.clone() };
         let result = steps::execute(self.ctx, command, SecretInputs::default(), self.vault);
         // The spinner goes before anything is said, or a warning would land on its line.
@@ -581,7 +580,7 @@ impl Wizard<'_> {
                     | Reason::CredentialsWrongVault => 2,
                     _ => 0,
                 };
-                let choice = ask(choose("What now?", vec![AGAIN, PROXY, CREDENTIALS, STOP], starting).prompt())?;
+                let choice = ask(choose("What now?", vec![AGAIN, PROXY, CREDENTIALS, STOP], starting))?;
                 match choice {
                     PROXY => Ok(Some(Screen::Proxy)),
                     CREDENTIALS => Ok(Some(Screen::Credentials)),
@@ -623,30 +622,39 @@ fn accepted(result: StepResult) -> Option<Change> {
 }
 
 fn tell_refusal(refusal: &Refusal) {
-    say(format!("\nRefused ({}): {}.", refusal.reason, refusal.message.trim_end_matches('.')));
+    say("");
+    say(format!("Refused ({}): {}.", refusal.reason, refusal.message.trim_end_matches('.')));
 }
 
 /// A generated passphrase is shown this once, on the terminal the wizard talks on.
 fn show_generated(saved_to: &Path, passphrase: &SecretString) {
-    if std::io::stderr().is_terminal() {
-        say("\nYour passphrase, shown this once:\n");
-        say(format!("    {}\n", passphrase.expose_secret()));
+    if terminal::stderr_is_terminal() {
+        say("");
+        say("Your passphrase, shown this once:");
+        say("");
+        say(format!("    {}", passphrase.expose_secret()));
+        say("");
     }
     say(format!(
-        "It is saved in {} (readable by you only). Keep a copy somewhere safe, off this machine.\n\
-         Nobody can recover this passphrase: without it, backups cannot be restored.",
+        "It is saved in {} (readable by you only). Keep a copy somewhere safe, off this machine.",
         saved_to.display()
     ));
+    say("Nobody can recover this passphrase: without it, backups cannot be restored.");
 }
 
-/// The wizard talks on stderr, where the prompts are, so stdout can be redirected.
+/// One line from the wizard. It talks on stderr, where the prompts are, so stdout can be
+/// redirected.
 fn say(text: impl std::fmt::Display) {
-    eprintln!("{text}");
+    errln!("{text}");
 }
 
-fn header(screen: Screen, text: &str) {
-    say(format!("\n== Step {} of {}: {} ==", screen.number(), Screen::COUNT, screen.title()));
-    say(text);
+/// A screen's title, then what it says, a line each.
+fn header(screen: Screen, lines: &[&str]) {
+    say("");
+    say(format!("== Step {} of {}: {} ==", screen.number(), Screen::COUNT, screen.title()));
+    for line in lines {
+        say(line);
+    }
 }
 
 /// A prompt's answer; Esc and Ctrl-C stop the wizard, keeping what is recorded.
@@ -659,29 +667,29 @@ fn ask<T>(answer: Result<T, InquireError>) -> Result<T, Failure> {
 }
 
 /// A choice among a few options, with `starting` (the answer given before) offered first.
-fn choose<'a>(question: &'a str, options: Vec<&'a str>, starting: usize) -> Select<'a, &'a str> {
-    Select::new(question, options)
-        .with_starting_cursor(starting)
-        .without_filtering()
-        .with_help_message("up and down arrows to move, Enter to choose")
+fn choose<'a>(question: &str, options: Vec<&'a str>, starting: usize) -> Result<&'a str, InquireError> {
+    terminal::select(question, options, starting, "up and down arrows to move, Enter to choose")
 }
 
-fn text<'a>(label: &'a str, default: Option<&'a str>, help: &'a str) -> Text<'a, 'a> {
-    let prompt = Text::new(label).with_help_message(help);
-    match default {
-        Some(default) => prompt.with_default(default),
-        None => prompt,
-    }
+/// A line of text, `default` offered (shown escaped; Enter gives it as it is).
+fn text<V>(label: &str, default: Option<&str>, help: &str, validator: V) -> Result<String, InquireError>
+where
+    V: inquire::validator::StringValidator + Clone + 'static,
+{
+    terminal::ask_text(label, default, help, None, validator)
+}
+
+/// Any answer will do.
+fn any_text(_: &str) -> Result<Validation, inquire::CustomUserError> {
+    Ok(Validation::Valid)
 }
 
 /// A path, with `~/` meaning the home directory (no shell expands it here).
 fn ask_path(label: &str, default: Option<&Path>, help: &str) -> Result<PathBuf, Failure> {
     let default = default.map(|p| p.display().to_string());
-    let answer = ask(text(label, default.as_deref(), help)
-        .with_validator(|text: &str| {
-            Ok(if text.trim().is_empty() { Validation::Invalid("type a path".into()) } else { Validation::Valid })
-        })
-        .prompt())?;
+    let answer = ask(text(label, default.as_deref(), help, |text: &str| {
+        Ok(if text.trim().is_empty() { Validation::Invalid("type a path".into()) } else { Validation::Valid })
+    }))?;
     let answer = answer.trim();
     let home = || directories::BaseDirs::new().map(|d| d.home_dir().to_path_buf());
     Ok(match (answer.strip_prefix("~/"), home()) {

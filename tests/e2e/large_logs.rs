@@ -138,6 +138,7 @@ fn a_two_gib_line_is_refused_at_its_start_in_bounded_memory() {
 /// `cargo test --release -p regent-cli --test e2e -- --ignored two_gib --nocapture`
 #[test]
 #[ignore = "writes a 2 GiB log; run on a release build (BENCHMARKS.md)"]
+#[allow(clippy::disallowed_macros)] // it prints the measurement for whoever runs it (see cli/clippy.toml)
 fn a_two_gib_valid_log_replays_and_verifies_in_bounded_memory() {
     let dir = std::env::var_os("REGENT_LARGE_LOG_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
     let dir = tempfile::tempdir_in(dir).unwrap();

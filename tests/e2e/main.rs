@@ -2,6 +2,7 @@
 
 mod anchor;
 mod audit;
+mod escape;
 mod fixtures;
 mod large_logs;
 mod quickstart;

@@ -11,25 +11,25 @@ use crate::support::{Setup, files_under, leaks};
 
 const DOWN: &str = "\x1b[B";
 const UP: &str = "\x1b[A";
-const ENTER: &str = "\r";
+pub(crate) const ENTER: &str = "\r";
 const CTRL_C: &str = "\x03";
-const ESC: &str = "\x1b";
+pub(crate) const ESC: &str = "\x1b";
 
 /// One `regent` run on a pseudo-terminal, keeping everything it printed.
-struct Pty {
+pub(crate) struct Pty {
     session: PtySession,
     transcript: String,
 }
 
 impl Pty {
-    fn spawn(mut command: std::process::Command) -> Pty {
+    pub(crate) fn spawn(mut command: std::process::Command) -> Pty {
         command.env("TERM", "xterm");
         let session = rexpect::session::spawn_command(command, Some(30_000)).unwrap();
         Pty { session, transcript: String::new() }
     }
 
     /// Waits (30 s at most) until `needle` is printed; everything up to it joins the transcript.
-    fn expect(&mut self, needle: &str) {
+    pub(crate) fn expect(&mut self, needle: &str) {
         match self.session.exp_string(needle) {
             Ok(before) => {
                 self.transcript.push_str(&before);
@@ -39,19 +39,19 @@ impl Pty {
         }
     }
 
-    fn send(&mut self, keys: &str) {
+    pub(crate) fn send(&mut self, keys: &str) {
         self.session.send(keys).unwrap();
         self.session.flush().unwrap();
     }
 
     /// Waits for a prompt, types `text` and Enter (an empty `text` takes the default shown).
-    fn answer(&mut self, prompt: &str, text: &str) {
+    pub(crate) fn answer(&mut self, prompt: &str, text: &str) {
         self.expect(prompt);
         self.send(&format!("{text}{ENTER}"));
     }
 
     /// Waits for the end; the exit code and the transcript's bytes.
-    fn finish(mut self) -> (i32, Vec<u8>) {
+    pub(crate) fn finish(mut self) -> (i32, Vec<u8>) {
         match self.session.exp_eof() {
             Ok(rest) => self.transcript.push_str(&rest),
             Err(e) => panic!("waiting for the end: {e}\n--- transcript ---\n{}", self.transcript),
