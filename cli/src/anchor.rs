@@ -84,6 +84,12 @@ struct AnchorNote {
     quickstart_machine: Option<String>,
 }
 
+/// The sealed keys the note names (of the machine anchored last): they must stay sealed while the
+/// note names them, since they speak for that machine when the log no longer shows its registration.
+pub fn sealed_keys(ctx: &Context) -> Vec<SealedRef> {
+    AnchorNote::load(&ctx.data_dir).anchored.and_then(|a| a.registration_key).into_iter().collect()
+}
+
 /// Marks `machine_id` as registered with quickstart's in-process vault (see `quickstart_machine`).
 pub fn mark_quickstart_machine(ctx: &Context, machine_id: &str) {
     let mut note = AnchorNote::load(&ctx.data_dir);
@@ -237,6 +243,9 @@ struct MachineIdentity {
 /// when they are those, else the last load of them in the log (credentials may be loaded again
 /// after registering).
 fn registration_key(store: &EventStore, state: &State, registration: &Registration) -> Option<SealedRef> {
+    if let Some(key) = &registration.private_key {
+        return Some(key.clone());
+    }
     if let Some(loaded) = &state.credentials
         && loaded.facts.thumbprint == registration.thumbprint
     {
@@ -437,7 +446,7 @@ fn registered(store: &EventStore, what: &str) -> Result<(State, Head, Registrati
 pub fn anchor_now(ctx: &Context, endpoint: Option<String>, ca_file: Option<PathBuf>) -> Result<u8, Failure> {
     crate::check_no_credentials(None, endpoint.as_deref())?;
     use_ca_file(ca_file.as_deref());
-    let store = ctx.open_store()?;
+    let store = ctx.open_existing_store()?.ok_or_else(|| not_registered("to send its log head to"))?;
     let (state, head, registration) = registered(&store, "to send its log head to")?;
     let mut note = AnchorNote::load(&ctx.data_dir);
     // The store stays open: the head sent is the head of the log until the vault answers.
@@ -591,7 +600,9 @@ pub fn verify_against_vault(ctx: &Context, endpoint: Option<String>, ca_file: Op
     use_ca_file(ca_file.as_deref());
     let mut note = AnchorNote::load(&ctx.data_dir);
     // Read who the machine is, then let go of the store while the vault is asked.
-    let (machine, signer, registration_lost) = machine_to_check(ctx, &ctx.open_store()?, &note, endpoint.as_deref())?;
+    let store = ctx.open_existing_store()?.ok_or_else(|| not_registered("whose anchor to check against"))?;
+    let (machine, signer, registration_lost) = machine_to_check(ctx, &store, &note, endpoint.as_deref())?;
+    drop(store);
     let options = ClientOptions { ca_file: note.ca_file(), ..ClientOptions::default() };
     let fetched = client(options).and_then(|client| client.fetch_log_head(&signer));
     let anchor = match fetched {

@@ -383,10 +383,9 @@ pub struct PassphraseChangeArgs {
     /// Where to save the generated passphrase: a new file, mode 0600.
     #[arg(long, value_name = "F", requires = "generate")]
     pub save_to: Option<PathBuf>,
-    /// The security PIN from `regent vault pin` (valid 5 minutes, used once).
-    #[arg(long, value_name = "PIN", conflicts_with = "security_pin_env")]
-    pub security_pin: Option<String>,
-    /// Read the security PIN from this environment variable (for scripts).
+    /// Read the security PIN from `regent vault pin` (valid 5 minutes, used once) from this
+    /// environment variable, for scripts; without it, it is asked for at a masked prompt. Never
+    /// on the command line, where every user sees it in `ps`.
     #[arg(long, value_name = "VAR")]
     pub security_pin_env: Option<String>,
     /// A CA certificate (PEM) to trust for an HTTPS vault, beside the system roots.

@@ -20,6 +20,9 @@ const CLI_CACHE_BYTES: u64 = 8 * 1024 * 1024;
 pub struct Context {
     pub json: bool,
     pub data_dir: PathBuf,
+    /// The data dir was named (`--data-dir`, `REGENT_DATA_DIR`), not the default: a read-only
+    /// command refuses one that does not exist, since it is more likely mistyped than new.
+    pub data_dir_named: bool,
 }
 
 impl Context {
@@ -30,7 +33,44 @@ impl Context {
                 Failure::usage("no home directory to keep data in; pass --data-dir DIR or set REGENT_DATA_DIR")
             })?,
         };
-        Ok(Context { json: global.json, data_dir })
+        Ok(Context { json: global.json, data_dir, data_dir_named: global.data_dir.is_some() })
+    }
+
+    /// The log, opened anew for each phase of a step (see `regent_engine::ports::LogAccess`).
+    pub fn log(&self) -> ContextLog<'_> {
+        ContextLog(self)
+    }
+
+    /// The store for a command that only reads: `None` when nothing was recorded yet. Creates
+    /// nothing: a data dir named but missing is a mistake said as one; the default one not made
+    /// yet is a machine where nothing happened.
+    pub fn open_existing_store(&self) -> Result<Option<EventStore>, Failure> {
+        if !self.data_dir.exists() {
+            if self.data_dir_named {
+                return Err(Failure::store(format!(
+                    "there is no data directory at {} (named by --data-dir or REGENT_DATA_DIR); check the path, or start one there with a step such as `regent folders`",
+                    self.data_dir.display()
+                ))
+                .because("data_dir_missing"));
+            }
+            return Ok(None);
+        }
+        if !self.store_dir().exists() {
+            let holds = ["machine.key", "secrets", "log-anchor.json"]
+                .into_iter()
+                .filter(|name| self.data_dir.join(name).exists())
+                .collect::<Vec<_>>();
+            if holds.is_empty() {
+                return Ok(None);
+            }
+            return Err(Failure::store(format!(
+                "the store folder {} is missing, though the data directory holds {}: the log was deleted or moved; put it back, or restore it from an export with `regent import FILE`",
+                self.store_dir().display(),
+                holds.join(", ")
+            ))
+            .because("store_damaged"));
+        }
+        self.open_store().map(Some)
     }
 
     pub fn store_dir(&self) -> PathBuf {
@@ -39,6 +79,10 @@ impl Context {
 
     /// Opens the store, saying on stderr that we wait if another regent holds it.
     pub fn open_store(&self) -> Result<EventStore, Failure> {
+        Ok(self.open_store_raw()?)
+    }
+
+    fn open_store_raw(&self) -> Result<EventStore, regent_store::StoreError> {
         let options = StoreOptions { cache_bytes: CLI_CACHE_BYTES, ..StoreOptions::default() };
         let data_dir = self.data_dir.display().to_string();
         let store = EventStore::open_with_notice(self.store_dir(), &options, |wait| {
@@ -68,6 +112,16 @@ fn create_private_dir(dir: &Path) -> Result<(), Failure> {
     })
 }
 
+/// The log as the engine opens it: through [`Context::open_store`], which waits for another
+/// regent (saying so) and reports a damaged store.
+pub struct ContextLog<'a>(&'a Context);
+
+impl regent_engine::ports::LogAccess for ContextLog<'_> {
+    fn open(&self) -> Result<EventStore, regent_store::StoreError> {
+        self.0.open_store_raw()
+    }
+}
+
 /// The vault for commands that never reach it. Being asked anything is a bug, answered as one.
 pub struct NoVault;
 
@@ -89,7 +143,7 @@ pub fn real_world<'a>(secrets: &'a SecretsArea, vault: &'a dyn VaultClient) -> W
         files: &world::LocalFiles,
         random: &world::OsRandom,
         secrets,
-        passphrase_files: &world::NewSecretFiles,
+        passphrase_files: &world::KeptPassphraseFiles,
         vault,
         machine_name: world::host_name(),
     }

@@ -34,15 +34,27 @@ fn main() -> ExitCode {
     }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(err) => return ExitCode::from(terminal::clap_error(err, EXIT_USAGE)),
+        Err(err) => {
+            // A script that asked for JSON reads the failure from stdout too.
+            if err.use_stderr() && std::env::args_os().any(|a| a == "--json") {
+                let first =
+                    err.to_string().lines().next().unwrap_or_default().trim_start_matches("error: ").to_string();
+                terminal::json_line(serde_json::json!({ "error": Failure::usage(first).json() }));
+            }
+            return ExitCode::from(terminal::clap_error(err, EXIT_USAGE));
+        }
     };
     init_logging(&cli.global);
+    let json = cli.global.json;
     let outcome = Context::new(&cli.global).and_then(|ctx| run(&ctx, cli.command));
     match outcome {
         Ok(code) => ExitCode::from(terminal::exit_code(code)),
         Err(failure) => {
+            if json && !failure.reported {
+                terminal::json_line(serde_json::json!({ "error": failure.json() }));
+            }
             terminal::errln!("regent: {}", failure.message);
-            ExitCode::from(failure.code)
+            ExitCode::from(failure.exit)
         }
     }
 }
@@ -63,8 +75,8 @@ fn run(ctx: &Context, command: Command) -> Result<u8, Failure> {
         Command::Folders(a) => steps::run(
             ctx,
             Step::ChooseFolders {
-                install_dir: a.install_dir,
-                scratch_dir: a.scratch_dir,
+                install_dir: text_path(a.install_dir),
+                scratch_dir: text_path(a.scratch_dir),
                 backup_size_bytes: a.backup_size,
             },
             SecretInputs::default(),
@@ -73,11 +85,11 @@ fn run(ctx: &Context, command: Command) -> Result<u8, Failure> {
             run_proxy(ctx, proxy)
         }
         Command::Credentials(CredentialsCommand::Load { file }) => {
-            let file = std::path::absolute(&file).unwrap_or(file);
+            let file = text_path(std::path::absolute(&file).unwrap_or(file));
             steps::run(ctx, Step::LoadCredentials { file }, SecretInputs::default())
         }
         Command::Passphrase(PassphraseCommand::Generate { save_to }) => {
-            let save_to = std::path::absolute(&save_to).unwrap_or(save_to);
+            let save_to = text_path(std::path::absolute(&save_to).unwrap_or(save_to));
             steps::run(ctx, Step::SetPassphrase { save_to: Some(save_to) }, SecretInputs::default())
         }
         Command::Passphrase(PassphraseCommand::Set(source)) => {
@@ -102,7 +114,7 @@ fn run(ctx: &Context, command: Command) -> Result<u8, Failure> {
         Command::Status => views::status(ctx),
         Command::Properties { change: None } => views::properties(ctx),
         Command::Properties { change: Some(PropertiesCommand::ScratchDir { dir }) } => {
-            steps::run(ctx, Step::MoveScratch { scratch_dir: dir }, SecretInputs::default())
+            steps::run(ctx, Step::MoveScratch { scratch_dir: text_path(dir) }, SecretInputs::default())
         }
         Command::Properties { change: Some(PropertiesCommand::Throttling(throttling)) } => {
             run_throttling(ctx, throttling)
@@ -173,13 +185,13 @@ fn vault_client(ca_file: Option<&std::path::Path>) -> Result<regent_vault::HttpV
 }
 
 fn change_passphrase(ctx: &Context, a: PassphraseChangeArgs) -> Result<u8, Failure> {
-    let pin = match (&a.security_pin, &a.security_pin_env) {
-        (Some(pin), _) => secrecy::SecretString::from(pin.clone()),
-        (None, Some(var)) => secret_input::from_env("security PIN", var)?,
-        (None, None) => secret_input::prompt("security PIN", false, "--security-pin PIN or --security-pin-env VAR")?,
+    // Never from the command line: argv is visible to every user in `ps`.
+    let pin = match &a.security_pin_env {
+        Some(var) => secret_input::from_env("security PIN", var)?,
+        None => secret_input::prompt("security PIN", false, "--security-pin-env VAR")?,
     };
     let (save_to, passphrase) = if a.generate {
-        (a.save_to.map(|p| std::path::absolute(&p).unwrap_or(p)), None)
+        (a.save_to.map(|p| text_path(std::path::absolute(&p).unwrap_or(p))), None)
     } else {
         (None, Some(read_passphrase(&a.source, "--passphrase-stdin or --generate --save-to F")?))
     };
@@ -234,7 +246,16 @@ fn parse_hours(text: &str) -> Result<(chrono::NaiveTime, chrono::NaiveTime), Fai
     Ok((time(start)?, time(end)?))
 }
 
-fn read_passphrase(source: &PassphraseSource, flags: &str) -> Result<secrecy::SecretString, Failure> {
+/// A path as the log records it: text. Bytes that are not UTF-8 become U+FFFD, which the engine
+/// refuses as a path that is not text (recorded), instead of failing to write the step.
+pub(crate) fn text_path(path: std::path::PathBuf) -> std::path::PathBuf {
+    match path.into_os_string().into_string() {
+        Ok(text) => text.into(),
+        Err(raw) => raw.to_string_lossy().into_owned().into(),
+    }
+}
+
+fn read_passphrase(source: &PassphraseSource, flags: &str) -> Result<regent_engine::service::SecretInput, Failure> {
     match source {
         PassphraseSource { passphrase_stdin: true, .. } => secret_input::from_stdin("passphrase"),
         PassphraseSource { passphrase_file: Some(path), .. } => secret_input::from_file("passphrase", path),

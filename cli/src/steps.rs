@@ -3,7 +3,7 @@
 use regent_engine::model::{Command, Outcome};
 use regent_engine::ports::VaultClient;
 use regent_engine::projections;
-use regent_engine::service::{Registrar, SecretInputs, StepResult};
+use regent_engine::service::{Executed, Registrar, SecretInputs, StepResult};
 use secrecy::ExposeSecret;
 use serde_json::json;
 
@@ -43,16 +43,17 @@ pub fn execute(
     secrets: SecretInputs,
     vault: &dyn VaultClient,
 ) -> Result<(StepResult, Option<StepAnchor>), Failure> {
-    let store = ctx.open_store()?;
     let area = ctx.secrets_area()?;
     let world = real_world(&area, vault);
-    let registrar = Registrar::new(&store);
+    let log = ctx.log();
+    // The key log-anchor.json names stays sealed: it speaks for the machine if the log was cut.
+    let registrar = Registrar::new(&log).keeping(anchor::sealed_keys(ctx));
     // Unregister forgets the registration under which its own head is still reported.
     let before = match command {
         Command::Unregister => registrar.state()?.0.registration,
         _ => None,
     };
-    let result = registrar.execute(&world, world::actor(), command, secrets)?;
+    let Executed { result, store } = registrar.execute(&world, world::actor(), command, secrets)?;
     // Every step appends (refusals too), so while registered the new head goes to the vault. The
     // store stays open meanwhile: heads reach the vault in log order.
     let registration = result.state.registration.clone().or(before);
@@ -64,12 +65,13 @@ fn report(ctx: &Context, result: &StepResult, anchored: Option<&StepAnchor>) -> 
     let log_anchor = anchored.map_or(serde_json::Value::Null, StepAnchor::json);
     let status = projections::status(&result.state, result.head);
     let summary = projections::summary(&result.record.outcome);
-    let warnings = match &result.record.outcome {
+    let mut warnings = match &result.record.outcome {
         Outcome::Accepted(
             regent_engine::model::Change::PassphraseCreated(e) | regent_engine::model::Change::PassphraseChanged(e),
         ) => e.warnings.clone(),
         _ => Vec::new(),
     };
+    warnings.extend(result.notes.iter().cloned());
     match &result.record.outcome {
         Outcome::Accepted(_) => {
             if ctx.json {
@@ -98,6 +100,10 @@ fn report(ctx: &Context, result: &StepResult, anchored: Option<&StepAnchor>) -> 
             Ok(0)
         }
         Outcome::Refused(refusal) => {
+            let mut failure = Failure::refused(format!("{}: {}", refusal.reason, refusal.message));
+            for note in &result.notes {
+                errln!("warning: {note}");
+            }
             if ctx.json {
                 let line = json!({
                     "position": result.position,
@@ -107,10 +113,12 @@ fn report(ctx: &Context, result: &StepResult, anchored: Option<&StepAnchor>) -> 
                     "message": refusal.message,
                     "status": status,
                     "log_anchor": log_anchor,
+                    "error": failure.json(),
                 });
                 terminal::json_line(line);
+                failure.reported = true;
             }
-            Err(Failure::refused(format!("{}: {}", refusal.reason, refusal.message)))
+            Err(failure)
         }
     }
 }

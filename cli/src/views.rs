@@ -14,15 +14,27 @@ use crate::context::Context;
 use crate::failure::Failure;
 use crate::terminal::{self, errln, outln};
 
+/// The state, for a command that only reads: nothing recorded yet is the empty state, and nothing
+/// is created to find that out.
+fn read_state(ctx: &Context) -> Result<(State, Head, Option<EventStore>), Failure> {
+    match ctx.open_existing_store()? {
+        Some(store) => {
+            let (state, head) = projections::current_state(&store)?;
+            Ok((state, head, Some(store)))
+        }
+        None => Ok((State::default(), Head::EMPTY, None)),
+    }
+}
+
 pub fn status(ctx: &Context) -> Result<u8, Failure> {
-    let store = ctx.open_store()?;
-    let (state, head) = projections::current_state(&store)?;
+    let (state, head, store) = read_state(ctx)?;
+    let damage = store.as_ref().and_then(|s| s.damage().map(str::to_string));
     let status = projections::status(&state, head);
     let sealed = sealed_health(ctx, &state);
     if ctx.json {
         let mut value = serde_json::to_value(&status).map_err(|e| Failure::store(e.to_string()))?;
         value["sealed_secrets"] = json!(sealed);
-        value["store_damage"] = json!(store.damage());
+        value["store_damage"] = json!(damage);
         value["log_anchor"] = crate::anchor::status_json(ctx, &state, head);
         terminal::json_line(value);
         return Ok(0);
@@ -32,7 +44,7 @@ pub fn status(ctx: &Context) -> Result<u8, Failure> {
         outln!("{:<14}{anchor}", "anchor");
     }
     outln!("{:<14}{sealed}", "secrets");
-    if let Some(damage) = store.damage() {
+    if let Some(damage) = &damage {
         outln!("{:<14}DAMAGED: {damage}", "store");
     }
     Ok(0)
@@ -91,8 +103,7 @@ fn sealed_health(ctx: &Context, state: &State) -> String {
 }
 
 pub fn properties(ctx: &Context) -> Result<u8, Failure> {
-    let store = ctx.open_store()?;
-    let (state, _) = projections::current_state(&store)?;
+    let (state, _, _) = read_state(ctx)?;
     let properties = projections::properties(&state);
     if ctx.json {
         terminal::json_line(serde_json::to_string(&properties).map_err(|e| Failure::store(e.to_string()))?);
@@ -181,7 +192,7 @@ pub fn print_properties(p: &Properties) {
 }
 
 pub fn audit(ctx: &Context, filter: AuditFilter) -> Result<u8, Failure> {
-    let store = ctx.open_store()?;
+    let store = ctx.open_existing_store()?;
     let mut out = terminal::Lines::stdout();
     let io = |e: std::io::Error| Failure::refused(format!("cannot write the audit trail: {e}"));
     if !ctx.json {
@@ -191,6 +202,10 @@ pub fn audit(ctx: &Context, filter: AuditFilter) -> Result<u8, Failure> {
         ))
         .map_err(io)?;
     }
+    let Some(store) = store else {
+        out.flush().map_err(io)?;
+        return Ok(0);
+    };
     for entry in projections::audit(store.read_all(1), &filter) {
         let entry = entry?;
         if ctx.json {
@@ -220,7 +235,16 @@ pub fn verify(ctx: &Context, file: Option<&Path>, head: Option<Head>) -> Result<
                 .map_err(|e| Failure::refused(format!("cannot read {}: {e}; check the path", file.display())))?;
             regent_store::verify_export(BufReader::with_capacity(256 * 1024, input), head)?.1
         }
-        None => ctx.open_store()?.verify(head)?,
+        None => match (ctx.open_existing_store()?, head) {
+            (Some(store), _) => store.verify(head)?,
+            (None, None) => VerifyReport { records: 0, verified_head: Head::EMPTY, failure: None },
+            (None, Some(head)) => {
+                return Err(Failure::refused(format!(
+                    "log_tail_cut: there is no log in {} at all, but it was to reach head {head}; restore it from an export with `regent import FILE`",
+                    ctx.data_dir.display()
+                )));
+            }
+        },
     };
     print_report(&report, ctx.json);
     match &report.failure {
@@ -248,7 +272,12 @@ pub(crate) fn print_report(report: &VerifyReport, json: bool) {
 }
 
 pub fn export(ctx: &Context, output: Option<&Path>) -> Result<u8, Failure> {
-    let store = ctx.open_store()?;
+    let store = ctx.open_existing_store()?.ok_or_else(|| {
+        Failure::refused(format!(
+            "nothing_recorded: there is no log in {} yet, so there is nothing to export",
+            ctx.data_dir.display()
+        ))
+    })?;
     let writer = concat!("regent ", env!("CARGO_PKG_VERSION"));
     match output {
         Some(path) => {

@@ -38,8 +38,8 @@ fn unattended(ctx: &Context, a: WizardArgs) -> Result<u8, Failure> {
     // clap requires these with --unattended; an absent one is still a usage error, never a panic.
     let needed =
         |value: Option<PathBuf>, flag: &str| value.ok_or_else(|| Failure::usage(format!("--unattended needs {flag}")));
-    let install_dir = needed(a.install_dir, "--install-dir DIR")?;
-    let scratch_dir = needed(a.scratch_dir, "--scratch-dir DIR")?;
+    let install_dir = crate::text_path(needed(a.install_dir, "--install-dir DIR")?);
+    let scratch_dir = crate::text_path(needed(a.scratch_dir, "--scratch-dir DIR")?);
     let credentials = needed(a.credentials, "--credentials FILE")?;
     let backup_size_bytes = a.backup_size.ok_or_else(|| Failure::usage("--unattended needs --backup-size SIZE"))?;
     let proxy_password = match (&a.proxy_password_env, a.proxy_password_stdin) {
@@ -65,12 +65,12 @@ fn unattended(ctx: &Context, a: WizardArgs) -> Result<u8, Failure> {
         let command = Step::SetProxy { host, port, username: a.proxy_user, password_given: proxy_password.is_some() };
         steps::run(ctx, command, SecretInputs { proxy_password, ..Default::default() })?;
     }
-    let credentials = std::path::absolute(&credentials).unwrap_or(credentials);
+    let credentials = crate::text_path(std::path::absolute(&credentials).unwrap_or(credentials));
     steps::run(ctx, Step::LoadCredentials { file: credentials }, SecretInputs::default())?;
     // A re-run after a failed registration keeps the passphrase it already created: generating
     // again would refuse the existing file, and a new passphrase would orphan the saved one.
     if state.encryption.is_none() || passphrase.is_some() {
-        let save_to = a.generate_passphrase_to.map(|p| std::path::absolute(&p).unwrap_or(p));
+        let save_to = a.generate_passphrase_to.map(|p| crate::text_path(std::path::absolute(&p).unwrap_or(p)));
         steps::run(ctx, Step::SetPassphrase { save_to }, SecretInputs { passphrase, ..Default::default() })?;
     }
     steps::run_with_vault(ctx, Step::Register { endpoint_override: a.endpoint }, SecretInputs::default(), &vault)
@@ -432,7 +432,7 @@ impl Wizard<'_> {
             let host = host.trim().to_string();
             self.answers.proxy = Some(ProxyAnswer { host: host.clone(), port, username: username.clone() });
             let command = Step::SetProxy { host, port, username, password_given: password.is_some() };
-            let secrets = SecretInputs { proxy_password: password, ..SecretInputs::default() };
+            let secrets = SecretInputs { proxy_password: password.map(Into::into), ..SecretInputs::default() };
             if let Some(Change::ProxySet(p)) = self.record(command, secrets)? {
                 self.proxy_answered = true;
                 say(format!("Proxy set: {}.", proxy_text(&p.host, u32::from(p.port), p.username.as_deref())));
@@ -503,7 +503,7 @@ impl Wizard<'_> {
                     Some(&default),
                     "A new file in an existing folder, mode 0600; regent never overwrites one",
                 )?;
-                let save_to = std::path::absolute(&save_to).unwrap_or(save_to);
+                let save_to = crate::text_path(std::path::absolute(&save_to).unwrap_or(save_to));
                 self.answers.save_to = Some(save_to.clone());
                 (Step::SetPassphrase { save_to: Some(save_to) }, SecretInputs::default())
             } else {
@@ -514,7 +514,7 @@ impl Wizard<'_> {
                 ))?;
                 (
                     Step::SetPassphrase { save_to: None },
-                    SecretInputs { passphrase: Some(passphrase), ..Default::default() },
+                    SecretInputs { passphrase: Some(passphrase.into()), ..Default::default() },
                 )
             };
             let result = self.execute(command, secrets, &NoVault)?;
@@ -605,6 +605,9 @@ impl Wizard<'_> {
         let (result, anchored) = steps::execute(self.ctx, command, secrets, vault)?;
         if let Some(warning) = anchored.as_ref().and_then(crate::anchor::StepAnchor::warning) {
             say(format!("Warning: {warning}"));
+        }
+        for note in &result.notes {
+            say(format!("Note: {note}"));
         }
         Ok(result)
     }

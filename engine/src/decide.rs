@@ -8,8 +8,8 @@ use chrono::{DateTime, Duration, Utc};
 
 use crate::model::{
     Change, Command, CredentialFacts, CredentialsObserved, Encryption, FolderFacts, Folders, LoadedCredentials,
-    Observations, Outcome, PassphraseObserved, PassphraseOrigin, PinAnswer, Proxy, Refusal, Registration, SecretKind,
-    Throttling, UnreadableKind, Unsealable, VaultAnswer,
+    Observations, Outcome, PassphraseObserved, PassphraseOrigin, PinAnswer, Proxy, Refusal, Registration,
+    RegistrationAttempt, SecretKind, Throttling, UnreadableKind, Unsealable, VaultAnswer,
 };
 use crate::reason::{Reason, Step};
 use crate::state::State;
@@ -77,7 +77,21 @@ pub fn precheck(state: &State, command: &Command) -> Option<Refusal> {
                 .and_then(|message| refuse(Reason::InvalidProxy, message))
         }
         Command::ClearProxy => None,
-        Command::LoadCredentials { .. } => state.folders.is_none().then_some(Step::Folders).and_then(out_of_order),
+        Command::LoadCredentials { file } => {
+            if let Some(problem) = path_problem(file) {
+                return refuse(
+                    Reason::CredentialsUnreadable,
+                    format!("the credentials file's path {problem}; copy the file to a path of plain text and load it from there"),
+                );
+            }
+            state.folders.is_none().then_some(Step::Folders).and_then(out_of_order)
+        }
+        Command::SetPassphrase { save_to } | Command::ChangePassphrase { save_to }
+            if save_to.as_deref().and_then(path_problem).is_some() =>
+        {
+            let problem = save_to.as_deref().and_then(path_problem).unwrap_or_default();
+            refuse(Reason::PassphraseInvalid, format!("the file to save the passphrase to {problem}; name another file"))
+        }
         Command::SetPassphrase { .. } => {
             if registered.is_some() {
                 return refuse(
@@ -166,6 +180,12 @@ fn decide_observed(state: &State, command: &Command, observed: &Observations) ->
             }))
         }
         Command::SetProxy { host, port, username, password_given } => {
+            if let Some(problem) = &observed.proxy_password_problem {
+                return Err(refuse(
+                    Reason::InvalidProxy,
+                    format!("the proxy password cannot be used: {problem}; give it as one line of at most 1 KiB"),
+                ));
+            }
             let password = match password_given {
                 true => Some(needed(step, "sealed proxy password", observed.proxy_password.as_ref())?.clone()),
                 false => None,
@@ -215,24 +235,59 @@ fn decide_observed(state: &State, command: &Command, observed: &Observations) ->
             let encryption = check_passphrase(step, state, save_to.as_deref(), passphrase, now)?;
             Ok(Change::PassphraseCreated(encryption))
         }
+        Command::Register { endpoint_override } if observed.vault.is_none() && state.attempt.is_none() => {
+            // Starting: the request id is recorded before the vault hears of it.
+            let credentials = state.credentials.as_ref().ok_or_else(|| refuse(Reason::StepOutOfOrder, "".into()))?;
+            check_validity(&credentials.facts, now).map_err(|m| refuse(Reason::CredentialsExpired, m))?;
+            let request_id = needed(step, "registration request id", observed.request_id.as_ref())?;
+            Ok(Change::RegistrationAttempted(RegistrationAttempt {
+                request_id: request_id.clone(),
+                thumbprint: credentials.facts.thumbprint.clone(),
+                vault: credentials.facts.vault.clone(),
+                endpoint: endpoint_override.clone().unwrap_or_else(|| credentials.facts.endpoint.clone()),
+                private_key: credentials.private_key.clone(),
+                started_at: now,
+            }))
+        }
+        Command::Register { endpoint_override } if state.attempt.is_some() => {
+            let attempt = state.attempt.as_ref().ok_or_else(|| refuse(Reason::StepOutOfOrder, "".into()))?;
+            if observed.request_id.as_ref() != Some(&attempt.request_id) {
+                return Err(refuse(
+                    Reason::StepOutOfOrder,
+                    "the registration changed while the vault was asked (another regent command ran meanwhile); run `regent status`, then `regent register` again".into(),
+                ));
+            }
+            if let Some(Unsealable { secret, detail }) = &observed.unsealable {
+                return Err(unsealable_refusal(step, *secret, detail));
+            }
+            match needed(step, "vault's answer", observed.vault.as_ref())? {
+                VaultAnswer::Registered { machine_id, vault, registered_at } => Ok(Change::Registered(Registration {
+                    vault: vault.clone(),
+                    machine_id: machine_id.clone(),
+                    registered_at: *registered_at,
+                    endpoint: endpoint_override.clone().unwrap_or_else(|| attempt.endpoint.clone()),
+                    thumbprint: attempt.thumbprint.clone(),
+                    private_key: Some(attempt.private_key.clone()),
+                    request_id: Some(attempt.request_id.clone()),
+                })),
+                VaultAnswer::Refused { reason, detail } => {
+                    let mut message = vault_refusal_message(*reason, detail, &attempt.vault.name);
+                    let loaded = state.credentials.as_ref().map(|c| c.facts.thumbprint.as_str());
+                    if reason.ends_registration_attempt() && loaded != Some(attempt.thumbprint.as_str()) {
+                        message.push_str(
+                            " (this registration was started with the credentials loaded before the current ones; `regent register` now starts one with the current ones)",
+                        );
+                    }
+                    Err(refuse(*reason, message))
+                }
+            }
+        }
         Command::Register { endpoint_override } => {
+            // A log written before schema 3: the answer came without a recorded start.
             let credentials = state.credentials.as_ref().ok_or_else(|| refuse(Reason::StepOutOfOrder, "".into()))?;
             check_validity(&credentials.facts, now).map_err(|m| refuse(Reason::CredentialsExpired, m))?;
             if let Some(Unsealable { secret, detail }) = &observed.unsealable {
-                return Err(match secret {
-                    SecretKind::ProxyPassword => refuse(
-                        Reason::InvalidProxy,
-                        format!(
-                            "the saved proxy password cannot be opened ({detail}); set it again with `regent proxy set`"
-                        ),
-                    ),
-                    _ => refuse(
-                        Reason::CredentialsUnreadable,
-                        format!(
-                            "the saved credentials key cannot be opened ({detail}); load the vault credentials file again"
-                        ),
-                    ),
-                });
+                return Err(unsealable_refusal(step, *secret, detail));
             }
             match needed(step, "vault's answer", observed.vault.as_ref())? {
                 VaultAnswer::Registered { machine_id, vault, registered_at } => Ok(Change::Registered(Registration {
@@ -241,8 +296,12 @@ fn decide_observed(state: &State, command: &Command, observed: &Observations) ->
                     registered_at: *registered_at,
                     endpoint: endpoint_override.clone().unwrap_or_else(|| credentials.facts.endpoint.clone()),
                     thumbprint: credentials.facts.thumbprint.clone(),
+                    private_key: None,
+                    request_id: None,
                 })),
-                VaultAnswer::Refused { reason, detail } => Err(refuse(*reason, vault_refusal_message(*reason, detail))),
+                VaultAnswer::Refused { reason, detail } => {
+                    Err(refuse(*reason, vault_refusal_message(*reason, detail, &credentials.facts.vault.name)))
+                }
             }
         }
         Command::Unregister => {
@@ -275,6 +334,22 @@ fn decide_observed(state: &State, command: &Command, observed: &Observations) ->
         }
         Command::ThrottlingOff => Ok(Change::ThrottlingOff),
         Command::ChangePassphrase { save_to } => {
+            // What can be refused here is refused before the vault is asked: a PIN is spent only
+            // on a change that will be made.
+            if let Some(problem) = &observed.pin_problem {
+                return Err(refuse(
+                    Reason::SecurityPinInvalid,
+                    format!(
+                        "{problem}; get one with `regent vault pin` and give it with --security-pin-env VAR or at the prompt"
+                    ),
+                ));
+            }
+            if let Some(passphrase) = &observed.passphrase {
+                check_passphrase_rules(step, save_to.as_deref(), passphrase)?;
+            }
+            if let Some(Unsealable { secret, detail }) = &observed.unsealable {
+                return Err(unsealable_refusal(step, *secret, detail));
+            }
             match needed(step, "vault's answer on the security PIN", observed.pin.as_ref())? {
                 PinAnswer::Refused { detail, .. } => {
                     return Err(refuse(
@@ -301,6 +376,26 @@ fn decide_observed(state: &State, command: &Command, observed: &Observations) ->
     }
 }
 
+/// A sealed secret the step needed could not be opened.
+fn unsealable_refusal(step: Step, secret: SecretKind, detail: &str) -> Refusal {
+    match secret {
+        SecretKind::ProxyPassword => Refusal {
+            step,
+            reason: Reason::InvalidProxy,
+            message: format!(
+                "the saved proxy password cannot be opened ({detail}); set it again with `regent proxy set`"
+            ),
+        },
+        _ => Refusal {
+            step,
+            reason: Reason::CredentialsUnreadable,
+            message: format!(
+                "the saved credentials key cannot be opened ({detail}); load the vault credentials file again"
+            ),
+        },
+    }
+}
+
 /// A PIN is good from when the vault issued it until 5 minutes later (a little clock skew either
 /// way is tolerated by the same margin). Subtraction only: times come from the log, and adding to
 /// an extreme recorded time would overflow.
@@ -318,8 +413,25 @@ fn needed<'a, T>(step: Step, what: &str, value: Option<&'a T>) -> Result<&'a T, 
     })
 }
 
+/// What makes a path unusable as text: bytes that are not UTF-8 (the command line turns them into
+/// U+FFFD, so the path recorded would not be the path on disk), or control characters (a line
+/// break in a path forges lines wherever it is shown).
+fn path_problem(path: &Path) -> Option<String> {
+    let text = path.to_string_lossy();
+    if text.contains('\u{fffd}') {
+        return Some("is not valid UTF-8 text (shown with U+FFFD where its bytes are not)".into());
+    }
+    if text.chars().any(char::is_control) {
+        return Some("holds a control character (a line break, a tab, an escape)".into());
+    }
+    None
+}
+
 fn check_folder_paths(install: &Path, scratch: &Path) -> Result<(), String> {
     for (what, path) in [("install", install), ("scratch", scratch)] {
+        if let Some(problem) = path_problem(path) {
+            return Err(format!("the {what} folder's path {problem}; choose a folder whose path is plain text"));
+        }
         if !path.is_absolute() {
             return Err(format!(
                 "the {what} folder must be an absolute path, e.g. /opt/regent; got {}",
@@ -359,6 +471,16 @@ fn normalize(path: &Path) -> PathBuf {
 fn check_folder(what: &str, path: &Path, facts: &FolderFacts) -> Result<(), String> {
     if let Some(problem) = &facts.problem {
         return Err(format!("the {what} folder {} cannot be used: {problem}", path.display()));
+    }
+    if !facts.existed && !facts.created {
+        // Looked at before creating anything: it is created once the step is accepted.
+        if facts.creatable {
+            return Ok(());
+        }
+        return Err(format!(
+            "the {what} folder {} does not exist and cannot be created: its nearest existing parent is not a folder this user may write to; create it, or choose another",
+            path.display()
+        ));
     }
     if !facts.is_dir {
         return Err(format!("the {what} folder {} is not a directory; choose a directory", path.display()));
@@ -481,14 +603,21 @@ fn same_vault(state: &State, facts: &CredentialFacts) -> bool {
     }
 }
 
-fn check_passphrase(
-    step: Step,
-    state: &State,
-    save_to: Option<&Path>,
-    observed: &PassphraseObserved,
-    now: DateTime<Utc>,
-) -> Result<Encryption, Refusal> {
+/// The rules a passphrase must meet, and its file must, before anything else is done with it.
+fn check_passphrase_rules(step: Step, save_to: Option<&Path>, observed: &PassphraseObserved) -> Result<(), Refusal> {
     let refuse = |reason, message| Refusal { step, reason, message };
+    if let Some(problem) = &observed.input_problem {
+        return Err(refuse(
+            Reason::PassphraseInvalid,
+            format!("the passphrase given cannot be used: {problem}; give it as one line of at most 1 KiB"),
+        ));
+    }
+    if observed.blank {
+        return Err(refuse(
+            Reason::PassphraseInvalid,
+            "the passphrase is only whitespace; type a real one, or generate one with `regent passphrase generate --save-to FILE`".into(),
+        ));
+    }
     if let (Some(path), Some(problem)) = (save_to, &observed.save_problem) {
         return Err(refuse(
             Reason::PassphraseInvalid,
@@ -513,9 +642,31 @@ fn check_passphrase(
             "the passphrase may use only printable ASCII characters (letters, digits, punctuation and spaces)".into(),
         ));
     }
-    let verifier = observed.verifier.clone().ok_or_else(|| {
-        refuse(Reason::PassphraseInvalid, "internal: no verifier was computed; this is a bug in regent".into())
-    })?;
+    if observed.edge_whitespace {
+        return Err(refuse(
+            Reason::PassphraseInvalid,
+            "the passphrase starts or ends with whitespace, which is easy to lose when it is typed again; remove it"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+fn check_passphrase(
+    step: Step,
+    state: &State,
+    save_to: Option<&Path>,
+    observed: &PassphraseObserved,
+    now: DateTime<Utc>,
+) -> Result<Encryption, Refusal> {
+    let refuse = |reason, message| Refusal { step, reason, message };
+    check_passphrase_rules(step, save_to, observed)?;
+    if observed.verifier.is_none() && observed.verifier_sealed.is_none() {
+        return Err(refuse(
+            Reason::PassphraseInvalid,
+            "internal: no verifier was computed; this is a bug in regent".into(),
+        ));
+    }
     let origin = match (save_to, &observed.saved_to) {
         (Some(_), Some(saved_to)) => PassphraseOrigin::Generated { saved_to: saved_to.clone() },
         (Some(path), None) => PassphraseOrigin::Generated { saved_to: path.to_path_buf() },
@@ -533,11 +684,27 @@ fn check_passphrase(
             }
         }
     }
-    Ok(Encryption { origin, verifier, sealed: observed.sealed.clone(), set_at: now, warnings })
+    Ok(Encryption {
+        origin,
+        verifier: observed.verifier.clone(),
+        verifier_sealed: observed.verifier_sealed.clone(),
+        sealed: observed.sealed.clone(),
+        set_at: now,
+        warnings,
+    })
 }
 
-fn vault_refusal_message(reason: Reason, detail: &str) -> String {
+fn vault_refusal_message(reason: Reason, detail: &str, vault: &str) -> String {
     match reason {
+        Reason::CredentialsWrongVault => format!(
+            "The vault credentials file cannot be used: it was not downloaded from vault {vault} as the vault sees it ({detail}). Download vault credentials from that vault's Quick Start page, load them with `regent credentials load FILE`, then register"
+        ),
+        Reason::RequestIdConflict => format!(
+            "vault {vault} made this registration's request for another machine or with other credentials ({detail}): this data directory was probably copied from another server. `regent register` now starts a new registration for this machine"
+        ),
+        Reason::MachineRemoved => format!(
+            "vault {vault} removed the machine this registration made ({detail}); `regent register` now registers this machine again as a new one"
+        ),
         Reason::CredentialsSuperseded => format!(
             "The vault credentials file is no longer valid: a newer one was downloaded from the vault ({detail}). Load the newest vault credentials file and register again"
         ),

@@ -2,7 +2,9 @@
 //!
 //! Upcasters are keyed by schema version and work on the JSON before it is typed, so old events
 //! never need old Rust types. Version 1 recorded the backup size as the operator typed it
-//! (`"backup_size": "750GiB"`); version 2 records bytes (`backup_size_bytes`).
+//! (`"backup_size": "750GiB"`); version 2 records bytes (`backup_size_bytes`). Version 3 adds
+//! fields only (a registration is started before the vault is asked; the passphrase verifier is
+//! sealed beside the log, not recorded), so a version 2 payload reads as it is.
 
 use regent_store::{NewEvent, Record};
 use serde_json::Value;
@@ -64,6 +66,9 @@ fn upcast(from: u32, payload: &mut Value) -> Result<(), String> {
             }
             Ok(())
         }
+        // Every field version 3 added is optional; the verifier of version 2 stays where it was
+        // (`audit export` names the records that hold one).
+        2 => Ok(()),
         other => Err(format!("no upcaster from schema version {other}")),
     }
 }

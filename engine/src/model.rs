@@ -150,6 +150,11 @@ pub struct FolderFacts {
     pub free_bytes: u64,
     /// Why the folder could not be used (cannot create, not a directory, ...), if it could not.
     pub problem: Option<String>,
+    /// For a folder that does not exist yet: its nearest existing parent is a writable folder, so
+    /// it can be created there (the filesystem and free space are that parent's). A folder is
+    /// created only once the step is accepted, so a refused step leaves nothing behind.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub creatable: bool,
 }
 
 /// Why a credentials file could not be read.
@@ -199,18 +204,34 @@ pub enum CredentialsObserved {
     Parsed { facts: CredentialFacts, private_key: SealedRef },
 }
 
-/// Facts about a passphrase, never the passphrase.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Facts about a passphrase, never the passphrase, nor anything it could be guessed from offline.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct PassphraseObserved {
     pub length: usize,
     /// Every character is printable ASCII (32 to 126).
     pub printable_ascii: bool,
-    /// Argon2id PHC string; absent when the passphrase broke the rules (no point hashing it).
+    /// Logs written before schema 3 recorded the Argon2id verifier (a PHC string) here. An export
+    /// is handed to others, and a verifier lets a weak typed passphrase be guessed offline, so it
+    /// is now sealed beside the log and only its reference is recorded (`verifier_sealed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verifier: Option<String>,
+    /// The sealed Argon2id verifier; absent when the passphrase broke the rules (no point hashing it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verifier_sealed: Option<SealedRef>,
     pub sealed: Option<SealedRef>,
     /// For a generated passphrase: where it was saved, or why it could not be.
     pub saved_to: Option<PathBuf>,
     pub save_problem: Option<String>,
+    /// Why the input could not be a passphrase at all (more than one line, too long, not text);
+    /// the input itself is not looked at further.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_problem: Option<String>,
+    /// Nothing but whitespace.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub blank: bool,
+    /// Whitespace at its start or end (a copy-and-paste accident one cannot see, and cannot type again).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub edge_whitespace: bool,
 }
 
 /// The vault's answer to a registration.
@@ -265,6 +286,18 @@ pub struct Observations {
     /// A sealed secret the step needed could not be opened (machine key lost, file gone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unsealable: Option<Unsealable>,
+    /// The registration request id: drawn fresh when a registration is started, and the one a
+    /// vault's answer belongs to. Reused by every later run until an outcome ends the attempt, so
+    /// the vault answers a retry with the machine it made, whatever was lost in between.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// Why the proxy password given could not be one (more than one line, too long, not text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_password_problem: Option<String>,
+    /// Why the security PIN given could not be one (not 8 digits, more than one line): refused
+    /// before the vault is asked, so no attempt is spent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin_problem: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -280,6 +313,7 @@ pub enum SecretKind {
     ProxyPassword,
     CredentialsPrivateKey,
     Passphrase,
+    PassphraseVerifier,
 }
 
 /// How a passphrase came to be.
@@ -320,7 +354,12 @@ pub struct Throttling {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Encryption {
     pub origin: PassphraseOrigin,
-    pub verifier: String,
+    /// The Argon2id verifier, in logs written before schema 3 only (see [`PassphraseObserved`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verifier: Option<String>,
+    /// The sealed Argon2id verifier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verifier_sealed: Option<SealedRef>,
     pub sealed: Option<SealedRef>,
     #[serde(deserialize_with = "utc_time::deserialize")]
     pub set_at: DateTime<Utc>,
@@ -345,6 +384,28 @@ pub struct Registration {
     pub registered_at: DateTime<Utc>,
     pub endpoint: String,
     pub thumbprint: String,
+    /// The sealed private key of the credentials it registered with: the machine's identity at
+    /// the vault (every later call is signed with it). Absent in logs written before schema 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<SealedRef>,
+    /// The request id the vault made the machine for (absent before schema 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// A registration started: recorded before the vault is asked, so that every later run asks
+/// again with the same request id and the same credentials until an outcome ends it. The vault
+/// makes one machine per request id, so no crash, lost answer or retry can make a second one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistrationAttempt {
+    pub request_id: String,
+    /// The credentials it is made with (their certificate, the vault they name, its endpoint).
+    pub thumbprint: String,
+    pub vault: VaultIdentity,
+    pub endpoint: String,
+    pub private_key: SealedRef,
+    #[serde(deserialize_with = "utc_time::deserialize")]
+    pub started_at: DateTime<Utc>,
 }
 
 /// What a step changed, when it was accepted.
@@ -356,6 +417,7 @@ pub enum Change {
     ProxyCleared,
     CredentialsLoaded(LoadedCredentials),
     PassphraseCreated(Encryption),
+    RegistrationAttempted(RegistrationAttempt),
     Registered(Registration),
     Unregistered { machine_id: String, vault: String },
     ScratchMoved { scratch_dir: PathBuf, scratch_free_bytes: u64, scratch_filesystem: String },
@@ -373,6 +435,7 @@ impl Change {
             Change::ProxyCleared => "ProxyCleared",
             Change::CredentialsLoaded(_) => "CredentialsLoaded",
             Change::PassphraseCreated(_) => "PassphraseCreated",
+            Change::RegistrationAttempted(_) => "RegistrationAttempted",
             Change::Registered(_) => "Registered",
             Change::Unregistered { .. } => "Unregistered",
             Change::ScratchMoved { .. } => "ScratchMoved",
@@ -422,5 +485,7 @@ pub struct StepRecord {
     pub outcome: Outcome,
 }
 
-/// The payload schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 2;
+/// The payload schema version this build writes. 3: registrations are started
+/// (`RegistrationAttempted`) before the vault is asked, and the passphrase verifier is sealed
+/// beside the log instead of recorded.
+pub const SCHEMA_VERSION: u32 = 3;

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
+use regent_store::{EventStore, StoreError};
 use secrecy::SecretString;
 use zeroize::Zeroizing;
 
@@ -13,13 +14,23 @@ pub trait Clock {
     fn now(&self) -> DateTime<Utc>;
 }
 
+/// Opens the agent's log. The engine holds it only while it reads and appends, never while it
+/// waits on the network, so other regent commands are not kept waiting behind a slow vault.
+pub trait LogAccess {
+    fn open(&self) -> Result<EventStore, StoreError>;
+}
+
 pub trait FolderProbe {
-    /// Looks at a folder, creating it first when `create` is set and it is missing.
-    fn probe(&self, path: &Path, create: bool) -> FolderFacts;
+    /// Looks at a folder, changing nothing. A missing folder is described by its nearest existing
+    /// parent (`creatable`, its filesystem and free space).
+    fn probe(&self, path: &Path) -> FolderFacts;
+    /// Creates a folder and its missing parents (once the step that chose it is accepted).
+    fn create(&self, path: &Path) -> Result<(), String>;
 }
 
 pub trait FileReader {
-    /// Reads a whole file of at most `limit` bytes.
+    /// Reads a whole regular file of at most `limit` bytes. Anything else (a FIFO, a device, a
+    /// directory) is refused without blocking.
     fn read(&self, path: &Path, limit: u64) -> Result<Vec<u8>, (UnreadableKind, String)>;
 }
 
@@ -31,12 +42,31 @@ pub trait Randomness {
 pub trait SecretKeeper {
     fn seal(&self, kind: SecretKind, secret: &[u8]) -> Result<SealedRef, String>;
     fn open(&self, kind: SecretKind, sealed: &SealedRef) -> Result<Zeroizing<Vec<u8>>, String>;
+    /// Removes every sealed value but those in `keep` (a superseded secret must not stay
+    /// decryptable); returns how many went.
+    fn retain(&self, keep: &[SealedRef]) -> Result<usize, String>;
 }
 
-/// Writes a generated passphrase to a new file for the operator (mode 0600, never overwriting).
+/// A generated passphrase's file, which the operator is told to keep: it must exist only if the
+/// log says so. Written beside its place first, moved into place (never replacing anything) once
+/// the step is recorded, discarded if the step is refused.
 pub trait PassphraseFile {
-    /// Returns the path written, resolved.
-    fn save_new(&self, path: &Path, passphrase: &SecretString) -> Result<PathBuf, String>;
+    /// Checks that `path` is free and its folder exists, and writes the passphrase beside it.
+    fn prepare(&self, path: &Path, passphrase: &SecretString) -> Result<PreparedFile, String>;
+    /// Moves it into place; returns the path, resolved.
+    fn place(&self, file: &PreparedFile) -> Result<PathBuf, String>;
+    fn discard(&self, file: &PreparedFile);
+    /// Whether a file for `path` waits beside it (a run was killed before moving it).
+    fn pending(&self, path: &Path) -> bool;
+    /// Moves the waiting file holding `passphrase` into place, if `path` is still free.
+    fn finish(&self, path: &Path, passphrase: &SecretString) -> Result<bool, String>;
+}
+
+/// A file written beside its place, not yet in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreparedFile {
+    pub target: PathBuf,
+    pub temporary: PathBuf,
 }
 
 /// The proxy as the vault client must use it, password opened.
@@ -105,6 +135,12 @@ impl SecretKeeper for regent_secrets::SecretsArea {
         let reference = regent_secrets::SecretRef { id: sealed.id.clone() };
         regent_secrets::SecretsArea::open(self, area_kind(kind), &reference).map_err(|e| e.to_string())
     }
+
+    fn retain(&self, keep: &[SealedRef]) -> Result<usize, String> {
+        let keep: Vec<regent_secrets::SecretRef> =
+            keep.iter().map(|r| regent_secrets::SecretRef { id: r.id.clone() }).collect();
+        regent_secrets::SecretsArea::retain(self, &keep).map_err(|e| e.to_string())
+    }
 }
 
 fn area_kind(kind: SecretKind) -> regent_secrets::SecretKind {
@@ -112,5 +148,6 @@ fn area_kind(kind: SecretKind) -> regent_secrets::SecretKind {
         SecretKind::ProxyPassword => regent_secrets::SecretKind::ProxyPassword,
         SecretKind::CredentialsPrivateKey => regent_secrets::SecretKind::CredentialsPrivateKey,
         SecretKind::Passphrase => regent_secrets::SecretKind::Passphrase,
+        SecretKind::PassphraseVerifier => regent_secrets::SecretKind::PassphraseVerifier,
     }
 }

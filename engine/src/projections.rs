@@ -15,8 +15,9 @@ use crate::reason::Reason;
 use crate::state::{Failure, State};
 use crate::units::format_rate;
 
-/// The checkpoint name for the folded state.
-pub const STATE_CHECKPOINT: &str = "registration-state";
+/// The checkpoint name for the folded state. Renamed whenever `State` gains what an older
+/// checkpoint cannot hold (3: registration attempts), so an old one is never taken for current.
+pub const STATE_CHECKPOINT: &str = "registration-state-3";
 /// Save a new checkpoint once this many events were folded past the last one.
 pub const CHECKPOINT_EVERY: u64 = 256;
 
@@ -359,6 +360,12 @@ pub fn summary(outcome: &Outcome) -> String {
                     PassphraseOrigin::Provided => format!("passphrase {verb}: provided by the operator"),
                 }
             }
+            Change::RegistrationAttempted(a) => format!(
+                "registration started with vault {} (request {}, certificate {}…)",
+                a.vault.name,
+                a.request_id,
+                a.thumbprint.get(..16).unwrap_or(&a.thumbprint)
+            ),
             Change::Registered(r) => format!("registered to vault {} as machine {}", r.vault, r.machine_id),
             Change::Unregistered { machine_id, vault } => {
                 format!("unregistered machine {machine_id} from vault {vault}")

@@ -78,6 +78,26 @@ impl Reason {
     }
 }
 
+impl Reason {
+    /// Whether the vault's refusal of a registration ends the attempt for good: asking again with
+    /// the same request id can only be refused again (or, for a lost key, cannot be signed). The
+    /// others (unreachable, a failure of the vault, the proxy) may not even have reached the vault,
+    /// which may have made the machine: the next run asks again with the same request id.
+    pub fn ends_registration_attempt(self) -> bool {
+        matches!(
+            self,
+            Reason::CredentialsUnreadable
+                | Reason::CredentialsInvalid
+                | Reason::CredentialsExpired
+                | Reason::CredentialsSuperseded
+                | Reason::CredentialsWrongVault
+                | Reason::RequestIdConflict
+                | Reason::MachineRemoved
+                | Reason::AlreadyRegistered
+        )
+    }
+}
+
 impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.code())

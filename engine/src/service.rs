@@ -1,4 +1,12 @@
 //! Running one command: precheck, observe the world through the ports, decide, append.
+//!
+//! The log is held only while the engine reads and appends. A step that asks the vault
+//! (registering, checking a security PIN) lets go of it for the call and opens it again to record
+//! the answer, deciding against the state it then finds: nothing waits behind a slow vault, and
+//! nothing the vault said is lost if another command appended meanwhile.
+//!
+//! Whatever is checked here without the vault is checked first: a step refused for a local reason
+//! spends nothing remote (a PIN, a registration) and leaves nothing behind (a folder, a file).
 
 use regent_store::{Actor, BatchMeta, EventStore, ExpectedVersion, Head, StoreError};
 use secrecy::{ExposeSecret, SecretString};
@@ -7,23 +15,46 @@ use uuid::Uuid;
 use crate::decide::{decide, precheck};
 use crate::events::{self, STREAM};
 use crate::model::{
-    Command, CredentialFacts, CredentialsObserved, Observations, PassphraseObserved, SecretKind, StepRecord,
-    UnreadableKind, Unsealable, VaultIdentity,
+    Command, CredentialFacts, CredentialsObserved, FolderFacts, Observations, Outcome, PassphraseObserved,
+    PassphraseOrigin, PinAnswer, SealedRef, SecretKind, StepRecord, UnreadableKind, Unsealable, VaultIdentity,
 };
-use crate::ports::{PinCheck, ProxyConfig, RegisterRequest, World};
+use crate::ports::{LogAccess, PinCheck, PreparedFile, ProxyConfig, RegisterRequest, World};
 use crate::projections::{self, ProjectionError};
 use crate::state::State;
 
 /// The largest credentials file read; real ones are a few KiB.
 pub const MAX_CREDENTIALS_BYTES: u64 = 1024 * 1024;
 
+/// A secret as it came with a command. `Unusable` says why the input could not be one (more than
+/// one line, too long, not text) without holding any of it: the step is then refused and recorded
+/// like any other refusal.
+pub enum SecretInput {
+    Given(SecretString),
+    Unusable(String),
+}
+
+impl std::fmt::Debug for SecretInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretInput::Given(_) => f.write_str("Given(<redacted>)"),
+            SecretInput::Unusable(why) => f.debug_tuple("Unusable").field(why).finish(),
+        }
+    }
+}
+
+impl From<SecretString> for SecretInput {
+    fn from(secret: SecretString) -> Self {
+        SecretInput::Given(secret)
+    }
+}
+
 /// Secrets that come with a command: from stdin, a file, an environment variable or a masked
 /// prompt, never from the command itself.
 #[derive(Default)]
 pub struct SecretInputs {
-    pub proxy_password: Option<SecretString>,
-    pub passphrase: Option<SecretString>,
-    pub security_pin: Option<SecretString>,
+    pub proxy_password: Option<SecretInput>,
+    pub passphrase: Option<SecretInput>,
+    pub security_pin: Option<SecretInput>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,20 +82,46 @@ pub struct StepResult {
     pub head: Head,
     /// For a generated passphrase only: the passphrase, to be shown to the operator once.
     pub generated_passphrase: Option<SecretString>,
+    /// What the operator should know that the record does not say (a file that could not be
+    /// put in place, superseded secrets that could not be removed).
+    pub notes: Vec<String>,
 }
 
-/// Runs registration commands against a store.
-pub struct Registrar<'s> {
-    store: &'s EventStore,
+/// A run of a command: its result, and the log still open, so that the caller can report the new
+/// head before anyone else appends.
+pub struct Executed {
+    pub result: StepResult,
+    pub store: EventStore,
 }
 
-impl<'s> Registrar<'s> {
-    pub fn new(store: &'s EventStore) -> Self {
-        Registrar { store }
+/// Runs registration commands against the log.
+pub struct Registrar<'a> {
+    log: &'a dyn LogAccess,
+    /// Sealed values to keep beside those the state refers to (named by the caller's own notes).
+    keep: Vec<SealedRef>,
+}
+
+/// The observations of a step and what they left to finish once it is recorded.
+struct Observed {
+    observed: Observations,
+    generated: Option<SecretString>,
+    file: Option<PreparedFile>,
+}
+
+impl<'a> Registrar<'a> {
+    pub fn new(log: &'a dyn LogAccess) -> Self {
+        Registrar { log, keep: Vec::new() }
+    }
+
+    /// Keeps these sealed values too when superseded ones are removed.
+    pub fn keeping(mut self, keep: Vec<SealedRef>) -> Self {
+        self.keep = keep;
+        self
     }
 
     pub fn state(&self) -> Result<(State, Head), EngineError> {
-        Ok(projections::current_state(self.store)?)
+        let store = self.log.open()?;
+        Ok(projections::current_state(&store)?)
     }
 
     /// Runs one command and records its outcome, accepted or refused.
@@ -74,131 +131,230 @@ impl<'s> Registrar<'s> {
         actor: Actor,
         command: Command,
         secrets: SecretInputs,
-    ) -> Result<StepResult, EngineError> {
-        let (state, _) = self.state()?;
-        let correlation_id = Uuid::now_v7();
-        let now = world.clock.now();
-        let mut observed = Observations { now, ..Observations::default() };
-        let mut generated = None;
-        if precheck(&state, &command).is_none() {
-            generated = observe(&state, &command, secrets, world, correlation_id, &mut observed)?;
+    ) -> Result<Executed, EngineError> {
+        let run = Run {
+            registrar: self,
+            world,
+            meta: BatchMeta { recorded_at: world.clock.now(), actor, correlation_id: Uuid::now_v7() },
+        };
+        let store = self.log.open()?;
+        let (state, _) = projections::current_state(&store)?;
+        let mut notes = finish_kept_file(&state, world);
+        let observed = Observations { now: world.clock.now(), ..Observations::default() };
+        if precheck(&state, &command).is_some() {
+            let seen = Observed { observed, generated: None, file: None };
+            return run.record(store, &state, command, seen, notes);
         }
-        let outcome = decide(&state, &command, &observed);
-        let record = StepRecord { command, observed, outcome };
-        let event = events::encode(&record).map_err(|e| EngineError::Encode(e.to_string()))?;
-        let meta = BatchMeta { recorded_at: now, actor, correlation_id };
-        let appended = self.store.append(STREAM, ExpectedVersion::Exact(state.version), &meta, &[event])?;
-        let state = state.evolve(&record);
-        if appended.head.position % projections::CHECKPOINT_EVERY == 0 {
-            projections::save_checkpoint(self.store, &state, appended.head);
+        match command {
+            Command::Register { .. } => run.register(store, state, command, notes),
+            Command::ChangePassphrase { .. } => run.change_passphrase(store, state, command, secrets, notes),
+            _ => {
+                let mut seen = observe_local(&state, &command, secrets, world, observed)?;
+                if let Some(created) = create_folders(&state, &command, &mut seen.observed, world) {
+                    notes.extend(created);
+                }
+                run.record(store, &state, command, seen, notes)
+            }
         }
-        Ok(StepResult {
-            record,
-            position: appended.last_position,
-            state,
-            head: appended.head,
-            generated_passphrase: generated,
-        })
     }
 }
 
-/// Asks the world what the command needs to know. Returns a generated passphrase, if one was made.
-fn observe(
-    state: &State,
-    command: &Command,
-    mut secrets: SecretInputs,
-    world: &World<'_>,
-    correlation_id: Uuid,
-    observed: &mut Observations,
-) -> Result<Option<SecretString>, EngineError> {
-    let now = observed.now;
-    match command {
-        Command::ChooseFolders { install_dir, scratch_dir, .. } => {
-            observed.install = Some(world.folders.probe(install_dir, true));
-            observed.scratch = Some(world.folders.probe(scratch_dir, true));
+/// One command's run: the ports and the batch metadata every record of it shares.
+struct Run<'r, 'a, 'w> {
+    registrar: &'r Registrar<'a>,
+    world: &'r World<'w>,
+    meta: BatchMeta,
+}
+
+impl Run<'_, '_, '_> {
+    /// Decides, appends, then finishes what the outcome asks for: a file moved into place or
+    /// discarded, superseded secrets removed.
+    fn record(
+        &self,
+        store: EventStore,
+        state: &State,
+        command: Command,
+        seen: Observed,
+        mut notes: Vec<String>,
+    ) -> Result<Executed, EngineError> {
+        let Observed { observed, generated, file } = seen;
+        let outcome = decide(state, &command, &observed);
+        let accepted = matches!(outcome, Outcome::Accepted(_));
+        if let (Some(file), false) = (&file, accepted) {
+            self.world.passphrase_files.discard(file);
         }
-        Command::MoveScratch { scratch_dir } => {
-            observed.scratch = Some(world.folders.probe(scratch_dir, true));
-            // Resolved too, so a link to (or into) the install folder is caught.
-            observed.install = state.folders.as_ref().map(|f| world.folders.probe(&f.install_dir, false));
+        let record = StepRecord { command, observed, outcome };
+        let (position, head, state) = self.append(&store, state, &record)?;
+        if let (Some(file), true) = (&file, accepted)
+            && let Err(problem) = self.world.passphrase_files.place(file)
+        {
+            notes.push(format!(
+                "the passphrase could not be put at {} ({problem}); it is in {}: move it there, or somewhere safe",
+                file.target.display(),
+                file.temporary.display()
+            ));
         }
-        Command::SetProxy { password_given: true, .. } => {
-            let password = secrets
-                .proxy_password
-                .take()
-                .ok_or(EngineError::MissingSecret("proxy password", "--password-stdin or --password-env VAR"))?;
-            let sealed = world
-                .secrets
-                .seal(SecretKind::ProxyPassword, password.expose_secret().as_bytes())
-                .map_err(EngineError::Secrets)?;
-            observed.proxy_password = Some(sealed);
+        notes.extend(self.remove_superseded(&state));
+        let generated = if accepted { generated } else { None };
+        let result = StepResult { record, position, state, head, generated_passphrase: generated, notes };
+        Ok(Executed { result, store })
+    }
+
+    fn append(
+        &self,
+        store: &EventStore,
+        state: &State,
+        record: &StepRecord,
+    ) -> Result<(u64, Head, State), EngineError> {
+        let event = events::encode(record).map_err(|e| EngineError::Encode(e.to_string()))?;
+        let meta = BatchMeta { recorded_at: record.observed.now, ..self.meta.clone() };
+        let appended = store.append(STREAM, ExpectedVersion::Exact(state.version), &meta, &[event])?;
+        let state = state.clone().evolve(record);
+        if appended.head.position % projections::CHECKPOINT_EVERY == 0 {
+            projections::save_checkpoint(store, &state, appended.head);
         }
-        Command::LoadCredentials { file } => {
-            observed.credentials = Some(observe_credentials(file, world)?);
+        Ok((appended.last_position, appended.head, state))
+    }
+
+    /// Removes sealed values nothing current refers to: an old proxy password or passphrase must
+    /// not stay decryptable by whoever gets the data directory.
+    fn remove_superseded(&self, state: &State) -> Vec<String> {
+        let Some(mut keep) = state.sealed_refs() else { return Vec::new() };
+        keep.extend(self.registrar.keep.iter().cloned());
+        match self.world.secrets.retain(&keep) {
+            Ok(_) => Vec::new(),
+            Err(e) => vec![format!("superseded secrets could not be removed ({e}); they stay sealed beside the log")],
         }
-        Command::SetPassphrase { save_to } => {
-            let (passphrase, generated) = passphrase_input(save_to.is_some(), &mut secrets, world)?;
-            observed.passphrase = Some(observe_passphrase(&passphrase, save_to.as_deref(), world)?);
-            return Ok(generated);
-        }
-        Command::Register { endpoint_override } => {
-            let Some(credentials) = &state.credentials else { return Ok(None) };
-            let facts = &credentials.facts;
-            if now < facts.not_before || now > facts.not_after {
-                return Ok(None); // decide refuses expired credentials without asking the vault
+    }
+
+    /// Registers: starts an attempt (recorded) unless one is open, asks the vault with the log
+    /// closed, then records its answer.
+    fn register(
+        &self,
+        store: EventStore,
+        state: State,
+        command: Command,
+        notes: Vec<String>,
+    ) -> Result<Executed, EngineError> {
+        let world = self.world;
+        let Command::Register { endpoint_override } = &command else {
+            return Err(EngineError::Encode("internal: not a registration".into()));
+        };
+        let (store, state) = if state.attempt.is_none() {
+            let observed = Observations {
+                now: world.clock.now(),
+                request_id: Some(new_request_id(world)?),
+                ..Observations::default()
+            };
+            let record =
+                StepRecord { outcome: decide(&state, &command, &observed), command: command.clone(), observed };
+            let (position, head, state) = self.append(&store, &state, &record)?;
+            if let Outcome::Refused(_) = record.outcome {
+                let result = StepResult { record, position, state, head, generated_passphrase: None, notes };
+                return Ok(Executed { result, store });
             }
-            let private_key = match world.secrets.open(SecretKind::CredentialsPrivateKey, &credentials.private_key) {
-                Ok(key) => key,
-                Err(detail) => {
-                    observed.unsealable = Some(Unsealable { secret: SecretKind::CredentialsPrivateKey, detail });
-                    return Ok(None);
-                }
-            };
-            let proxy = match proxy_config(state, world) {
-                Ok(proxy) => proxy,
-                Err(detail) => {
-                    observed.unsealable = Some(Unsealable { secret: SecretKind::ProxyPassword, detail });
-                    return Ok(None);
-                }
-            };
-            let request = RegisterRequest {
-                endpoint: endpoint_override.clone().unwrap_or_else(|| facts.endpoint.clone()),
-                vault: facts.vault.clone(),
-                thumbprint: facts.thumbprint.clone(),
+            (store, state)
+        } else {
+            (store, state)
+        };
+        let Some(attempt) = state.attempt.clone() else {
+            return Err(EngineError::Encode("internal: a registration was started but is not in the state".into()));
+        };
+        let mut observed = Observations {
+            now: world.clock.now(),
+            request_id: Some(attempt.request_id.clone()),
+            ..Observations::default()
+        };
+        // Everything the call needs is read while the log is held.
+        let key = world.secrets.open(SecretKind::CredentialsPrivateKey, &attempt.private_key);
+        let request = match (key, proxy_config(&state, world)) {
+            (Err(detail), _) => Err(Unsealable { secret: SecretKind::CredentialsPrivateKey, detail }),
+            (_, Err(detail)) => Err(Unsealable { secret: SecretKind::ProxyPassword, detail }),
+            (Ok(private_key), Ok(proxy)) => Ok(RegisterRequest {
+                endpoint: endpoint_override.clone().unwrap_or_else(|| attempt.endpoint.clone()),
+                vault: attempt.vault.clone(),
+                thumbprint: attempt.thumbprint.clone(),
                 machine_name: world.machine_name.clone(),
                 private_key,
                 proxy,
-                request_id: correlation_id.to_string(),
-            };
-            observed.vault = Some(world.vault.register(&request));
-        }
-        Command::ChangePassphrase { save_to } => {
-            let Some(registration) = &state.registration else { return Ok(None) };
-            let pin = secrets.security_pin.take().ok_or(EngineError::MissingSecret(
-                "security PIN",
-                "--security-pin PIN (get one with `regent vault pin`)",
-            ))?;
-            let proxy = match proxy_config(state, world) {
-                Ok(proxy) => proxy,
-                Err(detail) => {
-                    observed.unsealable = Some(Unsealable { secret: SecretKind::ProxyPassword, detail });
-                    return Ok(None);
+                request_id: attempt.request_id.clone(),
+            }),
+        };
+        let request = match request {
+            Ok(request) => request,
+            Err(unsealable) => {
+                observed.unsealable = Some(unsealable);
+                let seen = Observed { observed, generated: None, file: None };
+                return self.record(store, &state, command, seen, notes);
+            }
+        };
+        drop(store);
+        let answer = world.vault.register(&request);
+        drop(request);
+        let store = self.registrar.log.open()?;
+        let (state, _) = projections::current_state(&store)?;
+        observed.now = world.clock.now();
+        observed.vault = Some(answer);
+        self.record(store, &state, command, Observed { observed, generated: None, file: None }, notes)
+    }
+
+    /// Changes the passphrase: every local rule first (the PIN's form, the passphrase, its file),
+    /// then the PIN at the vault with the log closed, then the change, recorded.
+    fn change_passphrase(
+        &self,
+        store: EventStore,
+        state: State,
+        command: Command,
+        mut secrets: SecretInputs,
+        notes: Vec<String>,
+    ) -> Result<Executed, EngineError> {
+        let world = self.world;
+        let (Command::ChangePassphrase { save_to }, Some(registration)) = (&command, state.registration.clone()) else {
+            return Err(EngineError::Encode("internal: not a passphrase change on a registered machine".into()));
+        };
+        let mut observed = Observations { now: world.clock.now(), ..Observations::default() };
+        let pin = match secrets.security_pin.take() {
+            None => {
+                return Err(EngineError::MissingSecret(
+                    "security PIN",
+                    "--security-pin-env VAR or the prompt (get one with `regent vault pin`)",
+                ));
+            }
+            Some(SecretInput::Unusable(problem)) => {
+                observed.pin_problem = Some(format!("the security PIN given cannot be used: {problem}"));
+                None
+            }
+            Some(SecretInput::Given(pin)) => {
+                let text = pin.expose_secret();
+                if text.len() == 8 && text.bytes().all(|b| b.is_ascii_digit()) {
+                    Some(pin)
+                } else {
+                    observed.pin_problem = Some("a security PIN is 8 digits".into());
+                    None
                 }
-            };
-            let key = state
-                .credentials
-                .as_ref()
-                .filter(|c| c.facts.thumbprint == registration.thumbprint)
-                .ok_or_else(|| "the credentials this machine registered with are no longer loaded".to_string())
-                .and_then(|c| world.secrets.open(SecretKind::CredentialsPrivateKey, &c.private_key));
-            let private_key = match key {
-                Ok(key) => key,
-                Err(detail) => {
-                    observed.unsealable = Some(Unsealable { secret: SecretKind::CredentialsPrivateKey, detail });
-                    return Ok(None);
-                }
-            };
-            let check = PinCheck {
+            }
+        };
+        let mut seen = Observed { observed, generated: None, file: None };
+        let Some(pin) = pin else {
+            return self.record(store, &state, command, seen, notes);
+        };
+        let (passphrase, generated) = passphrase_input(save_to.is_some(), &mut secrets, world)?;
+        let (facts, file) = observe_passphrase_locally(passphrase.as_ref(), save_to.as_deref(), world);
+        let usable = passphrase_ok(&facts);
+        seen.observed.passphrase = Some(facts);
+        seen.generated = generated;
+        seen.file = file;
+        // Refused before the vault is asked: the PIN stays good for the retry.
+        let (Ok(passphrase), true) = (passphrase, usable) else {
+            return self.record(store, &state, command, seen, notes);
+        };
+        let key = registration_key(&state, &registration)
+            .ok_or_else(|| "the key this machine registered with is not named in the log".to_string())
+            .and_then(|key| world.secrets.open(SecretKind::CredentialsPrivateKey, &key));
+        let check = match (key, proxy_config(&state, world)) {
+            (Err(detail), _) => Err(Unsealable { secret: SecretKind::CredentialsPrivateKey, detail }),
+            (_, Err(detail)) => Err(Unsealable { secret: SecretKind::ProxyPassword, detail }),
+            (Ok(private_key), Ok(proxy)) => Ok(PinCheck {
                 endpoint: registration.endpoint.clone(),
                 vault: registration.vault.clone(),
                 machine_id: registration.machine_id.clone(),
@@ -206,25 +362,172 @@ fn observe(
                 private_key,
                 pin,
                 proxy,
-                request_id: correlation_id.to_string(),
-            };
-            let answer = world.vault.check_pin(&check);
-            let valid = matches!(answer, crate::model::PinAnswer::Valid { issued_at }
-                if crate::decide::pin_is_fresh(now, issued_at));
-            observed.pin = Some(answer);
-            if valid {
-                let (passphrase, generated) = passphrase_input(save_to.is_some(), &mut secrets, world)?;
-                observed.passphrase = Some(observe_passphrase(&passphrase, save_to.as_deref(), world)?);
-                return Ok(generated);
+                request_id: self.meta.correlation_id.to_string(),
+            }),
+        };
+        let check = match check {
+            Ok(check) => check,
+            Err(unsealable) => {
+                seen.observed.unsealable = Some(unsealable);
+                return self.record(store, &state, command, seen, notes);
             }
+        };
+        drop(store);
+        let answer = world.vault.check_pin(&check);
+        drop(check);
+        let store = self.registrar.log.open()?;
+        let (state, _) = projections::current_state(&store)?;
+        seen.observed.now = world.clock.now();
+        let valid = matches!(answer, PinAnswer::Valid { issued_at } if crate::decide::pin_is_fresh(seen.observed.now, issued_at));
+        seen.observed.pin = Some(answer);
+        if valid
+            && let Some(facts) = seen.observed.passphrase.as_mut()
+            && passphrase_ok(facts)
+        {
+            seal_passphrase(&passphrase, facts, world)?;
+        }
+        self.record(store, &state, command, seen, notes)
+    }
+}
+
+/// Observes what a command that needs no vault needs to know.
+fn observe_local(
+    state: &State,
+    command: &Command,
+    mut secrets: SecretInputs,
+    world: &World<'_>,
+    mut observed: Observations,
+) -> Result<Observed, EngineError> {
+    let mut generated = None;
+    let mut file = None;
+    match command {
+        Command::ChooseFolders { install_dir, scratch_dir, .. } => {
+            observed.install = Some(world.folders.probe(install_dir));
+            observed.scratch = Some(world.folders.probe(scratch_dir));
+        }
+        Command::MoveScratch { scratch_dir } => {
+            observed.scratch = Some(world.folders.probe(scratch_dir));
+            // Resolved too, so a link to (or into) the install folder is caught.
+            observed.install = state.folders.as_ref().map(|f| world.folders.probe(&f.install_dir));
+        }
+        Command::SetProxy { password_given: true, .. } => match secrets.proxy_password.take() {
+            None => return Err(EngineError::MissingSecret("proxy password", "--password-stdin or --password-env VAR")),
+            Some(SecretInput::Unusable(problem)) => observed.proxy_password_problem = Some(problem),
+            Some(SecretInput::Given(password)) => {
+                let sealed = world
+                    .secrets
+                    .seal(SecretKind::ProxyPassword, password.expose_secret().as_bytes())
+                    .map_err(EngineError::Secrets)?;
+                observed.proxy_password = Some(sealed);
+            }
+        },
+        Command::LoadCredentials { file } => {
+            observed.credentials = Some(observe_credentials(file, world)?);
+        }
+        Command::SetPassphrase { save_to } => {
+            let (passphrase, made) = passphrase_input(save_to.is_some(), &mut secrets, world)?;
+            let (mut facts, prepared) = observe_passphrase_locally(passphrase.as_ref(), save_to.as_deref(), world);
+            if let Ok(passphrase) = &passphrase
+                && passphrase_ok(&facts)
+                && let Err(e) = seal_passphrase(passphrase, &mut facts, world)
+            {
+                if let Some(prepared) = &prepared {
+                    world.passphrase_files.discard(prepared);
+                }
+                return Err(e);
+            }
+            observed.passphrase = Some(facts);
+            generated = made;
+            file = prepared;
         }
         Command::SetProxy { password_given: false, .. }
         | Command::ClearProxy
         | Command::Unregister
         | Command::SetThrottling { .. }
-        | Command::ThrottlingOff => {}
+        | Command::ThrottlingOff
+        | Command::Register { .. }
+        | Command::ChangePassphrase { .. } => {}
     }
-    Ok(None)
+    Ok(Observed { observed, generated, file })
+}
+
+/// Folders are looked at before anything is created; once the step would be accepted, the missing
+/// ones are created and looked at again, and that is what is recorded. A refused step creates
+/// nothing. Returns what the operator should hear (nothing, usually).
+fn create_folders(
+    state: &State,
+    command: &Command,
+    observed: &mut Observations,
+    world: &World<'_>,
+) -> Option<Vec<String>> {
+    let wanted: Vec<(&std::path::Path, bool)> = match command {
+        Command::ChooseFolders { install_dir, scratch_dir, .. } => vec![(install_dir, true), (scratch_dir, false)],
+        Command::MoveScratch { scratch_dir } => vec![(scratch_dir, false)],
+        _ => return None,
+    };
+    if !matches!(decide(state, command, observed), Outcome::Accepted(_)) {
+        return None;
+    }
+    for (path, install) in wanted {
+        let slot = if install { &mut observed.install } else { &mut observed.scratch };
+        let Some(before) = slot.as_ref().filter(|f| !f.existed && !f.created) else { continue };
+        let before = before.clone();
+        let after = match world.folders.create(path) {
+            Ok(()) => FolderFacts { existed: false, created: true, ..world.folders.probe(path) },
+            Err(problem) => {
+                FolderFacts { problem: Some(format!("cannot create it: {problem}")), creatable: false, ..before }
+            }
+        };
+        *slot = Some(after);
+    }
+    Some(Vec::new())
+}
+
+/// A fresh registration request id (a UUID, version 4, from the random source).
+fn new_request_id(world: &World<'_>) -> Result<String, EngineError> {
+    let mut bytes = [0u8; 16];
+    world.random.fill(&mut bytes).map_err(EngineError::Randomness)?;
+    Ok(uuid::Builder::from_random_bytes(bytes).into_uuid().to_string())
+}
+
+/// A run killed after it recorded a generated passphrase but before it moved its file into place
+/// left the file beside its place: move it now. Returns what the operator should hear.
+fn finish_kept_file(state: &State, world: &World<'_>) -> Vec<String> {
+    let Some(encryption) = &state.encryption else { return Vec::new() };
+    let (PassphraseOrigin::Generated { saved_to }, Some(sealed)) = (&encryption.origin, &encryption.sealed) else {
+        return Vec::new();
+    };
+    if !world.passphrase_files.pending(saved_to) {
+        return Vec::new();
+    }
+    let passphrase = world
+        .secrets
+        .open(SecretKind::Passphrase, sealed)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes.to_vec()).ok())
+        .map(SecretString::from);
+    let Some(passphrase) = passphrase else { return Vec::new() };
+    match world.passphrase_files.finish(saved_to, &passphrase) {
+        Ok(true) => vec![format!(
+            "the passphrase file {} was put in place (an earlier run stopped before it could)",
+            saved_to.display()
+        )],
+        Ok(false) => Vec::new(),
+        Err(problem) => {
+            vec![format!("the passphrase file {} could not be put in place: {problem}", saved_to.display())]
+        }
+    }
+}
+
+/// The sealed key of the credentials the machine registered with.
+fn registration_key(state: &State, registration: &crate::model::Registration) -> Option<SealedRef> {
+    registration.private_key.clone().or_else(|| {
+        state
+            .credentials
+            .as_ref()
+            .filter(|c| c.facts.thumbprint == registration.thumbprint)
+            .map(|c| c.private_key.clone())
+    })
 }
 
 fn observe_credentials(file: &std::path::Path, world: &World<'_>) -> Result<CredentialsObserved, EngineError> {
@@ -264,11 +567,12 @@ pub fn credential_facts(file_name: &str, parsed: &regent_credentials::VaultCrede
 }
 
 /// The passphrase to use: generated (returned also as the second value, to show once) or given.
+/// `Ok((None, _))`: the input given cannot be a passphrase (why is in the observation).
 fn passphrase_input(
     generate: bool,
     secrets: &mut SecretInputs,
     world: &World<'_>,
-) -> Result<(SecretString, Option<SecretString>), EngineError> {
+) -> Result<(Result<SecretString, String>, Option<SecretString>), EngineError> {
     if generate {
         let mut failure = None;
         let passphrase = regent_secrets::generate_passphrase(|bytes: &mut [u8]| {
@@ -280,52 +584,91 @@ fn passphrase_input(
             return Err(EngineError::Randomness(e));
         }
         let shown = SecretString::from(passphrase.expose_secret().to_string());
-        return Ok((passphrase, Some(shown)));
+        return Ok((Ok(passphrase), Some(shown)));
     }
-    let passphrase = secrets
-        .passphrase
-        .take()
-        .ok_or(EngineError::MissingSecret("passphrase", "--passphrase-stdin or --passphrase-file F"))?;
-    Ok((passphrase, None))
+    match secrets.passphrase.take() {
+        None => Err(EngineError::MissingSecret("passphrase", "--passphrase-stdin or --passphrase-file F")),
+        Some(SecretInput::Given(passphrase)) => Ok((Ok(passphrase), None)),
+        Some(SecretInput::Unusable(problem)) => Ok((Err(problem), None)),
+    }
 }
 
-fn observe_passphrase(
-    passphrase: &SecretString,
+/// The facts of a passphrase that need no secret kept (its length, characters, whitespace), and,
+/// when it is to be saved for the operator, its file written beside its place.
+fn observe_passphrase_locally(
+    passphrase: Result<&SecretString, &String>,
     save_to: Option<&std::path::Path>,
     world: &World<'_>,
-) -> Result<PassphraseObserved, EngineError> {
-    let facts = regent_secrets::PassphraseRules::check(passphrase);
+) -> (PassphraseObserved, Option<PreparedFile>) {
     let mut observed = PassphraseObserved {
-        length: facts.length,
-        printable_ascii: facts.printable_ascii,
+        length: 0,
+        printable_ascii: false,
         verifier: None,
+        verifier_sealed: None,
         sealed: None,
         saved_to: None,
         save_problem: None,
+        input_problem: None,
+        blank: false,
+        edge_whitespace: false,
     };
+    let passphrase = match passphrase {
+        Ok(passphrase) => passphrase,
+        Err(problem) => {
+            observed.input_problem = Some(problem.clone());
+            return (observed, None);
+        }
+    };
+    let facts = regent_secrets::PassphraseRules::check(passphrase);
+    let text = passphrase.expose_secret();
+    observed.length = facts.length;
+    observed.printable_ascii = facts.printable_ascii;
+    observed.blank = text.chars().all(char::is_whitespace);
+    observed.edge_whitespace = !observed.blank && (text.trim() != text);
+    let mut file = None;
     if let Some(path) = save_to {
-        match world.passphrase_files.save_new(path, passphrase) {
-            Ok(saved) => observed.saved_to = Some(saved),
-            Err(problem) => {
-                observed.save_problem = Some(problem);
-                return Ok(observed);
+        match world.passphrase_files.prepare(path, passphrase) {
+            Ok(prepared) => {
+                observed.saved_to = Some(prepared.target.clone());
+                file = Some(prepared);
             }
+            Err(problem) => observed.save_problem = Some(problem),
         }
     }
-    if facts.length < crate::decide::MIN_PASSPHRASE_CHARS || !facts.printable_ascii {
-        return Ok(observed);
-    }
+    (observed, file)
+}
+
+/// Whether the passphrase meets every rule that needs no vault (so it is worth a verifier).
+fn passphrase_ok(facts: &PassphraseObserved) -> bool {
+    facts.input_problem.is_none()
+        && facts.save_problem.is_none()
+        && !facts.blank
+        && !facts.edge_whitespace
+        && facts.printable_ascii
+        && facts.length >= crate::decide::MIN_PASSPHRASE_CHARS
+}
+
+/// Seals the passphrase and its Argon2id verifier beside the log; the observation records their
+/// references only.
+fn seal_passphrase(
+    passphrase: &SecretString,
+    facts: &mut PassphraseObserved,
+    world: &World<'_>,
+) -> Result<(), EngineError> {
     let mut salt = [0u8; 16];
     world.random.fill(&mut salt).map_err(EngineError::Randomness)?;
     let verifier = regent_secrets::PassphraseVerifier::create(passphrase, &salt)
         .map_err(|e| EngineError::Secrets(e.to_string()))?;
-    observed.verifier = Some(verifier.phc().to_string());
-    let sealed = world
-        .secrets
-        .seal(SecretKind::Passphrase, passphrase.expose_secret().as_bytes())
-        .map_err(EngineError::Secrets)?;
-    observed.sealed = Some(sealed);
-    Ok(observed)
+    facts.verifier_sealed = Some(
+        world.secrets.seal(SecretKind::PassphraseVerifier, verifier.phc().as_bytes()).map_err(EngineError::Secrets)?,
+    );
+    facts.sealed = Some(
+        world
+            .secrets
+            .seal(SecretKind::Passphrase, passphrase.expose_secret().as_bytes())
+            .map_err(EngineError::Secrets)?,
+    );
+    Ok(())
 }
 
 /// The proxy with its password opened, for the vault client.

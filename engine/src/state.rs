@@ -4,7 +4,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    Change, Encryption, Folders, LoadedCredentials, Outcome, Proxy, Registration, StepRecord, Throttling,
+    Change, Encryption, Folders, LoadedCredentials, Outcome, Proxy, Registration, RegistrationAttempt, SealedRef,
+    StepRecord, Throttling,
 };
 use crate::reason::{Reason, Step};
 
@@ -18,6 +19,14 @@ pub struct State {
     pub credentials: Option<LoadedCredentials>,
     pub encryption: Option<Encryption>,
     pub registration: Option<Registration>,
+    /// A registration started and not ended yet: every `register` asks the vault again with its
+    /// request id and credentials, until it is accepted or refused for good.
+    #[serde(default)]
+    pub attempt: Option<RegistrationAttempt>,
+    /// An outcome of `attempt` was recorded (a refusal worth retrying): loading other credentials
+    /// now starts a new attempt instead.
+    #[serde(default)]
+    pub attempt_answered: bool,
     pub throttling: Option<Throttling>,
     /// The most recent refusal that a later success of the same step has not resolved.
     pub last_failure: Option<Failure>,
@@ -78,6 +87,30 @@ impl State {
         }
     }
 
+    /// Every sealed value the state still refers to, or None when one of them is not known (a
+    /// registration from an old log whose key was never recorded): what must stay sealed beside
+    /// the log. Anything else sealed there belongs to a superseded setting.
+    pub fn sealed_refs(&self) -> Option<Vec<SealedRef>> {
+        let mut refs = Vec::new();
+        if let Some(password) = self.proxy.as_ref().and_then(|p| p.password.as_ref()) {
+            refs.push(password.clone());
+        }
+        if let Some(credentials) = &self.credentials {
+            refs.push(credentials.private_key.clone());
+        }
+        if let Some(registration) = &self.registration {
+            refs.push(registration.private_key.clone()?);
+        }
+        if let Some(attempt) = &self.attempt {
+            refs.push(attempt.private_key.clone());
+        }
+        if let Some(encryption) = &self.encryption {
+            refs.extend(encryption.sealed.iter().cloned());
+            refs.extend(encryption.verifier_sealed.iter().cloned());
+        }
+        Some(refs)
+    }
+
     /// Folds one recorded step into the state.
     pub fn evolve(mut self, record: &StepRecord) -> State {
         self.version += 1;
@@ -90,9 +123,24 @@ impl State {
                     message: refusal.message.clone(),
                     at: record.observed.now,
                 });
+                // An outcome of the open attempt: a refusal for good ends it; any other
+                // (unreachable, a failure of the vault or the proxy) leaves it open for the next run.
+                if let (Some(attempt), Some(request_id)) = (&self.attempt, &record.observed.request_id)
+                    && attempt.request_id == *request_id
+                {
+                    if refusal.reason.ends_registration_attempt() {
+                        self.attempt = None;
+                        self.attempt_answered = false;
+                    } else {
+                        self.attempt_answered = true;
+                    }
+                }
             }
             Outcome::Accepted(change) => {
-                if self.last_failure.as_ref().is_some_and(|f| f.step == record.command.step()) {
+                // Starting a registration resolves nothing: only its outcome does.
+                if self.last_failure.as_ref().is_some_and(|f| f.step == record.command.step())
+                    && !matches!(change, Change::RegistrationAttempted(_))
+                {
                     self.last_failure = None;
                 }
                 self.apply(change);
@@ -106,12 +154,44 @@ impl State {
             Change::FoldersChosen(folders) => self.folders = Some(folders.clone()),
             Change::ProxySet(proxy) => self.proxy = Some(proxy.clone()),
             Change::ProxyCleared => self.proxy = None,
-            Change::CredentialsLoaded(credentials) => self.credentials = Some(credentials.clone()),
+            Change::CredentialsLoaded(credentials) => {
+                // Other credentials after the vault answered the open attempt: the next register
+                // starts afresh with them. Before any answer (a run killed mid-call), the attempt
+                // stays with its own credentials: the vault may have made its machine.
+                if self.attempt_answered
+                    && self.attempt.as_ref().is_some_and(|a| a.thumbprint != credentials.facts.thumbprint)
+                {
+                    self.attempt = None;
+                    self.attempt_answered = false;
+                }
+                self.credentials = Some(credentials.clone());
+            }
             Change::PassphraseCreated(encryption) | Change::PassphraseChanged(encryption) => {
                 self.encryption = Some(encryption.clone())
             }
-            Change::Registered(registration) => self.registration = Some(registration.clone()),
-            Change::Unregistered { .. } => self.registration = None,
+            Change::RegistrationAttempted(attempt) => {
+                self.attempt = Some(attempt.clone());
+                self.attempt_answered = false;
+            }
+            Change::Registered(registration) => {
+                let mut registration = registration.clone();
+                // Logs before schema 3 did not record the key: it is the loaded credentials'.
+                if registration.private_key.is_none() {
+                    registration.private_key = self
+                        .credentials
+                        .as_ref()
+                        .filter(|c| c.facts.thumbprint == registration.thumbprint)
+                        .map(|c| c.private_key.clone());
+                }
+                self.registration = Some(registration);
+                self.attempt = None;
+                self.attempt_answered = false;
+            }
+            Change::Unregistered { .. } => {
+                self.registration = None;
+                self.attempt = None;
+                self.attempt_answered = false;
+            }
             Change::ScratchMoved { scratch_dir, scratch_free_bytes, scratch_filesystem } => {
                 if let Some(folders) = &mut self.folders {
                     folders.scratch_dir = scratch_dir.clone();

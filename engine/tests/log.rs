@@ -24,7 +24,14 @@ fn meta(now: DateTime<Utc>) -> BatchMeta {
 }
 
 fn facts(free: u64) -> FolderFacts {
-    FolderFacts { is_dir: true, writable: true, filesystem: "ext4".into(), free_bytes: free, ..FolderFacts::default() }
+    FolderFacts {
+        existed: true,
+        is_dir: true,
+        writable: true,
+        filesystem: "ext4".into(),
+        free_bytes: free,
+        ..FolderFacts::default()
+    }
 }
 
 /// A command with observations, chosen by a number, covering accepted and refused steps of every kind.
@@ -80,10 +87,8 @@ fn step(choice: u8, n: i64) -> (Command, Observations) {
                 passphrase: Some(PassphraseObserved {
                     length: (n % 30) as usize,
                     printable_ascii: true,
-                    verifier: Some("$argon2id$x".into()),
-                    sealed: None,
-                    saved_to: None,
-                    save_problem: None,
+                    verifier_sealed: Some(SealedRef { id: "vf".into() }),
+                    ..PassphraseObserved::default()
                 }),
                 ..at
             },
@@ -177,7 +182,8 @@ fn replay_check_finds_a_step_the_current_rules_decide_differently() {
         observed,
         outcome: Outcome::Accepted(Change::PassphraseCreated(Encryption {
             origin: PassphraseOrigin::Provided,
-            verifier: "$argon2id$x".into(),
+            verifier: None,
+            verifier_sealed: Some(SealedRef { id: "vf".into() }),
             sealed: None,
             set_at: t0(),
             warnings: vec![],

@@ -26,6 +26,7 @@ fn dir(facts_free: u64) -> FolderFacts {
         network: false,
         free_bytes: facts_free,
         problem: None,
+        creatable: false,
     }
 }
 
@@ -71,25 +72,53 @@ fn credentials_seen(vault_name: &str) -> Observations {
     }
 }
 
+/// Another download from the same vault: another certificate and key.
+fn other_credentials_seen() -> Observations {
+    let mut observed = credentials_seen("vault-a");
+    if let Some(CredentialsObserved::Parsed { facts, private_key }) = &mut observed.credentials {
+        facts.thumbprint = "cd".repeat(32);
+        *private_key = SealedRef { id: "key-2".into() };
+    }
+    observed.now = t0() + Duration::minutes(4);
+    observed
+}
+
 fn passphrase_seen(length: usize) -> Observations {
     Observations {
         passphrase: Some(PassphraseObserved {
             length,
             printable_ascii: true,
-            verifier: Some("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into()),
+            verifier_sealed: Some(SealedRef { id: "vf".into() }),
             sealed: Some(SealedRef { id: "pp".into() }),
-            saved_to: None,
-            save_problem: None,
+            ..PassphraseObserved::default()
         }),
         ..at(2)
     }
 }
 
+/// A registration started: its request id drawn, nothing asked of the vault yet.
+fn started_seen() -> Observations {
+    Observations { request_id: Some("req-1".into()), ..at(3) }
+}
+
+/// The vault's answer to the registration started with `req-1`.
+fn answered(answer: VaultAnswer) -> Observations {
+    Observations { vault: Some(answer), request_id: Some("req-1".into()), ..at(3) }
+}
+
 fn registered_seen() -> Observations {
-    Observations {
-        vault: Some(VaultAnswer::Registered { machine_id: "m-1".into(), vault: "vault-a".into(), registered_at: t0() }),
-        ..at(3)
-    }
+    answered(VaultAnswer::Registered { machine_id: "m-1".into(), vault: "vault-a".into(), registered_at: t0() })
+}
+
+fn refused_by_vault(reason: Reason) -> Observations {
+    answered(VaultAnswer::Refused { reason, detail: "detail".into() })
+}
+
+/// Everything up to a registration started and not answered yet.
+fn started() -> Given {
+    let mut steps = history(Step::Passphrase);
+    steps.push((Command::Register { endpoint_override: None }, started_seen()));
+    given(steps)
 }
 
 /// The steps leading up to each phase, as recorded.
@@ -102,14 +131,17 @@ fn history(upto: Step) -> Vec<(Command, Observations)> {
             credentials_seen("vault-a"),
         ),
         (Step::Passphrase, Command::SetPassphrase { save_to: None }, passphrase_seen(20)),
+        (Step::Register, Command::Register { endpoint_override: None }, started_seen()),
         (Step::Register, Command::Register { endpoint_override: None }, registered_seen()),
     ];
     let mut steps = Vec::new();
+    let mut reached = false;
     for (step, command, observed) in all {
-        steps.push((command, observed));
-        if step == upto {
+        if reached && step != upto {
             break;
         }
+        steps.push((command, observed));
+        reached |= step == upto;
     }
     steps
 }
@@ -389,7 +421,7 @@ fn a_passphrase_with_characters_outside_printable_ascii_is_invalid() {
     let mut observed = passphrase_seen(30);
     if let Some(p) = &mut observed.passphrase {
         p.printable_ascii = false;
-        p.verifier = None;
+        p.verifier_sealed = None;
     }
     given(history(Step::Credentials))
         .when(Command::SetPassphrase { save_to: None }, observed)
@@ -425,7 +457,7 @@ fn a_generated_passphrase_that_could_not_be_saved_is_refused() {
     let mut observed = passphrase_seen(40);
     if let Some(p) = &mut observed.passphrase {
         p.save_problem = Some("the file exists; it is never overwritten".into());
-        p.verifier = None;
+        p.verifier_sealed = None;
     }
     given(history(Step::Credentials))
         .when(Command::SetPassphrase { save_to: Some("/root/pp.txt".into()) }, observed)
@@ -445,15 +477,36 @@ fn register_needs_every_earlier_step_naming_the_first_missing() {
 }
 
 #[test]
+fn a_registration_is_started_with_its_request_id_before_the_vault_is_asked() {
+    let (change, state) =
+        given(history(Step::Passphrase)).when(Command::Register { endpoint_override: None }, started_seen()).accepted();
+    let Change::RegistrationAttempted(attempt) = change else { panic!("{change:?}") };
+    assert_eq!((attempt.request_id.as_str(), attempt.thumbprint.as_str()), ("req-1", "ab".repeat(32).as_str()));
+    assert_eq!(state.attempt.as_ref().map(|a| a.request_id.as_str()), Some("req-1"));
+    assert_eq!(state.phase().name(), "passphrase_created", "started is not registered");
+}
+
+#[test]
 fn a_registration_records_the_vault_machine_and_time() {
-    let (change, state) = given(history(Step::Passphrase))
-        .when(Command::Register { endpoint_override: None }, registered_seen())
-        .accepted();
+    let (change, state) = started().when(Command::Register { endpoint_override: None }, registered_seen()).accepted();
     let Change::Registered(registration) = change else { panic!() };
     assert_eq!((registration.vault.as_str(), registration.machine_id.as_str()), ("vault-a", "m-1"));
     assert_eq!(registration.thumbprint, "ab".repeat(32));
+    assert_eq!(registration.request_id.as_deref(), Some("req-1"));
+    assert_eq!(registration.private_key.as_ref().map(|k| k.id.as_str()), Some("key"));
     assert_eq!(state.phase().name(), "registered");
     assert_eq!(state.next_step(), None);
+    assert_eq!(state.attempt, None, "the attempt ended with its outcome");
+}
+
+#[test]
+fn a_log_written_before_registrations_were_started_still_decides_the_same() {
+    // Schema 2: the vault's answer came with no recorded start and no request id.
+    let observed = Observations { request_id: None, ..registered_seen() };
+    let (change, _) =
+        given(history(Step::Passphrase)).when(Command::Register { endpoint_override: None }, observed).accepted();
+    let Change::Registered(registration) = change else { panic!() };
+    assert_eq!((registration.private_key, registration.request_id), (None, None));
 }
 
 #[test]
@@ -462,15 +515,66 @@ fn the_vaults_refusals_are_recorded_with_their_codes() {
         (Reason::CredentialsSuperseded, "newer one was downloaded"),
         (Reason::CredentialsExpired, "expired"),
         (Reason::CredentialsInvalid, "Invalid vault credentials"),
+        (Reason::CredentialsWrongVault, "Quick Start"),
         (Reason::ProxyAuthFailed, "proxy refused"),
         (Reason::VaultUnreachable, "could not be reached"),
         (Reason::VaultError, "refused the registration"),
+        (Reason::RequestIdConflict, "copied from another server"),
+        (Reason::MachineRemoved, "removed the machine"),
     ] {
-        let observed = Observations { vault: Some(VaultAnswer::Refused { reason, detail: "detail".into() }), ..at(3) };
-        given(history(Step::Passphrase))
-            .when(Command::Register { endpoint_override: None }, observed)
+        started()
+            .when(Command::Register { endpoint_override: None }, refused_by_vault(reason))
             .refused(reason, &[says]);
     }
+}
+
+#[test]
+fn a_refusal_for_good_ends_the_attempt_and_any_other_keeps_its_request_id() {
+    for reason in Reason::ALL {
+        let then = started().when(Command::Register { endpoint_override: None }, refused_by_vault(reason));
+        let kept = then.after.attempt.as_ref().map(|a| a.request_id.clone());
+        let ends = matches!(
+            reason,
+            Reason::CredentialsUnreadable
+                | Reason::CredentialsInvalid
+                | Reason::CredentialsExpired
+                | Reason::CredentialsSuperseded
+                | Reason::CredentialsWrongVault
+                | Reason::RequestIdConflict
+                | Reason::MachineRemoved
+                | Reason::AlreadyRegistered
+        );
+        assert_eq!(kept, (!ends).then(|| "req-1".to_string()), "{reason}");
+        assert_eq!(then.after.attempt_answered, !ends, "{reason}");
+    }
+}
+
+#[test]
+fn other_credentials_start_a_new_registration_only_once_the_vault_answered_the_old_one() {
+    let other = || (Command::LoadCredentials { file: "/tmp/w.VaultCredentials".into() }, other_credentials_seen());
+    // No outcome recorded (a run killed while the vault was asked): the attempt keeps its own
+    // credentials, and the machine it makes is registered with those.
+    let (command, observed) = other();
+    let state = started().when(command, observed).accepted().1;
+    assert_eq!(state.attempt.as_ref().map(|a| a.thumbprint.clone()), Some("ab".repeat(32)));
+    let (change, _) = Given { state }.when(Command::Register { endpoint_override: None }, registered_seen()).accepted();
+    let Change::Registered(registration) = change else { panic!() };
+    assert_eq!(registration.thumbprint, "ab".repeat(32), "registered with the attempt's credentials");
+    // An outcome recorded (the vault unreachable): other credentials end the attempt.
+    let state =
+        started().when(Command::Register { endpoint_override: None }, refused_by_vault(Reason::VaultUnreachable)).after;
+    assert!(state.attempt.is_some());
+    let (command, observed) = other();
+    let state = Given { state }.when(command, observed).accepted().1;
+    assert_eq!(state.attempt, None);
+}
+
+#[test]
+fn an_answer_for_another_request_than_the_open_one_is_not_taken() {
+    let observed = Observations { request_id: Some("req-other".into()), ..registered_seen() };
+    started()
+        .when(Command::Register { endpoint_override: None }, observed)
+        .refused(Reason::StepOutOfOrder, &["changed while the vault was asked"]);
 }
 
 #[test]
@@ -488,9 +592,10 @@ fn a_sealed_key_that_cannot_be_opened_is_reported_not_crashed_on() {
             secret: SecretKind::CredentialsPrivateKey,
             detail: "machine key missing".into(),
         }),
+        request_id: Some("req-1".into()),
         ..at(3)
     };
-    given(history(Step::Passphrase))
+    started()
         .when(Command::Register { endpoint_override: None }, observed)
         .refused(Reason::CredentialsUnreadable, &["machine key missing", "load the vault credentials file again"]);
 }
@@ -503,7 +608,14 @@ fn a_registered_machine_refuses_another_registration_until_unregistered() {
         .refused(Reason::AlreadyRegistered, &["unregister"]);
     let mut steps = history(Step::Register);
     steps.push((Command::Unregister, at(5)));
-    let (change, state) = given(steps).when(register(), registered_seen()).accepted();
+    let state = given(steps).state;
+    assert_eq!(state.attempt, None);
+    // Registering again starts a new registration, with a new request id.
+    let observed = Observations { request_id: Some("req-2".into()), ..at(6) };
+    let (change, state) = Given { state }.when(register(), observed).accepted();
+    assert!(matches!(change, Change::RegistrationAttempted(ref a) if a.request_id == "req-2"));
+    let answer = Observations { request_id: Some("req-2".into()), ..registered_seen() };
+    let (change, state) = Given { state }.when(register(), answer).accepted();
     assert!(matches!(change, Change::Registered(_)));
     assert_eq!(state.phase().name(), "registered");
 }
@@ -604,6 +716,89 @@ fn a_passphrase_change_needs_a_pin_issued_within_five_minutes() {
     given(history(Step::Register))
         .when(change(), with_pin(pin(-6)))
         .refused(Reason::SecurityPinInvalid, &["security PIN"]);
+}
+
+#[test]
+fn a_passphrase_change_is_refused_for_local_reasons_before_the_vault_is_asked() {
+    let change = || Command::ChangePassphrase { save_to: None };
+    // A PIN that cannot be one: refused without asking the vault (no PIN answer observed).
+    let observed = Observations { pin_problem: Some("a security PIN is 8 digits".into()), ..at(10) };
+    given(history(Step::Register)).when(change(), observed).refused(Reason::SecurityPinInvalid, &["8 digits"]);
+    // A passphrase too short, or not ASCII: refused on its own facts, with no PIN answer.
+    given(history(Step::Register)).when(change(), passphrase_seen(5)).refused(Reason::PassphraseTooShort, &["16"]);
+    let mut observed = passphrase_seen(30);
+    if let Some(p) = &mut observed.passphrase {
+        p.printable_ascii = false;
+    }
+    given(history(Step::Register)).when(change(), observed).refused(Reason::PassphraseInvalid, &["ASCII"]);
+    // A file to save a generated one to that exists already.
+    let mut observed = passphrase_seen(32);
+    if let Some(p) = &mut observed.passphrase {
+        p.save_problem = Some("it already exists".into());
+    }
+    given(history(Step::Register))
+        .when(Command::ChangePassphrase { save_to: Some("/root/pp.txt".into()) }, observed)
+        .refused(Reason::PassphraseInvalid, &["already exists"]);
+}
+
+#[test]
+fn a_passphrase_of_whitespace_with_whitespace_at_its_ends_or_from_an_unusable_input_is_invalid() {
+    let set = || Command::SetPassphrase { save_to: None };
+    let with = |edit: fn(&mut PassphraseObserved)| {
+        let mut observed = passphrase_seen(20);
+        if let Some(p) = &mut observed.passphrase {
+            edit(p);
+        }
+        observed
+    };
+    given(history(Step::Credentials))
+        .when(set(), with(|p| p.blank = true))
+        .refused(Reason::PassphraseInvalid, &["only whitespace"]);
+    given(history(Step::Credentials))
+        .when(set(), with(|p| p.edge_whitespace = true))
+        .refused(Reason::PassphraseInvalid, &["starts or ends with whitespace"]);
+    given(history(Step::Credentials))
+        .when(set(), with(|p| p.input_problem = Some("it is more than one line".into())))
+        .refused(Reason::PassphraseInvalid, &["more than one line", "1 KiB"]);
+}
+
+#[test]
+fn a_proxy_password_from_an_unusable_input_is_refused() {
+    let observed = Observations { proxy_password_problem: Some("it is more than 1024 bytes".into()), ..at(1) };
+    nothing()
+        .when(
+            Command::SetProxy { host: "proxy".into(), port: 3128, username: Some("u".into()), password_given: true },
+            observed,
+        )
+        .refused(Reason::InvalidProxy, &["more than 1024 bytes"]);
+}
+
+#[test]
+fn paths_that_are_not_plain_text_are_refused_as_the_step_they_name() {
+    let folders = |install: &str| Command::ChooseFolders {
+        install_dir: install.into(),
+        scratch_dir: "/var/cache/regent".into(),
+        backup_size_bytes: GIB,
+    };
+    for bad in ["/opt/re\ngent", "/opt/\u{1b}[31mred", "/opt/not-\u{fffd}-utf8"] {
+        nothing().when(folders(bad), folders_seen(GIB)).refused(Reason::InvalidFolder, &["install folder's path"]);
+    }
+    given(history(Step::Folders))
+        .when(Command::LoadCredentials { file: "/tmp/\u{fffd}.VaultCredentials".into() }, credentials_seen("v"))
+        .refused(Reason::CredentialsUnreadable, &["not valid UTF-8"]);
+    given(history(Step::Credentials))
+        .when(Command::SetPassphrase { save_to: Some("/root/a\rb".into()) }, passphrase_seen(32))
+        .refused(Reason::PassphraseInvalid, &["control character"]);
+}
+
+#[test]
+fn a_missing_folder_is_accepted_only_where_it_can_be_created() {
+    let missing =
+        |creatable: bool| FolderFacts { existed: false, is_dir: false, writable: false, creatable, ..dir(GIB) };
+    let observed =
+        |creatable| Observations { install: Some(missing(creatable)), scratch: Some(dir(100 * GIB)), ..at(0) };
+    nothing().when(choose_folders(), observed(true)).accepted();
+    nothing().when(choose_folders(), observed(false)).refused(Reason::InvalidFolder, &["cannot be created"]);
 }
 
 // ---- state ----

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Duration, Utc};
 use regent_engine::model::*;
 use regent_engine::ports::*;
-use regent_engine::service::{EngineError, Registrar, SecretInputs};
+use regent_engine::service::{EngineError, Registrar, SecretInput, SecretInputs, StepResult};
 use regent_engine::{Reason, projections};
 use regent_secrets::{ExposeSecret, MachineKey, SecretString, SecretsArea};
 use regent_store::{Actor, EventStore, StoreOptions};
@@ -25,19 +25,35 @@ struct TestFolders {
     free: u64,
 }
 impl FolderProbe for TestFolders {
-    fn probe(&self, path: &Path, create: bool) -> FolderFacts {
-        if create {
-            std::fs::create_dir_all(path).unwrap();
-        }
+    fn probe(&self, path: &Path) -> FolderFacts {
+        let existed = path.exists();
         FolderFacts {
             resolved: Some(path.to_path_buf()),
-            existed: true,
+            existed,
             is_dir: path.is_dir(),
-            writable: true,
+            writable: existed,
+            creatable: !existed,
             filesystem: "ext4".into(),
             free_bytes: self.free,
             ..FolderFacts::default()
         }
+    }
+
+    fn create(&self, path: &Path) -> Result<(), String> {
+        std::fs::create_dir_all(path).map_err(|e| e.to_string())
+    }
+}
+
+/// The store opened anew for each phase, as the binary does.
+struct TestLog {
+    dir: PathBuf,
+    /// How long to wait for another holder: sled's background work may hold the lock for a
+    /// moment after a store is dropped.
+    wait: std::time::Duration,
+}
+impl LogAccess for TestLog {
+    fn open(&self) -> Result<EventStore, regent_store::StoreError> {
+        EventStore::open(&self.dir, &StoreOptions { lock_wait: self.wait, ..StoreOptions::default() })
     }
 }
 
@@ -55,25 +71,88 @@ impl Randomness for Random {
     }
 }
 
-struct NewFiles;
-impl PassphraseFile for NewFiles {
-    fn save_new(&self, path: &Path, passphrase: &SecretString) -> Result<PathBuf, String> {
-        regent_secrets::write_new_secret_file(path, passphrase).map_err(|e| e.to_string())?;
-        Ok(path.to_path_buf())
+/// Kept files as the binary keeps them; `fail_next_place` makes the next move fail, as a run
+/// killed between recording the step and moving its file would leave it.
+struct KeptFiles {
+    fail_next_place: Cell<bool>,
+}
+impl PassphraseFile for KeptFiles {
+    fn prepare(&self, path: &Path, passphrase: &SecretString) -> Result<PreparedFile, String> {
+        let pending = regent_secrets::prepare_kept_file(path, passphrase).map_err(|e| e.to_string())?;
+        Ok(PreparedFile { target: path.to_path_buf(), temporary: pending.temporary().to_path_buf() })
+    }
+    fn place(&self, file: &PreparedFile) -> Result<PathBuf, String> {
+        if self.fail_next_place.replace(false) {
+            return Err("the run was stopped".into());
+        }
+        regent_secrets::PendingFile::waiting(&file.target, &file.temporary).place().map_err(|e| e.to_string())?;
+        Ok(file.target.clone())
+    }
+    fn discard(&self, file: &PreparedFile) {
+        regent_secrets::PendingFile::waiting(&file.target, &file.temporary).discard();
+    }
+    fn pending(&self, path: &Path) -> bool {
+        !path.exists() && regent_secrets::kept_file_pending(path)
+    }
+    fn finish(&self, path: &Path, passphrase: &SecretString) -> Result<bool, String> {
+        regent_secrets::finish_kept_file(path, passphrase).map_err(|e| e.to_string())
     }
 }
 
 /// A vault that registers a machine only if the request is signed by the key of the newest
-/// certificate it issued, and checks PINs. What it saw is kept for the test to inspect.
+/// certificate it issued (one machine per request id, as the real one), and checks PINs. What it
+/// saw is kept for the test to inspect. `lose_next_answer`: the next registration is made but
+/// its answer is lost on the way back.
 struct TestVault {
     newest_certificate: RefCell<Vec<u8>>,
     registrations: Cell<u32>,
+    machines: RefCell<Vec<(String, String)>>,
     proxies_seen: RefCell<Vec<Option<(String, String)>>>,
     pin: String,
     pin_issued_at: DateTime<Utc>,
+    pin_checks: Cell<u32>,
+    lose_next_answer: Cell<bool>,
+    /// The agent's log, which must not be held while the vault is asked.
+    log: PathBuf,
+    log_was_held: Cell<bool>,
+}
+impl TestVault {
+    fn check_log_is_free(&self) {
+        // Held by the engine, it stays held until this call returns: 2 s is never enough then.
+        if (TestLog { dir: self.log.clone(), wait: std::time::Duration::from_secs(2) }).open().is_err() {
+            self.log_was_held.set(true);
+        }
+    }
 }
 impl VaultClient for TestVault {
     fn register(&self, request: &RegisterRequest) -> VaultAnswer {
+        self.check_log_is_free();
+        let answer = self.register_once(request);
+        if self.lose_next_answer.replace(false) {
+            return VaultAnswer::Refused { reason: Reason::VaultUnreachable, detail: "the connection dropped".into() };
+        }
+        answer
+    }
+
+    fn check_pin(&self, check: &PinCheck) -> PinAnswer {
+        self.check_log_is_free();
+        self.pin_checks.set(self.pin_checks.get() + 1);
+        if check.pin.expose_secret() == self.pin {
+            PinAnswer::Valid { issued_at: self.pin_issued_at }
+        } else {
+            PinAnswer::Refused { reason: Reason::SecurityPinInvalid, detail: "unknown PIN".into() }
+        }
+    }
+}
+impl TestVault {
+    fn register_once(&self, request: &RegisterRequest) -> VaultAnswer {
+        if let Some((_, machine)) = self.machines.borrow().iter().find(|(id, _)| *id == request.request_id) {
+            return VaultAnswer::Registered {
+                machine_id: machine.clone(),
+                vault: request.vault.name.clone(),
+                registered_at: Utc::now(),
+            };
+        }
         self.proxies_seen.borrow_mut().push(
             request
                 .proxy
@@ -90,8 +169,10 @@ impl VaultClient for TestVault {
         match regent_credentials::verify_signature(&certificate, message.as_bytes(), &signature) {
             Ok(()) => {
                 self.registrations.set(self.registrations.get() + 1);
+                let machine = format!("machine-{}", self.registrations.get());
+                self.machines.borrow_mut().push((request.request_id.clone(), machine.clone()));
                 VaultAnswer::Registered {
-                    machine_id: format!("machine-{}", self.registrations.get()),
+                    machine_id: machine,
                     vault: request.vault.name.clone(),
                     registered_at: Utc::now(),
                 }
@@ -102,44 +183,47 @@ impl VaultClient for TestVault {
             },
         }
     }
-
-    fn check_pin(&self, check: &PinCheck) -> PinAnswer {
-        if check.pin.expose_secret() == self.pin {
-            PinAnswer::Valid { issued_at: self.pin_issued_at }
-        } else {
-            PinAnswer::Refused { reason: Reason::SecurityPinInvalid, detail: "unknown PIN".into() }
-        }
-    }
 }
 
 struct Fixture {
     dir: tempfile::TempDir,
-    store: EventStore,
+    log: TestLog,
     area: SecretsArea,
     clock: TestClock,
     folders: TestFolders,
+    files: KeptFiles,
     vault: TestVault,
 }
 
 impl Fixture {
     fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let store = EventStore::open(dir.path().join("store"), &StoreOptions::default()).unwrap();
+        let log = TestLog { dir: dir.path().join("store"), wait: std::time::Duration::from_secs(5) };
         let area = SecretsArea::open_dir(dir.path(), MachineKey::load_or_create(dir.path()).unwrap()).unwrap();
         Fixture {
-            dir,
-            store,
+            log,
             area,
             clock: TestClock(Cell::new(Utc::now())),
             folders: TestFolders { free: 1 << 40 },
+            files: KeptFiles { fail_next_place: Cell::new(false) },
             vault: TestVault {
                 newest_certificate: RefCell::new(Vec::new()),
                 registrations: Cell::new(0),
+                machines: RefCell::new(Vec::new()),
                 proxies_seen: RefCell::new(Vec::new()),
                 pin: "12345678".into(),
                 pin_issued_at: Utc::now(),
+                pin_checks: Cell::new(0),
+                lose_next_answer: Cell::new(false),
+                log: dir.path().join("store"),
+                log_was_held: Cell::new(false),
             },
+            dir,
         }
+    }
+
+    fn store(&self) -> EventStore {
+        self.log.open().unwrap()
     }
 
     fn world(&self) -> World<'_> {
@@ -149,19 +233,16 @@ impl Fixture {
             files: &Files,
             random: &Random,
             secrets: &self.area,
-            passphrase_files: &NewFiles,
+            passphrase_files: &self.files,
             vault: &self.vault,
             machine_name: "srv-01".into(),
         }
     }
 
-    fn run(&self, command: Command, secrets: SecretInputs) -> Result<regent_engine::service::StepResult, EngineError> {
-        Registrar::new(&self.store).execute(
-            &self.world(),
-            Actor { user: "ops".into(), host: "srv-01".into() },
-            command,
-            secrets,
-        )
+    fn run(&self, command: Command, secrets: SecretInputs) -> Result<StepResult, EngineError> {
+        Registrar::new(&self.log)
+            .execute(&self.world(), Actor { user: "ops".into(), host: "srv-01".into() }, command, secrets)
+            .map(|executed| executed.result)
     }
 
     fn reason_of(&self, command: Command, secrets: SecretInputs) -> Option<Reason> {
@@ -201,8 +282,8 @@ impl Fixture {
     }
 }
 
-fn secret(text: &str) -> Option<SecretString> {
-    Some(SecretString::from(text.to_string()))
+fn secret(text: &str) -> Option<SecretInput> {
+    Some(SecretInput::Given(SecretString::from(text.to_string())))
 }
 
 fn folders(f: &Fixture) -> Command {
@@ -266,9 +347,10 @@ fn a_scripted_registration_leaves_no_secret_in_any_file_or_export() {
     assert_eq!(f.vault.proxies_seen.borrow()[0], Some(("svc".into(), proxy_password.into())));
 
     let mut export = Vec::new();
-    f.store.export(&mut export, "test").unwrap();
+    f.store().export(&mut export, "test").unwrap();
+    // Nothing from which the passphrase can be guessed offline either: no verifier.
+    assert!(!String::from_utf8_lossy(&export).contains("$argon2"), "the export holds a passphrase verifier");
     let mut places: Vec<(String, Vec<u8>)> = vec![("export".into(), export)];
-    f.store.flush().unwrap();
     for path in files_under(f.dir.path()) {
         places.push((path.display().to_string(), std::fs::read(&path).unwrap()));
     }
@@ -299,9 +381,10 @@ fn a_stale_credentials_download_is_superseded_at_registration_and_the_newest_reg
     assert_eq!(f.reason_of(register(), SecretInputs::default()), Some(Reason::CredentialsSuperseded));
     f.run(Command::LoadCredentials { file: second }, SecretInputs::default()).unwrap();
     assert_eq!(f.reason_of(register(), SecretInputs::default()), None);
-    let (state, head) = Registrar::new(&f.store).state().unwrap();
+    let (state, head) = Registrar::new(&f.log).state().unwrap();
     let status = projections::status(&state, head);
-    assert_eq!((status.phase, status.events, status.vault.as_deref()), ("registered", 6, Some("vault-a")));
+    // folders, load, passphrase, started, superseded (which ends the attempt), load, started, registered
+    assert_eq!((status.phase, status.events, status.vault.as_deref()), ("registered", 8, Some("vault-a")));
     assert_eq!(status.last_failure, None, "the registration failure was resolved by registering");
 }
 
@@ -320,7 +403,13 @@ fn a_generated_passphrase_is_saved_0600_never_overwrites_and_is_shown_once() {
     assert_eq!(std::fs::read_to_string(&target).unwrap().trim_end(), shown.expose_secret());
     assert_eq!(std::fs::metadata(&target).unwrap().permissions().mode() & 0o777, 0o600);
     let Outcome::Accepted(Change::PassphraseCreated(encryption)) = done.record.outcome else { panic!() };
-    let verifier = regent_secrets::PassphraseVerifier::from_phc(&encryption.verifier).unwrap();
+    assert_eq!(encryption.verifier, None, "the verifier is not recorded");
+    let sealed = encryption.verifier_sealed.expect("sealed beside the log");
+    let phc = f
+        .area
+        .open(regent_secrets::SecretKind::PassphraseVerifier, &regent_secrets::SecretRef { id: sealed.id })
+        .unwrap();
+    let verifier = regent_secrets::PassphraseVerifier::from_phc(std::str::from_utf8(&phc).unwrap()).unwrap();
     assert!(verifier.verify(&shown));
     // Generating again to the same file is refused, and the file is untouched.
     let again = f.run(Command::SetPassphrase { save_to: Some(target.clone()) }, SecretInputs::default()).unwrap();
@@ -372,14 +461,15 @@ fn a_lost_machine_key_is_reported_at_registration_not_a_crash() {
     std::fs::remove_dir_all(other.path().join("secrets")).unwrap();
     std::fs::rename(f.dir.path().join("secrets"), other.path().join("secrets")).unwrap();
     let world = World { secrets: &foreign, ..f.world() };
-    let done = Registrar::new(&f.store)
+    let done = Registrar::new(&f.log)
         .execute(
             &world,
             Actor { user: "ops".into(), host: "h".into() },
             Command::Register { endpoint_override: None },
             SecretInputs::default(),
         )
-        .unwrap();
+        .unwrap()
+        .result;
     assert!(matches!(done.record.outcome, Outcome::Refused(ref r) if r.reason == Reason::CredentialsUnreadable));
     assert_eq!(f.vault.registrations.get(), 0, "the vault was not asked");
 }
@@ -394,4 +484,136 @@ fn debug_of_secret_holding_types_shows_nothing() {
     let parsed = regent_credentials::PrivateKey::from_pkcs8_der(&key).unwrap();
     let shown = format!("{parsed:?}");
     assert!(!shown.contains(&hex::encode(&key[..16])) && shown.contains("redacted"), "{shown}");
+}
+
+/// Folders, credentials and a passphrase: ready to register.
+fn ready(f: &Fixture) {
+    f.run(folders(f), SecretInputs::default()).unwrap();
+    let (credentials, _) = f.download_credentials("vault-a", "v.VaultCredentials");
+    f.run(Command::LoadCredentials { file: credentials }, SecretInputs::default()).unwrap();
+    let set = Command::SetPassphrase { save_to: None };
+    f.run(set, SecretInputs { passphrase: secret("sixteen chars ok"), ..Default::default() }).unwrap();
+}
+
+#[test]
+fn a_registration_whose_answer_was_lost_is_asked_again_with_its_request_id_and_makes_one_machine() {
+    let f = Fixture::new();
+    ready(&f);
+    f.vault.lose_next_answer.set(true);
+    let register = || Command::Register { endpoint_override: None };
+    assert_eq!(f.reason_of(register(), SecretInputs::default()), Some(Reason::VaultUnreachable));
+    assert_eq!(f.vault.registrations.get(), 1, "the vault made the machine; the answer was lost");
+    let done = f.run(register(), SecretInputs::default()).unwrap();
+    let Outcome::Accepted(Change::Registered(registration)) = done.record.outcome else { panic!() };
+    assert_eq!(registration.machine_id, "machine-1", "the machine the vault made for the first run");
+    assert_eq!(f.vault.registrations.get(), 1, "no second machine");
+    assert!(!f.vault.log_was_held.get(), "the log was closed while the vault was asked");
+}
+
+#[test]
+fn a_passphrase_change_refused_for_a_local_reason_spends_no_pin() {
+    let f = Fixture::new();
+    ready(&f);
+    f.run(Command::Register { endpoint_override: None }, SecretInputs::default()).unwrap();
+    let change = Command::ChangePassphrase { save_to: None };
+    for (passphrase, reason) in
+        [("short", Reason::PassphraseTooShort), ("  padded passphrase here  ", Reason::PassphraseInvalid)]
+    {
+        let secrets =
+            SecretInputs { passphrase: secret(passphrase), security_pin: secret("12345678"), ..Default::default() };
+        assert_eq!(f.reason_of(change.clone(), secrets), Some(reason));
+    }
+    let unusable = SecretInputs {
+        passphrase: Some(SecretInput::Unusable("it is more than one line".into())),
+        security_pin: secret("12345678"),
+        ..Default::default()
+    };
+    assert_eq!(f.reason_of(change.clone(), unusable), Some(Reason::PassphraseInvalid));
+    let bad_pin = SecretInputs {
+        passphrase: secret("a good new passphrase"),
+        security_pin: secret("1234"),
+        ..Default::default()
+    };
+    assert_eq!(f.reason_of(change.clone(), bad_pin), Some(Reason::SecurityPinInvalid));
+    // A file that exists already: nothing spent, nothing overwritten.
+    let taken = f.dir.path().join("taken.txt");
+    std::fs::write(&taken, "mine").unwrap();
+    let generate = Command::ChangePassphrase { save_to: Some(taken.clone()) };
+    assert_eq!(
+        f.reason_of(generate, SecretInputs { security_pin: secret("12345678"), ..Default::default() }),
+        Some(Reason::PassphraseInvalid)
+    );
+    assert_eq!(std::fs::read_to_string(&taken).unwrap(), "mine");
+    assert_eq!(f.vault.pin_checks.get(), 0, "the vault was never asked");
+    let good = SecretInputs {
+        passphrase: secret("a good new passphrase"),
+        security_pin: secret("12345678"),
+        ..Default::default()
+    };
+    assert_eq!(f.reason_of(change, good), None);
+    assert_eq!(f.vault.pin_checks.get(), 1);
+    assert!(!f.vault.log_was_held.get(), "the log was closed while the vault was asked");
+}
+
+#[test]
+fn a_refused_folders_step_creates_no_folder_and_an_accepted_one_does() {
+    let mut f = Fixture::new();
+    f.folders = TestFolders { free: 1 };
+    assert_eq!(f.reason_of(folders(&f), SecretInputs::default()), Some(Reason::InsufficientScratchSpace));
+    assert!(!f.dir.path().join("install").exists() && !f.dir.path().join("scratch").exists());
+    f.folders = TestFolders { free: 1 << 40 };
+    let done = f.run(folders(&f), SecretInputs::default()).unwrap();
+    assert!(matches!(done.record.outcome, Outcome::Accepted(_)));
+    assert!(f.dir.path().join("install").is_dir() && f.dir.path().join("scratch").is_dir());
+    let scratch = done.record.observed.scratch.unwrap();
+    assert!(scratch.created && !scratch.existed, "what is recorded is the folder as created: {scratch:?}");
+}
+
+#[test]
+fn a_generated_passphrase_file_exists_only_once_recorded_and_a_stopped_move_is_finished_later() {
+    let f = Fixture::new();
+    f.run(folders(&f), SecretInputs::default()).unwrap();
+    let (credentials, _) = f.download_credentials("vault-a", "v.VaultCredentials");
+    f.run(Command::LoadCredentials { file: credentials }, SecretInputs::default()).unwrap();
+    let safe = tempfile::tempdir().unwrap();
+    let target = safe.path().join("passphrase.txt");
+    // The run stops after recording, before the move.
+    f.files.fail_next_place.set(true);
+    let done = f.run(Command::SetPassphrase { save_to: Some(target.clone()) }, SecretInputs::default()).unwrap();
+    assert!(matches!(done.record.outcome, Outcome::Accepted(Change::PassphraseCreated(_))));
+    assert!(!target.exists());
+    assert!(done.notes.iter().any(|n| n.contains("could not be put")), "{:?}", done.notes);
+    let shown = done.generated_passphrase.unwrap();
+    // The next command, whatever it is, finishes the move with the recorded passphrase.
+    let next = f.run(Command::ThrottlingOff, SecretInputs::default()).unwrap();
+    assert_eq!(std::fs::read_to_string(&target).unwrap().trim_end(), shown.expose_secret());
+    assert!(next.notes.iter().any(|n| n.contains("was put in place")), "{:?}", next.notes);
+    assert_eq!(std::fs::read_dir(safe.path()).unwrap().count(), 1, "nothing else is left beside it");
+}
+
+#[test]
+fn superseded_secrets_are_removed_and_current_ones_kept() {
+    let f = Fixture::new();
+    let proxy = |password: &str| {
+        let command = Command::SetProxy {
+            host: "proxy.corp".into(),
+            port: 3128,
+            username: Some("u".into()),
+            password_given: true,
+        };
+        f.run(command, SecretInputs { proxy_password: secret(password), ..Default::default() }).unwrap()
+    };
+    let first = proxy("first-password").state.proxy.unwrap().password.unwrap();
+    let second = proxy("second-password").state.proxy.unwrap().password.unwrap();
+    let open = |r: &SealedRef| {
+        f.area.open(regent_secrets::SecretKind::ProxyPassword, &regent_secrets::SecretRef { id: r.id.clone() })
+    };
+    assert!(matches!(open(&first), Err(regent_secrets::SecretsError::NotFound { .. })), "the old password is gone");
+    assert_eq!(&open(&second).unwrap()[..], b"second-password");
+    assert_eq!(f.area.count().unwrap(), 1);
+    ready(&f);
+    // proxy password, credentials key, passphrase and its verifier
+    assert_eq!(f.area.count().unwrap(), 4);
+    f.run(Command::ClearProxy, SecretInputs::default()).unwrap();
+    assert_eq!(f.area.count().unwrap(), 3, "a cleared proxy's password goes too");
 }

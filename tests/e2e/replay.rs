@@ -52,14 +52,7 @@ fn export_with_passphrase_outcome(dir: &std::path::Path, outcome: Outcome) -> st
         command: Command::SetPassphrase { save_to: None },
         observed: Observations {
             now: meta.recorded_at,
-            passphrase: Some(PassphraseObserved {
-                length: 10,
-                printable_ascii: true,
-                verifier: None,
-                sealed: None,
-                saved_to: None,
-                save_problem: None,
-            }),
+            passphrase: Some(PassphraseObserved { length: 10, printable_ascii: true, ..PassphraseObserved::default() }),
             ..Default::default()
         },
         outcome,
@@ -102,7 +95,8 @@ fn check_names_the_first_step_this_build_decides_differently() {
     // An old build accepted a 10-character passphrase; this one wants credentials first anyway.
     let accepted = Outcome::Accepted(Change::PassphraseCreated(Encryption {
         origin: PassphraseOrigin::Provided,
-        verifier: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaA".into(),
+        verifier: None,
+        verifier_sealed: Some(SealedRef { id: "vf".into() }),
         sealed: None,
         set_at: Utc::now(),
         warnings: vec![],

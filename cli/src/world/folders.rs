@@ -13,18 +13,18 @@ const NETWORK_FILESYSTEMS: &[&str] =
 pub struct DiskFolders;
 
 impl FolderProbe for DiskFolders {
-    fn probe(&self, path: &Path, create: bool) -> FolderFacts {
+    fn create(&self, path: &Path) -> Result<(), String> {
+        create_folder(path)
+    }
+
+    fn probe(&self, path: &Path) -> FolderFacts {
         let mut facts = FolderFacts { existed: path.exists(), ..FolderFacts::default() };
         if !path.is_absolute() {
             facts.problem = Some("not an absolute path".into());
             return facts;
         }
-        if !facts.existed && create {
-            if let Err(e) = std::fs::create_dir_all(path) {
-                facts.problem = Some(format!("cannot create it: {e}"));
-                return facts;
-            }
-            facts.created = true;
+        if !facts.existed {
+            return probe_missing(path, facts);
         }
         match std::fs::metadata(path) {
             Ok(metadata) => facts.is_dir = metadata.is_dir(),
@@ -46,6 +46,60 @@ impl FolderProbe for DiskFolders {
         }
         facts
     }
+}
+
+/// A folder that does not exist yet, seen from its nearest existing parent: whether it can be
+/// created there, and the filesystem and free space it would have.
+fn probe_missing(path: &Path, mut facts: FolderFacts) -> FolderFacts {
+    let Some(parent) = path.ancestors().skip(1).find(|p| p.exists()) else {
+        facts.problem = Some("none of its parent folders exists".into());
+        return facts;
+    };
+    let Ok(metadata) = std::fs::metadata(parent) else {
+        facts.problem = Some(format!("its parent {} cannot be looked at", parent.display()));
+        return facts;
+    };
+    if !metadata.is_dir() {
+        facts.problem = Some(format!("{} is not a folder", parent.display()));
+        return facts;
+    }
+    let resolved_parent = std::fs::canonicalize(parent).unwrap_or_else(|_| parent.to_path_buf());
+    facts.resolved = path.strip_prefix(parent).ok().map(|rest| resolved_parent.join(rest));
+    facts.creatable = writable_dir(parent);
+    facts.filesystem = filesystem_of(&resolved_parent).unwrap_or_else(|| "unknown".into());
+    facts.network = NETWORK_FILESYSTEMS.contains(&facts.filesystem.as_str());
+    match free_bytes(&resolved_parent) {
+        Ok(free) => facts.free_bytes = free,
+        Err(e) => facts.problem = Some(format!("cannot read the free space of {}: {e}", parent.display())),
+    }
+    facts
+}
+
+/// Whether this user may create entries in `dir` (access(2) with W_OK|X_OK: the kernel's answer
+/// for this process's credentials, without writing anything).
+fn writable_dir(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c_path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return false };
+    // SAFETY: c_path is a valid NUL-terminated string; access only reads it.
+    unsafe { libc::access(c_path.as_ptr(), libc::W_OK | libc::X_OK) == 0 }
+}
+
+/// Creates `path` and its missing parents; if a later one fails, removes the ones it made, so a
+/// failure leaves nothing behind.
+pub fn create_folder(path: &Path) -> Result<(), String> {
+    let missing: Vec<&Path> = path.ancestors().take_while(|p| !p.exists()).collect();
+    for (made, dir) in missing.iter().rev().enumerate() {
+        if let Err(e) = std::fs::create_dir(dir) {
+            if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() {
+                continue;
+            }
+            for undo in missing.iter().rev().take(made).rev() {
+                let _ = std::fs::remove_dir(undo);
+            }
+            return Err(e.to_string());
+        }
+    }
+    Ok(())
 }
 
 /// Bytes available to an unprivileged user on the filesystem holding `path`.
@@ -133,14 +187,19 @@ mod tests {
     }
 
     #[test]
-    fn a_probe_creates_a_missing_folder_and_reports_a_local_filesystem() {
+    fn a_probe_of_a_missing_folder_creates_nothing_and_reports_its_parent() {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("a/b");
-        let facts = DiskFolders.probe(&target, true);
-        assert!(facts.created && facts.is_dir && facts.writable && !facts.existed, "{facts:?}");
+        let facts = DiskFolders.probe(&target);
+        assert!(facts.creatable && !facts.existed && !facts.created && facts.problem.is_none(), "{facts:?}");
+        assert!(!dir.path().join("a").exists(), "a look creates nothing");
         assert!(facts.free_bytes > 0);
         assert!(!facts.network);
         assert_ne!(facts.filesystem, "unknown");
+        assert_eq!(facts.resolved, Some(std::fs::canonicalize(dir.path()).unwrap().join("a/b")));
+        create_folder(&target).unwrap();
+        let facts = DiskFolders.probe(&target);
+        assert!(facts.existed && facts.is_dir && facts.writable, "{facts:?}");
     }
 
     #[test]
@@ -148,9 +207,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("f");
         std::fs::write(&file, b"x").unwrap();
-        let facts = DiskFolders.probe(&file, true);
+        let facts = DiskFolders.probe(&file);
         assert!(!facts.is_dir);
-        let facts = DiskFolders.probe(&file.join("sub"), true);
-        assert!(facts.problem.unwrap().contains("cannot create"));
+        let facts = DiskFolders.probe(&file.join("sub"));
+        assert!(facts.problem.unwrap().contains("is not a folder"));
+        assert!(create_folder(&file.join("sub/deeper")).is_err());
+    }
+
+    #[test]
+    fn a_failed_creation_removes_what_it_made() {
+        let dir = tempfile::tempdir().unwrap();
+        // The last component cannot be made: a name longer than any filesystem allows.
+        let target = dir.path().join("a/b").join("x".repeat(300));
+        assert!(create_folder(&target).is_err());
+        assert!(!dir.path().join("a").exists(), "the parents it made are gone");
     }
 }

@@ -6,11 +6,11 @@ mod folders;
 pub use folders::{DiskFolders, free_bytes};
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use regent_engine::model::UnreadableKind;
-use regent_engine::ports::{Clock, FileReader, Randomness};
+use regent_engine::ports::{Clock, FileReader, PreparedFile, Randomness};
 
 pub struct SystemClock;
 
@@ -33,14 +33,17 @@ pub struct LocalFiles;
 impl FileReader for LocalFiles {
     fn read(&self, path: &Path, limit: u64) -> Result<Vec<u8>, (UnreadableKind, String)> {
         let fail = |e: std::io::Error| (regent_engine::service::unreadable_kind(&e), e.to_string());
-        let metadata = std::fs::metadata(path).map_err(fail)?;
-        if metadata.is_dir() {
-            return Err((UnreadableKind::IsDirectory, format!("{} is a directory", path.display())));
-        }
+        let file = open_regular(path).map_err(|e| match e {
+            Opened::Io(e) => fail(e),
+            Opened::Directory => (UnreadableKind::IsDirectory, format!("{} is a directory", path.display())),
+            Opened::Special(what) => {
+                (UnreadableKind::Other, format!("{} is {what}, not a regular file", path.display()))
+            }
+        })?;
+        let metadata = file.metadata().map_err(fail)?;
         if metadata.len() > limit {
             return Err((UnreadableKind::TooLarge, format!("{} bytes; the limit is {limit}", metadata.len())));
         }
-        let file = std::fs::File::open(path).map_err(fail)?;
         let mut bytes = Vec::new();
         // Bounded even if the file grows between the size check and the read.
         file.take(limit + 1).read_to_end(&mut bytes).map_err(fail)?;
@@ -49,6 +52,52 @@ impl FileReader for LocalFiles {
         }
         Ok(bytes)
     }
+}
+
+/// Why a file to read is not one.
+pub enum Opened {
+    Io(std::io::Error),
+    Directory,
+    /// A FIFO, a socket, a device: reading one can block forever (while the store is held).
+    Special(&'static str),
+}
+
+/// Opens a regular file for reading. A FIFO or a device is opened without blocking
+/// (`O_NONBLOCK`: opening a FIFO with no writer would wait for one) and refused, so nothing
+/// waits on it.
+pub fn open_regular(path: &Path) -> Result<std::fs::File, Opened> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file =
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(path).map_err(
+            |e| if e.kind() == std::io::ErrorKind::IsADirectory { Opened::Directory } else { Opened::Io(e) },
+        )?;
+    let kind = file.metadata().map_err(Opened::Io)?.file_type();
+    if kind.is_dir() {
+        return Err(Opened::Directory);
+    }
+    if !kind.is_file() {
+        let what = if kind.is_fifo() {
+            "a FIFO (named pipe)"
+        } else if kind.is_socket() {
+            "a socket"
+        } else if kind.is_char_device() || kind.is_block_device() {
+            "a device"
+        } else {
+            "a special file"
+        };
+        return Err(Opened::Special(what));
+    }
+    // Reads of a regular file never block; clear the flag anyway so no read can return EAGAIN.
+    // SAFETY: fcntl on a descriptor this File owns; F_SETFL takes an int.
+    unsafe {
+        use std::os::fd::AsRawFd;
+        let fd = file.as_raw_fd();
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+        }
+    }
+    Ok(file)
 }
 
 /// `user@host` of whoever runs this command, for the audit trail. The user comes from the
@@ -85,12 +134,35 @@ pub fn host_name() -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
-/// Writes a generated passphrase to a new file (mode 0600, never overwriting).
-pub struct NewSecretFiles;
+/// A generated passphrase's file (mode 0600): beside its place until the step is recorded, then
+/// moved into place without replacing anything (see `regent_secrets::prepare_kept_file`).
+pub struct KeptPassphraseFiles;
 
-impl regent_engine::ports::PassphraseFile for NewSecretFiles {
-    fn save_new(&self, path: &Path, passphrase: &secrecy::SecretString) -> Result<std::path::PathBuf, String> {
-        regent_secrets::write_new_secret_file(path, passphrase).map_err(|e| e.to_string())?;
-        Ok(std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()))
+impl regent_engine::ports::PassphraseFile for KeptPassphraseFiles {
+    fn prepare(&self, path: &Path, passphrase: &secrecy::SecretString) -> Result<PreparedFile, String> {
+        // The folder resolved, so that the place recorded is where the file really is.
+        let target = match (path.parent().and_then(|p| std::fs::canonicalize(p).ok()), path.file_name()) {
+            (Some(dir), Some(name)) => dir.join(name),
+            _ => path.to_path_buf(),
+        };
+        let pending = regent_secrets::prepare_kept_file(&target, passphrase).map_err(|e| e.to_string())?;
+        Ok(PreparedFile { target, temporary: pending.temporary().to_path_buf() })
+    }
+
+    fn place(&self, file: &PreparedFile) -> Result<PathBuf, String> {
+        regent_secrets::PendingFile::waiting(&file.target, &file.temporary).place().map_err(|e| e.to_string())?;
+        Ok(file.target.clone())
+    }
+
+    fn discard(&self, file: &PreparedFile) {
+        regent_secrets::PendingFile::waiting(&file.target, &file.temporary).discard();
+    }
+
+    fn pending(&self, path: &Path) -> bool {
+        !path.exists() && regent_secrets::kept_file_pending(path)
+    }
+
+    fn finish(&self, path: &Path, passphrase: &secrecy::SecretString) -> Result<bool, String> {
+        regent_secrets::finish_kept_file(path, passphrase).map_err(|e| e.to_string())
     }
 }
