@@ -6,9 +6,10 @@ use regent_engine::Reason;
 use regent_engine::model::{PinAnswer, VaultAnswer};
 use regent_engine::ports::{PinCheck, RegisterRequest, VaultClient, World};
 use regent_secrets::{MachineKey, SecretsArea};
-use regent_store::{EventStore, StoreOptions};
+use regent_store::{EventStore, StoreError, StoreOptions};
 
 use crate::args::Global;
+use crate::damage;
 use crate::failure::Failure;
 use crate::world;
 
@@ -36,17 +37,25 @@ impl Context {
         self.data_dir.join("store")
     }
 
-    /// Opens the store, saying on stderr that we wait if another regent holds it.
+    /// Opens the store, saying on stderr that we wait if another regent holds it. A damaged store
+    /// is refused, with what still reads and how to restore it.
     pub fn open_store(&self) -> Result<EventStore, Failure> {
+        let store = self.open_store_as_is().map_err(|e| damage::open_failure(e, damage::SALVAGE_LIMIT_BYTES, None))?;
+        match store.damage() {
+            Some(found) => Err(damage::of_store(&store, found, None)),
+            None => Ok(store),
+        }
+    }
+
+    /// Opens the store even when it was found damaged, for the commands that show the damage
+    /// (status, verify, import).
+    pub fn open_store_as_is(&self) -> Result<EventStore, StoreError> {
+        damage::refuse_emptied(&self.store_dir())?;
         let options = StoreOptions { cache_bytes: CLI_CACHE_BYTES, ..StoreOptions::default() };
         let data_dir = self.data_dir.display().to_string();
-        let store = EventStore::open_with_notice(self.store_dir(), &options, |wait| {
+        EventStore::open_with_notice(self.store_dir(), &options, |wait| {
             eprintln!("regent: another regent command is using {data_dir}; waiting up to {} s for it", wait.as_secs());
-        })?;
-        if let Some(damage) = store.damage() {
-            tracing::warn!(%damage, "the store is damaged");
-        }
-        Ok(store)
+        })
     }
 
     /// The sealed-secrets area, creating the data dir and machine key on first use.
@@ -57,7 +66,7 @@ impl Context {
     }
 }
 
-fn create_private_dir(dir: &Path) -> Result<(), Failure> {
+pub(crate) fn create_private_dir(dir: &Path) -> Result<(), Failure> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| {
         Failure::store(format!(

@@ -43,6 +43,7 @@ impl From<StoreError> for Failure {
             | StoreError::Io { .. }
             | StoreError::SyncFailed { .. }
             | StoreError::Corrupt { .. }
+            | StoreError::Damaged { .. }
             | StoreError::Internal(_) => EXIT_STORE,
             // Another regent appended between our read and our write.
             StoreError::Conflict { .. } => EXIT_STORE,
@@ -51,6 +52,9 @@ impl From<StoreError> for Failure {
         let message = match &err {
             StoreError::Conflict { .. } => {
                 format!("{err}; another regent command changed the log meanwhile: run it again")
+            }
+            StoreError::Corrupt { path, .. } | StoreError::Damaged { path, .. } => {
+                format!("{err}; {}", crate::damage::next_step(path, None))
             }
             _ => err.to_string(),
         };

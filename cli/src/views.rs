@@ -13,28 +13,33 @@ use serde_json::json;
 use crate::context::Context;
 use crate::failure::Failure;
 
+/// A damaged store is shown with its damage and exits 3: what it holds cannot be trusted.
 pub fn status(ctx: &Context) -> Result<u8, Failure> {
-    let store = ctx.open_store()?;
+    let store = match ctx.open_store_as_is() {
+        Ok(store) => store,
+        Err(err) => return Err(crate::damage::status_unreadable(ctx.json, err)),
+    };
+    let damaged = store.damage().map(|damage| (damage, crate::damage::of_store(&store, damage, None)));
     let (state, head) = projections::current_state(&store)?;
     let status = projections::status(&state, head);
     let sealed = sealed_health(ctx, &state);
     if ctx.json {
         let mut value = serde_json::to_value(&status).map_err(|e| Failure::store(e.to_string()))?;
         value["sealed_secrets"] = json!(sealed);
-        value["store_damage"] = json!(store.damage());
+        value["store_damage"] = json!(damaged.as_ref().map(|(_, failure)| &failure.message));
         value["log_anchor"] = crate::anchor::status_json(ctx, &state, head);
         println!("{value}");
-        return Ok(0);
+    } else {
+        print_status(&status, state.next_step());
+        if let Some(anchor) = crate::anchor::status_line(ctx, &state, head) {
+            println!("{:<14}{anchor}", "anchor");
+        }
+        println!("{:<14}{sealed}", "secrets");
+        if let Some((damage, _)) = &damaged {
+            println!("{:<14}DAMAGED: {damage}", "store");
+        }
     }
-    print_status(&status, state.next_step());
-    if let Some(anchor) = crate::anchor::status_line(ctx, &state, head) {
-        println!("{:<14}{anchor}", "anchor");
-    }
-    println!("{:<14}{sealed}", "secrets");
-    if let Some(damage) = store.damage() {
-        println!("{:<14}DAMAGED: {damage}", "store");
-    }
-    Ok(0)
+    damaged.map_or(Ok(0), |(_, failure)| Err(failure))
 }
 
 pub fn print_status(status: &Status, next: Option<Step>) {
@@ -55,7 +60,7 @@ pub fn print_status(status: &Status, next: Option<Step>) {
 
 /// Whether the sealed values the state refers to can still be opened: losing the machine key
 /// makes them unreadable, which the operator must hear about before registering.
-fn sealed_health(ctx: &Context, state: &State) -> String {
+pub(crate) fn sealed_health(ctx: &Context, state: &State) -> String {
     let mut refs: Vec<(&str, regent_secrets::SecretKind, &SealedRef)> = Vec::new();
     if let Some(sealed) = state.proxy.as_ref().and_then(|p| p.password.as_ref()) {
         refs.push(("proxy password", regent_secrets::SecretKind::ProxyPassword, sealed));
@@ -68,6 +73,12 @@ fn sealed_health(ctx: &Context, state: &State) -> String {
     }
     if refs.is_empty() {
         return "none kept".into();
+    }
+    // Not opened when missing: opening the area would create it (a log imported here refers to
+    // sealed values this data dir never held).
+    if !ctx.data_dir.join(SecretsArea::DIR_NAME).is_dir() {
+        let names: Vec<&str> = refs.iter().map(|(what, _, _)| *what).collect();
+        return format!("UNREADABLE: {}; set them again (this data dir keeps no sealed values)", names.join(", "));
     }
     let key = match MachineKey::load(&ctx.data_dir) {
         Ok(key) => key,
@@ -219,7 +230,18 @@ pub fn verify(ctx: &Context, file: Option<&Path>, head: Option<Head>) -> Result<
                 .map_err(|e| Failure::refused(format!("cannot read {}: {e}; check the path", file.display())))?;
             regent_store::verify_export(BufReader::with_capacity(256 * 1024, input), head)?.1
         }
-        None => ctx.open_store()?.verify(head)?,
+        None => match ctx.open_store_as_is() {
+            Ok(store) => {
+                let report = store.verify(head)?;
+                if let Some(damage) = store.damage() {
+                    let failure =
+                        crate::damage::failure(store.path(), damage, crate::damage::Reads::Walked(&report), None);
+                    return Err(crate::damage::print_damaged_report(Some((&report, "")), damage, failure, ctx.json));
+                }
+                report
+            }
+            Err(err) => return Err(crate::damage::verify_unreadable(err, ctx.json)),
+        },
     };
     print_report(&report, ctx.json);
     match &report.failure {

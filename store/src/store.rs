@@ -11,6 +11,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::chain::{ChainFailure, ChainWalker, HashedRecord, Problem, VerifyReport};
+use crate::damage::{self, DURABLE_HEAD_FILE, Damage};
 use crate::error::{ExpectedVersion, Result, StoreError};
 use crate::layout::{self, HEAD_KEY};
 use crate::read_ahead::{batched, read_ahead};
@@ -99,7 +100,7 @@ pub struct EventStore {
     writer: Mutex<Head>,
     /// Set when the head and the records disagree at open: reads and verify still work (so the
     /// damage can be located), appends are refused.
-    damage: Option<String>,
+    damage: Option<Damage>,
     /// The last head known durable, also kept in a side file (see `durable_head_file`).
     durable: Mutex<DurableHeadFile>,
     /// Group commit: each applied batch takes the next sequence number; a flush covers every batch
@@ -138,6 +139,14 @@ impl EventStore {
         if path.exists() && !path.is_dir() {
             return Err(StoreError::NotADirectory { path: path.to_path_buf() });
         }
+        if let Some(damage) = damage::data_file_missing(path) {
+            return Err(StoreError::Damaged { path: path.to_path_buf(), damage });
+        }
+        // sled cannot open it: what regent last knew was on disk says what was lost.
+        let unreadable = |at_byte| StoreError::Damaged {
+            path: path.to_path_buf(),
+            damage: Damage::Unreadable { at_byte, written: damage::read_durable_head(path) },
+        };
         let started = Instant::now();
         let mut told = false;
         let db = loop {
@@ -164,9 +173,15 @@ impl EventStore {
                     }
                     std::thread::sleep(Duration::from_millis(50).min(options.lock_wait - waited));
                 }
+                Ok(Err(sled::Error::Corruption { at, .. })) => return Err(unreadable(at.map(|at| at.lid()))),
+                Ok(Err(sled::Error::Unsupported(detail))) => {
+                    tracing::debug!(%detail, "sled refused the store's files");
+                    return Err(unreadable(None));
+                }
                 Ok(Err(e)) => return Err(StoreError::from_sled(path, e)),
                 Err(panic) => {
-                    return Err(StoreError::Corrupt { path: path.to_path_buf(), detail: panic_text(&panic) });
+                    tracing::debug!(panic = %panic_text(&panic), "sled failed reading the store's files");
+                    return Err(unreadable(None));
                 }
             }
         };
@@ -179,7 +194,8 @@ impl EventStore {
             damage = durable.check(head, |position| hash_at(path, &log, position));
         }
         if let Some(damage) = &damage {
-            tracing::warn!(path = %path.display(), %damage, "the store is damaged; appends are refused");
+            // The caller has it typed (`damage()`) and decides how to say it; every refused append says it too.
+            tracing::info!(path = %path.display(), %damage, "the store is damaged; appends are refused");
         }
         let data_file =
             std::fs::File::open(path.join("db")).map_err(|source| StoreError::Io { path: path.join("db"), source })?;
@@ -208,8 +224,8 @@ impl EventStore {
     }
 
     /// What is wrong with the store, if it was found damaged at open.
-    pub fn damage(&self) -> Option<&str> {
-        self.damage.as_deref()
+    pub fn damage(&self) -> Option<&Damage> {
+        self.damage.as_ref()
     }
 
     pub fn path(&self) -> &Path {
@@ -253,7 +269,7 @@ impl EventStore {
     ) -> Result<Appended> {
         validate_batch(stream, events)?;
         if let Some(damage) = &self.damage {
-            return Err(self.corrupt(damage));
+            return Err(StoreError::Damaged { path: self.path.clone(), damage: damage.clone() });
         }
         self.refuse_after_failed_sync()?;
         let mut head = self.lock_writer();
@@ -567,7 +583,7 @@ impl EventStore {
 
 /// Reads the head and checks it against the last record key, so a store whose head and records
 /// disagree is reported at open rather than extended. Returns the head and what is wrong, if anything.
-fn read_head(path: &Path, log: &sled::Tree) -> Result<(Head, Option<String>)> {
+fn read_head(path: &Path, log: &sled::Tree) -> Result<(Head, Option<Damage>)> {
     let corrupt = |detail: String| StoreError::Corrupt { path: path.to_path_buf(), detail };
     let stored = log.get(HEAD_KEY).map_err(|e| StoreError::from_sled(path, e))?;
     let last_key = log
@@ -580,12 +596,8 @@ fn read_head(path: &Path, log: &sled::Tree) -> Result<(Head, Option<String>)> {
         None => Head::EMPTY,
         Some(bytes) => layout::decode_head(&bytes).ok_or_else(|| corrupt("the head entry is malformed".into()))?,
     };
-    let damage = (head.position != last_position).then(|| {
-        format!(
-            "the head says position {} but the last record is at {last_position}; run `regent audit verify` to locate the damage",
-            head.position
-        )
-    });
+    let damage = (head.position != last_position)
+        .then_some(Damage::HeadDisagrees { head: head.position, last_record: last_position });
     Ok((head, damage))
 }
 
@@ -609,8 +621,6 @@ struct DurableHeadFile {
     written: Option<Head>,
 }
 
-const DURABLE_HEAD_FILE: &str = "regent-durable-head";
-
 impl DurableHeadFile {
     fn open(dir: &Path) -> Result<DurableHeadFile> {
         let path = dir.join(DURABLE_HEAD_FILE);
@@ -626,21 +636,15 @@ impl DurableHeadFile {
     }
 
     /// What is wrong if the log does not reach, or does not contain, the head last known durable.
-    fn check(&self, head: Head, hash_at: impl Fn(u64) -> Result<Option<Digest32>>) -> Option<String> {
+    fn check(&self, head: Head, hash_at: impl Fn(u64) -> Result<Option<Digest32>>) -> Option<Damage> {
         let durable = self.written?;
         if durable.position > head.position {
-            return Some(format!(
-                "the store ends at record {} but records up to {} were written to disk before: records were lost; restore the store from an export",
-                head.position, durable.position
-            ));
+            return Some(Damage::RecordsLost { ends_at: head.position, written: durable });
         }
         match hash_at(durable.position) {
             Ok(Some(hash)) if hash == durable.hash => None,
             Ok(None) if durable.position == 0 => None,
-            _ => Some(format!(
-                "record {} is not the one written to disk before; the store was altered or replaced; run `regent audit verify`",
-                durable.position
-            )),
+            _ => Some(Damage::Replaced { position: durable.position }),
         }
     }
 
