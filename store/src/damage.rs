@@ -53,12 +53,12 @@ impl fmt::Display for Damage {
             Damage::Unreadable { at_byte, written } => {
                 f.write_str("sled cannot read its files")?;
                 if let Some(at) = at_byte {
-                    write!(f, " (the data file `db` is damaged at byte {at})")?;
+                    write!(f, " (its data file, db, is damaged at byte {at})")?;
                 }
                 held(f, written)
             }
             Damage::FilesMissing { written } => {
-                f.write_str("sled's data file `db` is gone")?;
+                f.write_str("sled's data file (db) is gone")?;
                 held(f, written)
             }
             Damage::RecordsLost { ends_at, written } => write!(

@@ -95,7 +95,7 @@ impl StoreError {
             sled::Error::Io(source) => StoreError::Io { path, source },
             sled::Error::Corruption { at, .. } => {
                 let detail = match at {
-                    Some(at) => format!("sled cannot read its data file `db` at byte {}", at.lid()),
+                    Some(at) => format!("sled cannot read its data file (db) at byte {}", at.lid()),
                     None => "sled cannot read its files".into(),
                 };
                 StoreError::Corrupt { path, detail }
