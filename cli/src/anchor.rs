@@ -688,7 +688,7 @@ pub fn verify_against_vault(ctx: &Context, endpoint: Option<String>, ca_file: Op
     match (comparison, range) {
         (Comparison::Match, _) => Ok(0),
         (Comparison::TailCut, Some(r)) => Err(Failure::refused(format!(
-            "log_tail_cut: vault {vault} anchored this log at position {}, but it ends at {}: records {}-{} are missing (cut off, or an older copy was restored); restore them from an export or backup and find out who removed them",
+            "log_tail_cut: vault {vault} anchored this log at position {}, but it ends at {}: records {}-{} are missing (cut off, or an older copy was restored); restore an export that holds them (move the store aside, then `regent import FILE`) and find out who removed them",
             anchor.position, head.position, r.from, r.to
         ))),
         (Comparison::Altered, _) => Err(Failure::refused(format!(

@@ -46,7 +46,7 @@ impl Damage {
 impl fmt::Display for Damage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let held = |f: &mut fmt::Formatter<'_>, written: &Option<Head>| match written {
-            Some(head) if head.position > 0 => write!(f, " (it held {})", record_range(1, head.position)),
+            Some(head) if head.position > 0 => write!(f, "; it held {}", record_range(1, head.position)),
             _ => Ok(()),
         };
         match self {

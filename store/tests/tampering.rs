@@ -266,7 +266,7 @@ fn a_store_whose_data_file_was_removed_is_damage_and_nothing_is_created_in_it() 
     assert_eq!(
         err.to_string(),
         format!(
-            "the store at {} is damaged: sled's data file (db) is gone (it held records 1..10)",
+            "the store at {} is damaged: sled's data file (db) is gone; it held records 1..10",
             dir.path().display()
         )
     );

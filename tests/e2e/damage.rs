@@ -309,7 +309,7 @@ fn sleds_files_removed_beside_the_durable_head_are_damage_naming_what_was_lost()
         if path.is_dir() { std::fs::remove_dir_all(&path).unwrap() } else { std::fs::remove_file(&path).unwrap() }
     }
 
-    let reads = format!("sled's data file (db) is gone (it held records 1..{last}); none of its records can be read");
+    let reads = format!("sled's data file (db) is gone; it held records 1..{last}; none of its records can be read");
     let mv = every_command_says_damaged(&agent, Some(&reads));
     assert!(!agent.store_dir().join("db").exists(), "no empty store was made in its place");
     restore(&agent, &mv, &export, &before);
