@@ -232,3 +232,28 @@ pub fn shell_quote(path: &Path) -> String {
         format!("'{}'", text.replace('\'', r"'\''"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_is_quoted_for_the_shell_only_when_it_needs_it() {
+        assert_eq!(shell_quote(Path::new("/var/lib/regent/store")), "/var/lib/regent/store");
+        assert_eq!(shell_quote(Path::new("/home/a b/store")), "'/home/a b/store'");
+        assert_eq!(shell_quote(Path::new("/tmp/it's")), r"'/tmp/it'\''s'");
+        assert_eq!(shell_quote(Path::new("/tmp/$HOME")), "'/tmp/$HOME'");
+    }
+
+    #[test]
+    fn the_store_is_moved_aside_to_a_name_that_is_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        std::fs::create_dir(&store).unwrap();
+        assert_eq!(aside(&store, "damaged"), dir.path().join("store.damaged"));
+        std::fs::create_dir(dir.path().join("store.damaged")).unwrap();
+        assert_eq!(aside(&store, "damaged"), dir.path().join("store.damaged-2"));
+        let mv = move_aside(&store, "damaged");
+        assert_eq!(mv, format!("mv {} {}", store.display(), dir.path().join("store.damaged-2").display()));
+    }
+}

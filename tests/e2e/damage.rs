@@ -241,7 +241,7 @@ fn data_file(agent: &Agent) -> (PathBuf, Vec<u8>) {
 fn copy_of_record(bytes: &[u8], position: u64, last: bool) -> usize {
     let needle = format!("\"position\":{position},");
     let mut found = bytes.windows(needle.len()).enumerate().filter(|(_, w)| *w == needle.as_bytes()).map(|(at, _)| at);
-    let at = if last { found.last() } else { found.next() };
+    let at = if last { found.next_back() } else { found.next() };
     at.expect("the record is in sled's data file")
 }
 
@@ -369,6 +369,11 @@ fn import_refuses_files_that_are_not_whole_exports_and_leaves_the_store_empty() 
             );
         }
     }
+    // The store the refused imports left is empty and takes the whole export.
+    let output = target.run(&["import", export.to_str().unwrap()]);
+    assert_eq!(code(&output), 0, "{}", stderr(&output));
+    assert_eq!(target.status().1["head"], source.status().1["head"]);
+
     // The file's header is read before anything is made: a file that is no export leaves no data dir.
     let fresh = Agent::new();
     let output = fresh.run(&["import", cases[0].0.to_str().unwrap()]);
