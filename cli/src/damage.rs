@@ -40,7 +40,7 @@ pub fn failure(store_dir: &Path, damage: &Damage, reads: Reads<'_>, export: Opti
     Failure::store(format!(
         "the store at {} is damaged: {damage}; {}; {}",
         store_dir.display(),
-        reads_text(reads, damage),
+        reads_text(reads, Some(damage)),
         next_step(store_dir, export)
     ))
 }
@@ -51,6 +51,19 @@ pub fn of_store(store: &EventStore, damage: &Damage, export: Option<&Path>) -> F
         Ok(report) => failure(store.path(), damage, Reads::Walked(&report), export),
         Err(e) => failure(store.path(), damage, Reads::Unknown(format!("walking it failed ({e})")), export),
     }
+}
+
+/// A store that opened clean, whose walk met a record sled cannot read: damaged as well.
+pub fn unreadable_record(store_dir: &Path, report: &VerifyReport) -> Option<Failure> {
+    let failure = report.failure.as_ref()?;
+    matches!(failure.problem, Problem::Unreadable { .. }).then(|| {
+        Failure::store(format!(
+            "the store at {} is damaged: sled cannot read part of its data file; {}; {}",
+            store_dir.display(),
+            reads_text(Reads::Walked(report), None),
+            next_step(store_dir, None)
+        ))
+    })
 }
 
 /// A store that did not open. When it did not because it is damaged, the line says what of it
@@ -157,7 +170,7 @@ pub fn salvage(store_dir: &Path, damage: &Damage, limit: u64) -> Option<Result<V
     Some(result)
 }
 
-fn reads_text(reads: Reads<'_>, damage: &Damage) -> String {
+fn reads_text(reads: Reads<'_>, damage: Option<&Damage>) -> String {
     let report = match reads {
         Reads::Walked(report) => report,
         Reads::Nothing => return "none of its records can be read".into(),
@@ -174,8 +187,7 @@ fn reads_text(reads: Reads<'_>, damage: &Damage) -> String {
         None => {}
         Some(failure) => match failure.problem {
             // The damage says so already.
-            Problem::Truncated { expected_head, .. } if matches!(damage, Damage::RecordsLost { written, .. } if written.position == expected_head) =>
-                {}
+            Problem::Truncated { expected_head, .. } if lost_already_said(damage, expected_head) => {}
             Problem::Truncated { last, expected_head } => {
                 let lost = record_range(last + 1, expected_head);
                 text.push_str(&format!(", {lost} {} lost", if last + 1 == expected_head { "is" } else { "are" }));
@@ -184,6 +196,11 @@ fn reads_text(reads: Reads<'_>, damage: &Damage) -> String {
         },
     }
     text
+}
+
+/// Whether the damage names the records lost up to `head` already.
+fn lost_already_said(damage: Option<&Damage>, head: u64) -> bool {
+    matches!(damage, Some(Damage::RecordsLost { written, .. }) if written.position == head)
 }
 
 /// The next steps that work on a damaged store: move it aside (naming the exact `mv`), then

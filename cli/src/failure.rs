@@ -53,9 +53,12 @@ impl From<StoreError> for Failure {
             StoreError::Conflict { .. } => {
                 format!("{err}; another regent command changed the log meanwhile: run it again")
             }
-            StoreError::Corrupt { path, .. } | StoreError::Damaged { path, .. } => {
-                format!("{err}; {}", crate::damage::next_step(path, None))
-            }
+            // Met while reading: a walk says how far the log still reads.
+            StoreError::Corrupt { path, .. } => format!(
+                "{err}; `regent audit verify` shows which records still read; {}",
+                crate::damage::next_step(path, None)
+            ),
+            StoreError::Damaged { path, .. } => format!("{err}; {}", crate::damage::next_step(path, None)),
             _ => err.to_string(),
         };
         Failure { code, message }

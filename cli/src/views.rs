@@ -238,6 +238,10 @@ pub fn verify(ctx: &Context, file: Option<&Path>, head: Option<Head>) -> Result<
                         crate::damage::failure(store.path(), damage, crate::damage::Reads::Walked(&report), None);
                     return Err(crate::damage::print_damaged_report(Some((&report, "")), damage, failure, ctx.json));
                 }
+                if let Some(failure) = crate::damage::unreadable_record(store.path(), &report) {
+                    print_report(&report, ctx.json);
+                    return Err(failure);
+                }
                 report
             }
             Err(err) => return Err(crate::damage::verify_unreadable(err, ctx.json)),

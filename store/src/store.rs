@@ -185,13 +185,19 @@ impl EventStore {
                 }
             }
         };
-        let open_tree = |name: &str| db.open_tree(name).map_err(|e| StoreError::from_sled(path, e));
+        // sled reads pages its snapshot points at only when they are asked for: damage it finds
+        // in what open reads is the same damage as at its own open.
+        let sled_err = |e: sled::Error| match e {
+            sled::Error::Corruption { at, .. } => unreadable(at.map(|at| at.lid())),
+            other => StoreError::from_sled(path, other),
+        };
+        let open_tree = |name: &str| db.open_tree(name).map_err(sled_err);
         let log = open_tree(layout::LOG_TREE)?;
         let checkpoints = open_tree(layout::CHECKPOINT_TREE)?;
-        let (head, mut damage) = read_head(path, &log)?;
+        let (head, mut damage) = read_head(path, &log, &sled_err)?;
         let durable = DurableHeadFile::open(path)?;
         if damage.is_none() {
-            damage = durable.check(head, |position| hash_at(path, &log, position));
+            damage = durable.check(head, |position| hash_at(path, &log, position, &sled_err));
         }
         if let Some(damage) = &damage {
             // The caller has it typed (`damage()`) and decides how to say it; every refused append says it too.
@@ -481,7 +487,17 @@ impl EventStore {
             batch.into_iter().map(|item| item.map(hash)).collect()
         });
         for item in hashed {
-            let (position, record) = item?;
+            let (position, record) = match item {
+                Ok(item) => item,
+                // What sled cannot read ends the walk as a bad record does: the records before it
+                // verified, and that is what a person restoring the store needs to know.
+                Err(StoreError::Corrupt { detail, .. }) => {
+                    let failure =
+                        ChainFailure { position: walker.head().position + 1, problem: Problem::Unreadable { detail } };
+                    return Ok(walker.finish(Some(failure)));
+                }
+                Err(e) => return Err(e),
+            };
             if let Err(failure) = walker.push_hashed(Some(position), record) {
                 return Ok(walker.finish(Some(failure)));
             }
@@ -526,7 +542,7 @@ impl EventStore {
     /// The hash field stored with the record at `position`, if there is one: read, not recomputed,
     /// so only for matching a cache (a checkpoint) to the log, never as proof of what the log holds.
     fn hash_at(&self, position: u64) -> Result<Option<Digest32>> {
-        hash_at(&self.path, &self.log, position)
+        hash_at(&self.path, &self.log, position, &|e| StoreError::from_sled(&self.path, e))
     }
 
     /// If every event id of the batch is stored already, where; if some are, a conflict.
@@ -583,14 +599,15 @@ impl EventStore {
 
 /// Reads the head and checks it against the last record key, so a store whose head and records
 /// disagree is reported at open rather than extended. Returns the head and what is wrong, if anything.
-fn read_head(path: &Path, log: &sled::Tree) -> Result<(Head, Option<Damage>)> {
+fn read_head(
+    path: &Path,
+    log: &sled::Tree,
+    sled_err: &dyn Fn(sled::Error) -> StoreError,
+) -> Result<(Head, Option<Damage>)> {
     let corrupt = |detail: String| StoreError::Corrupt { path: path.to_path_buf(), detail };
-    let stored = log.get(HEAD_KEY).map_err(|e| StoreError::from_sled(path, e))?;
-    let last_key = log
-        .range(layout::record_key(0)..=layout::record_key(u64::MAX))
-        .next_back()
-        .transpose()
-        .map_err(|e| StoreError::from_sled(path, e))?;
+    let stored = log.get(HEAD_KEY).map_err(sled_err)?;
+    let last_key =
+        log.range(layout::record_key(0)..=layout::record_key(u64::MAX)).next_back().transpose().map_err(sled_err)?;
     let last_position = last_key.as_ref().and_then(|(k, _)| layout::position_of_record_key(k)).unwrap_or(0);
     let head = match stored {
         None => Head::EMPTY,
@@ -601,8 +618,13 @@ fn read_head(path: &Path, log: &sled::Tree) -> Result<(Head, Option<Damage>)> {
     Ok((head, damage))
 }
 
-fn hash_at(path: &Path, log: &sled::Tree, position: u64) -> Result<Option<Digest32>> {
-    let Some(bytes) = log.get(layout::record_key(position)).map_err(|e| StoreError::from_sled(path, e))? else {
+fn hash_at(
+    path: &Path,
+    log: &sled::Tree,
+    position: u64,
+    sled_err: &dyn Fn(sled::Error) -> StoreError,
+) -> Result<Option<Digest32>> {
+    let Some(bytes) = log.get(layout::record_key(position)).map_err(sled_err)? else {
         return Ok(None);
     };
     let envelope: RawEnvelope = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
@@ -644,6 +666,7 @@ impl DurableHeadFile {
         match hash_at(durable.position) {
             Ok(Some(hash)) if hash == durable.hash => None,
             Ok(None) if durable.position == 0 => None,
+            Err(StoreError::Damaged { damage, .. }) => Some(damage),
             _ => Some(Damage::Replaced { position: durable.position }),
         }
     }

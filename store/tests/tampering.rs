@@ -288,13 +288,18 @@ fn open_err(dir: &Path) -> regent_store::StoreError {
     }
 }
 
-/// Flips one byte in the middle of the last copy of record `position`'s bytes in sled's data file.
+/// Flips a byte in the middle of every copy of record `position`'s bytes in sled's data file (sled
+/// writes a page again as it grows, and which copy it reads depends on what it wrote when).
 fn flip_in_data_file(dir: &Path, position: u64) {
     let path = dir.join("db");
     let mut bytes = std::fs::read(&path).unwrap();
     let needle = format!("\"position\":{position},");
-    let at = bytes.windows(needle.len()).rposition(|w| w == needle.as_bytes()).expect("the record is in the file");
-    bytes[at + 40] ^= 0xff;
+    let copies: Vec<usize> =
+        bytes.windows(needle.len()).enumerate().filter(|(_, w)| *w == needle.as_bytes()).map(|(at, _)| at).collect();
+    assert!(!copies.is_empty(), "the record is in the file");
+    for at in copies {
+        bytes[at + 40] ^= 0xff;
+    }
     std::fs::write(&path, bytes).unwrap();
 }
 
@@ -328,4 +333,28 @@ fn a_flipped_byte_in_the_data_file_is_unreadable_damage_and_a_copy_says_what_sti
     assert_eq!((failure.position, failure.problem), (good + 1, Problem::Truncated { last: good, expected_head: 10 }));
     // What the copy read is the store's own prefix: the same records, verified.
     assert_eq!(report.records, good);
+}
+
+#[test]
+fn a_page_sled_cannot_read_ends_a_walk_as_a_bad_record_does() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        for i in 0..50 {
+            store.append("a", ExpectedVersion::Any, &meta(), &events(i * 10..i * 10 + 10)).unwrap();
+        }
+    }
+    // Opened again, sled's snapshot points at every page: it reads a page only when asked for it.
+    drop(open(dir.path()));
+    flip_in_data_file(dir.path(), 250);
+    let store = open(dir.path());
+    assert_eq!(store.damage(), None, "open reads the head and the last record, not the middle");
+    let report = store.verify(None).unwrap();
+    let failure = report.failure.clone().expect("the walk stops where sled cannot read");
+    assert!(matches!(&failure.problem, Problem::Unreadable { detail } if detail.contains("byte")), "{failure}");
+    assert_eq!(failure.position, report.verified_head.position + 1);
+    assert!(failure.position <= 250, "{failure}");
+    for debug_text in ["Some(", "None", "Inline("] {
+        assert!(!failure.to_string().contains(debug_text), "{failure}");
+    }
 }

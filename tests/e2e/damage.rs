@@ -236,24 +236,33 @@ fn data_file(agent: &Agent) -> (PathBuf, Vec<u8>) {
     (path, bytes)
 }
 
-/// Where record `position`'s bytes are in sled's data file: its first copy (written by its
-/// append) or its last (sled rewrites a page whole as it grows).
-fn copy_of_record(bytes: &[u8], position: u64, last: bool) -> usize {
+/// Where record `position`'s bytes are in sled's data file: each copy (sled writes a page again,
+/// whole, as it grows), the first written by the record's own append.
+fn copies_of_record(bytes: &[u8], position: u64) -> Vec<usize> {
     let needle = format!("\"position\":{position},");
-    let mut found = bytes.windows(needle.len()).enumerate().filter(|(_, w)| *w == needle.as_bytes()).map(|(at, _)| at);
-    let at = if last { found.next_back() } else { found.next() };
-    at.expect("the record is in sled's data file")
+    let copies: Vec<usize> =
+        bytes.windows(needle.len()).enumerate().filter(|(_, w)| *w == needle.as_bytes()).map(|(at, _)| at).collect();
+    assert!(!copies.is_empty(), "record {position} is in sled's data file");
+    copies
+}
+
+/// Flips two bytes inside every copy of record `position` in sled's data file: whichever sled
+/// reads is damaged.
+fn flip_record(agent_store: &Path, position: u64) {
+    let path = agent_store.join("db");
+    let mut bytes = std::fs::read(&path).unwrap();
+    for at in copies_of_record(&bytes, position) {
+        bytes[at + 40] ^= 0xff;
+        bytes[at + 41] ^= 0xff;
+    }
+    std::fs::write(&path, bytes).unwrap();
 }
 
 #[test]
 fn flipped_bytes_in_sleds_data_file_are_reported_with_what_still_reads_and_an_import_restores_it() {
     let (agent, export, before) = agent_with_export();
     let last = before["events"].as_u64().unwrap();
-    let (path, mut bytes) = data_file(&agent);
-    let at = copy_of_record(&bytes, last, true);
-    bytes[at + 40] ^= 0xff;
-    bytes[at + 41] ^= 0xff;
-    std::fs::write(&path, bytes).unwrap();
+    flip_record(&agent.store_dir(), last);
 
     // Each step was one write: the last record alone is lost, every one before it verifies.
     let reads = format!("records 1..{} still read and verify, record {last} is lost", last - 1);
@@ -276,7 +285,7 @@ fn a_data_file_cut_short_is_reported_and_an_import_restores_it() {
     let (path, bytes) = data_file(&agent);
     let last = before["events"].as_u64().unwrap();
     // Cut where the third record was first written: sled's log holds records 1 and 2 before it.
-    let at = copy_of_record(&bytes, 3, false);
+    let at = copies_of_record(&bytes, 3)[0];
     std::fs::write(&path, &bytes[..at]).unwrap();
 
     let reads = format!("records 1..2 still read and verify, records 3..{last} are lost");
@@ -413,4 +422,60 @@ fn an_export_imported_on_another_machine_says_its_sealed_values_cannot_be_read_t
     assert_eq!(std::fs::read(other.data_dir().join("machine.key")).unwrap(), key);
     assert_eq!(crate::support::files_under(&other.data_dir().join("secrets")), secrets_before);
     drop(source);
+}
+
+#[test]
+fn a_page_sled_cannot_read_in_the_middle_of_a_long_log_is_located_by_verify() {
+    let agent = Agent::new();
+    {
+        let store = regent_store::EventStore::open(agent.store_dir(), &Default::default()).unwrap();
+        let meta = regent_store::BatchMeta {
+            recorded_at: chrono::Utc::now(),
+            actor: regent_store::Actor { user: "ops".into(), host: "srv".into() },
+            correlation_id: uuid::Uuid::now_v7(),
+        };
+        for i in 0..50 {
+            let batch: Vec<_> = (0..10)
+                .map(|j| {
+                    regent_store::NewEvent::new("TestHappened", 1, &serde_json::json!({ "i": i * 10 + j })).unwrap()
+                })
+                .collect();
+            store.append("test", regent_store::ExpectedVersion::Any, &meta, &batch).unwrap();
+        }
+    }
+    let export = agent.export();
+    // sled's snapshot points at every page now; it reads the damaged one only when asked for it.
+    flip_record(&agent.store_dir(), 250);
+
+    let output = agent.run(&["audit", "verify"]);
+    assert_eq!(code(&output), 3, "{}", stderr(&output));
+    let line = the_one_line(&output, &["audit", "verify"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let failed_at: u64 = stdout
+        .strip_prefix("FAILED at record ")
+        .and_then(|rest| rest.split(':').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!((2..=250).contains(&failed_at), "{stdout}");
+    assert!(stdout.contains("cannot be read"), "{stdout}");
+    let reads = format!("records 1..{} still read and verify, then record {failed_at}: cannot be read", failed_at - 1);
+    assert!(line.contains(&reads), "{line}");
+    let mv = named_commands(&agent, &line).into_iter().find(|c| c.starts_with("mv ")).unwrap();
+
+    // Readers that meet it say so in the same terms, and name the walk that locates it.
+    let output = agent.run(&["audit", "export", "--output", agent.path("after.jsonl").to_str().unwrap()]);
+    assert_eq!(code(&output), 3, "{}", stderr(&output));
+    let line = the_one_line(&output, &["audit", "export"]);
+    assert!(line.contains("is damaged: sled cannot read its data file (db) at byte "), "{line}");
+    assert!(line.contains("`regent audit verify`"), "{line}");
+    assert!(!agent.path("after.jsonl").exists(), "no export cut short where the file was asked for");
+    named_commands(&agent, &line);
+
+    let moved = std::process::Command::new("sh").arg("-c").arg(&mv).output().unwrap();
+    assert_eq!(code(&moved), 0, "{mv}: {}", stderr(&moved));
+    agent.ok(&["import", export.to_str().unwrap()]);
+    let verify = agent.run(&["--json", "audit", "verify"]);
+    assert_eq!(code(&verify), 0, "{}", stderr(&verify));
+    let report: Value = serde_json::from_slice(&verify.stdout).unwrap();
+    assert_eq!(report["records"], 500);
 }
