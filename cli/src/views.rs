@@ -13,33 +13,30 @@ use serde_json::json;
 use crate::context::Context;
 use crate::failure::Failure;
 
-/// A damaged store is shown with its damage and exits 3: what it holds cannot be trusted.
 pub fn status(ctx: &Context) -> Result<u8, Failure> {
-    let store = match ctx.open_store_as_is() {
-        Ok(store) => store,
-        Err(err) => return Err(crate::damage::status_unreadable(ctx.json, err)),
-    };
-    let damaged = store.damage().map(|damage| (damage, crate::damage::of_store(&store, damage, None)));
+    let store = ctx.open_store_as_is().map_err(|e| crate::damage::status_unreadable(ctx.json, e))?;
+    // A damaged store is shown with its damage, then exits 3: what it holds cannot be trusted.
+    let damaged = store.damage().map(|damage| crate::damage::of_store(&store, damage, None));
     let (state, head) = projections::current_state(&store)?;
     let status = projections::status(&state, head);
     let sealed = sealed_health(ctx, &state);
     if ctx.json {
         let mut value = serde_json::to_value(&status).map_err(|e| Failure::store(e.to_string()))?;
         value["sealed_secrets"] = json!(sealed);
-        value["store_damage"] = json!(damaged.as_ref().map(|(_, failure)| &failure.message));
+        value["store_damage"] = json!(damaged.as_ref().map(|failure| &failure.message));
         value["log_anchor"] = crate::anchor::status_json(ctx, &state, head);
         println!("{value}");
-    } else {
-        print_status(&status, state.next_step());
-        if let Some(anchor) = crate::anchor::status_line(ctx, &state, head) {
-            println!("{:<14}{anchor}", "anchor");
-        }
-        println!("{:<14}{sealed}", "secrets");
-        if let Some((damage, _)) = &damaged {
-            println!("{:<14}DAMAGED: {damage}", "store");
-        }
+        return damaged.map_or(Ok(0), Err);
     }
-    damaged.map_or(Ok(0), |(_, failure)| Err(failure))
+    print_status(&status, state.next_step());
+    if let Some(anchor) = crate::anchor::status_line(ctx, &state, head) {
+        println!("{:<14}{anchor}", "anchor");
+    }
+    println!("{:<14}{sealed}", "secrets");
+    if let Some(damage) = store.damage() {
+        println!("{:<14}DAMAGED: {damage}", "store");
+    }
+    damaged.map_or(Ok(0), Err)
 }
 
 pub fn print_status(status: &Status, next: Option<Step>) {

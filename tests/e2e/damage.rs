@@ -479,3 +479,44 @@ fn a_page_sled_cannot_read_in_the_middle_of_a_long_log_is_located_by_verify() {
     let report: Value = serde_json::from_slice(&verify.stdout).unwrap();
     assert_eq!(report["records"], 500);
 }
+
+#[test]
+fn a_store_that_opens_shorter_than_what_was_written_shows_its_status_and_the_damage_then_exits_3() {
+    let (agent, export, before) = agent_with_export();
+    let last = before["events"].as_u64().unwrap();
+    // An older, shorter store under the head last written to disk: sled kept a readable prefix.
+    let durable = std::fs::read(agent.store_dir().join("regent-durable-head")).unwrap();
+    std::fs::remove_dir_all(agent.store_dir()).unwrap();
+    let folders = agent
+        .cmd()
+        .args(["folders", "--install-dir"])
+        .arg(agent.path("install"))
+        .arg("--scratch-dir")
+        .arg(agent.path("scratch"))
+        .args(["--backup-size", "1GiB"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&folders), 0, "{}", stderr(&folders));
+    std::fs::write(agent.store_dir().join("regent-durable-head"), durable).unwrap();
+
+    let reads = format!(
+        "it ends at record 1 but records up to {last} were written to disk: records 2..{last} are lost; record 1 still reads and verifies;"
+    );
+    let mv = every_command_says_damaged(&agent, Some(&reads));
+    let status = agent.run(&["status"]);
+    let stdout = String::from_utf8_lossy(&status.stdout);
+    assert!(stdout.contains("phase         folders_chosen"), "what it holds is shown: {stdout}");
+    assert!(stdout.contains("store         DAMAGED: it ends at record 1"), "{stdout}");
+    let (_, document) = agent.status();
+    assert_eq!((document["phase"].as_str(), document["events"].as_u64()), (Some("folders_chosen"), Some(1)));
+    let verify = agent.run(&["audit", "verify"]);
+    let stdout = String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "FAILED at record 2: truncated: the log ends at position 1 but the head to check against is at {last}"
+        )),
+        "{stdout}"
+    );
+
+    restore(&agent, &mv, &export, &before);
+}
