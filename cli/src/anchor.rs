@@ -699,10 +699,10 @@ pub fn verify_against_vault(ctx: &Context, endpoint: Option<String>, ca_file: Op
         }
     }
     let vault = &machine.vault;
-    match (comparison, range) {
+    let outcome = match (comparison, range) {
         (Comparison::Match, _) => Ok(0),
         (Comparison::TailCut, Some(r)) => Err(Failure::refused(format!(
-            "log_tail_cut: vault {vault} anchored this log at position {}, but it ends at {}: records {}-{} are missing (cut off, or an older copy was restored); restore them from an export or backup and find out who removed them",
+            "log_tail_cut: vault {vault} anchored this log at position {}, but it ends at {}: records {}-{} are missing (cut off, or an older copy was restored); restore an export that holds them (move the store aside, then `regent import FILE`) and find out who removed them",
             anchor.position, head.position, r.from, r.to
         ))),
         (Comparison::Altered, _) => Err(Failure::refused(format!(
@@ -718,7 +718,9 @@ pub fn verify_against_vault(ctx: &Context, endpoint: Option<String>, ca_file: Op
             "chain_broken: the log fails its own check at {}; run `regent audit verify` for details",
             report.failure.as_ref().map_or_else(|| "an unknown record".to_string(), ToString::to_string)
         ))),
-    }
+    };
+    // The report went to stdout as the command's document.
+    outcome.map_err(|failure| failure.printed_if(ctx.json))
 }
 
 /// `status`: how far the vault's anchor is behind the log, from the local note (a hint).

@@ -67,6 +67,13 @@ pub enum Command {
     Audit(AuditArgs),
     /// Rebuild state from an exported log, touching nothing else; --check re-decides every step.
     Replay(ReplayArgs),
+    /// Restore the log from an export into an empty store (move a damaged store aside first).
+    #[command(long_about = IMPORT_ABOUT, after_help = IMPORT_EXITS)]
+    Import {
+        /// An export made by `regent audit export`.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
     /// The wizard: every step in order, with prompts on a terminal; `--unattended` runs from flags.
     #[command(long_about = WIZARD_ABOUT, after_help = WIZARD_EXITS)]
     Wizard(WizardArgs),
@@ -101,6 +108,20 @@ const WIZARD_EXITS: &str = "Exit status:
   3    the store could not be used
   130  stopped at a prompt: Esc, Ctrl-C, or no to \"Register now?\"
 The steps done before a stop are kept: run `regent wizard` again to resume.";
+
+const IMPORT_ABOUT: &str = "Restore the log from an export into an empty store.
+
+The export's hash chain is verified as it is read, and the file must reach the head its header
+names: a broken or cut-short file is refused and nothing is imported. The store must be empty: move
+a damaged or unwanted one aside first (the message names the `mv` to run). The machine key and the
+sealed secrets are left as they are; `regent status` says which sealed values the log refers to
+that cannot be read here (after an import on another machine, for instance).";
+
+const IMPORT_EXITS: &str = "Exit status:
+  0    imported
+  1    the file is refused: not an export, a broken chain, cut short
+  2    usage error
+  3    the store cannot be used: not empty, damaged, locked";
 
 #[derive(Args)]
 pub struct WizardArgs {

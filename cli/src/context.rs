@@ -6,9 +6,10 @@ use regent_engine::Reason;
 use regent_engine::model::{PinAnswer, VaultAnswer};
 use regent_engine::ports::{PinCheck, RegisterRequest, VaultClient, World};
 use regent_secrets::{MachineKey, SecretsArea};
-use regent_store::{EventStore, StoreOptions};
+use regent_store::{EventStore, StoreError, StoreOptions};
 
 use crate::args::Global;
+use crate::damage;
 use crate::failure::Failure;
 use crate::terminal::errln;
 use crate::world;
@@ -45,6 +46,16 @@ impl Context {
     /// nothing: a data dir named but missing is a mistake said as one; the default one not made
     /// yet is a machine where nothing happened.
     pub fn open_existing_store(&self) -> Result<Option<EventStore>, Failure> {
+        self.check_exists()?;
+        if !self.data_dir.exists() || !self.store_dir().exists() {
+            return Ok(None);
+        }
+        self.open_store().map(Some)
+    }
+
+    /// A data dir named but missing, or one that holds keys but no store: said as a failure.
+    /// Otherwise fine, whether there is a store yet or not.
+    fn check_exists(&self) -> Result<(), Failure> {
         if !self.data_dir.exists() {
             if self.data_dir_named {
                 return Err(Failure::store(format!(
@@ -53,7 +64,7 @@ impl Context {
                 ))
                 .because("data_dir_missing"));
             }
-            return Ok(None);
+            return Ok(());
         }
         if !self.store_dir().exists() {
             let holds = ["machine.key", "secrets", "log-anchor.json"]
@@ -61,7 +72,7 @@ impl Context {
                 .filter(|name| self.data_dir.join(name).exists())
                 .collect::<Vec<_>>();
             if holds.is_empty() {
-                return Ok(None);
+                return Ok(());
             }
             return Err(Failure::store(format!(
                 "the store folder {} is missing, though the data directory holds {}: the log was deleted or moved; put it back, or restore it from an export with `regent import FILE`",
@@ -70,28 +81,42 @@ impl Context {
             ))
             .because("store_damaged"));
         }
-        self.open_store().map(Some)
+        Ok(())
+    }
+
+    /// As [`Context::open_existing_store`], but a damaged store is opened as it is (for the
+    /// commands that show the damage).
+    pub fn open_existing_store_as_is(&self) -> Result<Option<EventStore>, OpenError> {
+        self.check_exists().map_err(OpenError::Failure)?;
+        if !self.data_dir.exists() || !self.store_dir().exists() {
+            return Ok(None);
+        }
+        self.open_store_as_is().map(Some).map_err(OpenError::Store)
     }
 
     pub fn store_dir(&self) -> PathBuf {
         self.data_dir.join("store")
     }
 
-    /// Opens the store, saying on stderr that we wait if another regent holds it.
+    /// Opens the store, saying on stderr that we wait if another regent holds it. A damaged store
+    /// is refused, with what still reads and how to restore it.
     pub fn open_store(&self) -> Result<EventStore, Failure> {
-        Ok(self.open_store_raw()?)
+        let store = self.open_store_as_is().map_err(|e| damage::open_failure(e, damage::SALVAGE_LIMIT_BYTES, None))?;
+        match store.damage() {
+            Some(found) => Err(damage::of_store(&store, found, None)),
+            None => Ok(store),
+        }
     }
 
-    fn open_store_raw(&self) -> Result<EventStore, regent_store::StoreError> {
+    /// Opens the store even when it was found damaged, for the commands that show the damage
+    /// (status, verify, import).
+    pub fn open_store_as_is(&self) -> Result<EventStore, StoreError> {
+        damage::refuse_emptied(&self.store_dir())?;
         let options = StoreOptions { cache_bytes: CLI_CACHE_BYTES, ..StoreOptions::default() };
         let data_dir = self.data_dir.display().to_string();
-        let store = EventStore::open_with_notice(self.store_dir(), &options, |wait| {
+        EventStore::open_with_notice(self.store_dir(), &options, |wait| {
             errln!("regent: another regent command is using {data_dir}; waiting up to {} s for it", wait.as_secs());
-        })?;
-        if let Some(damage) = store.damage() {
-            tracing::warn!(%damage, "the store is damaged");
-        }
-        Ok(store)
+        })
     }
 
     /// The sealed-secrets area, creating the data dir and machine key on first use.
@@ -102,7 +127,7 @@ impl Context {
     }
 }
 
-fn create_private_dir(dir: &Path) -> Result<(), Failure> {
+pub(crate) fn create_private_dir(dir: &Path) -> Result<(), Failure> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| {
         Failure::store(format!(
@@ -112,13 +137,20 @@ fn create_private_dir(dir: &Path) -> Result<(), Failure> {
     })
 }
 
+/// Why a store could not be opened as it is: a failure said already, or the store's own error.
+pub enum OpenError {
+    Failure(Failure),
+    Store(StoreError),
+}
+
 /// The log as the engine opens it: through [`Context::open_store`], which waits for another
 /// regent (saying so) and reports a damaged store.
 pub struct ContextLog<'a>(&'a Context);
 
 impl regent_engine::ports::LogAccess for ContextLog<'_> {
-    fn open(&self) -> Result<EventStore, regent_store::StoreError> {
-        self.0.open_store_raw()
+    /// A damaged store refuses appends itself; it is opened as it is, and the step's append says so.
+    fn open(&self) -> Result<EventStore, StoreError> {
+        self.0.open_store_as_is()
     }
 }
 

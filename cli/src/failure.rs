@@ -55,6 +55,12 @@ impl Failure {
         Failure { exit, reason, message, reported: false }
     }
 
+    /// Marks the failure as said on stdout already when `json` (the command printed its document).
+    pub fn printed_if(mut self, json: bool) -> Failure {
+        self.reported |= json;
+        self
+    }
+
     /// What `--json` prints on stdout for this failure.
     pub fn json(&self) -> serde_json::Value {
         serde_json::json!({ "code": self.reason, "message": self.message, "exit": self.exit })
@@ -76,7 +82,7 @@ impl From<StoreError> for Failure {
     fn from(err: StoreError) -> Self {
         let (exit, reason) = match err {
             StoreError::Locked { .. } => (EXIT_STORE, "store_locked"),
-            StoreError::Corrupt { .. } => (EXIT_STORE, "store_damaged"),
+            StoreError::Corrupt { .. } | StoreError::Damaged { .. } => (EXIT_STORE, "store_damaged"),
             StoreError::SyncFailed { .. } => (EXIT_STORE, "store_sync_failed"),
             StoreError::NotADirectory { .. } | StoreError::Io { .. } | StoreError::Internal(_) => {
                 (EXIT_STORE, "store_unavailable")
@@ -92,6 +98,12 @@ impl From<StoreError> for Failure {
             StoreError::Conflict { .. } => {
                 format!("{err}; another regent command changed the log meanwhile: run it again")
             }
+            // Met while reading: a walk says how far the log still reads.
+            StoreError::Corrupt { path, .. } => format!(
+                "{err}; `regent audit verify` shows which records still read; {}",
+                crate::damage::next_step(path, None)
+            ),
+            StoreError::Damaged { path, .. } => format!("{err}; {}", crate::damage::next_step(path, None)),
             _ => err.to_string(),
         };
         Failure { exit, reason: reason.to_string(), message, reported: false }

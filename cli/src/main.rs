@@ -3,7 +3,9 @@
 mod anchor;
 mod args;
 mod context;
+mod damage;
 mod failure;
+mod import;
 mod quickstart;
 mod replay;
 mod secret_input;
@@ -60,10 +62,12 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(global: &Global) {
+    // sled logs what it finds in damaged files in its own terms; the store's errors say it in the
+    // user's (what is damaged, what still reads), so sled is heard only at -vv.
     let default = match (global.quiet, global.verbose) {
-        (true, _) => "error",
-        (false, 0) => "warn",
-        (false, 1) => "info",
+        (true, _) => "error,sled=off",
+        (false, 0) => "warn,sled=off",
+        (false, 1) => "info,sled=off",
         (false, _) => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
@@ -144,6 +148,7 @@ fn run(ctx: &Context, command: Command) -> Result<u8, Failure> {
         Command::Vault(command) => vault::run(ctx, command),
         Command::Quickstart => quickstart::run(ctx),
         Command::Replay(args) => replay::run(ctx, args),
+        Command::Import { file } => import::run(ctx, &file),
         Command::Wizard(args) => wizard::run(ctx, args),
         Command::Completions { shell } => {
             clap_complete::generate(

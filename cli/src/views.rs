@@ -10,7 +10,7 @@ use regent_secrets::{MachineKey, SecretsArea};
 use regent_store::{EventStore, Head, VerifyReport};
 use serde_json::json;
 
-use crate::context::Context;
+use crate::context::{Context, OpenError};
 use crate::failure::Failure;
 use crate::terminal::{self, errln, outln};
 
@@ -27,27 +27,47 @@ fn read_state(ctx: &Context) -> Result<(State, Head, Option<EventStore>), Failur
 }
 
 pub fn status(ctx: &Context) -> Result<u8, Failure> {
-    let (state, head, store) = read_state(ctx)?;
-    let damage = store.as_ref().and_then(|s| s.damage().map(str::to_string));
-    let status = projections::status(&state, head);
-    let sealed = sealed_health(ctx, &state);
+    let opened = ctx.open_existing_store_as_is().map_err(|e| match e {
+        OpenError::Failure(failure) => failure,
+        OpenError::Store(err) => crate::damage::status_unreadable(ctx.json, err),
+    })?;
+    let Some(store) = opened else {
+        return print_status_of(ctx, &State::default(), Head::EMPTY, None);
+    };
+    // A damaged store is shown with its damage, then exits 3: what it holds cannot be trusted.
+    let damaged =
+        store.damage().map(|damage| (damage.to_string(), crate::damage::of_store(&store, damage, None)));
+    let (state, head) = projections::current_state(&store)?;
+    print_status_of(ctx, &state, head, damaged)
+}
+
+/// `damaged`: the damage in words, and the failure the command ends with.
+fn print_status_of(
+    ctx: &Context,
+    state: &State,
+    head: Head,
+    damaged: Option<(String, Failure)>,
+) -> Result<u8, Failure> {
+    let (damage, damaged) = damaged.unzip();
+    let status = projections::status(state, head);
+    let sealed = sealed_health(ctx, state);
     if ctx.json {
         let mut value = serde_json::to_value(&status).map_err(|e| Failure::store(e.to_string()))?;
         value["sealed_secrets"] = json!(sealed);
-        value["store_damage"] = json!(damage);
-        value["log_anchor"] = crate::anchor::status_json(ctx, &state, head);
+        value["store_damage"] = json!(damaged.as_ref().map(|failure| &failure.message));
+        value["log_anchor"] = crate::anchor::status_json(ctx, state, head);
         terminal::json_line(value);
-        return Ok(0);
+        return damaged.map_or(Ok(0), |failure| Err(Failure { reported: true, ..failure }));
     }
     print_status(&status, state.next_step());
-    if let Some(anchor) = crate::anchor::status_line(ctx, &state, head) {
+    if let Some(anchor) = crate::anchor::status_line(ctx, state, head) {
         outln!("{:<14}{anchor}", "anchor");
     }
     outln!("{:<14}{sealed}", "secrets");
     if let Some(damage) = &damage {
         outln!("{:<14}DAMAGED: {damage}", "store");
     }
-    Ok(0)
+    damaged.map_or(Ok(0), Err)
 }
 
 pub fn print_status(status: &Status, next: Option<Step>) {
@@ -68,7 +88,7 @@ pub fn print_status(status: &Status, next: Option<Step>) {
 
 /// Whether the sealed values the state refers to can still be opened: losing the machine key
 /// makes them unreadable, which the operator must hear about before registering.
-fn sealed_health(ctx: &Context, state: &State) -> String {
+pub(crate) fn sealed_health(ctx: &Context, state: &State) -> String {
     let mut refs: Vec<(&str, regent_secrets::SecretKind, &SealedRef)> = Vec::new();
     if let Some(sealed) = state.proxy.as_ref().and_then(|p| p.password.as_ref()) {
         refs.push(("proxy password", regent_secrets::SecretKind::ProxyPassword, sealed));
@@ -81,6 +101,12 @@ fn sealed_health(ctx: &Context, state: &State) -> String {
     }
     if refs.is_empty() {
         return "none kept".into();
+    }
+    // Not opened when missing: opening the area would create it (a log imported here refers to
+    // sealed values this data dir never held).
+    if !ctx.data_dir.join(SecretsArea::DIR_NAME).is_dir() {
+        let names: Vec<&str> = refs.iter().map(|(what, _, _)| *what).collect();
+        return format!("UNREADABLE: {}; set them again (this data dir keeps no sealed values)", names.join(", "));
     }
     let key = match MachineKey::load(&ctx.data_dir) {
         Ok(key) => key,
@@ -235,15 +261,30 @@ pub fn verify(ctx: &Context, file: Option<&Path>, head: Option<Head>) -> Result<
                 .map_err(|e| Failure::refused(format!("cannot read {}: {e}; check the path", file.display())))?;
             regent_store::verify_export(BufReader::with_capacity(256 * 1024, input), head)?.1
         }
-        None => match (ctx.open_existing_store()?, head) {
-            (Some(store), _) => store.verify(head)?,
-            (None, None) => VerifyReport { records: 0, verified_head: Head::EMPTY, failure: None },
-            (None, Some(head)) => {
+        None => match ctx.open_existing_store_as_is() {
+            Ok(Some(store)) => {
+                let report = store.verify(head)?;
+                if let Some(damage) = store.damage() {
+                    let failure =
+                        crate::damage::failure(store.path(), damage, crate::damage::Reads::Walked(&report), None);
+                    return Err(crate::damage::print_damaged_report(Some((&report, "")), damage, failure, ctx.json));
+                }
+                if let Some(failure) = crate::damage::unreadable_record(store.path(), &report) {
+                    print_report(&report, ctx.json);
+                    return Err(failure.printed_if(ctx.json));
+                }
+                report
+            }
+            Ok(None) if head.is_none() => VerifyReport { records: 0, verified_head: Head::EMPTY, failure: None },
+            Ok(None) => {
                 return Err(Failure::refused(format!(
-                    "log_tail_cut: there is no log in {} at all, but it was to reach head {head}; restore it from an export with `regent import FILE`",
-                    ctx.data_dir.display()
+                    "log_tail_cut: there is no log in {} at all, but it was to reach head {}; restore it from an export with `regent import FILE`",
+                    ctx.data_dir.display(),
+                    head.map(|h| h.to_string()).unwrap_or_default()
                 )));
             }
+            Err(OpenError::Failure(failure)) => return Err(failure),
+            Err(OpenError::Store(err)) => return Err(crate::damage::verify_unreadable(err, ctx.json)),
         },
     };
     print_report(&report, ctx.json);
@@ -253,7 +294,9 @@ pub fn verify(ctx: &Context, file: Option<&Path>, head: Option<Head>) -> Result<
         Some(failure) => Err(Failure::refused(format!(
             "verification failed at {failure}; only records up to {} can be trusted",
             report.verified_head.position
-        ))),
+        ))
+        .because("chain_broken")
+        .printed_if(ctx.json)),
     }
 }
 

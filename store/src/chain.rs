@@ -14,6 +14,8 @@ use crate::record::{ChainFields, Digest32, Head, Utf8, split_and_parse_checked};
 pub enum Problem {
     /// The bytes are not a record (not JSON, or fields missing).
     Malformed { detail: String },
+    /// The store cannot read the record at all (sled cannot read the page that holds it).
+    Unreadable { detail: String },
     /// The record's bytes do not hash to the hash stored with them: the record was altered.
     HashMismatch { stored: Digest32, computed: Digest32 },
     /// The record does not point at the record before it.
@@ -34,6 +36,7 @@ impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Problem::Malformed { detail } => write!(f, "not a valid record: {detail}"),
+            Problem::Unreadable { detail } => write!(f, "cannot be read: {detail}"),
             Problem::HashMismatch { stored, computed } => write!(
                 f,
                 "hash mismatch: the record was altered (stored {}…, its bytes hash to {}…)",

@@ -6,6 +6,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use crate::chain::ChainFailure;
+use crate::damage::Damage;
 
 /// The version a stream must be at for an append to go through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -49,8 +50,14 @@ pub enum StoreError {
     )]
     SyncFailed { path: PathBuf, source: std::sync::Arc<std::io::Error> },
 
-    #[error("the store at {path} is damaged ({detail}); restore it from an export with `import`")]
+    /// Something read from the store is not what the store writes. The message says what is
+    /// wrong, never what to do: that depends on the program (the binary names its commands).
+    #[error("the store at {path} is damaged: {detail}")]
     Corrupt { path: PathBuf, detail: String },
+
+    /// The store was found damaged at open: it cannot be opened at all, or it refuses appends.
+    #[error("the store at {path} is damaged: {damage}")]
+    Damaged { path: PathBuf, damage: Damage },
 
     #[error("stream {stream}: expected {expected}, but the stream is at version {actual}")]
     Conflict { stream: String, expected: ExpectedVersion, actual: u64 },
@@ -87,9 +94,17 @@ impl StoreError {
         match err {
             sled::Error::Io(source) => StoreError::Io { path, source },
             sled::Error::Corruption { at, .. } => {
-                StoreError::Corrupt { path, detail: format!("sled reports corruption at {at:?}") }
+                let detail = match at {
+                    Some(at) => format!("sled cannot read its data file (db) at byte {}", at.lid()),
+                    None => "sled cannot read its files".into(),
+                };
+                StoreError::Corrupt { path, detail }
             }
-            sled::Error::Unsupported(detail) => StoreError::Corrupt { path, detail },
+            // sled's own wording names sled versions and internals; the store's is what a user can act on.
+            sled::Error::Unsupported(detail) => {
+                tracing::debug!(%detail, "sled refused the store's files");
+                StoreError::Corrupt { path, detail: "sled cannot read its files".into() }
+            }
             other => StoreError::Internal(other.to_string()),
         }
     }

@@ -11,6 +11,7 @@
 //! This crate knows nothing of registration.
 
 pub mod chain;
+mod damage;
 mod error;
 mod export;
 #[doc(hidden)]
@@ -21,6 +22,7 @@ mod store;
 pub mod utc_time;
 
 pub use chain::{ChainFailure, ChainWalker, HashedRecord, Problem, VerifyReport};
+pub use damage::{Damage, record_range, salvage};
 pub use error::{ExpectedVersion, Result, StoreError};
 pub use export::{ExportHeader, FORMAT_NAME, FORMAT_VERSION, read_export, read_export_decoded, verify_export};
 pub use record::{Actor, BatchMeta, Digest32, Head, MAX_RECORD_BYTES, NewEvent, Record};

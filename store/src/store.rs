@@ -11,6 +11,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::chain::{ChainFailure, ChainWalker, HashedRecord, Problem, VerifyReport};
+use crate::damage::{self, DURABLE_HEAD_FILE, Damage};
 use crate::error::{ExpectedVersion, Result, StoreError};
 use crate::layout::{self, HEAD_KEY};
 use crate::read_ahead::{batched, read_ahead};
@@ -99,7 +100,7 @@ pub struct EventStore {
     writer: Mutex<Head>,
     /// Set when the head and the records disagree at open: reads and verify still work (so the
     /// damage can be located), appends are refused.
-    damage: Option<String>,
+    damage: Option<Damage>,
     /// The last head known durable, also kept in a side file (see `durable_head_file`).
     durable: Mutex<DurableHeadFile>,
     /// Group commit: each applied batch takes the next sequence number; a flush covers every batch
@@ -138,6 +139,14 @@ impl EventStore {
         if path.exists() && !path.is_dir() {
             return Err(StoreError::NotADirectory { path: path.to_path_buf() });
         }
+        if let Some(damage) = damage::data_file_missing(path) {
+            return Err(StoreError::Damaged { path: path.to_path_buf(), damage });
+        }
+        // sled cannot open it: what regent last knew was on disk says what was lost.
+        let unreadable = |at_byte| StoreError::Damaged {
+            path: path.to_path_buf(),
+            damage: Damage::Unreadable { at_byte, written: damage::read_durable_head(path) },
+        };
         let started = Instant::now();
         let mut told = false;
         let db = loop {
@@ -164,22 +173,35 @@ impl EventStore {
                     }
                     std::thread::sleep(Duration::from_millis(50).min(options.lock_wait - waited));
                 }
+                Ok(Err(sled::Error::Corruption { at, .. })) => return Err(unreadable(at.map(|at| at.lid()))),
+                Ok(Err(sled::Error::Unsupported(detail))) => {
+                    tracing::debug!(%detail, "sled refused the store's files");
+                    return Err(unreadable(None));
+                }
                 Ok(Err(e)) => return Err(StoreError::from_sled(path, e)),
                 Err(panic) => {
-                    return Err(StoreError::Corrupt { path: path.to_path_buf(), detail: panic_text(&panic) });
+                    tracing::debug!(panic = %panic_text(&panic), "sled failed reading the store's files");
+                    return Err(unreadable(None));
                 }
             }
         };
-        let open_tree = |name: &str| db.open_tree(name).map_err(|e| StoreError::from_sled(path, e));
+        // sled reads pages its snapshot points at only when they are asked for: damage it finds
+        // in what open reads is the same damage as at its own open.
+        let sled_err = |e: sled::Error| match e {
+            sled::Error::Corruption { at, .. } => unreadable(at.map(|at| at.lid())),
+            other => StoreError::from_sled(path, other),
+        };
+        let open_tree = |name: &str| db.open_tree(name).map_err(sled_err);
         let log = open_tree(layout::LOG_TREE)?;
         let checkpoints = open_tree(layout::CHECKPOINT_TREE)?;
-        let (head, mut damage) = read_head(path, &log)?;
+        let (head, mut damage) = read_head(path, &log, &sled_err)?;
         let durable = DurableHeadFile::open(path)?;
         if damage.is_none() {
-            damage = durable.check(head, |position| hash_at(path, &log, position));
+            damage = durable.check(head, |position| hash_at(path, &log, position, &sled_err));
         }
         if let Some(damage) = &damage {
-            tracing::warn!(path = %path.display(), %damage, "the store is damaged; appends are refused");
+            // The caller has it typed (`damage()`) and decides how to say it; every refused append says it too.
+            tracing::info!(path = %path.display(), %damage, "the store is damaged; appends are refused");
         }
         let data_file =
             std::fs::File::open(path.join("db")).map_err(|source| StoreError::Io { path: path.join("db"), source })?;
@@ -208,8 +230,8 @@ impl EventStore {
     }
 
     /// What is wrong with the store, if it was found damaged at open.
-    pub fn damage(&self) -> Option<&str> {
-        self.damage.as_deref()
+    pub fn damage(&self) -> Option<&Damage> {
+        self.damage.as_ref()
     }
 
     pub fn path(&self) -> &Path {
@@ -253,7 +275,7 @@ impl EventStore {
     ) -> Result<Appended> {
         validate_batch(stream, events)?;
         if let Some(damage) = &self.damage {
-            return Err(self.corrupt(damage));
+            return Err(StoreError::Damaged { path: self.path.clone(), damage: damage.clone() });
         }
         self.refuse_after_failed_sync()?;
         let mut head = self.lock_writer();
@@ -465,7 +487,17 @@ impl EventStore {
             batch.into_iter().map(|item| item.map(hash)).collect()
         });
         for item in hashed {
-            let (position, record) = item?;
+            let (position, record) = match item {
+                Ok(item) => item,
+                // What sled cannot read ends the walk as a bad record does: the records before it
+                // verified, and that is what a person restoring the store needs to know.
+                Err(StoreError::Corrupt { detail, .. }) => {
+                    let failure =
+                        ChainFailure { position: walker.head().position + 1, problem: Problem::Unreadable { detail } };
+                    return Ok(walker.finish(Some(failure)));
+                }
+                Err(e) => return Err(e),
+            };
             if let Err(failure) = walker.push_hashed(Some(position), record) {
                 return Ok(walker.finish(Some(failure)));
             }
@@ -510,7 +542,7 @@ impl EventStore {
     /// The hash field stored with the record at `position`, if there is one: read, not recomputed,
     /// so only for matching a cache (a checkpoint) to the log, never as proof of what the log holds.
     fn hash_at(&self, position: u64) -> Result<Option<Digest32>> {
-        hash_at(&self.path, &self.log, position)
+        hash_at(&self.path, &self.log, position, &|e| StoreError::from_sled(&self.path, e))
     }
 
     /// If every event id of the batch is stored already, where; if some are, a conflict.
@@ -567,30 +599,32 @@ impl EventStore {
 
 /// Reads the head and checks it against the last record key, so a store whose head and records
 /// disagree is reported at open rather than extended. Returns the head and what is wrong, if anything.
-fn read_head(path: &Path, log: &sled::Tree) -> Result<(Head, Option<String>)> {
+fn read_head(
+    path: &Path,
+    log: &sled::Tree,
+    sled_err: &dyn Fn(sled::Error) -> StoreError,
+) -> Result<(Head, Option<Damage>)> {
     let corrupt = |detail: String| StoreError::Corrupt { path: path.to_path_buf(), detail };
-    let stored = log.get(HEAD_KEY).map_err(|e| StoreError::from_sled(path, e))?;
-    let last_key = log
-        .range(layout::record_key(0)..=layout::record_key(u64::MAX))
-        .next_back()
-        .transpose()
-        .map_err(|e| StoreError::from_sled(path, e))?;
+    let stored = log.get(HEAD_KEY).map_err(sled_err)?;
+    let last_key =
+        log.range(layout::record_key(0)..=layout::record_key(u64::MAX)).next_back().transpose().map_err(sled_err)?;
     let last_position = last_key.as_ref().and_then(|(k, _)| layout::position_of_record_key(k)).unwrap_or(0);
     let head = match stored {
         None => Head::EMPTY,
         Some(bytes) => layout::decode_head(&bytes).ok_or_else(|| corrupt("the head entry is malformed".into()))?,
     };
-    let damage = (head.position != last_position).then(|| {
-        format!(
-            "the head says position {} but the last record is at {last_position}; run `regent audit verify` to locate the damage",
-            head.position
-        )
-    });
+    let damage = (head.position != last_position)
+        .then_some(Damage::HeadDisagrees { head: head.position, last_record: last_position });
     Ok((head, damage))
 }
 
-fn hash_at(path: &Path, log: &sled::Tree, position: u64) -> Result<Option<Digest32>> {
-    let Some(bytes) = log.get(layout::record_key(position)).map_err(|e| StoreError::from_sled(path, e))? else {
+fn hash_at(
+    path: &Path,
+    log: &sled::Tree,
+    position: u64,
+    sled_err: &dyn Fn(sled::Error) -> StoreError,
+) -> Result<Option<Digest32>> {
+    let Some(bytes) = log.get(layout::record_key(position)).map_err(sled_err)? else {
         return Ok(None);
     };
     let envelope: RawEnvelope = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
@@ -609,8 +643,6 @@ struct DurableHeadFile {
     written: Option<Head>,
 }
 
-const DURABLE_HEAD_FILE: &str = "regent-durable-head";
-
 impl DurableHeadFile {
     fn open(dir: &Path) -> Result<DurableHeadFile> {
         let path = dir.join(DURABLE_HEAD_FILE);
@@ -626,21 +658,16 @@ impl DurableHeadFile {
     }
 
     /// What is wrong if the log does not reach, or does not contain, the head last known durable.
-    fn check(&self, head: Head, hash_at: impl Fn(u64) -> Result<Option<Digest32>>) -> Option<String> {
+    fn check(&self, head: Head, hash_at: impl Fn(u64) -> Result<Option<Digest32>>) -> Option<Damage> {
         let durable = self.written?;
         if durable.position > head.position {
-            return Some(format!(
-                "the store ends at record {} but records up to {} were written to disk before: records were lost; restore the store from an export",
-                head.position, durable.position
-            ));
+            return Some(Damage::RecordsLost { ends_at: head.position, written: durable });
         }
         match hash_at(durable.position) {
             Ok(Some(hash)) if hash == durable.hash => None,
             Ok(None) if durable.position == 0 => None,
-            _ => Some(format!(
-                "record {} is not the one written to disk before; the store was altered or replaced; run `regent audit verify`",
-                durable.position
-            )),
+            Err(StoreError::Damaged { damage, .. }) => Some(damage),
+            _ => Some(Damage::Replaced { position: durable.position }),
         }
     }
 

@@ -5,7 +5,7 @@ mod common;
 
 use common::{events, meta, open};
 use regent_store::layout::{self, HEAD_KEY};
-use regent_store::{ExpectedVersion, Head, Problem, VerifyReport, verify_export};
+use regent_store::{Damage, ExpectedVersion, Head, Problem, VerifyReport, verify_export};
 use std::path::Path;
 
 /// A store of 10 records in two streams; returns its head.
@@ -140,7 +140,11 @@ fn a_cut_tail_with_a_rewritten_head_is_caught_by_the_durable_head() {
     build(dir.path());
     cut_tail_and_rewrite_head(dir.path());
     let store = open(dir.path());
-    assert!(store.damage().unwrap().contains("records were lost"), "{:?}", store.damage());
+    let damage = store.damage();
+    assert!(
+        matches!(damage, Some(Damage::RecordsLost { ends_at: 7, written }) if written.position == 10),
+        "{damage:?}"
+    );
     let failure = store.verify(None).unwrap().failure.unwrap();
     assert_eq!((failure.position, failure.problem), (8, Problem::Truncated { last: 7, expected_head: 10 }));
 }
@@ -167,11 +171,11 @@ fn a_cut_tail_without_rewriting_the_head_is_located_and_the_store_refuses_append
         tree.remove(layout::record_key(10)).unwrap();
     });
     let store = open(dir.path());
-    assert!(store.damage().unwrap().contains("position 10"), "{:?}", store.damage());
+    assert_eq!(store.damage(), Some(&Damage::HeadDisagrees { head: 10, last_record: 9 }));
     let failure = store.verify(None).unwrap().failure.unwrap();
     assert_eq!(failure.problem, Problem::Truncated { last: 9, expected_head: 10 });
     let err = store.append("a", ExpectedVersion::Any, &meta(), &events(20..21)).unwrap_err();
-    assert!(matches!(err, regent_store::StoreError::Corrupt { .. }), "{err:?}");
+    assert!(matches!(err, regent_store::StoreError::Damaged { .. }), "{err:?}");
     assert_eq!(store.read_all(0).count(), 9);
 }
 
@@ -184,7 +188,7 @@ fn records_past_a_rewritten_head_are_located() {
         tree.insert(HEAD_KEY, &layout::encode_head(&Head { position: 8, hash: eight.hash })[..]).unwrap();
     });
     let store = open(dir.path());
-    assert!(store.damage().is_some());
+    assert_eq!(store.damage(), Some(&Damage::HeadDisagrees { head: 8, last_record: 10 }));
     let failure = store.verify(None).unwrap().failure.unwrap();
     assert_eq!((failure.position, failure.problem), (9, Problem::PastHead { head: 8, last: 10 }));
 }
@@ -229,4 +233,128 @@ fn tampering_with_an_export_is_caught_in_the_file_alone() {
     let cut = intact[..8].to_vec();
     let failure = check(&cut, None).failure.unwrap();
     assert_eq!(failure.problem, Problem::Truncated { last: 7, expected_head: 10 });
+}
+
+/// Every file of a store directory, with its bytes, to show that nothing was written to it.
+fn files_of(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.is_file())
+        .map(|path| {
+            let bytes = std::fs::read(&path).unwrap();
+            (path, bytes)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn a_store_whose_data_file_was_removed_is_damage_and_nothing_is_created_in_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = build(dir.path());
+    for name in ["db", "conf"] {
+        std::fs::remove_file(dir.path().join(name)).unwrap();
+    }
+    let before = files_of(dir.path());
+    let err = open_err(dir.path());
+    assert!(
+        matches!(&err, regent_store::StoreError::Damaged { damage: Damage::FilesMissing { written: Some(w) }, .. } if *w == head),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "the store at {} is damaged: sled's data file (db) is gone; it held records 1..10",
+            dir.path().display()
+        )
+    );
+    assert_eq!(files_of(dir.path()), before, "sled did not create an empty store in its place");
+    assert!(!dir.path().join("db").exists());
+}
+
+#[test]
+fn an_empty_directory_is_a_new_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    assert_eq!((store.len(), store.damage()), (0, None));
+}
+
+fn open_err(dir: &Path) -> regent_store::StoreError {
+    match regent_store::EventStore::open(dir, &common::options()) {
+        Ok(store) => panic!("opened, damage {:?}", store.damage()),
+        Err(err) => err,
+    }
+}
+
+/// Flips a byte in the middle of every copy of record `position`'s bytes in sled's data file (sled
+/// writes a page again as it grows, and which copy it reads depends on what it wrote when).
+fn flip_in_data_file(dir: &Path, position: u64) {
+    let path = dir.join("db");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let needle = format!("\"position\":{position},");
+    let copies: Vec<usize> =
+        bytes.windows(needle.len()).enumerate().filter(|(_, w)| *w == needle.as_bytes()).map(|(at, _)| at).collect();
+    assert!(!copies.is_empty(), "the record is in the file");
+    for at in copies {
+        bytes[at + 40] ^= 0xff;
+    }
+    std::fs::write(&path, bytes).unwrap();
+}
+
+#[test]
+fn a_flipped_byte_in_the_data_file_is_unreadable_damage_and_a_copy_says_what_still_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path());
+    // Opened again, sled writes a snapshot of the log's extent; against it, sled sees that its
+    // data file no longer reads to the end and refuses to open (without one, it would keep the
+    // readable prefix: the durable head's check above).
+    drop(open(dir.path()));
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with("snap."))
+    );
+    flip_in_data_file(dir.path(), 10);
+    let err = open_err(dir.path());
+    let regent_store::StoreError::Damaged { damage, .. } = &err else { panic!("{err:?}") };
+    assert!(matches!(damage, Damage::Unreadable { written: Some(w), .. } if w.position == 10), "{damage:?}");
+    for debug_text in ["Some(", "None", "Inline(", "sled version"] {
+        assert!(!err.to_string().contains(debug_text), "{err}");
+    }
+
+    let before = files_of(dir.path());
+    let scratch = tempfile::tempdir().unwrap();
+    let report = regent_store::salvage(dir.path(), scratch.path()).unwrap();
+    assert_eq!(files_of(dir.path()), before, "reading what is left writes nothing to the store");
+    let failure = report.failure.clone().expect("the copy stops short of the head written to disk");
+    // Records 9 and 10 were one batch, one write to sled's log: the flip in 10 loses both.
+    let good = report.verified_head.position;
+    assert_eq!(good, 8, "{report:?}");
+    assert_eq!((failure.position, failure.problem), (good + 1, Problem::Truncated { last: good, expected_head: 10 }));
+    // What the copy read is the store's own prefix: the same records, verified.
+    assert_eq!(report.records, good);
+}
+
+#[test]
+fn a_page_sled_cannot_read_ends_a_walk_as_a_bad_record_does() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        for i in 0..50 {
+            store.append("a", ExpectedVersion::Any, &meta(), &events(i * 10..i * 10 + 10)).unwrap();
+        }
+    }
+    // Opened again, sled's snapshot points at every page: it reads a page only when asked for it.
+    drop(open(dir.path()));
+    flip_in_data_file(dir.path(), 250);
+    let store = open(dir.path());
+    assert_eq!(store.damage(), None, "open reads the head and the last record, not the middle");
+    let report = store.verify(None).unwrap();
+    let failure = report.failure.clone().expect("the walk stops where sled cannot read");
+    assert!(matches!(&failure.problem, Problem::Unreadable { detail } if detail.contains("byte")), "{failure}");
+    assert_eq!(failure.position, report.verified_head.position + 1);
+    assert!(failure.position <= 250, "{failure}");
+    for debug_text in ["Some(", "None", "Inline("] {
+        assert!(!failure.to_string().contains(debug_text), "{failure}");
+    }
 }

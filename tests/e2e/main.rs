@@ -3,6 +3,7 @@
 mod anchor;
 mod audit;
 mod escape;
+mod damage;
 mod fixtures;
 mod large_logs;
 mod quickstart;
