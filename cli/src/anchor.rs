@@ -449,6 +449,9 @@ pub fn anchor_now(ctx: &Context, endpoint: Option<String>, ca_file: Option<PathB
     let store = ctx.open_existing_store()?.ok_or_else(|| not_registered("to send its log head to"))?;
     let (state, head, registration) = registered(&store, "to send its log head to")?;
     let mut note = AnchorNote::load(&ctx.data_dir);
+    if endpoint.is_none() && note.quickstart_machine.as_deref() == Some(registration.machine_id.as_str()) {
+        return Err(quickstart_vault_gone(&registration.vault));
+    }
     // The store stays open: the head sent is the head of the log until the vault answers.
     let result = secrets_area(ctx)
         .and_then(|area| registered_signer(&store, &area, &state, &registration, endpoint.as_deref()))
@@ -603,6 +606,9 @@ pub fn verify_against_vault(ctx: &Context, endpoint: Option<String>, ca_file: Op
     let store = ctx.open_existing_store()?.ok_or_else(|| not_registered("whose anchor to check against"))?;
     let (machine, signer, registration_lost) = machine_to_check(ctx, &store, &note, endpoint.as_deref())?;
     drop(store);
+    if endpoint.is_none() && note.quickstart_machine.as_deref() == Some(machine.machine_id.as_str()) {
+        return Err(quickstart_vault_gone(&machine.vault));
+    }
     let options = ClientOptions { ca_file: note.ca_file(), ..ClientOptions::default() };
     let fetched = client(options).and_then(|client| client.fetch_log_head(&signer));
     let anchor = match fetched {
@@ -723,6 +729,13 @@ pub fn verify_against_vault(ctx: &Context, endpoint: Option<String>, ca_file: Op
     outcome.map_err(|failure| failure.printed_if(ctx.json))
 }
 
+/// The vault `regent quickstart` ran in-process ended with it: nothing can be asked of it again.
+fn quickstart_vault_gone(vault: &str) -> Failure {
+    Failure::refused(format!(
+        "anchor_unavailable: vault {vault} ran inside `regent quickstart` and ended with it, so no head kept there can be read again; `regent audit verify` checks this log's own chain (against a head kept elsewhere with --head POSITION:HASH)"
+    ))
+}
+
 /// `status`: how far the vault's anchor is behind the log, from the local note (a hint).
 pub fn status_json(ctx: &Context, state: &State, head: Head) -> serde_json::Value {
     let note = AnchorNote::load(&ctx.data_dir);
@@ -767,7 +780,12 @@ pub fn status_line(ctx: &Context, state: &State, head: Head) -> Option<String> {
     let anchored = note.anchored.as_ref().filter(|a| a.machine_id == registration.machine_id);
     let mut line = match anchored {
         None => "not anchored at the vault yet (`regent audit anchor`)".to_string(),
-        Some(a) if a.position == head.position => format!("{} at vault {} (up to date)", a.position, a.vault),
+        // The note travels with the data dir: a restored copy says what it last reported, which
+        // is all that can be known here without asking the vault.
+        Some(a) if a.position == head.position => format!(
+            "{} at vault {}, as last reported from this data dir (`regent audit verify --against-vault` asks the vault whether it holds a later head)",
+            a.position, a.vault
+        ),
         Some(a) if a.position < head.position => format!(
             "{} at vault {} ({} records not yet anchored: `regent audit anchor`)",
             a.position,

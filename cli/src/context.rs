@@ -66,6 +66,13 @@ impl Context {
             }
             return Ok(());
         }
+        if !self.data_dir.is_dir() {
+            return Err(Failure::store(format!(
+                "the data directory {} is not a directory; pass the folder regent keeps its data in with --data-dir",
+                self.data_dir.display()
+            ))
+            .because("data_dir_not_a_directory"));
+        }
         if !self.store_dir().exists() {
             let holds = ["machine.key", "secrets", "log-anchor.json"]
                 .into_iter()

@@ -43,6 +43,9 @@ pub fn execute(
     secrets: SecretInputs,
     vault: &dyn VaultClient,
 ) -> Result<(StepResult, Option<StepAnchor>), Failure> {
+    // A damaged store is refused here, with what still reads and how to restore it (the engine
+    // would only hear that appends are refused).
+    drop(ctx.open_store()?);
     let area = ctx.secrets_area()?;
     let world = real_world(&area, vault);
     let log = ctx.log();

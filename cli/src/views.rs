@@ -35,8 +35,7 @@ pub fn status(ctx: &Context) -> Result<u8, Failure> {
         return print_status_of(ctx, &State::default(), Head::EMPTY, None);
     };
     // A damaged store is shown with its damage, then exits 3: what it holds cannot be trusted.
-    let damaged =
-        store.damage().map(|damage| (damage.to_string(), crate::damage::of_store(&store, damage, None)));
+    let damaged = store.damage().map(|damage| (damage.to_string(), crate::damage::of_store(&store, damage, None)));
     let (state, head) = projections::current_state(&store)?;
     print_status_of(ctx, &state, head, damaged)
 }
@@ -330,6 +329,15 @@ pub fn export(ctx: &Context, output: Option<&Path>) -> Result<u8, Failure> {
         None => {
             store.export(&mut terminal::machine_stdout().lock(), writer)?;
         }
+    }
+    let holding = projections::records_holding_verifier(store.read_all(1))?;
+    if !holding.is_empty() {
+        let shown: Vec<String> = holding.iter().take(20).map(u64::to_string).collect();
+        let more = if holding.len() > 20 { format!(" and {} more", holding.len() - 20) } else { String::new() };
+        errln!(
+            "warning: record(s) {}{more} were written before regent sealed the passphrase verifier, and hold it: with this export a weak passphrase can be guessed offline; hand it only to someone you would trust with the passphrase, or change the passphrase first (`regent properties passphrase change`) so that the one in use is not among them",
+            shown.join(", ")
+        );
     }
     Ok(0)
 }

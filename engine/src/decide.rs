@@ -413,18 +413,13 @@ fn needed<'a, T>(step: Step, what: &str, value: Option<&'a T>) -> Result<&'a T, 
     })
 }
 
-/// What makes a path unusable as text: bytes that are not UTF-8 (the command line turns them into
-/// U+FFFD, so the path recorded would not be the path on disk), or control characters (a line
-/// break in a path forges lines wherever it is shown).
+/// What makes a path unusable in the log: bytes that are not UTF-8. The command line turns them
+/// into U+FFFD, so the path recorded would not be the path on disk. (Control characters are
+/// allowed, as the filesystem allows them; every terminal view shows them escaped.)
 fn path_problem(path: &Path) -> Option<String> {
-    let text = path.to_string_lossy();
-    if text.contains('\u{fffd}') {
-        return Some("is not valid UTF-8 text (shown with U+FFFD where its bytes are not)".into());
-    }
-    if text.chars().any(char::is_control) {
-        return Some("holds a control character (a line break, a tab, an escape)".into());
-    }
-    None
+    path.to_string_lossy()
+        .contains('\u{fffd}')
+        .then(|| "is not valid UTF-8 text (shown with U+FFFD where its bytes are not)".into())
 }
 
 fn check_folder_paths(install: &Path, scratch: &Path) -> Result<(), String> {
@@ -472,7 +467,7 @@ fn check_folder(what: &str, path: &Path, facts: &FolderFacts) -> Result<(), Stri
     if let Some(problem) = &facts.problem {
         return Err(format!("the {what} folder {} cannot be used: {problem}", path.display()));
     }
-    if !facts.existed && !facts.created {
+    if !facts.existed && !facts.created && !facts.is_dir {
         // Looked at before creating anything: it is created once the step is accepted.
         if facts.creatable {
             return Ok(());

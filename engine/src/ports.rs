@@ -42,9 +42,8 @@ pub trait Randomness {
 pub trait SecretKeeper {
     fn seal(&self, kind: SecretKind, secret: &[u8]) -> Result<SealedRef, String>;
     fn open(&self, kind: SecretKind, sealed: &SealedRef) -> Result<Zeroizing<Vec<u8>>, String>;
-    /// Removes every sealed value but those in `keep` (a superseded secret must not stay
-    /// decryptable); returns how many went.
-    fn retain(&self, keep: &[SealedRef]) -> Result<usize, String>;
+    /// Removes a sealed value (superseded: it must not stay decryptable). Gone already is fine.
+    fn remove(&self, sealed: &SealedRef) -> Result<(), String>;
 }
 
 /// A generated passphrase's file, which the operator is told to keep: it must exist only if the
@@ -136,10 +135,9 @@ impl SecretKeeper for regent_secrets::SecretsArea {
         regent_secrets::SecretsArea::open(self, area_kind(kind), &reference).map_err(|e| e.to_string())
     }
 
-    fn retain(&self, keep: &[SealedRef]) -> Result<usize, String> {
-        let keep: Vec<regent_secrets::SecretRef> =
-            keep.iter().map(|r| regent_secrets::SecretRef { id: r.id.clone() }).collect();
-        regent_secrets::SecretsArea::retain(self, &keep).map_err(|e| e.to_string())
+    fn remove(&self, sealed: &SealedRef) -> Result<(), String> {
+        let reference = regent_secrets::SecretRef { id: sealed.id.clone() };
+        regent_secrets::SecretsArea::remove(self, &reference).map_err(|e| e.to_string())
     }
 }
 

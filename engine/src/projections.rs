@@ -79,6 +79,29 @@ pub fn save_checkpoint(store: &EventStore, state: &State, head: Head) {
     }
 }
 
+/// The positions of the records that hold a passphrase verifier in the clear (written before
+/// schema 3 sealed it beside the log): what an export of them lets someone guess offline.
+pub fn records_holding_verifier<I>(records: I) -> Result<Vec<u64>, ProjectionError>
+where
+    I: IntoIterator<Item = Result<Record, regent_store::StoreError>>,
+{
+    let mut found = Vec::new();
+    for record in records {
+        let record = record?;
+        if record.stream != STREAM {
+            continue;
+        }
+        let step = events::decode(&record)?;
+        let observed = step.observed.passphrase.as_ref().is_some_and(|p| p.verifier.is_some());
+        let recorded = matches!(&step.outcome,
+            Outcome::Accepted(Change::PassphraseCreated(e) | Change::PassphraseChanged(e)) if e.verifier.is_some());
+        if observed || recorded {
+            found.push(record.position);
+        }
+    }
+    Ok(found)
+}
+
 /// `regent status`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Status {

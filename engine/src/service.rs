@@ -184,7 +184,8 @@ impl Run<'_, '_, '_> {
             self.world.passphrase_files.discard(file);
         }
         let record = StepRecord { command, observed, outcome };
-        let (position, head, state) = self.append(&store, state, &record)?;
+        let before = state;
+        let (position, head, state) = self.append(&store, before, &record)?;
         if let (Some(file), true) = (&file, accepted)
             && let Err(problem) = self.world.passphrase_files.place(file)
         {
@@ -194,7 +195,7 @@ impl Run<'_, '_, '_> {
                 file.temporary.display()
             ));
         }
-        notes.extend(self.remove_superseded(&state));
+        notes.extend(self.remove_superseded(before, &record.observed, &state));
         let generated = if accepted { generated } else { None };
         let result = StepResult { record, position, state, head, generated_passphrase: generated, notes };
         Ok(Executed { result, store })
@@ -216,14 +217,33 @@ impl Run<'_, '_, '_> {
         Ok((appended.last_position, appended.head, state))
     }
 
-    /// Removes sealed values nothing current refers to: an old proxy password or passphrase must
-    /// not stay decryptable by whoever gets the data directory.
-    fn remove_superseded(&self, state: &State) -> Vec<String> {
-        let Some(mut keep) = state.sealed_refs() else { return Vec::new() };
-        keep.extend(self.registrar.keep.iter().cloned());
-        match self.world.secrets.retain(&keep) {
-            Ok(_) => Vec::new(),
-            Err(e) => vec![format!("superseded secrets could not be removed ({e}); they stay sealed beside the log")],
+    /// Removes the sealed values this step superseded (an old proxy password, earlier
+    /// credentials, a changed passphrase) or sealed for nothing (a refused step): they must not
+    /// stay decryptable by whoever gets the data directory. Only values the log named before or
+    /// this step sealed are ever removed: a sealed file no state here names may belong to a log
+    /// being restored elsewhere, and is left alone.
+    fn remove_superseded(&self, before: &State, observed: &Observations, after: &State) -> Vec<String> {
+        let (Some(before), Some(after)) = (before.sealed_refs(), after.sealed_refs()) else { return Vec::new() };
+        let sealed_now = [
+            observed.proxy_password.as_ref(),
+            match &observed.credentials {
+                Some(CredentialsObserved::Parsed { private_key, .. }) => Some(private_key),
+                _ => None,
+            },
+            observed.passphrase.as_ref().and_then(|p| p.sealed.as_ref()),
+            observed.passphrase.as_ref().and_then(|p| p.verifier_sealed.as_ref()),
+        ];
+        let mut gone: Vec<SealedRef> = Vec::new();
+        for candidate in before.iter().chain(sealed_now.into_iter().flatten()) {
+            let kept = after.contains(candidate) || self.registrar.keep.contains(candidate);
+            if !kept && !gone.contains(candidate) {
+                gone.push(candidate.clone());
+            }
+        }
+        let failed: Vec<String> = gone.iter().filter_map(|r| self.world.secrets.remove(r).err()).collect();
+        match failed.first() {
+            None => Vec::new(),
+            Some(e) => vec![format!("a superseded secret could not be removed ({e}); it stays sealed beside the log")],
         }
     }
 
@@ -470,7 +490,7 @@ fn create_folders(
     }
     for (path, install) in wanted {
         let slot = if install { &mut observed.install } else { &mut observed.scratch };
-        let Some(before) = slot.as_ref().filter(|f| !f.existed && !f.created) else { continue };
+        let Some(before) = slot.as_ref().filter(|f| !f.existed && !f.created && !f.is_dir) else { continue };
         let before = before.clone();
         let after = match world.folders.create(path) {
             Ok(()) => FolderFacts { existed: false, created: true, ..world.folders.probe(path) },

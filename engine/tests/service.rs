@@ -617,3 +617,17 @@ fn superseded_secrets_are_removed_and_current_ones_kept() {
     f.run(Command::ClearProxy, SecretInputs::default()).unwrap();
     assert_eq!(f.area.count().unwrap(), 3, "a cleared proxy's password goes too");
 }
+
+#[test]
+fn a_sealed_value_the_log_never_named_is_left_alone() {
+    // A log lost and started again: the sealed values of the old one may be needed once it is
+    // restored from an export, so a step on the new log must not remove them.
+    let f = Fixture::new();
+    let theirs = f.area.seal(regent_secrets::SecretKind::ProxyPassword, b"the old log's password").unwrap();
+    ready(&f);
+    let proxy =
+        Command::SetProxy { host: "proxy.corp".into(), port: 3128, username: Some("u".into()), password_given: true };
+    f.run(proxy, SecretInputs { proxy_password: secret("a new one"), ..Default::default() }).unwrap();
+    f.run(Command::ClearProxy, SecretInputs::default()).unwrap();
+    assert!(f.area.open(regent_secrets::SecretKind::ProxyPassword, &theirs).is_ok());
+}

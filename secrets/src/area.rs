@@ -223,35 +223,6 @@ impl SecretsArea {
         }
     }
 
-    /// Removes every sealed value but those `keep` names: superseded settings (an old proxy
-    /// password, earlier credentials, a changed passphrase) must not stay decryptable by whoever
-    /// gets the data directory. Returns how many were removed. Temporary files of a seal that
-    /// was interrupted go too.
-    pub fn retain(&self, keep: &[SecretRef]) -> Result<usize, SecretsError> {
-        let entries = std::fs::read_dir(&self.dir).map_err(|e| SecretsError::io("list", &self.dir, e))?;
-        let mut removed = 0;
-        for entry in entries {
-            let entry = entry.map_err(|e| SecretsError::io("list", &self.dir, e))?;
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            let sealed_id = name.strip_suffix(&format!(".{SEALED_EXT}")).filter(|id| check_id(id).is_ok());
-            let interrupted = name.starts_with('.') && name.ends_with(".tmp");
-            let unused = sealed_id.is_some_and(|id| !keep.iter().any(|r| r.id == id));
-            if unused || interrupted {
-                let path = entry.path();
-                match std::fs::remove_file(&path) {
-                    Ok(()) => removed += 1,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(SecretsError::io("remove the sealed secret", &path, e)),
-                }
-            }
-        }
-        if removed > 0 {
-            fsutil::sync_dir(&self.dir)?;
-        }
-        Ok(removed)
-    }
-
     /// How many sealed values the area holds.
     pub fn count(&self) -> Result<usize, SecretsError> {
         let entries = std::fs::read_dir(&self.dir).map_err(|e| SecretsError::io("list", &self.dir, e))?;

@@ -371,21 +371,3 @@ fn remove_deletes_the_sealed_file_and_is_idempotent() {
     assert!(matches!(area.remove(&SecretRef { id: "../machine.key".into() }), Err(SecretsError::BadRef { .. })));
     assert!(MachineKey::path_in(dir.path()).exists());
 }
-
-#[test]
-fn retain_removes_every_sealed_value_but_those_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    let area = area(dir.path());
-    let old = area.seal(SecretKind::ProxyPassword, b"old password").unwrap();
-    let current = area.seal(SecretKind::ProxyPassword, b"current password").unwrap();
-    let key = area.seal(SecretKind::CredentialsPrivateKey, b"a key").unwrap();
-    // A seal that was interrupted leaves a temporary file; it goes too.
-    std::fs::write(area.dir().join(format!(".{}.0011223344556677.tmp", old.id)), b"partial").unwrap();
-    assert_eq!(area.retain(&[current.clone(), key.clone()]).unwrap(), 2);
-    assert!(matches!(area.open(SecretKind::ProxyPassword, &old), Err(SecretsError::NotFound { .. })));
-    assert_eq!(&area.open(SecretKind::ProxyPassword, &current).unwrap()[..], b"current password");
-    assert_eq!(area.count().unwrap(), 2);
-    assert_eq!(std::fs::read_dir(area.dir()).unwrap().count(), 2);
-    assert_eq!(area.retain(&[]).unwrap(), 2);
-    assert_eq!(area.count().unwrap(), 0);
-}

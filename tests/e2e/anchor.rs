@@ -87,72 +87,73 @@ fn registered_agent(setup: &Setup) {
     let (code, answer, stderr) = json_of(setup, "agent", &["register"]);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(answer["status"]["phase"], "registered");
-    // folders, credentials, passphrase, register: the fourth record is the head the vault keeps.
+    // folders, credentials, passphrase, registration started, registered: the fifth record is the
+    // head the vault keeps.
     assert_eq!(answer["log_anchor"]["anchored"], true, "{answer}");
-    assert_eq!(answer["log_anchor"]["position"], 4);
-    assert_eq!(answer["log_anchor"]["vault_position"], 4);
+    assert_eq!(answer["log_anchor"]["position"], 5);
+    assert_eq!(answer["log_anchor"]["vault_position"], 5);
 }
 
 #[test]
 fn verify_against_the_vault_catches_a_cut_tail_and_a_forked_copy() {
     let mut setup = Setup::new();
     registered_agent(&setup);
-    quietly(&setup, "agent", &THROTTLE); // 5
-    quietly(&setup, "agent", &PROXY_CLEAR); // 6
+    quietly(&setup, "agent", &THROTTLE); // 6
+    quietly(&setup, "agent", &PROXY_CLEAR); // 7
     let (code, stdout, stderr) = stdout_of(&setup, "agent", &VERIFY);
     assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.contains("ok: 6 records verified") && stdout.contains("vault anchor at 6 matches"), "{stdout}");
+    assert!(stdout.contains("ok: 7 records verified") && stdout.contains("vault anchor at 7 matches"), "{stdout}");
 
-    // A copy of the whole data dir at head 6, then one more change anchored at 7.
+    // A copy of the whole data dir at head 7, then one more change anchored at 8.
     copy_dir(&setup.path("agent"), &setup.path("copy"));
-    quietly(&setup, "agent", &THROTTLE_OFF); // 7
+    quietly(&setup, "agent", &THROTTLE_OFF); // 8
 
-    // Forked: the old copy restored, and another change made from it. Its head 7 is another record
-    // than the vault's 7: the report is refused (the step itself still succeeds).
+    // Forked: the old copy restored, and another change made from it. Its head 8 is another record
+    // than the vault's 8: the report is refused (the step itself still succeeds).
     copy_dir(&setup.path("copy"), &setup.path("fork"));
     let (code, stderr) = setup.step("fork", &THROTTLE_OTHER);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.starts_with("warning: vault prod refused log head 7 (log_head_conflict: "), "{stderr}");
+    assert!(stderr.starts_with("warning: vault prod refused log head 8 (log_head_conflict: "), "{stderr}");
     assert!(stderr.contains("regent audit verify --against-vault"), "{stderr}");
     assert_eq!(setup.step("fork", &["audit", "verify"]).0, 0, "the fork's own chain is intact");
     let (code, stdout, stderr) = stdout_of(&setup, "fork", &VERIFY);
     assert_eq!(code, 1, "{stdout}");
     one_line_failure(&stderr, "log_head_mismatch");
-    assert!(stderr.contains("record 7 is not the one vault prod anchored"), "{stderr}");
-    assert!(stdout.contains("FAILED at record 7: head mismatch"), "{stdout}");
+    assert!(stderr.contains("record 8 is not the one vault prod anchored"), "{stderr}");
+    assert!(stdout.contains("FAILED at record 8: head mismatch"), "{stdout}");
     let (code, report, _) = json_of(&setup, "fork", &VERIFY);
     assert_eq!(code, 1);
     assert_eq!(report["against_vault"]["outcome"], "altered");
-    assert_eq!(report["against_vault"]["mismatch"]["from"], 7);
+    assert_eq!(report["against_vault"]["mismatch"]["from"], 8);
     assert_eq!(report["failure"]["problem"], "head_mismatch");
 
-    // The real log goes on: 8 is anchored (past the refusals).
-    quietly(&setup, "agent", &PROXY_CLEAR); // 8
+    // The real log goes on: 9 is anchored (past the refusals).
+    quietly(&setup, "agent", &PROXY_CLEAR); // 9
 
-    // Cut tail: the old copy (head 6) put back in place of the log. Its chain, store head and
-    // durable head all agree, so plain verify passes; the vault's head 8 shows 7-8 are missing.
+    // Cut tail: the old copy (head 7) put back in place of the log. Its chain, store head and
+    // durable head all agree, so plain verify passes; the vault's head 9 shows 8-9 are missing.
     copy_dir(&setup.path("copy"), &setup.path("cut"));
     let (code, stdout, _) = stdout_of(&setup, "cut", &["audit", "verify"]);
     assert_eq!(code, 0, "plain verify cannot see a cut tail: {stdout}");
     let (code, stdout, stderr) = stdout_of(&setup, "cut", &VERIFY);
     assert_eq!(code, 1, "{stdout}");
     one_line_failure(&stderr, "log_tail_cut");
-    assert!(stderr.contains("anchored this log at position 8, but it ends at 6: records 7-8 are missing"), "{stderr}");
+    assert!(stderr.contains("anchored this log at position 9, but it ends at 7: records 8-9 are missing"), "{stderr}");
     let (code, report, _) = json_of(&setup, "cut", &VERIFY);
     assert_eq!(code, 1);
     assert_eq!(report["against_vault"]["outcome"], "tail_cut");
     assert_eq!(
         (report["against_vault"]["missing"]["from"].as_u64(), report["against_vault"]["missing"]["to"].as_u64()),
-        (Some(7), Some(8))
+        (Some(8), Some(9))
     );
-    assert_eq!(report["against_vault"]["anchor"]["position"], 8);
+    assert_eq!(report["against_vault"]["anchor"]["position"], 9);
     assert_eq!(report["failure"]["problem"], "truncated");
-    assert_eq!(report["records"], 6, "the verified part is still reported");
+    assert_eq!(report["records"], 7, "the verified part is still reported");
     // The cut copy reporting its own next head is refused as going backwards.
     let (code, stderr) = setup.step("cut", &THROTTLE_OFF);
     assert_eq!(code, 0);
-    assert!(stderr.starts_with("warning: vault prod refused log head 7 (log_head_regressed: "), "{stderr}");
+    assert!(stderr.starts_with("warning: vault prod refused log head 8 (log_head_regressed: "), "{stderr}");
 
     // Cut back and grown past the anchor while the vault could not see it: a later head must name
     // the hash this log holds at the anchored position, and it holds another record there.
@@ -167,32 +168,32 @@ fn verify_against_the_vault_catches_a_cut_tail_and_a_forked_copy() {
     let (code, _, stderr) = stdout_of(&setup, "grown", &["audit", "anchor"]);
     assert_eq!(code, 1);
     one_line_failure(&stderr, "log_head_conflict");
-    assert!(stderr.contains("refused log head 9") && stderr.contains("another record at position 8"), "{stderr}");
+    assert!(stderr.contains("refused log head 10") && stderr.contains("another record at position 9"), "{stderr}");
     let (code, _, stderr) = stdout_of(&setup, "grown", &VERIFY);
     assert_eq!(code, 1);
     one_line_failure(&stderr, "log_head_mismatch");
-    assert!(stderr.contains("record 8 is not the one vault prod anchored"), "{stderr}");
+    assert!(stderr.contains("record 9 is not the one vault prod anchored"), "{stderr}");
 
     // The real log still matches; the refused reports stay visible, here and in the vault's list.
     let (code, stdout, stderr) = stdout_of(&setup, "agent", &VERIFY);
     assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.contains("vault anchor at 8 matches"), "{stdout}");
+    assert!(stdout.contains("vault anchor at 9 matches"), "{stdout}");
     assert!(stderr.starts_with("warning: vault prod refused 3 log head report(s)"), "{stderr}");
     let machines = String::from_utf8(setup.admin(&["machines", "--vault", "prod"]).stdout).unwrap();
     assert!(machines.contains("LOG HEAD") && machines.contains("REFUSED 3 report(s)"), "{machines}");
     let machines: Value =
         serde_json::from_slice(&setup.admin(&["machines", "--vault", "prod", "--json"]).stdout).unwrap();
-    assert_eq!(machines[0]["log_head"]["position"], 8);
+    assert_eq!(machines[0]["log_head"]["position"], 9);
     assert_eq!(machines[0]["log_head"]["refusals"], 3);
     assert_eq!(machines[0]["log_head"]["last_refusal"]["error"], "log_head_conflict");
-    assert_eq!(machines[0]["log_head"]["last_refusal"]["position"], 9);
+    assert_eq!(machines[0]["log_head"]["last_refusal"]["position"], 10);
 
     // Once the real log reports past them, the refusals are history: counted, no longer a warning.
-    quietly(&setup, "agent", &THROTTLE_OFF); // 9
+    quietly(&setup, "agent", &THROTTLE_OFF); // 10
     let (code, stdout, stderr) = stdout_of(&setup, "agent", &VERIFY);
     assert_eq!((code, stderr.as_str()), (0, ""), "{stdout}");
     assert!(
-        stdout.contains("vault anchor at 9 matches")
+        stdout.contains("vault anchor at 10 matches")
             && stdout.contains("vault prod refused 3 log head report(s) for this machine before its current anchor"),
         "{stdout}"
     );
@@ -215,7 +216,7 @@ fn anchored_positions(setup: &mut Setup) -> Vec<u64> {
 #[test]
 fn a_log_far_past_its_anchor_catches_up_in_steps() {
     let mut setup = Setup::new();
-    registered_agent(&setup); // anchored at 4
+    registered_agent(&setup); // anchored at 5
     {
         let _down = setup.vault_down_fast();
         for step in 0..260 {
@@ -227,16 +228,16 @@ fn a_log_far_past_its_anchor_catches_up_in_steps() {
     }
     setup.start_vault();
     // 260 records past the anchor: more than one report carries (256). The next step sends
-    // them in two signed steps, 5-260 then 261-265, within its one deadline.
-    let (code, answer, stderr) = json_of(&setup, "agent", &PROXY_CLEAR); // 265
+    // them in two signed steps, 6-261 then 262-266, within its one deadline.
+    let (code, answer, stderr) = json_of(&setup, "agent", &PROXY_CLEAR); // 266
     assert_eq!((code, stderr.as_str()), (0, ""), "{answer}");
     assert_eq!(answer["log_anchor"]["anchored"], true, "{answer}");
-    assert_eq!(answer["log_anchor"]["vault_position"], 265);
+    assert_eq!(answer["log_anchor"]["vault_position"], 266);
     let (code, report, stderr) = json_of(&setup, "agent", &VERIFY);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(report["against_vault"]["outcome"], "match");
-    assert_eq!(report["against_vault"]["anchor"]["position"], 265);
-    assert_eq!(anchored_positions(&mut setup), [4, 260, 265]);
+    assert_eq!(report["against_vault"]["anchor"]["position"], 266);
+    assert_eq!(anchored_positions(&mut setup), [5, 261, 266]);
 }
 
 #[test]
@@ -246,9 +247,9 @@ fn a_log_cut_before_its_registration_is_still_checked_against_the_vault() {
     let credentials = setup.download("prod", "prod.VaultCredentials");
     setup.prepare("agent", &credentials); // 1-3: folders, credentials (its key sealed), passphrase
     copy_dir(&setup.path("agent"), &setup.path("early"));
-    quietly(&setup, "agent", &["register"]); // 4
-    quietly(&setup, "agent", &THROTTLE); // 5
-    quietly(&setup, "agent", &PROXY_CLEAR); // 6
+    quietly(&setup, "agent", &["register"]); // 4 (started), 5 (registered)
+    quietly(&setup, "agent", &THROTTLE); // 6
+    quietly(&setup, "agent", &PROXY_CLEAR); // 7
 
     // The log put back as it was before the registration; log-anchor.json left in place. The log
     // itself verifies, and shows no registration at all.
@@ -259,14 +260,14 @@ fn a_log_cut_before_its_registration_is_still_checked_against_the_vault() {
     assert_eq!(status["phase"], "passphrase_created", "{status}");
     assert_eq!(
         (status["log_anchor"]["position"].as_u64(), status["log_anchor"]["past_log_head"].as_bool()),
-        (Some(6), Some(true))
+        (Some(7), Some(true))
     );
 
     // The anchor note names the machine: its anchor is fetched and the cut is named.
     let (code, stdout, stderr) = stdout_of(&setup, "cut", &VERIFY);
     assert_eq!(code, 1, "{stdout}");
     one_line_failure(&stderr, "log_tail_cut");
-    assert!(stderr.contains("anchored this log at position 6, but it ends at 3: records 4-6 are missing"), "{stderr}");
+    assert!(stderr.contains("anchored this log at position 7, but it ends at 3: records 4-7 are missing"), "{stderr}");
     assert!(stdout.contains("this log no longer shows the registration of machine"), "{stdout}");
     let (code, report, _) = json_of(&setup, "cut", &VERIFY);
     assert_eq!(code, 1);
@@ -274,7 +275,7 @@ fn a_log_cut_before_its_registration_is_still_checked_against_the_vault() {
     assert_eq!(report["against_vault"]["registration"], "from_anchor_note");
     assert_eq!(
         (report["against_vault"]["missing"]["from"].as_u64(), report["against_vault"]["missing"]["to"].as_u64()),
-        (Some(4), Some(6))
+        (Some(4), Some(7))
     );
 
     // The note keeps how to find the key (its sealed reference), never the key.
@@ -289,7 +290,7 @@ fn a_log_cut_before_its_registration_is_still_checked_against_the_vault() {
     assert_eq!(code, 1);
     one_line_failure(&stderr, "registration_key_not_found");
     assert!(
-        stderr.contains("no longer shows the registration of machine") && stderr.contains("position 6"),
+        stderr.contains("no longer shows the registration of machine") && stderr.contains("position 7"),
         "{stderr}"
     );
     // A note written before it named the key: the same.
@@ -307,7 +308,7 @@ fn a_log_cut_before_its_registration_is_still_checked_against_the_vault() {
     // The real log still matches.
     let (code, stdout, stderr) = stdout_of(&setup, "agent", &VERIFY);
     assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.contains("vault anchor at 6 matches"), "{stdout}");
+    assert!(stdout.contains("vault anchor at 7 matches"), "{stdout}");
 }
 
 #[test]
@@ -315,38 +316,38 @@ fn a_vault_that_is_down_leaves_the_step_recorded_and_audit_anchor_catches_up() {
     let mut setup = Setup::new();
     registered_agent(&setup);
     let (_, status, _) = json_of(&setup, "agent", &["status"]);
-    assert_eq!(status["log_anchor"]["position"], 4);
+    assert_eq!(status["log_anchor"]["position"], 5);
     assert_eq!(status["log_anchor"]["behind"], 0);
     let (_, stdout, _) = stdout_of(&setup, "agent", &["status"]);
-    assert!(stdout.contains("anchor        4 at vault prod (up to date)"), "{stdout}");
+    assert!(stdout.contains("anchor        5 at vault prod, as last reported from this data dir"), "{stdout}");
 
     setup.stop_vault();
     // The step is done and recorded; one warning says the head was not anchored and what to do.
     let (code, stderr) = setup.step("agent", &THROTTLE);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.starts_with("warning: log head 5 was not anchored at vault prod (vault_unreachable: "), "{stderr}");
+    assert!(stderr.starts_with("warning: log head 6 was not anchored at vault prod (vault_unreachable: "), "{stderr}");
     assert!(stderr.contains("run `regent audit anchor`"), "{stderr}");
     let (code, answer, _) = json_of(&setup, "agent", &PROXY_CLEAR);
     assert_eq!(code, 0);
-    assert_eq!((answer["outcome"].as_str(), answer["position"].as_u64()), (Some("accepted"), Some(6)));
+    assert_eq!((answer["outcome"].as_str(), answer["position"].as_u64()), (Some("accepted"), Some(7)));
     assert_eq!(answer["log_anchor"]["anchored"], false);
     assert_eq!(answer["log_anchor"]["reason"], "vault_unreachable");
     // A refused step moves the head too, and is reported too.
     let (code, stderr) = setup.step("agent", &["register"]);
     assert_eq!(code, 1);
-    assert!(stderr.contains("warning: log head 7 was not anchored") && stderr.contains("regent: already_registered: "));
+    assert!(stderr.contains("warning: log head 8 was not anchored") && stderr.contains("regent: already_registered: "));
     let (_, status, _) = json_of(&setup, "agent", &["status"]);
-    assert_eq!(status["events"], 7, "every step was recorded");
+    assert_eq!(status["events"], 8, "every step was recorded");
     assert_eq!(status["log_anchor"]["behind"], 3);
     assert_eq!(status["log_anchor"]["last_failure"]["reason"], "vault_unreachable");
     let (_, stdout, _) = stdout_of(&setup, "agent", &["status"]);
-    assert!(stdout.contains("4 at vault prod (3 records not yet anchored"), "{stdout}");
+    assert!(stdout.contains("5 at vault prod (3 records not yet anchored"), "{stdout}");
 
     let (code, _, stderr) = stdout_of(&setup, "agent", &["audit", "anchor"]);
     assert_eq!(code, 1);
     one_line_failure(&stderr, "vault_unreachable");
-    assert!(stderr.contains("log head 7 was not anchored at vault prod"), "{stderr}");
+    assert!(stderr.contains("log head 8 was not anchored at vault prod"), "{stderr}");
     let (code, _, stderr) = stdout_of(&setup, "agent", &VERIFY);
     assert_eq!(code, 1);
     one_line_failure(&stderr, "vault_unreachable");
@@ -357,16 +358,16 @@ fn a_vault_that_is_down_leaves_the_step_recorded_and_audit_anchor_catches_up() {
     let (code, stdout, stderr) = stdout_of(&setup, "agent", &VERIFY);
     assert_eq!(code, 0, "{stderr}");
     assert!(
-        stdout.contains("vault anchor at 4 matches") && stdout.contains("records 5-7 are not yet anchored"),
+        stdout.contains("vault anchor at 5 matches") && stdout.contains("records 6-8 are not yet anchored"),
         "{stdout}"
     );
     let (code, stdout, stderr) = stdout_of(&setup, "agent", &["audit", "anchor"]);
     assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.starts_with("log head 7:") && stdout.contains("anchored at vault prod"), "{stdout}");
+    assert!(stdout.starts_with("log head 8:") && stdout.contains("anchored at vault prod"), "{stdout}");
     let (code, report, _) = json_of(&setup, "agent", &VERIFY);
     assert_eq!(code, 0);
     assert_eq!(report["against_vault"]["outcome"], "match");
-    assert_eq!(report["against_vault"]["anchor"]["position"], 7);
+    assert_eq!(report["against_vault"]["anchor"]["position"], 8);
     assert!(report["against_vault"]["not_yet_anchored"].is_null());
     let (_, status, _) = json_of(&setup, "agent", &["status"]);
     assert_eq!(status["log_anchor"]["behind"], 0);
@@ -375,7 +376,7 @@ fn a_vault_that_is_down_leaves_the_step_recorded_and_audit_anchor_catches_up() {
     quietly(&setup, "agent", &["unregister"]);
     let machines: Value =
         serde_json::from_slice(&setup.admin(&["machines", "--vault", "prod", "--json"]).stdout).unwrap();
-    assert_eq!(machines[0]["log_head"]["position"], 8);
+    assert_eq!(machines[0]["log_head"]["position"], 9);
     let (code, _, stderr) = stdout_of(&setup, "agent", &VERIFY);
     assert_eq!(code, 1);
     one_line_failure(&stderr, "not_registered");

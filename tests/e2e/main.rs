@@ -2,8 +2,8 @@
 
 mod anchor;
 mod audit;
-mod escape;
 mod damage;
+mod escape;
 mod fixtures;
 mod large_logs;
 mod quickstart;

@@ -26,7 +26,8 @@ fn quickstart_registers_a_fresh_machine_and_a_second_run_only_shows_it() {
     }
     let status: serde_json::Value =
         serde_json::from_slice(&regent(&data).args(["--json", "status"]).output().unwrap().stdout).unwrap();
-    assert_eq!((status["phase"].as_str(), status["events"].as_u64()), (Some("registered"), Some(4)));
+    // folders, credentials, passphrase, registration started, registered
+    assert_eq!((status["phase"].as_str(), status["events"].as_u64()), (Some("registered"), Some(5)));
     assert_eq!(status["vault"], "quickstart-vault");
     // The generated passphrase was saved 0600 and the log verifies.
     use std::os::unix::fs::PermissionsExt;
@@ -39,7 +40,7 @@ fn quickstart_registers_a_fresh_machine_and_a_second_run_only_shows_it() {
     assert!(String::from_utf8_lossy(&again.stdout).contains("registered already"));
     let status: serde_json::Value =
         serde_json::from_slice(&regent(&data).args(["--json", "status"]).output().unwrap().stdout).unwrap();
-    assert_eq!(status["events"], 4, "a second run records nothing");
+    assert_eq!(status["events"], 5, "a second run records nothing");
 
     // The quickstart's vault is gone: the next step it suggests works without a warning about it.
     let next = regent(&data)
@@ -49,4 +50,12 @@ fn quickstart_registers_a_fresh_machine_and_a_second_run_only_shows_it() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&next.stderr);
     assert_eq!((next.status.code(), stderr.as_ref()), (Some(0), ""), "{stderr}");
+    // Checking against that vault says it is gone for good, not to retry later.
+    for args in [&["audit", "verify", "--against-vault"][..], &["audit", "anchor"]] {
+        let out = regent(&data).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.starts_with("regent: anchor_unavailable: ") && stderr.contains("ended with it"), "{stderr}");
+        assert!(!stderr.contains("retry"), "{stderr}");
+    }
 }

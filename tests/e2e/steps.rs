@@ -93,9 +93,18 @@ fn assert_refused(output: &Output, reason: &str) {
 #[test]
 fn the_steps_up_to_the_passphrase_with_json_status_and_properties() {
     let agent = Agent::new();
+    // A data dir named but not there yet is likely mistyped: status says so, and creates nothing.
+    let output = agent.run(&["--json", "status"]);
+    assert_eq!(code(&output), 3, "{}", stderr(&output));
+    let answer: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(answer["error"]["code"], "data_dir_missing");
+    assert_eq!(answer["error"]["exit"], 3);
+    assert!(!agent.data_dir().exists(), "a read-only command created the data dir");
+    std::fs::create_dir(agent.data_dir()).unwrap();
     let status = agent.json(&["status"]);
     assert_eq!((status["phase"].as_str(), status["next_step"].as_str()), (Some("new"), Some("folders")));
     assert!(status["last_failure"].is_null() && status["events"] == 0);
+    assert_eq!(std::fs::read_dir(agent.data_dir()).unwrap().count(), 0, "status wrote nothing");
 
     assert_eq!(code(&agent.folders()), 0);
     let credentials = agent.credentials("v.VaultCredentials", "vault-prod", Utc::now() - Duration::minutes(10), 48);
@@ -290,7 +299,7 @@ fn usage_errors_exit_2_and_record_nothing() {
         assert_eq!(code(&output), 2, "{args:?}");
         assert!(!stderr(&output).contains("Hunter2-secret"), "the secret is echoed: {}", stderr(&output));
     }
-    assert_eq!(agent.json(&["status"])["events"], 0, "usage errors record nothing");
+    assert!(!agent.data_dir().exists(), "usage errors record nothing, not even a data dir");
 }
 
 #[test]
