@@ -2,11 +2,9 @@
 //! step while registered sends it, `regent audit anchor` sends it on demand, and `regent audit
 //! verify --against-vault` catches what the chain alone cannot (a cut tail, a forked copy).
 
-use std::path::Path;
-
 use serde_json::Value;
 
-use crate::support::{Setup, refused_with};
+use crate::support::{Setup, copy_dir, refused_with};
 
 const THROTTLE: [&str; 11] = [
     "properties",
@@ -39,19 +37,6 @@ const PROXY_CLEAR: [&str; 2] = ["proxy", "clear"];
 const VERIFY: [&str; 3] = ["audit", "verify", "--against-vault"];
 
 /// A whole data dir, copied while no regent runs: a backup an attacker (or a careless restore) puts back.
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
 /// Runs a step that must be accepted with nothing on stderr (the head was anchored).
 fn quietly(setup: &Setup, agent: &str, args: &[&str]) {
     let (code, stderr) = setup.step(agent, args);

@@ -2,6 +2,7 @@
 
 mod anchor;
 mod audit;
+mod crash;
 mod damage;
 mod escape;
 mod fixtures;

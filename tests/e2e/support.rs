@@ -219,6 +219,20 @@ pub fn leaks(haystack: &[u8], secret: &str) -> bool {
     forms.iter().any(|form| haystack.windows(form.len()).any(|w| w == form.as_slice()))
 }
 
+/// Copies a directory tree (a data dir, say: a copy of a server's state at one moment).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
 /// Every file under `dir`, recursively.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
