@@ -50,7 +50,10 @@ pub trait SecretKeeper {
 /// log says so. Written beside its place first, moved into place (never replacing anything) once
 /// the step is recorded, discarded if the step is refused.
 pub trait PassphraseFile {
+    /// Checks that `path` is free and its folder exists, writing nothing; returns it resolved.
+    fn check(&self, path: &Path) -> Result<PathBuf, String>;
     /// Checks that `path` is free and its folder exists, and writes the passphrase beside it.
+    /// Called only while the log is held (see `regent_secrets::prepare_kept_file`).
     fn prepare(&self, path: &Path, passphrase: &SecretString) -> Result<PreparedFile, String>;
     /// Moves it into place; returns the path, resolved.
     fn place(&self, file: &PreparedFile) -> Result<PathBuf, String>;

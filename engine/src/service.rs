@@ -359,11 +359,11 @@ impl Run<'_, '_, '_> {
             return self.record(store, &state, command, seen, notes);
         };
         let (passphrase, generated) = passphrase_input(save_to.is_some(), &mut secrets, world)?;
-        let (facts, file) = observe_passphrase_locally(passphrase.as_ref(), save_to.as_deref(), world);
+        // Its file is only looked at now; it is written once the PIN is good (with the log held).
+        let (facts, _) = observe_passphrase_locally(passphrase.as_ref(), save_to.as_deref(), false, world);
         let usable = passphrase_ok(&facts);
         seen.observed.passphrase = Some(facts);
         seen.generated = generated;
-        seen.file = file;
         // Refused before the vault is asked: the PIN stays good for the retry.
         let (Ok(passphrase), true) = (passphrase, usable) else {
             return self.record(store, &state, command, seen, notes);
@@ -404,7 +404,18 @@ impl Run<'_, '_, '_> {
             && let Some(facts) = seen.observed.passphrase.as_mut()
             && passphrase_ok(facts)
         {
-            seal_passphrase(&passphrase, facts, world)?;
+            if let Some(path) = save_to {
+                match world.passphrase_files.prepare(path, &passphrase) {
+                    Ok(prepared) => {
+                        facts.saved_to = Some(prepared.target.clone());
+                        seen.file = Some(prepared);
+                    }
+                    Err(problem) => facts.save_problem = Some(problem),
+                }
+            }
+            if passphrase_ok(facts) {
+                seal_passphrase(&passphrase, facts, world)?;
+            }
         }
         self.record(store, &state, command, seen, notes)
     }
@@ -446,7 +457,8 @@ fn observe_local(
         }
         Command::SetPassphrase { save_to } => {
             let (passphrase, made) = passphrase_input(save_to.is_some(), &mut secrets, world)?;
-            let (mut facts, prepared) = observe_passphrase_locally(passphrase.as_ref(), save_to.as_deref(), world);
+            let (mut facts, prepared) =
+                observe_passphrase_locally(passphrase.as_ref(), save_to.as_deref(), true, world);
             if let Ok(passphrase) = &passphrase
                 && passphrase_ok(&facts)
                 && let Err(e) = seal_passphrase(passphrase, &mut facts, world)
@@ -614,10 +626,12 @@ fn passphrase_input(
 }
 
 /// The facts of a passphrase that need no secret kept (its length, characters, whitespace), and,
-/// when it is to be saved for the operator, its file written beside its place.
+/// when it is to be saved for the operator, its file: written beside its place when `write`,
+/// otherwise only its place checked.
 fn observe_passphrase_locally(
     passphrase: Result<&SecretString, &String>,
     save_to: Option<&std::path::Path>,
+    write: bool,
     world: &World<'_>,
 ) -> (PassphraseObserved, Option<PreparedFile>) {
     let mut observed = PassphraseObserved {
@@ -646,14 +660,19 @@ fn observe_passphrase_locally(
     observed.blank = text.chars().all(char::is_whitespace);
     observed.edge_whitespace = !observed.blank && (text.trim() != text);
     let mut file = None;
-    if let Some(path) = save_to {
-        match world.passphrase_files.prepare(path, passphrase) {
+    match save_to {
+        Some(path) if write => match world.passphrase_files.prepare(path, passphrase) {
             Ok(prepared) => {
                 observed.saved_to = Some(prepared.target.clone());
                 file = Some(prepared);
             }
             Err(problem) => observed.save_problem = Some(problem),
-        }
+        },
+        Some(path) => match world.passphrase_files.check(path) {
+            Ok(target) => observed.saved_to = Some(target),
+            Err(problem) => observed.save_problem = Some(problem),
+        },
+        None => {}
     }
     (observed, file)
 }

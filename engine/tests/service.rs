@@ -77,6 +77,10 @@ struct KeptFiles {
     fail_next_place: Cell<bool>,
 }
 impl PassphraseFile for KeptFiles {
+    fn check(&self, path: &Path) -> Result<PathBuf, String> {
+        regent_secrets::check_kept_file(path).map_err(|e| e.to_string())?;
+        Ok(path.to_path_buf())
+    }
     fn prepare(&self, path: &Path, passphrase: &SecretString) -> Result<PreparedFile, String> {
         let pending = regent_secrets::prepare_kept_file(path, passphrase).map_err(|e| e.to_string())?;
         Ok(PreparedFile { target: path.to_path_buf(), temporary: pending.temporary().to_path_buf() })

@@ -7,10 +7,14 @@
 //! not supported, both through `tempfile`). A refused step discards it. A run killed between the
 //! record and the move leaves it under its temporary name; the next run finds the one whose
 //! contents are the recorded secret and finishes the move ([`finish_kept_file`]).
+//!
+//! The caller writes, places and finishes these files only while it holds the log (one regent at
+//! a time), so a waiting file that is not the recorded one was left by a run killed before it
+//! recorded anything: it is removed, never left holding a secret nobody was told of.
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
@@ -20,9 +24,6 @@ use crate::fsutil;
 
 /// The temporary name's ending: `.<file name>.<random>.regent-pending`.
 const PENDING_SUFFIX: &str = ".regent-pending";
-/// A pending file that matches no record is left by a run killed before it recorded anything; one
-/// this old cannot belong to a run still waiting (a PIN check takes at most a minute), so it goes.
-const STALE_AFTER: Duration = Duration::from_secs(3600);
 /// The largest pending file read back (a generated passphrase and its line break are 33 bytes).
 const MAX_PENDING_BYTES: u64 = 4096;
 
@@ -62,17 +63,24 @@ impl PendingFile {
     }
 }
 
-/// Checks that `target` is free and its folder exists, then writes `secret` and a line break to a
-/// new temporary file beside it (mode 0600, synced). Stale pending files of the same target are
-/// removed first.
-pub fn prepare_kept_file(target: &Path, secret: &SecretString) -> Result<PendingFile, SecretsError> {
-    let dir = fsutil::parent_dir(target);
-    fsutil::require_dir(dir)?;
-    let name = file_name(target)?;
+/// Checks that `target` is free and its folder exists, without writing anything.
+pub fn check_kept_file(target: &Path) -> Result<(), SecretsError> {
+    fsutil::require_dir(fsutil::parent_dir(target))?;
+    file_name(target)?;
     if std::fs::symlink_metadata(target).is_ok() {
         return Err(SecretsError::AlreadyExists { path: target.to_path_buf() });
     }
-    remove_stale(dir, &name);
+    Ok(())
+}
+
+/// Checks that `target` is free and its folder exists, then writes `secret` and a line break to a
+/// new temporary file beside it (mode 0600, synced). Waiting files of the same target left by a
+/// killed run are removed first (see the module doc).
+pub fn prepare_kept_file(target: &Path, secret: &SecretString) -> Result<PendingFile, SecretsError> {
+    check_kept_file(target)?;
+    let dir = fsutil::parent_dir(target);
+    let name = file_name(target)?;
+    remove_waiting(dir, &name);
     let written = tempfile::Builder::new()
         .prefix(&format!(".{name}."))
         .suffix(PENDING_SUFFIX)
@@ -98,8 +106,7 @@ pub fn kept_file_pending(target: &Path) -> bool {
 
 /// Finishes the move of a run killed after it recorded the step: when `target` does not exist and
 /// a file for it waits holding exactly `secret`, that file is moved into place. Returns whether
-/// it was. Waiting files holding anything else are left alone (another run may still be placing
-/// them) unless stale.
+/// it was. Waiting files holding anything else were never recorded, and are removed.
 pub fn finish_kept_file(target: &Path, secret: &SecretString) -> Result<bool, SecretsError> {
     if std::fs::symlink_metadata(target).is_ok() {
         return Ok(false);
@@ -108,14 +115,16 @@ pub fn finish_kept_file(target: &Path, secret: &SecretString) -> Result<bool, Se
     let name = file_name(target)?;
     let mut expected = Zeroizing::new(secret.expose_secret().as_bytes().to_vec());
     expected.push(b'\n');
+    let mut placed = false;
     for candidate in pending_of(dir, &name) {
-        if read_small(&candidate).is_some_and(|held| constant_time_eq(&held, &expected)) {
+        if !placed && read_small(&candidate).is_some_and(|held| constant_time_eq(&held, &expected)) {
             place(&candidate, target)?;
-            return Ok(true);
+            placed = true;
+        } else {
+            let _ = std::fs::remove_file(&candidate);
         }
     }
-    remove_stale(dir, &name);
-    Ok(false)
+    Ok(placed)
 }
 
 fn place(temporary: &Path, target: &Path) -> Result<(), SecretsError> {
@@ -161,15 +170,9 @@ fn pending_of(dir: &Path, name: &str) -> Vec<PathBuf> {
     found.into_iter().map(|(_, path)| path).collect()
 }
 
-fn remove_stale(dir: &Path, name: &str) {
-    let now = SystemTime::now();
+fn remove_waiting(dir: &Path, name: &str) {
     for path in pending_of(dir, name) {
-        let old = std::fs::metadata(&path)
-            .and_then(|m| m.modified())
-            .is_ok_and(|at| now.duration_since(at).is_ok_and(|age| age > STALE_AFTER));
-        if old {
-            let _ = std::fs::remove_file(&path);
-        }
+        let _ = std::fs::remove_file(&path);
     }
 }
 
@@ -237,12 +240,16 @@ mod tests {
     fn a_killed_run_is_finished_with_the_file_holding_the_recorded_secret() {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("pass.txt");
-        let other = prepare_kept_file(&target, &secret("not the recorded one")).unwrap();
+        // A run killed before it recorded anything, then one killed after.
+        let never_recorded = prepare_kept_file(&target, &secret("not the recorded one")).unwrap();
         let recorded = prepare_kept_file(&target, &secret("the recorded one")).unwrap();
+        assert!(!never_recorded.temporary().exists(), "a new file for the place removes what a killed run left");
+        let other = PendingFile::waiting(&target, &dir.path().join(".pass.txt.leftover.regent-pending"));
+        std::fs::write(other.temporary(), "not the recorded one\n").unwrap();
         assert!(finish_kept_file(&target, &secret("the recorded one")).unwrap());
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "the recorded one\n");
         assert!(!recorded.temporary().exists());
-        assert!(other.temporary().exists(), "a recent file of another run is left alone");
+        assert!(!other.temporary().exists(), "a file that was never recorded does not stay");
         // Done once: nothing more to do.
         assert!(!finish_kept_file(&target, &secret("the recorded one")).unwrap());
     }

@@ -19,7 +19,7 @@ mod random;
 
 pub use area::{MAX_SECRET_LEN, SEALED_FORMAT_VERSION, SEALED_MAGIC, SecretKind, SecretRef, SecretsArea};
 pub use error::SecretsError;
-pub use kept_file::{PendingFile, finish_kept_file, kept_file_pending, prepare_kept_file};
+pub use kept_file::{PendingFile, check_kept_file, finish_kept_file, kept_file_pending, prepare_kept_file};
 pub use key::{KEY_LEN, MachineKey};
 pub use passphrase::{
     ARGON2_M_KIB, ARGON2_OUTPUT_LEN, ARGON2_P, ARGON2_T, GENERATED_LEN, PassphraseFacts, PassphraseRules,

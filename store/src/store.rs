@@ -124,6 +124,27 @@ impl std::fmt::Debug for EventStore {
     }
 }
 
+/// Removes the snapshots sled was killed while writing (`snap.<lsn>.generating`); true if there
+/// were any. sled 0.34 writes a snapshot under that name and renames it into place once it is
+/// whole, but when it looks for the newest snapshot it counts those files too
+/// (`RunningConfig::get_snapshot_files` skips only `.in___motion`), so a process killed while
+/// writing one leaves a store sled refuses to open ("empty/corrupt snapshot file found"), though
+/// every record is intact in its data file. Such a file is never a snapshot: removing it loses
+/// nothing. It is only done after sled refused the store, which sled does while holding its lock.
+fn remove_unfinished_snapshots(path: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(path) else { return false };
+    let mut removed = false;
+    for entry in entries.filter_map(std::result::Result::ok) {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") && std::fs::remove_file(entry.path()).is_ok() {
+            tracing::info!(path = %entry.path().display(), "removed a snapshot sled did not finish writing");
+            removed = true;
+        }
+    }
+    removed
+}
+
 impl EventStore {
     pub fn open(path: impl AsRef<Path>, options: &StoreOptions) -> Result<EventStore> {
         Self::open_with_notice(path, options, |_| {})
@@ -149,6 +170,7 @@ impl EventStore {
         };
         let started = Instant::now();
         let mut told = false;
+        let mut cleared_unfinished_snapshot = false;
         let db = loop {
             // Appends flush themselves; without the periodic flusher thread, which would keep the
             // database (and its file lock) alive for a moment after the store is dropped, dropping
@@ -172,6 +194,13 @@ impl EventStore {
                         told = true;
                     }
                     std::thread::sleep(Duration::from_millis(50).min(options.lock_wait - waited));
+                }
+                Ok(Err(sled::Error::Corruption { .. }))
+                    if !cleared_unfinished_snapshot && remove_unfinished_snapshots(path) =>
+                {
+                    // Tried once more without it: sled takes the snapshot it killed mid-write for
+                    // the newest one.
+                    cleared_unfinished_snapshot = true;
                 }
                 Ok(Err(sled::Error::Corruption { at, .. })) => return Err(unreadable(at.map(|at| at.lid()))),
                 Ok(Err(sled::Error::Unsupported(detail))) => {

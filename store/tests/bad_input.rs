@@ -141,3 +141,22 @@ fn a_garbled_durable_head_file_only_loses_that_check() {
     assert_eq!((store.len(), store.damage()), (500, None));
     assert!(store.verify(None).unwrap().is_ok());
 }
+
+#[test]
+fn a_snapshot_sled_was_killed_while_writing_does_not_make_the_store_unreadable() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        store.append("s", ExpectedVersion::NoStream, &meta(), &events(0..5)).unwrap();
+    }
+    // What a process killed while sled wrote its snapshot leaves: the unfinished file, empty,
+    // named after a later position than the last whole snapshot.
+    let unfinished = dir.path().join("snap.7FFFFFFFFFFFFFFF.generating");
+    std::fs::write(&unfinished, b"").unwrap();
+    let store = open(dir.path());
+    assert_eq!(store.damage(), None);
+    let report = store.verify(None).unwrap();
+    assert_eq!((report.records, report.failure), (5, None));
+    assert!(!unfinished.exists(), "the unfinished snapshot was removed");
+    store.append("s", ExpectedVersion::Exact(5), &meta(), &events(5..6)).unwrap();
+}

@@ -6,6 +6,7 @@ mod crash;
 mod damage;
 mod escape;
 mod fixtures;
+mod inputs;
 mod large_logs;
 mod quickstart;
 mod register;

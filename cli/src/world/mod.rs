@@ -134,17 +134,27 @@ pub fn host_name() -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
+/// The path with its folder resolved, so that the place recorded is where the file really is.
+fn resolved(path: &Path) -> PathBuf {
+    match (path.parent().and_then(|p| std::fs::canonicalize(p).ok()), path.file_name()) {
+        (Some(dir), Some(name)) => dir.join(name),
+        _ => path.to_path_buf(),
+    }
+}
+
 /// A generated passphrase's file (mode 0600): beside its place until the step is recorded, then
 /// moved into place without replacing anything (see `regent_secrets::prepare_kept_file`).
 pub struct KeptPassphraseFiles;
 
 impl regent_engine::ports::PassphraseFile for KeptPassphraseFiles {
+    fn check(&self, path: &Path) -> Result<PathBuf, String> {
+        let target = resolved(path);
+        regent_secrets::check_kept_file(&target).map_err(|e| e.to_string())?;
+        Ok(target)
+    }
+
     fn prepare(&self, path: &Path, passphrase: &secrecy::SecretString) -> Result<PreparedFile, String> {
-        // The folder resolved, so that the place recorded is where the file really is.
-        let target = match (path.parent().and_then(|p| std::fs::canonicalize(p).ok()), path.file_name()) {
-            (Some(dir), Some(name)) => dir.join(name),
-            _ => path.to_path_buf(),
-        };
+        let target = resolved(path);
         let pending = regent_secrets::prepare_kept_file(&target, passphrase).map_err(|e| e.to_string())?;
         Ok(PreparedFile { target, temporary: pending.temporary().to_path_buf() })
     }
