@@ -645,6 +645,8 @@ async fn remove_machine(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ApiPath((vault, machine_id)): ApiPath<(String, String)>,
 ) -> Result<axum::Json<MachineInfo>, ApiError> {
+    known_vault(&vault)?;
+    valid_machine_id(&machine_id)?;
     let _serial = app.admin_changes.lock().await;
     let machine = {
         let state = app.lock_state();
