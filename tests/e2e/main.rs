@@ -2,6 +2,7 @@
 
 mod anchor;
 mod audit;
+mod credentials_output;
 mod fixtures;
 mod large_logs;
 mod quickstart;
