@@ -10,9 +10,12 @@
 //! | `GET /v1/vaults/{vault}/machines` | admin | | `200` [`Machines`] |
 //! | `DELETE /v1/vaults/{vault}/machines/{machine_id}` | admin | | `200` [`MachineInfo`] |
 //! | `POST /v1/vaults/{vault}/registrations` | agent, signed | [`RegisterBody`] | `200` [`Registered`] |
-//! | `POST /v1/vaults/{vault}/pin-checks` | agent | [`PinCheckBody`] | `200` [`PinValid`] |
+//! | `POST /v1/vaults/{vault}/pin-checks` | the machine, signed | [`PinCheckBody`] | `200` [`PinValid`] |
 //! | `POST /v1/vaults/{vault}/machines/{machine_id}/log-head` | agent, signed | [`LogHeadBody`] | `200` [`LogHead`] |
 //! | `GET /v1/vaults/{vault}/machines/{machine_id}/log-head` | agent, signed headers | | `200` [`LogHead`] |
+//!
+//! The routes are also [`ROUTES`], with who may call each ([`Access`]): the service's router is built
+//! from that table and nothing else.
 //!
 //! Admin calls carry `Authorization: Bearer <token>`. Bodies are `application/json`, at most
 //! [`MAX_BODY_BYTES`] ([`MAX_LOG_HEAD_BODY_BYTES`] for a log-head report). Every answer of the service carries the header [`SERVICE_HEADER`], so a client
@@ -23,7 +26,13 @@
 //! A registration proves possession of the credentials' private key: the agent signs
 //! [`registration_message`] (vault, resource id, machine name, certificate thumbprint, timestamp,
 //! nonce, request id) with it, and the service verifies the signature with the certificate it issued
-//! under that thumbprint.
+//! under that thumbprint. Its request id is bound to the certificate and machine name it first came
+//! with: the same request id with others is [`REQUEST_ID_CONFLICT`], and one whose machine was
+//! removed is [`MACHINE_REMOVED`], for ever.
+//!
+//! A PIN check is signed by the machine ([`pin_check_message`], covering the PIN) with the key it
+//! registered with, idempotent by request id, and counted per machine: [`MAX_PIN_FAILURES`] wrong
+//! PINs in a row lock that machine's checks for [`PIN_LOCKOUT_SECS`] ([`PIN_CHECKS_LOCKED`]).
 //!
 //! A registered machine keeps its log head at the vault (an *anchor*): it signs
 //! [`log_head_message`] with the private key of the credentials it registered with, and the service
@@ -43,6 +52,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+/// The protocol's version, as `GET /v1/health` reports it. 2: PIN checks are signed by the machine
+/// and request ids are bound to what they first came with.
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The path prefix of this version of the protocol.
 pub const PREFIX: &str = "/v1";
 /// Present (value `1`) on every answer of the service.

@@ -1,5 +1,11 @@
 //! The service: the admin API, registration and PIN checks, over the state folded from its log.
 //!
+//! The router is built from [`protocol::ROUTES`] alone. Admin routes check the token before the
+//! body is read; every other route but health authenticates from the request's signed fields
+//! (registration: a certificate the vault issued; PIN checks and log heads: the certificate that
+//! machine registered with), and nothing is remembered or written for a request before that.
+//! Registrations and PIN checks are idempotent by request id, bound to what they first came with.
+//!
 //! Every change is appended to the log (durably) before it is applied to the in-memory state and
 //! before it is answered, so an acknowledged change survives `kill -9`. Appends run on tokio's
 //! blocking pool. Registrations, the only frequent change, go through the group committer
@@ -439,7 +445,7 @@ fn random_bytes<const N: usize>() -> Result<[u8; N], ApiError> {
 // Handlers: anyone
 
 async fn health() -> axum::Json<Health> {
-    axum::Json(Health { service: "regent-vault".into(), protocol: 1 })
+    axum::Json(Health { service: "regent-vault".into(), protocol: protocol::PROTOCOL_VERSION })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -678,7 +684,20 @@ fn validate_registration(body: &RegisterBody) -> Result<Vec<u8>, ApiError> {
     if body.machine_name.trim().is_empty() || body.machine_name.len() > 255 || !printable(&body.machine_name) {
         return Err(ApiError::bad_request("machine_name must be 1 to 255 bytes without control characters"));
     }
+    // Shown to the admin in machine lists: no character that hides text or turns it around (a name
+    // that reads as another machine's).
+    if body.machine_name.chars().any(is_invisible_or_bidi) {
+        return Err(ApiError::bad_request(
+            "machine_name must not hold invisible or text-direction characters (U+200B-U+200F, U+202A-U+202E, \
+             U+2060-U+2069, U+061C, U+FEFF)",
+        ));
+    }
     signed_fields(&body.thumbprint, &body.nonce, &body.signature)
+}
+
+/// Unicode format characters that hide text or change its direction.
+fn is_invisible_or_bidi(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{061C}' | '\u{FEFF}')
 }
 
 /// A request id: 1 to 128 printable ASCII characters without spaces (safe to sign and show).

@@ -362,3 +362,94 @@ impl ServiceState {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{MachineRemoved, PinCheckFailed, PinCheckRecord, PinUsed, VaultCreated};
+
+    fn state_with_vault() -> ServiceState {
+        let mut state = ServiceState::default();
+        let identity = VaultIdentity {
+            resource_name: "v".into(),
+            subscription_id: "s".into(),
+            resource_group: "g".into(),
+            location: "l".into(),
+            resource_id: 1,
+            resource_type: "Vaults".into(),
+            provider_namespace: "p".into(),
+        };
+        state.apply("v", &VaultEvent::VaultCreated(VaultCreated { identity, created_at: Utc::now() })).unwrap();
+        state
+    }
+
+    fn check(request_id: &str) -> PinCheckRecord {
+        PinCheckRecord {
+            request_id: request_id.into(),
+            pin_digest: "00".repeat(32),
+            nonce: format!("nonce-{request_id}"),
+            peer: "127.0.0.1".into(),
+        }
+    }
+
+    fn failed(machine: &str, request_id: &str, locked_until: Option<DateTime<Utc>>) -> VaultEvent {
+        VaultEvent::PinCheckFailed(PinCheckFailed {
+            machine_id: machine.into(),
+            check: check(request_id),
+            failed_at: Utc::now(),
+            locked_until,
+        })
+    }
+
+    #[test]
+    fn wrong_pins_fold_per_machine_and_a_good_one_or_a_lock_starts_a_new_run() {
+        let mut state = state_with_vault();
+        for n in 0..3 {
+            state.apply("v", &failed("a", &format!("a{n}"), None)).unwrap();
+        }
+        state.apply("v", &failed("b", "b0", None)).unwrap();
+        let guard = |state: &ServiceState, machine: &str| state.vaults["v"].pin_guards[machine];
+        assert_eq!(guard(&state, "a"), PinGuard { wrong_in_row: 3, locked_until: None });
+        assert_eq!(guard(&state, "b").wrong_in_row, 1, "another machine's count is its own");
+
+        let until = Utc::now() + Duration::minutes(15);
+        state.apply("v", &failed("a", "a3", Some(until))).unwrap();
+        assert_eq!(guard(&state, "a"), PinGuard { wrong_in_row: 0, locked_until: Some(until) });
+        assert_eq!(state.vaults["v"].pin_checks["a3"].outcome, PinOutcome::Wrong);
+
+        let used = VaultEvent::PinUsed(PinUsed {
+            pin_id: Uuid::now_v7(),
+            machine_id: "b".into(),
+            used_at: Utc::now(),
+            issued_at: Some(until),
+            check: Some(check("b1")),
+        });
+        state.apply("v", &used).unwrap();
+        assert_eq!(guard(&state, "b").wrong_in_row, 0, "a good PIN ends the run");
+        assert_eq!(state.vaults["v"].pin_checks["b1"].outcome, PinOutcome::Valid(until));
+        // The nonces of recorded checks are remembered: a replay stays refused after a restart.
+        assert!(!state.vaults.get_mut("v").unwrap().remember_nonce("nonce-b1", Utc::now(), Utc::now()));
+    }
+
+    #[test]
+    fn a_removed_machine_keeps_its_request_id_and_its_key() {
+        let mut state = state_with_vault();
+        let registered = MachineRegistered {
+            machine_id: "m-1".into(),
+            machine_name: "srv".into(),
+            thumbprint: "t".into(),
+            request_id: "r-1".into(),
+            nonce: "nonce-registered".into(),
+            registered_at: Utc::now(),
+            peer: String::new(),
+        };
+        state.apply("v", &VaultEvent::MachineRegistered(registered)).unwrap();
+        assert!(!state.vaults["v"].registrations["r-1"].removed);
+        let removed = MachineRemoved { machine_id: "m-1".into(), removed_at: Utc::now() };
+        state.apply("v", &VaultEvent::MachineRemoved(removed)).unwrap();
+        let v = &state.vaults["v"];
+        assert!(v.registrations["r-1"].removed, "the request id is marked, never forgotten");
+        assert!(!v.machines.contains_key("m-1"));
+        assert_eq!(v.removed["m-1"].thumbprint, "t");
+    }
+}

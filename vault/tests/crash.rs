@@ -21,6 +21,14 @@ use regent_vault::{AdminClient, ClientOptions, HttpVaultClient, ServeConfig};
 
 const CHILD_ENV: &str = "REGENT_VAULT_CHILD_DIR";
 
+/// The tests that kill services one at a time: their timing (a kill before or after an answer)
+/// must not depend on another one loading the machine meanwhile.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// The child's entry point (what `regent vault serve` runs); does nothing in a normal test run.
 #[test]
 fn child_vault_service() {
@@ -68,6 +76,7 @@ impl Drop for ChildService {
 
 #[test]
 fn an_acknowledged_registration_survives_sigkill_and_a_retry_makes_one_machine() {
+    let _alone = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let one_try = Arc::new(
         HttpVaultClient::new(ClientOptions {
@@ -191,6 +200,7 @@ impl Xorshift {
 
 #[test]
 fn a_hundred_agents_registering_through_repeated_sigkills_make_one_machine_each() {
+    let _alone = one_at_a_time();
     const AGENTS: usize = 100;
     const KILLS: usize = 12;
     let dir = tempfile::tempdir().unwrap();

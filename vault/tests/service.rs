@@ -605,3 +605,19 @@ fn a_removed_machines_request_id_is_never_answered_or_registered_again() {
     let fresh = machine_id(&client.register(&register_request(&credentials, Some(&url), "srv", "req-2", None)));
     assert_ne!(fresh, machine);
 }
+
+#[test]
+fn machine_names_that_would_spoof_a_listing_are_refused() {
+    let vault = Vault::start();
+    let credentials = vault.vault_with_credentials("names");
+    let client = quick_client(None);
+    for (n, name) in ["srv\u{202e}1-bd", "srv\u{200b}-1", "\u{feff}srv", "srv\u{2066}x"].into_iter().enumerate() {
+        let (reason, detail) =
+            refusal(&client.register(&register_request(&credentials, None, name, &format!("r-{n}"), None)));
+        assert_eq!(reason, Reason::VaultError, "{name:?}: {detail}");
+        assert!(detail.contains("machine_name"), "{name:?}: {detail}");
+    }
+    // Other scripts are names like any other.
+    machine_id(&client.register(&register_request(&credentials, None, "сервер-1 ß", "r-ok", None)));
+    assert_eq!(vault.admin.machines("names").unwrap().len(), 1);
+}
