@@ -1018,7 +1018,9 @@ async fn check_pin(
     ApiJson(mut body): ApiJson<PinCheckBody>,
 ) -> Result<axum::Json<PinValid>, ApiError> {
     let pin = Zeroizing::new(std::mem::take(&mut body.pin));
-    let pin_reason = |e: ApiError| e.with_reason(Reason::SecurityPinInvalid);
+    // What the agent records for a refusal that names no reason of its own (an unknown vault or
+    // machine); a wrong key keeps its `credentials_invalid`.
+    let pin_reason = |e: ApiError| if e.reason.is_some() { e } else { e.with_reason(Reason::SecurityPinInvalid) };
     known_vault(&vault).map_err(pin_reason)?;
     valid_request_id(&body.request_id)?;
     valid_machine_id(&body.machine_id)?;
@@ -1040,13 +1042,16 @@ async fn check_pin(
         &body.nonce,
     );
     verify_machine_signature(&key.certificate, &message, &signature)?;
-    if key.removed {
-        return Err(ApiError::new(
+    let removed = || {
+        ApiError::new(
             StatusCode::GONE,
             protocol::MACHINE_REMOVED,
             format!("machine {} was removed from vault {vault}; register this server again", body.machine_id),
         )
-        .with_reason(Reason::MachineRemoved));
+        .with_reason(Reason::MachineRemoved)
+    };
+    if key.removed {
+        return Err(removed());
     }
     let pin_digest = app.pin_check_digest(&body.request_id, &pin);
 
@@ -1057,6 +1062,10 @@ async fn check_pin(
         let v = state.vaults.get_mut(&vault).ok_or_else(|| pin_reason(ApiError::vault_not_found(&vault)))?;
         if !v.remember_nonce(&body.nonce, now, now) {
             return Err(nonce_replayed());
+        }
+        // Removed while this check waited for its turn: it uses up no PIN.
+        if !v.machines.contains_key(&body.machine_id) {
+            return Err(removed());
         }
         let guard = v.pin_guards.get(&body.machine_id).copied().unwrap_or_default();
         if let Some(answered) = v.pin_checks.get(&body.request_id) {

@@ -108,6 +108,7 @@ fn only_the_machines_own_signature_counts_and_a_refused_check_writes_nothing() {
         );
         let answer = post_json(&vault, PATH, &forged);
         assert_eq!((answer.status, answer.error_code().as_str()), (403, "credentials_invalid"), "{}", answer.body);
+        assert_eq!(answer.json()["reason"], "credentials_invalid", "a wrong key is not a wrong PIN");
         let mut foreign = signed_pin_check(
             &other_download,
             &other_download,
