@@ -1024,7 +1024,9 @@ async fn check_pin(
     known_vault(&vault).map_err(pin_reason)?;
     valid_request_id(&body.request_id)?;
     valid_machine_id(&body.machine_id)?;
-    let signature = signed_fields(&body.thumbprint, &body.nonce, &body.signature)?;
+    // A signature over the PIN lets whoever holds it test guesses offline: held like the PIN.
+    let signature_text = Zeroizing::new(std::mem::take(&mut body.signature));
+    let signature = Zeroizing::new(signed_fields(&body.thumbprint, &body.nonce, &signature_text)?);
     // Checked before the signature: the PIN is one of the signed lines, so it must not hold a line break.
     if pin.len() != 8 || !pin.chars().all(|c| c.is_ascii_digit()) {
         return Err(ApiError::refused(Reason::SecurityPinInvalid, "a security PIN is 8 digits"));
