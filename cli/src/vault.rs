@@ -1,7 +1,7 @@
 //! `regent vault ...`: the service and its admin commands.
 
 use std::net::ToSocketAddrs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use regent_vault::{AdminClient, ServeConfig};
 
@@ -45,8 +45,12 @@ pub fn run(ctx: &Context, command: VaultCommand) -> Result<u8, Failure> {
             if !output.to_string_lossy().to_ascii_lowercase().ends_with(".vaultcredentials") {
                 return Err(Failure::usage("--output must end in .VaultCredentials, as the agent insists"));
             }
-            let file = admin_client(&admin)?.download_credentials(&vault, validity).map_err(admin_failure)?;
-            write_new_private_file(&output, file.xml.as_bytes())?;
+            let client = admin_client(&admin)?;
+            // Checked before the vault is asked: a download supersedes every earlier one, so one
+            // that cannot be written would cost the file the user has and the new one both.
+            let target = NewCredentialsFile::prepare(&output)?;
+            let file = client.download_credentials(&vault, validity).map_err(admin_failure)?;
+            target.write(file.xml.as_bytes())?;
             let summary = serde_json::json!({
                 "file": output, "thumbprint": file.thumbprint, "not_before": file.not_before, "not_after": file.not_after,
             });
@@ -128,12 +132,93 @@ fn print<T: serde::Serialize>(ctx: &Context, value: &T, human: impl FnOnce() -> 
     }
 }
 
-/// Credentials files can register machines: written 0600, never over another file.
-fn write_new_private_file(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let fail = |e: std::io::Error| Failure::refused(format!("cannot write {}: {e}; name a new file", path.display()));
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(fail)?;
-    file.write_all(bytes).map_err(fail)?;
-    file.sync_all().map_err(fail)
+/// Where a download goes: a credentials file can register machines, so it is written 0600 and never
+/// over another file, and everything that can fail on this machine's side is tried before the vault
+/// issues anything.
+struct NewCredentialsFile<'a> {
+    path: &'a Path,
+    directory: PathBuf,
+    /// Created in the target's directory: proves it exists and takes new files.
+    temporary: tempfile::NamedTempFile,
+}
+
+impl<'a> NewCredentialsFile<'a> {
+    fn prepare(path: &'a Path) -> Result<NewCredentialsFile<'a>, Failure> {
+        match std::fs::symlink_metadata(path) {
+            Ok(_) => {
+                return Err(Failure::refused(format!(
+                    "{} already exists: nothing was downloaded (a download makes every earlier one invalid); \
+                     name a new file with --output",
+                    path.display()
+                )));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(Failure::refused(format!(
+                    "cannot check {}: {e}; nothing was downloaded: name another file with --output",
+                    path.display()
+                )));
+            }
+        }
+        let directory = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        // 0600 from the start (tempfile's default), in the target's directory so that the final
+        // move is a rename within one filesystem.
+        let temporary =
+            tempfile::Builder::new().prefix(".regent-credentials-").suffix(".tmp").tempfile_in(&directory).map_err(
+                |e| {
+                    let why = match e.kind() {
+                        std::io::ErrorKind::NotFound => "it does not exist".to_string(),
+                        _ => e.to_string(),
+                    };
+                    Failure::refused(format!(
+                        "cannot write into {}: {why}; nothing was downloaded: create the directory or name a file \
+                     elsewhere with --output",
+                        directory.display()
+                    ))
+                },
+            )?;
+        Ok(NewCredentialsFile { path, directory, temporary })
+    }
+
+    /// Writes, syncs, and moves the file into place without replacing anything; then syncs the
+    /// directory, so the name survives a power cut too.
+    fn write(self, bytes: &[u8]) -> Result<(), Failure> {
+        use std::io::Write;
+        let NewCredentialsFile { path, directory, mut temporary } = self;
+        let written = temporary.write_all(bytes).and_then(|()| temporary.as_file().sync_all());
+        if let Err(e) = written {
+            // The download is lost with the temporary file: say so, since it superseded the others.
+            return Err(Failure::refused(format!(
+                "cannot write {}: {e}; the vault issued new credentials that were not saved and earlier \
+                 downloads are no longer valid: download again to a writable place",
+                path.display()
+            )));
+        }
+        if let Err(e) = temporary.persist_noclobber(path) {
+            // Someone created the target meanwhile: keep the download where it is rather than lose it.
+            let kept = e.file.keep().map(|(_, kept)| kept.display().to_string());
+            return Err(Failure::refused(match kept {
+                Ok(kept) => format!(
+                    "cannot move the new credentials to {}: {}; they are in {kept}: move them yourself (earlier \
+                     downloads are no longer valid)",
+                    path.display(),
+                    e.error
+                ),
+                Err(_) => format!(
+                    "cannot move the new credentials to {}: {}; download again to a new file",
+                    path.display(),
+                    e.error
+                ),
+            }));
+        }
+        if let Err(e) = std::fs::File::open(&directory).and_then(|dir| dir.sync_all()) {
+            // The file is in place; only its durability across a power cut is in doubt. Failing
+            // here would have scripts download again, superseding this file.
+            errln!("warning: wrote {} but could not sync {}: {e}", path.display(), directory.display());
+        }
+        Ok(())
+    }
 }

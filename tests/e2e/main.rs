@@ -3,6 +3,7 @@
 mod anchor;
 mod audit;
 mod crash;
+mod credentials_output;
 mod damage;
 mod escape;
 mod fixtures;

@@ -115,8 +115,11 @@ impl AdminClient {
         } else {
             request
         };
-        let response =
-            request.send().map_err(|e| AdminError::Unreachable { url: self.base.clone(), detail: chain_text(&e) })?;
+        let response = request.send().map_err(|e| AdminError::Unreachable {
+            url: self.base.clone(),
+            // A TLS failure says what is wrong with the certificate and how to trust a private CA.
+            detail: crate::tls::describe_failure(&e).unwrap_or_else(|| chain_text(&e)),
+        })?;
         let status = response.status();
         if !http::from_service(&response) {
             return Err(AdminError::Protocol {

@@ -2,13 +2,16 @@
 //!
 //! Every failure becomes one of the engine's reason codes, with a one-line detail that never holds a
 //! secret:
-//! - refused connection, DNS failure, timeout, TLS failure: `vault_unreachable`;
+//! - refused connection, DNS failure, timeout, a connection broken before the answer, TLS failure:
+//!   `vault_unreachable`;
 //! - the proxy's 407, or the 401 tinyproxy 1.11 answers a wrong password: `proxy_auth_failed`;
 //! - the service's refusals: their own code (`credentials_superseded`, ...);
 //! - the service's 5xx and anything else unexpected: `vault_error`.
 //!
-//! Connect failures and 5xx are retried with backoff; every attempt is signed again (fresh nonce and
-//! timestamp) but keeps the request id, so the service answers a retry with the first answer.
+//! Connect failures, answers lost to a broken connection, and 5xx are retried with backoff; every
+//! attempt is signed again (fresh nonce and timestamp) but keeps the request id, so the service
+//! answers a retry with the first answer. A TLS failure is not retried: it says what is wrong with
+//! the vault's certificate and that `--ca-file` trusts a private CA.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -30,7 +33,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::{ClientError, chain_text};
 use crate::http;
-use crate::protocol::{PinCheckBody, PinValid, RegisterBody, Registered, registration_message};
+use crate::protocol::{PinCheckBody, PinValid, RegisterBody, Registered, pin_check_message, registration_message};
 
 /// Timeouts and retries of the agent's client.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -198,11 +201,14 @@ impl HttpVaultClient {
         let status = response.status();
         let from_service = http::from_service(&response);
         if status.is_success() && from_service {
-            return match http::read_body(response, http::MAX_ANSWER_BYTES)
-                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-            {
-                Ok(value) => Attempt::Done(value),
-                Err(e) => Attempt::Fail(Reason::VaultError, format!("the vault's answer cannot be read: {e}")),
+            return match http::read_body(response, http::MAX_ANSWER_BYTES) {
+                // The answer was lost on the way (the connection broke mid-body): every call of
+                // this client is idempotent (by request id, or by what it reports), so ask again.
+                Err(e) => Attempt::Retry(Reason::VaultUnreachable, format!("the vault's answer was cut off: {e}")),
+                Ok(bytes) => match serde_json::from_slice(&bytes) {
+                    Ok(value) => Attempt::Done(value),
+                    Err(e) => Attempt::Fail(Reason::VaultError, format!("the vault's answer cannot be read: {e}")),
+                },
             };
         }
         if from_service {
@@ -263,6 +269,11 @@ impl HttpVaultClient {
         proxy: Option<&ProxyConfig>,
         url: &reqwest::Url,
     ) -> Attempt<T> {
+        // A TLS failure (an untrusted or wrong certificate, no TLS at the other end) does not go
+        // away by asking again; it is one line saying what is wrong.
+        if let Some(tls) = crate::tls::describe_failure(error) {
+            return Attempt::Fail(Reason::VaultUnreachable, format!("cannot reach {url}: {tls}"));
+        }
         // reqwest names the URL in its own text; the detail names it once.
         let text = chain_text(error).replace(&format!(" for url ({url})"), "");
         let lower = text.to_ascii_lowercase();
@@ -291,14 +302,6 @@ impl HttpVaultClient {
                     };
                 }
             }
-            if lower.contains("certificate") {
-                return Attempt::Fail(
-                    Reason::VaultUnreachable,
-                    format!(
-                        "the vault's TLS certificate is not trusted ({text}); if the vault uses its own CA, pass its certificate with --ca-file"
-                    ),
-                );
-            }
             let via = proxy.map(|p| format!(" through the proxy {}:{}", p.host, p.port)).unwrap_or_default();
             return Attempt::Retry(Reason::VaultUnreachable, format!("cannot connect to {url}{via}: {text}"));
         }
@@ -309,7 +312,15 @@ impl HttpVaultClient {
                 format!("no answer from {url} in time (at most {}s)", self.options.request_timeout.as_secs()),
             );
         }
-        Attempt::Fail(Reason::VaultUnreachable, format!("the call to {url} failed: {text}"))
+        // The request went out and the connection broke before the answer came (the vault was
+        // killed or restarted mid-request, a proxy dropped it). Every call of this client is
+        // idempotent: registrations and PIN checks by their request id (a retry gets the first
+        // answer), log-head reports and reads by what they carry. So it is asked again, signed
+        // afresh, within the same attempts and time.
+        Attempt::Retry(
+            Reason::VaultUnreachable,
+            format!("the connection to {url} broke before the answer came: {text}"),
+        )
     }
 
     fn register_attempts(&self, request: &RegisterRequest) -> Result<Registered, (Reason, String)> {
@@ -321,11 +332,10 @@ impl HttpVaultClient {
         let proxy = request.proxy.as_ref();
         let client = self.client_for(proxy).map_err(|e| (Reason::InvalidProxy, e))?;
         self.with_retries(|| {
-            let mut nonce = [0u8; 16];
-            if getrandom::fill(&mut nonce).is_err() {
-                return Attempt::Fail(Reason::VaultError, "the system random source failed".into());
-            }
-            let nonce = hex::encode(nonce);
+            let nonce = match new_nonce() {
+                Ok(nonce) => nonce,
+                Err(detail) => return Attempt::Fail(Reason::VaultError, detail),
+            };
             let timestamp = Utc::now().timestamp();
             let message = registration_message(
                 vault,
@@ -356,15 +366,55 @@ impl HttpVaultClient {
     }
 
     fn pin_attempts(&self, check: &PinCheck) -> Result<PinValid, (Reason, String)> {
+        let key = PrivateKey::from_pkcs8_der(&check.private_key).map_err(|e| {
+            (
+                Reason::CredentialsInvalid,
+                format!("the registration's private key cannot be used to sign the check: {e}"),
+            )
+        })?;
         let url = http::join_url(&check.endpoint, &["v1", "vaults", &check.vault, "pin-checks"])
             .map_err(|e| (Reason::VaultUnreachable, format!("the vault endpoint {e}")))?;
         let proxy = check.proxy.as_ref();
         let client = self.client_for(proxy).map_err(|e| (Reason::InvalidProxy, e))?;
-        let mut body =
-            PinCheckBody { machine_id: check.machine_id.clone(), pin: check.pin.expose_secret().to_string() };
-        let bytes = Zeroizing::new(serde_json::to_vec(&body).unwrap_or_default());
-        body.pin.zeroize();
         self.with_retries(|| {
+            let nonce = match new_nonce() {
+                Ok(nonce) => nonce,
+                Err(detail) => return Attempt::Fail(Reason::VaultError, detail),
+            };
+            let timestamp = Utc::now().timestamp();
+            let pin = check.pin.expose_secret();
+            let message = pin_check_message(
+                &check.vault,
+                &check.machine_id,
+                &check.thumbprint,
+                &check.request_id,
+                pin,
+                timestamp,
+                &nonce,
+            );
+            let signature = match key.sign(&message) {
+                // The signature covers the PIN, so it is held like the PIN.
+                Ok(signature) => Zeroizing::new(STANDARD.encode(signature)),
+                Err(e) => {
+                    return Attempt::Fail(Reason::CredentialsInvalid, format!("signing the PIN check failed: {e}"));
+                }
+            };
+            let mut body = PinCheckBody {
+                request_id: check.request_id.clone(),
+                machine_id: check.machine_id.clone(),
+                thumbprint: check.thumbprint.clone(),
+                pin: pin.to_string(),
+                timestamp,
+                nonce,
+                signature: signature.to_string(),
+            };
+            let bytes = serde_json::to_vec(&body).map(Zeroizing::new);
+            body.pin.zeroize();
+            body.signature.zeroize();
+            let bytes = match bytes {
+                Ok(bytes) => bytes,
+                Err(e) => return Attempt::Fail(Reason::VaultError, format!("the PIN check cannot be encoded: {e}")),
+            };
             let sent = client
                 .post(url.clone())
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -373,6 +423,13 @@ impl HttpVaultClient {
             self.answer(sent, proxy, &url)
         })
     }
+}
+
+/// A fresh nonce for one attempt: 16 random bytes, hex.
+pub(crate) fn new_nonce() -> Result<String, String> {
+    let mut nonce = [0u8; 16];
+    getrandom::fill(&mut nonce).map_err(|_| "the system random source failed".to_string())?;
+    Ok(hex::encode(nonce))
 }
 
 fn out_of_time(tries: u32) -> String {

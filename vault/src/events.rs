@@ -47,6 +47,39 @@ pub(crate) struct PinUsed {
     pub pin_id: Uuid,
     pub machine_id: String,
     pub used_at: DateTime<Utc>,
+    /// When the PIN was issued: the answer a retry of the check gets again (absent in older logs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_at: Option<DateTime<Utc>>,
+    /// The check that used it (absent in logs written before checks were signed): its retries get
+    /// this answer again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<PinCheckRecord>,
+}
+
+/// What a PIN check's event keeps of the check: enough to tell its retry (same request id, machine
+/// and PIN) from another check under the same request id, and its nonce (a replay stays refused
+/// after a restart). Never the PIN and never the signature (which would let the PIN be guessed
+/// offline against the public certificate): only an HMAC of the PIN under the service's PIN key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PinCheckRecord {
+    pub request_id: String,
+    /// Hex HMAC-SHA256 under the PIN key of the request id and the PIN presented.
+    pub pin_digest: String,
+    pub nonce: String,
+    pub peer: String,
+}
+
+/// An authenticated PIN check with a PIN that matches no outstanding one. Counted per machine:
+/// the last of [`crate::protocol::MAX_PIN_FAILURES`] in a row locks the machine's PIN checks
+/// until `locked_until`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PinCheckFailed {
+    pub machine_id: String,
+    pub check: PinCheckRecord,
+    pub failed_at: DateTime<Utc>,
+    /// Set on the failure that locks the machine's PIN checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locked_until: Option<DateTime<Utc>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,7 +156,9 @@ pub(crate) enum VaultEvent {
     CredentialsIssued(CredentialsIssued),
     PinIssued(PinIssued),
     PinUsed(PinUsed),
+    /// Written by builds that revoked every PIN of a vault after wrong guesses; still read.
     PinsRevoked(PinsRevoked),
+    PinCheckFailed(PinCheckFailed),
     MachineRegistered(MachineRegistered),
     MachineRemoved(MachineRemoved),
     LogHeadAnchored(LogHeadAnchored),
@@ -138,6 +173,7 @@ impl VaultEvent {
             VaultEvent::PinIssued(_) => "PinIssued",
             VaultEvent::PinUsed(_) => "PinUsed",
             VaultEvent::PinsRevoked(_) => "PinsRevoked",
+            VaultEvent::PinCheckFailed(_) => "PinCheckFailed",
             VaultEvent::MachineRegistered(_) => "MachineRegistered",
             VaultEvent::MachineRemoved(_) => "MachineRemoved",
             VaultEvent::LogHeadAnchored(_) => "LogHeadAnchored",
@@ -156,6 +192,7 @@ impl VaultEvent {
             VaultEvent::PinIssued(e) => NewEvent::with_id(id, kind, SCHEMA, e),
             VaultEvent::PinUsed(e) => NewEvent::with_id(id, kind, SCHEMA, e),
             VaultEvent::PinsRevoked(e) => NewEvent::with_id(id, kind, SCHEMA, e),
+            VaultEvent::PinCheckFailed(e) => NewEvent::with_id(id, kind, SCHEMA, e),
             VaultEvent::MachineRegistered(e) => NewEvent::with_id(id, kind, SCHEMA, e),
             VaultEvent::MachineRemoved(e) => NewEvent::with_id(id, kind, SCHEMA, e),
             VaultEvent::LogHeadAnchored(e) => NewEvent::with_id(id, kind, SCHEMA, e),
@@ -176,6 +213,7 @@ impl VaultEvent {
             "PinIssued" => VaultEvent::PinIssued(record.payload_as().map_err(text)?),
             "PinUsed" => VaultEvent::PinUsed(record.payload_as().map_err(text)?),
             "PinsRevoked" => VaultEvent::PinsRevoked(record.payload_as().map_err(text)?),
+            "PinCheckFailed" => VaultEvent::PinCheckFailed(record.payload_as().map_err(text)?),
             "MachineRegistered" => VaultEvent::MachineRegistered(record.payload_as().map_err(text)?),
             "MachineRemoved" => VaultEvent::MachineRemoved(record.payload_as().map_err(text)?),
             "LogHeadAnchored" => VaultEvent::LogHeadAnchored(record.payload_as().map_err(text)?),

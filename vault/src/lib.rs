@@ -6,11 +6,13 @@
 //!   audited like the agent's log. The admin API needs the token written to `DIR/admin.token`.
 //! - [`AdminClient`]: the blocking client behind `regent vault create / credentials / pin / machines`.
 //! - [`HttpVaultClient`]: the agent's side, implementing the engine's
-//!   [`VaultClient`](regent_engine::ports::VaultClient) port: signed registration, PIN checks, proxies,
-//!   retries, and every failure turned into one of the engine's reason codes. It also reports the
+//!   [`VaultClient`](regent_engine::ports::VaultClient) port: signed registration and PIN checks,
+//!   proxies, retries (lost answers too: every call is idempotent), and every failure turned into one
+//!   of the engine's reason codes (a TLS failure as what is wrong with the certificate). It also reports the
 //!   head of the agent's log to the vault and reads it back ([`MachineSigner`], [`LogHeadError`]).
-//! - [`protocol`]: the wire format both sides share (JSON over HTTP under `/v1`), including the exact
-//!   bytes a registration signs. `README.md` in this crate summarizes it.
+//! - [`protocol`]: the wire format both sides share (JSON over HTTP under `/v1`), the table of routes
+//!   the router is built from, and the exact bytes a registration, a PIN check and a log-head report
+//!   sign. `README.md` in this crate summarizes it.
 
 mod admin;
 mod client;

@@ -23,7 +23,7 @@ use reqwest::blocking::{Client, RequestBuilder};
 use reqwest::header::HeaderValue;
 use zeroize::Zeroizing;
 
-use crate::client::{Attempt, CallError, HttpVaultClient};
+use crate::client::{Attempt, CallError, HttpVaultClient, new_nonce};
 use crate::http;
 use crate::protocol::{
     LOG_HEAD_BASE_REQUIRED, LOG_HEAD_CONFLICT, LOG_HEAD_NOT_FOUND, LOG_HEAD_PROOF_INVALID, LOG_HEAD_REGRESSED, LogHead,
@@ -105,15 +105,6 @@ struct Signed {
     timestamp: i64,
     nonce: String,
     signature: String,
-}
-
-fn fresh_nonce() -> Result<String, LogHeadError> {
-    let mut nonce = [0u8; 16];
-    getrandom::fill(&mut nonce).map_err(|_| LogHeadError::Failed {
-        reason: Reason::VaultError,
-        detail: "the system random source failed".into(),
-    })?;
-    Ok(hex::encode(nonce))
 }
 
 /// Caps a request's timeout at the time its call has left.
@@ -322,9 +313,9 @@ impl HttpVaultClient {
             .client_for(signer.proxy.as_ref())
             .map_err(|detail| LogHeadError::Failed { reason: Reason::InvalidProxy, detail })?;
         let answer = self.with_retries_until(deadline, |time_left| {
-            let nonce = match fresh_nonce() {
+            let nonce = match new_nonce() {
                 Ok(nonce) => nonce,
-                Err(e) => return Attempt::Fail(Reason::VaultError, e.to_string()),
+                Err(detail) => return Attempt::Fail(Reason::VaultError, detail),
             };
             let timestamp = Utc::now().timestamp();
             match key.sign(&message(timestamp, &nonce)) {

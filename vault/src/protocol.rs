@@ -10,9 +10,12 @@
 //! | `GET /v1/vaults/{vault}/machines` | admin | | `200` [`Machines`] |
 //! | `DELETE /v1/vaults/{vault}/machines/{machine_id}` | admin | | `200` [`MachineInfo`] |
 //! | `POST /v1/vaults/{vault}/registrations` | agent, signed | [`RegisterBody`] | `200` [`Registered`] |
-//! | `POST /v1/vaults/{vault}/pin-checks` | agent | [`PinCheckBody`] | `200` [`PinValid`] |
+//! | `POST /v1/vaults/{vault}/pin-checks` | the machine, signed | [`PinCheckBody`] | `200` [`PinValid`] |
 //! | `POST /v1/vaults/{vault}/machines/{machine_id}/log-head` | agent, signed | [`LogHeadBody`] | `200` [`LogHead`] |
 //! | `GET /v1/vaults/{vault}/machines/{machine_id}/log-head` | agent, signed headers | | `200` [`LogHead`] |
+//!
+//! The routes are also [`ROUTES`], with who may call each ([`Access`]): the service's router is built
+//! from that table and nothing else.
 //!
 //! Admin calls carry `Authorization: Bearer <token>`. Bodies are `application/json`, at most
 //! [`MAX_BODY_BYTES`] ([`MAX_LOG_HEAD_BODY_BYTES`] for a log-head report). Every answer of the service carries the header [`SERVICE_HEADER`], so a client
@@ -23,7 +26,13 @@
 //! A registration proves possession of the credentials' private key: the agent signs
 //! [`registration_message`] (vault, resource id, machine name, certificate thumbprint, timestamp,
 //! nonce, request id) with it, and the service verifies the signature with the certificate it issued
-//! under that thumbprint.
+//! under that thumbprint. Its request id is bound to the certificate and machine name it first came
+//! with: the same request id with others is [`REQUEST_ID_CONFLICT`], and one whose machine was
+//! removed is [`MACHINE_REMOVED`], for ever.
+//!
+//! A PIN check is signed by the machine ([`pin_check_message`], covering the PIN) with the key it
+//! registered with, idempotent by request id, and counted per machine: [`MAX_PIN_FAILURES`] wrong
+//! PINs in a row lock that machine's checks for [`PIN_LOCKOUT_SECS`] ([`PIN_CHECKS_LOCKED`]).
 //!
 //! A registered machine keeps its log head at the vault (an *anchor*): it signs
 //! [`log_head_message`] with the private key of the credentials it registered with, and the service
@@ -41,7 +50,11 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
 
+/// The protocol's version, as `GET /v1/health` reports it. 2: PIN checks are signed by the machine
+/// and request ids are bound to what they first came with.
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The path prefix of this version of the protocol.
 pub const PREFIX: &str = "/v1";
 /// Present (value `1`) on every answer of the service.
@@ -58,6 +71,130 @@ pub const DEFAULT_VALIDITY_SECS: u64 = 48 * 3600;
 pub const MAX_VALIDITY_SECS: u64 = 30 * 24 * 3600;
 /// A downloaded certificate is valid from this long before the download (clocks drift).
 pub const NOT_BEFORE_BACKDATE_SECS: i64 = 600;
+
+/// Who may call a route, and how the call proves it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Access {
+    /// Anyone. Such a route changes nothing.
+    Anyone,
+    /// `Authorization: Bearer <admin.token>`, checked before the body is read.
+    Admin,
+    /// Signed with the private key of a credentials file the vault issued (a registration).
+    Credentials,
+    /// Signed with the private key of the credentials *that machine* registered with, verified
+    /// against that registration's certificate only.
+    Machine,
+}
+
+/// The routes of the service, one per method and path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RouteId {
+    Health,
+    CreateVault,
+    GetVault,
+    DownloadCredentials,
+    IssuePin,
+    ListMachines,
+    RemoveMachine,
+    Register,
+    CheckPin,
+    ReportLogHead,
+    ReadLogHead,
+}
+
+/// The HTTP methods the service answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Method {
+    Get,
+    Post,
+    Delete,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Post => "POST",
+            Method::Delete => "DELETE",
+        }
+    }
+}
+
+/// One route: what it is, where, and who may call it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub id: RouteId,
+    pub method: Method,
+    /// The path as the router matches it (`{name}` for a segment).
+    pub path: &'static str,
+    pub access: Access,
+}
+
+/// Every route of the service. The router is built from this table and nothing else, so a route
+/// the table does not hold cannot be served, and `tests/routes.rs` attacks each one of them.
+pub const ROUTES: [Route; 11] = [
+    Route { id: RouteId::Health, method: Method::Get, path: "/v1/health", access: Access::Anyone },
+    Route { id: RouteId::CreateVault, method: Method::Post, path: "/v1/vaults", access: Access::Admin },
+    Route { id: RouteId::GetVault, method: Method::Get, path: "/v1/vaults/{vault}", access: Access::Admin },
+    Route {
+        id: RouteId::DownloadCredentials,
+        method: Method::Post,
+        path: "/v1/vaults/{vault}/credentials",
+        access: Access::Admin,
+    },
+    Route { id: RouteId::IssuePin, method: Method::Post, path: "/v1/vaults/{vault}/pins", access: Access::Admin },
+    Route {
+        id: RouteId::ListMachines,
+        method: Method::Get,
+        path: "/v1/vaults/{vault}/machines",
+        access: Access::Admin,
+    },
+    Route {
+        id: RouteId::RemoveMachine,
+        method: Method::Delete,
+        path: "/v1/vaults/{vault}/machines/{machine_id}",
+        access: Access::Admin,
+    },
+    Route {
+        id: RouteId::Register,
+        method: Method::Post,
+        path: "/v1/vaults/{vault}/registrations",
+        access: Access::Credentials,
+    },
+    Route {
+        id: RouteId::CheckPin,
+        method: Method::Post,
+        path: "/v1/vaults/{vault}/pin-checks",
+        access: Access::Machine,
+    },
+    Route {
+        id: RouteId::ReportLogHead,
+        method: Method::Post,
+        path: "/v1/vaults/{vault}/machines/{machine_id}/log-head",
+        access: Access::Machine,
+    },
+    Route {
+        id: RouteId::ReadLogHead,
+        method: Method::Get,
+        path: "/v1/vaults/{vault}/machines/{machine_id}/log-head",
+        access: Access::Machine,
+    },
+];
+
+/// A request id answered (or being answered) before, sent with other values: another machine name,
+/// certificate or vault for a registration (a data dir copied to a second server), another machine
+/// or PIN for a PIN check. `409`, reason `request_id_conflict`.
+pub const REQUEST_ID_CONFLICT: &str = "request_id_conflict";
+/// The machine a registration's request id made was removed: that request id is never answered or
+/// registered again. `410`, reason `machine_removed`; a PIN check of a removed machine too.
+pub const MACHINE_REMOVED: &str = "machine_removed";
+/// This machine sent [`MAX_PIN_FAILURES`] wrong PINs in a row: its PIN checks are refused for
+/// [`PIN_LOCKOUT_SECS`]. `429` with `Retry-After`, reason `security_pin_invalid`.
+pub const PIN_CHECKS_LOCKED: &str = "pin_checks_locked";
+/// Wrong PINs in a row (authenticated, from one machine) that lock that machine's PIN checks.
+pub const MAX_PIN_FAILURES: u32 = 5;
+/// How long a machine's PIN checks stay locked after its last allowed wrong PIN.
+pub const PIN_LOCKOUT_SECS: i64 = 15 * 60;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
@@ -179,18 +316,74 @@ pub struct Registered {
     pub registered_at: DateTime<Utc>,
 }
 
-/// A PIN check. Debug does not print the PIN.
+/// A PIN check, signed with the private key of the credentials the machine registered with. Debug
+/// prints neither the PIN nor the signature (a signature over the PIN lets whoever holds it test
+/// guesses of the PIN offline against the public certificate, so it is as secret as the PIN).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PinCheckBody {
+    /// The same for every retry of one check: a retry gets the first answer.
+    pub request_id: String,
     pub machine_id: String,
+    /// Lowercase hex SHA-256 of the certificate the machine registered with.
+    pub thumbprint: String,
     pub pin: String,
+    /// Unix seconds at the agent when it signed.
+    pub timestamp: i64,
+    /// Fresh for every attempt (retries too): a replayed nonce is refused.
+    pub nonce: String,
+    /// Base64 (standard alphabet) of the signature over [`pin_check_message`].
+    pub signature: String,
 }
 
 impl fmt::Debug for PinCheckBody {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PinCheckBody").field("machine_id", &self.machine_id).field("pin", &"<redacted>").finish()
+        f.debug_struct("PinCheckBody")
+            .field("request_id", &self.request_id)
+            .field("machine_id", &self.machine_id)
+            .field("thumbprint", &self.thumbprint)
+            .field("pin", &"<redacted>")
+            .field("timestamp", &self.timestamp)
+            .field("nonce", &self.nonce)
+            .field("signature", &"<redacted>")
+            .finish()
     }
+}
+
+impl PinCheckBody {
+    /// The bytes this body's signature must cover, for `vault` (from the path).
+    pub fn message(&self, vault: &str) -> Zeroizing<Vec<u8>> {
+        pin_check_message(
+            vault,
+            &self.machine_id,
+            &self.thumbprint,
+            &self.request_id,
+            &self.pin,
+            self.timestamp,
+            &self.nonce,
+        )
+    }
+}
+
+/// The exact bytes a PIN check signs, as [`registration_message`] is built, with its own header
+/// line (so it never passes for another request). The PIN is signed too: a captured signature
+/// cannot be sent with another PIN. The bytes hold the PIN, so they are zeroed when dropped.
+pub fn pin_check_message(
+    vault: &str,
+    machine_id: &str,
+    thumbprint: &str,
+    request_id: &str,
+    pin: &str,
+    timestamp: i64,
+    nonce: &str,
+) -> Zeroizing<Vec<u8>> {
+    Zeroizing::new(
+        format!(
+            "regent-vault-pin-check-v1\nvault={vault}\nmachine_id={machine_id}\nthumbprint={thumbprint}\n\
+             request_id={request_id}\npin={pin}\ntimestamp={timestamp}\nnonce={nonce}\n"
+        )
+        .into_bytes(),
+    )
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -463,7 +656,42 @@ mod tests {
     fn secrets_do_not_show_in_debug() {
         let pin = IssuedPin { pin: "12345678".into(), issued_at: Utc::now(), expires_at: Utc::now() };
         assert!(!format!("{pin:?}").contains("12345678"));
-        let check = PinCheckBody { machine_id: "m".into(), pin: "87654321".into() };
-        assert!(!format!("{check:?}").contains("87654321"));
+        let check = PinCheckBody {
+            request_id: "r".into(),
+            machine_id: "m".into(),
+            thumbprint: "t".into(),
+            pin: "87654321".into(),
+            timestamp: 0,
+            nonce: "n".into(),
+            signature: "c2lnbmF0dXJlLWJ5dGVz".into(),
+        };
+        let shown = format!("{check:?}");
+        assert!(!shown.contains("87654321"), "{shown}");
+        assert!(!shown.contains("c2lnbmF0dXJlLWJ5dGVz"), "the signature covers the PIN: {shown}");
+    }
+
+    #[test]
+    fn the_pin_check_message_is_stable_and_signs_the_pin() {
+        let t = "ab".repeat(32);
+        let message = pin_check_message("v", "m-1", &t, "req-1", "12345678", 1_700_000_000, "n0nce");
+        assert_eq!(
+            String::from_utf8(message.to_vec()).unwrap(),
+            format!(
+                "regent-vault-pin-check-v1\nvault=v\nmachine_id=m-1\nthumbprint={t}\nrequest_id=req-1\npin=12345678\n\
+                 timestamp=1700000000\nnonce=n0nce\n"
+            )
+        );
+        assert_ne!(message, pin_check_message("v", "m-1", &t, "req-1", "12345679", 1_700_000_000, "n0nce"));
+    }
+
+    #[test]
+    fn the_route_table_holds_each_method_and_path_once() {
+        let mut seen = std::collections::HashSet::new();
+        for route in ROUTES {
+            assert!(route.path.starts_with(PREFIX), "{route:?}");
+            assert!(seen.insert((route.method, route.path)), "twice: {route:?}");
+        }
+        let ids: std::collections::HashSet<_> = ROUTES.iter().map(|r| r.id).collect();
+        assert_eq!(ids.len(), ROUTES.len(), "one id per route");
     }
 }

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request};
@@ -11,6 +11,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use regent_store::{EventStore, Head};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
@@ -84,6 +85,8 @@ pub struct RunningServer {
     info: ServerInfo,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
+    /// Weak: the log closes when the service stops, whoever holds this.
+    log: Weak<EventStore>,
 }
 
 impl RunningServer {
@@ -97,6 +100,12 @@ impl RunningServer {
 
     pub fn url(&self) -> &str {
         &self.info.url
+    }
+
+    /// The head of the service's own log (position and hash of its last record), while it runs:
+    /// what a monitor (or a test) compares to see whether a request wrote anything.
+    pub fn log_head(&self) -> Option<Head> {
+        self.log.upgrade().map(|store| store.head())
     }
 
     /// Stops accepting, lets open requests finish (up to a few seconds), then closes the log.
@@ -148,10 +157,11 @@ pub async fn serve(config: ServeConfig) -> Result<RunningServer, VaultError> {
     };
     tracing::info!(url = %info.url, data_dir = %config.data_dir.display(), "vault service listening");
     let actor = regent_store::Actor { user: "regent-vault".into(), host: crate::commit::host_name() };
+    let log = Arc::downgrade(&opened.store);
     let committer = tokio::spawn(crate::commit::run(opened.store, actor, opened.commits));
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(accept_loop(listener, tls, opened.app, stopped, committer));
-    Ok(RunningServer { info, stop: Some(stop), task })
+    Ok(RunningServer { info, stop: Some(stop), task, log })
 }
 
 async fn accept_loop(
@@ -258,6 +268,11 @@ impl BackgroundServer {
 
     pub fn admin_token_path(&self) -> &Path {
         &self.info.admin_token_path
+    }
+
+    /// See [`RunningServer::log_head`].
+    pub fn log_head(&self) -> Option<Head> {
+        self.server.as_ref().and_then(RunningServer::log_head)
     }
 
     /// Stops the service and waits until its log is closed (the data directory can then be opened again).

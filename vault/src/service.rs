@@ -1,5 +1,11 @@
 //! The service: the admin API, registration and PIN checks, over the state folded from its log.
 //!
+//! The router is built from [`protocol::ROUTES`] alone. Admin routes check the token before the
+//! body is read; every other route but health authenticates from the request's signed fields
+//! (registration: a certificate the vault issued; PIN checks and log heads: the certificate that
+//! machine registered with), and nothing is remembered or written for a request before that.
+//! Registrations and PIN checks are idempotent by request id, bound to what they first came with.
+//!
 //! Every change is appended to the log (durably) before it is applied to the in-memory state and
 //! before it is answered, so an acknowledged change survives `kill -9`. Appends run on tokio's
 //! blocking pool. Registrations, the only frequent change, go through the group committer
@@ -17,7 +23,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{Next, from_fn_with_state, map_response};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{MethodFilter, MethodRouter, on};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Duration, Utc};
@@ -37,21 +43,19 @@ use zeroize::Zeroizing;
 use crate::commit::{CommitQueue, Committer};
 use crate::error::VaultError;
 use crate::events::{
-    CredentialsIssued, LogHeadAnchored, LogHeadRefused, MachineRegistered, MachineRemoved, PinIssued, PinUsed,
-    PinsRevoked, VaultCreated, VaultEvent, stream_of,
+    CredentialsIssued, LogHeadAnchored, LogHeadRefused, MachineRegistered, MachineRemoved, PinCheckFailed,
+    PinCheckRecord, PinIssued, PinUsed, VaultCreated, VaultEvent, stream_of,
 };
 use crate::protocol::{
     self, CreateVault, CredentialsFile, DownloadCredentials, ErrorBody, Health, IssuedPin, LOG_HEAD_BASE_REQUIRED,
     LOG_HEAD_CONFLICT, LOG_HEAD_NOT_FOUND, LOG_HEAD_PROOF_INVALID, LOG_HEAD_PROOF_MALFORMED, LOG_HEAD_PROOF_TOO_LARGE,
     LOG_HEAD_REGRESSED, LogHead, LogHeadBody, MachineInfo, Machines, PinCheckBody, PinValid, RegisterBody, Registered,
-    SERVICE_HEADER, SIGNATURE_HEADERS, VaultInfo, valid_vault_name,
+    RouteId, SERVICE_HEADER, SIGNATURE_HEADERS, VaultInfo, valid_vault_name,
 };
-use crate::state::{AnchoredHead, PendingAnswer, ServiceState};
+use crate::state::{
+    AnchoredHead, PendingAnswer, PendingRegistration, PinGuard, PinOutcome, RegistrationKey, ServiceState,
+};
 use crate::token::{self, AdminKey};
-
-/// Wrong PINs in a row after which every outstanding PIN of the vault is revoked: with 10^8 PINs,
-/// this keeps guessing hopeless.
-const MAX_PIN_FAILURES: u32 = 5;
 
 /// The service's log lives here inside the data directory.
 const LOG_DIR: &str = "log";
@@ -66,6 +70,9 @@ pub(crate) struct App {
     /// Log-head reports run one at a time (check, append, apply), so two reports of one machine
     /// cannot both pass the check against the same anchored head.
     anchor_changes: tokio::sync::Mutex<()>,
+    /// PIN checks run one at a time (decide, append, apply), so a PIN is used once and a machine's
+    /// wrong PINs are counted against the state the last one left.
+    pin_changes: tokio::sync::Mutex<()>,
     /// What credentials name as `IdMgmtRestEndpoint` when set; otherwise the address the admin
     /// reached the service at.
     public_url: Option<String>,
@@ -119,6 +126,7 @@ impl App {
             admin,
             admin_changes: tokio::sync::Mutex::new(()),
             anchor_changes: tokio::sync::Mutex::new(()),
+            pin_changes: tokio::sync::Mutex::new(()),
             public_url,
             scheme: if tls { "https" } else { "http" },
             bound_url: Mutex::new(String::new()),
@@ -202,29 +210,44 @@ fn create_private_dir(dir: &Path) -> Result<(), VaultError> {
     }
 }
 
-/// The router, with the body limit, the admin check on admin routes, and the service header on
-/// every answer (refusals included, so a client tells the service's 401 from a proxy's).
+/// The router, built from [`protocol::ROUTES`] and nothing else, with the body limit, the admin
+/// check on admin routes, and the service header on every answer (refusals included, so a client
+/// tells the service's 401 from a proxy's).
 pub(crate) fn router(app: Arc<App>) -> Router {
-    let admin = Router::new()
-        .route("/v1/vaults", post(create_vault))
-        .route("/v1/vaults/{vault}", get(get_vault))
-        .route("/v1/vaults/{vault}/credentials", post(download_credentials))
-        .route("/v1/vaults/{vault}/pins", post(issue_pin))
-        .route("/v1/vaults/{vault}/machines", get(list_machines))
-        .route("/v1/vaults/{vault}/machines/{machine_id}", delete(remove_machine))
-        // route_layer: only matched routes ask for the token, so an unknown path is a 404, not a 401.
-        .route_layer(from_fn_with_state(app.clone(), require_admin));
-    let agent = Router::new()
-        .route("/v1/health", get(health))
-        .route("/v1/vaults/{vault}/registrations", post(register))
-        .route("/v1/vaults/{vault}/pin-checks", post(check_pin))
-        .route(
-            "/v1/vaults/{vault}/machines/{machine_id}/log-head",
+    let mut router = Router::new();
+    for route in protocol::ROUTES {
+        let filter = match route.method {
+            protocol::Method::Get => MethodFilter::GET,
+            protocol::Method::Post => MethodFilter::POST,
+            protocol::Method::Delete => MethodFilter::DELETE,
+        };
+        // Exhaustive: a route in the table without a handler does not compile.
+        let handler: MethodRouter<Arc<App>> = match route.id {
+            RouteId::Health => on(filter, health),
+            RouteId::CreateVault => on(filter, create_vault),
+            RouteId::GetVault => on(filter, get_vault),
+            RouteId::DownloadCredentials => on(filter, download_credentials),
+            RouteId::IssuePin => on(filter, issue_pin),
+            RouteId::ListMachines => on(filter, list_machines),
+            RouteId::RemoveMachine => on(filter, remove_machine),
+            RouteId::Register => on(filter, register),
+            RouteId::CheckPin => on(filter, check_pin),
             // A report carries records: its own, larger limit (the innermost limit applies).
-            post(report_log_head).layer(DefaultBodyLimit::max(protocol::MAX_LOG_HEAD_BODY_BYTES)).get(read_log_head),
-        );
-    admin
-        .merge(agent)
+            RouteId::ReportLogHead => {
+                on(filter, report_log_head).layer(DefaultBodyLimit::max(protocol::MAX_LOG_HEAD_BODY_BYTES))
+            }
+            RouteId::ReadLogHead => on(filter, read_log_head),
+        };
+        let handler = match route.access {
+            // route_layer: only matched routes ask for the token, so an unknown path is a 404, not a 401.
+            protocol::Access::Admin => handler.route_layer(from_fn_with_state(app.clone(), require_admin)),
+            // Authenticated by the handler, from the signed fields of the request.
+            protocol::Access::Anyone | protocol::Access::Credentials | protocol::Access::Machine => handler,
+        };
+        // Two methods of one path merge into one method router.
+        router = router.route(route.path, handler);
+    }
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(protocol::MAX_BODY_BYTES))
@@ -247,15 +270,23 @@ pub(crate) struct ApiError {
     code: &'static str,
     reason: Option<Reason>,
     message: String,
+    /// Sent as `Retry-After` (seconds): when a lock-out ends.
+    retry_after_secs: Option<i64>,
 }
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, reason: None, message: message.into() }
+        ApiError { status, code, reason: None, message: message.into(), retry_after_secs: None }
     }
 
     fn refused(reason: Reason, message: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::FORBIDDEN, code: reason.code(), reason: Some(reason), message: message.into() }
+        ApiError {
+            status: StatusCode::FORBIDDEN,
+            code: reason.code(),
+            reason: Some(reason),
+            message: message.into(),
+            retry_after_secs: None,
+        }
     }
 
     fn bad_request(message: impl Into<String>) -> ApiError {
@@ -301,6 +332,9 @@ impl IntoResponse for ApiError {
         let mut response = (self.status, axum::Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(seconds) = self.retry_after_secs {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
         }
         response
     }
@@ -411,7 +445,7 @@ fn random_bytes<const N: usize>() -> Result<[u8; N], ApiError> {
 // Handlers: anyone
 
 async fn health() -> axum::Json<Health> {
-    axum::Json(Health { service: "regent-vault".into(), protocol: 1 })
+    axum::Json(Health { service: "regent-vault".into(), protocol: protocol::PROTOCOL_VERSION })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -617,6 +651,8 @@ async fn remove_machine(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ApiPath((vault, machine_id)): ApiPath<(String, String)>,
 ) -> Result<axum::Json<MachineInfo>, ApiError> {
+    known_vault(&vault)?;
+    valid_machine_id(&machine_id)?;
     let _serial = app.admin_changes.lock().await;
     let machine = {
         let state = app.lock_state();
@@ -644,16 +680,45 @@ async fn remove_machine(
 /// Checks the shape of a registration, so that every field is safe to sign, store and show.
 fn validate_registration(body: &RegisterBody) -> Result<Vec<u8>, ApiError> {
     let printable = |s: &str| !s.chars().any(char::is_control);
-    if body.request_id.is_empty()
-        || body.request_id.len() > 128
-        || !body.request_id.chars().all(|c| c.is_ascii_graphic())
-    {
-        return Err(ApiError::bad_request("request_id must be 1 to 128 printable ASCII characters without spaces"));
-    }
+    valid_request_id(&body.request_id)?;
     if body.machine_name.trim().is_empty() || body.machine_name.len() > 255 || !printable(&body.machine_name) {
         return Err(ApiError::bad_request("machine_name must be 1 to 255 bytes without control characters"));
     }
+    // Shown to the admin in machine lists: no character that hides text or turns it around (a name
+    // that reads as another machine's).
+    if body.machine_name.chars().any(is_invisible_or_bidi) {
+        return Err(ApiError::bad_request(
+            "machine_name must not hold invisible or text-direction characters (U+200B-U+200F, U+202A-U+202E, \
+             U+2060-U+2069, U+061C, U+FEFF)",
+        ));
+    }
     signed_fields(&body.thumbprint, &body.nonce, &body.signature)
+}
+
+/// Unicode format characters that hide text or change its direction.
+fn is_invisible_or_bidi(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{061C}' | '\u{FEFF}')
+}
+
+/// A request id: 1 to 128 printable ASCII characters without spaces (safe to sign and show).
+fn valid_request_id(request_id: &str) -> Result<(), ApiError> {
+    if request_id.is_empty() || request_id.len() > 128 || !request_id.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(ApiError::bad_request("request_id must be 1 to 128 printable ASCII characters without spaces"));
+    }
+    Ok(())
+}
+
+fn request_id_conflict(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::CONFLICT, protocol::REQUEST_ID_CONFLICT, message).with_reason(Reason::RequestIdConflict)
+}
+
+/// What differs between a registration and the first one sent under its request id.
+fn registration_conflict(first: &RegistrationKey, now: &RegistrationKey) -> ApiError {
+    let what = if first.thumbprint != now.thumbprint { "another certificate" } else { "another machine name" };
+    request_id_conflict(format!(
+        "this registration's request id was first sent with {what}: it belongs to another server's registration \
+         (a data directory copied from another server?); start a new registration on this server"
+    ))
 }
 
 /// What to do with a registration once it is verified.
@@ -720,10 +785,29 @@ async fn register(
         if !v.remember_nonce(&body.nonce, now, now) {
             return Err(nonce_replayed());
         }
-        if let Some(answer) = v.answers.get(&body.request_id) {
-            Step::Answer(answer.clone())
+        let key = RegistrationKey { thumbprint: body.thumbprint.clone(), machine_name: body.machine_name.clone() };
+        if let Some(answered) = v.registrations.get(&body.request_id) {
+            if answered.key != key {
+                return Err(registration_conflict(&answered.key, &key));
+            }
+            if answered.removed {
+                return Err(ApiError::new(
+                    StatusCode::GONE,
+                    protocol::MACHINE_REMOVED,
+                    format!(
+                        "the machine this registration made ({}) was removed from vault {vault}: its request id is not \
+                         registered again; start a new registration",
+                        answered.answer.machine_id
+                    ),
+                )
+                .with_reason(Reason::MachineRemoved));
+            }
+            Step::Answer(answered.answer.clone())
         } else if let Some(pending) = v.pending.get(&body.request_id) {
-            Step::Wait(pending.clone())
+            if pending.key != key {
+                return Err(registration_conflict(&pending.key, &key));
+            }
+            Step::Wait(pending.answer.clone())
         } else {
             if v.newest.as_deref() != Some(body.thumbprint.as_str()) {
                 return Err(ApiError::refused(
@@ -746,7 +830,7 @@ async fn register(
                 }
             }
             let (sender, receiver) = watch::channel(None);
-            v.pending.insert(body.request_id.clone(), receiver);
+            v.pending.insert(body.request_id.clone(), PendingRegistration { key, answer: receiver });
             Step::Commit(sender)
         }
     };
@@ -762,7 +846,7 @@ async fn register(
                     // The writer vanished without an answer (it cannot, short of a bug): forget it,
                     // so that the next retry writes the registration instead of waiting forever.
                     if let Some(v) = app.lock_state().vaults.get_mut(&vault)
-                        && v.pending.get(&body.request_id).is_some_and(|p| p.same_channel(&pending))
+                        && v.pending.get(&body.request_id).is_some_and(|p| p.answer.same_channel(&pending))
                     {
                         v.pending.remove(&body.request_id);
                     }
@@ -874,70 +958,184 @@ fn derived_id(purpose: &str, vault: &str, resource_id: i64, request_id: &str) ->
     uuid::Builder::from_custom_bytes(bytes).into_uuid()
 }
 
+impl App {
+    /// What a PIN check's event keeps of the PIN: an HMAC under the PIN key of the request id and
+    /// the PIN (the log alone allows no guess of it), to tell a retry from another PIN.
+    fn pin_check_digest(&self, request_id: &str, pin: &str) -> [u8; 32] {
+        let mut digest = [0u8; 32];
+        if let Ok(mut mac) = <Hmac<Sha256> as KeyInit>::new_from_slice(self.admin.pin_key()) {
+            mac.update(b"regent-vault pin check\0");
+            mac.update(request_id.as_bytes());
+            mac.update(b"\0");
+            mac.update(pin.as_bytes());
+            digest.copy_from_slice(&mac.finalize().into_bytes());
+        }
+        digest
+    }
+}
+
+/// What a verified PIN check comes to.
+enum PinDecision {
+    /// This request id was answered before, for this machine and PIN: the same answer again.
+    Again(PinOutcome),
+    /// The machine's PIN checks are locked until then: refused, nothing counted.
+    Locked(DateTime<Utc>),
+    /// Good: use it up.
+    Valid { pin_id: Uuid, issued_at: DateTime<Utc> },
+    /// It matched an outstanding PIN that expired: refused, not counted (not a guess).
+    Expired(DateTime<Utc>),
+    /// It matches no outstanding PIN: counted, and locks the machine when it is one too many.
+    Wrong { locks_until: Option<DateTime<Utc>> },
+}
+
+fn pin_wrong() -> ApiError {
+    ApiError::refused(Reason::SecurityPinInvalid, "the security PIN is wrong or was already used; ask for a new one")
+}
+
+fn pin_checks_locked(until: DateTime<Utc>, now: DateTime<Utc>) -> ApiError {
+    let mut error = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        protocol::PIN_CHECKS_LOCKED,
+        format!(
+            "this machine sent {} wrong security PINs in a row: its PIN checks are locked until {}; then ask for a new PIN",
+            protocol::MAX_PIN_FAILURES,
+            until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ),
+    )
+    .with_reason(Reason::SecurityPinInvalid);
+    error.retry_after_secs = Some((until - now).num_seconds());
+    error
+}
+
+/// A PIN check: signed by the machine with the key it registered with (so only the machine's own
+/// guesses count against it), idempotent by request id, and counted per machine: the
+/// [`protocol::MAX_PIN_FAILURES`]th wrong PIN in a row locks that machine's checks for
+/// [`protocol::PIN_LOCKOUT_SECS`]. No guess ever revokes a PIN.
 async fn check_pin(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ApiPath(vault): ApiPath<String>,
-    ApiJson(body): ApiJson<PinCheckBody>,
+    ApiJson(mut body): ApiJson<PinCheckBody>,
 ) -> Result<axum::Json<PinValid>, ApiError> {
-    known_vault(&vault).map_err(|e| e.with_reason(Reason::SecurityPinInvalid))?;
-    let pin = Zeroizing::new(body.pin);
+    let pin = Zeroizing::new(std::mem::take(&mut body.pin));
+    // What the agent records for a refusal that names no reason of its own (an unknown vault or
+    // machine); a wrong key keeps its `credentials_invalid`.
+    let pin_reason = |e: ApiError| if e.reason.is_some() { e } else { e.with_reason(Reason::SecurityPinInvalid) };
+    known_vault(&vault).map_err(pin_reason)?;
+    valid_request_id(&body.request_id)?;
+    valid_machine_id(&body.machine_id)?;
+    // A signature over the PIN lets whoever holds it test guesses offline: held like the PIN.
+    let signature_text = Zeroizing::new(std::mem::take(&mut body.signature));
+    let signature = Zeroizing::new(signed_fields(&body.thumbprint, &body.nonce, &signature_text)?);
+    // Checked before the signature: the PIN is one of the signed lines, so it must not hold a line break.
     if pin.len() != 8 || !pin.chars().all(|c| c.is_ascii_digit()) {
         return Err(ApiError::refused(Reason::SecurityPinInvalid, "a security PIN is 8 digits"));
     }
-    if body.machine_id.is_empty() || body.machine_id.len() > 128 {
-        return Err(ApiError::bad_request("machine_id must be 1 to 128 characters"));
-    }
     let now = Utc::now();
-    enum Found {
-        Valid(Uuid, DateTime<Utc>),
-        Expired(DateTime<Utc>),
-        Wrong(Option<Vec<Uuid>>),
+    check_clock(body.timestamp, now)?;
+    let key = machine_key(&app, &vault, &body.machine_id, &body.thumbprint).map_err(pin_reason)?;
+    let message = protocol::pin_check_message(
+        &vault,
+        &body.machine_id,
+        &body.thumbprint,
+        &body.request_id,
+        &pin,
+        body.timestamp,
+        &body.nonce,
+    );
+    verify_machine_signature(&key.certificate, &message, &signature)?;
+    let removed = || {
+        ApiError::new(
+            StatusCode::GONE,
+            protocol::MACHINE_REMOVED,
+            format!("machine {} was removed from vault {vault}; register this server again", body.machine_id),
+        )
+        .with_reason(Reason::MachineRemoved)
+    };
+    if key.removed {
+        return Err(removed());
     }
-    let found = {
+    let pin_digest = app.pin_check_digest(&body.request_id, &pin);
+
+    // One check at a time: the state decided on is the state the event is applied to.
+    let _serial = app.pin_changes.lock().await;
+    let decision = {
         let mut state = app.lock_state();
-        let v = state
-            .vaults
-            .get_mut(&vault)
-            .ok_or_else(|| ApiError::vault_not_found(&vault).with_reason(Reason::SecurityPinInvalid))?;
-        if !v.machines.contains_key(&body.machine_id) {
-            return Err(ApiError::refused(
-                Reason::SecurityPinInvalid,
-                format!("machine {} is not registered to vault {vault}", body.machine_id),
-            ));
+        let v = state.vaults.get_mut(&vault).ok_or_else(|| pin_reason(ApiError::vault_not_found(&vault)))?;
+        if !v.remember_nonce(&body.nonce, now, now) {
+            return Err(nonce_replayed());
         }
-        v.prune_pins(now);
-        // Compare against every outstanding PIN, each in constant time.
-        let matched = v
-            .pins
-            .iter()
-            .find(|(id, record)| bool::from(app.pin_digest(id, &pin).ct_eq(&record.digest)))
-            .map(|(id, record)| (*id, record.issued_at, record.expires_at));
-        match matched {
-            Some((_, _, expires_at)) if now > expires_at => Found::Expired(expires_at),
-            Some((id, issued_at, _)) => {
-                // Taken now, under the lock: two checks of one PIN cannot both succeed.
-                v.pins.remove(&id);
-                v.pin_failures = 0;
-                Found::Valid(id, issued_at)
+        // Removed while this check waited for its turn: it uses up no PIN.
+        if !v.machines.contains_key(&body.machine_id) {
+            return Err(removed());
+        }
+        let guard = v.pin_guards.get(&body.machine_id).copied().unwrap_or_default();
+        if let Some(answered) = v.pin_checks.get(&body.request_id) {
+            // Bound to its machine and PIN: the same request id with others is not a retry.
+            if answered.machine_id != body.machine_id || !bool::from(answered.pin_digest.ct_eq(&pin_digest)) {
+                return Err(request_id_conflict(
+                    "this PIN check's request id was first sent by another machine or with another PIN; \
+                     a new check needs a new request id",
+                ));
             }
-            None => {
-                v.pin_failures += 1;
-                if v.pin_failures >= MAX_PIN_FAILURES {
-                    v.pin_failures = 0;
-                    let ids: Vec<Uuid> = v.pins.keys().copied().collect();
-                    v.pins.clear();
-                    Found::Wrong(Some(ids))
-                } else {
-                    Found::Wrong(None)
+            PinDecision::Again(answered.outcome)
+        } else if let Some(until) = guard.locked_until.filter(|until| now < *until) {
+            PinDecision::Locked(until)
+        } else {
+            v.prune_pins(now);
+            // Compare against every outstanding PIN, each in constant time.
+            let matched = v
+                .pins
+                .iter()
+                .find(|(id, record)| bool::from(app.pin_digest(id, &pin).ct_eq(&record.digest)))
+                .map(|(id, record)| (*id, record.issued_at, record.expires_at));
+            match matched {
+                Some((_, _, expires_at)) if now > expires_at => PinDecision::Expired(expires_at),
+                Some((pin_id, issued_at, _)) => PinDecision::Valid { pin_id, issued_at },
+                None => {
+                    let PinGuard { wrong_in_row, .. } = guard;
+                    let locks = wrong_in_row.saturating_add(1) >= protocol::MAX_PIN_FAILURES;
+                    let locks_until = locks.then(|| now + Duration::seconds(protocol::PIN_LOCKOUT_SECS));
+                    PinDecision::Wrong { locks_until }
                 }
             }
         }
     };
     let actor = Actor { user: format!("machine:{}", body.machine_id), host: peer.ip().to_string() };
-    match found {
-        Found::Valid(pin_id, issued_at) => {
-            let event = VaultEvent::PinUsed(PinUsed { pin_id, machine_id: body.machine_id.clone(), used_at: now });
+    let record = PinCheckRecord {
+        request_id: body.request_id.clone(),
+        pin_digest: hex::encode(pin_digest),
+        nonce: body.nonce.clone(),
+        peer: peer.ip().to_string(),
+    };
+    match decision {
+        PinDecision::Again(PinOutcome::Valid(issued_at)) => Ok(axum::Json(PinValid { issued_at })),
+        PinDecision::Again(PinOutcome::Wrong) => {
+            let locked = app
+                .lock_state()
+                .vaults
+                .get(&vault)
+                .and_then(|v| v.pin_guards.get(&body.machine_id))
+                .and_then(|guard| guard.locked_until)
+                .filter(|until| now < *until);
+            Err(match locked {
+                Some(until) => pin_checks_locked(until, now),
+                None => pin_wrong(),
+            })
+        }
+        PinDecision::Locked(until) => Err(pin_checks_locked(until, now)),
+        PinDecision::Expired(at) => Err(ApiError::refused(
+            Reason::SecurityPinInvalid,
+            format!("the security PIN expired at {}; ask for a new one", at.to_rfc3339()),
+        )),
+        PinDecision::Valid { pin_id, issued_at } => {
+            let event = VaultEvent::PinUsed(PinUsed {
+                pin_id,
+                machine_id: body.machine_id.clone(),
+                used_at: now,
+                issued_at: Some(issued_at),
+                check: Some(record),
+            });
             app.append(&vault, ExpectedVersion::Any, actor, vec![(event.clone(), None)])
                 .await
                 .map_err(ApiError::store)?;
@@ -945,31 +1143,28 @@ async fn check_pin(
             tracing::info!(vault = %vault, %pin_id, machine_id = %body.machine_id, "security PIN used");
             Ok(axum::Json(PinValid { issued_at }))
         }
-        Found::Expired(at) => Err(ApiError::refused(
-            Reason::SecurityPinInvalid,
-            format!("the security PIN expired at {}; ask for a new one", at.to_rfc3339()),
-        )),
-        Found::Wrong(None) => Err(ApiError::refused(
-            Reason::SecurityPinInvalid,
-            "the security PIN is wrong or was already used; ask for a new one",
-        )),
-        Found::Wrong(Some(revoked)) => {
-            if !revoked.is_empty() {
-                let event = VaultEvent::PinsRevoked(PinsRevoked {
-                    pin_ids: revoked,
-                    why: format!("{MAX_PIN_FAILURES} wrong PINs in a row"),
-                    revoked_at: now,
-                });
-                app.append(&vault, ExpectedVersion::Any, actor, vec![(event.clone(), None)])
-                    .await
-                    .map_err(ApiError::store)?;
-                app.apply(&vault, &[event])?;
+        PinDecision::Wrong { locks_until } => {
+            let event = VaultEvent::PinCheckFailed(PinCheckFailed {
+                machine_id: body.machine_id.clone(),
+                check: record,
+                failed_at: now,
+                locked_until: locks_until,
+            });
+            // Counted before answering: a restart (or another process) must not forget a guess.
+            app.append(&vault, ExpectedVersion::Any, actor, vec![(event.clone(), None)])
+                .await
+                .map_err(ApiError::store)?;
+            app.apply(&vault, &[event])?;
+            match locks_until {
+                Some(until) => {
+                    tracing::warn!(vault = %vault, machine_id = %body.machine_id, %until, "too many wrong security PINs: the machine's PIN checks are locked");
+                    Err(pin_checks_locked(until, now))
+                }
+                None => {
+                    tracing::info!(vault = %vault, machine_id = %body.machine_id, "a wrong security PIN");
+                    Err(pin_wrong())
+                }
             }
-            tracing::warn!(vault = %vault, "too many wrong security PINs: outstanding PINs revoked");
-            Err(ApiError::refused(
-                Reason::SecurityPinInvalid,
-                "the security PIN is wrong; after too many wrong PINs every outstanding PIN of this vault was revoked: ask for a new one",
-            ))
         }
     }
 }
@@ -1017,31 +1212,31 @@ fn signed_fields(thumbprint: &str, nonce: &str, signature: &str) -> Result<Vec<u
 
 fn check_clock(timestamp: i64, now: DateTime<Utc>) -> Result<(), ApiError> {
     let skew = timestamp.saturating_sub(now.timestamp());
-    if skew.abs() > protocol::MAX_CLOCK_SKEW_SECS {
-        return Err(ApiError {
-            status: StatusCode::FORBIDDEN,
-            code: "clock_skew",
-            reason: Some(Reason::VaultError),
-            message: format!(
+    // unsigned_abs: `abs` of i64::MIN (a timestamp of i64::MIN saturates to it) overflows, which
+    // panics in a debug build and, wrapping in a release build, would pass the check.
+    if skew.unsigned_abs() > protocol::MAX_CLOCK_SKEW_SECS.unsigned_abs() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "clock_skew",
+            format!(
                 "the request was signed {} seconds {} the vault's clock (at most {} allowed); check this machine's clock",
-                skew.abs(),
+                skew.unsigned_abs(),
                 if skew > 0 { "ahead of" } else { "behind" },
                 protocol::MAX_CLOCK_SKEW_SECS
             ),
-        });
+        )
+        .with_reason(Reason::VaultError));
     }
     Ok(())
 }
 
 fn nonce_replayed() -> ApiError {
-    ApiError {
-        status: StatusCode::FORBIDDEN,
-        code: "nonce_replayed",
-        reason: Some(Reason::VaultError),
-        message:
-            "this request was already received (its nonce was used); a retry must be signed again with a fresh nonce"
-                .into(),
-    }
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "nonce_replayed",
+        "this request was already received (its nonce was used); a retry must be signed again with a fresh nonce",
+    )
+    .with_reason(Reason::VaultError)
 }
 
 /// The certificate a machine's requests are verified with: the one it registered with, and no
@@ -1049,15 +1244,37 @@ fn nonce_replayed() -> ApiError {
 /// while this key is the enrolled machine's identity. Any other certificate of the vault would let
 /// every holder of a credentials file speak for every machine.
 fn machine_certificate(app: &App, vault: &str, machine_id: &str, thumbprint: &str) -> Result<Arc<[u8]>, ApiError> {
+    let key = machine_key(app, vault, machine_id, thumbprint)?;
+    if key.removed {
+        return Err(machine_not_found(vault, machine_id));
+    }
+    Ok(key.certificate)
+}
+
+/// A machine's registration certificate, and whether the machine was removed since. Removed
+/// machines are found too, so that a request signed by one can be told so once its signature
+/// verifies (and only then: nobody else learns that a machine id was removed).
+struct MachineKey {
+    certificate: Arc<[u8]>,
+    removed: bool,
+}
+
+fn machine_not_found(vault: &str, machine_id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "machine_not_found",
+        format!("vault {vault} has no machine {machine_id:?} (never registered, or removed)"),
+    )
+}
+
+fn machine_key(app: &App, vault: &str, machine_id: &str, thumbprint: &str) -> Result<MachineKey, ApiError> {
     let state = app.lock_state();
     let v = state.vaults.get(vault).ok_or_else(|| ApiError::vault_not_found(vault))?;
-    let machine = v.machines.get(machine_id).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "machine_not_found",
-            format!("vault {vault} has no machine {machine_id:?} (never registered, or removed)"),
-        )
-    })?;
+    let (machine, removed) = match (v.machines.get(machine_id), v.removed.get(machine_id)) {
+        (Some(machine), _) => (machine, false),
+        (None, Some(machine)) => (machine, true),
+        (None, None) => return Err(machine_not_found(vault, machine_id)),
+    };
     if machine.thumbprint != thumbprint {
         return Err(match state.thumbprints.get(thumbprint) {
             Some(other) if other != vault => ApiError::refused(
@@ -1072,10 +1289,12 @@ fn machine_certificate(app: &App, vault: &str, machine_id: &str, thumbprint: &st
             ),
         });
     }
-    v.certs
+    let certificate = v
+        .certs
         .get(thumbprint)
         .map(|cert| cert.der.clone())
-        .ok_or_else(|| ApiError::refused(Reason::CredentialsInvalid, "this vault never issued that certificate"))
+        .ok_or_else(|| ApiError::refused(Reason::CredentialsInvalid, "this vault never issued that certificate"))?;
+    Ok(MachineKey { certificate, removed })
 }
 
 fn verify_machine_signature(certificate: &[u8], message: &[u8], signature: &[u8]) -> Result<(), ApiError> {

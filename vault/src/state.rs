@@ -8,7 +8,10 @@ use chrono::{DateTime, Duration, Utc};
 use regent_credentials::VaultIdentity;
 use uuid::Uuid;
 
-use crate::events::{CredentialsIssued, LogHeadAnchored, LogHeadRefused, MachineRegistered, PinIssued, VaultEvent};
+use crate::events::{
+    CredentialsIssued, LogHeadAnchored, LogHeadRefused, MachineRegistered, PinCheckFailed, PinCheckRecord, PinIssued,
+    PinUsed, VaultEvent,
+};
 use crate::protocol::{self, LogHead, LogHeadRefusal, MachineInfo, Registered, VaultInfo};
 
 /// How long a nonce is remembered after it was seen: a request older than the clock-skew window is
@@ -73,6 +76,55 @@ impl MachineAnchor {
 /// The outcome of a registration in progress, shared with concurrent retries of the same request.
 pub(crate) type PendingAnswer = tokio::sync::watch::Receiver<Option<Result<Registered, String>>>;
 
+/// What a registration's request id is bound to from its first arrival on: a request id sent again
+/// with other values is refused, so one request id can never make, or be answered with, a machine
+/// for another server (resource id: the vault's own, checked before; the vault is the stream).
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct RegistrationKey {
+    pub thumbprint: String,
+    pub machine_name: String,
+}
+
+/// A registration's request id that was answered.
+pub(crate) struct AnsweredRegistration {
+    pub key: RegistrationKey,
+    pub answer: Registered,
+    /// Its machine was removed: the request id is never answered or registered again.
+    pub removed: bool,
+}
+
+/// A registration being written, by request id (runtime only, never in the log).
+pub(crate) struct PendingRegistration {
+    pub key: RegistrationKey,
+    pub answer: PendingAnswer,
+}
+
+/// How a PIN check was answered, for its retries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PinOutcome {
+    /// The PIN was good (and is used up now); it had been issued at this time.
+    Valid(DateTime<Utc>),
+    /// The PIN matched no outstanding one (counted against the machine).
+    Wrong,
+}
+
+/// A PIN check's request id, answered: bound to the machine and the PIN presented.
+pub(crate) struct AnsweredPinCheck {
+    pub machine_id: String,
+    /// HMAC of the request id and the PIN under the PIN key (never the PIN).
+    pub pin_digest: [u8; 32],
+    pub outcome: PinOutcome,
+}
+
+/// A machine's wrong PINs: how many in a row since its last good PIN or lock, and until when its
+/// checks are locked. Folded from `PinCheckFailed` and `PinUsed`, so it survives restarts and is
+/// the same in every process reading the log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct PinGuard {
+    pub wrong_in_row: u32,
+    pub locked_until: Option<DateTime<Utc>>,
+}
+
 pub(crate) struct VaultState {
     pub identity: VaultIdentity,
     pub created_at: DateTime<Utc>,
@@ -81,16 +133,23 @@ pub(crate) struct VaultState {
     pub newest: Option<String>,
     /// Current machines by id.
     pub machines: BTreeMap<String, MachineInfo>,
-    /// Request id -> the first answer given to it.
-    pub answers: HashMap<String, Registered>,
+    /// Removed machines by id: their PIN checks are still verified (with the key they registered
+    /// with) to be told `machine_removed`.
+    pub removed: HashMap<String, MachineInfo>,
+    /// Registration request id -> what it is bound to and the first answer given to it.
+    pub registrations: HashMap<String, AnsweredRegistration>,
+    /// Machine id -> the request id that made it.
+    machine_requests: HashMap<String, String>,
+    /// PIN check request id -> the machine and PIN it was sent with and its answer.
+    pub pin_checks: HashMap<String, AnsweredPinCheck>,
+    /// Wrong PINs and lock-outs by machine id.
+    pub pin_guards: HashMap<String, PinGuard>,
     nonces: HashSet<String>,
     nonce_order: VecDeque<(DateTime<Utc>, String)>,
     /// Outstanding PINs (neither used nor revoked) by id.
     pub pins: HashMap<Uuid, PinRecord>,
-    /// Wrong PINs in a row; too many revoke every outstanding PIN of the vault.
-    pub pin_failures: u32,
     /// Registrations being written, by request id (runtime only, never in the log).
-    pub pending: HashMap<String, PendingAnswer>,
+    pub pending: HashMap<String, PendingRegistration>,
     /// Log heads by machine id. Kept apart from `machines`: a removed machine's history stays.
     pub anchors: HashMap<String, MachineAnchor>,
 }
@@ -103,11 +162,14 @@ impl VaultState {
             certs: HashMap::new(),
             newest: None,
             machines: BTreeMap::new(),
-            answers: HashMap::new(),
+            removed: HashMap::new(),
+            registrations: HashMap::new(),
+            machine_requests: HashMap::new(),
+            pin_checks: HashMap::new(),
+            pin_guards: HashMap::new(),
             nonces: HashSet::new(),
             nonce_order: VecDeque::new(),
             pins: HashMap::new(),
-            pin_failures: 0,
             pending: HashMap::new(),
             anchors: HashMap::new(),
         }
@@ -155,7 +217,9 @@ impl VaultState {
             vault: self.identity.resource_name.clone(),
             registered_at: e.registered_at,
         };
-        self.answers.insert(e.request_id.clone(), answer);
+        let key = RegistrationKey { thumbprint: e.thumbprint.clone(), machine_name: e.machine_name.clone() };
+        self.registrations.insert(e.request_id.clone(), AnsweredRegistration { key, answer, removed: false });
+        self.machine_requests.insert(e.machine_id.clone(), e.request_id.clone());
         self.machines.insert(
             e.machine_id.clone(),
             MachineInfo {
@@ -170,6 +234,54 @@ impl VaultState {
         // nonce that old is dropped at the next registration.
         let now = Utc::now();
         self.remember_nonce(&e.nonce, e.registered_at, now);
+    }
+
+    fn apply_removed(&mut self, machine_id: &str) {
+        if let Some(machine) = self.machines.remove(machine_id) {
+            self.removed.insert(machine_id.to_string(), machine);
+        }
+        if let Some(answered) =
+            self.machine_requests.get(machine_id).and_then(|request_id| self.registrations.get_mut(request_id))
+        {
+            answered.removed = true;
+        }
+    }
+
+    fn remember_check(&mut self, machine_id: &str, check: &PinCheckRecord, outcome: PinOutcome, at: DateTime<Utc>) {
+        let mut pin_digest = [0u8; 32];
+        // A digest this service wrote is 64 hex digits; one that is not can never match a retry.
+        if hex::decode_to_slice(&check.pin_digest, &mut pin_digest).is_err() {
+            pin_digest = [0u8; 32];
+        }
+        self.pin_checks.insert(
+            check.request_id.clone(),
+            AnsweredPinCheck { machine_id: machine_id.to_string(), pin_digest, outcome },
+        );
+        self.remember_nonce(&check.nonce, at, Utc::now());
+    }
+
+    fn apply_pin_used(&mut self, e: &PinUsed) {
+        let issued_at = e.issued_at.or_else(|| self.pins.get(&e.pin_id).map(|pin| pin.issued_at));
+        self.pins.remove(&e.pin_id);
+        // A good PIN ends a run of wrong ones.
+        self.pin_guards.entry(e.machine_id.clone()).or_default().wrong_in_row = 0;
+        if let Some(check) = &e.check {
+            let outcome = PinOutcome::Valid(issued_at.unwrap_or(e.used_at));
+            self.remember_check(&e.machine_id, check, outcome, e.used_at);
+        }
+    }
+
+    fn apply_pin_failed(&mut self, e: &PinCheckFailed) {
+        let guard = self.pin_guards.entry(e.machine_id.clone()).or_default();
+        match e.locked_until {
+            // The failure that locks starts a new run once the lock ends.
+            Some(until) => {
+                guard.wrong_in_row = 0;
+                guard.locked_until = Some(guard.locked_until.map_or(until, |earlier| earlier.max(until)));
+            }
+            None => guard.wrong_in_row = guard.wrong_in_row.saturating_add(1),
+        }
+        self.remember_check(&e.machine_id, &e.check, PinOutcome::Wrong, e.failed_at);
     }
 
     /// A machine as the admin API lists it: with its anchored log head.
@@ -235,23 +347,109 @@ impl ServiceState {
                 state.pins.insert(*pin_id, PinRecord { digest: bytes, issued_at: *issued_at, expires_at: *expires_at });
                 state.prune_pins(Utc::now());
             }
-            VaultEvent::PinUsed(e) => {
-                state.pins.remove(&e.pin_id);
-                state.pin_failures = 0;
-            }
+            VaultEvent::PinUsed(e) => state.apply_pin_used(e),
             VaultEvent::PinsRevoked(e) => {
                 for id in &e.pin_ids {
                     state.pins.remove(id);
                 }
-                state.pin_failures = 0;
             }
+            VaultEvent::PinCheckFailed(e) => state.apply_pin_failed(e),
             VaultEvent::MachineRegistered(e) => state.apply_registered(e),
-            VaultEvent::MachineRemoved(e) => {
-                state.machines.remove(&e.machine_id);
-            }
+            VaultEvent::MachineRemoved(e) => state.apply_removed(&e.machine_id),
             VaultEvent::LogHeadAnchored(e) => state.apply_anchored(e),
             VaultEvent::LogHeadRefused(e) => state.apply_refused(e),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{MachineRemoved, PinCheckFailed, PinCheckRecord, PinUsed, VaultCreated};
+
+    fn state_with_vault() -> ServiceState {
+        let mut state = ServiceState::default();
+        let identity = VaultIdentity {
+            resource_name: "v".into(),
+            subscription_id: "s".into(),
+            resource_group: "g".into(),
+            location: "l".into(),
+            resource_id: 1,
+            resource_type: "Vaults".into(),
+            provider_namespace: "p".into(),
+        };
+        state.apply("v", &VaultEvent::VaultCreated(VaultCreated { identity, created_at: Utc::now() })).unwrap();
+        state
+    }
+
+    fn check(request_id: &str) -> PinCheckRecord {
+        PinCheckRecord {
+            request_id: request_id.into(),
+            pin_digest: "00".repeat(32),
+            nonce: format!("nonce-{request_id}"),
+            peer: "127.0.0.1".into(),
+        }
+    }
+
+    fn failed(machine: &str, request_id: &str, locked_until: Option<DateTime<Utc>>) -> VaultEvent {
+        VaultEvent::PinCheckFailed(PinCheckFailed {
+            machine_id: machine.into(),
+            check: check(request_id),
+            failed_at: Utc::now(),
+            locked_until,
+        })
+    }
+
+    #[test]
+    fn wrong_pins_fold_per_machine_and_a_good_one_or_a_lock_starts_a_new_run() {
+        let mut state = state_with_vault();
+        for n in 0..3 {
+            state.apply("v", &failed("a", &format!("a{n}"), None)).unwrap();
+        }
+        state.apply("v", &failed("b", "b0", None)).unwrap();
+        let guard = |state: &ServiceState, machine: &str| state.vaults["v"].pin_guards[machine];
+        assert_eq!(guard(&state, "a"), PinGuard { wrong_in_row: 3, locked_until: None });
+        assert_eq!(guard(&state, "b").wrong_in_row, 1, "another machine's count is its own");
+
+        let until = Utc::now() + Duration::minutes(15);
+        state.apply("v", &failed("a", "a3", Some(until))).unwrap();
+        assert_eq!(guard(&state, "a"), PinGuard { wrong_in_row: 0, locked_until: Some(until) });
+        assert_eq!(state.vaults["v"].pin_checks["a3"].outcome, PinOutcome::Wrong);
+
+        let used = VaultEvent::PinUsed(PinUsed {
+            pin_id: Uuid::now_v7(),
+            machine_id: "b".into(),
+            used_at: Utc::now(),
+            issued_at: Some(until),
+            check: Some(check("b1")),
+        });
+        state.apply("v", &used).unwrap();
+        assert_eq!(guard(&state, "b").wrong_in_row, 0, "a good PIN ends the run");
+        assert_eq!(state.vaults["v"].pin_checks["b1"].outcome, PinOutcome::Valid(until));
+        // The nonces of recorded checks are remembered: a replay stays refused after a restart.
+        assert!(!state.vaults.get_mut("v").unwrap().remember_nonce("nonce-b1", Utc::now(), Utc::now()));
+    }
+
+    #[test]
+    fn a_removed_machine_keeps_its_request_id_and_its_key() {
+        let mut state = state_with_vault();
+        let registered = MachineRegistered {
+            machine_id: "m-1".into(),
+            machine_name: "srv".into(),
+            thumbprint: "t".into(),
+            request_id: "r-1".into(),
+            nonce: "nonce-registered".into(),
+            registered_at: Utc::now(),
+            peer: String::new(),
+        };
+        state.apply("v", &VaultEvent::MachineRegistered(registered)).unwrap();
+        assert!(!state.vaults["v"].registrations["r-1"].removed);
+        let removed = MachineRemoved { machine_id: "m-1".into(), removed_at: Utc::now() };
+        state.apply("v", &VaultEvent::MachineRemoved(removed)).unwrap();
+        let v = &state.vaults["v"];
+        assert!(v.registrations["r-1"].removed, "the request id is marked, never forgotten");
+        assert!(!v.machines.contains_key("m-1"));
+        assert_eq!(v.removed["m-1"].thumbprint, "t");
     }
 }

@@ -94,6 +94,116 @@ pub(crate) fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerCon
     Ok(config)
 }
 
+/// The hint every certificate failure ends with.
+const CA_FILE_HINT: &str = "to trust a private CA, pass its certificate (PEM or DER) with --ca-file";
+
+/// One line for a failed TLS connection, when the failure (anywhere in `error`'s chain) is one of
+/// rustls': what is wrong with the vault's certificate (or the handshake), and that `--ca-file` is
+/// how a private CA is trusted. `None` when TLS is not what failed.
+pub(crate) fn describe_failure(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    find_rustls_error(error).map(describe_rustls_error)
+}
+
+fn find_rustls_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if let Some(found) = error.downcast_ref::<rustls::Error>() {
+            return Some(found);
+        }
+        // An io::Error's source() skips the error it wraps (often another io::Error wrapping
+        // rustls'), so step into it instead.
+        current = match error.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => error.source(),
+        };
+    }
+    None
+}
+
+fn describe_rustls_error(error: &rustls::Error) -> String {
+    use rustls::{CertificateError as C, Error as E};
+    let certificate = |what: String| format!("the vault's TLS certificate {what}; {CA_FILE_HINT}");
+    match error {
+        E::InvalidCertificate(problem) => certificate(match problem {
+            C::UnknownIssuer => "was issued by an authority this machine does not trust".into(),
+            C::Expired => "has expired".into(),
+            C::ExpiredContext { not_after, .. } => format!("expired at {}", unix_time(*not_after)),
+            C::NotValidYet => "is not valid yet (check this machine's clock)".into(),
+            C::NotValidYetContext { not_before, .. } => {
+                format!("is not valid before {} (check this machine's clock)", unix_time(*not_before))
+            }
+            C::NotValidForName => "is for another host name than the endpoint's".into(),
+            C::NotValidForNameContext { expected, presented } => format!(
+                "is for {} and not for {} (the endpoint's host name)",
+                if presented.is_empty() {
+                    "no host name".to_string()
+                } else {
+                    presented.iter().map(|name| presented_name(name)).collect::<Vec<_>>().join(", ")
+                },
+                expected.to_str()
+            ),
+            C::InvalidPurpose | C::InvalidPurposeContext { .. } => {
+                "is not issued for a TLS server (its extended key usage)".into()
+            }
+            C::BadSignature => "carries a signature that does not verify".into(),
+            C::BadEncoding => "cannot be read (malformed)".into(),
+            C::Revoked => "was revoked".into(),
+            C::UnsupportedSignatureAlgorithmContext { .. }
+            | C::UnsupportedSignatureAlgorithmForPublicKeyContext { .. } => {
+                "is signed with an algorithm this agent does not accept".into()
+            }
+            C::Other(other) => match other.0.downcast_ref::<webpki::Error>() {
+                Some(webpki::Error::CaUsedAsEndEntity) => {
+                    "is a CA certificate used as the server's own: the vault must present a certificate issued by \
+                     that CA for its host name"
+                        .into()
+                }
+                Some(webpki::Error::EndEntityUsedAsCa) => {
+                    "chain uses a server certificate as an issuing authority".into()
+                }
+                Some(webpki::Error::NameConstraintViolation) => {
+                    "is for a name its issuing authority may not certify".into()
+                }
+                Some(webpki::Error::MaximumPathDepthExceeded | webpki::Error::PathLenConstraintViolated) => {
+                    "chain is longer than its authorities allow".into()
+                }
+                Some(other) => format!("is not acceptable ({other:?})"),
+                None => format!("is not acceptable ({other})"),
+            },
+            other => format!("is not acceptable ({other:?})"),
+        }),
+        E::NoCertificatesPresented => certificate("is missing: the vault presented none".into()),
+        // Our own verifier's text when there are no roots at all: it says what to do already.
+        E::General(text) => format!("TLS failed: {text}"),
+        E::InvalidMessage(_) | E::InappropriateMessage { .. } | E::InappropriateHandshakeMessage { .. } => {
+            "the endpoint does not speak TLS (an http:// service?): check the endpoint's scheme and port".into()
+        }
+        E::AlertReceived(alert) => format!("the vault refused the TLS handshake ({alert:?})"),
+        E::PeerIncompatible(why) => {
+            format!("the vault and this agent share no TLS version or cipher suite ({why:?})")
+        }
+        other => format!("TLS failed: {other}"),
+    }
+}
+
+/// A name a certificate presents, as rustls shows it (`DnsName("host")`, `IpAddress(...)`): the
+/// name alone.
+fn presented_name(shown: &str) -> &str {
+    let inner = match (shown.find('('), shown.rfind(')')) {
+        (Some(open), Some(close)) if open < close => &shown[open + 1..close],
+        _ => shown,
+    };
+    inner.trim_matches('"')
+}
+
+fn unix_time(time: UnixTime) -> String {
+    i64::try_from(time.as_secs())
+        .ok()
+        .and_then(|secs| chrono::DateTime::from_timestamp(secs, 0))
+        .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| format!("{} (Unix seconds)", time.as_secs()))
+}
+
 /// Refuses every server certificate, saying why: the system has no CA bundle and no CA file was given.
 #[derive(Debug)]
 struct NoTrustedRoots {

@@ -214,3 +214,128 @@ fn bad_tls_files_stop_the_start() {
     let error = BackgroundServer::start(missing).unwrap_err();
     assert!(matches!(error, VaultError::Tls { .. }), "{error}");
 }
+
+/// Credentials naming a vault this test's clients never reach (the TLS handshake fails first).
+fn unreachable_credentials(endpoint: &str) -> regent_credentials::VaultCredentials {
+    let issued = regent_credentials::issue(&regent_credentials::IssueRequest {
+        identity: regent_credentials::VaultIdentity {
+            resource_name: "tls".into(),
+            subscription_id: "00000000-0000-0000-0000-000000000001".into(),
+            resource_group: "rg".into(),
+            location: "local".into(),
+            resource_id: 7,
+            resource_type: "Vaults".into(),
+            provider_namespace: "Microsoft.RecoveryServices".into(),
+        },
+        aad_authority: String::new(),
+        aad_tenant_id: String::new(),
+        service_principal_client_id: String::new(),
+        endpoint: endpoint.into(),
+        agent_links: vec![],
+        not_before: chrono::Utc::now() - chrono::Duration::minutes(10),
+        not_after: chrono::Utc::now() + chrono::Duration::hours(1),
+    })
+    .unwrap();
+    regent_credentials::parse(&issued.file_name, issued.xml.as_bytes()).unwrap()
+}
+
+/// A CA of the test's own and server certificates gone wrong in each way a user meets.
+struct BadPki {
+    dir: TempDir,
+}
+
+impl BadPki {
+    fn new() -> BadPki {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        std::fs::write(dir.path().join("ca.key"), ca_key.serialize_pem()).unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "regent test CA");
+        ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        let leaf = |name: &str, names: &[&str], edit: &dyn Fn(&mut rcgen::CertificateParams)| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params =
+                rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+            edit(&mut params);
+            let cert = params.signed_by(&key, &ca).unwrap();
+            std::fs::write(dir.path().join(format!("{name}.pem")), cert.pem()).unwrap();
+            std::fs::write(dir.path().join(format!("{name}.key")), key.serialize_pem()).unwrap();
+        };
+        leaf("good", &["127.0.0.1"], &|_| {});
+        leaf("expired", &["127.0.0.1"], &|p| {
+            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        });
+        leaf("future", &["127.0.0.1"], &|p| {
+            p.not_before = rcgen::date_time_ymd(2090, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2091, 1, 1);
+        });
+        leaf("other-host", &["vault.example.org"], &|_| {});
+        BadPki { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A vault serving `name`.pem / `name`.key (the CA's own for "ca").
+    fn serve(&self, name: &str) -> (BackgroundServer, TempDir) {
+        let data = tempfile::tempdir().unwrap();
+        let config = ServeConfig::new(data.path(), loopback())
+            .with_tls(self.path(&format!("{name}.pem")), self.path(&format!("{name}.key")));
+        (BackgroundServer::start(config).unwrap(), data)
+    }
+}
+
+/// Both clients' one line for a TLS failure: what is wrong with the certificate, and `--ca-file`.
+fn tls_failure_lines(url: &str, ca_file: Option<&std::path::Path>) -> (String, String) {
+    let credentials = unreachable_credentials(url);
+    let (reason, agent) =
+        refusal(&quick_client(ca_file).register(&register_request(&credentials, None, "m", "r", None)));
+    assert_eq!(reason, Reason::VaultUnreachable, "{agent}");
+    let admin = AdminClient::new(url, SecretString::from("token".to_string()), ca_file).unwrap();
+    let admin = match admin.health() {
+        Err(error @ AdminError::Unreachable { .. }) => error.to_string(),
+        other => panic!("expected an unreachable vault, got {other:?}"),
+    };
+    (agent, admin)
+}
+
+#[test]
+fn tls_failures_say_what_is_wrong_with_the_certificate_and_how_to_trust_a_ca() {
+    let pki = BadPki::new();
+    let ca = pki.path("ca.pem");
+    let cases: [(&str, &str, Option<&std::path::Path>, &str); 5] = [
+        ("a CA certificate as the server's", "ca", Some(&ca), "is a CA certificate used as the server's own"),
+        ("an authority not trusted", "good", None, "was issued by an authority this machine does not trust"),
+        ("expired", "expired", Some(&ca), "expired at 2021-01-01T00:00:00Z"),
+        ("not yet valid", "future", Some(&ca), "is not valid before 2090-01-01T00:00:00Z"),
+        ("another host name", "other-host", Some(&ca), "is for vault.example.org and not for 127.0.0.1"),
+    ];
+    for (what, served, ca_file, says) in cases {
+        let (server, _data) = pki.serve(served);
+        let (agent, admin) = tls_failure_lines(server.url(), ca_file);
+        for line in [&agent, &admin] {
+            assert!(line.contains(says), "{what}: {line}");
+            assert!(line.contains("to trust a private CA, pass its certificate"), "{what}: {line}");
+            assert!(line.contains("--ca-file"), "{what}: {line}");
+            assert!(!line.contains('\n'), "{what}: one line: {line}");
+            assert!(!line.contains("OtherError") && !line.contains("InvalidCertificate"), "{what}: {line}");
+        }
+        server.shutdown().unwrap();
+    }
+    // The good certificate with its CA: nothing fails (so the cases above fail for their reason).
+    let (server, _data) = pki.serve("good");
+    AdminClient::new(server.url(), SecretString::from("token".to_string()), Some(&ca)).unwrap().health().unwrap();
+
+    // https:// to a service that speaks plain HTTP.
+    let vault = Vault::start();
+    let url = vault.url().replace("http://", "https://");
+    let (agent, admin) = tls_failure_lines(&url, Some(&ca));
+    for line in [&agent, &admin] {
+        assert!(line.contains("the endpoint does not speak TLS"), "{line}");
+    }
+}

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use regent_credentials::VaultCredentials;
 use regent_engine::model::{VaultAnswer, VaultIdentity};
-use regent_engine::ports::{ProxyConfig, RegisterRequest};
+use regent_engine::ports::{PinCheck, ProxyConfig, RegisterRequest};
+use regent_vault::protocol::{PinCheckBody, pin_check_message};
 use regent_vault::{AdminClient, BackgroundServer, ClientOptions, HttpVaultClient, ServeConfig};
 use secrecy::SecretString;
 use tempfile::TempDir;
@@ -51,6 +52,35 @@ impl Vault {
     pub fn vault_with_credentials(&self, name: &str) -> VaultCredentials {
         self.admin.create_vault(name).unwrap();
         self.download(name, None)
+    }
+
+    /// Stops the service (its log closed) and starts it again on the same data (on another port).
+    pub fn restart(self) -> Vault {
+        let Vault { server, dir, .. } = self;
+        server.shutdown().unwrap();
+        let server = BackgroundServer::start(ServeConfig::new(dir.path(), loopback())).unwrap();
+        let admin = AdminClient::from_token_file(server.url(), server.admin_token_path(), None).unwrap();
+        Vault { server, dir, admin }
+    }
+
+    /// The position of the last record of the service's log.
+    pub fn log_position(&self) -> u64 {
+        self.server.log_head().expect("the service is running").position
+    }
+
+    /// The kinds of the records of the service's log after `position`, in order. Stops the service to
+    /// read its log, and starts it again.
+    pub fn kinds_after(self, position: u64) -> (Vault, Vec<String>) {
+        let Vault { server, dir, .. } = self;
+        server.shutdown().unwrap();
+        let kinds = {
+            let store =
+                regent_store::EventStore::open(dir.path().join("log"), &regent_store::StoreOptions::default()).unwrap();
+            store.read_all(position + 1).map(|record| record.unwrap().kind).collect()
+        };
+        let server = BackgroundServer::start(ServeConfig::new(dir.path(), loopback())).unwrap();
+        let admin = AdminClient::from_token_file(server.url(), server.admin_token_path(), None).unwrap();
+        (Vault { server, dir, admin }, kinds)
     }
 
     pub fn download(&self, vault: &str, validity: Option<Duration>) -> VaultCredentials {
@@ -99,6 +129,53 @@ pub fn register_request(
         private_key: Zeroizing::new(credentials.private_key.pkcs8_der().to_vec()),
         proxy,
         request_id: request_id.to_string(),
+    }
+}
+
+/// A PIN check by the machine registered with `credentials`, signed with their key, as the agent
+/// sends it.
+pub fn pin_check(
+    endpoint: &str,
+    credentials: &VaultCredentials,
+    machine_id: &str,
+    pin: &str,
+    request_id: &str,
+) -> PinCheck {
+    PinCheck {
+        endpoint: endpoint.to_string(),
+        vault: credentials.identity.resource_name.clone(),
+        machine_id: machine_id.to_string(),
+        thumbprint: credentials.certificate.thumbprint.clone(),
+        private_key: Zeroizing::new(credentials.private_key.pkcs8_der().to_vec()),
+        pin: SecretString::from(pin.to_string()),
+        proxy: None,
+        request_id: request_id.to_string(),
+    }
+}
+
+/// A PIN check body signed by hand with `signer`'s key under `credentials`' thumbprint, for what
+/// the real client never sends.
+pub fn signed_pin_check(
+    credentials: &VaultCredentials,
+    signer: &VaultCredentials,
+    machine_id: &str,
+    pin: &str,
+    request_id: &str,
+    nonce: &str,
+) -> PinCheckBody {
+    use base64::Engine as _;
+    let timestamp = chrono::Utc::now().timestamp();
+    let vault = &credentials.identity.resource_name;
+    let thumbprint = &credentials.certificate.thumbprint;
+    let message = pin_check_message(vault, machine_id, thumbprint, request_id, pin, timestamp, nonce);
+    PinCheckBody {
+        request_id: request_id.into(),
+        machine_id: machine_id.into(),
+        thumbprint: thumbprint.clone(),
+        pin: pin.into(),
+        timestamp,
+        nonce: nonce.into(),
+        signature: base64::engine::general_purpose::STANDARD.encode(signer.private_key.sign(&message).unwrap()),
     }
 }
 

@@ -1,0 +1,915 @@
+//! Every route of the service (`protocol::ROUTES`, the table the router is built from) against
+//! every attack that applies to who may call it: no authentication, wrong authentication (a wrong
+//! admin token, a signature by a key that is not the machine's), another machine's signature, a
+//! replayed request, empty fields and oversized fields. Each must be refused with its status and
+//! code and write nothing to the vault's log. The only records a case may cause are those the
+//! protocol keeps by design, and only in a case's setup (the first of a replayed pair: a counted
+//! wrong PIN, an anchored head, a registration).
+//!
+//! A route without cases does not compile (the match below is exhaustive), and a route whose cases
+//! miss an attack that applies to its access fails the test.
+
+mod common;
+
+use std::collections::HashMap;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use chrono::Utc;
+use common::*;
+use regent_credentials::VaultCredentials;
+use regent_engine::ports::VaultClient;
+use regent_vault::protocol::{
+    self, Access, LogHeadBody, MAX_BODY_BYTES, MAX_LOG_HEAD_BODY_BYTES, ROUTES, RegisterBody, RouteId,
+    SIGNATURE_HEADERS, log_head_message, log_head_read_message, registration_message,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Attack {
+    NoAuth,
+    WrongAuth,
+    OtherMachine,
+    Replay,
+    EmptyFields,
+    OversizedFields,
+}
+
+const ATTACKS: [Attack; 6] = [
+    Attack::NoAuth,
+    Attack::WrongAuth,
+    Attack::OtherMachine,
+    Attack::Replay,
+    Attack::EmptyFields,
+    Attack::OversizedFields,
+];
+
+/// Whether an attack means anything for a route of this access; where it does not, why.
+fn applies(access: Access, attack: Attack) -> Result<(), &'static str> {
+    match (access, attack) {
+        (Access::Anyone, Attack::NoAuth | Attack::WrongAuth) => Ok(()),
+        (Access::Anyone, _) => Err("anyone may call it, it takes no fields, and it changes nothing"),
+        (Access::Admin, Attack::OtherMachine) => Err("an admin call carries no machine's signature"),
+        (Access::Admin, Attack::Replay) => Err(
+            "an admin call carries a bearer token, not a nonce: TLS keeps the token, and the same call again is the admin's",
+        ),
+        (Access::Admin, _) | (Access::Credentials, _) | (Access::Machine, _) => Ok(()),
+    }
+}
+
+struct Request {
+    method: &'static str,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Request {
+    fn new(method: &'static str, path: impl Into<String>) -> Request {
+        Request { method, path: path.into(), headers: Vec::new(), body: Vec::new() }
+    }
+
+    fn header(mut self, name: &str, value: &str) -> Request {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    fn json(mut self, body: &impl serde::Serialize) -> Request {
+        self.body = serde_json::to_vec(body).unwrap();
+        self.header("Content-Type", "application/json")
+    }
+
+    fn raw_body(mut self, body: Vec<u8>) -> Request {
+        self.body = body;
+        self.header("Content-Type", "application/json")
+    }
+
+    fn send(&self, vault: &Vault) -> RawAnswer {
+        let headers: Vec<(&str, &str)> = self.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        raw(vault.addr(), self.method, &self.path, &headers, &self.body)
+    }
+}
+
+struct Case {
+    attack: Attack,
+    what: &'static str,
+    /// Sent first (a replay's original): its status, and the records it may write.
+    setup: Option<(Request, u16, u64)>,
+    request: Request,
+    status: u16,
+    /// The protocol code of the refusal; empty for a route that answers anyone.
+    code: &'static str,
+}
+
+fn case(attack: Attack, what: &'static str, request: Request, status: u16, code: &'static str) -> Case {
+    Case { attack, what, setup: None, request, status, code }
+}
+
+fn replay(what: &'static str, request: Request, first_status: u16, first_writes: u64) -> Case {
+    let again = Request {
+        method: request.method,
+        path: request.path.clone(),
+        headers: request.headers.clone(),
+        body: request.body.clone(),
+    };
+    Case {
+        attack: Attack::Replay,
+        what,
+        setup: Some((request, first_status, first_writes)),
+        request: again,
+        status: 403,
+        code: "nonce_replayed",
+    }
+}
+
+/// The vault `routes` with machine `one` (registered with the first download) and machine `two`
+/// (with the second, the newest), the vault `other` with its own credentials, and the admin token.
+struct Fixture {
+    first: VaultCredentials,
+    newest: VaultCredentials,
+    foreign: VaultCredentials,
+    one: String,
+    two: String,
+    token: String,
+}
+
+fn nonce(tag: &str) -> String {
+    format!("nonce-{tag:-<16}").replace(' ', "-")
+}
+
+impl Fixture {
+    fn registration(
+        &self,
+        signer: &VaultCredentials,
+        as_: &VaultCredentials,
+        request_id: &str,
+        tag: &str,
+    ) -> RegisterBody {
+        let timestamp = Utc::now().timestamp();
+        let name = format!("machine-{request_id}");
+        let message = registration_message(
+            "routes",
+            as_.identity.resource_id,
+            &name,
+            &as_.certificate.thumbprint,
+            timestamp,
+            &nonce(tag),
+            request_id,
+        );
+        RegisterBody {
+            request_id: request_id.into(),
+            machine_name: name,
+            resource_id: as_.identity.resource_id,
+            thumbprint: as_.certificate.thumbprint.clone(),
+            timestamp,
+            nonce: nonce(tag),
+            signature: STANDARD.encode(signer.private_key.sign(&message).unwrap()),
+        }
+    }
+
+    fn report(&self, signer: &VaultCredentials, as_: &VaultCredentials, machine: &str, tag: &str) -> LogHeadBody {
+        let timestamp = Utc::now().timestamp();
+        let hash = "ab".repeat(32);
+        let none: [&str; 0] = [];
+        let message =
+            log_head_message("routes", machine, &as_.certificate.thumbprint, 1, &hash, &none, timestamp, &nonce(tag));
+        LogHeadBody {
+            thumbprint: as_.certificate.thumbprint.clone(),
+            position: 1,
+            hash,
+            records: Vec::new(),
+            timestamp,
+            nonce: nonce(tag),
+            signature: STANDARD.encode(signer.private_key.sign(&message).unwrap()),
+        }
+    }
+
+    fn read(&self, signer: &VaultCredentials, as_: &VaultCredentials, machine: &str, tag: &str) -> Request {
+        let timestamp = Utc::now().timestamp();
+        let thumbprint = &as_.certificate.thumbprint;
+        let message = log_head_read_message("routes", machine, thumbprint, timestamp, &nonce(tag));
+        let signature = STANDARD.encode(signer.private_key.sign(&message).unwrap());
+        let values = [thumbprint.clone(), timestamp.to_string(), nonce(tag), signature];
+        let mut request = Request::new("GET", format!("/v1/vaults/routes/machines/{machine}/log-head"));
+        for (name, value) in SIGNATURE_HEADERS.into_iter().zip(values) {
+            request = request.header(name, &value);
+        }
+        request
+    }
+
+    fn admin(&self, method: &'static str, path: &str) -> Request {
+        Request::new(method, path).header("Authorization", &format!("Bearer {}", self.token))
+    }
+}
+
+fn json_with(value: &impl serde::Serialize, field: &str, replacement: serde_json::Value) -> serde_json::Value {
+    let mut json = serde_json::to_value(value).unwrap();
+    json[field] = replacement;
+    json
+}
+
+fn without(value: &impl serde::Serialize, field: &str) -> serde_json::Value {
+    let mut json = serde_json::to_value(value).unwrap();
+    json.as_object_mut().unwrap().remove(field);
+    json
+}
+
+fn cases(route: RouteId, fx: &Fixture) -> Vec<Case> {
+    use Attack::*;
+    let wrong_token = || Request::new("GET", "").header("Authorization", "Bearer not-the-admin-token");
+    let too_big = |limit: usize| {
+        let mut body = b"{\"name\":\"".to_vec();
+        body.resize(limit + 16, b'x');
+        body.extend_from_slice(b"\"}");
+        body
+    };
+    let long = "x".repeat(200);
+    match route {
+        RouteId::Health => vec![
+            case(NoAuth, "no token", Request::new("GET", "/v1/health"), 200, ""),
+            case(
+                WrongAuth,
+                "a wrong token is ignored",
+                {
+                    let mut r = wrong_token();
+                    r.path = "/v1/health".into();
+                    r
+                },
+                200,
+                "",
+            ),
+        ],
+        RouteId::CreateVault => vec![
+            case(
+                NoAuth,
+                "no token",
+                Request::new("POST", "/v1/vaults").json(&serde_json::json!({"name": "new"})),
+                401,
+                "unauthorized",
+            ),
+            case(
+                WrongAuth,
+                "a wrong token",
+                Request::new("POST", "/v1/vaults")
+                    .header("Authorization", "Bearer wrong")
+                    .json(&serde_json::json!({"name": "new"})),
+                401,
+                "unauthorized",
+            ),
+            case(
+                WrongAuth,
+                "basic instead of bearer",
+                Request::new("POST", "/v1/vaults")
+                    .header("Authorization", "Basic eDp4")
+                    .json(&serde_json::json!({"name": "new"})),
+                401,
+                "unauthorized",
+            ),
+            case(
+                EmptyFields,
+                "an empty name",
+                fx.admin("POST", "/v1/vaults").json(&serde_json::json!({"name": ""})),
+                400,
+                "invalid_vault_name",
+            ),
+            case(EmptyFields, "no body", fx.admin("POST", "/v1/vaults").raw_body(Vec::new()), 400, "bad_request"),
+            case(
+                OversizedFields,
+                "a 65-character name",
+                fx.admin("POST", "/v1/vaults").json(&serde_json::json!({"name": "v".repeat(65)})),
+                400,
+                "invalid_vault_name",
+            ),
+            case(
+                OversizedFields,
+                "a body over the limit",
+                fx.admin("POST", "/v1/vaults").raw_body(too_big(MAX_BODY_BYTES)),
+                413,
+                "payload_too_large",
+            ),
+        ],
+        RouteId::GetVault => vec![
+            case(NoAuth, "no token", Request::new("GET", "/v1/vaults/routes"), 401, "unauthorized"),
+            case(
+                WrongAuth,
+                "a wrong token",
+                {
+                    let mut r = wrong_token();
+                    r.path = "/v1/vaults/routes".into();
+                    r
+                },
+                401,
+                "unauthorized",
+            ),
+            case(EmptyFields, "an empty name", fx.admin("GET", "/v1/vaults/"), 404, "not_found"),
+            case(
+                OversizedFields,
+                "a 200-character name",
+                fx.admin("GET", &format!("/v1/vaults/{long}")),
+                404,
+                "vault_not_found",
+            ),
+        ],
+        RouteId::DownloadCredentials => {
+            let path = "/v1/vaults/routes/credentials";
+            vec![
+                case(NoAuth, "no token", Request::new("POST", path).json(&serde_json::json!({})), 401, "unauthorized"),
+                case(
+                    WrongAuth,
+                    "a wrong token",
+                    Request::new("POST", path).header("Authorization", "Bearer wrong").json(&serde_json::json!({})),
+                    401,
+                    "unauthorized",
+                ),
+                case(
+                    EmptyFields,
+                    "a zero validity",
+                    fx.admin("POST", path).json(&serde_json::json!({"validity_seconds": 0})),
+                    400,
+                    "bad_request",
+                ),
+                case(EmptyFields, "no body", fx.admin("POST", path).raw_body(Vec::new()), 400, "bad_request"),
+                case(
+                    OversizedFields,
+                    "a validity past 30 days",
+                    fx.admin("POST", path).json(&serde_json::json!({"validity_seconds": u64::MAX})),
+                    400,
+                    "bad_request",
+                ),
+                case(
+                    OversizedFields,
+                    "a 200-character vault name",
+                    fx.admin("POST", &format!("/v1/vaults/{long}/credentials")).json(&serde_json::json!({})),
+                    404,
+                    "vault_not_found",
+                ),
+                case(
+                    OversizedFields,
+                    "a body over the limit",
+                    fx.admin("POST", path).raw_body(too_big(MAX_BODY_BYTES)),
+                    413,
+                    "payload_too_large",
+                ),
+            ]
+        }
+        RouteId::IssuePin => vec![
+            case(NoAuth, "no token", Request::new("POST", "/v1/vaults/routes/pins"), 401, "unauthorized"),
+            case(
+                WrongAuth,
+                "a wrong token",
+                Request::new("POST", "/v1/vaults/routes/pins").header("Authorization", "Bearer wrong"),
+                401,
+                "unauthorized",
+            ),
+            case(EmptyFields, "an empty vault name", fx.admin("POST", "/v1/vaults//pins"), 404, "vault_not_found"),
+            case(
+                OversizedFields,
+                "a 200-character vault name",
+                fx.admin("POST", &format!("/v1/vaults/{long}/pins")),
+                404,
+                "vault_not_found",
+            ),
+        ],
+        RouteId::ListMachines => vec![
+            case(NoAuth, "no token", Request::new("GET", "/v1/vaults/routes/machines"), 401, "unauthorized"),
+            case(
+                WrongAuth,
+                "a wrong token",
+                {
+                    let mut r = wrong_token();
+                    r.path = "/v1/vaults/routes/machines".into();
+                    r
+                },
+                401,
+                "unauthorized",
+            ),
+            case(EmptyFields, "an empty vault name", fx.admin("GET", "/v1/vaults//machines"), 404, "vault_not_found"),
+            case(
+                OversizedFields,
+                "a 200-character vault name",
+                fx.admin("GET", &format!("/v1/vaults/{long}/machines")),
+                404,
+                "vault_not_found",
+            ),
+        ],
+        RouteId::RemoveMachine => {
+            let path = format!("/v1/vaults/routes/machines/{}", fx.one);
+            vec![
+                case(NoAuth, "no token", Request::new("DELETE", &path), 401, "unauthorized"),
+                case(
+                    WrongAuth,
+                    "a wrong token",
+                    Request::new("DELETE", &path).header("Authorization", "Bearer wrong"),
+                    401,
+                    "unauthorized",
+                ),
+                case(
+                    EmptyFields,
+                    "an empty machine id",
+                    fx.admin("DELETE", "/v1/vaults/routes/machines/"),
+                    404,
+                    "not_found",
+                ),
+                case(
+                    EmptyFields,
+                    "an empty vault name",
+                    fx.admin("DELETE", &format!("/v1/vaults//machines/{}", fx.one)),
+                    404,
+                    "vault_not_found",
+                ),
+                case(
+                    OversizedFields,
+                    "a 200-character machine id",
+                    fx.admin("DELETE", &format!("/v1/vaults/routes/machines/{long}")),
+                    400,
+                    "bad_request",
+                ),
+            ]
+        }
+        RouteId::Register => {
+            let path = "/v1/vaults/routes/registrations";
+            let good = |id: &str, tag: &str| fx.registration(&fx.newest, &fx.newest, id, tag);
+            vec![
+                case(
+                    NoAuth,
+                    "no signature",
+                    Request::new("POST", path).json(&without(&good("r-none", "reg-none"), "signature")),
+                    400,
+                    "bad_request",
+                ),
+                case(
+                    WrongAuth,
+                    "signed by another key than the certificate's",
+                    Request::new("POST", path).json(&fx.registration(&fx.foreign, &fx.newest, "r-wrong", "reg-wrong")),
+                    403,
+                    "credentials_invalid",
+                ),
+                case(
+                    OtherMachine,
+                    "another vault's credentials",
+                    Request::new("POST", path).json(&fx.registration(
+                        &fx.foreign,
+                        &fx.foreign,
+                        "r-foreign",
+                        "reg-foreign",
+                    )),
+                    403,
+                    "credentials_wrong_vault",
+                ),
+                case(
+                    OtherMachine,
+                    "an older download of this vault",
+                    Request::new("POST", path).json(&fx.registration(&fx.first, &fx.first, "r-old", "reg-old")),
+                    403,
+                    "credentials_superseded",
+                ),
+                replay(
+                    "the same registration twice",
+                    Request::new("POST", path).json(&good("r-replay", "reg-replay")),
+                    200,
+                    1,
+                ),
+                case(
+                    EmptyFields,
+                    "an empty request id",
+                    Request::new("POST", path).json(&json_with(&good("r-e1", "reg-e1"), "request_id", "".into())),
+                    400,
+                    "bad_request",
+                ),
+                case(
+                    EmptyFields,
+                    "an empty machine name",
+                    Request::new("POST", path).json(&json_with(&good("r-e2", "reg-e2"), "machine_name", " ".into())),
+                    400,
+                    "bad_request",
+                ),
+                case(
+                    EmptyFields,
+                    "an empty thumbprint",
+                    Request::new("POST", path).json(&json_with(&good("r-e3", "reg-e3"), "thumbprint", "".into())),
+                    400,
+                    "bad_request",
+                ),
+                case(
+                    EmptyFields,
+                    "an empty nonce",
+                    Request::new("POST", path).json(&json_with(&good("r-e4", "reg-e4"), "nonce", "".into())),
+                    400,
+                    "bad_request",
+                ),
+                case(
+                    EmptyFields,
+                    "an empty signature",
+                    Request::new("POST", path).json(&json_with(&good("r-e5", "reg-e5"), "signature", "".into())),
+                    400,
+                    "bad_request",
+                ),
+                case(
+                    OversizedFields,
+                    "a 256-byte machine name",
+                    Request::new("POST", path).json(&json_with(
+                        &good("r-o1", "reg-o1"),
+                        "machine_name",
+                        "m".repeat(256).into(),
+                    )),
+                    400,
+                    "bad_request",
+                ),
+                case(
+                    OversizedFields,
+                    "a 129-character request id",
+                    Request::new("POST", path).json(&json_with(
+                        &good("r-o2", "reg-o2"),
+                        "request_id",
+                        "r".repeat(129).into(),
+                    )),
+                    400,
+                    "bad_request",
+                ),
+                case(
+                    OversizedFields,
+                    "a 129-character nonce",
+                    Request::new("POST", path).json(&json_with(
+                        &good("r-o3", "reg-o3"),
+                        "nonce",
+                        "n".repeat(129).into(),
+                    )),
+                    400,
+                    "bad_request",
+                ),
+                case(
+                    OversizedFields,
+                    "a 5000-character signature",
+                    Request::new("POST", path).json(&json_with(
+                        &good("r-o4", "reg-o4"),
+                        "signature",
+                        "A".repeat(5000).into(),
+                    )),
+                    400,
+                    "bad_request",
+                ),
+                case(
+                    OversizedFields,
+                    "a timestamp at i64::MIN",
+                    Request::new("POST", path).json(&json_with(&good("r-o5", "reg-o5"), "timestamp", i64::MIN.into())),
+                    403,
+                    "clock_skew",
+                ),
+                case(
+                    OversizedFields,
+                    "a body over the limit",
+                    Request::new("POST", path).raw_body(too_big(MAX_BODY_BYTES)),
+                    413,
+                    "payload_too_large",
+                ),
+            ]
+        }
+        RouteId::CheckPin => {
+            let path = "/v1/vaults/routes/pin-checks";
+            let signed =
+                |signer: &VaultCredentials, as_: &VaultCredentials, machine: &str, pin: &str, id: &str, tag: &str| {
+                    signed_pin_check(as_, signer, machine, pin, id, &nonce(tag))
+                };
+            let good = |id: &str, tag: &str| signed(&fx.first, &fx.first, &fx.one, "00000000", id, tag);
+            vec![
+                case(
+                    NoAuth,
+                    "unsigned, as before",
+                    Request::new("POST", path).json(&serde_json::json!({"machine_id": fx.one, "pin": "00000000"})),
+                    400,
+                    "bad_request",
+                ),
+                case(
+                    NoAuth,
+                    "no signature",
+                    Request::new("POST", path).json(&without(&good("p-none", "pin-none"), "signature")),
+                    400,
+                    "bad_request",
+                ),
+                case(
+                    WrongAuth,
+                    "signed by a key that is not the machine's",
+                    Request::new("POST", path).json(&signed(
+                        &fx.foreign,
+                        &fx.first,
+                        &fx.one,
+                        "00000000",
+                        "p-wrong",
+                        "pin-wrong",
+                    )),
+                    403,
+                    "credentials_invalid",
+                ),
+                case(
+                    OtherMachine,
+                    "another machine's signature",
+                    Request::new("POST", path).json(&json_with(
+                        &signed(&fx.newest, &fx.newest, &fx.two, "00000000", "p-other", "pin-other"),
+                        "machine_id",
+                        fx.one.clone().into(),
+                    )),
+                    403,
+                    "credentials_invalid",
+                ),
+                // The original is a wrong PIN of machine one: counted (one record), by design.
+                replay(
+                    "the same check twice",
+                    Request::new("POST", path).json(&good("p-replay", "pin-replay")),
+                    403,
+                    1,
+                ),
+                case(
+                    EmptyFields,
+                    "an empty PIN",
+                    Request::new("POST", path).json(&signed(&fx.first, &fx.first, &fx.one, "", "p-e1", "pin-e1")),
+                    403,
+                    "security_pin_invalid",
+                ),
+                case(
+                    EmptyFields,
+                    "an empty request id",
+                    Request::new("POST", path).json(&json_with(&good("p-e2", "pin-e2"), "request_id", "".into())),
+                    400,
+                    "bad_request",
+                ),
+                case(
+                    EmptyFields,
+                    "an empty machine id",
+                    Request::new("POST", path).json(&json_with(&good("p-e3", "pin-e3"), "machine_id", "".into())),
+                    400,
+                    "bad_request",
+                ),
+                case(
+                    EmptyFields,
+                    "an empty thumbprint",
+                    Request::new("POST", path).json(&json_with(&good("p-e4", "pin-e4"), "thumbprint", "".into())),
+                    400,
+                    "bad_request",
+                ),
+                case(
+                    OversizedFields,
+                    "a nine-digit PIN",
+                    Request::new("POST", path).json(&signed(
+                        &fx.first,
+                        &fx.first,
+                        &fx.one,
+                        "000000000",
+                        "p-o1",
+                        "pin-o1",
+                    )),
+                    403,
+                    "security_pin_invalid",
+                ),
+                case(
+                    OversizedFields,
+                    "a PIN with a line break",
+                    Request::new("POST", path).json(&json_with(&good("p-o2", "pin-o2"), "pin", "0000\n000".into())),
+                    403,
+                    "security_pin_invalid",
+                ),
+                case(
+                    OversizedFields,
+                    "a 129-character machine id",
+                    Request::new("POST", path).json(&json_with(
+                        &good("p-o3", "pin-o3"),
+                        "machine_id",
+                        "m".repeat(129).into(),
+                    )),
+                    400,
+                    "bad_request",
+                ),
+                case(
+                    OversizedFields,
+                    "a body over the limit",
+                    Request::new("POST", path).raw_body(too_big(MAX_BODY_BYTES)),
+                    413,
+                    "payload_too_large",
+                ),
+            ]
+        }
+        RouteId::ReportLogHead => {
+            let one = format!("/v1/vaults/routes/machines/{}/log-head", fx.one);
+            let two = format!("/v1/vaults/routes/machines/{}/log-head", fx.two);
+            let good = |tag: &str| fx.report(&fx.first, &fx.first, &fx.one, tag);
+            vec![
+                case(
+                    NoAuth,
+                    "no signature",
+                    Request::new("POST", &one).json(&without(&good("head-none"), "signature")),
+                    400,
+                    "bad_request",
+                ),
+                case(
+                    WrongAuth,
+                    "signed by a key that is not the machine's",
+                    Request::new("POST", &one).json(&fx.report(&fx.foreign, &fx.first, &fx.one, "head-wrong")),
+                    403,
+                    "credentials_invalid",
+                ),
+                case(
+                    OtherMachine,
+                    "another machine's signature",
+                    Request::new("POST", &one).json(&fx.report(&fx.newest, &fx.newest, &fx.one, "head-other")),
+                    403,
+                    "credentials_invalid",
+                ),
+                // The original anchors machine two's first head (one record), by design.
+                replay(
+                    "the same report twice",
+                    Request::new("POST", &two).json(&fx.report(&fx.newest, &fx.newest, &fx.two, "head-replay")),
+                    200,
+                    1,
+                ),
+                case(
+                    EmptyFields,
+                    "an empty hash",
+                    Request::new("POST", &one).json(&json_with(&good("head-e1"), "hash", "".into())),
+                    400,
+                    "bad_request",
+                ),
+                case(
+                    EmptyFields,
+                    "an empty record",
+                    Request::new("POST", &one).json(&json_with(&good("head-e2"), "records", serde_json::json!([""]))),
+                    400,
+                    "log_head_proof_malformed",
+                ),
+                case(
+                    EmptyFields,
+                    "an empty machine id",
+                    Request::new("POST", "/v1/vaults/routes/machines//log-head").json(&good("head-e3")),
+                    400,
+                    "bad_request",
+                ),
+                case(
+                    OversizedFields,
+                    "more records than a report holds",
+                    Request::new("POST", &one).json(&json_with(
+                        &good("head-o1"),
+                        "records",
+                        serde_json::json!(vec!["{}"; protocol::MAX_PROOF_RECORDS + 1]),
+                    )),
+                    400,
+                    "log_head_proof_too_large",
+                ),
+                case(
+                    OversizedFields,
+                    "a 200-character machine id",
+                    Request::new("POST", format!("/v1/vaults/routes/machines/{long}/log-head")).json(&good("head-o2")),
+                    400,
+                    "bad_request",
+                ),
+                case(
+                    OversizedFields,
+                    "a body over the limit",
+                    Request::new("POST", &one).raw_body(too_big(MAX_LOG_HEAD_BODY_BYTES)),
+                    413,
+                    "payload_too_large",
+                ),
+            ]
+        }
+        RouteId::ReadLogHead => {
+            let one = format!("/v1/vaults/routes/machines/{}/log-head", fx.one);
+            let mut no_signature = fx.read(&fx.first, &fx.first, &fx.one, "read-none");
+            no_signature.headers.retain(|(name, _)| name != "x-regent-signature");
+            let with_header = |tag: &str, name: &str, value: &str| {
+                let mut request = fx.read(&fx.first, &fx.first, &fx.one, tag);
+                for header in &mut request.headers {
+                    if header.0 == name {
+                        header.1 = value.to_string();
+                    }
+                }
+                request
+            };
+            vec![
+                case(NoAuth, "no headers", Request::new("GET", &one), 400, "bad_request"),
+                case(NoAuth, "no signature", no_signature, 400, "bad_request"),
+                case(
+                    WrongAuth,
+                    "signed by a key that is not the machine's",
+                    fx.read(&fx.foreign, &fx.first, &fx.one, "read-wrong"),
+                    403,
+                    "credentials_invalid",
+                ),
+                case(
+                    OtherMachine,
+                    "another machine's signature",
+                    {
+                        let mut request = fx.read(&fx.newest, &fx.newest, &fx.one, "read-other");
+                        request.path = one.clone();
+                        request
+                    },
+                    403,
+                    "credentials_invalid",
+                ),
+                // The original finds nothing anchored for machine one: a 404, nothing written.
+                replay("the same read twice", fx.read(&fx.first, &fx.first, &fx.one, "read-replay"), 404, 0),
+                case(
+                    EmptyFields,
+                    "an empty thumbprint",
+                    with_header("read-e1", "x-regent-thumbprint", ""),
+                    400,
+                    "bad_request",
+                ),
+                case(
+                    EmptyFields,
+                    "an empty timestamp",
+                    with_header("read-e2", "x-regent-timestamp", ""),
+                    400,
+                    "bad_request",
+                ),
+                case(
+                    OversizedFields,
+                    "a 200-character nonce",
+                    with_header("read-o1", "x-regent-nonce", &"n".repeat(200)),
+                    400,
+                    "bad_request",
+                ),
+                case(
+                    OversizedFields,
+                    "a timestamp past i64",
+                    with_header("read-o2", "x-regent-timestamp", "99999999999999999999"),
+                    400,
+                    "bad_request",
+                ),
+            ]
+        }
+    }
+}
+
+#[test]
+fn every_route_refuses_every_attack_and_writes_nothing() {
+    let vault = Vault::start();
+    let first = vault.vault_with_credentials("routes");
+    let client = quick_client(None);
+    let one = machine_id(&client.register(&register_request(&first, None, "one", "reg-one", None)));
+    let newest = vault.download("routes", None);
+    let two = machine_id(&client.register(&register_request(&newest, None, "two", "reg-two", None)));
+    let foreign = vault.vault_with_credentials("other");
+    let fx = Fixture { first, newest, foreign, one, two, token: vault.token() };
+
+    let mut covered: HashMap<RouteId, Vec<Attack>> = HashMap::new();
+    for route in ROUTES {
+        for case in cases(route.id, &fx) {
+            let label =
+                format!("{} {} ({:?}, {:?}): {}", route.method.as_str(), route.path, route.id, case.attack, case.what);
+            assert!(applies(route.access, case.attack).is_ok(), "{label}: the attack does not apply to this route");
+            if let Some((setup, status, writes)) = &case.setup {
+                let before = vault.log_position();
+                let answer = setup.send(&vault);
+                assert_eq!(answer.status, *status, "{label}, the original: {}", answer.body);
+                assert_eq!(vault.log_position(), before + writes, "{label}: the original writes {writes}");
+            }
+            let before = vault.log_position();
+            let answer = case.request.send(&vault);
+            assert_eq!(answer.status, case.status, "{label}: {}", answer.body);
+            assert!(answer.is_from_service(), "{label}: the answer carries the service header");
+            if !case.code.is_empty() {
+                assert_eq!(answer.error_code(), case.code, "{label}: {}", answer.body);
+                assert!(!answer.json()["message"].as_str().unwrap_or_default().is_empty(), "{label}: a message");
+            }
+            assert_eq!(vault.log_position(), before, "{label}: a refused request wrote to the log");
+            covered.entry(route.id).or_default().push(case.attack);
+        }
+    }
+    for route in ROUTES {
+        let attacks = covered.get(&route.id).cloned().unwrap_or_default();
+        assert!(!attacks.is_empty(), "{:?} has no case", route.id);
+        for attack in ATTACKS {
+            match applies(route.access, attack) {
+                Ok(()) => {
+                    assert!(attacks.contains(&attack), "{:?} ({:?}) has no {attack:?} case", route.id, route.access)
+                }
+                Err(_why) => assert!(!attacks.contains(&attack)),
+            }
+        }
+    }
+    // Nothing was taken over: both machines are still there, no vault was made.
+    assert_eq!(vault.admin.machines("routes").unwrap().len(), 3, "one, two, and the replayed registration's machine");
+    assert!(vault.admin.vault("new").is_err());
+}
+
+#[test]
+fn the_router_serves_exactly_the_table() {
+    let vault = Vault::start();
+    for route in ROUTES {
+        let path = route.path.replace("{vault}", "nowhere").replace("{machine_id}", "m-1");
+        // The route is matched (a fallback would answer 404 not_found or 405).
+        let answer = raw(vault.addr(), route.method.as_str(), &path, &[], b"");
+        assert!(answer.is_from_service(), "{route:?}");
+        assert!(
+            !["not_found", "method_not_allowed"].contains(&answer.error_code().as_str()) || answer.status == 200,
+            "{route:?}: {}",
+            answer.body
+        );
+        // A method the table does not list for the path is refused.
+        for method in ["GET", "POST", "DELETE", "PUT", "PATCH"] {
+            if ROUTES.iter().any(|r| r.path == route.path && r.method.as_str() == method) {
+                continue;
+            }
+            let answer = raw(vault.addr(), method, &path, &[], b"");
+            assert_eq!((answer.status, answer.error_code().as_str()), (405, "method_not_allowed"), "{method} {path}");
+        }
+    }
+    let answer = raw(vault.addr(), "GET", "/v1/vaults/x/unknown", &[], b"");
+    assert_eq!((answer.status, answer.error_code().as_str()), (404, "not_found"));
+}
