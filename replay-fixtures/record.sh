@@ -9,7 +9,12 @@
 # says fails the recording). Two fixtures are rewrites of a recorded one (see rewrite.py): a log as
 # schema 1 wrote it, and a log from a build with another passphrase rule (the divergence).
 #
-# Usage: replay-fixtures/record.sh        (needs cargo, python3, tinyproxy; about 10 s after the build)
+# Fixtures of older builds (schema-2: a log written before registrations were started and the
+# passphrase verifier sealed) cannot come from this build either: they are kept as recorded.
+#
+# Usage: replay-fixtures/record.sh        (needs cargo, python3, tinyproxy, curl, and root for
+#                                          `unshare --uts`, which gives one run another host name;
+#                                          about 20 s after the build)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -19,6 +24,7 @@ target=$(cargo metadata --quiet --format-version 1 --no-deps --manifest-path "$r
     python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 bin="$target/release/regent"
 command -v tinyproxy >/dev/null || { echo "record.sh: tinyproxy is needed (apt-get install -y tinyproxy)" >&2; exit 1; }
+unshare --uts true 2>/dev/null || { echo "record.sh: run as root: a scenario needs \`unshare --uts\` (another host name)" >&2; exit 1; }
 
 work=$(mktemp -d /tmp/regent-fixtures.XXXXXX)
 pids=()
@@ -57,6 +63,15 @@ tinyproxy -d -c "$work/tinyproxy.conf" 2>/dev/null &
 pids+=($!)
 for _ in $(seq 100); do
     python3 -c 'import socket, sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1)' "$proxy_port" 2>/dev/null && break
+    sleep 0.1
+done
+
+# Between the agent and the vault: the vault's answers lost after it did the work.
+cutter_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+python3 "$here/lose_answers.py" "$cutter_port" "$vault" &
+pids+=($!)
+for _ in $(seq 100); do
+    python3 -c 'import socket, sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1)' "$cutter_port" 2>/dev/null && break
     sleep 0.1
 done
 
@@ -199,6 +214,28 @@ printf '%s\n' "the new passphrase after a change" |
     PIN=00000000 "$bin" --data-dir "$agent" properties passphrase change --passphrase-stdin --security-pin-env PIN >/dev/null 2>&1 || true
 record security_pin_invalid registered security_pin_invalid "a passphrase change with a PIN the vault never issued"
 
+# The vault made the machine, the answer was lost: the registration stays started, with its
+# request id. A copy of that data dir on another host asks with the same request id.
+scenario lost-answer
+machines_before=$(admin machines --vault prod --json)
+prepared; register --endpoint "http://127.0.0.1:$cutter_port"
+lost="$agent"
+# The machine the vault made for it: the one it did not list before.
+lost_machine=$(admin machines --vault prod --json | python3 -c 'import json, sys; before = {m["machine_id"] for m in json.loads(sys.argv[1])}; print(*[m["machine_id"] for m in json.load(sys.stdin) if m["machine_id"] not in before])' "$machines_before")
+record lost-answer passphrase_created vault_unreachable "registered through a front that drops the vault's answer: the registration stays started"
+
+scenario request_id_conflict
+cp -r "$lost" "$agent"
+unshare --uts sh -c 'hostname clone-of-the-image && exec "$@"' sh \
+    "$bin" --data-dir "$agent" register --endpoint "$vault" >/dev/null 2>>"$agent.stderr" || true
+record request_id_conflict passphrase_created request_id_conflict "a copy of a data dir whose registration was started, run on a server with another host name"
+
+scenario machine_removed
+agent="$lost"
+curl -fsS -X DELETE -H "Authorization: Bearer $(cat "$token")" "$vault/v1/vaults/prod/machines/$lost_machine" >/dev/null
+register --endpoint "$vault"
+record machine_removed passphrase_created machine_removed "the registration whose answer was lost, asked again after the admin removed its machine"
+
 scenario invalid_throttling
 prepared; register
 r properties throttling set --work-days mon-fri --work-hours 09:00-17:00 --work-bandwidth 100Kbps --non-work-bandwidth 20Mbps
@@ -231,7 +268,11 @@ open(sys.argv[2], "a").write("\n")
 EOF
 echo "recorded divergence (from registered-through-proxy)"
 
-# Every scenario did what it says: replace the fixtures (one whose scenario is gone goes too).
+# Every scenario did what it says: replace the fixtures (one whose scenario is gone goes too), but
+# those of older builds.
+kept=(schema-2)
+for name in "${kept[@]}"; do mv "$here/$name.jsonl" "$here/$name.expected.json" "$work/"; done
 rm -f "$here"/*.jsonl "$here"/*.expected.json
 mv "$out"/* "$here"/
+for name in "${kept[@]}"; do mv "$work/$name.jsonl" "$work/$name.expected.json" "$here/"; done
 echo "wrote $(ls "$here"/*.jsonl | wc -l) fixtures to $here"

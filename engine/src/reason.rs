@@ -145,7 +145,7 @@ impl Step {
             Step::Unregister => "regent unregister",
             Step::ScratchFolder => "regent properties scratch-dir DIR",
             Step::Throttling => "regent properties throttling set ...",
-            Step::PassphraseChange => "regent properties passphrase change --security-pin PIN",
+            Step::PassphraseChange => "regent properties passphrase change --security-pin-env VAR",
         }
     }
 }

@@ -487,7 +487,7 @@ fn an_export_holds_no_verifier_and_an_older_log_that_does_is_named() {
     assert!(!String::from_utf8_lossy(&export.stdout).contains("$argon2"), "the export holds a verifier");
     assert!(stderr(&export).is_empty(), "{}", stderr(&export));
     // A log written before the verifier was sealed, imported: its export says which records hold one.
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../replay-fixtures/registered.jsonl");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../replay-fixtures/schema-2.jsonl");
     let out = setup.regent("old").arg("import").arg(&fixture).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let mut file = std::fs::File::create(setup.path("old.jsonl")).unwrap();
