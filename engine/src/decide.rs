@@ -262,13 +262,16 @@ fn decide_observed(state: &State, command: &Command, observed: &Observations) ->
             }
             match needed(step, "vault's answer", observed.vault.as_ref())? {
                 VaultAnswer::Registered { machine_id, vault, registered_at } => Ok(Change::Registered(Registration {
-                    vault: vault.clone(),
-                    machine_id: machine_id.clone(),
-                    registered_at: *registered_at,
-                    endpoint: endpoint_override.clone().unwrap_or_else(|| attempt.endpoint.clone()),
-                    thumbprint: attempt.thumbprint.clone(),
                     private_key: Some(attempt.private_key.clone()),
                     request_id: Some(attempt.request_id.clone()),
+                    ..registration(
+                        machine_id,
+                        vault,
+                        *registered_at,
+                        endpoint_override,
+                        &attempt.endpoint,
+                        &attempt.thumbprint,
+                    )
                 })),
                 VaultAnswer::Refused { reason, detail } => {
                     let mut message = vault_refusal_message(*reason, detail, &attempt.vault.name);
@@ -290,15 +293,14 @@ fn decide_observed(state: &State, command: &Command, observed: &Observations) ->
                 return Err(unsealable_refusal(step, *secret, detail));
             }
             match needed(step, "vault's answer", observed.vault.as_ref())? {
-                VaultAnswer::Registered { machine_id, vault, registered_at } => Ok(Change::Registered(Registration {
-                    vault: vault.clone(),
-                    machine_id: machine_id.clone(),
-                    registered_at: *registered_at,
-                    endpoint: endpoint_override.clone().unwrap_or_else(|| credentials.facts.endpoint.clone()),
-                    thumbprint: credentials.facts.thumbprint.clone(),
-                    private_key: None,
-                    request_id: None,
-                })),
+                VaultAnswer::Registered { machine_id, vault, registered_at } => Ok(Change::Registered(registration(
+                    machine_id,
+                    vault,
+                    *registered_at,
+                    endpoint_override,
+                    &credentials.facts.endpoint,
+                    &credentials.facts.thumbprint,
+                ))),
                 VaultAnswer::Refused { reason, detail } => {
                     Err(refuse(*reason, vault_refusal_message(*reason, detail, &credentials.facts.vault.name)))
                 }
@@ -373,6 +375,27 @@ fn decide_observed(state: &State, command: &Command, observed: &Observations) ->
             let encryption = check_passphrase(step, state, save_to.as_deref(), passphrase, now)?;
             Ok(Change::PassphraseChanged(encryption))
         }
+    }
+}
+
+/// The registration the vault's answer makes, at `endpoint_override` or else `endpoint`; the key
+/// and request id are the caller's to add (a log before schema 3 recorded neither).
+fn registration(
+    machine_id: &str,
+    vault: &str,
+    registered_at: DateTime<Utc>,
+    endpoint_override: &Option<String>,
+    endpoint: &str,
+    thumbprint: &str,
+) -> Registration {
+    Registration {
+        vault: vault.to_string(),
+        machine_id: machine_id.to_string(),
+        registered_at,
+        endpoint: endpoint_override.clone().unwrap_or_else(|| endpoint.to_string()),
+        thumbprint: thumbprint.to_string(),
+        private_key: None,
+        request_id: None,
     }
 }
 

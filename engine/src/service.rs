@@ -286,11 +286,8 @@ impl Run<'_, '_, '_> {
             ..Observations::default()
         };
         // Everything the call needs is read while the log is held.
-        let key = world.secrets.open(SecretKind::CredentialsPrivateKey, &attempt.private_key);
-        let request = match (key, proxy_config(&state, world)) {
-            (Err(detail), _) => Err(Unsealable { secret: SecretKind::CredentialsPrivateKey, detail }),
-            (_, Err(detail)) => Err(Unsealable { secret: SecretKind::ProxyPassword, detail }),
-            (Ok(private_key), Ok(proxy)) => Ok(RegisterRequest {
+        let request =
+            signing_inputs(&state, world, Ok(&attempt.private_key)).map(|(private_key, proxy)| RegisterRequest {
                 endpoint: endpoint_override.clone().unwrap_or_else(|| attempt.endpoint.clone()),
                 vault: attempt.vault.clone(),
                 thumbprint: attempt.thumbprint.clone(),
@@ -298,8 +295,7 @@ impl Run<'_, '_, '_> {
                 private_key,
                 proxy,
                 request_id: attempt.request_id.clone(),
-            }),
-        };
+            });
         let request = match request {
             Ok(request) => request,
             Err(unsealable) => {
@@ -368,23 +364,19 @@ impl Run<'_, '_, '_> {
         let (Ok(passphrase), true) = (passphrase, usable) else {
             return self.record(store, &state, command, seen, notes);
         };
-        let key = registration_key(&state, &registration)
-            .ok_or_else(|| "the key this machine registered with is not named in the log".to_string())
-            .and_then(|key| world.secrets.open(SecretKind::CredentialsPrivateKey, &key));
-        let check = match (key, proxy_config(&state, world)) {
-            (Err(detail), _) => Err(Unsealable { secret: SecretKind::CredentialsPrivateKey, detail }),
-            (_, Err(detail)) => Err(Unsealable { secret: SecretKind::ProxyPassword, detail }),
-            (Ok(private_key), Ok(proxy)) => Ok(PinCheck {
-                endpoint: registration.endpoint.clone(),
-                vault: registration.vault.clone(),
-                machine_id: registration.machine_id.clone(),
-                thumbprint: registration.thumbprint.clone(),
-                private_key,
-                pin,
-                proxy,
-                request_id: self.meta.correlation_id.to_string(),
-            }),
-        };
+        let key = registration_key(&state, &registration);
+        let key =
+            key.as_ref().ok_or_else(|| "the key this machine registered with is not named in the log".to_string());
+        let check = signing_inputs(&state, world, key).map(|(private_key, proxy)| PinCheck {
+            endpoint: registration.endpoint.clone(),
+            vault: registration.vault.clone(),
+            machine_id: registration.machine_id.clone(),
+            thumbprint: registration.thumbprint.clone(),
+            private_key,
+            pin,
+            proxy,
+            request_id: self.meta.correlation_id.to_string(),
+        });
         let check = match check {
             Ok(check) => check,
             Err(unsealable) => {
@@ -708,6 +700,21 @@ fn seal_passphrase(
             .map_err(EngineError::Secrets)?,
     );
     Ok(())
+}
+
+/// What a call to the vault is signed with and goes through, opened while the log is held: the
+/// key `key` names, and the proxy with its password. Which one could not be opened, otherwise.
+fn signing_inputs(
+    state: &State,
+    world: &World<'_>,
+    key: Result<&SealedRef, String>,
+) -> Result<(zeroize::Zeroizing<Vec<u8>>, Option<ProxyConfig>), Unsealable> {
+    let unsealable = |secret| move |detail| Unsealable { secret, detail };
+    let private_key = key
+        .and_then(|key| world.secrets.open(SecretKind::CredentialsPrivateKey, key))
+        .map_err(unsealable(SecretKind::CredentialsPrivateKey))?;
+    let proxy = proxy_config(state, world).map_err(unsealable(SecretKind::ProxyPassword))?;
+    Ok((private_key, proxy))
 }
 
 /// The proxy with its password opened, for the vault client.

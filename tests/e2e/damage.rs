@@ -6,42 +6,13 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use assert_cmd::Command;
 use serde_json::Value;
 
-struct Agent {
-    dir: tempfile::TempDir,
-}
+use crate::support::Agent;
 
 impl Agent {
-    fn new() -> Agent {
-        Agent { dir: tempfile::tempdir().unwrap() }
-    }
-
-    fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
     fn store_dir(&self) -> PathBuf {
         self.data_dir().join("store")
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn cmd(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_regent"));
-        cmd.env_remove("REGENT_DATA_DIR")
-            .env_remove("RUST_LOG")
-            .env("NO_COLOR", "1")
-            .arg("--data-dir")
-            .arg(self.data_dir());
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd().args(args).output().unwrap()
     }
 
     fn ok(&self, args: &[&str]) -> Output {

@@ -9,14 +9,15 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use assert_cmd::Command;
 use chrono::{Duration, Utc};
 use serde_json::{Value, json};
+
+use crate::support::Agent;
 
 /// What an attacker puts in a value: a line break and a forged audit row, a carriage return, ESC
 /// sequences (clear the screen; set the window title, ended by BEL), the C1 CSI, DEL, a tab, and
@@ -46,48 +47,13 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-struct Agent {
-    dir: tempfile::TempDir,
-}
-
 impl Agent {
-    fn new() -> Agent {
-        Agent { dir: tempfile::tempdir().unwrap() }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn data_dir(&self) -> PathBuf {
-        self.path("data")
-    }
-
-    fn cmd(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_regent"));
-        cmd.env_remove("REGENT_DATA_DIR")
-            .env_remove("RUST_LOG")
-            .env("NO_COLOR", "1")
-            .arg("--data-dir")
-            .arg(self.data_dir());
-        cmd
-    }
-
-    fn run<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Output {
-        self.cmd().args(args).output().unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let output = self.cmd().arg("--json").args(args).output().unwrap();
-        serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}: {}", text(&output.stdout)))
-    }
-
     fn json_lines(&self, args: &[&str]) -> Vec<Value> {
         let output = self.cmd().arg("--json").args(args).output().unwrap();
         text(&output.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
     }
 
-    fn folders(&self, install: &Path, scratch: &Path) -> Output {
+    fn folders_at(&self, install: &Path, scratch: &Path) -> Output {
         self.cmd()
             .args(["folders", "--install-dir"])
             .arg(install)
@@ -100,7 +66,7 @@ impl Agent {
 
     /// Folders with plain names, for scenarios about something else.
     fn plain_folders(&self) {
-        let out = self.folders(&self.path("install"), &self.path("scratch"));
+        let out = self.folders_at(&self.path("install"), &self.path("scratch"));
         assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     }
 
@@ -183,7 +149,7 @@ fn folder_paths_are_escaped_in_every_view_and_kept_exact_in_json() {
     compare_runs(|agent, hostile| {
         let v = value(hostile);
         let (install, scratch) = (agent.path(&format!("i{v}")), agent.path(&format!("s{v}")));
-        let mut runs = vec![("folders".to_string(), agent.folders(&install, &scratch))];
+        let mut runs = vec![("folders".to_string(), agent.folders_at(&install, &scratch))];
         // Refused: a relative path, recorded with its message.
         let relative = format!("rel{v}");
         let refused = agent.run(&["properties", "scratch-dir", &relative]);
@@ -583,7 +549,7 @@ fn the_wizard_shows_recorded_values_escaped_and_offers_them_exactly() {
     use crate::wizard_pty::{ENTER, ESC, Pty};
     let agent = Agent::new();
     let (install, scratch) = (agent.path(&format!("i{HOSTILE}")), agent.path(&format!("s{HOSTILE}")));
-    assert_eq!(agent.folders(&install, &scratch).status.code(), Some(0));
+    assert_eq!(agent.folders_at(&install, &scratch).status.code(), Some(0));
     std::fs::create_dir_all(agent.path("home")).unwrap();
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_regent"));
     command

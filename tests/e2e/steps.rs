@@ -4,55 +4,12 @@
 use std::path::PathBuf;
 use std::process::Output;
 
-use assert_cmd::Command;
 use chrono::{Duration, Utc};
 use serde_json::Value;
 
-use crate::support::{files_under, leaks};
-
-struct Agent {
-    dir: tempfile::TempDir,
-}
+use crate::support::{Agent, files_under, leaks};
 
 impl Agent {
-    fn new() -> Agent {
-        Agent { dir: tempfile::tempdir().unwrap() }
-    }
-
-    fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn cmd(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_regent"));
-        cmd.env_remove("REGENT_DATA_DIR")
-            .env_remove("RUST_LOG")
-            .env("NO_COLOR", "1")
-            .arg("--data-dir")
-            .arg(self.data_dir());
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd().args(args).output().unwrap()
-    }
-
-    fn run_stdin(&self, args: &[&str], stdin: &str) -> Output {
-        self.cmd().args(args).write_stdin(stdin).output().unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = vec!["--json"];
-        all.extend_from_slice(args);
-        let output = self.run(&all);
-        serde_json::from_slice(&output.stdout)
-            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&output.stdout)))
-    }
-
     fn folders(&self) -> Output {
         let (install, scratch) = (self.path("install"), self.path("scratch"));
         self.cmd()

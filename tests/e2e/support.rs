@@ -167,6 +167,52 @@ impl Setup {
     }
 }
 
+/// One agent's data dir (`<temp>/data`) and the files beside it, driven through the real binary.
+/// Each test file adds what its scenarios need.
+pub struct Agent {
+    pub dir: tempfile::TempDir,
+}
+
+impl Agent {
+    pub fn new() -> Agent {
+        Agent { dir: tempfile::tempdir().unwrap() }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `regent --data-dir <data>`, without the caller's environment leaking in.
+    pub fn cmd(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_regent"));
+        cmd.env_remove("REGENT_DATA_DIR")
+            .env_remove("RUST_LOG")
+            .env("NO_COLOR", "1")
+            .arg("--data-dir")
+            .arg(self.data_dir());
+        cmd
+    }
+
+    pub fn run<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    pub fn run_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        self.cmd().args(args).write_stdin(stdin).output().unwrap()
+    }
+
+    /// `regent --json ARGS`, parsed.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let output = self.cmd().arg("--json").args(args).output().unwrap();
+        serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&output.stdout)))
+    }
+}
+
 /// A port whose every connection is closed as soon as it is accepted (see
 /// [`Setup::vault_down_fast`]); dropping it frees the port.
 pub struct ClosedPort {
