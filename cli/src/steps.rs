@@ -1,9 +1,12 @@
 //! The wizard steps and Change Properties actions: run through the engine, print the outcome.
 
+use regent_engine::State;
 use regent_engine::model::{Command, Outcome};
 use regent_engine::ports::VaultClient;
 use regent_engine::projections;
 use regent_engine::service::{Executed, Registrar, SecretInputs, StepResult};
+use regent_secrets::SecretsArea;
+use regent_store::EventStore;
 use secrecy::ExposeSecret;
 use serde_json::json;
 
@@ -56,12 +59,48 @@ pub fn execute(
         Command::Unregister => registrar.state()?.0.registration,
         _ => None,
     };
-    let Executed { result, store } = registrar.execute(&world, world::actor(), command, secrets)?;
+    let Executed { mut result, store } = registrar.execute(&world, world::actor(), command, secrets)?;
+    result.notes.extend(sweep_superseded(ctx, &store, &area, &result.state));
     // Every step appends (refusals too), so while registered the new head goes to the vault. The
     // store stays open meanwhile: heads reach the vault in log order.
     let registration = result.state.registration.clone().or(before);
     let anchored = anchor::after_step(ctx, &store, &area, &result.state, registration.as_ref(), result.head);
     Ok((result, anchored))
+}
+
+/// Where the count of sealed files after the last sweep is kept, in the data dir (see
+/// [`sweep_superseded`]).
+const SWEPT_FILE: &str = "secrets-swept";
+
+/// Removes sealed values the log names but nothing current refers to, left by builds that kept
+/// every superseded secret (each step now removes what it supersedes). It reads the whole log, so
+/// it runs only when the secrets area holds more sealed files than after the last sweep. Files the
+/// log never named are left alone: they may be another log's.
+fn sweep_superseded(ctx: &Context, store: &EventStore, area: &SecretsArea, state: &State) -> Vec<String> {
+    let marker = ctx.data_dir.join(SWEPT_FILE);
+    let Ok(count) = area.count() else { return Vec::new() };
+    let swept: Option<usize> = std::fs::read_to_string(&marker).ok().and_then(|t| t.trim().parse().ok());
+    if swept.is_some_and(|swept| count <= swept) {
+        return Vec::new();
+    }
+    let Some(mut current) = state.sealed_refs() else { return Vec::new() };
+    current.extend(anchor::sealed_keys(ctx));
+    let Ok(recorded) = projections::sealed_refs_recorded(store.read_stream(regent_engine::events::STREAM, 1)) else {
+        return Vec::new();
+    };
+    let mut failed = None;
+    for superseded in recorded.iter().filter(|r| !current.contains(r)) {
+        if let Err(e) = area.remove(&regent_secrets::SecretRef { id: superseded.id.clone() }) {
+            failed = Some(e);
+        }
+    }
+    if let Some(e) = failed {
+        return vec![format!("a superseded secret could not be removed ({e}); it stays sealed beside the log")];
+    }
+    if let Ok(count) = area.count() {
+        let _ = std::fs::write(&marker, count.to_string());
+    }
+    Vec::new()
 }
 
 fn report(ctx: &Context, result: &StepResult, anchored: Option<&StepAnchor>) -> Result<u8, Failure> {

@@ -102,6 +102,46 @@ where
     Ok(found)
 }
 
+/// Every sealed reference the log names, in any record: what may be removed from the secrets area
+/// once nothing current refers to it (anything else sealed there is not this log's to remove).
+pub fn sealed_refs_recorded<I>(records: I) -> Result<Vec<crate::model::SealedRef>, ProjectionError>
+where
+    I: IntoIterator<Item = Result<Record, regent_store::StoreError>>,
+{
+    use crate::model::CredentialsObserved;
+    let mut found = Vec::new();
+    for record in records {
+        let record = record?;
+        if record.stream != STREAM {
+            continue;
+        }
+        let step = events::decode(&record)?;
+        let observed = &step.observed;
+        found.extend(observed.proxy_password.iter().cloned());
+        if let Some(CredentialsObserved::Parsed { private_key, .. }) = &observed.credentials {
+            found.push(private_key.clone());
+        }
+        if let Some(p) = &observed.passphrase {
+            found.extend(p.sealed.iter().chain(&p.verifier_sealed).cloned());
+        }
+        if let Outcome::Accepted(change) = &step.outcome {
+            match change {
+                Change::ProxySet(p) => found.extend(p.password.iter().cloned()),
+                Change::CredentialsLoaded(c) => found.push(c.private_key.clone()),
+                Change::PassphraseCreated(e) | Change::PassphraseChanged(e) => {
+                    found.extend(e.sealed.iter().chain(&e.verifier_sealed).cloned())
+                }
+                Change::RegistrationAttempted(a) => found.push(a.private_key.clone()),
+                Change::Registered(r) => found.extend(r.private_key.iter().cloned()),
+                _ => {}
+            }
+        }
+    }
+    found.sort_by(|a, b| a.id.cmp(&b.id));
+    found.dedup();
+    Ok(found)
+}
+
 /// `regent status`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Status {

@@ -501,3 +501,34 @@ fn an_export_holds_no_verifier_and_an_older_log_that_does_is_named() {
     );
     assert_eq!(warning.lines().count(), 1, "{warning}");
 }
+
+#[test]
+fn superseded_secrets_an_older_build_left_are_swept_and_other_logs_secrets_kept() {
+    let setup = Setup::new();
+    folders_and_credentials(&setup, "a");
+    let secrets = setup.path("a").join("secrets");
+    let proxy = |password: &str| {
+        let out = setup
+            .regent("a")
+            .args(["proxy", "set", "--host", "proxy.example", "--port", "3128", "--username", "u", "--password-stdin"])
+            .write_stdin(format!("{password}\n"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    };
+    let before = files_under(&secrets);
+    proxy("the-first-proxy-password");
+    let first = files_under(&secrets).into_iter().find(|p| !before.contains(p)).expect("the first password's file");
+    let kept = std::fs::read(&first).unwrap();
+    proxy("the-second-proxy-password");
+    assert!(!first.exists(), "the step that superseded it removed it");
+    // What an older build left behind: the first password still sealed; and beside it a value no
+    // state of this log names (another log's, say, being restored).
+    std::fs::write(&first, kept).unwrap();
+    let foreign = secrets.join(format!("{}.sealed", "ab".repeat(32)));
+    std::fs::write(&foreign, b"not this log's").unwrap();
+    let (code, message) = setup.step("a", &["properties", "throttling", "off"]);
+    assert_eq!(code, 0, "{message}");
+    assert!(!first.exists(), "the superseded password the log names was swept");
+    assert!(foreign.exists(), "a sealed file the log never named is left alone");
+}
