@@ -63,7 +63,10 @@ pub fn run(ctx: &Context) -> Result<u8, Failure> {
     }
     say(ctx, "Registering with the vault...");
     let vault = regent_vault::HttpVaultClient::with_ca_file(None).map_err(|e| Failure::store(e.to_string()))?;
-    steps::run_with_vault(ctx, Step::Register { endpoint_override: None }, SecretInputs::default(), &vault)?;
+    // Its address changes on every run: a registration started by an earlier run (and not
+    // answered) is asked again here, where the vault now is.
+    let here = Some(server.url().to_string());
+    steps::run_with_vault(ctx, Step::Register { endpoint_override: here }, SecretInputs::default(), &vault)?;
     drop(server);
     // The registration's head was anchored while the vault ran; later steps have nowhere to go.
     if let Some(registration) = projections::current_state(&ctx.open_store()?)?.0.registration {

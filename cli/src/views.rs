@@ -81,6 +81,17 @@ pub fn print_status(status: &Status, next: Option<Step>) {
             &format!("{} {} at {}: {}", f.step, f.reason, f.at.format("%Y-%m-%d %H:%M:%S UTC"), f.message),
         ),
     }
+    if let Some(started) = &status.registration_started {
+        row(
+            "registration",
+            &format!(
+                "started with vault {} at {} (request {}); `regent register` asks again",
+                started.vault,
+                started.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                started.request_id
+            ),
+        );
+    }
     row("events", &status.events.to_string());
     row("head", &status.head.to_string());
 }

@@ -152,6 +152,15 @@ pub struct Status {
     pub head: Head,
     /// Which vault this machine is registered to, when it is.
     pub vault: Option<String>,
+    /// A registration started and not ended yet: `regent register` asks again with its request id.
+    pub registration_started: Option<StartedView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StartedView {
+    pub vault: String,
+    pub request_id: String,
+    pub started_at: DateTime<Utc>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -176,6 +185,11 @@ pub fn status(state: &State, head: Head) -> Status {
         events: head.position,
         head,
         vault: state.registration.as_ref().map(|r| r.vault.clone()),
+        registration_started: state.attempt.as_ref().map(|a| StartedView {
+            vault: a.vault.name.clone(),
+            request_id: a.request_id.clone(),
+            started_at: a.started_at,
+        }),
     }
 }
 

@@ -243,9 +243,14 @@ fn register_does_not_hold_the_store_while_the_vault_is_slow_and_a_rerun_asks_wit
     assert!(asked.elapsed() < Duration::from_secs(3), "status waited {:?} for the store", asked.elapsed());
     assert!(!stderr(&status).contains("waiting"), "{}", stderr(&status));
     assert!(register.try_wait().unwrap().is_none(), "register is still waiting on the vault");
-    // Killed while the vault was being asked: the next run asks again, with the same request.
+    // Killed while the vault was being asked: status says the registration is started, and the
+    // next run asks again, with the same request.
     register.kill().unwrap();
     register.wait().unwrap();
+    let started = setup.json("a", &["status"]);
+    assert_eq!(started["registration_started"]["vault"], "prod", "{started}");
+    let human = String::from_utf8(setup.regent("a").arg("status").output().unwrap().stdout).unwrap();
+    assert!(human.contains("registration  started with vault prod"), "{human}");
     let (code, message) = setup.step("a", &["register", "--endpoint", &setup.url()]);
     assert_eq!(code, 0, "{message}");
     let audit = setup.regent("a").args(["--json", "audit", "--kind", "RegistrationAttempted"]).output().unwrap();
@@ -253,6 +258,7 @@ fn register_does_not_hold_the_store_while_the_vault_is_slow_and_a_rerun_asks_wit
     let machines = setup.admin(&["machines", "--vault", "prod", "--json"]);
     let machines: Value = serde_json::from_slice(&machines.stdout).unwrap();
     assert_eq!(machines.as_array().unwrap().len(), 1);
+    assert!(setup.json("a", &["status"])["registration_started"].is_null(), "the registration ended with it");
 }
 
 #[test]
