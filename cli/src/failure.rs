@@ -124,7 +124,10 @@ impl From<EngineError> for Failure {
         match err {
             EngineError::Store(e) => e.into(),
             EngineError::Projection(e) => e.into(),
-            EngineError::MissingSecret(..) => Failure::usage(err.to_string()).because("secret_missing"),
+            EngineError::MissingSecret(secret) => {
+                Failure::usage(format!("{err}; give it with {}", crate::guidance::how_to_give(secret)))
+                    .because("secret_missing")
+            }
             EngineError::Secrets(_) => Failure::store(err.to_string()).because("secrets_unavailable"),
             EngineError::Randomness(_) => Failure::store(err.to_string()).because("randomness_failed"),
             EngineError::Encode(_) => Failure::store(err.to_string()).because("step_not_written"),

@@ -5,6 +5,7 @@ mod args;
 mod context;
 mod damage;
 mod failure;
+mod guidance;
 mod import;
 mod quickstart;
 mod replay;

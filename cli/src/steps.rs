@@ -133,7 +133,7 @@ fn report(ctx: &Context, result: &StepResult, anchored: Option<&StepAnchor>) -> 
                     errln!("warning: {warning}");
                 }
                 if let Some(next) = result.state.next_step() {
-                    outln!("next: {}", next.command_line());
+                    outln!("next: {}", crate::guidance::command_line(next));
                 }
             }
             if let Some(passphrase) = &result.generated_passphrase {
@@ -142,7 +142,8 @@ fn report(ctx: &Context, result: &StepResult, anchored: Option<&StepAnchor>) -> 
             Ok(0)
         }
         Outcome::Refused(refusal) => {
-            let mut failure = Failure::refused(format!("{}: {}", refusal.reason, refusal.message));
+            let message = crate::guidance::with_next(&refusal.message, &refusal.next);
+            let mut failure = Failure::refused(format!("{}: {message}", refusal.reason));
             for note in &result.notes {
                 errln!("warning: {note}");
             }

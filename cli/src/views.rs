@@ -72,13 +72,22 @@ fn print_status_of(
 pub fn print_status(status: &Status, next: Option<Step>) {
     let row = |label: &str, value: &str| outln!("{label:<14}{value}");
     row("phase", status.phase);
-    row("next step", &next.map_or("none: registered".into(), |s| format!("{}  ({})", s.name(), s.command_line())));
+    row(
+        "next step",
+        &next.map_or("none: registered".into(), |s| format!("{}  ({})", s.name(), crate::guidance::command_line(s))),
+    );
     row("vault", status.vault.as_deref().unwrap_or("(not registered)"));
     match &status.last_failure {
         None => row("last failure", "none"),
         Some(f) => row(
             "last failure",
-            &format!("{} {} at {}: {}", f.step, f.reason, f.at.format("%Y-%m-%d %H:%M:%S UTC"), f.message),
+            &format!(
+                "{} {} at {}: {}",
+                f.step,
+                f.reason,
+                f.at.format("%Y-%m-%d %H:%M:%S UTC"),
+                crate::guidance::with_next(&f.message, &f.next)
+            ),
         ),
     }
     if let Some(started) = &status.registration_started {

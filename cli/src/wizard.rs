@@ -626,7 +626,8 @@ fn accepted(result: StepResult) -> Option<Change> {
 
 fn tell_refusal(refusal: &Refusal) {
     say("");
-    say(format!("Refused ({}): {}.", refusal.reason, refusal.message.trim_end_matches('.')));
+    let said = crate::guidance::with_next(&refusal.message, &refusal.next);
+    say(format!("Refused ({}): {}.", refusal.reason, said.trim_end_matches('.')));
 }
 
 /// A generated passphrase is shown this once, on the terminal the wizard talks on.

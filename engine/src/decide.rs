@@ -7,7 +7,7 @@ use std::path::{Component, Path, PathBuf};
 use chrono::{DateTime, Duration, Utc};
 
 use crate::model::{
-    Change, Command, CredentialFacts, CredentialsObserved, Encryption, FolderFacts, Folders, LoadedCredentials,
+    Change, Command, CredentialFacts, CredentialsObserved, Encryption, FolderFacts, Folders, LoadedCredentials, Next,
     Observations, Outcome, PassphraseObserved, PassphraseOrigin, PinAnswer, Proxy, Refusal, Registration,
     RegistrationAttempt, SecretKind, Throttling, UnreadableKind, Unsealable, VaultAnswer,
 };
@@ -35,7 +35,7 @@ pub fn decide(state: &State, command: &Command, observed: &Observations) -> Outc
 /// runs this before looking at the world, so a step out of order touches nothing.
 pub fn precheck(state: &State, command: &Command) -> Option<Refusal> {
     let step = command.step();
-    let refuse = |reason, message: String| Some(Refusal { step, reason, message });
+    let refuse = |reason, message: String| Some(Refusal::new(step, reason, message));
     let registered = state.registration.as_ref();
     let first_missing = |needs_passphrase: bool| {
         if state.folders.is_none() {
@@ -49,27 +49,24 @@ pub fn precheck(state: &State, command: &Command) -> Option<Refusal> {
         }
     };
     let out_of_order = |missing: Step| {
-        refuse(
-            Reason::StepOutOfOrder,
-            format!("the {missing} step comes first: run `{}`, then `{step}` again", missing.command_line()),
-        )
+        refuse(Reason::StepOutOfOrder, format!("the {missing} step comes first"))
+            .map(|r| r.then([Next::Run(missing), Next::Run(step)]))
     };
     match command {
         Command::ChooseFolders { install_dir, scratch_dir, backup_size_bytes } => {
             if let Some(r) = registered {
                 return refuse(
                     Reason::AlreadyRegistered,
-                    format!(
-                        "this machine is registered to vault {}; move the scratch folder with `{}`",
-                        r.vault,
-                        Step::ScratchFolder.command_line()
-                    ),
-                );
+                    format!("this machine is registered to vault {}; the scratch folder can still be moved", r.vault),
+                )
+                .map(|r| r.then([Next::Run(Step::ScratchFolder)]));
             }
             if *backup_size_bytes == 0 {
                 return refuse(Reason::InvalidFolder, "the backup size must be more than 0, e.g. 750GiB".into());
             }
-            check_folder_paths(install_dir, scratch_dir).err().and_then(|message| refuse(Reason::InvalidFolder, message))
+            check_folder_paths(install_dir, scratch_dir)
+                .err()
+                .and_then(|message| refuse(Reason::InvalidFolder, message))
         }
         Command::SetProxy { host, port, username, password_given } => {
             check_proxy(host, *port, username.as_deref(), *password_given)
@@ -82,7 +79,8 @@ pub fn precheck(state: &State, command: &Command) -> Option<Refusal> {
                 return refuse(
                     Reason::CredentialsUnreadable,
                     format!("the credentials file's path {problem}; copy the file to a path of plain text and load it from there"),
-                );
+                )
+                .map(|r| r.then([Next::Run(Step::Credentials)]));
             }
             state.folders.is_none().then_some(Step::Folders).and_then(out_of_order)
         }
@@ -90,17 +88,18 @@ pub fn precheck(state: &State, command: &Command) -> Option<Refusal> {
             if save_to.as_deref().and_then(path_problem).is_some() =>
         {
             let problem = save_to.as_deref().and_then(path_problem).unwrap_or_default();
-            refuse(Reason::PassphraseInvalid, format!("the file to save the passphrase to {problem}; name another file"))
+            refuse(
+                Reason::PassphraseInvalid,
+                format!("the file to save the passphrase to {problem}; name another file"),
+            )
         }
         Command::SetPassphrase { .. } => {
             if registered.is_some() {
                 return refuse(
                     Reason::AlreadyRegistered,
-                    format!(
-                        "this machine is registered; change the passphrase with `{}`",
-                        Step::PassphraseChange.command_line()
-                    ),
-                );
+                    "this machine is registered; its passphrase is changed with a security PIN".into(),
+                )
+                .map(|r| r.then([Next::GetPin, Next::Run(Step::PassphraseChange)]));
             }
             first_missing(false).and_then(out_of_order)
         }
@@ -109,10 +108,11 @@ pub fn precheck(state: &State, command: &Command) -> Option<Refusal> {
                 return refuse(
                     Reason::AlreadyRegistered,
                     format!(
-                        "this machine is already registered to vault {} as {}; run `regent unregister` first to register again",
+                        "this machine is already registered to vault {} as {}; to register again, unregister it first",
                         r.vault, r.machine_id
                     ),
-                );
+                )
+                .map(|r| r.then([Next::Run(Step::Unregister), Next::Run(Step::Register)]));
             }
             first_missing(true).and_then(out_of_order)
         }
@@ -129,7 +129,7 @@ pub fn precheck(state: &State, command: &Command) -> Option<Refusal> {
         }
         Command::SetThrottling { work_days, work_start, work_end, work_bps, non_work_bps } => {
             let problem = if work_days.is_empty() {
-                Some("name at least one work day, e.g. --work-days mon-fri".to_string())
+                Some("name at least one work day, e.g. mon-fri".to_string())
             } else if work_start >= work_end {
                 Some(format!("work hours must start before they end ({work_start}-{work_end}), e.g. 09:00-17:00"))
             } else {
@@ -151,15 +151,17 @@ pub fn precheck(state: &State, command: &Command) -> Option<Refusal> {
         Command::ChangePassphrase { .. } => registered.is_none().then_some(()).and_then(|_| {
             refuse(
                 Reason::StepOutOfOrder,
-                "the passphrase is changed with a security PIN once registered; before registering, run `regent passphrase set`".into(),
+                "the passphrase is changed with a security PIN once registered; before registering, it is set as a step"
+                    .into(),
             )
+            .map(|r| r.then([Next::Run(Step::Passphrase)]))
         }),
     }
 }
 
 fn decide_observed(state: &State, command: &Command, observed: &Observations) -> Result<Change, Refusal> {
     let step = command.step();
-    let refuse = |reason, message: String| Refusal { step, reason, message };
+    let refuse = |reason, message: String| Refusal::new(step, reason, message);
     let now = observed.now;
     match command {
         Command::ChooseFolders { install_dir, scratch_dir, backup_size_bytes } => {
@@ -254,8 +256,9 @@ fn decide_observed(state: &State, command: &Command, observed: &Observations) ->
             if observed.request_id.as_ref() != Some(&attempt.request_id) {
                 return Err(refuse(
                     Reason::StepOutOfOrder,
-                    "the registration changed while the vault was asked (another regent command ran meanwhile); run `regent status`, then `regent register` again".into(),
-                ));
+                    "the registration changed while the vault was asked (another regent command ran meanwhile)".into(),
+                )
+                .then([Next::CheckStatus, Next::Run(Step::Register)]));
             }
             if let Some(Unsealable { secret, detail }) = &observed.unsealable {
                 return Err(unsealable_refusal(step, *secret, detail));
@@ -274,14 +277,15 @@ fn decide_observed(state: &State, command: &Command, observed: &Observations) ->
                     )
                 })),
                 VaultAnswer::Refused { reason, detail } => {
-                    let mut message = vault_refusal_message(*reason, detail, &attempt.vault.name);
+                    let mut refusal = vault_refusal(step, *reason, detail, &attempt.vault.name);
                     let loaded = state.credentials.as_ref().map(|c| c.facts.thumbprint.as_str());
                     if reason.ends_registration_attempt() && loaded != Some(attempt.thumbprint.as_str()) {
-                        message.push_str(
-                            " (this registration was started with the credentials loaded before the current ones; `regent register` now starts one with the current ones)",
+                        refusal.message.push_str(
+                            " (this registration was started with the credentials loaded before the current ones; registering now starts one with the current ones)",
                         );
+                        refusal.next = vec![Next::Run(Step::Register)];
                     }
-                    Err(refuse(*reason, message))
+                    Err(refusal)
                 }
             }
         }
@@ -302,7 +306,7 @@ fn decide_observed(state: &State, command: &Command, observed: &Observations) ->
                     &credentials.facts.thumbprint,
                 ))),
                 VaultAnswer::Refused { reason, detail } => {
-                    Err(refuse(*reason, vault_refusal_message(*reason, detail, &credentials.facts.vault.name)))
+                    Err(vault_refusal(step, *reason, detail, &credentials.facts.vault.name))
                 }
             }
         }
@@ -339,12 +343,8 @@ fn decide_observed(state: &State, command: &Command, observed: &Observations) ->
             // What can be refused here is refused before the vault is asked: a PIN is spent only
             // on a change that will be made.
             if let Some(problem) = &observed.pin_problem {
-                return Err(refuse(
-                    Reason::SecurityPinInvalid,
-                    format!(
-                        "{problem}; get one with `regent vault pin` and give it with --security-pin-env VAR or at the prompt"
-                    ),
-                ));
+                return Err(refuse(Reason::SecurityPinInvalid, problem.clone())
+                    .then([Next::GetPin, Next::Run(Step::PassphraseChange)]));
             }
             if let Some(passphrase) = &observed.passphrase {
                 check_passphrase_rules(step, save_to.as_deref(), passphrase)?;
@@ -356,18 +356,16 @@ fn decide_observed(state: &State, command: &Command, observed: &Observations) ->
                 PinAnswer::Refused { detail, .. } => {
                     return Err(refuse(
                         Reason::SecurityPinInvalid,
-                        format!(
-                            "the security PIN was not accepted ({detail}); get a new one with `regent vault pin` and use it within 5 minutes"
-                        ),
-                    ));
+                        format!("the security PIN was not accepted ({detail}); a new one is good for 5 minutes"),
+                    )
+                    .then([Next::GetPin, Next::Run(Step::PassphraseChange)]));
                 }
                 PinAnswer::Valid { issued_at } if !pin_is_fresh(now, *issued_at) => {
                     return Err(refuse(
                         Reason::SecurityPinInvalid,
-                        format!(
-                            "the security PIN was issued at {issued_at}, more than 5 minutes ago; get a new one with `regent vault pin`"
-                        ),
-                    ));
+                        format!("the security PIN was issued at {issued_at}, more than 5 minutes ago"),
+                    )
+                    .then([Next::GetPin, Next::Run(Step::PassphraseChange)]));
                 }
                 PinAnswer::Valid { .. } => {}
             }
@@ -402,20 +400,18 @@ fn registration(
 /// A sealed secret the step needed could not be opened.
 fn unsealable_refusal(step: Step, secret: SecretKind, detail: &str) -> Refusal {
     match secret {
-        SecretKind::ProxyPassword => Refusal {
+        SecretKind::ProxyPassword => Refusal::new(
             step,
-            reason: Reason::InvalidProxy,
-            message: format!(
-                "the saved proxy password cannot be opened ({detail}); set it again with `regent proxy set`"
-            ),
-        },
-        _ => Refusal {
+            Reason::InvalidProxy,
+            format!("the saved proxy password cannot be opened ({detail}); set it again"),
+        )
+        .then([Next::Run(Step::Proxy)]),
+        _ => Refusal::new(
             step,
-            reason: Reason::CredentialsUnreadable,
-            message: format!(
-                "the saved credentials key cannot be opened ({detail}); load the vault credentials file again"
-            ),
-        },
+            Reason::CredentialsUnreadable,
+            format!("the saved credentials key cannot be opened ({detail}); load the vault credentials file again"),
+        )
+        .then([Next::Run(Step::Credentials)]),
     }
 }
 
@@ -429,10 +425,13 @@ pub fn pin_is_fresh(now: DateTime<Utc>, issued_at: DateTime<Utc>) -> bool {
 
 /// An observation the command needed is missing: the record is incomplete, never a crash.
 fn needed<'a, T>(step: Step, what: &str, value: Option<&'a T>) -> Result<&'a T, Refusal> {
-    value.ok_or_else(|| Refusal {
-        step,
-        reason: Reason::VaultError,
-        message: format!("internal: the {what} was not observed; this is a bug in regent, please report it"),
+    value.ok_or_else(|| {
+        Refusal::new(
+            step,
+            Reason::VaultError,
+            format!("internal: the {what} was not observed; this is a bug in regent, please report it"),
+        )
+        .then([Next::ExportLog])
     })
 }
 
@@ -518,7 +517,7 @@ fn check_scratch<'a>(
     facts: &'a FolderFacts,
     backup_size: u64,
 ) -> Result<&'a FolderFacts, Refusal> {
-    let refuse = |reason, message| Refusal { step, reason, message };
+    let refuse = |reason, message: String| Refusal::new(step, reason, message);
     check_folder("scratch", path, facts).map_err(|m| refuse(Reason::InvalidFolder, m))?;
     if facts.network {
         return Err(refuse(
@@ -576,8 +575,8 @@ fn check_proxy(host: &str, port: u32, username: Option<&str>, password_given: bo
             Ok(())
         }
         (None, false) => Ok(()),
-        (Some(_), false) => Err("a proxy user needs a password (--password-stdin or --password-env VAR)".into()),
-        (None, true) => Err("a proxy password needs a user name (--username USER)".into()),
+        (Some(_), false) => Err("a proxy user needs a password".into()),
+        (None, true) => Err("a proxy password needs a user name".into()),
     }
 }
 
@@ -623,7 +622,7 @@ fn same_vault(state: &State, facts: &CredentialFacts) -> bool {
 
 /// The rules a passphrase must meet, and its file must, before anything else is done with it.
 fn check_passphrase_rules(step: Step, save_to: Option<&Path>, observed: &PassphraseObserved) -> Result<(), Refusal> {
-    let refuse = |reason, message| Refusal { step, reason, message };
+    let refuse = |reason, message: String| Refusal::new(step, reason, message);
     if let Some(problem) = &observed.input_problem {
         return Err(refuse(
             Reason::PassphraseInvalid,
@@ -633,8 +632,9 @@ fn check_passphrase_rules(step: Step, save_to: Option<&Path>, observed: &Passphr
     if observed.blank {
         return Err(refuse(
             Reason::PassphraseInvalid,
-            "the passphrase is only whitespace; type a real one, or generate one with `regent passphrase generate --save-to FILE`".into(),
-        ));
+            "the passphrase is only whitespace; type a real one, or generate one".into(),
+        )
+        .then([Next::Run(Step::Passphrase)]));
     }
     if let (Some(path), Some(problem)) = (save_to, &observed.save_problem) {
         return Err(refuse(
@@ -649,10 +649,11 @@ fn check_passphrase_rules(step: Step, save_to: Option<&Path>, observed: &Passphr
         return Err(refuse(
             Reason::PassphraseTooShort,
             format!(
-                "the passphrase has {} characters; it needs at least {MIN_PASSPHRASE_CHARS} (or generate one with `regent passphrase generate --save-to FILE`)",
+                "the passphrase has {} characters; it needs at least {MIN_PASSPHRASE_CHARS} (or generate one)",
                 observed.length
             ),
-        ));
+        )
+        .then([Next::Run(Step::Passphrase)]));
     }
     if !observed.printable_ascii {
         return Err(refuse(
@@ -677,7 +678,7 @@ fn check_passphrase(
     observed: &PassphraseObserved,
     now: DateTime<Utc>,
 ) -> Result<Encryption, Refusal> {
-    let refuse = |reason, message| Refusal { step, reason, message };
+    let refuse = |reason, message: String| Refusal::new(step, reason, message);
     check_passphrase_rules(step, save_to, observed)?;
     if observed.verifier.is_none() && observed.verifier_sealed.is_none() {
         return Err(refuse(
@@ -712,34 +713,56 @@ fn check_passphrase(
     })
 }
 
-fn vault_refusal_message(reason: Reason, detail: &str, vault: &str) -> String {
-    match reason {
-        Reason::CredentialsWrongVault => format!(
-            "The vault credentials file cannot be used: it was not downloaded from vault {vault} as the vault sees it ({detail}). Download vault credentials from that vault's Quick Start page, load them with `regent credentials load FILE`, then register"
+/// The vault's refusal of a registration, said as the refusal the agent records.
+fn vault_refusal(step: Step, reason: Reason, detail: &str, vault: &str) -> Refusal {
+    let (message, next) = match reason {
+        Reason::CredentialsWrongVault => (
+            format!(
+                "The vault credentials file cannot be used: it was not downloaded from vault {vault} as the vault sees it ({detail}). Download vault credentials from that vault's Quick Start page and load them, then register"
+            ),
+            vec![Next::Run(Step::Credentials), Next::Run(Step::Register)],
         ),
-        Reason::RequestIdConflict => format!(
-            "vault {vault} made this registration's request for another machine or with other credentials ({detail}): this data directory was probably copied from another server. `regent register` now starts a new registration for this machine"
+        Reason::RequestIdConflict => (
+            format!(
+                "vault {vault} made this registration's request for another machine or with other credentials ({detail}): this data directory was probably copied from another server; registering now starts a new registration for this machine"
+            ),
+            vec![Next::Run(Step::Register)],
         ),
-        Reason::MachineRemoved => format!(
-            "vault {vault} removed the machine this registration made ({detail}); `regent register` now registers this machine again as a new one"
+        Reason::MachineRemoved => (
+            format!(
+                "vault {vault} removed the machine this registration made ({detail}); registering now registers this machine again as a new one"
+            ),
+            vec![Next::Run(Step::Register)],
         ),
-        Reason::CredentialsSuperseded => format!(
-            "The vault credentials file is no longer valid: a newer one was downloaded from the vault ({detail}). Load the newest vault credentials file and register again"
+        Reason::CredentialsSuperseded => (
+            format!(
+                "The vault credentials file is no longer valid: a newer one was downloaded from the vault ({detail}). Load the newest vault credentials file and register again"
+            ),
+            vec![Next::Run(Step::Credentials), Next::Run(Step::Register)],
         ),
-        Reason::CredentialsExpired => format!(
-            "Vault credentials file provided has expired ({detail}). Download a new vault credentials file from the vault and use it within its validity"
+        Reason::CredentialsExpired => (
+            format!(
+                "Vault credentials file provided has expired ({detail}). Download a new vault credentials file from the vault and use it within its validity"
+            ),
+            vec![Next::Run(Step::Credentials), Next::Run(Step::Register)],
         ),
-        Reason::CredentialsInvalid => format!(
-            "Invalid vault credentials provided ({detail}). The file is either corrupted or does not have the latest credentials associated with the vault"
+        Reason::CredentialsInvalid => (
+            format!(
+                "Invalid vault credentials provided ({detail}). The file is either corrupted or does not have the latest credentials associated with the vault"
+            ),
+            vec![Next::Run(Step::Credentials), Next::Run(Step::Register)],
         ),
-        Reason::ProxyAuthFailed => {
-            format!("the proxy refused the user name or password ({detail}); set them again with `regent proxy set`")
+        Reason::ProxyAuthFailed => (
+            format!("the proxy refused the user name or password ({detail}); set them again"),
+            vec![Next::Run(Step::Proxy), Next::Run(Step::Register)],
+        ),
+        Reason::VaultUnreachable => (
+            format!("the vault service could not be reached ({detail}); check the network and proxy settings"),
+            vec![Next::Run(Step::Register)],
+        ),
+        _ => {
+            (format!("the vault refused the registration ({detail})"), vec![Next::Run(Step::Register), Next::ExportLog])
         }
-        Reason::VaultUnreachable => format!(
-            "the vault service could not be reached ({detail}); check the network and proxy settings, then run `regent register` again"
-        ),
-        _ => format!(
-            "the vault refused the registration ({detail}); run `regent register` again, or contact support with `regent audit export`"
-        ),
-    }
+    };
+    Refusal::new(step, reason, message).then(next)
 }

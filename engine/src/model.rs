@@ -446,12 +446,43 @@ impl Change {
     }
 }
 
-/// A refused step: the reason code and a message that says what to do next.
+/// A refused step: the reason code, what happened in words, and what to do next as facts. The
+/// message holds no command line or flag: how to do the next thing is the interface's to say
+/// (the log outlives the flags of the build that wrote it), from `next`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Refusal {
     pub step: Step,
     pub reason: Reason,
     pub message: String,
+    /// What to do next, in order. Absent in logs written before schema 3, whose messages said it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub next: Vec<Next>,
+}
+
+impl Refusal {
+    pub fn new(step: Step, reason: Reason, message: impl Into<String>) -> Refusal {
+        Refusal { step, reason, message: message.into(), next: Vec::new() }
+    }
+
+    /// The same refusal, saying what to do next.
+    pub fn then(mut self, next: impl IntoIterator<Item = Next>) -> Refusal {
+        self.next.extend(next);
+        self
+    }
+}
+
+/// Something to do after a refusal, as a fact; the interface says how (which command, which flags).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", content = "step", rename_all = "snake_case")]
+pub enum Next {
+    /// Run this step (first, or again).
+    Run(Step),
+    /// Get a new security PIN from the vault.
+    GetPin,
+    /// Hand the log to support.
+    ExportLog,
+    /// Look at where registration stands.
+    CheckStatus,
 }
 
 /// What decide concluded.

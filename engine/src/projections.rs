@@ -168,12 +168,20 @@ pub struct FailureView {
     pub step: &'static str,
     pub reason: Reason,
     pub message: String,
+    /// What to do next, as facts (`{"action": "run", "step": "folders"}`, `{"action": "get_pin"}`).
+    pub next: Vec<crate::model::Next>,
     pub at: DateTime<Utc>,
 }
 
 impl From<&Failure> for FailureView {
     fn from(f: &Failure) -> Self {
-        FailureView { step: f.step.name(), reason: f.reason, message: f.message.clone(), at: f.at }
+        FailureView {
+            step: f.step.name(),
+            reason: f.reason,
+            message: f.message.clone(),
+            next: f.next.clone(),
+            at: f.at,
+        }
     }
 }
 

@@ -133,21 +133,6 @@ impl Step {
             Step::PassphraseChange => "passphrase_change",
         }
     }
-
-    /// The command a user runs for this step, for messages that say what to do next.
-    pub fn command_line(self) -> &'static str {
-        match self {
-            Step::Folders => "regent folders --install-dir DIR --scratch-dir DIR --backup-size SIZE",
-            Step::Proxy => "regent proxy set --host HOST --port PORT",
-            Step::Credentials => "regent credentials load FILE",
-            Step::Passphrase => "regent passphrase generate --save-to FILE",
-            Step::Register => "regent register",
-            Step::Unregister => "regent unregister",
-            Step::ScratchFolder => "regent properties scratch-dir DIR",
-            Step::Throttling => "regent properties throttling set ...",
-            Step::PassphraseChange => "regent properties passphrase change --security-pin-env VAR",
-        }
-    }
 }
 
 impl std::fmt::Display for Step {

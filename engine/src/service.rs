@@ -57,14 +57,32 @@ pub struct SecretInputs {
     pub security_pin: Option<SecretInput>,
 }
 
+/// A secret a step needs, which did not come with it (the interface says how to give it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NeededSecret {
+    ProxyPassword,
+    Passphrase,
+    SecurityPin,
+}
+
+impl std::fmt::Display for NeededSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NeededSecret::ProxyPassword => "proxy password",
+            NeededSecret::Passphrase => "passphrase",
+            NeededSecret::SecurityPin => "security PIN",
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Projection(#[from] ProjectionError),
-    #[error("the {0} is needed for this step; give it with {1}")]
-    MissingSecret(&'static str, &'static str),
+    #[error("the {0} is needed for this step")]
+    MissingSecret(NeededSecret),
     #[error("cannot keep the secret safely: {0}; check that the data directory is writable")]
     Secrets(String),
     #[error("the operating system's random source failed: {0}")]
@@ -331,10 +349,7 @@ impl Run<'_, '_, '_> {
         let mut observed = Observations { now: world.clock.now(), ..Observations::default() };
         let pin = match secrets.security_pin.take() {
             None => {
-                return Err(EngineError::MissingSecret(
-                    "security PIN",
-                    "--security-pin-env VAR or the prompt (get one with `regent vault pin`)",
-                ));
+                return Err(EngineError::MissingSecret(NeededSecret::SecurityPin));
             }
             Some(SecretInput::Unusable(problem)) => {
                 observed.pin_problem = Some(format!("the security PIN given cannot be used: {problem}"));
@@ -434,7 +449,7 @@ fn observe_local(
             observed.install = state.folders.as_ref().map(|f| world.folders.probe(&f.install_dir));
         }
         Command::SetProxy { password_given: true, .. } => match secrets.proxy_password.take() {
-            None => return Err(EngineError::MissingSecret("proxy password", "--password-stdin or --password-env VAR")),
+            None => return Err(EngineError::MissingSecret(NeededSecret::ProxyPassword)),
             Some(SecretInput::Unusable(problem)) => observed.proxy_password_problem = Some(problem),
             Some(SecretInput::Given(password)) => {
                 let sealed = world
@@ -611,7 +626,7 @@ fn passphrase_input(
         return Ok((Ok(passphrase), Some(shown)));
     }
     match secrets.passphrase.take() {
-        None => Err(EngineError::MissingSecret("passphrase", "--passphrase-stdin or --passphrase-file F")),
+        None => Err(EngineError::MissingSecret(NeededSecret::Passphrase)),
         Some(SecretInput::Given(passphrase)) => Ok((Ok(passphrase), None)),
         Some(SecretInput::Unusable(problem)) => Ok((Err(problem), None)),
     }

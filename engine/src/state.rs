@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    Change, Encryption, Folders, LoadedCredentials, Outcome, Proxy, Registration, RegistrationAttempt, SealedRef,
+    Change, Encryption, Folders, LoadedCredentials, Next, Outcome, Proxy, Registration, RegistrationAttempt, SealedRef,
     StepRecord, Throttling,
 };
 use crate::reason::{Reason, Step};
@@ -39,6 +39,9 @@ pub struct Failure {
     pub step: Step,
     pub reason: Reason,
     pub message: String,
+    /// What to do next (see [`crate::model::Refusal::next`]).
+    #[serde(default)]
+    pub next: Vec<Next>,
     pub at: DateTime<Utc>,
 }
 
@@ -121,6 +124,7 @@ impl State {
                     step: refusal.step,
                     reason: refusal.reason,
                     message: refusal.message.clone(),
+                    next: refusal.next.clone(),
                     at: record.observed.now,
                 });
                 // An outcome of the open attempt: a refusal for good ends it; any other

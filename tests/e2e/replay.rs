@@ -73,6 +73,7 @@ fn a_log_replays_to_its_state_and_check_finds_no_divergence() {
         step: regent_engine::Step::Passphrase,
         reason: regent_engine::Reason::StepOutOfOrder,
         message: "load the vault credentials first".into(),
+        next: vec![],
     });
     let log = export_with_passphrase_outcome(dir.path(), refused);
     let out = regent().args(["replay", "--check", "--json"]).arg(&log).output().unwrap();
@@ -118,6 +119,7 @@ fn a_tampered_log_is_refused_unless_asked_and_bad_files_say_why() {
         step: regent_engine::Step::Passphrase,
         reason: regent_engine::Reason::StepOutOfOrder,
         message: "x".into(),
+        next: vec![],
     });
     let log = export_with_passphrase_outcome(dir.path(), refused);
     let tampered = dir.path().join("tampered.jsonl");
