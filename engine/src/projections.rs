@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::events::{self, DecodeError, STREAM};
 use crate::model::{Change, Outcome, PassphraseOrigin, StepRecord, Weekday};
 use crate::reason::Reason;
-use crate::state::{Failure, State};
+use crate::state::{LastRefusal, State};
 use crate::units::format_rate;
 
 /// The checkpoint name for the folded state. Renamed whenever `State` gains what an older
@@ -147,7 +147,8 @@ where
 pub struct Status {
     pub phase: &'static str,
     pub next_step: Option<&'static str>,
-    pub last_failure: Option<FailureView>,
+    /// The last refusal not resolved since (`last_failure` is the contract's name for it).
+    pub last_failure: Option<RefusalView>,
     pub events: u64,
     pub head: Head,
     /// Which vault this machine is registered to, when it is.
@@ -164,7 +165,7 @@ pub struct StartedView {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct FailureView {
+pub struct RefusalView {
     pub step: &'static str,
     pub reason: Reason,
     pub message: String,
@@ -173,9 +174,9 @@ pub struct FailureView {
     pub at: DateTime<Utc>,
 }
 
-impl From<&Failure> for FailureView {
-    fn from(f: &Failure) -> Self {
-        FailureView {
+impl From<&LastRefusal> for RefusalView {
+    fn from(f: &LastRefusal) -> Self {
+        RefusalView {
             step: f.step.name(),
             reason: f.reason,
             message: f.message.clone(),
@@ -189,7 +190,7 @@ pub fn status(state: &State, head: Head) -> Status {
     Status {
         phase: state.phase().name(),
         next_step: state.next_step().map(|s| s.name()),
-        last_failure: state.last_failure.as_ref().map(FailureView::from),
+        last_failure: state.last_refusal.as_ref().map(RefusalView::from),
         events: head.position,
         head,
         vault: state.registration.as_ref().map(|r| r.vault.clone()),

@@ -29,13 +29,15 @@ pub struct State {
     pub attempt_answered: bool,
     pub throttling: Option<Throttling>,
     /// The most recent refusal that a later success of the same step has not resolved.
-    pub last_failure: Option<Failure>,
+    #[serde(alias = "last_failure")]
+    pub last_refusal: Option<LastRefusal>,
     /// When the log last changed.
     pub updated_at: Option<DateTime<Utc>>,
 }
 
+/// The last refusal the state keeps ("last failure" in the status a script reads).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Failure {
+pub struct LastRefusal {
     pub step: Step,
     pub reason: Reason,
     pub message: String,
@@ -120,7 +122,7 @@ impl State {
         self.updated_at = Some(record.observed.now);
         match &record.outcome {
             Outcome::Refused(refusal) => {
-                self.last_failure = Some(Failure {
+                self.last_refusal = Some(LastRefusal {
                     step: refusal.step,
                     reason: refusal.reason,
                     message: refusal.message.clone(),
@@ -142,10 +144,10 @@ impl State {
             }
             Outcome::Accepted(change) => {
                 // Starting a registration resolves nothing: only its outcome does.
-                if self.last_failure.as_ref().is_some_and(|f| f.step == record.command.step())
+                if self.last_refusal.as_ref().is_some_and(|f| f.step == record.command.step())
                     && !matches!(change, Change::RegistrationAttempted(_))
                 {
-                    self.last_failure = None;
+                    self.last_refusal = None;
                 }
                 self.apply(change);
             }

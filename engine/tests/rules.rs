@@ -196,7 +196,7 @@ impl Then {
             assert!(refusal.message.contains(text), "message {:?} should mention {text:?}", refusal.message);
         }
         assert!(!refusal.message.contains('\n'), "one line");
-        let failure = self.after.last_failure.expect("state keeps the last failure");
+        let failure = self.after.last_refusal.expect("state keeps the last failure");
         assert_eq!((failure.reason, failure.message.as_str()), (reason, refusal.message.as_str()));
         refusal
     }
@@ -817,14 +817,14 @@ fn a_later_success_of_the_same_step_clears_the_failure_but_another_step_does_not
         Observations { credentials: Some(CredentialsObserved::Invalid { detail: "x".into() }), ..at(1) },
     );
     let state = failed.after;
-    assert!(state.last_failure.is_some());
+    assert!(state.last_refusal.is_some());
     let state = Given { state }.when(set_proxy("p", 1, None, false), at(2)).accepted().1;
-    assert!(state.last_failure.is_some(), "a proxy change does not resolve a credentials failure");
+    assert!(state.last_refusal.is_some(), "a proxy change does not resolve a credentials failure");
     let state = Given { state }
         .when(Command::LoadCredentials { file: "/x.VaultCredentials".into() }, credentials_seen("vault-a"))
         .accepted()
         .1;
-    assert_eq!(state.last_failure, None);
+    assert_eq!(state.last_refusal, None);
 }
 
 #[test]
