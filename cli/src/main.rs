@@ -20,7 +20,7 @@ mod world;
 use std::process::ExitCode;
 
 use clap::Parser;
-use regent_engine::model::{Command as Step, Weekday};
+use regent_engine::model::{Command as EngineCommand, Weekday};
 use regent_engine::projections::AuditFilter;
 use regent_engine::service::SecretInputs;
 
@@ -79,7 +79,7 @@ fn run(ctx: &Context, command: Command) -> Result<u8, Failure> {
     match command {
         Command::Folders(a) => steps::run(
             ctx,
-            Step::ChooseFolders {
+            EngineCommand::ChooseFolders {
                 install_dir: text_path(a.install_dir),
                 scratch_dir: text_path(a.scratch_dir),
                 backup_size_bytes: a.backup_size,
@@ -91,17 +91,17 @@ fn run(ctx: &Context, command: Command) -> Result<u8, Failure> {
         }
         Command::Credentials(CredentialsCommand::Load { file }) => {
             let file = text_path(std::path::absolute(&file).unwrap_or(file));
-            steps::run(ctx, Step::LoadCredentials { file }, SecretInputs::default())
+            steps::run(ctx, EngineCommand::LoadCredentials { file }, SecretInputs::default())
         }
         Command::Passphrase(PassphraseCommand::Generate { save_to }) => {
             let save_to = text_path(std::path::absolute(&save_to).unwrap_or(save_to));
-            steps::run(ctx, Step::SetPassphrase { save_to: Some(save_to) }, SecretInputs::default())
+            steps::run(ctx, EngineCommand::SetPassphrase { save_to: Some(save_to) }, SecretInputs::default())
         }
         Command::Passphrase(PassphraseCommand::Set(source)) => {
             let passphrase = read_passphrase(&source, "--passphrase-stdin or --passphrase-file F")?;
             steps::run(
                 ctx,
-                Step::SetPassphrase { save_to: None },
+                EngineCommand::SetPassphrase { save_to: None },
                 SecretInputs { passphrase: Some(passphrase), ..Default::default() },
             )
         }
@@ -110,16 +110,16 @@ fn run(ctx: &Context, command: Command) -> Result<u8, Failure> {
             let vault = vault_client(a.ca_file.as_deref())?;
             steps::run_with_vault(
                 ctx,
-                Step::Register { endpoint_override: a.endpoint },
+                EngineCommand::Register { endpoint_override: a.endpoint },
                 SecretInputs::default(),
                 &vault,
             )
         }
-        Command::Unregister => steps::run(ctx, Step::Unregister, SecretInputs::default()),
+        Command::Unregister => steps::run(ctx, EngineCommand::Unregister, SecretInputs::default()),
         Command::Status => views::status(ctx),
         Command::Properties { change: None } => views::properties(ctx),
         Command::Properties { change: Some(PropertiesCommand::ScratchDir { dir }) } => {
-            steps::run(ctx, Step::MoveScratch { scratch_dir: text_path(dir) }, SecretInputs::default())
+            steps::run(ctx, EngineCommand::MoveScratch { scratch_dir: text_path(dir) }, SecretInputs::default())
         }
         Command::Properties { change: Some(PropertiesCommand::Throttling(throttling)) } => {
             run_throttling(ctx, throttling)
@@ -203,12 +203,12 @@ fn change_passphrase(ctx: &Context, a: PassphraseChangeArgs) -> Result<u8, Failu
     };
     let vault = vault_client(a.ca_file.as_deref())?;
     let secrets = SecretInputs { passphrase, security_pin: Some(pin), ..Default::default() };
-    steps::run_with_vault(ctx, Step::ChangePassphrase { save_to }, secrets, &vault)
+    steps::run_with_vault(ctx, EngineCommand::ChangePassphrase { save_to }, secrets, &vault)
 }
 
 fn run_proxy(ctx: &Context, proxy: ProxyCommand) -> Result<u8, Failure> {
     match proxy {
-        ProxyCommand::Clear => steps::run(ctx, Step::ClearProxy, SecretInputs::default()),
+        ProxyCommand::Clear => steps::run(ctx, EngineCommand::ClearProxy, SecretInputs::default()),
         ProxyCommand::Set(a) => {
             check_no_credentials(Some(&a.host), None)?;
             let flags = "--password-stdin or --password-env VAR";
@@ -220,8 +220,12 @@ fn run_proxy(ctx: &Context, proxy: ProxyCommand) -> Result<u8, Failure> {
                 (_, Some(_)) => Some(secret_input::prompt("proxy password", false, flags)?),
                 (_, None) => None,
             };
-            let command =
-                Step::SetProxy { host: a.host, port: a.port, username: a.username, password_given: password.is_some() };
+            let command = EngineCommand::SetProxy {
+                host: a.host,
+                port: a.port,
+                username: a.username,
+                password_given: password.is_some(),
+            };
             steps::run(ctx, command, SecretInputs { proxy_password: password, ..Default::default() })
         }
     }
@@ -229,11 +233,11 @@ fn run_proxy(ctx: &Context, proxy: ProxyCommand) -> Result<u8, Failure> {
 
 fn run_throttling(ctx: &Context, throttling: ThrottlingCommand) -> Result<u8, Failure> {
     let command = match throttling {
-        ThrottlingCommand::Off => Step::ThrottlingOff,
+        ThrottlingCommand::Off => EngineCommand::ThrottlingOff,
         ThrottlingCommand::Set { work_days, work_hours, work_bandwidth, non_work_bandwidth } => {
             let work_days = Weekday::parse_set(&work_days).map_err(|e| Failure::usage(format!("--work-days: {e}")))?;
             let (start, end) = parse_hours(&work_hours)?;
-            Step::SetThrottling {
+            EngineCommand::SetThrottling {
                 work_days,
                 work_start: start,
                 work_end: end,

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use regent_engine::model::Command as Step;
+use regent_engine::model::Command as EngineCommand;
 use regent_engine::projections;
 use regent_engine::service::SecretInputs;
 use regent_vault::{AdminClient, BackgroundServer, ServeConfig};
@@ -48,25 +48,25 @@ pub fn run(ctx: &Context) -> Result<u8, Failure> {
     say(ctx, &format!("Downloaded vault credentials to {}.", credentials.display()));
 
     if phase == regent_engine::Phase::New {
-        let folders = Step::ChooseFolders {
+        let folders = EngineCommand::ChooseFolders {
             install_dir: home.join("install"),
             scratch_dir: home.join("scratch"),
             backup_size_bytes: BACKUP_SIZE,
         };
         steps::run(ctx, folders, SecretInputs::default())?;
     }
-    steps::run(ctx, Step::LoadCredentials { file: credentials }, SecretInputs::default())?;
+    steps::run(ctx, EngineCommand::LoadCredentials { file: credentials }, SecretInputs::default())?;
     let state = projections::current_state(&ctx.open_store()?)?.0;
     if state.encryption.is_none() {
         let save_to = unused_path(&ctx.data_dir, "quickstart-passphrase", "txt");
-        steps::run(ctx, Step::SetPassphrase { save_to: Some(save_to) }, SecretInputs::default())?;
+        steps::run(ctx, EngineCommand::SetPassphrase { save_to: Some(save_to) }, SecretInputs::default())?;
     }
     say(ctx, "Registering with the vault...");
     let vault = regent_vault::HttpVaultClient::with_ca_file(None).map_err(|e| Failure::store(e.to_string()))?;
     // Its address changes on every run: a registration started by an earlier run (and not
     // answered) is asked again here, where the vault now is.
     let here = Some(server.url().to_string());
-    steps::run_with_vault(ctx, Step::Register { endpoint_override: here }, SecretInputs::default(), &vault)?;
+    steps::run_with_vault(ctx, EngineCommand::Register { endpoint_override: here }, SecretInputs::default(), &vault)?;
     drop(server);
     // The registration's head was anchored while the vault ran; later steps have nowhere to go.
     if let Some(registration) = projections::current_state(&ctx.open_store()?)?.0.registration {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use inquire::InquireError;
 use inquire::validator::Validation;
 use regent_engine::State;
-use regent_engine::model::{Change, Command as Step, Outcome, PassphraseOrigin, Refusal};
+use regent_engine::model::{Change, Command as EngineCommand, Outcome, PassphraseOrigin, Refusal};
 use regent_engine::ports::VaultClient;
 use regent_engine::projections::{self, AuditFilter};
 use regent_engine::service::{SecretInputs, StepResult};
@@ -60,20 +60,30 @@ fn unattended(ctx: &Context, a: WizardArgs) -> Result<u8, Failure> {
         errln!("already registered to vault {} as {}; nothing to do", registration.vault, registration.machine_id);
         return Ok(0);
     }
-    steps::run(ctx, Step::ChooseFolders { install_dir, scratch_dir, backup_size_bytes }, SecretInputs::default())?;
+    steps::run(
+        ctx,
+        EngineCommand::ChooseFolders { install_dir, scratch_dir, backup_size_bytes },
+        SecretInputs::default(),
+    )?;
     if let (Some(host), Some(port)) = (a.proxy_host, a.proxy_port) {
-        let command = Step::SetProxy { host, port, username: a.proxy_user, password_given: proxy_password.is_some() };
+        let command =
+            EngineCommand::SetProxy { host, port, username: a.proxy_user, password_given: proxy_password.is_some() };
         steps::run(ctx, command, SecretInputs { proxy_password, ..Default::default() })?;
     }
     let credentials = crate::text_path(std::path::absolute(&credentials).unwrap_or(credentials));
-    steps::run(ctx, Step::LoadCredentials { file: credentials }, SecretInputs::default())?;
+    steps::run(ctx, EngineCommand::LoadCredentials { file: credentials }, SecretInputs::default())?;
     // A re-run after a failed registration keeps the passphrase it already created: generating
     // again would refuse the existing file, and a new passphrase would orphan the saved one.
     if state.encryption.is_none() || passphrase.is_some() {
         let save_to = a.generate_passphrase_to.map(|p| crate::text_path(std::path::absolute(&p).unwrap_or(p)));
-        steps::run(ctx, Step::SetPassphrase { save_to }, SecretInputs { passphrase, ..Default::default() })?;
+        steps::run(ctx, EngineCommand::SetPassphrase { save_to }, SecretInputs { passphrase, ..Default::default() })?;
     }
-    steps::run_with_vault(ctx, Step::Register { endpoint_override: a.endpoint }, SecretInputs::default(), &vault)
+    steps::run_with_vault(
+        ctx,
+        EngineCommand::Register { endpoint_override: a.endpoint },
+        SecretInputs::default(),
+        &vault,
+    )
 }
 
 const NO_TERMINAL: &str = "`regent wizard` asks its questions on a terminal, and standard input is not one; \
@@ -353,7 +363,7 @@ impl Wizard<'_> {
                 }
             };
             self.answers.backup_size = Some(size.trim().to_string());
-            let command = Step::ChooseFolders { install_dir, scratch_dir, backup_size_bytes };
+            let command = EngineCommand::ChooseFolders { install_dir, scratch_dir, backup_size_bytes };
             if let Some(Change::FoldersChosen(f)) = self.record(command, SecretInputs::default())? {
                 say(format!(
                     "Folders chosen: install {}, scratch {} ({} free on {}).",
@@ -382,7 +392,7 @@ impl Wizard<'_> {
             let starting = usize::from(self.answers.proxy.is_some());
             let choice = ask(choose("How does this server reach the vault?", vec![DIRECT, THROUGH], starting))?;
             if choice == DIRECT {
-                if self.record(Step::ClearProxy, SecretInputs::default())?.is_some() {
+                if self.record(EngineCommand::ClearProxy, SecretInputs::default())?.is_some() {
                     self.answers.proxy = None;
                     self.proxy_answered = true;
                     say("No proxy: regent connects to the vault directly.");
@@ -431,7 +441,7 @@ impl Wizard<'_> {
             };
             let host = host.trim().to_string();
             self.answers.proxy = Some(ProxyAnswer { host: host.clone(), port, username: username.clone() });
-            let command = Step::SetProxy { host, port, username, password_given: password.is_some() };
+            let command = EngineCommand::SetProxy { host, port, username, password_given: password.is_some() };
             let secrets = SecretInputs { proxy_password: password.map(Into::into), ..SecretInputs::default() };
             if let Some(Change::ProxySet(p)) = self.record(command, secrets)? {
                 self.proxy_answered = true;
@@ -457,7 +467,7 @@ impl Wizard<'_> {
             let file = std::path::absolute(&file).unwrap_or(file);
             self.answers.credentials = Some(file.clone());
             if let Some(Change::CredentialsLoaded(c)) =
-                self.record(Step::LoadCredentials { file }, SecretInputs::default())?
+                self.record(EngineCommand::LoadCredentials { file }, SecretInputs::default())?
             {
                 say(format!(
                     "Vault credentials loaded: vault {}, valid until {}.",
@@ -505,7 +515,7 @@ impl Wizard<'_> {
                 )?;
                 let save_to = crate::text_path(std::path::absolute(&save_to).unwrap_or(save_to));
                 self.answers.save_to = Some(save_to.clone());
-                (Step::SetPassphrase { save_to: Some(save_to) }, SecretInputs::default())
+                (EngineCommand::SetPassphrase { save_to: Some(save_to) }, SecretInputs::default())
             } else {
                 let passphrase = ask(secret_input::masked(
                     "Passphrase:",
@@ -513,7 +523,7 @@ impl Wizard<'_> {
                     Some("At least 16 characters, printable ASCII; not shown"),
                 ))?;
                 (
-                    Step::SetPassphrase { save_to: None },
+                    EngineCommand::SetPassphrase { save_to: None },
                     SecretInputs { passphrase: Some(passphrase.into()), ..Default::default() },
                 )
             };
@@ -553,7 +563,7 @@ impl Wizard<'_> {
             return Err(Failure::stopped(STOPPED));
         }
         let spinner = terminal::Spinner::start(&format!("Registering with vault {vault}..."));
-        let command = Step::Register { endpoint_override: self.endpoint.clone() };
+        let command = EngineCommand::Register { endpoint_override: self.endpoint.clone() };
         let result = steps::execute(self.ctx, command, SecretInputs::default(), self.vault);
         // The spinner goes before anything is said, or a warning would land on its line.
         spinner.finish_and_clear();
@@ -596,12 +606,17 @@ impl Wizard<'_> {
 
     /// Runs one step through the engine, recorded. The change when accepted; a refusal is told
     /// to the operator and gives None, for the screen to be offered again.
-    fn record(&self, command: Step, secrets: SecretInputs) -> Result<Option<Change>, Failure> {
+    fn record(&self, command: EngineCommand, secrets: SecretInputs) -> Result<Option<Change>, Failure> {
         Ok(accepted(self.execute(command, secrets, &NoVault)?))
     }
 
     /// One step through the engine, recorded; a log head the vault did not take is said here.
-    fn execute(&self, command: Step, secrets: SecretInputs, vault: &dyn VaultClient) -> Result<StepResult, Failure> {
+    fn execute(
+        &self,
+        command: EngineCommand,
+        secrets: SecretInputs,
+        vault: &dyn VaultClient,
+    ) -> Result<StepResult, Failure> {
         let (result, anchored) = steps::execute(self.ctx, command, secrets, vault)?;
         if let Some(warning) = anchored.as_ref().and_then(crate::anchor::StepAnchor::warning) {
             say(format!("Warning: {warning}"));
