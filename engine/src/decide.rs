@@ -11,7 +11,7 @@ use crate::model::{
     Observations, Outcome, PassphraseObserved, PassphraseOrigin, PinAnswer, Proxy, Refusal, Registration,
     RegistrationAttempt, SecretKind, Throttling, UnreadableKind, Unsealable, VaultAnswer,
 };
-use crate::reason::{Reason, Step};
+use crate::reason::{Reason, Step, ends_registration_attempt};
 use crate::state::State;
 use crate::units::{format_bytes, format_rate};
 
@@ -274,14 +274,14 @@ fn decide_observed(state: &State, command: &Command, observed: &Observations) ->
                     )
                 })),
                 VaultAnswer::Refused { reason, detail } => {
-                    let mut message = vault_refusal_message(*reason, detail, &attempt.vault.name);
+                    let mut message = vault_refusal_message(reason, detail, &attempt.vault.name);
                     let loaded = state.credentials.as_ref().map(|c| c.facts.thumbprint.as_str());
-                    if reason.ends_registration_attempt() && loaded != Some(attempt.thumbprint.as_str()) {
+                    if ends_registration_attempt(reason) && loaded != Some(attempt.thumbprint.as_str()) {
                         message.push_str(
                             " (this registration was started with the credentials loaded before the current ones; `regent register` now starts one with the current ones)",
                         );
                     }
-                    Err(refuse(*reason, message))
+                    Err(refuse(reason.clone(), message))
                 }
             }
         }
@@ -302,7 +302,7 @@ fn decide_observed(state: &State, command: &Command, observed: &Observations) ->
                     &credentials.facts.thumbprint,
                 ))),
                 VaultAnswer::Refused { reason, detail } => {
-                    Err(refuse(*reason, vault_refusal_message(*reason, detail, &credentials.facts.vault.name)))
+                    Err(refuse(reason.clone(), vault_refusal_message(reason, detail, &credentials.facts.vault.name)))
                 }
             }
         }
@@ -712,7 +712,7 @@ fn check_passphrase(
     })
 }
 
-fn vault_refusal_message(reason: Reason, detail: &str, vault: &str) -> String {
+fn vault_refusal_message(reason: &Reason, detail: &str, vault: &str) -> String {
     match reason {
         Reason::CredentialsWrongVault => format!(
             "The vault credentials file cannot be used: it was not downloaded from vault {vault} as the vault sees it ({detail}). Download vault credentials from that vault's Quick Start page, load them with `regent credentials load FILE`, then register"

@@ -173,7 +173,7 @@ pub struct FailureView {
 
 impl From<&Failure> for FailureView {
     fn from(f: &Failure) -> Self {
-        FailureView { step: f.step.name(), reason: f.reason, message: f.message.clone(), at: f.at }
+        FailureView { step: f.step.name(), reason: f.reason.clone(), message: f.message.clone(), at: f.at }
     }
 }
 
@@ -389,7 +389,7 @@ where
 pub fn audit_entry(record: &Record, step: &StepRecord) -> AuditEntry {
     let (outcome, reason) = match &step.outcome {
         Outcome::Accepted(_) => ("accepted", None),
-        Outcome::Refused(r) => ("refused", Some(r.reason)),
+        Outcome::Refused(r) => ("refused", Some(r.reason.clone())),
     };
     AuditEntry {
         position: record.position,

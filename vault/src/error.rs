@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use regent_protocol::ErrorCode;
 use regent_store::StoreError;
 
 /// Why the service could not start, or stopped.
@@ -78,13 +79,13 @@ pub enum AdminError {
     Unauthorized,
 
     #[error("{message}")]
-    NotFound { code: String, message: String },
+    NotFound { code: ErrorCode, message: String },
 
     #[error("{message}")]
-    Conflict { code: String, message: String },
+    Conflict { code: ErrorCode, message: String },
 
     #[error("the vault service refused the request (HTTP {status}, {code}): {message}")]
-    Refused { status: u16, code: String, message: String },
+    Refused { status: u16, code: ErrorCode, message: String },
 
     #[error("the vault service answered HTTP {status} with something unexpected: {detail}")]
     Protocol { status: u16, detail: String },
