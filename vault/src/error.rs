@@ -4,8 +4,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use regent_protocol::ErrorCode;
 use regent_store::StoreError;
+
+use crate::protocol::ErrorCode;
 
 /// Why the service could not start, or stopped.
 #[derive(Debug, thiserror::Error)]

@@ -5,10 +5,11 @@
 
 use chrono::{DateTime, Utc};
 use regent_credentials::VaultIdentity;
-use regent_protocol::ErrorCode;
 use regent_store::{NewEvent, Record};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+use crate::protocol::ErrorCode;
 
 /// The schema version of every event kind below.
 pub(crate) const SCHEMA: u32 = 1;
