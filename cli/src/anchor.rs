@@ -22,13 +22,14 @@ use chrono::{DateTime, Utc};
 use regent_engine::events::{self, STREAM};
 use regent_engine::model::{Change, Outcome, Registration, SealedRef, SecretKind};
 use regent_engine::ports::{ProxyConfig, SecretKeeper};
-use regent_engine::{State, projections};
+use regent_engine::{Reason, State, projections};
 use regent_secrets::{MachineKey, SecretsArea};
 use regent_store::{Digest32, EventStore, Head, Problem, VerifyReport};
 use regent_vault::{ClientOptions, HttpVaultClient, LogHead, LogHeadError, MachineSigner};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use zeroize::Zeroizing;
 
 use crate::context::Context;
 use crate::failure::Failure;
@@ -220,9 +221,9 @@ impl AnchorNote {
 
 /// Opens the secrets area without creating a machine key (a lost key is reported, not replaced).
 fn secrets_area(ctx: &Context) -> Result<SecretsArea, LogHeadError> {
-    let unreadable = |e: regent_secrets::SecretsError| LogHeadError::Refused {
-        code: "credentials_unreadable".into(),
-        message: format!("the sealed secrets cannot be opened ({e}); the machine key or the secrets area was lost"),
+    let unreadable = |e: regent_secrets::SecretsError| LogHeadError::Failed {
+        reason: Reason::CredentialsUnreadable,
+        detail: format!("the sealed secrets cannot be opened ({e}); the machine key or the secrets area was lost"),
     };
     let key = MachineKey::load(&ctx.data_dir).map_err(unreadable)?;
     SecretsArea::open_dir(&ctx.data_dir, key).map_err(unreadable)
@@ -265,9 +266,9 @@ fn registration_key(store: &EventStore, state: &State, registration: &Registrati
 }
 
 fn key_lost(machine_id: &str, detail: impl std::fmt::Display) -> LogHeadError {
-    LogHeadError::Refused {
-        code: "credentials_unreadable".into(),
-        message: format!(
+    LogHeadError::Failed {
+        reason: Reason::CredentialsUnreadable,
+        detail: format!(
             "the private key of the credentials this machine registered with cannot be used ({detail}); \
              only that key speaks for machine {machine_id} at the vault"
         ),
@@ -295,9 +296,9 @@ fn proxy_config(state: &State, area: &SecretsArea) -> Result<Option<ProxyConfig>
     let Some(proxy) = &state.proxy else { return Ok(None) };
     let credentials = match (&proxy.username, &proxy.password) {
         (Some(user), Some(sealed)) => {
-            let unreadable = |detail: String| LogHeadError::Refused {
-                code: "invalid_proxy".into(),
-                message: format!("the proxy password cannot be opened ({detail}); set the proxy again"),
+            let unreadable = |detail: String| LogHeadError::Failed {
+                reason: Reason::InvalidProxy,
+                detail: format!("the proxy password cannot be opened ({detail}); set the proxy again"),
             };
             let bytes = SecretKeeper::open(area, SecretKind::ProxyPassword, sealed).map_err(unreadable)?;
             let password = String::from_utf8(bytes.to_vec()).map_err(|_| unreadable("it is not text".into()))?;
@@ -308,16 +309,19 @@ fn proxy_config(state: &State, area: &SecretsArea) -> Result<Option<ProxyConfig>
     Ok(Some(ProxyConfig { host: proxy.host.clone(), port: proxy.port, credentials }))
 }
 
-/// Signs for `machine` with the key its sealed reference names; `key_missing` says why when that
-/// key cannot be opened.
+/// The private key `machine`'s sealed reference names, or why it cannot be opened.
+fn private_key(area: &SecretsArea, machine: &MachineIdentity) -> Result<Zeroizing<Vec<u8>>, String> {
+    SecretKeeper::open(area, SecretKind::CredentialsPrivateKey, &machine.key)
+}
+
+/// Signs for `machine` with `private_key`, the key its sealed reference names.
 fn signer(
     area: &SecretsArea,
     state: &State,
     machine: &MachineIdentity,
     endpoint: Option<&str>,
-    key_missing: impl FnOnce(String) -> LogHeadError,
+    private_key: Zeroizing<Vec<u8>>,
 ) -> Result<MachineSigner, LogHeadError> {
-    let private_key = SecretKeeper::open(area, SecretKind::CredentialsPrivateKey, &machine.key).map_err(key_missing)?;
     Ok(MachineSigner {
         endpoint: endpoint.unwrap_or(&machine.endpoint).to_string(),
         vault: machine.vault.clone(),
@@ -337,13 +341,14 @@ fn registered_signer(
     endpoint: Option<&str>,
 ) -> Result<(MachineIdentity, MachineSigner), LogHeadError> {
     let machine = identity_from_log(store, state, registration)?;
-    let signer = signer(area, state, &machine, endpoint, |detail| key_lost(&machine.machine_id, detail))?;
+    let key = private_key(area, &machine).map_err(|detail| key_lost(&machine.machine_id, detail))?;
+    let signer = signer(area, state, &machine, endpoint, key)?;
     Ok((machine, signer))
 }
 
 fn client(options: ClientOptions) -> Result<HttpVaultClient, LogHeadError> {
     HttpVaultClient::new(options).map_err(|e| LogHeadError::Failed {
-        reason: regent_engine::Reason::VaultUnreachable,
+        reason: Reason::VaultUnreachable,
         detail: format!("{e}; pass a readable CA certificate with --ca-file"),
     })
 }
@@ -587,13 +592,9 @@ fn machine_to_check(
         registration_key_not_found(lost, "the note was written by an earlier regent and does not name it")
     })?;
     let area = secrets_area(ctx).map_err(|e| registration_key_not_found(lost, &e.to_string()))?;
-    let signer = signer(&area, &state, &machine, endpoint, |detail| LogHeadError::Refused {
-        code: "registration_key_not_found".into(),
-        message: detail,
-    })
-    .map_err(|e| match e.code() {
-        "registration_key_not_found" => registration_key_not_found(lost, &e.to_string()),
-        code => Failure::refused(format!("{code}: cannot ask vault {} for the anchored head: {e}", lost.vault)),
+    let key = private_key(&area, &machine).map_err(|detail| registration_key_not_found(lost, &detail))?;
+    let signer = signer(&area, &state, &machine, endpoint, key).map_err(|e| {
+        Failure::refused(format!("{}: cannot ask vault {} for the anchored head: {e}", e.code(), lost.vault))
     })?;
     Ok((machine, signer, true))
 }
@@ -628,7 +629,11 @@ pub fn verify_against_vault(ctx: &Context, endpoint: Option<String>, ca_file: Op
         }
     };
     let anchor_hash = Digest32::from_hex(&anchor.hash).ok_or_else(|| {
-        Failure::refused(format!("vault_error: vault {} answered a malformed hash; check the endpoint", machine.vault))
+        Failure::refused(format!(
+            "{}: vault {} answered a malformed hash; check the endpoint",
+            Reason::VaultError,
+            machine.vault
+        ))
     })?;
     let anchor_head = Head { position: anchor.position, hash: anchor_hash };
 
@@ -807,6 +812,7 @@ pub fn status_line(ctx: &Context, state: &State, head: Head) -> Option<String> {
 mod tests {
     use super::*;
     use regent_store::ChainFailure;
+    use regent_vault::ErrorCode;
 
     fn report(failure: Option<ChainFailure>, position: u64) -> VerifyReport {
         VerifyReport { records: position, verified_head: Head { position, hash: Digest32([1; 32]) }, failure }
@@ -836,7 +842,7 @@ mod tests {
     #[test]
     fn a_failed_report_shows_until_the_vault_holds_a_head_past_it() {
         let mut note = AnchorNote::default();
-        let refused = LogHeadError::Refused { code: "log_head_conflict".into(), message: "m".into() };
+        let refused = LogHeadError::Refused { code: ErrorCode::LogHeadConflict, message: "m".into() };
         note.record("m", 7, &Err(refused));
         assert_eq!(note.pending_failure("m").map(|f| f.reason.as_str()), Some("log_head_conflict"));
         assert!(note.pending_failure("other").is_none());

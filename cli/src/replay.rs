@@ -44,7 +44,7 @@ pub fn run(ctx: &Context, args: ReplayArgs) -> Result<u8, Failure> {
                 entry.at.format("%Y-%m-%d %H:%M:%S"),
                 entry.actor,
                 entry.outcome,
-                entry.reason.map_or("", regent_engine::Reason::code),
+                entry.reason.as_ref().map_or("", regent_engine::Reason::code),
                 entry.summary
             );
         }

@@ -263,7 +263,7 @@ pub fn audit(ctx: &Context, filter: AuditFilter) -> Result<u8, Failure> {
                 entry.at.format("%Y-%m-%d %H:%M:%S"),
                 entry.actor,
                 entry.outcome,
-                entry.reason.map_or("", Reason::code),
+                entry.reason.as_ref().map_or("", Reason::code),
                 entry.summary
             ))
             .map_err(io)?;

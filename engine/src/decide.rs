@@ -11,7 +11,7 @@ use crate::model::{
     Observations, Outcome, PassphraseObserved, PassphraseOrigin, PinAnswer, Proxy, Refusal, Registration,
     RegistrationAttempt, SecretKind, Throttling, UnreadableKind, Unsealable, VaultAnswer,
 };
-use crate::reason::{Reason, Step};
+use crate::reason::{Reason, Step, ends_registration_attempt};
 use crate::state::State;
 use crate::units::{format_bytes, format_rate};
 
@@ -277,9 +277,9 @@ fn decide_observed(state: &State, command: &Command, observed: &Observations) ->
                     )
                 })),
                 VaultAnswer::Refused { reason, detail } => {
-                    let mut refusal = vault_refusal(step, *reason, detail, &attempt.vault.name);
+                    let mut refusal = vault_refusal(step, reason.clone(), detail, &attempt.vault.name);
                     let loaded = state.credentials.as_ref().map(|c| c.facts.thumbprint.as_str());
-                    if reason.ends_registration_attempt() && loaded != Some(attempt.thumbprint.as_str()) {
+                    if ends_registration_attempt(reason) && loaded != Some(attempt.thumbprint.as_str()) {
                         refusal.message.push_str(
                             " (this registration was started with the credentials loaded before the current ones; registering now starts one with the current ones)",
                         );
@@ -306,7 +306,7 @@ fn decide_observed(state: &State, command: &Command, observed: &Observations) ->
                     &credentials.facts.thumbprint,
                 ))),
                 VaultAnswer::Refused { reason, detail } => {
-                    Err(vault_refusal(step, *reason, detail, &credentials.facts.vault.name))
+                    Err(vault_refusal(step, reason.clone(), detail, &credentials.facts.vault.name))
                 }
             }
         }
@@ -715,7 +715,7 @@ fn check_passphrase(
 
 /// The vault's refusal of a registration, said as the refusal the agent records.
 fn vault_refusal(step: Step, reason: Reason, detail: &str, vault: &str) -> Refusal {
-    let (message, next) = match reason {
+    let (message, next) = match &reason {
         Reason::CredentialsWrongVault => (
             format!(
                 "The vault credentials file cannot be used: it was not downloaded from vault {vault} as the vault sees it ({detail}). Download vault credentials from that vault's Quick Start page and load them, then register"

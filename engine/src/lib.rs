@@ -7,6 +7,8 @@
 //! - [`service::Registrar`]: runs a command against the store: precheck, observe, decide, append.
 //! - [`projections`]: status, Change Properties and the audit trail, rebuilt from the log.
 //! - [`events`]: decoding recorded steps, upcasting old schema versions.
+//! - [`reason`]: the steps, and the reason codes a refusal records ([`Reason`], defined with the
+//!   vault's protocol in `regent-protocol` and re-exported here).
 
 pub mod decide;
 pub mod events;

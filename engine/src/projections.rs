@@ -178,7 +178,7 @@ impl From<&LastRefusal> for RefusalView {
     fn from(f: &LastRefusal) -> Self {
         RefusalView {
             step: f.step.name(),
-            reason: f.reason,
+            reason: f.reason.clone(),
             message: f.message.clone(),
             next: f.next.clone(),
             at: f.at,
@@ -398,7 +398,7 @@ where
 pub fn audit_entry(record: &Record, step: &StepRecord) -> AuditEntry {
     let (outcome, reason) = match &step.outcome {
         Outcome::Accepted(_) => ("accepted", None),
-        Outcome::Refused(r) => ("refused", Some(r.reason)),
+        Outcome::Refused(r) => ("refused", Some(r.reason.clone())),
     };
     AuditEntry {
         position: record.position,

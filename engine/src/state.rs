@@ -7,7 +7,7 @@ use crate::model::{
     Change, Encryption, Folders, LoadedCredentials, Next, Outcome, Proxy, Registration, RegistrationAttempt, SealedRef,
     StepRecord, Throttling,
 };
-use crate::reason::{Reason, Step};
+use crate::reason::{Reason, Step, ends_registration_attempt};
 
 /// The state every view is computed from. Serializable: it is what a checkpoint saves.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,7 +124,7 @@ impl State {
             Outcome::Refused(refusal) => {
                 self.last_refusal = Some(LastRefusal {
                     step: refusal.step,
-                    reason: refusal.reason,
+                    reason: refusal.reason.clone(),
                     message: refusal.message.clone(),
                     next: refusal.next.clone(),
                     at: record.observed.now,
@@ -134,7 +134,7 @@ impl State {
                 if let (Some(attempt), Some(request_id)) = (&self.attempt, &record.observed.request_id)
                     && attempt.request_id == *request_id
                 {
-                    if refusal.reason.ends_registration_attempt() {
+                    if ends_registration_attempt(&refusal.reason) {
                         self.attempt = None;
                         self.attempt_answered = false;
                     } else {

@@ -525,7 +525,7 @@ fn the_vaults_refusals_are_recorded_with_their_codes() {
         (Reason::MachineRemoved, "removed the machine"),
     ] {
         started()
-            .when(Command::Register { endpoint_override: None }, refused_by_vault(reason))
+            .when(Command::Register { endpoint_override: None }, refused_by_vault(reason.clone()))
             .refused(reason, &[says]);
     }
 }
@@ -533,7 +533,7 @@ fn the_vaults_refusals_are_recorded_with_their_codes() {
 #[test]
 fn a_refusal_for_good_ends_the_attempt_and_any_other_keeps_its_request_id() {
     for reason in Reason::ALL {
-        let then = started().when(Command::Register { endpoint_override: None }, refused_by_vault(reason));
+        let then = started().when(Command::Register { endpoint_override: None }, refused_by_vault(reason.clone()));
         let kept = then.after.attempt.as_ref().map(|a| a.request_id.clone());
         let ends = matches!(
             reason,
@@ -837,7 +837,7 @@ fn reason_codes_are_the_names_of_the_spec() {
         Reason::ALL.iter().map(|r| serde_json::to_value(r).unwrap().as_str().unwrap().to_string()).collect();
     assert_eq!(codes, spec.split_whitespace().collect::<Vec<_>>());
     for reason in Reason::ALL {
-        assert_eq!(serde_json::to_value(reason).unwrap(), reason.code());
+        assert_eq!(serde_json::to_value(&reason).unwrap(), reason.code());
     }
 }
 

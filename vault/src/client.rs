@@ -1,12 +1,13 @@
 //! The agent's side: [`HttpVaultClient`] implements the engine's `VaultClient` port over HTTP(S).
 //!
-//! Every failure becomes one of the engine's reason codes, with a one-line detail that never holds a
-//! secret:
+//! Every failure becomes one of the agent's reason codes ([`Reason`]), with a one-line detail that
+//! never holds a secret:
 //! - refused connection, DNS failure, timeout, a connection broken before the answer, TLS failure:
 //!   `vault_unreachable`;
 //! - the proxy's 407, or the 401 tinyproxy 1.11 answers a wrong password: `proxy_auth_failed`;
-//! - the service's refusals: their own code (`credentials_superseded`, ...);
-//! - the service's 5xx and anything else unexpected: `vault_error`.
+//! - the service's refusals: the reason they name (`credentials_superseded`, ...);
+//! - the service's 5xx, its refusals that name no reason this build knows, and anything else
+//!   unexpected: `vault_error`.
 //!
 //! Connect failures, answers lost to a broken connection, and 5xx are retried with backoff; every
 //! attempt is signed again (fresh nonce and timestamp) but keeps the request id, so the service
@@ -21,7 +22,6 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use chrono::Utc;
 use regent_credentials::PrivateKey;
-use regent_engine::Reason;
 use regent_engine::model::{PinAnswer, VaultAnswer};
 use regent_engine::ports::{PinCheck, ProxyConfig, RegisterRequest, VaultClient};
 use reqwest::StatusCode;
@@ -33,7 +33,10 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::{ClientError, chain_text};
 use crate::http;
-use crate::protocol::{PinCheckBody, PinValid, RegisterBody, Registered, pin_check_message, registration_message};
+use crate::protocol::{
+    ErrorBody, ErrorCode, PinCheckBody, PinValid, Reason, RegisterBody, Registered, pin_check_message,
+    registration_message,
+};
 
 /// Timeouts and retries of the agent's client.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -111,13 +114,13 @@ pub(crate) enum Attempt<T> {
     Refused(CallError),
 }
 
-/// Why a call failed: the engine's reason code, a one-line detail, and, when the service itself
+/// Why a call failed: the agent's reason code, a one-line detail, and, when the service itself
 /// refused, its protocol code and message.
 #[derive(Debug)]
 pub(crate) struct CallError {
     pub reason: Reason,
     pub detail: String,
-    pub service: Option<(String, String)>,
+    pub service: Option<(ErrorCode, String)>,
 }
 
 impl HttpVaultClient {
@@ -212,29 +215,7 @@ impl HttpVaultClient {
             };
         }
         if from_service {
-            let body = http::error_body(response);
-            let reason = body.reason.as_deref().and_then(reason_from_code);
-            return match reason {
-                _ if status.is_server_error() => Attempt::Retry(
-                    Reason::VaultError,
-                    format!("the vault service failed (HTTP {}, {}): {}", status.as_u16(), body.error, body.message),
-                ),
-                Some(reason) => Attempt::Refused(CallError {
-                    reason,
-                    detail: body.message.clone(),
-                    service: Some((body.error, body.message)),
-                }),
-                None => Attempt::Refused(CallError {
-                    reason: Reason::VaultError,
-                    detail: format!(
-                        "the vault service refused the request (HTTP {}, {}): {}",
-                        status.as_u16(),
-                        body.error,
-                        body.message
-                    ),
-                    service: Some((body.error, body.message)),
-                }),
-            };
+            return refusal(status, http::error_body(response));
         }
         // Not the service: a proxy, or something else listening at the endpoint.
         match (status, proxy) {
@@ -448,8 +429,31 @@ fn proxy_refusal(proxy: &ProxyConfig, status: u16) -> String {
     format!("the proxy {}:{} {given} (HTTP {status})", proxy.host, proxy.port)
 }
 
-fn reason_from_code(code: &str) -> Option<Reason> {
-    Reason::ALL.into_iter().find(|r| r.code() == code)
+/// What the service's own refusal or failure comes to: the reason it names, or `vault_error` when it
+/// names none this build knows (a newer vault's reason is not one the engine can act on).
+fn refusal<T>(status: StatusCode, mut body: ErrorBody) -> Attempt<T> {
+    let reason = body.reason.take().filter(|reason| !matches!(reason, Reason::Unknown(_)));
+    match reason {
+        _ if status.is_server_error() => Attempt::Retry(
+            Reason::VaultError,
+            format!("the vault service failed (HTTP {}, {}): {}", status.as_u16(), body.error, body.message),
+        ),
+        Some(reason) => Attempt::Refused(CallError {
+            reason,
+            detail: body.message.clone(),
+            service: Some((body.error, body.message)),
+        }),
+        None => Attempt::Refused(CallError {
+            reason: Reason::VaultError,
+            detail: format!(
+                "the vault service refused the request (HTTP {}, {}): {}",
+                status.as_u16(),
+                body.error,
+                body.message
+            ),
+            service: Some((body.error, body.message)),
+        }),
+    }
 }
 
 impl VaultClient for HttpVaultClient {
@@ -474,12 +478,36 @@ impl VaultClient for HttpVaultClient {
 mod tests {
     use super::*;
 
-    #[test]
-    fn every_reason_code_maps_back() {
-        for reason in Reason::ALL {
-            assert_eq!(reason_from_code(reason.code()), Some(reason));
+    fn refused(status: u16, body: &str) -> (Reason, String, Option<(ErrorCode, String)>) {
+        let body = serde_json::from_str(body).unwrap();
+        match refusal::<()>(StatusCode::from_u16(status).unwrap(), body) {
+            Attempt::Refused(CallError { reason, detail, service }) => (reason, detail, service),
+            _ => panic!("not a refusal"),
         }
-        assert_eq!(reason_from_code("nonsense"), None);
+    }
+
+    #[test]
+    fn a_refusal_is_its_reason_and_an_unknown_or_missing_reason_is_the_vaults_error() {
+        for reason in Reason::ALL {
+            let body = format!(r#"{{"error":"e","reason":"{reason}","message":"m"}}"#);
+            assert_eq!(refused(403, &body), (reason, "m".into(), Some((ErrorCode::Unknown("e".into()), "m".into()))));
+        }
+        for body in [
+            r#"{"error":"quota_exceeded","reason":"vault_full","message":"m"}"#,
+            r#"{"error":"quota_exceeded","message":"m"}"#,
+        ] {
+            let (reason, detail, service) = refused(409, body);
+            assert_eq!(reason, Reason::VaultError);
+            assert_eq!(detail, "the vault service refused the request (HTTP 409, quota_exceeded): m");
+            assert_eq!(service, Some((ErrorCode::Unknown("quota_exceeded".into()), "m".into())));
+        }
+        let (_, _, service) = refused(409, r#"{"error":"log_head_conflict","message":"m"}"#);
+        assert_eq!(service.map(|(code, _)| code), Some(ErrorCode::LogHeadConflict));
+        let failed = serde_json::from_str(r#"{"error":"internal","reason":"vault_error","message":"m"}"#).unwrap();
+        assert!(matches!(
+            refusal::<()>(StatusCode::INTERNAL_SERVER_ERROR, failed),
+            Attempt::Retry(Reason::VaultError, detail) if detail == "the vault service failed (HTTP 500, internal): m"
+        ));
     }
 
     #[test]

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use regent_store::StoreError;
 
+use crate::protocol::ErrorCode;
+
 /// Why the service could not start, or stopped.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -78,13 +80,13 @@ pub enum AdminError {
     Unauthorized,
 
     #[error("{message}")]
-    NotFound { code: String, message: String },
+    NotFound { code: ErrorCode, message: String },
 
     #[error("{message}")]
-    Conflict { code: String, message: String },
+    Conflict { code: ErrorCode, message: String },
 
     #[error("the vault service refused the request (HTTP {status}, {code}): {message}")]
-    Refused { status: u16, code: String, message: String },
+    Refused { status: u16, code: ErrorCode, message: String },
 
     #[error("the vault service answered HTTP {status} with something unexpected: {detail}")]
     Protocol { status: u16, detail: String },

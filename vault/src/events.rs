@@ -9,6 +9,8 @@ use regent_store::{NewEvent, Record};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::protocol::ErrorCode;
+
 /// The schema version of every event kind below.
 pub(crate) const SCHEMA: u32 = 1;
 
@@ -128,8 +130,9 @@ pub(crate) struct LogHeadAnchored {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct LogHeadRefused {
     pub machine_id: String,
-    /// `log_head_regressed`, `log_head_conflict` or `log_head_proof_invalid`.
-    pub error: String,
+    /// `log_head_regressed`, `log_head_conflict` or `log_head_proof_invalid` (any text reads back:
+    /// an unknown code as [`ErrorCode::Unknown`]).
+    pub error: ErrorCode,
     /// What was offered.
     pub position: u64,
     pub hash: String,

@@ -14,7 +14,7 @@ use reqwest::blocking::{Client, Response};
 use secrecy::ExposeSecret;
 use zeroize::Zeroizing;
 
-use crate::protocol::{ErrorBody, SERVICE_HEADER};
+use crate::protocol::{ErrorBody, ErrorCode, SERVICE_HEADER};
 
 /// The longest answer the agent reads (its answers are a few hundred bytes).
 pub(crate) const MAX_ANSWER_BYTES: u64 = 1024 * 1024;
@@ -99,14 +99,17 @@ pub(crate) fn read_body(response: Response, limit: u64) -> Result<Vec<u8>, Strin
     Ok(bytes)
 }
 
-/// The service's error body, or a stand-in when the body is not one.
+/// The service's error body, or a stand-in when the body is not one (its code, `unknown`, is no
+/// code of the protocol: it says there was none).
 pub(crate) fn error_body(response: Response) -> ErrorBody {
     let status = response.status();
     match read_body(response, MAX_ANSWER_BYTES).map(|bytes| serde_json::from_slice::<ErrorBody>(&bytes)) {
         Ok(Ok(body)) => body,
-        _ => {
-            ErrorBody { error: "unknown".into(), reason: None, message: format!("HTTP {status} without an error body") }
-        }
+        _ => ErrorBody {
+            error: ErrorCode::Unknown("unknown".into()),
+            reason: None,
+            message: format!("HTTP {status} without an error body"),
+        },
     }
 }
 

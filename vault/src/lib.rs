@@ -8,11 +8,14 @@
 //! - [`HttpVaultClient`]: the agent's side, implementing the engine's
 //!   [`VaultClient`](regent_engine::ports::VaultClient) port: signed registration and PIN checks,
 //!   proxies, retries (lost answers too: every call is idempotent), and every failure turned into one
-//!   of the engine's reason codes (a TLS failure as what is wrong with the certificate). It also reports the
-//!   head of the agent's log to the vault and reads it back ([`MachineSigner`], [`LogHeadError`]).
-//! - [`protocol`]: the wire format both sides share (JSON over HTTP under `/v1`), the table of routes
-//!   the router is built from, and the exact bytes a registration, a PIN check and a log-head report
-//!   sign. `README.md` in this crate summarizes it.
+//!   of the agent's reason codes (a TLS failure as what is wrong with the certificate). It also
+//!   reports the head of the agent's log to the vault and reads it back ([`MachineSigner`],
+//!   [`LogHeadError`]). The client is why this crate depends on `regent-engine` (its port and
+//!   `ProxyConfig`); the service uses nothing of the engine.
+//! - [`protocol`]: `regent-protocol`, re-exported: the wire format both sides share (JSON over HTTP
+//!   under `/v1`), the table of routes the router is built from, the exact bytes a registration, a PIN
+//!   check and a log-head report sign, and the codes ([`ErrorCode`], [`Reason`](protocol::Reason)).
+//!   `README.md` in this crate summarizes it.
 
 mod admin;
 mod client;
@@ -21,7 +24,6 @@ mod error;
 mod events;
 mod http;
 mod log_head;
-pub mod protocol;
 mod server;
 mod service;
 mod state;
@@ -32,6 +34,7 @@ pub use admin::AdminClient;
 pub use client::{ClientOptions, HttpVaultClient};
 pub use error::{AdminError, ClientError, VaultError};
 pub use log_head::{LogHeadError, MachineSigner};
-pub use protocol::{CredentialsFile, IssuedPin, LogHead, LogHeadRefusal, MachineInfo, VaultInfo};
+pub use regent_protocol as protocol;
+pub use regent_protocol::{CredentialsFile, ErrorCode, IssuedPin, LogHead, LogHeadRefusal, MachineInfo, VaultInfo};
 pub use server::{BackgroundServer, RunningServer, ServeConfig, ServerInfo, TlsFiles, run_until_signal, serve};
 pub use token::{ADMIN_TOKEN_FILE, read_token_file};

@@ -16,7 +16,6 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use chrono::Utc;
 use regent_credentials::PrivateKey;
-use regent_engine::Reason;
 use regent_engine::ports::ProxyConfig;
 use regent_store::{EventStore, Head};
 use reqwest::blocking::{Client, RequestBuilder};
@@ -26,9 +25,12 @@ use zeroize::Zeroizing;
 use crate::client::{Attempt, CallError, HttpVaultClient, new_nonce};
 use crate::http;
 use crate::protocol::{
-    LOG_HEAD_BASE_REQUIRED, LOG_HEAD_CONFLICT, LOG_HEAD_NOT_FOUND, LOG_HEAD_PROOF_INVALID, LOG_HEAD_REGRESSED, LogHead,
-    LogHeadBody, MAX_PROOF_BYTES, MAX_PROOF_RECORDS, SIGNATURE_HEADERS, log_head_message, log_head_read_message,
+    ErrorCode, LogHead, LogHeadBody, MAX_PROOF_BYTES, MAX_PROOF_RECORDS, Reason, SIGNATURE_HEADERS, log_head_message,
+    log_head_read_message,
 };
+
+// A report step holds at least one record, so a log of any length can be reported in steps.
+const _: () = assert!(MAX_PROOF_BYTES >= regent_store::MAX_RECORD_BYTES);
 
 /// What speaks for a registered machine at its vault: where, which machine, and the key it
 /// registered with. Debug does not print the key.
@@ -64,9 +66,10 @@ pub enum LogHeadError {
     /// `log_head_proof_malformed`, `log_head_proof_too_large`, `machine_not_found`,
     /// `credentials_invalid`, `credentials_wrong_vault`, `nonce_replayed`, `clock_skew`, ...
     #[error("{message}")]
-    Refused { code: String, message: String },
-    /// The call did not get an answer from the service, or not a usable one: `vault_unreachable`,
-    /// `proxy_auth_failed`, `vault_error`, `invalid_proxy`, `credentials_invalid` (an unusable key).
+    Refused { code: ErrorCode, message: String },
+    /// The call did not get an answer from the service, or not a usable one, or could not be made:
+    /// `vault_unreachable`, `proxy_auth_failed`, `vault_error`, `invalid_proxy`, `credentials_invalid`
+    /// (an unusable key), `credentials_unreadable` (a key that cannot be opened).
     #[error("{detail}")]
     Failed { reason: Reason, detail: String },
     /// The agent's own log could not give the records a report carries: `log_unreadable`.
@@ -77,7 +80,7 @@ pub enum LogHeadError {
 impl LogHeadError {
     pub fn code(&self) -> &str {
         match self {
-            LogHeadError::Refused { code, .. } => code,
+            LogHeadError::Refused { code, .. } => code.code(),
             LogHeadError::Failed { reason, .. } => reason.code(),
             LogHeadError::LogUnreadable { .. } => "log_unreadable",
         }
@@ -86,8 +89,7 @@ impl LogHeadError {
     /// A refusal that says the agent's log is not the one the vault saw (cut, rewritten, or its
     /// records past the anchor do not chain).
     pub fn is_tamper_evidence(&self) -> bool {
-        matches!(self, LogHeadError::Refused { code, .. }
-            if [LOG_HEAD_REGRESSED, LOG_HEAD_CONFLICT, LOG_HEAD_PROOF_INVALID].contains(&code.as_str()))
+        matches!(self, LogHeadError::Refused { code, .. } if code.is_tamper_evidence())
     }
 }
 
@@ -224,7 +226,7 @@ impl HttpVaultClient {
                         ),
                     });
                 }
-                Err(LogHeadError::Refused { code, .. }) if code == LOG_HEAD_BASE_REQUIRED && base_asked < 1 => {
+                Err(LogHeadError::Refused { code: ErrorCode::LogHeadBaseRequired, .. }) if base_asked < 1 => {
                     base_asked += 1;
                     held = self.fetch_log_head_until(signer, deadline)?;
                 }
@@ -291,7 +293,7 @@ impl HttpVaultClient {
         };
         match self.signed_call(signer, "the read", deadline, message, send) {
             Ok(head) => Ok(Some(head)),
-            Err(LogHeadError::Refused { code, .. }) if code == LOG_HEAD_NOT_FOUND => Ok(None),
+            Err(LogHeadError::Refused { code: ErrorCode::LogHeadNotFound, .. }) => Ok(None),
             Err(error) => Err(error),
         }
     }
@@ -343,9 +345,20 @@ mod tests {
 
     #[test]
     fn codes_and_tamper_evidence() {
-        let conflict = LogHeadError::Refused { code: LOG_HEAD_CONFLICT.into(), message: "m".into() };
+        let conflict = LogHeadError::Refused { code: ErrorCode::LogHeadConflict, message: "m".into() };
         assert_eq!(conflict.code(), "log_head_conflict");
         assert!(conflict.is_tamper_evidence());
+        for code in ErrorCode::ALL {
+            let refused = LogHeadError::Refused { code: code.clone(), message: "m".into() };
+            let evidence = matches!(
+                code,
+                ErrorCode::LogHeadRegressed | ErrorCode::LogHeadConflict | ErrorCode::LogHeadProofInvalid
+            );
+            assert_eq!(refused.is_tamper_evidence(), evidence, "{code}");
+        }
+        let newer = LogHeadError::Refused { code: ErrorCode::from_code("log_head_forked"), message: "m".into() };
+        assert_eq!(newer.code(), "log_head_forked");
+        assert!(!newer.is_tamper_evidence());
         let down = LogHeadError::Failed { reason: Reason::VaultUnreachable, detail: "d".into() };
         assert_eq!(down.code(), "vault_unreachable");
         assert!(!down.is_tamper_evidence());

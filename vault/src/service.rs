@@ -29,7 +29,6 @@ use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Duration, Utc};
 use hmac::{Hmac, KeyInit, Mac};
 use regent_credentials::{IssueRequest, VaultIdentity};
-use regent_engine::Reason;
 use regent_store::{
     Actor, BatchMeta, ChainWalker, Digest32, EventStore, ExpectedVersion, Head, Problem, StoreError, StoreOptions,
 };
@@ -47,10 +46,9 @@ use crate::events::{
     PinCheckRecord, PinIssued, PinUsed, VaultCreated, VaultEvent, stream_of,
 };
 use crate::protocol::{
-    self, CreateVault, CredentialsFile, DownloadCredentials, ErrorBody, Health, IssuedPin, LOG_HEAD_BASE_REQUIRED,
-    LOG_HEAD_CONFLICT, LOG_HEAD_NOT_FOUND, LOG_HEAD_PROOF_INVALID, LOG_HEAD_PROOF_MALFORMED, LOG_HEAD_PROOF_TOO_LARGE,
-    LOG_HEAD_REGRESSED, LogHead, LogHeadBody, MachineInfo, Machines, PinCheckBody, PinValid, RegisterBody, Registered,
-    RouteId, SERVICE_HEADER, SIGNATURE_HEADERS, VaultInfo, valid_vault_name,
+    self, CreateVault, CredentialsFile, DownloadCredentials, ErrorBody, ErrorCode, Health, IssuedPin, LogHead,
+    LogHeadBody, MachineInfo, Machines, PinCheckBody, PinValid, Reason, RegisterBody, Registered, RouteId,
+    SERVICE_HEADER, SIGNATURE_HEADERS, VaultInfo, valid_vault_name,
 };
 use crate::state::{
     AnchoredHead, PendingAnswer, PendingRegistration, PinGuard, PinOutcome, RegistrationKey, ServiceState,
@@ -267,7 +265,7 @@ async fn add_service_header(mut response: Response) -> Response {
 #[derive(Debug)]
 pub(crate) struct ApiError {
     status: StatusCode,
-    code: &'static str,
+    code: ErrorCode,
     reason: Option<Reason>,
     message: String,
     /// Sent as `Retry-After` (seconds): when a lock-out ends.
@@ -275,32 +273,29 @@ pub(crate) struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError { status, code, reason: None, message: message.into(), retry_after_secs: None }
     }
 
-    fn refused(reason: Reason, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status: StatusCode::FORBIDDEN,
-            code: reason.code(),
-            reason: Some(reason),
-            message: message.into(),
-            retry_after_secs: None,
-        }
+    /// `403` under a code that is also the agent's reason (`credentials_invalid`, ...): the
+    /// refusal names that reason.
+    fn refused(code: ErrorCode, message: impl Into<String>) -> ApiError {
+        let reason = code.as_reason();
+        ApiError { status: StatusCode::FORBIDDEN, code, reason, message: message.into(), retry_after_secs: None }
     }
 
     fn bad_request(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+        ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, message)
     }
 
     fn internal(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, message)
     }
 
     fn vault_not_found(vault: &str) -> ApiError {
         ApiError::new(
             StatusCode::NOT_FOUND,
-            "vault_not_found",
+            ErrorCode::VaultNotFound,
             format!("there is no vault named {vault:?} on this service"),
         )
     }
@@ -315,7 +310,7 @@ impl ApiError {
         tracing::error!(error = %error, "the vault's log refused an append");
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "store_unavailable",
+            ErrorCode::StoreUnavailable,
             format!("the vault's log cannot be written: {error}"),
         )
         .with_reason(Reason::VaultError)
@@ -324,11 +319,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: self.code.to_string(),
-            reason: self.reason.map(|r| r.code().to_string()),
-            message: self.message,
-        };
+        let body = ErrorBody { error: self.code, reason: self.reason, message: self.message };
         let mut response = (self.status, axum::Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -360,7 +351,7 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
     match rejection {
         JsonRejection::MissingJsonContentType(_) => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             "the body must be JSON, sent with Content-Type: application/json",
         ),
         JsonRejection::JsonSyntaxError(e) => {
@@ -371,14 +362,14 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
         }
         JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            ErrorCode::PayloadTooLarge,
             format!(
                 "the body is too large: at most {} bytes ({} for a log-head report)",
                 protocol::MAX_BODY_BYTES,
                 protocol::MAX_LOG_HEAD_BODY_BYTES
             ),
         ),
-        other => ApiError::new(other.status(), "bad_request", other.body_text()),
+        other => ApiError::new(other.status(), ErrorCode::BadRequest, other.body_text()),
     }
 }
 
@@ -397,15 +388,23 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
 }
 
 fn path_rejection(rejection: PathRejection) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("the path is malformed: {}", rejection.body_text()))
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        ErrorCode::BadRequest,
+        format!("the path is malformed: {}", rejection.body_text()),
+    )
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; the API lives under /v1")
+    ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such endpoint; the API lives under /v1")
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that method")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::MethodNotAllowed,
+        "this endpoint does not take that method",
+    )
 }
 
 async fn require_admin(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
@@ -417,10 +416,12 @@ async fn require_admin(State(app): State<Arc<App>>, request: Request, next: Next
         .map(str::trim);
     match presented {
         Some(token) if app.admin.accepts(token) => next.run(request).await,
-        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the admin token is wrong").into_response(),
+        Some(_) => {
+            ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "the admin token is wrong").into_response()
+        }
         None => ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            ErrorCode::Unauthorized,
             "the admin API needs Authorization: Bearer <token from admin.token>",
         )
         .into_response(),
@@ -459,13 +460,18 @@ async fn create_vault(
     if !valid_vault_name(&body.name) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "invalid_vault_name",
+            ErrorCode::InvalidVaultName,
             "a vault name is 1 to 64 characters of A-Z, a-z, 0-9, '-', '_' and '.', starting with a letter or digit",
         ));
     }
     let _serial = app.admin_changes.lock().await;
-    let exists =
-        || ApiError::new(StatusCode::CONFLICT, "vault_exists", format!("a vault named {:?} already exists", body.name));
+    let exists = || {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::VaultExists,
+            format!("a vault named {:?} already exists", body.name),
+        )
+    };
     if app.lock_state().vaults.contains_key(&body.name) {
         return Err(exists());
     }
@@ -660,7 +666,7 @@ async fn remove_machine(
         v.machines.get(&machine_id).map(|m| v.machine_info(m)).ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,
-                "machine_not_found",
+                ErrorCode::MachineNotFound,
                 format!("vault {vault} has no machine {machine_id:?}"),
             )
         })?
@@ -709,7 +715,7 @@ fn valid_request_id(request_id: &str) -> Result<(), ApiError> {
 }
 
 fn request_id_conflict(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::CONFLICT, protocol::REQUEST_ID_CONFLICT, message).with_reason(Reason::RequestIdConflict)
+    ApiError::new(StatusCode::CONFLICT, ErrorCode::RequestIdConflict, message).with_reason(Reason::RequestIdConflict)
 }
 
 /// What differs between a registration and the first one sent under its request id.
@@ -751,7 +757,7 @@ async fn register(
             .ok_or_else(|| ApiError::vault_not_found(&vault).with_reason(Reason::CredentialsInvalid))?;
         if v.identity.resource_id != body.resource_id {
             return Err(ApiError::refused(
-                Reason::CredentialsWrongVault,
+                ErrorCode::CredentialsWrongVault,
                 format!(
                     "the credentials are for another vault with the name {vault} (resource id {})",
                     body.resource_id
@@ -763,10 +769,12 @@ async fn register(
             None => {
                 return Err(match state.thumbprints.get(&body.thumbprint) {
                     Some(other) => ApiError::refused(
-                        Reason::CredentialsWrongVault,
+                        ErrorCode::CredentialsWrongVault,
                         format!("the credentials were downloaded from vault {other}, not {vault}"),
                     ),
-                    None => ApiError::refused(Reason::CredentialsInvalid, "this vault never issued that certificate"),
+                    None => {
+                        ApiError::refused(ErrorCode::CredentialsInvalid, "this vault never issued that certificate")
+                    }
                 });
             }
         }
@@ -774,7 +782,7 @@ async fn register(
     // Outside the lock: a signature check costs tens to hundreds of microseconds.
     if regent_credentials::verify_signature(&certificate, &body.message(&vault), &signature).is_err() {
         return Err(ApiError::refused(
-            Reason::CredentialsInvalid,
+            ErrorCode::CredentialsInvalid,
             "the request's signature does not verify against the certificate: it was not signed with the credentials' private key",
         ));
     }
@@ -793,7 +801,7 @@ async fn register(
             if answered.removed {
                 return Err(ApiError::new(
                     StatusCode::GONE,
-                    protocol::MACHINE_REMOVED,
+                    ErrorCode::MachineRemoved,
                     format!(
                         "the machine this registration made ({}) was removed from vault {vault}: its request id is not \
                          registered again; start a new registration",
@@ -811,20 +819,20 @@ async fn register(
         } else {
             if v.newest.as_deref() != Some(body.thumbprint.as_str()) {
                 return Err(ApiError::refused(
-                    Reason::CredentialsSuperseded,
+                    ErrorCode::CredentialsSuperseded,
                     "a newer credentials file was downloaded from the vault after this one",
                 ));
             }
             if let Some(cert) = v.certs.get(&body.thumbprint) {
                 if now > cert.not_after {
                     return Err(ApiError::refused(
-                        Reason::CredentialsExpired,
+                        ErrorCode::CredentialsExpired,
                         format!("the certificate expired at {} by the vault's clock", cert.not_after.to_rfc3339()),
                     ));
                 }
                 if now < cert.not_before {
                     return Err(ApiError::refused(
-                        Reason::CredentialsInvalid,
+                        ErrorCode::CredentialsInvalid,
                         format!("the certificate is not valid before {}", cert.not_before.to_rfc3339()),
                     ));
                 }
@@ -854,7 +862,7 @@ async fn register(
             }
             Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
+                ErrorCode::StoreUnavailable,
                 "the registration could not be stored; retry",
             )
             .with_reason(Reason::VaultError))
@@ -921,7 +929,7 @@ async fn commit_registration(
                 tracing::error!(error = %e, "a registration could not be written");
                 Err(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "store_unavailable",
+                    ErrorCode::StoreUnavailable,
                     format!("the vault's log cannot be written: {e}"),
                 )
                 .with_reason(Reason::VaultError))
@@ -989,13 +997,13 @@ enum PinDecision {
 }
 
 fn pin_wrong() -> ApiError {
-    ApiError::refused(Reason::SecurityPinInvalid, "the security PIN is wrong or was already used; ask for a new one")
+    ApiError::refused(ErrorCode::SecurityPinInvalid, "the security PIN is wrong or was already used; ask for a new one")
 }
 
 fn pin_checks_locked(until: DateTime<Utc>, now: DateTime<Utc>) -> ApiError {
     let mut error = ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
-        protocol::PIN_CHECKS_LOCKED,
+        ErrorCode::PinChecksLocked,
         format!(
             "this machine sent {} wrong security PINs in a row: its PIN checks are locked until {}; then ask for a new PIN",
             protocol::MAX_PIN_FAILURES,
@@ -1029,7 +1037,7 @@ async fn check_pin(
     let signature = Zeroizing::new(signed_fields(&body.thumbprint, &body.nonce, &signature_text)?);
     // Checked before the signature: the PIN is one of the signed lines, so it must not hold a line break.
     if pin.len() != 8 || !pin.chars().all(|c| c.is_ascii_digit()) {
-        return Err(ApiError::refused(Reason::SecurityPinInvalid, "a security PIN is 8 digits"));
+        return Err(ApiError::refused(ErrorCode::SecurityPinInvalid, "a security PIN is 8 digits"));
     }
     let now = Utc::now();
     check_clock(body.timestamp, now)?;
@@ -1047,7 +1055,7 @@ async fn check_pin(
     let removed = || {
         ApiError::new(
             StatusCode::GONE,
-            protocol::MACHINE_REMOVED,
+            ErrorCode::MachineRemoved,
             format!("machine {} was removed from vault {vault}; register this server again", body.machine_id),
         )
         .with_reason(Reason::MachineRemoved)
@@ -1125,7 +1133,7 @@ async fn check_pin(
         }
         PinDecision::Locked(until) => Err(pin_checks_locked(until, now)),
         PinDecision::Expired(at) => Err(ApiError::refused(
-            Reason::SecurityPinInvalid,
+            ErrorCode::SecurityPinInvalid,
             format!("the security PIN expired at {}; ask for a new one", at.to_rfc3339()),
         )),
         PinDecision::Valid { pin_id, issued_at } => {
@@ -1217,7 +1225,7 @@ fn check_clock(timestamp: i64, now: DateTime<Utc>) -> Result<(), ApiError> {
     if skew.unsigned_abs() > protocol::MAX_CLOCK_SKEW_SECS.unsigned_abs() {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            "clock_skew",
+            ErrorCode::ClockSkew,
             format!(
                 "the request was signed {} seconds {} the vault's clock (at most {} allowed); check this machine's clock",
                 skew.unsigned_abs(),
@@ -1233,7 +1241,7 @@ fn check_clock(timestamp: i64, now: DateTime<Utc>) -> Result<(), ApiError> {
 fn nonce_replayed() -> ApiError {
     ApiError::new(
         StatusCode::FORBIDDEN,
-        "nonce_replayed",
+        ErrorCode::NonceReplayed,
         "this request was already received (its nonce was used); a retry must be signed again with a fresh nonce",
     )
     .with_reason(Reason::VaultError)
@@ -1262,7 +1270,7 @@ struct MachineKey {
 fn machine_not_found(vault: &str, machine_id: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "machine_not_found",
+        ErrorCode::MachineNotFound,
         format!("vault {vault} has no machine {machine_id:?} (never registered, or removed)"),
     )
 }
@@ -1278,29 +1286,28 @@ fn machine_key(app: &App, vault: &str, machine_id: &str, thumbprint: &str) -> Re
     if machine.thumbprint != thumbprint {
         return Err(match state.thumbprints.get(thumbprint) {
             Some(other) if other != vault => ApiError::refused(
-                Reason::CredentialsWrongVault,
+                ErrorCode::CredentialsWrongVault,
                 format!("the request was signed with credentials of vault {other}, not {vault}"),
             ),
             _ => ApiError::refused(
-                Reason::CredentialsInvalid,
+                ErrorCode::CredentialsInvalid,
                 format!(
                     "machine {machine_id} registered with another certificate; only the key it registered with speaks for it"
                 ),
             ),
         });
     }
-    let certificate = v
-        .certs
-        .get(thumbprint)
-        .map(|cert| cert.der.clone())
-        .ok_or_else(|| ApiError::refused(Reason::CredentialsInvalid, "this vault never issued that certificate"))?;
+    let certificate =
+        v.certs.get(thumbprint).map(|cert| cert.der.clone()).ok_or_else(|| {
+            ApiError::refused(ErrorCode::CredentialsInvalid, "this vault never issued that certificate")
+        })?;
     Ok(MachineKey { certificate, removed })
 }
 
 fn verify_machine_signature(certificate: &[u8], message: &[u8], signature: &[u8]) -> Result<(), ApiError> {
     regent_credentials::verify_signature(certificate, message, signature).map_err(|_| {
         ApiError::refused(
-            Reason::CredentialsInvalid,
+            ErrorCode::CredentialsInvalid,
             "the request's signature does not verify: it was not signed with the key this machine registered with",
         )
     })
@@ -1318,7 +1325,7 @@ enum HeadDecision {
     /// Refused, with the protocol code, what was wrong with the records (when that was it) and the
     /// head the vault holds; recorded unless `again` (the same refused head as the last refusal: a
     /// retry adds no evidence).
-    Refuse { code: &'static str, detail: Option<String>, held_position: u64, held_hash: String, again: bool },
+    Refuse { code: ErrorCode, detail: Option<String>, held_position: u64, held_hash: String, again: bool },
 }
 
 /// What the records of a report past the anchored head come to, walked from the anchor.
@@ -1344,7 +1351,7 @@ fn check_proof_shape(records: &[String]) -> Result<(), ApiError> {
     if records.len() > protocol::MAX_PROOF_RECORDS || bytes > protocol::MAX_PROOF_BYTES {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            LOG_HEAD_PROOF_TOO_LARGE,
+            ErrorCode::LogHeadProofTooLarge,
             format!(
                 "a report carries at most {} records and {} bytes of them ({} records, {bytes} bytes sent); report the head in steps",
                 protocol::MAX_PROOF_RECORDS,
@@ -1360,7 +1367,7 @@ fn check_proof_shape(records: &[String]) -> Result<(), ApiError> {
 }
 
 fn proof_malformed(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, LOG_HEAD_PROOF_MALFORMED, message)
+    ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::LogHeadProofMalformed, message)
 }
 
 /// Walks a report's records from the anchored head with the same walker the agent's own verify
@@ -1440,17 +1447,14 @@ async fn report_log_head(
             anchor.and_then(|a| a.last_refusal.clone().map(|refusal| (refusal, a.last_refused_records.clone()))),
         )
     };
-    let refuse = |code: &'static str, detail: Option<String>, held: &AnchoredHead| HeadDecision::Refuse {
-        code,
-        detail,
-        held_position: held.position,
-        held_hash: held.hash.clone(),
-        again: last_refusal.as_ref().is_some_and(|(last, last_records)| {
+    let refuse = |code: ErrorCode, detail: Option<String>, held: &AnchoredHead| {
+        let again = last_refusal.as_ref().is_some_and(|(last, last_records)| {
             last.error == code
                 && last.position == body.position
                 && last.hash == body.hash
                 && *last_records == records_sha256
-        }),
+        });
+        HeadDecision::Refuse { code, detail, held_position: held.position, held_hash: held.hash.clone(), again }
     };
     // Walked outside the state's lock (up to a mebibyte of records to hash).
     let decision = match &head {
@@ -1464,16 +1468,16 @@ async fn report_log_head(
         Some(held) if body.position > held.position => match walk_proof(held, &body.records, reported)? {
             ProofWalk::Extends => HeadDecision::Anchor,
             ProofWalk::StartsElsewhere => HeadDecision::BaseRequired(held.position),
-            ProofWalk::Forked(detail) => refuse(LOG_HEAD_CONFLICT, Some(detail), held),
-            ProofWalk::Broken(detail) => refuse(LOG_HEAD_PROOF_INVALID, Some(detail), held),
+            ProofWalk::Forked(detail) => refuse(ErrorCode::LogHeadConflict, Some(detail), held),
+            ProofWalk::Broken(detail) => refuse(ErrorCode::LogHeadProofInvalid, Some(detail), held),
             ProofWalk::Malformed(detail) => return Err(proof_malformed(format!("the records sent: {detail}"))),
         },
         Some(held) if body.position == held.position && body.hash == held.hash => match same {
             Some(head) => HeadDecision::Same(head),
             None => HeadDecision::Anchor,
         },
-        Some(held) if body.position == held.position => refuse(LOG_HEAD_CONFLICT, None, held),
-        Some(held) => refuse(LOG_HEAD_REGRESSED, None, held),
+        Some(held) if body.position == held.position => refuse(ErrorCode::LogHeadConflict, None, held),
+        Some(held) => refuse(ErrorCode::LogHeadRegressed, None, held),
     };
     let actor = Actor { user: format!("machine:{machine_id}"), host: peer.ip().to_string() };
     match decision {
@@ -1503,7 +1507,7 @@ async fn report_log_head(
         }
         HeadDecision::BaseRequired(held_position) => Err(ApiError::new(
             StatusCode::CONFLICT,
-            LOG_HEAD_BASE_REQUIRED,
+            ErrorCode::LogHeadBaseRequired,
             format!(
                 "the vault anchored head {held_position} for this machine: a later head must carry the records from \
                  position {} on, as the agent's log holds them; read the anchor and report again",
@@ -1514,7 +1518,7 @@ async fn report_log_head(
             if !again {
                 let event = VaultEvent::LogHeadRefused(LogHeadRefused {
                     machine_id: machine_id.clone(),
-                    error: code.to_string(),
+                    error: code.clone(),
                     position: body.position,
                     hash: body.hash.clone(),
                     records: body.records.len() as u64,
@@ -1531,15 +1535,15 @@ async fn report_log_head(
                     .await
                     .map_err(ApiError::store)?;
                 app.apply(&vault, &[event])?;
-                tracing::warn!(vault = %vault, machine_id = %machine_id, position = body.position, held = held_position, code, "log head refused");
+                tracing::warn!(vault = %vault, machine_id = %machine_id, position = body.position, held = held_position, code = code.code(), "log head refused");
             }
             let held = format!("{held_position}:{}…", held_hash.chars().take(16).collect::<String>());
-            let message = match code {
-                LOG_HEAD_CONFLICT => format!(
+            let message = match &code {
+                ErrorCode::LogHeadConflict => format!(
                     "the vault anchored head {held} for this machine, and the agent's log holds another record at \
                      position {held_position}: it was rewritten, or restored from a copy and changed since"
                 ),
-                LOG_HEAD_PROOF_INVALID => format!(
+                ErrorCode::LogHeadProofInvalid => format!(
                     "the vault anchored head {held} for this machine, and the records sent after it do not lead to \
                      head {} ({}): the agent's log is damaged or was altered; run `regent audit verify`",
                     body.position,
@@ -1590,7 +1594,7 @@ async fn read_log_head(
     v.anchors.get(&machine_id).and_then(|a| a.log_head(&machine_id)).map(axum::Json).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
-            LOG_HEAD_NOT_FOUND,
+            ErrorCode::LogHeadNotFound,
             format!("machine {machine_id} has not anchored a log head at vault {vault} yet"),
         )
     })

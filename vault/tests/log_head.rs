@@ -319,7 +319,7 @@ fn a_head_that_goes_back_or_forks_is_refused_recorded_and_changes_nothing() {
     assert_eq!((now.position, now.hash, now.anchored_at), (5, head5.hash.to_hex(), anchored.anchored_at));
     assert_eq!(now.refusals, 2, "the refusals are kept as evidence");
     let last = now.last_refusal.unwrap();
-    assert_eq!((last.error.as_str(), last.position, last.hash), ("log_head_conflict", 5, hash(0xee).to_hex()));
+    assert_eq!((last.error.code(), last.position, last.hash), ("log_head_conflict", 5, hash(0xee).to_hex()));
 
     // A log cut back and grown past the anchor again: its head is later, but its record 6 follows
     // another record 5 than the anchored one. Refused, and recorded once (a retry adds nothing).

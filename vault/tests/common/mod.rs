@@ -188,7 +188,7 @@ pub fn machine_id(answer: &VaultAnswer) -> String {
 
 pub fn refusal(answer: &VaultAnswer) -> (regent_engine::Reason, String) {
     match answer {
-        VaultAnswer::Refused { reason, detail } => (*reason, detail.clone()),
+        VaultAnswer::Refused { reason, detail } => (reason.clone(), detail.clone()),
         VaultAnswer::Registered { machine_id, .. } => panic!("expected a refusal, got machine {machine_id}"),
     }
 }

@@ -1,4 +1,4 @@
-//! The wire protocol: JSON over HTTP(S), every path under `/v1`.
+//! The vault's wire protocol: JSON over HTTP(S), every path under `/v1`.
 //!
 //! | method and path | who | body | answer |
 //! | --- | --- | --- | --- |
@@ -20,27 +20,28 @@
 //! Admin calls carry `Authorization: Bearer <token>`. Bodies are `application/json`, at most
 //! [`MAX_BODY_BYTES`] ([`MAX_LOG_HEAD_BODY_BYTES`] for a log-head report). Every answer of the service carries the header [`SERVICE_HEADER`], so a client
 //! can tell the service's 401 from a proxy's. Every refusal is an [`ErrorBody`] whose `error` is a
-//! stable code of this protocol and whose `reason`, when the refusal is one the agent records, is the
-//! engine's reason code (`credentials_superseded`, `security_pin_invalid`, ...).
+//! stable code of this protocol ([`ErrorCode`]) and whose `reason`, when the refusal is one the agent
+//! records, is the agent's reason code ([`Reason`]: `credentials_superseded`, `security_pin_invalid`,
+//! ...).
 //!
 //! A registration proves possession of the credentials' private key: the agent signs
 //! [`registration_message`] (vault, resource id, machine name, certificate thumbprint, timestamp,
 //! nonce, request id) with it, and the service verifies the signature with the certificate it issued
 //! under that thumbprint. Its request id is bound to the certificate and machine name it first came
-//! with: the same request id with others is [`REQUEST_ID_CONFLICT`], and one whose machine was
-//! removed is [`MACHINE_REMOVED`], for ever.
+//! with: the same request id with others is [`ErrorCode::RequestIdConflict`], and one whose machine
+//! was removed is [`ErrorCode::MachineRemoved`], for ever.
 //!
 //! A PIN check is signed by the machine ([`pin_check_message`], covering the PIN) with the key it
 //! registered with, idempotent by request id, and counted per machine: [`MAX_PIN_FAILURES`] wrong
-//! PINs in a row lock that machine's checks for [`PIN_LOCKOUT_SECS`] ([`PIN_CHECKS_LOCKED`]).
+//! PINs in a row lock that machine's checks for [`PIN_LOCKOUT_SECS`] ([`ErrorCode::PinChecksLocked`]).
 //!
 //! A registered machine keeps its log head at the vault (an *anchor*): it signs
 //! [`log_head_message`] with the private key of the credentials it registered with, and the service
 //! verifies it with the certificate of that registration. Reading the anchor back is signed too
 //! ([`log_head_read_message`], in the headers [`SIGNATURE_HEADERS`]). A head is never allowed to go
 //! backwards or to change at a position already anchored: such a report is refused
-//! ([`LOG_HEAD_REGRESSED`], [`LOG_HEAD_CONFLICT`]) and the refusal is recorded, since it is evidence
-//! that the agent's log was cut or rewritten. A head past the anchored one carries the stored
+//! ([`ErrorCode::LogHeadRegressed`], [`ErrorCode::LogHeadConflict`]) and the refusal is recorded,
+//! since it is evidence that the agent's log was cut or rewritten. A head past the anchored one carries the stored
 //! records in between, and the service walks them from its anchor itself (at most
 //! [`MAX_PROOF_RECORDS`] records and [`MAX_PROOF_BYTES`] bytes a report; an agent further ahead
 //! reports in steps).
@@ -51,6 +52,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
+
+use crate::{ErrorCode, Reason};
 
 /// The protocol's version, as `GET /v1/health` reports it. 2: PIN checks are signed by the machine
 /// and request ids are bound to what they first came with.
@@ -181,16 +184,6 @@ pub const ROUTES: [Route; 11] = [
     },
 ];
 
-/// A request id answered (or being answered) before, sent with other values: another machine name,
-/// certificate or vault for a registration (a data dir copied to a second server), another machine
-/// or PIN for a PIN check. `409`, reason `request_id_conflict`.
-pub const REQUEST_ID_CONFLICT: &str = "request_id_conflict";
-/// The machine a registration's request id made was removed: that request id is never answered or
-/// registered again. `410`, reason `machine_removed`; a PIN check of a removed machine too.
-pub const MACHINE_REMOVED: &str = "machine_removed";
-/// This machine sent [`MAX_PIN_FAILURES`] wrong PINs in a row: its PIN checks are refused for
-/// [`PIN_LOCKOUT_SECS`]. `429` with `Retry-After`, reason `security_pin_invalid`.
-pub const PIN_CHECKS_LOCKED: &str = "pin_checks_locked";
 /// Wrong PINs in a row (authenticated, from one machine) that lock that machine's PIN checks.
 pub const MAX_PIN_FAILURES: u32 = 5;
 /// How long a machine's PIN checks stay locked after its last allowed wrong PIN.
@@ -396,10 +389,10 @@ pub struct PinValid {
 pub struct ErrorBody {
     /// A stable code of this protocol, e.g. `bad_request`, `unauthorized`, `vault_not_found`,
     /// `credentials_superseded`, `nonce_replayed`, `clock_skew`.
-    pub error: String,
-    /// The engine's reason code when the refusal is one the agent records; absent otherwise.
+    pub error: ErrorCode,
+    /// The agent's reason code when the refusal is one the agent records; absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub reason: Option<Reason>,
     /// One line for a person.
     pub message: String,
 }
@@ -438,31 +431,10 @@ impl RegisterBody {
     }
 }
 
-/// A head lower than the one anchored: the agent's log lost records (or an old copy speaks).
-pub const LOG_HEAD_REGRESSED: &str = "log_head_regressed";
-/// Another hash at the position anchored, or records past it that do not follow the anchored
-/// record: the agent's log was rewritten (or forked from a copy).
-pub const LOG_HEAD_CONFLICT: &str = "log_head_conflict";
-/// Records past the anchored head that follow it but do not form a chain up to the reported head
-/// (a record altered after its hash was taken, a gap, an end other than the head): the agent's
-/// log is damaged, or the report was forged.
-pub const LOG_HEAD_PROOF_INVALID: &str = "log_head_proof_invalid";
-/// A report whose records cannot be records at all (not JSON, a line break inside, records where
-/// none belong). Not evidence of anything, so not recorded.
-pub const LOG_HEAD_PROOF_MALFORMED: &str = "log_head_proof_malformed";
-/// More than [`MAX_PROOF_RECORDS`] records or [`MAX_PROOF_BYTES`] bytes of them in one report.
-pub const LOG_HEAD_PROOF_TOO_LARGE: &str = "log_head_proof_too_large";
-/// No head was ever anchored for the machine.
-pub const LOG_HEAD_NOT_FOUND: &str = "log_head_not_found";
-/// A head past the anchored one whose records do not start right after it (none sent, or sent
-/// against an older anchor): read the anchor and report again. Not evidence of anything, so not
-/// recorded.
-pub const LOG_HEAD_BASE_REQUIRED: &str = "log_head_base_required";
-
 /// The most records one report carries. An agent further past its anchor reports in steps.
 pub const MAX_PROOF_RECORDS: usize = 256;
 /// The most bytes of records (the stored lines, before JSON escaping) one report carries. A record
-/// is at most [`regent_store::MAX_RECORD_BYTES`], so a step always holds at least one.
+/// is at most `regent_store::MAX_RECORD_BYTES` (32 KiB), so a step always holds at least one.
 pub const MAX_PROOF_BYTES: usize = 1024 * 1024;
 /// The largest log-head report the service reads: the records as JSON strings (escaping at most
 /// doubles a JSON line: only `"` and `\` are escaped) and the other fields.
@@ -518,8 +490,9 @@ pub struct LogHead {
 /// A refused report: which code, and the head that was offered.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogHeadRefusal {
-    /// [`LOG_HEAD_REGRESSED`] or [`LOG_HEAD_CONFLICT`].
-    pub error: String,
+    /// [`ErrorCode::LogHeadRegressed`], [`ErrorCode::LogHeadConflict`] or
+    /// [`ErrorCode::LogHeadProofInvalid`].
+    pub error: ErrorCode,
     pub position: u64,
     pub hash: String,
     pub refused_at: DateTime<Utc>,
