@@ -33,6 +33,7 @@ use serde_json::json;
 use crate::context::Context;
 use crate::failure::Failure;
 use crate::terminal::{self, errln, outln};
+use crate::world;
 
 /// Beside the store in the data directory.
 const ANCHOR_FILE: &str = "log-anchor.json";
@@ -299,7 +300,8 @@ fn proxy_config(state: &State, area: &SecretsArea) -> Result<Option<ProxyConfig>
                 code: "invalid_proxy".into(),
                 message: format!("the proxy password cannot be opened ({detail}); set the proxy again"),
             };
-            let bytes = SecretKeeper::open(area, SecretKind::ProxyPassword, sealed).map_err(unreadable)?;
+            let bytes =
+                SecretKeeper::open(&world::SealedFiles(area), SecretKind::ProxyPassword, sealed).map_err(unreadable)?;
             let password = String::from_utf8(bytes.to_vec()).map_err(|_| unreadable("it is not text".into()))?;
             Some((user.clone(), SecretString::from(password)))
         }
@@ -317,7 +319,8 @@ fn signer(
     endpoint: Option<&str>,
     key_missing: impl FnOnce(String) -> LogHeadError,
 ) -> Result<MachineSigner, LogHeadError> {
-    let private_key = SecretKeeper::open(area, SecretKind::CredentialsPrivateKey, &machine.key).map_err(key_missing)?;
+    let private_key = SecretKeeper::open(&world::SealedFiles(area), SecretKind::CredentialsPrivateKey, &machine.key)
+        .map_err(key_missing)?;
     Ok(MachineSigner {
         endpoint: endpoint.unwrap_or(&machine.endpoint).to_string(),
         vault: machine.vault.clone(),

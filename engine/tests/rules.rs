@@ -869,3 +869,15 @@ fn a_scratch_folder_moved_onto_a_link_to_the_install_folder_is_refused() {
         .when(Command::MoveScratch { scratch_dir: "/srv/link-to-install".into() }, observed)
         .refused(Reason::InvalidFolder, &["symbolic links"]);
 }
+
+proptest::proptest! {
+    /// What the wizard offers as the largest backup for the free space it sees is the largest that
+    /// the folders rule then accepts.
+    #[test]
+    fn the_largest_backup_for_free_space_is_the_largest_the_rule_accepts(free in 0u64..=u64::MAX / 20) {
+        use regent_engine::decide::{largest_backup_bytes, required_scratch_bytes};
+        let largest = largest_backup_bytes(free);
+        proptest::prop_assert!(required_scratch_bytes(largest) <= free);
+        proptest::prop_assert!(required_scratch_bytes(largest + 1) > free);
+    }
+}

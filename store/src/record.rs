@@ -152,6 +152,13 @@ impl fmt::Display for Actor {
     }
 }
 
+/// This machine's host name as `hostname` prints it (the kernel's node name, from `uname`): the
+/// host of an [`Actor`] on this machine, for the agent and the vault service alike.
+pub fn host_name() -> String {
+    let name = gethostname::gethostname().to_string_lossy().into_owned();
+    if name.is_empty() { "unknown-host".into() } else { name }
+}
+
 /// What every event of one batch shares: one command run, by one actor, at one time.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct BatchMeta {

@@ -156,7 +156,7 @@ pub async fn serve(config: ServeConfig) -> Result<RunningServer, VaultError> {
         admin_token_created: opened.token_created,
     };
     tracing::info!(url = %info.url, data_dir = %config.data_dir.display(), "vault service listening");
-    let actor = regent_store::Actor { user: "regent-vault".into(), host: crate::commit::host_name() };
+    let actor = regent_store::Actor { user: "regent-vault".into(), host: regent_store::host_name() };
     let log = Arc::downgrade(&opened.store);
     let committer = tokio::spawn(crate::commit::run(opened.store, actor, opened.commits));
     let (stop, stopped) = oneshot::channel();

@@ -103,7 +103,8 @@ impl App {
         tls: bool,
         group_commit: bool,
     ) -> Result<Opened, VaultError> {
-        create_private_dir(data_dir)?;
+        regent_secrets::create_private_dir(data_dir)
+            .map_err(|source| VaultError::DataDir { path: data_dir.to_path_buf(), source })?;
         let (admin, token_path, token_created) = token::load_or_create(data_dir)?;
         let options = StoreOptions { lock_wait: std::time::Duration::from_secs(5), cache_bytes: 64 * 1024 * 1024 };
         let store = EventStore::open(data_dir.join(LOG_DIR), &options)?;
@@ -199,14 +200,6 @@ impl App {
             digest.copy_from_slice(&mac.finalize().into_bytes());
         }
         digest
-    }
-}
-
-fn create_private_dir(dir: &Path) -> Result<(), VaultError> {
-    use std::os::unix::fs::DirBuilderExt;
-    match std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir) {
-        Ok(()) => Ok(()),
-        Err(source) => Err(VaultError::DataDir { path: dir.to_path_buf(), source }),
     }
 }
 
@@ -899,7 +892,7 @@ async fn commit_registration(
             Err(e) => Err(format!("the event cannot be written: {e}")),
         }
     } else {
-        let actor = Actor { user: "regent-vault".into(), host: crate::commit::host_name() };
+        let actor = Actor { user: "regent-vault".into(), host: regent_store::host_name() };
         app.append(&vault, ExpectedVersion::Any, actor, vec![(wrapped.clone(), Some(event_id))])
             .await
             .map_err(|e| e.to_string())
