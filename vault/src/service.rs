@@ -138,15 +138,7 @@ impl App {
     }
 
     pub(crate) fn set_bound(&self, addr: SocketAddr) {
-        let host = if addr.ip().is_unspecified() {
-            // Bound to every interface: the loopback one at least is reachable.
-            SocketAddr::new(
-                if addr.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() },
-                addr.port(),
-            )
-        } else {
-            addr
-        };
+        let host = reachable(addr);
         *self.bound_url.lock().unwrap_or_else(|p| p.into_inner()) = format!("{}://{host}", self.scheme);
     }
 
@@ -200,6 +192,16 @@ impl App {
             digest.copy_from_slice(&mac.finalize().into_bytes());
         }
         digest
+    }
+}
+
+/// Where a service bound to `addr` is reached: bound to every interface, the loopback one at least.
+pub(crate) fn reachable(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        let loopback = if addr.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() };
+        SocketAddr::new(loopback, addr.port())
+    } else {
+        addr
     }
 }
 
