@@ -6,8 +6,9 @@
 # then exports the log (`regent audit export`) to NAME.jsonl and writes NAME.expected.json: the
 # phase and last failure the scenario was written to produce, checked against the live
 # `regent status --json` of the run before anything is written (a scenario that did not do what it
-# says fails the recording). Two fixtures are rewrites of a recorded one (see rewrite.py): a log as
-# schema 1 wrote it, and a log from a build with another passphrase rule (the divergence).
+# says fails the recording). Two fixtures are rewrites of a recorded one (see
+# store/examples/rewrite.rs): a log as schema 1 wrote it, and a log from a build with another
+# passphrase rule (the divergence).
 #
 # Fixtures of older builds (schema-2: a log written before registrations were started and the
 # passphrase verifier sealed) cannot come from this build either: they are kept as recorded.
@@ -20,9 +21,11 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 cargo build --quiet --release -p regent-cli --manifest-path "$root/Cargo.toml"
+cargo build --quiet --release -p regent-store --example rewrite --manifest-path "$root/Cargo.toml"
 target=$(cargo metadata --quiet --format-version 1 --no-deps --manifest-path "$root/Cargo.toml" |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 bin="$target/release/regent"
+rewrite="$target/release/examples/rewrite"
 command -v tinyproxy >/dev/null || { echo "record.sh: tinyproxy is needed (apt-get install -y tinyproxy)" >&2; exit 1; }
 unshare --uts true 2>/dev/null || { echo "record.sh: run as root: a scenario needs \`unshare --uts\` (another host name)" >&2; exit 1; }
 
@@ -241,8 +244,8 @@ prepared; register
 r properties throttling set --work-days mon-fri --work-hours 09:00-17:00 --work-bandwidth 100Kbps --non-work-bandwidth 20Mbps
 record invalid_throttling registered invalid_throttling "a work-hours bandwidth under 512 Kbps"
 
-# --- rewrites of a recorded log (rewrite.py says why) ---
-python3 "$here/rewrite.py" schema-1 "$out/registered.jsonl" "$out/schema-1.jsonl" 1GiB
+# --- rewrites of a recorded log (store/examples/rewrite.rs says why) ---
+"$rewrite" schema-1 "$out/registered.jsonl" "$out/schema-1.jsonl" 1GiB
 python3 - "$out/registered.expected.json" "$out/schema-1.expected.json" <<'EOF'
 import json, sys
 expected = json.load(open(sys.argv[1]))
@@ -254,7 +257,7 @@ open(sys.argv[2], "a").write("\n")
 EOF
 echo "recorded schema-1 (from registered)"
 
-python3 "$here/rewrite.py" short-12 "$out/registered-through-proxy.jsonl" "$out/divergence.jsonl"
+"$rewrite" short-12 "$out/registered-through-proxy.jsonl" "$out/divergence.jsonl"
 python3 - "$out/registered-through-proxy.expected.json" "$out/divergence.expected.json" "$out/divergence.jsonl" <<'EOF'
 import json, sys
 expected = json.load(open(sys.argv[1]))

@@ -34,6 +34,7 @@ use zeroize::Zeroizing;
 use crate::context::Context;
 use crate::failure::Failure;
 use crate::terminal::{self, errln, outln};
+use crate::world;
 
 /// Beside the store in the data directory.
 const ANCHOR_FILE: &str = "log-anchor.json";
@@ -300,7 +301,8 @@ fn proxy_config(state: &State, area: &SecretsArea) -> Result<Option<ProxyConfig>
                 reason: Reason::InvalidProxy,
                 detail: format!("the proxy password cannot be opened ({detail}); set the proxy again"),
             };
-            let bytes = SecretKeeper::open(area, SecretKind::ProxyPassword, sealed).map_err(unreadable)?;
+            let bytes =
+                SecretKeeper::open(&world::SealedFiles(area), SecretKind::ProxyPassword, sealed).map_err(unreadable)?;
             let password = String::from_utf8(bytes.to_vec()).map_err(|_| unreadable("it is not text".into()))?;
             Some((user.clone(), SecretString::from(password)))
         }
@@ -311,7 +313,7 @@ fn proxy_config(state: &State, area: &SecretsArea) -> Result<Option<ProxyConfig>
 
 /// The private key `machine`'s sealed reference names, or why it cannot be opened.
 fn private_key(area: &SecretsArea, machine: &MachineIdentity) -> Result<Zeroizing<Vec<u8>>, String> {
-    SecretKeeper::open(area, SecretKind::CredentialsPrivateKey, &machine.key)
+    SecretKeeper::open(&world::SealedFiles(area), SecretKind::CredentialsPrivateKey, &machine.key)
 }
 
 /// Signs for `machine` with `private_key`, the key its sealed reference names.

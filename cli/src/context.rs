@@ -1,6 +1,6 @@
 //! What one command run needs: the data dir, the store (opened once), the secrets area, the world.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use regent_engine::Reason;
 use regent_engine::model::{PinAnswer, VaultAnswer};
@@ -126,22 +126,22 @@ impl Context {
         })
     }
 
+    /// Creates the data dir (mode 0700) and its missing parents, unless it exists.
+    pub fn create_data_dir(&self) -> Result<(), Failure> {
+        regent_secrets::create_private_dir(&self.data_dir).map_err(|e| {
+            Failure::store(format!(
+                "cannot create the data directory {}: {e}; choose another with --data-dir",
+                self.data_dir.display()
+            ))
+        })
+    }
+
     /// The sealed-secrets area, creating the data dir and machine key on first use.
     pub fn secrets_area(&self) -> Result<SecretsArea, Failure> {
-        create_private_dir(&self.data_dir)?;
+        self.create_data_dir()?;
         let key = MachineKey::load_or_create(&self.data_dir)?;
         Ok(SecretsArea::open_dir(&self.data_dir, key)?)
     }
-}
-
-pub(crate) fn create_private_dir(dir: &Path) -> Result<(), Failure> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| {
-        Failure::store(format!(
-            "cannot create the data directory {}: {e}; choose another with --data-dir",
-            dir.display()
-        ))
-    })
 }
 
 /// Why a store could not be opened as it is: a failure said already, or the store's own error.
@@ -175,7 +175,7 @@ impl VaultClient for NoVault {
 }
 
 /// The real world, with `vault` for the commands that reach it.
-pub fn real_world<'a>(secrets: &'a SecretsArea, vault: &'a dyn VaultClient) -> World<'a> {
+pub fn real_world<'a>(secrets: &'a world::SealedFiles<'a>, vault: &'a dyn VaultClient) -> World<'a> {
     World {
         clock: &world::SystemClock,
         folders: &world::DiskFolders,
@@ -184,6 +184,6 @@ pub fn real_world<'a>(secrets: &'a SecretsArea, vault: &'a dyn VaultClient) -> W
         secrets,
         passphrase_files: &world::KeptPassphraseFiles,
         vault,
-        machine_name: world::host_name(),
+        machine_name: regent_store::host_name(),
     }
 }

@@ -10,7 +10,7 @@ use regent_engine::projections;
 use regent_store::StoreError;
 use serde_json::json;
 
-use crate::context::{Context, create_private_dir};
+use crate::context::Context;
 use crate::damage;
 use crate::failure::Failure;
 
@@ -25,7 +25,7 @@ pub fn run(ctx: &Context, file: &Path) -> Result<u8, Failure> {
     drop(records);
     // A data dir of its own when there is none (an export brought to another machine), made as the
     // steps make it; the store inside is sled's to create.
-    create_private_dir(&ctx.data_dir)?;
+    ctx.create_data_dir()?;
     let store_dir = ctx.store_dir();
     let store = ctx.open_store_as_is().map_err(|e| damage::open_failure(e, damage::SALVAGE_LIMIT_BYTES, Some(file)))?;
     if let Some(found) = store.damage() {

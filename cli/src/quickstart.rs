@@ -99,7 +99,9 @@ fn download_credentials(admin: &AdminClient, home: &std::path::Path) -> Result<P
         .download_credentials(VAULT_NAME, None)
         .map_err(|e| Failure::store(format!("cannot download vault credentials: {e}")))?;
     let path = unused_path(home, VAULT_NAME, "VaultCredentials");
-    write_private(&path, file.xml.as_bytes())?;
+    // It holds the certificate's private key: made like every key-holding file.
+    regent_secrets::write_new_private_file(&path, &[file.xml.as_bytes()])
+        .map_err(|e| Failure::store(format!("cannot write the vault credentials: {e}")))?;
     Ok(path)
 }
 
@@ -109,15 +111,6 @@ pub(crate) fn unused_path(dir: &std::path::Path, stem: &str, ext: &str) -> PathB
         .map(|n| if n == 1 { dir.join(format!("{stem}.{ext}")) } else { dir.join(format!("{stem}-{n}.{ext}")) })
         .find(|p| !p.exists())
         .unwrap_or_else(|| dir.join(format!("{stem}.{ext}")))
-}
-
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> Result<(), Failure> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let fail = |e: std::io::Error| Failure::store(format!("cannot write {}: {e}", path.display()));
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(fail)?;
-    file.write_all(bytes).map_err(fail)?;
-    file.sync_all().map_err(fail)
 }
 
 /// Narration goes to stderr under --json, so stdout stays machine-readable.

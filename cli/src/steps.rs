@@ -1,7 +1,7 @@
 //! The wizard steps and Change Properties actions: run through the engine, print the outcome.
 
 use regent_engine::State;
-use regent_engine::model::{Command, Outcome};
+use regent_engine::model::{Change, Command, Outcome, PassphraseOrigin};
 use regent_engine::ports::VaultClient;
 use regent_engine::projections;
 use regent_engine::service::{Executed, Registrar, SecretInputs, StepResult};
@@ -13,7 +13,7 @@ use serde_json::json;
 use crate::anchor::{self, StepAnchor};
 use crate::context::{Context, NoVault, real_world};
 use crate::failure::Failure;
-use crate::terminal::{self, errln, outln};
+use crate::terminal::{self, Stream, errln, outln};
 use crate::world;
 
 /// Runs a command that needs no vault.
@@ -50,7 +50,8 @@ pub fn execute(
     // would only hear that appends are refused).
     drop(ctx.open_store()?);
     let area = ctx.secrets_area()?;
-    let world = real_world(&area, vault);
+    let keeper = world::SealedFiles(&area);
+    let world = real_world(&keeper, vault);
     let log = ctx.log();
     // The key log-anchor.json names stays sealed: it speaks for the machine if the log was cut.
     let registrar = Registrar::new(&log).keeping(anchor::sealed_keys(ctx));
@@ -108,9 +109,7 @@ fn report(ctx: &Context, result: &StepResult, anchored: Option<&StepAnchor>) -> 
     let status = projections::status(&result.state, result.head);
     let summary = projections::summary(&result.record.outcome);
     let mut warnings = match &result.record.outcome {
-        Outcome::Accepted(
-            regent_engine::model::Change::PassphraseCreated(e) | regent_engine::model::Change::PassphraseChanged(e),
-        ) => e.warnings.clone(),
+        Outcome::Accepted(Change::PassphraseCreated(e) | Change::PassphraseChanged(e)) => e.warnings.clone(),
         _ => Vec::new(),
     };
     warnings.extend(result.notes.iter().cloned());
@@ -136,8 +135,9 @@ fn report(ctx: &Context, result: &StepResult, anchored: Option<&StepAnchor>) -> 
                     outln!("next: {}", crate::guidance::command_line(next));
                 }
             }
-            if let Some(passphrase) = &result.generated_passphrase {
-                show_generated_once(ctx, passphrase.expose_secret());
+            // In a script the passphrase stays in its file.
+            if !ctx.json && terminal::stdout_is_terminal() {
+                show_generated(Stream::Stdout, result);
             }
             Ok(0)
         }
@@ -166,13 +166,32 @@ fn report(ctx: &Context, result: &StepResult, anchored: Option<&StepAnchor>) -> 
     }
 }
 
-/// A generated passphrase is shown once, on a terminal only: in a script it stays in its file.
-fn show_generated_once(ctx: &Context, passphrase: &str) {
-    if ctx.json || !terminal::stdout_is_terminal() {
-        return;
+/// The passphrase a step generated, shown this once on `stream` when it is a terminal, and the file
+/// it is saved in; false when the step generated none. The step commands show it on stdout, the
+/// wizard on stderr, where it talks.
+pub(crate) fn show_generated(stream: Stream, result: &StepResult) -> bool {
+    let (Some(passphrase), Outcome::Accepted(Change::PassphraseCreated(made) | Change::PassphraseChanged(made))) =
+        (&result.generated_passphrase, &result.record.outcome)
+    else {
+        return false;
+    };
+    let PassphraseOrigin::Generated { saved_to } = &made.origin else { return false };
+    let say = |line: std::fmt::Arguments<'_>| terminal::write_line(stream, line);
+    let on_terminal = match stream {
+        Stream::Stdout => terminal::stdout_is_terminal(),
+        Stream::Stderr => terminal::stderr_is_terminal(),
+    };
+    if on_terminal {
+        say(format_args!(""));
+        say(format_args!("Your passphrase, shown this once:"));
+        say(format_args!(""));
+        say(format_args!("    {}", passphrase.expose_secret()));
+        say(format_args!(""));
     }
-    outln!();
-    outln!("Your passphrase (shown once; it is also in the file you named):");
-    outln!("  {passphrase}");
-    outln!("Keep it somewhere safe, off this machine. Nobody can recover it: without it, backups cannot be restored.");
+    say(format_args!(
+        "It is saved in {} (readable by you only). Keep a copy somewhere safe, off this machine.",
+        saved_to.display()
+    ));
+    say(format_args!("Nobody can recover this passphrase: without it, backups cannot be restored."));
+    true
 }

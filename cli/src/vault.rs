@@ -164,22 +164,23 @@ impl<'a> NewCredentialsFile<'a> {
             Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        // 0600 from the start (tempfile's default), in the target's directory so that the final
-        // move is a rename within one filesystem.
-        let temporary =
-            tempfile::Builder::new().prefix(".regent-credentials-").suffix(".tmp").tempfile_in(&directory).map_err(
-                |e| {
-                    let why = match e.kind() {
-                        std::io::ErrorKind::NotFound => "it does not exist".to_string(),
-                        _ => e.to_string(),
-                    };
-                    Failure::refused(format!(
-                        "cannot write into {}: {why}; nothing was downloaded: create the directory or name a file \
+        // Made as every key-holding file is (0600 whatever the umask, never over or through a
+        // link), in the target's directory so that the final move is a rename within one filesystem.
+        let temporary = tempfile::Builder::new()
+            .prefix(".regent-credentials-")
+            .suffix(".tmp")
+            .make_in(&directory, regent_secrets::create_new_private_file)
+            .map_err(|e| {
+                let why = match e.kind() {
+                    std::io::ErrorKind::NotFound => "it does not exist".to_string(),
+                    _ => e.to_string(),
+                };
+                Failure::refused(format!(
+                    "cannot write into {}: {why}; nothing was downloaded: create the directory or name a file \
                      elsewhere with --output",
-                        directory.display()
-                    ))
-                },
-            )?;
+                    directory.display()
+                ))
+            })?;
         Ok(NewCredentialsFile { path, directory, temporary })
     }
 

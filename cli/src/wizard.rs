@@ -13,13 +13,13 @@ use std::path::{Path, PathBuf};
 use inquire::InquireError;
 use inquire::validator::Validation;
 use regent_engine::State;
+use regent_engine::decide::{SCRATCH_FREE_PERCENT, largest_backup_bytes};
 use regent_engine::model::{Change, Command as EngineCommand, Outcome, PassphraseOrigin, Refusal};
 use regent_engine::ports::VaultClient;
-use regent_engine::projections::{self, AuditFilter};
+use regent_engine::projections;
 use regent_engine::service::{SecretInputs, StepResult};
 use regent_engine::units::{format_bytes, parse_size};
-use regent_engine::{Reason, decide::SCRATCH_FREE_PERCENT};
-use secrecy::{ExposeSecret, SecretString};
+use regent_engine::{Reason, Step as StepName};
 
 use crate::args::WizardArgs;
 use crate::context::{Context, NoVault};
@@ -198,9 +198,8 @@ fn interactive(ctx: &Context, a: WizardArgs) -> Result<u8, Failure> {
     let (state, proxy_answered) = {
         let store = ctx.open_store()?;
         let state = projections::current_state(&store)?.0;
-        let filter = AuditFilter { kind: Some("proxy".into()), ..AuditFilter::default() };
-        let mut proxy_steps = projections::audit(store.read_all(1), &filter);
-        let answered = proxy_steps.try_fold(false, |found, entry| entry.map(|e| found || e.outcome == "accepted"))?;
+        let answered =
+            projections::step_accepted(store.read_stream(regent_engine::events::STREAM, 1), StepName::Proxy)?;
         (state, answered)
     };
     if let Some(r) = &state.registration {
@@ -265,19 +264,18 @@ impl Wizard<'_> {
         Ok(projections::current_state(&self.ctx.open_store()?)?.0)
     }
 
-    /// The first screen whose step is not done; expired credentials are not done either.
+    /// The screen of the engine's next step, with the two screens the engine has no step for: the
+    /// proxy (optional, offered before the credentials until answered) and expired credentials,
+    /// which are not done either.
     fn first_not_done(&self, state: &State) -> Screen {
-        let usable = state.credentials.as_ref().is_some_and(|c| c.facts.not_after > chrono::Utc::now());
-        if state.folders.is_none() {
-            Screen::Folders
-        } else if state.credentials.is_none() && !self.proxy_answered {
-            Screen::Proxy
-        } else if !usable {
-            Screen::Credentials
-        } else if state.encryption.is_none() {
-            Screen::Passphrase
-        } else {
-            Screen::Register
+        let expired = state.credentials.as_ref().is_some_and(|c| c.facts.not_after <= chrono::Utc::now());
+        match state.next_step() {
+            Some(StepName::Folders) => Screen::Folders,
+            Some(StepName::Credentials) if !self.proxy_answered => Screen::Proxy,
+            Some(StepName::Credentials) => Screen::Credentials,
+            Some(_) if expired => Screen::Credentials,
+            Some(StepName::Passphrase) => Screen::Passphrase,
+            _ => Screen::Register,
         }
     }
 
@@ -528,13 +526,10 @@ impl Wizard<'_> {
                 )
             };
             let result = self.execute(command, secrets, &NoVault)?;
-            let generated = result.generated_passphrase.clone();
+            let shown = steps::show_generated(terminal::Stream::Stderr, &result);
             if let Some(Change::PassphraseCreated(encryption)) = accepted(result) {
-                match (&encryption.origin, generated) {
-                    (PassphraseOrigin::Generated { saved_to }, Some(passphrase)) => {
-                        show_generated(saved_to, &passphrase)
-                    }
-                    _ => say("Passphrase set. Keep it somewhere safe: nobody can recover it."),
+                if !shown {
+                    say("Passphrase set. Keep it somewhere safe: nobody can recover it.");
                 }
                 for warning in &encryption.warnings {
                     say(format!("Warning: {warning}"));
@@ -557,7 +552,10 @@ impl Wizard<'_> {
         let endpoint = self.endpoint.clone().unwrap_or_else(|| credentials.facts.endpoint.clone());
         header(
             Screen::Register,
-            &[&format!("regent now registers this server ({}) with vault {vault} at {endpoint}.", world::host_name())],
+            &[&format!(
+                "regent now registers this server ({}) with vault {vault} at {endpoint}.",
+                regent_store::host_name()
+            )],
         );
         if !ask(terminal::confirm("Register now?", true, None))? {
             return Err(Failure::stopped(STOPPED));
@@ -643,22 +641,6 @@ fn tell_refusal(refusal: &Refusal) {
     say("");
     let said = crate::guidance::with_next(&refusal.message, &refusal.next);
     say(format!("Refused ({}): {}.", refusal.reason, said.trim_end_matches('.')));
-}
-
-/// A generated passphrase is shown this once, on the terminal the wizard talks on.
-fn show_generated(saved_to: &Path, passphrase: &SecretString) {
-    if terminal::stderr_is_terminal() {
-        say("");
-        say("Your passphrase, shown this once:");
-        say("");
-        say(format!("    {}", passphrase.expose_secret()));
-        say("");
-    }
-    say(format!(
-        "It is saved in {} (readable by you only). Keep a copy somewhere safe, off this machine.",
-        saved_to.display()
-    ));
-    say("Nobody can recover this passphrase: without it, backups cannot be restored.");
 }
 
 /// One line from the wizard. It talks on stderr, where the prompts are, so stdout can be
@@ -761,7 +743,7 @@ fn size_help(scratch: &Path) -> String {
         Some(free) => format!(
             "e.g. 750GiB or 2TB; scratch has {} free: room for up to {}",
             format_bytes(free),
-            format_bytes(free.saturating_mul(100 / SCRATCH_FREE_PERCENT))
+            format_bytes(largest_backup_bytes(free))
         ),
         None => format!("e.g. 750GiB or 2TB; scratch needs {SCRATCH_FREE_PERCENT}% of it free"),
     }

@@ -550,6 +550,12 @@ pub fn required_scratch_bytes(backup_size: u64) -> u64 {
     u64::try_from(required).unwrap_or(u64::MAX)
 }
 
+/// The largest backup whose [`required_scratch_bytes`] fits in `free` bytes.
+pub fn largest_backup_bytes(free: u64) -> u64 {
+    let largest = u128::from(free) * 100 / u128::from(SCRATCH_FREE_PERCENT);
+    u64::try_from(largest).unwrap_or(u64::MAX)
+}
+
 fn check_proxy(host: &str, port: u32, username: Option<&str>, password_given: bool) -> Result<(), String> {
     let host_ok = host.parse::<IpAddr>().is_ok()
         || (!host.is_empty()

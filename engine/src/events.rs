@@ -8,6 +8,7 @@
 
 use regent_store::{NewEvent, Record};
 use serde_json::Value;
+use uuid::Uuid;
 
 use crate::model::{SCHEMA_VERSION, StepRecord};
 use crate::units::parse_size;
@@ -84,7 +85,7 @@ fn size_text_to_bytes(object: &mut Value) -> Result<(), String> {
     Ok(())
 }
 
-/// The event to append for a step.
-pub fn encode(record: &StepRecord) -> Result<NewEvent, serde_json::Error> {
-    NewEvent::new(record.outcome.kind(), SCHEMA_VERSION, record)
+/// The event to append for a step, under `event_id` (the service draws it through its ports).
+pub fn encode(record: &StepRecord, event_id: Uuid) -> Result<NewEvent, serde_json::Error> {
+    NewEvent::with_id(event_id, record.outcome.kind(), SCHEMA_VERSION, record)
 }

@@ -125,30 +125,3 @@ pub struct World<'a> {
     /// This machine's name, as the vault lists it.
     pub machine_name: String,
 }
-
-/// The real keeper: sealed files in the secrets area beside the log, under the machine key.
-impl SecretKeeper for regent_secrets::SecretsArea {
-    fn seal(&self, kind: SecretKind, secret: &[u8]) -> Result<SealedRef, String> {
-        let sealed = regent_secrets::SecretsArea::seal(self, area_kind(kind), secret).map_err(|e| e.to_string())?;
-        Ok(SealedRef { id: sealed.id })
-    }
-
-    fn open(&self, kind: SecretKind, sealed: &SealedRef) -> Result<Zeroizing<Vec<u8>>, String> {
-        let reference = regent_secrets::SecretRef { id: sealed.id.clone() };
-        regent_secrets::SecretsArea::open(self, area_kind(kind), &reference).map_err(|e| e.to_string())
-    }
-
-    fn remove(&self, sealed: &SealedRef) -> Result<(), String> {
-        let reference = regent_secrets::SecretRef { id: sealed.id.clone() };
-        regent_secrets::SecretsArea::remove(self, &reference).map_err(|e| e.to_string())
-    }
-}
-
-fn area_kind(kind: SecretKind) -> regent_secrets::SecretKind {
-    match kind {
-        SecretKind::ProxyPassword => regent_secrets::SecretKind::ProxyPassword,
-        SecretKind::CredentialsPrivateKey => regent_secrets::SecretKind::CredentialsPrivateKey,
-        SecretKind::Passphrase => regent_secrets::SecretKind::Passphrase,
-        SecretKind::PassphraseVerifier => regent_secrets::SecretKind::PassphraseVerifier,
-    }
-}

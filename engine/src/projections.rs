@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::events::{self, DecodeError, STREAM};
 use crate::model::{Change, Outcome, PassphraseOrigin, StepRecord, Weekday};
-use crate::reason::Reason;
+use crate::reason::{Reason, Step};
 use crate::state::{LastRefusal, State};
 use crate::units::format_rate;
 
@@ -140,6 +140,23 @@ where
     found.sort_by(|a, b| a.id.cmp(&b.id));
     found.dedup();
     Ok(found)
+}
+
+/// Whether the log holds an accepted `step`: what the state cannot say of a step that may leave no
+/// trace in it (a proxy cleared, or never set).
+pub fn step_accepted<I>(records: I, step: Step) -> Result<bool, ProjectionError>
+where
+    I: IntoIterator<Item = Result<Record, regent_store::StoreError>>,
+{
+    for record in records {
+        if let Some(decoded) = events::decode_step(&record?) {
+            let decoded = decoded?;
+            if decoded.command.step() == step && matches!(decoded.outcome, Outcome::Accepted(_)) {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// `regent status`.

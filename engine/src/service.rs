@@ -8,6 +8,7 @@
 //! Whatever is checked here without the vault is checked first: a step refused for a local reason
 //! spends nothing remote (a PIN, a registration) and leaves nothing behind (a folder, a file).
 
+use chrono::{DateTime, Utc};
 use regent_store::{Actor, BatchMeta, EventStore, ExpectedVersion, Head, StoreError};
 use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
@@ -150,10 +151,11 @@ impl<'a> Registrar<'a> {
         command: Command,
         secrets: SecretInputs,
     ) -> Result<Executed, EngineError> {
+        let now = world.clock.now();
         let run = Run {
             registrar: self,
             world,
-            meta: BatchMeta { recorded_at: world.clock.now(), actor, correlation_id: Uuid::now_v7() },
+            meta: BatchMeta { recorded_at: now, actor, correlation_id: new_id(now, world)? },
         };
         let store = self.log.open()?;
         let (state, _) = projections::current_state(&store)?;
@@ -225,7 +227,8 @@ impl Run<'_, '_, '_> {
         state: &State,
         record: &StepRecord,
     ) -> Result<(u64, Head, State), EngineError> {
-        let event = events::encode(record).map_err(|e| EngineError::Encode(e.to_string()))?;
+        let event_id = new_id(record.observed.now, self.world)?;
+        let event = events::encode(record, event_id).map_err(|e| EngineError::Encode(e.to_string()))?;
         let meta = BatchMeta { recorded_at: record.observed.now, ..self.meta.clone() };
         let appended = store.append(STREAM, ExpectedVersion::Exact(state.version), &meta, &[event])?;
         let state = state.clone().evolve(record);
@@ -520,6 +523,16 @@ fn create_folders(
         *slot = Some(after);
     }
     Some(Vec::new())
+}
+
+/// A fresh id for the log (a UUID, version 7) at `at`, a time the clock gave, with the rest from
+/// the random source: ids, like everything else recorded, come through the ports.
+fn new_id(at: DateTime<Utc>, world: &World<'_>) -> Result<Uuid, EngineError> {
+    let mut random = [0u8; 10];
+    world.random.fill(&mut random).map_err(EngineError::Randomness)?;
+    // A time before 1970 comes only from a test's clock; its ids start at the epoch.
+    let millis = u64::try_from(at.timestamp_millis()).unwrap_or(0);
+    Ok(uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid())
 }
 
 /// A fresh registration request id (a UUID, version 4, from the random source).

@@ -127,7 +127,7 @@ fn record(store: &EventStore, choices: &[u8], checkpoints: &[usize]) -> State {
         let (command, observed) = step(*choice, i as i64);
         let outcome = decide(&state, &command, &observed);
         let record = StepRecord { command, observed, outcome };
-        let event = events::encode(&record).unwrap();
+        let event = events::encode(&record, Uuid::now_v7()).unwrap();
         let done =
             store.append(STREAM, ExpectedVersion::Exact(state.version), &meta(record.observed.now), &[event]).unwrap();
         state = state.evolve(&record);
@@ -189,7 +189,9 @@ fn replay_check_finds_a_step_the_current_rules_decide_differently() {
             warnings: vec![],
         })),
     };
-    store.append(STREAM, ExpectedVersion::Exact(3), &meta(t0()), &[events::encode(&forged).unwrap()]).unwrap();
+    store
+        .append(STREAM, ExpectedVersion::Exact(3), &meta(t0()), &[events::encode(&forged, Uuid::now_v7()).unwrap()])
+        .unwrap();
     let replayed = replay(with_steps(store.read_all(1)), true, None).unwrap();
     let divergence = replayed.divergence.expect("the divergence is found");
     assert_eq!(divergence.position, 4);

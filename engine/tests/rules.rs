@@ -904,3 +904,15 @@ fn no_refusal_message_holds_a_command_line_or_a_flag() {
         assert!(!message.contains("`regent") && !message.contains("regent ") && !message.contains(" --"), "{message}");
     }
 }
+
+proptest::proptest! {
+    /// What the wizard offers as the largest backup for the free space it sees is the largest that
+    /// the folders rule then accepts.
+    #[test]
+    fn the_largest_backup_for_free_space_is_the_largest_the_rule_accepts(free in 0u64..=u64::MAX / 20) {
+        use regent_engine::decide::{largest_backup_bytes, required_scratch_bytes};
+        let largest = largest_backup_bytes(free);
+        proptest::prop_assert!(required_scratch_bytes(largest) <= free);
+        proptest::prop_assert!(required_scratch_bytes(largest + 1) > free);
+    }
+}

@@ -13,6 +13,32 @@ use regent_engine::{Reason, projections};
 use regent_secrets::{ExposeSecret, MachineKey, SecretString, SecretsArea};
 use regent_store::{Actor, EventStore, StoreOptions};
 
+/// Sealed files beside the log as the binary keeps them (its adapter is in its own world).
+struct AreaKeeper(SecretsArea);
+
+impl SecretKeeper for AreaKeeper {
+    fn seal(&self, kind: SecretKind, secret: &[u8]) -> Result<SealedRef, String> {
+        Ok(SealedRef { id: self.0.seal(area_kind(kind), secret).map_err(|e| e.to_string())?.id })
+    }
+
+    fn open(&self, kind: SecretKind, sealed: &SealedRef) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+        self.0.open(area_kind(kind), &regent_secrets::SecretRef { id: sealed.id.clone() }).map_err(|e| e.to_string())
+    }
+
+    fn remove(&self, sealed: &SealedRef) -> Result<(), String> {
+        self.0.remove(&regent_secrets::SecretRef { id: sealed.id.clone() }).map_err(|e| e.to_string())
+    }
+}
+
+fn area_kind(kind: SecretKind) -> regent_secrets::SecretKind {
+    match kind {
+        SecretKind::ProxyPassword => regent_secrets::SecretKind::ProxyPassword,
+        SecretKind::CredentialsPrivateKey => regent_secrets::SecretKind::CredentialsPrivateKey,
+        SecretKind::Passphrase => regent_secrets::SecretKind::Passphrase,
+        SecretKind::PassphraseVerifier => regent_secrets::SecretKind::PassphraseVerifier,
+    }
+}
+
 struct TestClock(Cell<DateTime<Utc>>);
 impl Clock for TestClock {
     fn now(&self) -> DateTime<Utc> {
@@ -192,7 +218,7 @@ impl TestVault {
 struct Fixture {
     dir: tempfile::TempDir,
     log: TestLog,
-    area: SecretsArea,
+    area: AreaKeeper,
     clock: TestClock,
     folders: TestFolders,
     files: KeptFiles,
@@ -203,7 +229,8 @@ impl Fixture {
     fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let log = TestLog { dir: dir.path().join("store"), wait: std::time::Duration::from_secs(5) };
-        let area = SecretsArea::open_dir(dir.path(), MachineKey::load_or_create(dir.path()).unwrap()).unwrap();
+        let area =
+            AreaKeeper(SecretsArea::open_dir(dir.path(), MachineKey::load_or_create(dir.path()).unwrap()).unwrap());
         Fixture {
             log,
             area,
@@ -411,6 +438,7 @@ fn a_generated_passphrase_is_saved_0600_never_overwrites_and_is_shown_once() {
     let sealed = encryption.verifier_sealed.expect("sealed beside the log");
     let phc = f
         .area
+        .0
         .open(regent_secrets::SecretKind::PassphraseVerifier, &regent_secrets::SecretRef { id: sealed.id })
         .unwrap();
     let verifier = regent_secrets::PassphraseVerifier::from_phc(std::str::from_utf8(&phc).unwrap()).unwrap();
@@ -461,7 +489,8 @@ fn a_lost_machine_key_is_reported_at_registration_not_a_crash() {
     f.run(set, SecretInputs { passphrase: secret("sixteen chars ok"), ..Default::default() }).unwrap();
     // The machine key is replaced (a restore without it): the sealed key cannot be opened.
     let other = tempfile::tempdir().unwrap();
-    let foreign = SecretsArea::open_dir(other.path(), MachineKey::load_or_create(other.path()).unwrap()).unwrap();
+    let foreign =
+        AreaKeeper(SecretsArea::open_dir(other.path(), MachineKey::load_or_create(other.path()).unwrap()).unwrap());
     std::fs::remove_dir_all(other.path().join("secrets")).unwrap();
     std::fs::rename(f.dir.path().join("secrets"), other.path().join("secrets")).unwrap();
     let world = World { secrets: &foreign, ..f.world() };
@@ -610,16 +639,16 @@ fn superseded_secrets_are_removed_and_current_ones_kept() {
     let first = proxy("first-password").state.proxy.unwrap().password.unwrap();
     let second = proxy("second-password").state.proxy.unwrap().password.unwrap();
     let open = |r: &SealedRef| {
-        f.area.open(regent_secrets::SecretKind::ProxyPassword, &regent_secrets::SecretRef { id: r.id.clone() })
+        f.area.0.open(regent_secrets::SecretKind::ProxyPassword, &regent_secrets::SecretRef { id: r.id.clone() })
     };
     assert!(matches!(open(&first), Err(regent_secrets::SecretsError::NotFound { .. })), "the old password is gone");
     assert_eq!(&open(&second).unwrap()[..], b"second-password");
-    assert_eq!(f.area.count().unwrap(), 1);
+    assert_eq!(f.area.0.count().unwrap(), 1);
     ready(&f);
     // proxy password, credentials key, passphrase and its verifier
-    assert_eq!(f.area.count().unwrap(), 4);
+    assert_eq!(f.area.0.count().unwrap(), 4);
     f.run(Command::ClearProxy, SecretInputs::default()).unwrap();
-    assert_eq!(f.area.count().unwrap(), 3, "a cleared proxy's password goes too");
+    assert_eq!(f.area.0.count().unwrap(), 3, "a cleared proxy's password goes too");
 }
 
 #[test]
@@ -627,11 +656,30 @@ fn a_sealed_value_the_log_never_named_is_left_alone() {
     // A log lost and started again: the sealed values of the old one may be needed once it is
     // restored from an export, so a step on the new log must not remove them.
     let f = Fixture::new();
-    let theirs = f.area.seal(regent_secrets::SecretKind::ProxyPassword, b"the old log's password").unwrap();
+    let theirs = f.area.0.seal(regent_secrets::SecretKind::ProxyPassword, b"the old log's password").unwrap();
     ready(&f);
     let proxy =
         Command::SetProxy { host: "proxy.corp".into(), port: 3128, username: Some("u".into()), password_given: true };
     f.run(proxy, SecretInputs { proxy_password: secret("a new one"), ..Default::default() }).unwrap();
     f.run(Command::ClearProxy, SecretInputs::default()).unwrap();
-    assert!(f.area.open(regent_secrets::SecretKind::ProxyPassword, &theirs).is_ok());
+    assert!(f.area.0.open(regent_secrets::SecretKind::ProxyPassword, &theirs).is_ok());
+}
+
+#[test]
+fn event_and_correlation_ids_are_uuid_v7_from_the_clock_and_the_random_port() {
+    let f = Fixture::new();
+    f.clock.0.set(DateTime::from_timestamp(1_800_000_000, 123_000_000).unwrap());
+    f.run(folders(&f), SecretInputs::default()).unwrap();
+    f.run(Command::Register { endpoint_override: Some("http://127.0.0.1:1".into()) }, SecretInputs::default()).unwrap();
+    let records: Vec<_> = f.store().read_all(1).map(Result::unwrap).collect();
+    assert_eq!(records.len(), 2);
+    for record in &records {
+        for id in [record.event_id, record.correlation_id] {
+            assert_eq!(id.get_version_num(), 7, "{id}");
+            let (seconds, nanos) = id.get_timestamp().unwrap().to_unix();
+            assert_eq!((seconds, nanos / 1_000_000), (1_800_000_000, 123), "{id} is of the clock's time");
+        }
+    }
+    assert_ne!(records[0].event_id, records[1].event_id);
+    assert_ne!(records[0].correlation_id, records[1].correlation_id, "one correlation id a command run");
 }

@@ -157,7 +157,7 @@ impl SecretsArea {
         let r = SecretRef { id };
         let path = self.sealed_path(&r)?;
         let tmp = self.dir.join(format!(".{}.{}.tmp", r.id, fsutil::temp_suffix()?));
-        let written = fsutil::create_new_private(&tmp)
+        let written = fsutil::create_new_private_file(&tmp)
             .and_then(|mut file| {
                 fsutil::write_all_synced(&mut file, &[SEALED_MAGIC, &[SEALED_FORMAT_VERSION], &nonce, &sealed])
             })

@@ -1,4 +1,6 @@
-//! Small file helpers: exclusive creation with mode 0600, fsync of files and directories.
+//! Small file helpers: exclusive creation with mode 0600, private folders, fsync of files and
+//! directories. The private file and folder helpers are public: the binary and the vault service
+//! make their key-holding files with them too.
 
 use std::fs::{File, OpenOptions, Permissions};
 use std::io::{self, Write};
@@ -12,8 +14,12 @@ pub(crate) const FILE_MODE: u32 = 0o600;
 /// The mode of the secrets area directory.
 pub(crate) const DIR_MODE: u32 = 0o700;
 
-/// Creates `path` exclusively (O_CREAT|O_EXCL|O_NOFOLLOW), mode 0600 whatever the umask.
-pub(crate) fn create_new_private(path: &Path) -> io::Result<File> {
+/// Creates `path` as a new file only its owner may read and write: mode 0600 whatever the umask,
+/// and never over anything already there, a symlink included (`O_CREAT|O_EXCL|O_NOFOLLOW`; an
+/// existing path is `AlreadyExists`). For a file that goes into place under its final name once
+/// whole, create it under a temporary name with this and move it (e.g. `tempfile::Builder::make_in`
+/// and `persist_noclobber`).
+pub fn create_new_private_file(path: &Path) -> io::Result<File> {
     let file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -28,6 +34,34 @@ pub(crate) fn create_new_private(path: &Path) -> io::Result<File> {
         return Err(e);
     }
     Ok(file)
+}
+
+/// Writes `pieces`, one after another, to a new file at `path` made by [`create_new_private_file`],
+/// and syncs it and its folder, which must exist ([`SecretsError::DirMissing`]). A file that could not be written whole is removed; an existing one is
+/// never touched ([`SecretsError::AlreadyExists`]).
+pub fn write_new_private_file(path: &Path, pieces: &[&[u8]]) -> Result<(), SecretsError> {
+    let parent = parent_dir(path);
+    require_dir(parent)?;
+    let mut file = match create_new_private_file(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            return Err(SecretsError::AlreadyExists { path: path.to_path_buf() });
+        }
+        Err(e) => return Err(SecretsError::io("create", path, e)),
+    };
+    if let Err(e) = write_all_synced(&mut file, pieces) {
+        drop(file);
+        let _ = std::fs::remove_file(path);
+        return Err(SecretsError::io("write", path, e));
+    }
+    sync_dir(parent)
+}
+
+/// Creates `dir` and its missing parents for files only their owner may use: mode 0700 (less what
+/// the umask takes away). Folders that exist already are left as they are.
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir)
 }
 
 /// Opens `path` for reading without following a final symlink, and without blocking should it be

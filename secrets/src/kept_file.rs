@@ -84,11 +84,10 @@ pub fn prepare_kept_file(target: &Path, secret: &SecretString) -> Result<Pending
     let written = tempfile::Builder::new()
         .prefix(&format!(".{name}."))
         .suffix(PENDING_SUFFIX)
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(fsutil::FILE_MODE))
-        .tempfile_in(dir)
+        .make_in(dir, fsutil::create_new_private_file)
         .and_then(|mut file| {
-            file.write_all(secret.expose_secret().as_bytes())?;
-            file.write_all(b"\n")?;
+            file.as_file_mut().write_all(secret.expose_secret().as_bytes())?;
+            file.as_file_mut().write_all(b"\n")?;
             file.as_file().sync_all()?;
             Ok(file)
         })

@@ -105,7 +105,7 @@ fn create_key(data_dir: &Path, path: &Path) -> Result<Option<MachineKey>, Secret
     rng?;
 
     let tmp = data_dir.join(format!(".{}.{}.tmp", MachineKey::FILE_NAME, fsutil::temp_suffix()?));
-    let written = fsutil::create_new_private(&tmp)
+    let written = fsutil::create_new_private_file(&tmp)
         .and_then(|mut file| fsutil::write_all_synced(&mut file, &[key.expose()]))
         .map_err(|e| SecretsError::io("write the new machine key", &tmp, e))
         // A link never replaces an existing file, so a key that is already there wins.

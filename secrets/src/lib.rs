@@ -1,5 +1,7 @@
 //! Secrets for regent: the machine key, sealed values beside the log, the passphrase verifier,
-//! passphrase generation, and files written for the operator.
+//! passphrase generation, and files written for the operator: private files and folders
+//! ([`create_new_private_file`], [`write_new_private_file`], [`create_private_dir`]) are made here
+//! for the whole program, so every file that holds a key is made one way.
 //!
 //! Rules kept here: no secret in plaintext on disk except where the operator asked for it
 //! ([`write_new_secret_file`]), in error messages or in `Debug` output; the log never holds a
@@ -19,6 +21,7 @@ mod random;
 
 pub use area::{MAX_SECRET_LEN, SEALED_FORMAT_VERSION, SEALED_MAGIC, SecretKind, SecretRef, SecretsArea};
 pub use error::SecretsError;
+pub use fsutil::{create_new_private_file, create_private_dir, write_new_private_file};
 pub use kept_file::{PendingFile, check_kept_file, finish_kept_file, kept_file_pending, prepare_kept_file};
 pub use key::{KEY_LEN, MachineKey};
 pub use passphrase::{

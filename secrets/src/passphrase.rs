@@ -2,7 +2,6 @@
 //! saving a generated one for the operator.
 
 use std::fmt;
-use std::io;
 use std::path::Path;
 
 use argon2::password_hash::phc::PasswordHash;
@@ -185,21 +184,7 @@ impl PassphraseRules {
 /// overwritten ([`SecretsError::AlreadyExists`]), the file gets mode 0600 and is fsynced, as is
 /// its folder. A file left half-written by a failed write is removed.
 pub fn write_new_secret_file(path: &Path, secret: &SecretString) -> Result<(), SecretsError> {
-    let parent = fsutil::parent_dir(path);
-    fsutil::require_dir(parent)?;
-    let mut file = match fsutil::create_new_private(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            return Err(SecretsError::AlreadyExists { path: path.to_path_buf() });
-        }
-        Err(e) => return Err(SecretsError::io("create", path, e)),
-    };
-    if let Err(e) = fsutil::write_all_synced(&mut file, &[secret.expose_secret().as_bytes(), b"\n"]) {
-        drop(file);
-        let _ = std::fs::remove_file(path);
-        return Err(SecretsError::io("write", path, e));
-    }
-    fsutil::sync_dir(parent)
+    fsutil::write_new_private_file(path, &[secret.expose_secret().as_bytes(), b"\n"])
 }
 
 #[cfg(test)]

@@ -253,6 +253,61 @@ where
     Ok((header, records))
 }
 
+/// Writes the export `input` to `output` with `edit` applied to each of its records in turn. From
+/// the first record `edit` changes (it returns true) on, each record is written anew as the store
+/// writes one, naming the hash of the record before it; the records before are copied verbatim;
+/// the header names the new head. So the result verifies like any export. The input's chain is
+/// checked as it is read.
+///
+/// This is for test fixtures that stand for what another build wrote (`replay-fixtures/`): a
+/// store's own records are never rewritten. The records are held in memory until the header,
+/// which comes first, can be written.
+pub fn rechain_export<R: BufRead, W: Write>(
+    input: R,
+    output: &mut W,
+    mut edit: impl FnMut(&mut crate::Record) -> bool,
+) -> Result<Head> {
+    let mut lines = LogLines::new(input);
+    let mut header = lines.header()?;
+    let mut walker = ChainWalker::new();
+    let mut rewritten = Vec::new();
+    let mut head = Head::EMPTY;
+    let mut rewriting = false;
+    while let Some((line, bytes)) = lines.next_line()? {
+        walker.push(None, bytes).map_err(StoreError::ChainBroken)?;
+        let bad = |detail: String| StoreError::BadLogFile { line, detail };
+        let (_, mut record) =
+            crate::record::decode_parts(bytes, Utf8::Checked).map_err(|e| bad(format!("not a record: {e}")))?;
+        rewriting |= edit(&mut record);
+        let hash = if rewriting {
+            let (stored, hash) = crate::record::encode_again(&record, &head.hash)
+                .map_err(|e| bad(format!("the record cannot be written: {e}")))?;
+            rewritten.extend_from_slice(&stored);
+            hash
+        } else {
+            rewritten.extend_from_slice(bytes);
+            record.hash
+        };
+        rewritten.push(b'\n');
+        head = Head { position: record.position, hash };
+    }
+    let read = walker.finish(None).verified_head;
+    if read != header.head {
+        return Err(StoreError::BadLogFile {
+            line: lines.line_no,
+            detail: format!(
+                "the file ends at {read} but its header names head {}: the copy is incomplete",
+                header.head
+            ),
+        });
+    }
+    header.head = head;
+    let io = |e| StoreError::Io { path: "export output".into(), source: e };
+    serde_json::to_writer(&mut *output, &header).map_err(|e| io(e.into()))?;
+    output.write_all(b"\n").and_then(|()| output.write_all(&rewritten)).and_then(|()| output.flush()).map_err(io)?;
+    Ok(head)
+}
+
 /// Lines of an export packed into one buffer, so that a batch is two allocations however many lines
 /// it holds.
 struct LineBatch {

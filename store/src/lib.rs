@@ -24,8 +24,10 @@ pub mod utc_time;
 pub use chain::{ChainFailure, ChainWalker, HashedRecord, Problem, VerifyReport};
 pub use damage::{Damage, record_range, salvage};
 pub use error::{ExpectedVersion, Result, StoreError};
-pub use export::{ExportHeader, FORMAT_NAME, FORMAT_VERSION, read_export, read_export_decoded, verify_export};
-pub use record::{Actor, BatchMeta, Digest32, Head, MAX_RECORD_BYTES, NewEvent, Record};
+pub use export::{
+    ExportHeader, FORMAT_NAME, FORMAT_VERSION, read_export, read_export_decoded, rechain_export, verify_export,
+};
+pub use record::{Actor, BatchMeta, Digest32, Head, MAX_RECORD_BYTES, NewEvent, Record, host_name};
 pub use store::{Appended, Checkpoint, EventStore, MAX_STREAM_ID_BYTES, StoreOptions, new_correlation_id};
 #[doc(hidden)]
 pub use store::{SyncEvent, SyncHook};

@@ -152,6 +152,13 @@ impl fmt::Display for Actor {
     }
 }
 
+/// This machine's host name as `hostname` prints it (the kernel's node name, from `uname`): the
+/// host of an [`Actor`] on this machine, for the agent and the vault service alike.
+pub fn host_name() -> String {
+    let name = gethostname::gethostname().to_string_lossy().into_owned();
+    if name.is_empty() { "unknown-host".into() } else { name }
+}
+
 /// What every event of one batch shares: one command run, by one actor, at one time.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct BatchMeta {
@@ -299,14 +306,38 @@ pub(crate) fn encode(
         prev_hash: *prev_hash,
         payload: &event.payload,
     })?;
-    let hash = Digest32::chain(prev_hash, &body);
+    Ok(stored_line(&body, prev_hash))
+}
+
+/// Writes a record read back, as [`encode`] would have written it, after `prev_hash`: for a copy
+/// of a log that is rewritten on purpose (`rechain_export`), never for a stored record.
+pub(crate) fn encode_again(record: &Record, prev_hash: &Digest32) -> Result<(Vec<u8>, Digest32), serde_json::Error> {
+    let body = serde_json::to_vec(&RecordOut {
+        position: record.position,
+        stream: &record.stream,
+        version: record.version,
+        event_id: record.event_id,
+        kind: &record.kind,
+        schema: record.schema,
+        recorded_at: crate::utc_time::format(&record.recorded_at),
+        actor: &record.actor,
+        correlation_id: record.correlation_id,
+        prev_hash: *prev_hash,
+        payload: &record.payload,
+    })?;
+    Ok(stored_line(&body, prev_hash))
+}
+
+/// The stored line of a record's bytes and its hash.
+fn stored_line(body: &[u8], prev_hash: &Digest32) -> (Vec<u8>, Digest32) {
+    let hash = Digest32::chain(prev_hash, body);
     let mut stored = Vec::with_capacity(body.len() + 90);
     stored.extend_from_slice(STORED_PREFIX);
     stored.extend_from_slice(hash.to_hex().as_bytes());
     stored.extend_from_slice(STORED_MIDDLE);
-    stored.extend_from_slice(&body);
+    stored.extend_from_slice(body);
     stored.push(b'}');
-    Ok((stored, hash))
+    (stored, hash)
 }
 
 const STORED_PREFIX: &[u8] = b"{\"hash\":\"";

@@ -2,44 +2,36 @@
 
 mod common;
 
-use common::{event, meta, open};
+use common::{event, meta, on_threads, open};
 use regent_store::{ExpectedVersion, StoreError};
-use std::sync::{Arc, Barrier};
 
 #[test]
 fn racing_appenders_each_version_has_exactly_one_winner_and_nothing_is_lost() {
     const THREADS: u64 = 8;
     const VERSIONS: u64 = 40;
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(open(dir.path()));
-    let barrier = Arc::new(Barrier::new(THREADS as usize));
-    let handles: Vec<_> = (0..THREADS)
-        .map(|thread| {
-            let (store, barrier) = (store.clone(), barrier.clone());
-            std::thread::spawn(move || {
-                let mut wins = Vec::new();
-                let mut conflicts = 0;
-                for version in 0..VERSIONS {
-                    barrier.wait();
-                    let mine = event(thread * 1000 + version);
-                    match store.append("race", ExpectedVersion::Exact(version), &meta(), &[mine]) {
-                        Ok(done) => wins.push((done.stream_version, thread * 1000 + version)),
-                        Err(StoreError::Conflict { actual, .. }) => {
-                            assert_eq!(actual, version + 1, "a loser sees the winner's version");
-                            conflicts += 1;
-                        }
-                        Err(other) => panic!("unexpected error: {other:?}"),
-                    }
-                    barrier.wait();
+    let store = open(dir.path());
+    let results = on_threads(THREADS, |thread, barrier| {
+        let mut wins = Vec::new();
+        let mut conflicts = 0;
+        for version in 0..VERSIONS {
+            barrier.wait();
+            let mine = event(thread * 1000 + version);
+            match store.append("race", ExpectedVersion::Exact(version), &meta(), &[mine]) {
+                Ok(done) => wins.push((done.stream_version, thread * 1000 + version)),
+                Err(StoreError::Conflict { actual, .. }) => {
+                    assert_eq!(actual, version + 1, "a loser sees the winner's version");
+                    conflicts += 1;
                 }
-                (wins, conflicts)
-            })
-        })
-        .collect();
+                Err(other) => panic!("unexpected error: {other:?}"),
+            }
+            barrier.wait();
+        }
+        (wins, conflicts)
+    });
     let mut wins = Vec::new();
     let mut conflicts = 0;
-    for handle in handles {
-        let (w, c) = handle.join().unwrap();
+    for (w, c) in results {
         wins.extend(w);
         conflicts += c;
     }
@@ -55,21 +47,13 @@ fn racing_appenders_each_version_has_exactly_one_winner_and_nothing_is_lost() {
 #[test]
 fn concurrent_appends_to_any_version_all_land_with_gapless_positions() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(open(dir.path()));
-    let handles: Vec<_> = (0..6u64)
-        .map(|thread| {
-            let store = store.clone();
-            std::thread::spawn(move || {
-                for i in 0..50 {
-                    let stream = format!("s{}", thread % 3);
-                    store.append(&stream, ExpectedVersion::Any, &meta(), &[event(thread * 100 + i)]).unwrap();
-                }
-            })
-        })
-        .collect();
-    for handle in handles {
-        handle.join().unwrap();
-    }
+    let store = open(dir.path());
+    on_threads(6, |thread, _| {
+        for i in 0..50 {
+            let stream = format!("s{}", thread % 3);
+            store.append(&stream, ExpectedVersion::Any, &meta(), &[event(thread * 100 + i)]).unwrap();
+        }
+    });
     let positions: Vec<u64> = store.read_all(1).map(|r| r.unwrap().position).collect();
     assert_eq!(positions, (1..=300).collect::<Vec<_>>());
     for stream in ["s0", "s1", "s2"] {
@@ -84,24 +68,13 @@ fn concurrent_appenders_share_syncs_and_each_append_is_durable_on_return() {
     const THREADS: u64 = 8;
     const EACH: u64 = 40;
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(open(dir.path()));
-    let barrier = Arc::new(Barrier::new(THREADS as usize));
-    let handles: Vec<_> = (0..THREADS)
-        .map(|thread| {
-            let (store, barrier) = (store.clone(), barrier.clone());
-            std::thread::spawn(move || {
-                barrier.wait();
-                for i in 0..EACH {
-                    store
-                        .append(&format!("s{thread}"), ExpectedVersion::Any, &meta(), &[event(thread * 1000 + i)])
-                        .unwrap();
-                }
-            })
-        })
-        .collect();
-    for handle in handles {
-        handle.join().unwrap();
-    }
+    let store = open(dir.path());
+    on_threads(THREADS, |thread, barrier| {
+        barrier.wait();
+        for i in 0..EACH {
+            store.append(&format!("s{thread}"), ExpectedVersion::Any, &meta(), &[event(thread * 1000 + i)]).unwrap();
+        }
+    });
     let appends = THREADS * EACH;
     assert_eq!(store.len(), appends);
     let syncs = store.sync_count();

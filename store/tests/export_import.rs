@@ -149,3 +149,46 @@ fn import_refuses_what_an_interrupted_import_left_behind() {
     assert!(err.to_string().contains("interrupted import"), "{err}");
     assert_eq!(store.read_all(0).count(), 1, "nothing was cleared or mixed");
 }
+
+#[test]
+fn a_rechained_export_changes_only_from_the_edited_record_on_and_verifies() {
+    let (export, head) = sample_export();
+    let lines =
+        |bytes: &[u8]| String::from_utf8(bytes.to_vec()).unwrap().lines().map(str::to_string).collect::<Vec<_>>();
+
+    // No edit: the same bytes.
+    let mut same = Vec::new();
+    assert_eq!(regent_store::rechain_export(export.as_slice(), &mut same, |_| false).unwrap(), head);
+    assert_eq!(same, export);
+
+    // Record 3's payload edited: records 1 and 2 are copied, 3 to 6 written again, all verify.
+    let mut edited = Vec::new();
+    let new_head = regent_store::rechain_export(export.as_slice(), &mut edited, |record| {
+        let hit = record.position == 3;
+        if hit {
+            record.payload = serde_json::value::to_raw_value(&serde_json::json!({ "n": 300 })).unwrap();
+        }
+        hit
+    })
+    .unwrap();
+    assert_eq!(new_head.position, head.position);
+    assert_ne!(new_head.hash, head.hash);
+    let (before, after) = (lines(&export), lines(&edited));
+    assert_eq!(after.len(), before.len());
+    assert_eq!(after[1..3], before[1..3], "the records before the edit are copied as they are");
+    assert!(after[3..].iter().zip(&before[3..]).all(|(a, b)| a != b), "every later record names a new hash");
+    let (header, report) = verify_export(std::io::Cursor::new(edited.clone()), None).unwrap();
+    assert_eq!((header.head, report.verified_head, report.failure), (new_head, new_head, None));
+    let (_, records) = regent_store::read_export(std::io::Cursor::new(edited), true).unwrap();
+    let ns: Vec<u64> = records.map(|r| common::n_of(&r.unwrap())).collect();
+    assert_eq!(ns, [0, 1, 300, 3, 4, 5]);
+}
+
+#[test]
+fn a_rechained_export_refuses_a_broken_input_chain() {
+    let (export, _) = sample_export();
+    let text = String::from_utf8(export).unwrap();
+    let forged = text.replacen("\"n\":2,", "\"n\":22,", 1);
+    let err = regent_store::rechain_export(forged.as_bytes(), &mut Vec::new(), |_| false).unwrap_err();
+    assert!(matches!(err, StoreError::ChainBroken(_)), "{err:?}");
+}

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{event, meta, n_of, open};
+use common::{event, meta, n_of, on_threads, open};
 use regent_store::{EventStore, ExpectedVersion, NewEvent, StoreError, SyncEvent, SyncHook};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Barrier, Condvar, Mutex};
@@ -57,25 +57,14 @@ fn no_append_returns_before_a_completed_sync_covers_its_batch() {
         }
         Ok(())
     })));
-    let store = Arc::new(store);
-    let barrier = Arc::new(Barrier::new(THREADS as usize));
-    let handles: Vec<_> = (0..THREADS)
-        .map(|thread| {
-            let (store, barrier, log) = (store.clone(), barrier.clone(), log.clone());
-            std::thread::spawn(move || {
-                barrier.wait();
-                for i in 0..EACH {
-                    let stream = format!("s{}", thread % 4);
-                    let done =
-                        store.append(&stream, ExpectedVersion::Any, &meta(), &[event(thread * 1000 + i)]).unwrap();
-                    log.lock().unwrap().push(Seen::Returned { last_position: done.last_position });
-                }
-            })
-        })
-        .collect();
-    for handle in handles {
-        handle.join().unwrap();
-    }
+    on_threads(THREADS, |thread, barrier| {
+        barrier.wait();
+        for i in 0..EACH {
+            let stream = format!("s{}", thread % 4);
+            let done = store.append(&stream, ExpectedVersion::Any, &meta(), &[event(thread * 1000 + i)]).unwrap();
+            log.lock().unwrap().push(Seen::Returned { last_position: done.last_position });
+        }
+    });
     let log = log.lock().unwrap().clone();
     let sequence_of = sequences(&log);
     let appends = THREADS * EACH;

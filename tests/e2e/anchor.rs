@@ -4,34 +4,10 @@
 
 use serde_json::Value;
 
-use crate::support::{Setup, copy_dir, refused_with};
+use crate::support::{Setup, copy_dir, refused_with, throttling_set};
 
-const THROTTLE: [&str; 11] = [
-    "properties",
-    "throttling",
-    "set",
-    "--work-days",
-    "mon-fri",
-    "--work-hours",
-    "09:00-17:00",
-    "--work-bandwidth",
-    "512Kbps",
-    "--non-work-bandwidth",
-    "20Mbps",
-];
-const THROTTLE_OTHER: [&str; 11] = [
-    "properties",
-    "throttling",
-    "set",
-    "--work-days",
-    "sat,sun",
-    "--work-hours",
-    "08:00-12:00",
-    "--work-bandwidth",
-    "1Mbps",
-    "--non-work-bandwidth",
-    "10Mbps",
-];
+const THROTTLE: [&str; 11] = throttling_set("mon-fri", "09:00-17:00", "512Kbps", "20Mbps");
+const THROTTLE_OTHER: [&str; 11] = throttling_set("sat,sun", "08:00-12:00", "1Mbps", "10Mbps");
 const THROTTLE_OFF: [&str; 3] = ["properties", "throttling", "off"];
 const PROXY_CLEAR: [&str; 2] = ["proxy", "clear"];
 const VERIFY: [&str; 3] = ["audit", "verify", "--against-vault"];

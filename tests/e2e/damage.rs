@@ -24,15 +24,7 @@ impl Agent {
     /// Folders, a proxy with a password, credentials and a passphrase: a log that refers to
     /// sealed values kept beside it.
     fn steps(&self) {
-        let folders = self
-            .cmd()
-            .args(["folders", "--install-dir"])
-            .arg(self.path("install"))
-            .arg("--scratch-dir")
-            .arg(self.path("scratch"))
-            .args(["--backup-size", "1GiB"])
-            .output()
-            .unwrap();
+        let folders = self.folders();
         assert_eq!(code(&folders), 0, "{}", stderr(&folders));
         let proxy = self
             .cmd()
@@ -458,15 +450,7 @@ fn a_store_that_opens_shorter_than_what_was_written_shows_its_status_and_the_dam
     // An older, shorter store under the head last written to disk: sled kept a readable prefix.
     let durable = std::fs::read(agent.store_dir().join("regent-durable-head")).unwrap();
     std::fs::remove_dir_all(agent.store_dir()).unwrap();
-    let folders = agent
-        .cmd()
-        .args(["folders", "--install-dir"])
-        .arg(agent.path("install"))
-        .arg("--scratch-dir")
-        .arg(agent.path("scratch"))
-        .args(["--backup-size", "1GiB"])
-        .output()
-        .unwrap();
+    let folders = agent.folders();
     assert_eq!(code(&folders), 0, "{}", stderr(&folders));
     std::fs::write(agent.store_dir().join("regent-durable-head"), durable).unwrap();
 

@@ -53,20 +53,9 @@ impl Agent {
         text(&output.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
     }
 
-    fn folders_at(&self, install: &Path, scratch: &Path) -> Output {
-        self.cmd()
-            .args(["folders", "--install-dir"])
-            .arg(install)
-            .arg("--scratch-dir")
-            .arg(scratch)
-            .args(["--backup-size", "1GiB"])
-            .output()
-            .unwrap()
-    }
-
     /// Folders with plain names, for scenarios about something else.
     fn plain_folders(&self) {
-        let out = self.folders_at(&self.path("install"), &self.path("scratch"));
+        let out = self.folders();
         assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     }
 

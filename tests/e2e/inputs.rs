@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use serde_json::Value;
 
-use crate::support::{Setup, copy_dir, files_under, leaks, refused_with};
+use crate::support::{Setup, StepArgs, copy_dir, files_under, leaks, refused_with};
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -26,18 +26,21 @@ fn events(setup: &Setup, agent: &str) -> u64 {
 /// folders and credentials for `agent` (credentials written as the vault issues them).
 fn folders_and_credentials(setup: &Setup, agent: &str) {
     let ok = |out: Output| assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    ok(setup
-        .regent(agent)
-        .args(["folders", "--install-dir"])
-        .arg(setup.path(&format!("{agent}-i")))
-        .arg("--scratch-dir")
-        .arg(setup.path(&format!("{agent}-s")))
-        .args(["--backup-size", "1GiB"])
-        .output()
-        .unwrap());
+    ok(setup.folders(agent));
     let credentials = setup.path(&format!("{agent}.VaultCredentials"));
     crate::support::write_credentials(&credentials, "vault-a", Utc::now() - chrono::Duration::minutes(5), 48);
     ok(setup.regent(agent).args(["credentials", "load"]).arg(&credentials).output().unwrap());
+}
+
+/// A proxy with a user and `password` for `agent`, accepted.
+fn set_proxy_password(setup: &Setup, agent: &str, password: &str) {
+    let out = setup
+        .regent(agent)
+        .args(["proxy", "set", "--host", "proxy.example", "--port", "3128", "--username", "u", "--password-stdin"])
+        .write_stdin(format!("{password}\n"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
 
 /// Runs a command that must end within `limit` (it would otherwise block forever).
@@ -265,15 +268,7 @@ fn register_does_not_hold_the_store_while_the_vault_is_slow_and_a_rerun_asks_wit
 fn a_path_that_is_not_utf8_is_refused_as_an_invalid_folder_and_recorded() {
     let setup = Setup::new();
     let raw = std::ffi::OsStr::from_bytes(b"/tmp/regent-not-utf8-\xff\xfe");
-    let out = setup
-        .regent("a")
-        .args(["folders", "--install-dir"])
-        .arg(raw)
-        .arg("--scratch-dir")
-        .arg(setup.path("s"))
-        .args(["--backup-size", "1GiB"])
-        .output()
-        .unwrap();
+    let out = setup.regent("a").folders(raw, setup.path("s"), "1GiB").output().unwrap();
     refused_with((out.status.code().unwrap_or(-1), stderr(&out)), "invalid_folder");
     assert!(stderr(&out).contains("not valid UTF-8"), "{}", stderr(&out));
     assert_eq!(events(&setup, "a"), 1, "recorded");
@@ -284,26 +279,10 @@ fn a_path_that_is_not_utf8_is_refused_as_an_invalid_folder_and_recorded() {
 fn a_refused_folders_step_creates_no_folder() {
     let setup = Setup::new();
     let (install, scratch) = (setup.path("new/install"), setup.path("new/scratch"));
-    let out = setup
-        .regent("a")
-        .args(["folders", "--install-dir"])
-        .arg(&install)
-        .arg("--scratch-dir")
-        .arg(&scratch)
-        .args(["--backup-size", "10000PB"])
-        .output()
-        .unwrap();
+    let out = setup.regent("a").folders(&install, &scratch, "10000PB").output().unwrap();
     refused_with((out.status.code().unwrap_or(-1), stderr(&out)), "insufficient_scratch_space");
     assert!(!setup.path("new").exists(), "a refused step left a folder behind");
-    let out = setup
-        .regent("a")
-        .args(["folders", "--install-dir"])
-        .arg(&install)
-        .arg("--scratch-dir")
-        .arg(&scratch)
-        .args(["--backup-size", "1GiB"])
-        .output()
-        .unwrap();
+    let out = setup.regent("a").folders(&install, &scratch, "1GiB").output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(install.is_dir() && scratch.is_dir());
 }
@@ -455,15 +434,7 @@ fn read_only_commands_create_no_data_dir() {
 fn superseded_secrets_are_removed_and_status_counts_what_is_there() {
     let setup = Setup::new();
     folders_and_credentials(&setup, "a");
-    let proxy = |password: &str| {
-        let out = setup
-            .regent("a")
-            .args(["proxy", "set", "--host", "proxy.example", "--port", "3128", "--username", "u", "--password-stdin"])
-            .write_stdin(format!("{password}\n"))
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    };
+    let proxy = |password: &str| set_proxy_password(&setup, "a", password);
     proxy("the-first-proxy-password");
     proxy("the-second-proxy-password");
     let sealed = || std::fs::read_dir(setup.path("a").join("secrets")).unwrap().count();
@@ -513,15 +484,7 @@ fn superseded_secrets_an_older_build_left_are_swept_and_other_logs_secrets_kept(
     let setup = Setup::new();
     folders_and_credentials(&setup, "a");
     let secrets = setup.path("a").join("secrets");
-    let proxy = |password: &str| {
-        let out = setup
-            .regent("a")
-            .args(["proxy", "set", "--host", "proxy.example", "--port", "3128", "--username", "u", "--password-stdin"])
-            .write_stdin(format!("{password}\n"))
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    };
+    let proxy = |password: &str| set_proxy_password(&setup, "a", password);
     let before = files_under(&secrets);
     proxy("the-first-proxy-password");
     let first = files_under(&secrets).into_iter().find(|p| !before.contains(p)).expect("the first password's file");

@@ -44,8 +44,7 @@ fn quickstart_registers_a_fresh_machine_and_a_second_run_only_shows_it() {
 
     // The quickstart's vault is gone: the next step it suggests works without a warning about it.
     let next = regent(&data)
-        .args(["properties", "throttling", "set", "--work-days", "mon-fri", "--work-hours", "09:00-17:00"])
-        .args(["--work-bandwidth", "512Kbps", "--non-work-bandwidth", "20Mbps"])
+        .args(crate::support::throttling_set("mon-fri", "09:00-17:00", "512Kbps", "20Mbps"))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&next.stderr);

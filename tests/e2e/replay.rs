@@ -57,7 +57,10 @@ fn export_with_passphrase_outcome(dir: &std::path::Path, outcome: Outcome) -> st
         },
         outcome,
     };
-    let batch = [events::encode(&folders).unwrap(), events::encode(&passphrase).unwrap()];
+    let batch = [
+        events::encode(&folders, uuid::Uuid::now_v7()).unwrap(),
+        events::encode(&passphrase, uuid::Uuid::now_v7()).unwrap(),
+    ];
     store.append(STREAM, ExpectedVersion::NoStream, &meta, &batch).unwrap();
     let path = dir.join("customer.jsonl");
     let mut out = std::fs::File::create(&path).unwrap();

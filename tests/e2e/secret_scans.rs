@@ -6,7 +6,7 @@ use std::process::Output;
 
 use assert_cmd::Command;
 
-use crate::support::{Setup, Tinyproxy, contains, files_under, leaks, private_key_forms};
+use crate::support::{Setup, StepArgs, Tinyproxy, contains, files_under, leaks, private_key_forms};
 
 const USER: &str = "backup-svc";
 const PASSWORD: &str = "Tiny-Proxy-Basic-4417";
@@ -37,12 +37,7 @@ fn register_through_an_authenticating_proxy_leaves_no_secret_or_key_in_files_out
         assert_eq!(out.status.code(), Some(0), "{what}: {}", String::from_utf8_lossy(&out.stderr));
     };
     let mut folders = regent();
-    folders
-        .args(["folders", "--install-dir"])
-        .arg(setup.path("install"))
-        .arg("--scratch-dir")
-        .arg(setup.path("scratch"))
-        .args(["--backup-size", "1GiB"]);
+    folders.folders(setup.path("install"), setup.path("scratch"), "1GiB");
     ok(&run(folders), "folders");
     let proxy_set = |password_env: &str| {
         let mut cmd = regent();

@@ -4,6 +4,8 @@
 use assert_cmd::Command;
 use chrono::{Duration, Utc};
 
+use crate::support::{StepArgs, throttling_set};
+
 fn regent(data: &std::path::Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_regent"));
     cmd.env_remove("REGENT_DATA_DIR").env("NO_COLOR", "1").arg("--data-dir").arg(data);
@@ -37,18 +39,8 @@ fn status_properties_and_audit_read_as_they_should() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let ok = |cmd: &mut Command| assert!(cmd.output().unwrap().status.code().is_some());
-    ok(regent(&data)
-        .args(["folders", "--install-dir"])
-        .arg(dir.path().join("install"))
-        .arg("--scratch-dir")
-        .arg(dir.path().join("install/cache"))
-        .args(["--backup-size", "750GiB"]));
-    ok(regent(&data)
-        .args(["folders", "--install-dir"])
-        .arg(dir.path().join("install"))
-        .arg("--scratch-dir")
-        .arg(dir.path().join("scratch"))
-        .args(["--backup-size", "1GiB"]));
+    ok(regent(&data).folders(dir.path().join("install"), dir.path().join("install/cache"), "750GiB"));
+    ok(regent(&data).folders(dir.path().join("install"), dir.path().join("scratch"), "1GiB"));
     ok(regent(&data)
         .args([
             "proxy",
@@ -63,19 +55,7 @@ fn status_properties_and_audit_read_as_they_should() {
             "PW",
         ])
         .env("PW", "pw-not-shown"));
-    ok(regent(&data).args([
-        "properties",
-        "throttling",
-        "set",
-        "--work-days",
-        "mon-fri",
-        "--work-hours",
-        "09:00-17:00",
-        "--work-bandwidth",
-        "512Kbps",
-        "--non-work-bandwidth",
-        "20Mbps",
-    ]));
+    ok(regent(&data).args(throttling_set("mon-fri", "09:00-17:00", "512Kbps", "20Mbps")));
     let credentials = dir.path().join("contoso.VaultCredentials");
     crate::support::write_credentials(&credentials, "contoso-backup", Utc::now() - Duration::minutes(10), 48);
     ok(regent(&data).args(["credentials", "load"]).arg(&credentials));

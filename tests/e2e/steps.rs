@@ -7,21 +7,9 @@ use std::process::Output;
 use chrono::{Duration, Utc};
 use serde_json::Value;
 
-use crate::support::{Agent, files_under, leaks};
+use crate::support::{Agent, StepArgs, files_under, leaks, throttling_set};
 
 impl Agent {
-    fn folders(&self) -> Output {
-        let (install, scratch) = (self.path("install"), self.path("scratch"));
-        self.cmd()
-            .args(["folders", "--install-dir"])
-            .arg(install)
-            .arg("--scratch-dir")
-            .arg(scratch)
-            .args(["--backup-size", "1GiB"])
-            .output()
-            .unwrap()
-    }
-
     /// A credentials file issued like the vault does, valid from `from` for `hours`.
     fn credentials(&self, name: &str, vault: &str, from: chrono::DateTime<Utc>, hours: i64) -> PathBuf {
         let path = self.path(name);
@@ -153,21 +141,7 @@ fn every_reason_code_that_needs_no_vault_is_reached_and_recorded() {
     assert_refused(&agent.run(&["passphrase", "generate", "--save-to", &path("taken.txt")]), "passphrase_invalid");
     assert_eq!(std::fs::read(agent.path("taken.txt")).unwrap(), b"keep me", "never overwritten");
     // Throttling out of range, and backwards hours.
-    let throttle = |work: &str, hours: &str| {
-        agent.run(&[
-            "properties",
-            "throttling",
-            "set",
-            "--work-days",
-            "mon-fri",
-            "--work-hours",
-            hours,
-            "--work-bandwidth",
-            work,
-            "--non-work-bandwidth",
-            "20Mbps",
-        ])
-    };
+    let throttle = |work: &str, hours: &str| agent.run(&throttling_set("mon-fri", hours, work, "20Mbps"));
     assert_refused(&throttle("2000Mbps", "09:00-17:00"), "invalid_throttling");
     assert_refused(&throttle("1Mbps", "17:00-09:00"), "invalid_throttling");
     let status = agent.json(&["status"]);
@@ -221,19 +195,7 @@ fn usage_errors_exit_2_and_record_nothing() {
             "--password-env",
             "X",
         ],
-        vec![
-            "properties",
-            "throttling",
-            "set",
-            "--work-days",
-            "funday",
-            "--work-hours",
-            "09:00-17:00",
-            "--work-bandwidth",
-            "1Mbps",
-            "--non-work-bandwidth",
-            "1Mbps",
-        ],
+        throttling_set("funday", "09:00-17:00", "1Mbps", "1Mbps").to_vec(),
         vec!["passphrase", "set"],
         vec!["audit", "--since", "yesterday"],
         vec!["nonsense"],
@@ -269,18 +231,7 @@ fn no_secret_reaches_output_logs_files_or_exports_even_at_vv() {
         seen.extend(output.stdout);
         seen.extend(output.stderr);
     };
-    keep(
-        agent
-            .cmd()
-            .arg("-vv")
-            .args(["folders", "--install-dir"])
-            .arg(agent.path("i"))
-            .arg("--scratch-dir")
-            .arg(agent.path("s"))
-            .args(["--backup-size", "1GiB"])
-            .output()
-            .unwrap(),
-    );
+    keep(agent.cmd().arg("-vv").folders(agent.path("i"), agent.path("s"), "1GiB").output().unwrap());
     keep(
         agent
             .cmd()

@@ -1,5 +1,6 @@
 //! Helpers shared by the end-to-end tests.
 
+use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -7,6 +8,39 @@ use std::process::Output;
 use assert_cmd::Command;
 use chrono::{DateTime, Duration, Utc};
 use regent_vault::{BackgroundServer, ServeConfig};
+
+/// The arguments of steps many tests run, added to a `regent` command.
+pub trait StepArgs {
+    /// `folders --install-dir INSTALL --scratch-dir SCRATCH --backup-size SIZE`.
+    fn folders(&mut self, install: impl AsRef<OsStr>, scratch: impl AsRef<OsStr>, size: &str) -> &mut Self;
+}
+
+impl StepArgs for Command {
+    fn folders(&mut self, install: impl AsRef<OsStr>, scratch: impl AsRef<OsStr>, size: &str) -> &mut Self {
+        self.args(["folders", "--install-dir"])
+            .arg(install)
+            .arg("--scratch-dir")
+            .arg(scratch)
+            .args(["--backup-size", size])
+    }
+}
+
+/// `properties throttling set` with these work days, work hours and bandwidths.
+pub const fn throttling_set<'a>(days: &'a str, hours: &'a str, work: &'a str, non_work: &'a str) -> [&'a str; 11] {
+    [
+        "properties",
+        "throttling",
+        "set",
+        "--work-days",
+        days,
+        "--work-hours",
+        hours,
+        "--work-bandwidth",
+        work,
+        "--non-work-bandwidth",
+        non_work,
+    ]
+}
 
 /// Writes a credentials file for `vault`, issued as the vault service issues them, valid from
 /// `from` for `hours`.
@@ -139,18 +173,16 @@ impl Setup {
         output
     }
 
+    /// The folders step for `agent`, with folders beside its data dir and a backup of 1 GiB.
+    pub fn folders(&self, agent: &str) -> Output {
+        let (install, scratch) = (self.path(&format!("{agent}-i")), self.path(&format!("{agent}-s")));
+        self.regent(agent).folders(install, scratch, "1GiB").output().unwrap()
+    }
+
     /// folders, credentials, passphrase for the agent in `agent`.
     pub fn prepare(&self, agent: &str, credentials: &Path) {
         let ok = |out: Output| assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-        ok(self
-            .regent(agent)
-            .args(["folders", "--install-dir"])
-            .arg(self.path(&format!("{agent}-i")))
-            .arg("--scratch-dir")
-            .arg(self.path(&format!("{agent}-s")))
-            .args(["--backup-size", "1GiB"])
-            .output()
-            .unwrap());
+        ok(self.folders(agent));
         ok(self.regent(agent).args(["credentials", "load"]).arg(credentials).output().unwrap());
         ok(self
             .regent(agent)
@@ -195,6 +227,16 @@ impl Agent {
             .arg("--data-dir")
             .arg(self.data_dir());
         cmd
+    }
+
+    /// The folders step with these folders and a backup of 1 GiB.
+    pub fn folders_at(&self, install: &Path, scratch: &Path) -> Output {
+        self.cmd().folders(install, scratch, "1GiB").output().unwrap()
+    }
+
+    /// The folders step with the folders `install` and `scratch` beside the data dir.
+    pub fn folders(&self) -> Output {
+        self.folders_at(&self.path("install"), &self.path("scratch"))
     }
 
     pub fn run<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Output {

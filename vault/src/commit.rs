@@ -105,13 +105,3 @@ fn write_round(store: &EventStore, actor: &Actor, batch: Vec<Commit>) {
         }
     }
 }
-
-/// The host name, for the actor of grouped registrations (each registration names its machine and
-/// peer in its payload).
-pub(crate) fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|name| name.trim().to_string())
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "localhost".into())
-}

@@ -141,14 +141,7 @@ pub async fn serve(config: ServeConfig) -> Result<RunningServer, VaultError> {
         .await
         .map_err(|e| VaultError::Stopped(e.to_string()))??;
     opened.app.set_bound(local_addr);
-    let shown = if local_addr.ip().is_unspecified() {
-        SocketAddr::new(
-            if local_addr.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() },
-            local_addr.port(),
-        )
-    } else {
-        local_addr
-    };
+    let shown = crate::service::reachable(local_addr);
     let info = ServerInfo {
         local_addr,
         url: format!("{}://{shown}", if with_tls { "https" } else { "http" }),
@@ -156,7 +149,7 @@ pub async fn serve(config: ServeConfig) -> Result<RunningServer, VaultError> {
         admin_token_created: opened.token_created,
     };
     tracing::info!(url = %info.url, data_dir = %config.data_dir.display(), "vault service listening");
-    let actor = regent_store::Actor { user: "regent-vault".into(), host: crate::commit::host_name() };
+    let actor = regent_store::Actor { user: "regent-vault".into(), host: regent_store::host_name() };
     let log = Arc::downgrade(&opened.store);
     let committer = tokio::spawn(crate::commit::run(opened.store, actor, opened.commits));
     let (stop, stopped) = oneshot::channel();

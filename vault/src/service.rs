@@ -101,7 +101,8 @@ impl App {
         tls: bool,
         group_commit: bool,
     ) -> Result<Opened, VaultError> {
-        create_private_dir(data_dir)?;
+        regent_secrets::create_private_dir(data_dir)
+            .map_err(|source| VaultError::DataDir { path: data_dir.to_path_buf(), source })?;
         let (admin, token_path, token_created) = token::load_or_create(data_dir)?;
         let options = StoreOptions { lock_wait: std::time::Duration::from_secs(5), cache_bytes: 64 * 1024 * 1024 };
         let store = EventStore::open(data_dir.join(LOG_DIR), &options)?;
@@ -135,15 +136,7 @@ impl App {
     }
 
     pub(crate) fn set_bound(&self, addr: SocketAddr) {
-        let host = if addr.ip().is_unspecified() {
-            // Bound to every interface: the loopback one at least is reachable.
-            SocketAddr::new(
-                if addr.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() },
-                addr.port(),
-            )
-        } else {
-            addr
-        };
+        let host = reachable(addr);
         *self.bound_url.lock().unwrap_or_else(|p| p.into_inner()) = format!("{}://{host}", self.scheme);
     }
 
@@ -200,11 +193,13 @@ impl App {
     }
 }
 
-fn create_private_dir(dir: &Path) -> Result<(), VaultError> {
-    use std::os::unix::fs::DirBuilderExt;
-    match std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir) {
-        Ok(()) => Ok(()),
-        Err(source) => Err(VaultError::DataDir { path: dir.to_path_buf(), source }),
+/// Where a service bound to `addr` is reached: bound to every interface, the loopback one at least.
+pub(crate) fn reachable(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        let loopback = if addr.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() };
+        SocketAddr::new(loopback, addr.port())
+    } else {
+        addr
     }
 }
 
@@ -907,7 +902,7 @@ async fn commit_registration(
             Err(e) => Err(format!("the event cannot be written: {e}")),
         }
     } else {
-        let actor = Actor { user: "regent-vault".into(), host: crate::commit::host_name() };
+        let actor = Actor { user: "regent-vault".into(), host: regent_store::host_name() };
         app.append(&vault, ExpectedVersion::Any, actor, vec![(wrapped.clone(), Some(event_id))])
             .await
             .map_err(|e| e.to_string())

@@ -1,8 +1,8 @@
 //! The admin token: random, kept in `DIR/admin.token` (mode 0600), compared in constant time.
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
@@ -112,7 +112,8 @@ fn write_new(dir: &Path, path: &Path, token: &str) -> io::Result<()> {
     let tmp = dir.join(format!(".{ADMIN_TOKEN_FILE}.{}.tmp", std::process::id()));
     let _ = fs::remove_file(&tmp);
     let written = (|| {
-        let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        // Made as every key-holding file is: exactly 0600, never over or through a link.
+        let mut file = regent_secrets::create_new_private_file(&tmp)?;
         file.write_all(token.as_bytes())?;
         file.write_all(b"\n")?;
         file.sync_all()?;

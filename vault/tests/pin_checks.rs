@@ -21,6 +21,31 @@ fn not(pin: &str) -> &'static str {
     if pin == "00000000" { "11111111" } else { "00000000" }
 }
 
+/// A vault `pins` with two machines registered (`machine` with `credentials`, `other` with a later
+/// download) and a PIN issued.
+struct Pins {
+    vault: Vault,
+    credentials: regent_credentials::VaultCredentials,
+    client: regent_vault::HttpVaultClient,
+    machine: String,
+    other_download: regent_credentials::VaultCredentials,
+    other: String,
+    pin: regent_vault::IssuedPin,
+}
+
+impl Pins {
+    fn new() -> Pins {
+        let vault = Vault::start();
+        let credentials = vault.vault_with_credentials("pins");
+        let client = quick_client(None);
+        let machine = machine_id(&client.register(&register_request(&credentials, None, "srv", "reg", None)));
+        let other_download = vault.download("pins", None);
+        let other = machine_id(&client.register(&register_request(&other_download, None, "other", "reg-o", None)));
+        let pin = vault.admin.issue_pin("pins").unwrap();
+        Pins { vault, credentials, client, machine, other_download, other, pin }
+    }
+}
+
 fn refused(answer: PinAnswer) -> (Reason, String) {
     match answer {
         PinAnswer::Refused { reason, detail } => (reason, detail),
@@ -85,13 +110,7 @@ fn wrong_pins_lock_only_that_machine_for_a_while_revoke_nothing_and_survive_a_re
 
 #[test]
 fn only_the_machines_own_signature_counts_and_a_refused_check_writes_nothing() {
-    let vault = Vault::start();
-    let credentials = vault.vault_with_credentials("pins");
-    let client = quick_client(None);
-    let machine = machine_id(&client.register(&register_request(&credentials, None, "srv", "reg", None)));
-    let other_download = vault.download("pins", None);
-    let other = machine_id(&client.register(&register_request(&other_download, None, "other", "reg-o", None)));
-    let pin = vault.admin.issue_pin("pins").unwrap();
+    let Pins { vault, credentials, client, machine, other_download, other, pin } = Pins::new();
     let before = vault.log_position();
 
     // Ten guesses each: signed with a key that is not the machine's, by another machine (with its
@@ -145,13 +164,7 @@ fn only_the_machines_own_signature_counts_and_a_refused_check_writes_nothing() {
 
 #[test]
 fn a_retry_gets_the_first_answer_and_a_reused_request_id_is_refused() {
-    let vault = Vault::start();
-    let credentials = vault.vault_with_credentials("pins");
-    let client = quick_client(None);
-    let machine = machine_id(&client.register(&register_request(&credentials, None, "srv", "reg", None)));
-    let other_download = vault.download("pins", None);
-    let other = machine_id(&client.register(&register_request(&other_download, None, "other", "reg-o", None)));
-    let pin = vault.admin.issue_pin("pins").unwrap();
+    let Pins { vault, credentials, client, machine, other_download, other, pin } = Pins::new();
     let url = vault.url();
 
     let valid = PinAnswer::Valid { issued_at: pin.issued_at };

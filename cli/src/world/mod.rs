@@ -1,5 +1,5 @@
 //! The real world behind the engine's ports: the system clock, the disks, files, the OS random
-//! source. The engine records whatever these return.
+//! source, the sealed files beside the log. The engine records whatever these return.
 
 mod folders;
 
@@ -9,8 +9,9 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
-use regent_engine::model::UnreadableKind;
-use regent_engine::ports::{Clock, FileReader, PreparedFile, Randomness};
+use regent_engine::model::{SealedRef, SecretKind, UnreadableKind};
+use regent_engine::ports::{Clock, FileReader, PreparedFile, Randomness, SecretKeeper};
+use regent_secrets::{SecretRef, SecretsArea, Zeroizing};
 
 pub struct SystemClock;
 
@@ -25,6 +26,33 @@ pub struct OsRandom;
 impl Randomness for OsRandom {
     fn fill(&self, bytes: &mut [u8]) -> Result<(), String> {
         getrandom::fill(bytes).map_err(|e| e.to_string())
+    }
+}
+
+/// The real keeper: sealed files in the secrets area beside the log, under the machine key.
+pub struct SealedFiles<'a>(pub &'a SecretsArea);
+
+impl SecretKeeper for SealedFiles<'_> {
+    fn seal(&self, kind: SecretKind, secret: &[u8]) -> Result<SealedRef, String> {
+        let sealed = self.0.seal(area_kind(kind), secret).map_err(|e| e.to_string())?;
+        Ok(SealedRef { id: sealed.id })
+    }
+
+    fn open(&self, kind: SecretKind, sealed: &SealedRef) -> Result<Zeroizing<Vec<u8>>, String> {
+        self.0.open(area_kind(kind), &SecretRef { id: sealed.id.clone() }).map_err(|e| e.to_string())
+    }
+
+    fn remove(&self, sealed: &SealedRef) -> Result<(), String> {
+        self.0.remove(&SecretRef { id: sealed.id.clone() }).map_err(|e| e.to_string())
+    }
+}
+
+fn area_kind(kind: SecretKind) -> regent_secrets::SecretKind {
+    match kind {
+        SecretKind::ProxyPassword => regent_secrets::SecretKind::ProxyPassword,
+        SecretKind::CredentialsPrivateKey => regent_secrets::SecretKind::CredentialsPrivateKey,
+        SecretKind::Passphrase => regent_secrets::SecretKind::Passphrase,
+        SecretKind::PassphraseVerifier => regent_secrets::SecretKind::PassphraseVerifier,
     }
 }
 
@@ -105,7 +133,7 @@ pub fn open_regular(path: &Path) -> Result<std::fs::File, Opened> {
 pub fn actor() -> regent_store::Actor {
     // SAFETY: geteuid cannot fail.
     let uid = unsafe { libc::geteuid() };
-    regent_store::Actor { user: user_name(uid).unwrap_or_else(|| format!("uid{uid}")), host: host_name() }
+    regent_store::Actor { user: user_name(uid).unwrap_or_else(|| format!("uid{uid}")), host: regent_store::host_name() }
 }
 
 fn user_name(uid: libc::uid_t) -> Option<String> {
@@ -121,17 +149,6 @@ fn user_name(uid: libc::uid_t) -> Option<String> {
     // SAFETY: getpwuid_r succeeded, so pw_name is a NUL-terminated string inside `buf`.
     let name = unsafe { std::ffi::CStr::from_ptr((*result).pw_name) };
     Some(name.to_string_lossy().into_owned())
-}
-
-pub fn host_name() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it on success.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return "unknown-host".into();
-    }
-    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
 /// The path with its folder resolved, so that the place recorded is where the file really is.

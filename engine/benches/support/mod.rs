@@ -78,7 +78,7 @@ pub fn build_log(store: &EventStore, events: u64) {
             let outcome = decide(&state, &command, &observed);
             let record = StepRecord { command, observed, outcome };
             state = state.evolve(&record);
-            batch.push(events::encode(&record).expect("encode"));
+            batch.push(events::encode(&record, uuid::Uuid::now_v7()).expect("encode"));
             i += 1;
         }
         store.append(STREAM, ExpectedVersion::Exact(version), &meta, &batch).expect("append");

@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use regent_store::{Actor, BatchMeta, EventStore, NewEvent, StoreOptions};
 use std::path::Path;
+use std::sync::Barrier;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -51,4 +52,16 @@ pub fn open_raw_sled(dir: &Path) -> sled::Db {
             Err(e) => panic!("cannot open the store's sled: {e}"),
         }
     }
+}
+
+/// Runs `work` on `threads` threads at once, each given its number and a barrier they all wait on
+/// (to start together, or to go in rounds), and returns what each returned, in thread order. A
+/// panic on any thread fails the test.
+pub fn on_threads<T: Send>(threads: u64, work: impl Fn(u64, &Barrier) -> T + Sync) -> Vec<T> {
+    let barrier = Barrier::new(usize::try_from(threads).unwrap());
+    let (work, barrier) = (&work, &barrier);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads).map(|thread| scope.spawn(move || work(thread, barrier))).collect();
+        handles.into_iter().map(|handle| handle.join().unwrap()).collect()
+    })
 }
