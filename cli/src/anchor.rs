@@ -1,60 +1,28 @@
-//! Keeping the head of the log at the vault (an anchor), and checking the log against it.
-//!
-//! A hash chain shows any record that was changed, but not records cut off its end together with
-//! every head kept beside it (the store's head and its durable-head file are in the same data
-//! directory). So while the machine is registered, the head goes to the vault after every step
-//! (best effort: the step's own result never depends on it), `regent audit anchor` sends it on
-//! demand, and `regent audit verify --against-vault` checks that the local log holds the head the
-//! vault kept.
-//!
-//! Nothing here appends to the log: recording a report would move the head it reports.
-//! `<data-dir>/log-anchor.json` keeps what was anchored last, for which machine (with what it takes
-//! to speak for it again if the log loses its registration) and the CA file used, as a hint for
-//! `status` and later commands; the head in it is never trusted for verification (the vault is
-//! asked).
+//! The binary's side of keeping the log's head at the vault: which client and CA, where the note
+//! lives, and what is printed. The policy (when to report, who speaks for the machine, what the
+//! note keeps, what a comparison means) is the engine's (`regent_engine::anchoring`).
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use regent_engine::events::{self, STREAM};
-use regent_engine::model::{Change, Outcome, Registration, SealedRef, SecretKind};
-use regent_engine::ports::{ProxyConfig, SecretKeeper};
+use regent_engine::anchoring::{
+    self, AnchorError, CheckedMachine, Comparison, LastAnchor, NOTE_FILE, NoMachine, Note, Range, StepReport,
+};
+use regent_engine::model::{Registration, SealedRef};
 use regent_engine::{Reason, State, projections};
 use regent_secrets::{MachineKey, SecretsArea};
-use regent_store::{Digest32, EventStore, Head, Problem, VerifyReport};
-use regent_vault::{ClientOptions, HttpVaultClient, LogHead, LogHeadError, MachineSigner};
-use secrecy::SecretString;
-use serde::{Deserialize, Serialize};
+use regent_store::{Digest32, EventStore, Head, Problem};
+use regent_vault::{ClientOptions, HttpVaultClient};
 use serde_json::json;
-use zeroize::Zeroizing;
 
 use crate::context::Context;
 use crate::failure::Failure;
 use crate::terminal::{self, errln, outln};
 use crate::world;
 
-/// Beside the store in the data directory.
-const ANCHOR_FILE: &str = "log-anchor.json";
-
-/// The CA file this command was given for the vault (`register --ca-file`, `passphrase change
-/// --ca-file`): the anchor after the step uses it, and it is remembered for later commands.
-static CA_FILE: OnceLock<PathBuf> = OnceLock::new();
-
-pub fn use_ca_file(ca_file: Option<&Path>) {
-    if let Some(path) = ca_file {
-        let _ = CA_FILE.set(std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()));
-    }
-}
-
-/// The whole report after a step (the anchor read and every post of it) ends by then: the step is
-/// done and recorded, and other regent commands wait for this one's store lock (5 s) meanwhile.
-const AFTER_STEP_DEADLINE: Duration = Duration::from_secs(3);
-
-/// After a step the vault gets one quick try, within [`AFTER_STEP_DEADLINE`] in all. `regent audit
-/// anchor` retries longer.
+/// After a step the vault gets one quick try, within the engine's after-step budget in all.
+/// `regent audit anchor` retries longer.
 fn after_step_options(ca_file: Option<PathBuf>) -> ClientOptions {
     ClientOptions {
         ca_file,
@@ -67,162 +35,49 @@ fn after_step_options(ca_file: Option<PathBuf>) -> ClientOptions {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The local note
+// The note's file
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-struct AnchorNote {
-    /// The CA file for the vault, as last given.
-    #[serde(default)]
-    ca_file: Option<PathBuf>,
-    /// The head the vault accepted last.
-    #[serde(default)]
-    anchored: Option<Anchored>,
-    /// The last report that did not get through (only its code: messages may name hosts).
-    #[serde(default)]
-    last_failure: Option<NoteFailure>,
-    /// A machine registered by `regent quickstart`, whose vault runs only while quickstart does:
-    /// its later steps are not reported (they could never get through, and would warn every time).
-    #[serde(default)]
-    quickstart_machine: Option<String>,
+/// The note in the data dir; a missing or unreadable one is empty (it is only a hint).
+fn load_note(ctx: &Context) -> Note {
+    Note::from_json(std::fs::read(ctx.data_dir.join(NOTE_FILE)).ok().as_deref())
 }
 
-/// The sealed keys the note names (of the machine anchored last): they must stay sealed while the
-/// note names them, since they speak for that machine when the log no longer shows its registration.
+/// Written whole or not at all (a temporary file renamed over it); a failure is only logged. The
+/// CA file this command was given is remembered with it.
+fn save_note(ctx: &Context, note: &mut Note) {
+    note.remember_ca_file(ctx.ca_file.as_deref());
+    let write = || -> std::io::Result<()> {
+        let mut file = tempfile::NamedTempFile::new_in(&ctx.data_dir)?;
+        file.write_all(&note.to_json())?;
+        file.as_file().sync_all()?;
+        file.persist(ctx.data_dir.join(NOTE_FILE)).map_err(|e| e.error)?;
+        Ok(())
+    };
+    if let Err(e) = write() {
+        tracing::warn!(error = %e, "cannot save {NOTE_FILE}; status may not show the last anchor");
+    }
+}
+
+/// The CA file to reach the vault with: this command's, else the one last given.
+fn ca_file(ctx: &Context, note: &Note) -> Option<PathBuf> {
+    ctx.ca_file.clone().or_else(|| note.ca_file().map(PathBuf::from))
+}
+
+/// The sealed keys the note names (see [`Note::sealed_keys`]).
 pub fn sealed_keys(ctx: &Context) -> Vec<SealedRef> {
-    AnchorNote::load(&ctx.data_dir).anchored.and_then(|a| a.registration_key).into_iter().collect()
+    load_note(ctx).sealed_keys()
 }
 
-/// Marks `machine_id` as registered with quickstart's in-process vault (see `quickstart_machine`).
+/// Marks `machine_id` as registered with quickstart's in-process vault.
 pub fn mark_quickstart_machine(ctx: &Context, machine_id: &str) {
-    let mut note = AnchorNote::load(&ctx.data_dir);
-    note.quickstart_machine = Some(machine_id.to_string());
-    note.save(&ctx.data_dir);
+    let mut note = load_note(ctx);
+    note.mark_quickstart(machine_id);
+    save_note(ctx, &mut note);
 }
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct Anchored {
-    vault: String,
-    machine_id: String,
-    position: u64,
-    hash: String,
-    anchored_at: DateTime<Utc>,
-    /// What it takes to speak for the machine again when the log no longer shows its registration
-    /// (a cut): the vault's address, the registration's certificate, and the sealed reference of
-    /// its private key (a digest naming the sealed file; the key itself stays sealed). Absent in
-    /// notes written by earlier versions.
-    #[serde(default)]
-    endpoint: Option<String>,
-    #[serde(default)]
-    thumbprint: Option<String>,
-    #[serde(default)]
-    registration_key: Option<SealedRef>,
-}
-
-impl Anchored {
-    fn new(identity: &MachineIdentity, head: &LogHead) -> Anchored {
-        Anchored {
-            vault: identity.vault.clone(),
-            machine_id: identity.machine_id.clone(),
-            position: head.position,
-            hash: head.hash.clone(),
-            anchored_at: head.anchored_at,
-            endpoint: Some(identity.endpoint.clone()),
-            thumbprint: Some(identity.thumbprint.clone()),
-            registration_key: Some(identity.key.clone()),
-        }
-    }
-
-    /// The machine as this note names it, when it names everything needed to sign for it.
-    fn identity(&self) -> Option<MachineIdentity> {
-        Some(MachineIdentity {
-            vault: self.vault.clone(),
-            machine_id: self.machine_id.clone(),
-            endpoint: self.endpoint.clone()?,
-            thumbprint: self.thumbprint.clone()?,
-            key: self.registration_key.clone()?,
-        })
-    }
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct NoteFailure {
-    machine_id: String,
-    position: u64,
-    reason: String,
-    at: DateTime<Utc>,
-}
-
-impl AnchorNote {
-    /// A missing or unreadable note is an empty one: it is only a hint.
-    fn load(data_dir: &Path) -> AnchorNote {
-        std::fs::read(data_dir.join(ANCHOR_FILE))
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default()
-    }
-
-    /// Written whole or not at all (a temporary file renamed over it); a failure is only logged.
-    fn save(&self, data_dir: &Path) {
-        let write = || -> std::io::Result<()> {
-            let mut file = tempfile::NamedTempFile::new_in(data_dir)?;
-            let bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-            file.write_all(&bytes)?;
-            file.as_file().sync_all()?;
-            file.persist(data_dir.join(ANCHOR_FILE)).map_err(|e| e.error)?;
-            Ok(())
-        };
-        if let Err(e) = write() {
-            tracing::warn!(error = %e, "cannot save {ANCHOR_FILE}; status may not show the last anchor");
-        }
-    }
-
-    fn ca_file(&self) -> Option<PathBuf> {
-        CA_FILE.get().cloned().or_else(|| self.ca_file.clone())
-    }
-
-    /// What became of a report of `machine_id`'s head at `position`.
-    fn record(&mut self, machine_id: &str, position: u64, result: &Result<(MachineIdentity, LogHead), LogHeadError>) {
-        if let Some(ca) = CA_FILE.get() {
-            self.ca_file = Some(ca.clone());
-        }
-        match result {
-            Ok((machine, head)) => self.anchored_now(machine, head),
-            Err(e) => {
-                self.last_failure = Some(NoteFailure {
-                    machine_id: machine_id.to_string(),
-                    position,
-                    reason: e.code().to_string(),
-                    at: Utc::now(),
-                });
-            }
-        }
-    }
-
-    /// The vault holds `head` for the machine: a failed report at or before it is over (a refusal
-    /// included: the vault took a later head since), so it is no longer shown.
-    fn anchored_now(&mut self, machine: &MachineIdentity, head: &LogHead) {
-        self.anchored = Some(Anchored::new(machine, head));
-        if self.last_failure.as_ref().is_some_and(|f| f.machine_id != machine.machine_id || f.position <= head.position)
-        {
-            self.last_failure = None;
-        }
-    }
-
-    /// The failed report still worth showing for `machine_id`: one past what the vault holds.
-    fn pending_failure(&self, machine_id: &str) -> Option<&NoteFailure> {
-        let anchored = self.anchored.as_ref().filter(|a| a.machine_id == machine_id);
-        self.last_failure
-            .as_ref()
-            .filter(|f| f.machine_id == machine_id && anchored.is_none_or(|a| f.position > a.position))
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Who speaks for the machine
 
 /// Opens the secrets area without creating a machine key (a lost key is reported, not replaced).
-fn secrets_area(ctx: &Context) -> Result<SecretsArea, LogHeadError> {
-    let unreadable = |e: regent_secrets::SecretsError| LogHeadError::Failed {
+fn secrets_area(ctx: &Context) -> Result<SecretsArea, AnchorError> {
+    let unreadable = |e: regent_secrets::SecretsError| AnchorError::Failed {
         reason: Reason::CredentialsUnreadable,
         detail: format!("the sealed secrets cannot be opened ({e}); the machine key or the secrets area was lost"),
     };
@@ -230,126 +85,8 @@ fn secrets_area(ctx: &Context) -> Result<SecretsArea, LogHeadError> {
     SecretsArea::open_dir(&ctx.data_dir, key).map_err(unreadable)
 }
 
-/// Who the machine is at its vault, and where the key it registered with is sealed: what a report
-/// or a read is signed with. Holds no secret (the key is named by its sealed reference).
-#[derive(Clone, Debug)]
-struct MachineIdentity {
-    vault: String,
-    machine_id: String,
-    endpoint: String,
-    thumbprint: String,
-    key: SealedRef,
-}
-
-/// The sealed private key of the credentials the machine registered with: the loaded credentials
-/// when they are those, else the last load of them in the log (credentials may be loaded again
-/// after registering).
-fn registration_key(store: &EventStore, state: &State, registration: &Registration) -> Option<SealedRef> {
-    if let Some(key) = &registration.private_key {
-        return Some(key.clone());
-    }
-    if let Some(loaded) = &state.credentials
-        && loaded.facts.thumbprint == registration.thumbprint
-    {
-        return Some(loaded.private_key.clone());
-    }
-    let mut found = None;
-    for record in store.read_stream(STREAM, 1) {
-        let Ok(record) = record else { break };
-        if let Ok(step) = events::decode(&record)
-            && let Outcome::Accepted(Change::CredentialsLoaded(loaded)) = &step.outcome
-            && loaded.facts.thumbprint == registration.thumbprint
-        {
-            found = Some(loaded.private_key.clone());
-        }
-    }
-    found
-}
-
-fn key_lost(machine_id: &str, detail: impl std::fmt::Display) -> LogHeadError {
-    LogHeadError::Failed {
-        reason: Reason::CredentialsUnreadable,
-        detail: format!(
-            "the private key of the credentials this machine registered with cannot be used ({detail}); \
-             only that key speaks for machine {machine_id} at the vault"
-        ),
-    }
-}
-
-/// The machine as the log shows its registration.
-fn identity_from_log(
-    store: &EventStore,
-    state: &State,
-    registration: &Registration,
-) -> Result<MachineIdentity, LogHeadError> {
-    let key = registration_key(store, state, registration)
-        .ok_or_else(|| key_lost(&registration.machine_id, "it is not in the log"))?;
-    Ok(MachineIdentity {
-        vault: registration.vault.clone(),
-        machine_id: registration.machine_id.clone(),
-        endpoint: registration.endpoint.clone(),
-        thumbprint: registration.thumbprint.clone(),
-        key,
-    })
-}
-
-fn proxy_config(state: &State, area: &SecretsArea) -> Result<Option<ProxyConfig>, LogHeadError> {
-    let Some(proxy) = &state.proxy else { return Ok(None) };
-    let credentials = match (&proxy.username, &proxy.password) {
-        (Some(user), Some(sealed)) => {
-            let unreadable = |detail: String| LogHeadError::Failed {
-                reason: Reason::InvalidProxy,
-                detail: format!("the proxy password cannot be opened ({detail}); set the proxy again"),
-            };
-            let bytes =
-                SecretKeeper::open(&world::SealedFiles(area), SecretKind::ProxyPassword, sealed).map_err(unreadable)?;
-            let password = String::from_utf8(bytes.to_vec()).map_err(|_| unreadable("it is not text".into()))?;
-            Some((user.clone(), SecretString::from(password)))
-        }
-        _ => None,
-    };
-    Ok(Some(ProxyConfig { host: proxy.host.clone(), port: proxy.port, credentials }))
-}
-
-/// The private key `machine`'s sealed reference names, or why it cannot be opened.
-fn private_key(area: &SecretsArea, machine: &MachineIdentity) -> Result<Zeroizing<Vec<u8>>, String> {
-    SecretKeeper::open(&world::SealedFiles(area), SecretKind::CredentialsPrivateKey, &machine.key)
-}
-
-/// Signs for `machine` with `private_key`, the key its sealed reference names.
-fn signer(
-    area: &SecretsArea,
-    state: &State,
-    machine: &MachineIdentity,
-    endpoint: Option<&str>,
-    private_key: Zeroizing<Vec<u8>>,
-) -> Result<MachineSigner, LogHeadError> {
-    Ok(MachineSigner {
-        endpoint: endpoint.unwrap_or(&machine.endpoint).to_string(),
-        vault: machine.vault.clone(),
-        machine_id: machine.machine_id.clone(),
-        thumbprint: machine.thumbprint.clone(),
-        private_key,
-        proxy: proxy_config(state, area)?,
-    })
-}
-
-/// The machine the log shows registered, and its signer.
-fn registered_signer(
-    store: &EventStore,
-    area: &SecretsArea,
-    state: &State,
-    registration: &Registration,
-    endpoint: Option<&str>,
-) -> Result<(MachineIdentity, MachineSigner), LogHeadError> {
-    let machine = identity_from_log(store, state, registration)?;
-    let key = private_key(area, &machine).map_err(|detail| key_lost(&machine.machine_id, detail))?;
-    let signer = signer(area, state, &machine, endpoint, key)?;
-    Ok((machine, signer))
-}
-
-fn client(options: ClientOptions) -> Result<HttpVaultClient, LogHeadError> {
-    HttpVaultClient::new(options).map_err(|e| LogHeadError::Failed {
+fn client(options: ClientOptions) -> Result<HttpVaultClient, AnchorError> {
+    HttpVaultClient::new(options).map_err(|e| AnchorError::Failed {
         reason: Reason::VaultUnreachable,
         detail: format!("{e}; pass a readable CA certificate with --ca-file"),
     })
@@ -363,19 +100,18 @@ fn short(hash: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // After every step
 
-/// What became of the report after a step.
-pub struct StepAnchor {
-    vault: String,
-    position: u64,
-    result: Result<LogHead, LogHeadError>,
+/// How the report after a step is said: in the step's JSON, or as a warning line.
+pub trait StepReportText {
+    fn json(&self) -> serde_json::Value;
+    fn warning(&self) -> Option<String>;
 }
 
-impl StepAnchor {
-    pub fn json(&self) -> serde_json::Value {
+impl StepReportText for StepReport {
+    fn json(&self) -> serde_json::Value {
         match &self.result {
-            Ok(head) => json!({
+            Ok(anchor) => json!({
                 "anchored": true, "vault": self.vault, "position": self.position,
-                "vault_position": head.position, "reason": null,
+                "vault_position": anchor.position, "reason": null,
             }),
             Err(e) => json!({
                 "anchored": false, "vault": self.vault, "position": self.position,
@@ -385,7 +121,7 @@ impl StepAnchor {
     }
 
     /// One line for stderr when the head did not get through.
-    pub fn warning(&self) -> Option<String> {
+    fn warning(&self) -> Option<String> {
         let e = self.result.as_ref().err()?;
         Some(if e.is_tamper_evidence() {
             format!(
@@ -405,8 +141,8 @@ impl StepAnchor {
     }
 }
 
-/// Sends the head after a step, when the machine is (or, for unregister, was) registered. Runs
-/// while the caller still holds the store, so heads reach the vault in log order.
+/// Sends the head after a step (see [`anchoring::after_step`]). Runs while the caller still holds
+/// the store, so heads reach the vault in log order.
 pub fn after_step(
     ctx: &Context,
     store: &EventStore,
@@ -414,22 +150,24 @@ pub fn after_step(
     state: &State,
     registration: Option<&Registration>,
     head: Head,
-) -> Option<StepAnchor> {
-    let registration = registration?;
-    let mut note = AnchorNote::load(&ctx.data_dir);
-    if note.quickstart_machine.as_deref() == Some(registration.machine_id.as_str()) {
-        return None;
-    }
-    // One deadline for all of it: the store stays locked until this returns.
-    let deadline = Instant::now() + AFTER_STEP_DEADLINE;
-    let result = registered_signer(store, area, state, registration, None).and_then(|(machine, signer)| {
-        let client = client(after_step_options(note.ca_file()))?;
-        Ok((machine, client.report_log_head(&signer, store, head, Some(deadline))?))
-    });
-    note.record(&registration.machine_id, head.position, &result);
-    note.save(&ctx.data_dir);
-    let result = result.map(|(_, anchor)| anchor);
-    Some(StepAnchor { vault: registration.vault.clone(), position: head.position, result })
+) -> Option<StepReport> {
+    registration?;
+    let mut note = load_note(ctx);
+    let report = match client(after_step_options(ca_file(ctx, &note))) {
+        Ok(keeper) => {
+            let secrets = world::SealedFiles(area);
+            anchoring::after_step(&keeper, &secrets, store, state, registration, head, &mut note, chrono::Utc::now())?
+        }
+        Err(e) => {
+            let registration = registration?;
+            if note.is_quickstart(&registration.machine_id) {
+                return None;
+            }
+            StepReport { vault: registration.vault.clone(), position: head.position, result: Err(e) }
+        }
+    };
+    save_note(ctx, &mut note);
+    Some(report)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -450,26 +188,42 @@ fn registered(store: &EventStore, what: &str) -> Result<(State, Head, Registrati
     }
 }
 
-pub fn anchor_now(ctx: &Context, endpoint: Option<String>, ca_file: Option<PathBuf>) -> Result<u8, Failure> {
+pub fn anchor_now(ctx: &Context, endpoint: Option<String>) -> Result<u8, Failure> {
     crate::check_no_credentials(None, endpoint.as_deref())?;
-    use_ca_file(ca_file.as_deref());
     let store = ctx.open_existing_store()?.ok_or_else(|| not_registered("to send its log head to"))?;
     let (state, head, registration) = registered(&store, "to send its log head to")?;
-    let mut note = AnchorNote::load(&ctx.data_dir);
-    if endpoint.is_none() && note.quickstart_machine.as_deref() == Some(registration.machine_id.as_str()) {
+    let mut note = load_note(ctx);
+    if endpoint.is_none() && note.is_quickstart(&registration.machine_id) {
         return Err(quickstart_vault_gone(&registration.vault));
     }
     // The store stays open: the head sent is the head of the log until the vault answers.
-    let result = secrets_area(ctx)
-        .and_then(|area| registered_signer(&store, &area, &state, &registration, endpoint.as_deref()))
-        .and_then(|(machine, signer)| {
-            let options = ClientOptions { ca_file: note.ca_file(), ..ClientOptions::default() };
-            Ok((machine, client(options)?.report_log_head(&signer, &store, head, None)?))
-        });
+    let options = ClientOptions { ca_file: ca_file(ctx, &note), ..ClientOptions::default() };
+    let result = secrets_area(ctx).and_then(|area| {
+        let keeper = client(options)?;
+        let secrets = world::SealedFiles(&area);
+        let now = chrono::Utc::now();
+        anchoring::report_now(
+            &keeper,
+            &secrets,
+            &store,
+            &state,
+            &registration,
+            head,
+            endpoint.as_deref(),
+            &mut note,
+            now,
+        )
+    });
     drop(store);
-    note.record(&registration.machine_id, head.position, &result);
-    note.save(&ctx.data_dir);
-    match result.map(|(_, anchor)| anchor) {
+    if let Err(e) = &result {
+        // Said in the note even when the secrets could not be opened to try.
+        if !matches!(note.pending_failure(&registration.machine_id), Some(f) if f.position == head.position) {
+            let failed: Result<(anchoring::Machine, regent_vault::protocol::LogHead), AnchorError> = Err(e.clone());
+            note.record(&registration.machine_id, head.position, &failed, chrono::Utc::now());
+        }
+    }
+    save_note(ctx, &mut note);
+    match result {
         Ok(anchor) => {
             if ctx.json {
                 terminal::json_line(json!({
@@ -504,57 +258,8 @@ pub fn anchor_now(ctx: &Context, endpoint: Option<String>, ca_file: Option<PathB
 // ---------------------------------------------------------------------------------------------
 // regent audit verify --against-vault
 
-/// How the local log compares with the vault's anchor.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-enum Comparison {
-    /// The log holds the anchored record; the chain verifies.
-    Match,
-    /// The log ends before the anchored position.
-    TailCut,
-    /// The record at the anchored position is another one.
-    Altered,
-    /// The chain fails by itself (before reaching the anchor).
-    ChainBroken,
-}
-
-#[derive(Clone, Copy, Debug, Serialize)]
-struct Range {
-    from: u64,
-    to: u64,
-}
-
-fn compare(report: &VerifyReport, anchor: Head) -> (Comparison, Option<Range>) {
-    match report.failure.as_ref().map(|f| (f.position, &f.problem)) {
-        None => (Comparison::Match, None),
-        Some((_, Problem::Truncated { last, expected_head })) if *expected_head == anchor.position => {
-            (Comparison::TailCut, Some(Range { from: last + 1, to: anchor.position }))
-        }
-        Some((position, Problem::HeadMismatch { expected, .. }))
-            if position == anchor.position && *expected == anchor.hash =>
-        {
-            (Comparison::Altered, Some(Range { from: position, to: position }))
-        }
-        Some(_) => (Comparison::ChainBroken, None),
-    }
-}
-
-/// Whether the log shows `machine_id`'s registration at all (an unregistered machine's log still
-/// does). A log that does not, while the note names the machine as anchored, was cut before it.
-fn log_shows_registration(store: &EventStore, machine_id: &str) -> Result<bool, Failure> {
-    for record in store.read_stream(STREAM, 1) {
-        if let Ok(step) = events::decode(&record?)
-            && let Outcome::Accepted(Change::Registered(registration)) = &step.outcome
-            && registration.machine_id == machine_id
-        {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
 /// The key of a machine the log lost cannot be found: said as such, never as "not registered".
-fn registration_key_not_found(lost: &Anchored, detail: &str) -> Failure {
+fn registration_key_not_found(lost: &LastAnchor, detail: &str) -> Failure {
     Failure::refused(format!(
         "registration_key_not_found: this log no longer shows the registration of machine {} at vault {}, which \
          anchored it at position {} (log-anchor.json), and the key it registered with cannot be found ({detail}): \
@@ -564,56 +269,41 @@ fn registration_key_not_found(lost: &Anchored, detail: &str) -> Failure {
     ))
 }
 
-/// Who to ask the vault about, and how: the machine the log shows registered, or, when the log no
-/// longer shows any registration of it, the machine the note names as anchored.
+/// Who to ask the vault about (see [`anchoring::machine_to_check`]), and whether the log lost its
+/// registration.
 fn machine_to_check(
     ctx: &Context,
     store: &EventStore,
-    note: &AnchorNote,
+    note: &Note,
     endpoint: Option<&str>,
-) -> Result<(MachineIdentity, MachineSigner, bool), Failure> {
+) -> Result<(anchoring::Machine, anchoring::HeadSigner, bool), Failure> {
     let (state, _) = projections::current_state(store)?;
-    if let Some(registration) = &state.registration {
-        let (machine, signer) = secrets_area(ctx)
-            .and_then(|area| registered_signer(store, &area, &state, registration, endpoint))
-            .map_err(|e| {
-                Failure::refused(format!(
-                    "{}: cannot ask vault {} for the anchored head: {e}",
-                    e.code(),
-                    registration.vault
-                ))
-            })?;
-        return Ok((machine, signer, false));
+    let area = secrets_area(ctx);
+    let secrets = area.as_ref().map(world::SealedFiles).map_err(Clone::clone);
+    let secrets = secrets.as_ref().map(|s| s as &dyn regent_engine::ports::SecretKeeper).map_err(Clone::clone);
+    match anchoring::machine_to_check(secrets, store, &state, note, endpoint)? {
+        Ok(CheckedMachine::Registered(machine, signer)) => Ok((machine, signer, false)),
+        Ok(CheckedMachine::Lost(machine, signer)) => Ok((machine, signer, true)),
+        Err(NoMachine::NotRegistered) => Err(not_registered("whose anchor to check against")),
+        Err(NoMachine::KeyNotFound { lost, detail }) => Err(registration_key_not_found(&lost, &detail)),
+        Err(NoMachine::Unsigned { vault, error }) => {
+            Err(Failure::refused(format!("{}: cannot ask vault {vault} for the anchored head: {error}", error.code())))
+        }
     }
-    let what = "whose anchor to check against";
-    let lost = match &note.anchored {
-        Some(anchored) if !log_shows_registration(store, &anchored.machine_id)? => anchored,
-        _ => return Err(not_registered(what)),
-    };
-    let machine = lost.identity().ok_or_else(|| {
-        registration_key_not_found(lost, "the note was written by an earlier regent and does not name it")
-    })?;
-    let area = secrets_area(ctx).map_err(|e| registration_key_not_found(lost, &e.to_string()))?;
-    let key = private_key(&area, &machine).map_err(|detail| registration_key_not_found(lost, &detail))?;
-    let signer = signer(&area, &state, &machine, endpoint, key).map_err(|e| {
-        Failure::refused(format!("{}: cannot ask vault {} for the anchored head: {e}", e.code(), lost.vault))
-    })?;
-    Ok((machine, signer, true))
 }
 
-pub fn verify_against_vault(ctx: &Context, endpoint: Option<String>, ca_file: Option<PathBuf>) -> Result<u8, Failure> {
+pub fn verify_against_vault(ctx: &Context, endpoint: Option<String>) -> Result<u8, Failure> {
     crate::check_no_credentials(None, endpoint.as_deref())?;
-    use_ca_file(ca_file.as_deref());
-    let mut note = AnchorNote::load(&ctx.data_dir);
+    let mut note = load_note(ctx);
     // Read who the machine is, then let go of the store while the vault is asked.
     let store = ctx.open_existing_store()?.ok_or_else(|| not_registered("whose anchor to check against"))?;
     let (machine, signer, registration_lost) = machine_to_check(ctx, &store, &note, endpoint.as_deref())?;
     drop(store);
-    if endpoint.is_none() && note.quickstart_machine.as_deref() == Some(machine.machine_id.as_str()) {
+    if endpoint.is_none() && note.is_quickstart(&machine.machine_id) {
         return Err(quickstart_vault_gone(&machine.vault));
     }
-    let options = ClientOptions { ca_file: note.ca_file(), ..ClientOptions::default() };
-    let fetched = client(options).and_then(|client| client.fetch_log_head(&signer));
+    let options = ClientOptions { ca_file: ca_file(ctx, &note), ..ClientOptions::default() };
+    let fetched = client(options).and_then(|keeper| anchoring::HeadKeeper::fetch(&keeper, &signer));
     let anchor = match fetched {
         Ok(Some(anchor)) => anchor,
         Ok(None) => {
@@ -640,13 +330,13 @@ pub fn verify_against_vault(ctx: &Context, endpoint: Option<String>, ca_file: Op
     let anchor_head = Head { position: anchor.position, hash: anchor_hash };
 
     let report = ctx.open_store()?.verify(Some(anchor_head))?;
-    let (comparison, range) = compare(&report, anchor_head);
+    let (comparison, range) = anchoring::compare(&report, anchor_head);
     let head = report.verified_head;
     let not_yet = (comparison == Comparison::Match && head.position > anchor.position)
         .then(|| Range { from: anchor.position + 1, to: head.position });
     if comparison == Comparison::Match && head.position >= anchor.position {
         note.anchored_now(&machine, &anchor);
-        note.save(&ctx.data_dir);
+        save_note(ctx, &mut note);
     }
 
     if ctx.json {
@@ -745,16 +435,16 @@ fn quickstart_vault_gone(vault: &str) -> Failure {
 
 /// `status`: how far the vault's anchor is behind the log, from the local note (a hint).
 pub fn status_json(ctx: &Context, state: &State, head: Head) -> serde_json::Value {
-    let note = AnchorNote::load(&ctx.data_dir);
+    let note = load_note(ctx);
     let Some(registration) = &state.registration else {
-        return match lost_registration(&note, head) {
+        return match note.lost_registration(head) {
             Some(a) => json!({
                 "vault": a.vault, "machine_id": a.machine_id, "position": a.position, "past_log_head": true,
             }),
             None => serde_json::Value::Null,
         };
     };
-    let anchored = note.anchored.as_ref().filter(|a| a.machine_id == registration.machine_id);
+    let anchored = note.anchor_of(&registration.machine_id);
     let failure = note.pending_failure(&registration.machine_id);
     json!({
         "position": anchored.map(|a| a.position),
@@ -764,27 +454,21 @@ pub fn status_json(ctx: &Context, state: &State, head: Head) -> serde_json::Valu
     })
 }
 
-/// A machine the note says was anchored past this log's head while the log shows no registration:
-/// the log was likely cut before it (an unregistered machine's last head is the log's).
-fn lost_registration(note: &AnchorNote, head: Head) -> Option<&Anchored> {
-    note.anchored.as_ref().filter(|a| a.position > head.position)
-}
-
 /// `status`: the human line, or nothing when not registered (unless the log seems cut).
 pub fn status_line(ctx: &Context, state: &State, head: Head) -> Option<String> {
-    let note = AnchorNote::load(&ctx.data_dir);
+    let note = load_note(ctx);
     let Some(registration) = state.registration.as_ref() else {
-        return lost_registration(&note, head).map(|a| {
+        return note.lost_registration(head).map(|a| {
             format!(
                 "machine {} was anchored at vault {} at position {}, past this log's head, and this log shows no registration: run `regent audit verify --against-vault`",
                 a.machine_id, a.vault, a.position
             )
         });
     };
-    if note.quickstart_machine.as_deref() == Some(registration.machine_id.as_str()) {
+    if note.is_quickstart(&registration.machine_id) {
         return Some("not kept: quickstart's vault runs only while `regent quickstart` does".into());
     }
-    let anchored = note.anchored.as_ref().filter(|a| a.machine_id == registration.machine_id);
+    let anchored = note.anchor_of(&registration.machine_id);
     let mut line = match anchored {
         None => "not anchored at the vault yet (`regent audit anchor`)".to_string(),
         // The note travels with the data dir: a restored copy says what it last reported, which
@@ -808,82 +492,4 @@ pub fn status_line(ctx: &Context, state: &State, head: Head) -> Option<String> {
         line.push_str(&format!("; the last report failed: {}", f.reason));
     }
     Some(line)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use regent_store::ChainFailure;
-    use regent_vault::ErrorCode;
-
-    fn report(failure: Option<ChainFailure>, position: u64) -> VerifyReport {
-        VerifyReport { records: position, verified_head: Head { position, hash: Digest32([1; 32]) }, failure }
-    }
-
-    fn machine(id: &str) -> MachineIdentity {
-        MachineIdentity {
-            vault: "v".into(),
-            machine_id: id.into(),
-            endpoint: "http://v".into(),
-            thumbprint: "ab".repeat(32),
-            key: SealedRef { id: "cd".repeat(32) },
-        }
-    }
-
-    fn head(position: u64) -> LogHead {
-        LogHead {
-            machine_id: "m".into(),
-            position,
-            hash: "ef".repeat(32),
-            anchored_at: Utc::now(),
-            refusals: 0,
-            last_refusal: None,
-        }
-    }
-
-    #[test]
-    fn a_failed_report_shows_until_the_vault_holds_a_head_past_it() {
-        let mut note = AnchorNote::default();
-        let refused = LogHeadError::Refused { code: ErrorCode::LogHeadConflict, message: "m".into() };
-        note.record("m", 7, &Err(refused));
-        assert_eq!(note.pending_failure("m").map(|f| f.reason.as_str()), Some("log_head_conflict"));
-        assert!(note.pending_failure("other").is_none());
-        // A head before the failed one (verify found the vault's anchor behind it): still shown.
-        note.anchored_now(&machine("m"), &head(6));
-        assert!(note.pending_failure("m").is_some());
-        // A later report went through: the failure is over.
-        note.record("m", 8, &Ok((machine("m"), head(8))));
-        assert!(note.pending_failure("m").is_none() && note.last_failure.is_none());
-        // The note can speak for the machine again, naming its key only by reference.
-        let anchored = note.anchored.as_ref().unwrap();
-        assert_eq!(anchored.identity().map(|m| m.key.id), Some("cd".repeat(32)));
-        let text = serde_json::to_string(&note).unwrap();
-        assert!(text.contains("\"registration_key\":{\"id\":"), "{text}");
-        // A note from before: no key reference, so no identity.
-        let old: Anchored = serde_json::from_str(
-            r#"{"vault":"v","machine_id":"m","position":3,"hash":"00","anchored_at":"2026-01-01T00:00:00Z"}"#,
-        )
-        .unwrap();
-        assert!(old.identity().is_none());
-    }
-
-    #[test]
-    fn comparisons_name_the_range() {
-        let anchor = Head { position: 7, hash: Digest32([7; 32]) };
-        assert_eq!(compare(&report(None, 9), anchor).0, Comparison::Match);
-        let cut = ChainFailure { position: 5, problem: Problem::Truncated { last: 4, expected_head: 7 } };
-        let (outcome, range) = compare(&report(Some(cut), 4), anchor);
-        assert_eq!(outcome, Comparison::TailCut);
-        assert_eq!(range.map(|r| (r.from, r.to)), Some((5, 7)));
-        let altered = ChainFailure {
-            position: 7,
-            problem: Problem::HeadMismatch { expected: Digest32([7; 32]), found: Digest32([8; 32]) },
-        };
-        assert_eq!(compare(&report(Some(altered), 6), anchor).0, Comparison::Altered);
-        let broken = ChainFailure {
-            position: 3,
-            problem: Problem::HashMismatch { stored: Digest32([1; 32]), computed: Digest32([2; 32]) },
-        };
-        assert_eq!(compare(&report(Some(broken), 2), anchor).0, Comparison::ChainBroken);
-    }
 }

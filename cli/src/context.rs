@@ -1,6 +1,6 @@
 //! What one command run needs: the data dir, the store (opened once), the secrets area, the world.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use regent_engine::Reason;
 use regent_engine::model::{PinAnswer, VaultAnswer};
@@ -18,12 +18,16 @@ use crate::world;
 /// last checkpoint (sled's default is 1 GiB).
 const CLI_CACHE_BYTES: u64 = 8 * 1024 * 1024;
 
+#[derive(Clone)]
 pub struct Context {
     pub json: bool,
     pub data_dir: PathBuf,
     /// The data dir was named (`--data-dir`, `REGENT_DATA_DIR`), not the default: a read-only
     /// command refuses one that does not exist, since it is more likely mistyped than new.
     pub data_dir_named: bool,
+    /// The CA file this command was given for the vault (`--ca-file`), for every call it makes
+    /// (the step's and the head reported after it), remembered for later commands.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Context {
@@ -34,7 +38,13 @@ impl Context {
                 Failure::usage("no home directory to keep data in; pass --data-dir DIR or set REGENT_DATA_DIR")
             })?,
         };
-        Ok(Context { json: global.json, data_dir, data_dir_named: global.data_dir.is_some() })
+        Ok(Context { json: global.json, data_dir, data_dir_named: global.data_dir.is_some(), ca_file: None })
+    }
+
+    /// The same context, for a command given `--ca-file` (made absolute: it is remembered).
+    pub fn with_ca_file(&self, ca_file: Option<&Path>) -> Context {
+        let ca_file = ca_file.map(|path| std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()));
+        Context { ca_file: ca_file.or_else(|| self.ca_file.clone()), ..self.clone() }
     }
 
     /// The log, opened anew for each phase of a step (see `regent_engine::ports::LogAccess`).

@@ -107,7 +107,8 @@ fn run(ctx: &Context, command: Command) -> Result<u8, Failure> {
         }
         Command::Register(a) => {
             check_no_credentials(None, a.endpoint.as_deref())?;
-            let vault = vault_client(a.ca_file.as_deref())?;
+            let ctx = &ctx.with_ca_file(a.ca_file.as_deref());
+            let vault = vault_client(ctx)?;
             steps::run_with_vault(
                 ctx,
                 EngineCommand::Register { endpoint_override: a.endpoint },
@@ -132,13 +133,13 @@ fn run(ctx: &Context, command: Command) -> Result<u8, Failure> {
             ..
         }) => {
             if against_vault {
-                anchor::verify_against_vault(ctx, endpoint, ca_file)
+                anchor::verify_against_vault(&ctx.with_ca_file(ca_file.as_deref()), endpoint)
             } else {
                 views::verify(ctx, file.as_deref(), head)
             }
         }
         Command::Audit(AuditArgs { action: Some(AuditCommand::Anchor { endpoint, ca_file }), .. }) => {
-            anchor::anchor_now(ctx, endpoint, ca_file)
+            anchor::anchor_now(&ctx.with_ca_file(ca_file.as_deref()), endpoint)
         }
         Command::Audit(AuditArgs { action: Some(AuditCommand::Export { output }), .. }) => {
             views::export(ctx, output.as_deref())
@@ -184,10 +185,10 @@ fn check_no_credentials(host: Option<&str>, endpoint: Option<&str>) -> Result<()
     Ok(())
 }
 
-fn vault_client(ca_file: Option<&std::path::Path>) -> Result<regent_vault::HttpVaultClient, Failure> {
-    // The log head goes to the same vault after the step: with the same CA.
-    anchor::use_ca_file(ca_file);
-    regent_vault::HttpVaultClient::with_ca_file(ca_file).map_err(|e| Failure::usage(e.to_string()))
+/// The vault client for a step, trusting the CA file the command was given (the head reported
+/// after the step goes to the same vault, through the same context).
+fn vault_client(ctx: &Context) -> Result<regent_vault::HttpVaultClient, Failure> {
+    regent_vault::HttpVaultClient::with_ca_file(ctx.ca_file.as_deref()).map_err(|e| Failure::usage(e.to_string()))
 }
 
 fn change_passphrase(ctx: &Context, a: PassphraseChangeArgs) -> Result<u8, Failure> {
@@ -201,7 +202,8 @@ fn change_passphrase(ctx: &Context, a: PassphraseChangeArgs) -> Result<u8, Failu
     } else {
         (None, Some(read_passphrase(&a.source, "--passphrase-stdin or --generate --save-to F")?))
     };
-    let vault = vault_client(a.ca_file.as_deref())?;
+    let ctx = &ctx.with_ca_file(a.ca_file.as_deref());
+    let vault = vault_client(ctx)?;
     let secrets = SecretInputs { passphrase, security_pin: Some(pin), ..Default::default() };
     steps::run_with_vault(ctx, EngineCommand::ChangePassphrase { save_to }, secrets, &vault)
 }

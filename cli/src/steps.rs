@@ -10,11 +10,12 @@ use regent_store::EventStore;
 use secrecy::ExposeSecret;
 use serde_json::json;
 
-use crate::anchor::{self, StepAnchor};
+use crate::anchor::{self, StepReportText};
 use crate::context::{Context, NoVault, real_world};
 use crate::failure::Failure;
 use crate::terminal::{self, Stream, errln, outln};
 use crate::world;
+use regent_engine::anchoring::StepReport;
 
 /// Runs a command that needs no vault.
 pub fn run(ctx: &Context, command: Command, secrets: SecretInputs) -> Result<u8, Failure> {
@@ -30,7 +31,7 @@ pub fn run_with_vault(
 ) -> Result<u8, Failure> {
     let (result, anchored) = execute(ctx, command, secrets, vault)?;
     let code = report(ctx, &result, anchored.as_ref());
-    if let Some(warning) = anchored.as_ref().and_then(StepAnchor::warning) {
+    if let Some(warning) = anchored.as_ref().and_then(StepReport::warning) {
         errln!("warning: {warning}");
     }
     code
@@ -45,7 +46,7 @@ pub fn execute(
     command: Command,
     secrets: SecretInputs,
     vault: &dyn VaultClient,
-) -> Result<(StepResult, Option<StepAnchor>), Failure> {
+) -> Result<(StepResult, Option<StepReport>), Failure> {
     // A damaged store is refused here, with what still reads and how to restore it (the engine
     // would only hear that appends are refused).
     drop(ctx.open_store()?);
@@ -104,8 +105,8 @@ fn sweep_superseded(ctx: &Context, store: &EventStore, area: &SecretsArea, state
     Vec::new()
 }
 
-fn report(ctx: &Context, result: &StepResult, anchored: Option<&StepAnchor>) -> Result<u8, Failure> {
-    let log_anchor = anchored.map_or(serde_json::Value::Null, StepAnchor::json);
+fn report(ctx: &Context, result: &StepResult, anchored: Option<&StepReport>) -> Result<u8, Failure> {
+    let log_anchor = anchored.map_or(serde_json::Value::Null, StepReport::json);
     let status = projections::status(&result.state, result.head);
     let summary = projections::summary(&result.record.outcome);
     let mut warnings = match &result.record.outcome {

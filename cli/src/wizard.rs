@@ -54,7 +54,8 @@ fn unattended(ctx: &Context, a: WizardArgs) -> Result<u8, Failure> {
         Some(path) => Some(secret_input::from_file("passphrase", path)?),
         None => None,
     };
-    let vault = vault_client(a.ca_file.as_deref())?;
+    let ctx = &ctx.with_ca_file(a.ca_file.as_deref());
+    let vault = vault_client(ctx)?;
     let state = projections::current_state(&ctx.open_store()?)?.0;
     if let Some(registration) = &state.registration {
         errln!("already registered to vault {} as {}; nothing to do", registration.vault, registration.machine_id);
@@ -194,7 +195,8 @@ fn interactive(ctx: &Context, a: WizardArgs) -> Result<u8, Failure> {
         return Err(Failure::usage(NO_TERMINAL));
     }
     check_no_credentials(a.proxy_host.as_deref(), a.endpoint.as_deref())?;
-    let vault = vault_client(a.ca_file.as_deref())?;
+    let ctx = &ctx.with_ca_file(a.ca_file.as_deref());
+    let vault = vault_client(ctx)?;
     let (state, proxy_answered) = {
         let store = ctx.open_store()?;
         let state = projections::current_state(&store)?.0;
@@ -566,7 +568,7 @@ impl Wizard<'_> {
         // The spinner goes before anything is said, or a warning would land on its line.
         spinner.finish_and_clear();
         let (result, anchored) = result?;
-        if let Some(warning) = anchored.as_ref().and_then(crate::anchor::StepAnchor::warning) {
+        if let Some(warning) = anchored.as_ref().and_then(crate::anchor::StepReportText::warning) {
             say(format!("Warning: {warning}"));
         }
         match result.record.outcome {
@@ -616,7 +618,7 @@ impl Wizard<'_> {
         vault: &dyn VaultClient,
     ) -> Result<StepResult, Failure> {
         let (result, anchored) = steps::execute(self.ctx, command, secrets, vault)?;
-        if let Some(warning) = anchored.as_ref().and_then(crate::anchor::StepAnchor::warning) {
+        if let Some(warning) = anchored.as_ref().and_then(crate::anchor::StepReportText::warning) {
             say(format!("Warning: {warning}"));
         }
         for note in &result.notes {

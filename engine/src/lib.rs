@@ -10,6 +10,7 @@
 //! - [`reason`]: the steps, and the reason codes a refusal records ([`Reason`], defined with the
 //!   vault's protocol in `regent-protocol` and re-exported here).
 
+pub mod anchoring;
 pub mod decide;
 pub mod events;
 pub mod model;

@@ -741,16 +741,19 @@ fn signing_inputs(
     let private_key = key
         .and_then(|key| world.secrets.open(SecretKind::CredentialsPrivateKey, key))
         .map_err(unsealable(SecretKind::CredentialsPrivateKey))?;
-    let proxy = proxy_config(state, world).map_err(unsealable(SecretKind::ProxyPassword))?;
+    let proxy = proxy_config(state, world.secrets).map_err(unsealable(SecretKind::ProxyPassword))?;
     Ok((private_key, proxy))
 }
 
 /// The proxy with its password opened, for the vault client.
-fn proxy_config(state: &State, world: &World<'_>) -> Result<Option<ProxyConfig>, String> {
+pub(crate) fn proxy_config(
+    state: &State,
+    secrets: &dyn crate::ports::SecretKeeper,
+) -> Result<Option<ProxyConfig>, String> {
     let Some(proxy) = &state.proxy else { return Ok(None) };
     let credentials = match (&proxy.username, &proxy.password) {
         (Some(user), Some(sealed)) => {
-            let bytes = world.secrets.open(SecretKind::ProxyPassword, sealed)?;
+            let bytes = secrets.open(SecretKind::ProxyPassword, sealed)?;
             let password =
                 String::from_utf8(bytes.to_vec()).map_err(|_| "the saved password is not text".to_string())?;
             Some((user.clone(), SecretString::from(password)))

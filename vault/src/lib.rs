@@ -9,8 +9,8 @@
 //!   [`VaultClient`](regent_engine::ports::VaultClient) port: signed registration and PIN checks,
 //!   proxies, retries (lost answers too: every call is idempotent), and every failure turned into one
 //!   of the agent's reason codes (a TLS failure as what is wrong with the certificate). It also
-//!   reports the head of the agent's log to the vault and reads it back ([`MachineSigner`],
-//!   [`LogHeadError`]). The client is why this crate depends on `regent-engine` (its port and
+//!   reports the head of the agent's log to the vault and reads it back ([`HeadSigner`],
+//!   [`AnchorError`]). The client is why this crate depends on `regent-engine` (its port and
 //!   `ProxyConfig`); the service uses nothing of the engine.
 //! - [`protocol`]: `regent-protocol`, re-exported: the wire format both sides share (JSON over HTTP
 //!   under `/v1`), the table of routes the router is built from, the exact bytes a registration, a PIN
@@ -33,7 +33,8 @@ mod token;
 pub use admin::AdminClient;
 pub use client::{ClientOptions, HttpVaultClient};
 pub use error::{AdminError, ClientError, VaultError};
-pub use log_head::{LogHeadError, MachineSigner};
+/// The engine's anchoring port types, which this crate's client implements ([`HeadKeeper`]).
+pub use regent_engine::anchoring::{AnchorError, HeadKeeper, HeadSigner};
 pub use regent_protocol as protocol;
 pub use regent_protocol::{CredentialsFile, ErrorCode, IssuedPin, LogHead, LogHeadRefusal, MachineInfo, VaultInfo};
 pub use server::{BackgroundServer, RunningServer, ServeConfig, ServerInfo, TlsFiles, run_until_signal, serve};

@@ -9,18 +9,16 @@
 //! Anchoring is not a wizard step: nothing here writes to the agent's log (recording the report
 //! would move the head it reports); it only reads the records a report carries.
 
-use std::fmt;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use chrono::Utc;
 use regent_credentials::PrivateKey;
-use regent_engine::ports::ProxyConfig;
+use regent_engine::anchoring::{AnchorError, HeadKeeper, HeadSigner};
 use regent_store::{EventStore, Head};
 use reqwest::blocking::{Client, RequestBuilder};
 use reqwest::header::HeaderValue;
-use zeroize::Zeroizing;
 
 use crate::client::{Attempt, CallError, HttpVaultClient, new_nonce};
 use crate::http;
@@ -32,72 +30,11 @@ use crate::protocol::{
 // A report step holds at least one record, so a log of any length can be reported in steps.
 const _: () = assert!(MAX_PROOF_BYTES >= regent_store::MAX_RECORD_BYTES);
 
-/// What speaks for a registered machine at its vault: where, which machine, and the key it
-/// registered with. Debug does not print the key.
-pub struct MachineSigner {
-    /// The vault service's address (the registration's, unless overridden).
-    pub endpoint: String,
-    pub vault: String,
-    pub machine_id: String,
-    /// The thumbprint of the certificate the machine registered with.
-    pub thumbprint: String,
-    /// That certificate's private key (PKCS#8 DER), from the agent's secrets area.
-    pub private_key: Zeroizing<Vec<u8>>,
-    pub proxy: Option<ProxyConfig>,
-}
-
-impl fmt::Debug for MachineSigner {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MachineSigner")
-            .field("endpoint", &self.endpoint)
-            .field("vault", &self.vault)
-            .field("machine_id", &self.machine_id)
-            .field("thumbprint", &self.thumbprint)
-            .field("private_key", &"<redacted>")
-            .finish_non_exhaustive()
-    }
-}
-
-/// Why a log-head call failed. [`LogHeadError::code`] is a stable code for scripts and messages.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum LogHeadError {
-    /// The service refused: `log_head_regressed`, `log_head_conflict`, `log_head_proof_invalid`,
-    /// `log_head_proof_malformed`, `log_head_proof_too_large`, `machine_not_found`,
-    /// `credentials_invalid`, `credentials_wrong_vault`, `nonce_replayed`, `clock_skew`, ...
-    #[error("{message}")]
-    Refused { code: ErrorCode, message: String },
-    /// The call did not get an answer from the service, or not a usable one, or could not be made:
-    /// `vault_unreachable`, `proxy_auth_failed`, `vault_error`, `invalid_proxy`, `credentials_invalid`
-    /// (an unusable key), `credentials_unreadable` (a key that cannot be opened).
-    #[error("{detail}")]
-    Failed { reason: Reason, detail: String },
-    /// The agent's own log could not give the records a report carries: `log_unreadable`.
-    #[error("{detail}")]
-    LogUnreadable { detail: String },
-}
-
-impl LogHeadError {
-    pub fn code(&self) -> &str {
-        match self {
-            LogHeadError::Refused { code, .. } => code.code(),
-            LogHeadError::Failed { reason, .. } => reason.code(),
-            LogHeadError::LogUnreadable { .. } => "log_unreadable",
-        }
-    }
-
-    /// A refusal that says the agent's log is not the one the vault saw (cut, rewritten, or its
-    /// records past the anchor do not chain).
-    pub fn is_tamper_evidence(&self) -> bool {
-        matches!(self, LogHeadError::Refused { code, .. } if code.is_tamper_evidence())
-    }
-}
-
-impl From<CallError> for LogHeadError {
+impl From<CallError> for AnchorError {
     fn from(error: CallError) -> Self {
         match error.service {
-            Some((code, message)) => LogHeadError::Refused { code, message },
-            None => LogHeadError::Failed { reason: error.reason, detail: error.detail },
+            Some((code, message)) => AnchorError::Refused { code, message },
+            None => AnchorError::Failed { reason: error.reason, detail: error.detail },
         }
     }
 }
@@ -117,8 +54,8 @@ fn with_time_left(request: RequestBuilder, time_left: Option<Duration>) -> Reque
     }
 }
 
-fn signing_key(signer: &MachineSigner) -> Result<PrivateKey, LogHeadError> {
-    PrivateKey::from_pkcs8_der(&signer.private_key).map_err(|e| LogHeadError::Failed {
+fn signing_key(signer: &HeadSigner) -> Result<PrivateKey, AnchorError> {
+    PrivateKey::from_pkcs8_der(&signer.private_key).map_err(|e| AnchorError::Failed {
         reason: Reason::CredentialsInvalid,
         detail: format!("the registration's private key cannot be used: {e}"),
     })
@@ -130,14 +67,14 @@ struct ReportStep {
     records: Vec<String>,
 }
 
-fn log_unreadable(detail: String) -> LogHeadError {
-    LogHeadError::LogUnreadable { detail }
+fn log_unreadable(detail: String) -> AnchorError {
+    AnchorError::LogUnreadable { detail }
 }
 
 /// The records of `log` after `anchored`, up to `head` and within one report's bounds
 /// ([`MAX_PROOF_RECORDS`], [`MAX_PROOF_BYTES`]), exactly as the store holds them. The step's head is
 /// `head` when they reach it, else the last record's (its stored hash: the vault computes it anyway).
-fn next_step(log: &EventStore, anchored: u64, head: Head) -> Result<ReportStep, LogHeadError> {
+fn next_step(log: &EventStore, anchored: u64, head: Head) -> Result<ReportStep, AnchorError> {
     let last = head.position.min(anchored.saturating_add(MAX_PROOF_RECORDS as u64));
     let mut records = Vec::new();
     let (mut bytes, mut full) = (0, false);
@@ -195,11 +132,11 @@ impl HttpVaultClient {
     /// (`log_head_regressed`, `log_head_conflict`, `log_head_proof_invalid`) and recorded by the vault.
     pub fn report_log_head(
         &self,
-        signer: &MachineSigner,
+        signer: &HeadSigner,
         log: &EventStore,
         head: Head,
         deadline: Option<Instant>,
-    ) -> Result<LogHead, LogHeadError> {
+    ) -> Result<LogHead, AnchorError> {
         let hash = head.hash.to_hex();
         let mut held = self.fetch_log_head_until(signer, deadline)?;
         // Asked again only if another report moved the anchor between the read and the report.
@@ -218,7 +155,7 @@ impl HttpVaultClient {
                 // The next step goes on from what the vault holds now: the step, unless it moved.
                 Ok(answer) if answer.position > anchored => held = Some(answer),
                 Ok(answer) => {
-                    return Err(LogHeadError::Failed {
+                    return Err(AnchorError::Failed {
                         reason: Reason::VaultError,
                         detail: format!(
                             "the vault accepted head {} but holds {}; report again",
@@ -226,7 +163,7 @@ impl HttpVaultClient {
                         ),
                     });
                 }
-                Err(LogHeadError::Refused { code: ErrorCode::LogHeadBaseRequired, .. }) if base_asked < 1 => {
+                Err(AnchorError::Refused { code: ErrorCode::LogHeadBaseRequired, .. }) if base_asked < 1 => {
                     base_asked += 1;
                     held = self.fetch_log_head_until(signer, deadline)?;
                 }
@@ -237,10 +174,10 @@ impl HttpVaultClient {
 
     fn post_log_head(
         &self,
-        signer: &MachineSigner,
+        signer: &HeadSigner,
         step: &ReportStep,
         deadline: Option<Instant>,
-    ) -> Result<LogHead, LogHeadError> {
+    ) -> Result<LogHead, AnchorError> {
         let (position, hash) = (step.head.position, step.head.hash.to_hex());
         let message = |timestamp: i64, nonce: &str| {
             let (vault, machine, thumbprint) = (&signer.vault, &signer.machine_id, &signer.thumbprint);
@@ -263,15 +200,15 @@ impl HttpVaultClient {
     }
 
     /// The head the vault holds for the machine, or `None` if it never anchored one.
-    pub fn fetch_log_head(&self, signer: &MachineSigner) -> Result<Option<LogHead>, LogHeadError> {
+    pub fn fetch_log_head(&self, signer: &HeadSigner) -> Result<Option<LogHead>, AnchorError> {
         self.fetch_log_head_until(signer, None)
     }
 
     fn fetch_log_head_until(
         &self,
-        signer: &MachineSigner,
+        signer: &HeadSigner,
         deadline: Option<Instant>,
-    ) -> Result<Option<LogHead>, LogHeadError> {
+    ) -> Result<Option<LogHead>, AnchorError> {
         let message = |timestamp: i64, nonce: &str| {
             log_head_read_message(&signer.vault, &signer.machine_id, &signer.thumbprint, timestamp, nonce)
         };
@@ -293,7 +230,7 @@ impl HttpVaultClient {
         };
         match self.signed_call(signer, "the read", deadline, message, send) {
             Ok(head) => Ok(Some(head)),
-            Err(LogHeadError::Refused { code: ErrorCode::LogHeadNotFound, .. }) => Ok(None),
+            Err(AnchorError::Refused { code: ErrorCode::LogHeadNotFound, .. }) => Ok(None),
             Err(error) => Err(error),
         }
     }
@@ -303,17 +240,17 @@ impl HttpVaultClient {
     /// with the time left.
     fn signed_call<T>(
         &self,
-        signer: &MachineSigner,
+        signer: &HeadSigner,
         what: &str,
         deadline: Option<Instant>,
         message: impl Fn(i64, &str) -> Vec<u8>,
         send: impl Fn(&Client, &reqwest::Url, Signed, Option<Duration>) -> Attempt<T>,
-    ) -> Result<T, LogHeadError> {
+    ) -> Result<T, AnchorError> {
         let key = signing_key(signer)?;
         let url = self.log_head_url(signer)?;
         let client = self
             .client_for(signer.proxy.as_ref())
-            .map_err(|detail| LogHeadError::Failed { reason: Reason::InvalidProxy, detail })?;
+            .map_err(|detail| AnchorError::Failed { reason: Reason::InvalidProxy, detail })?;
         let answer = self.with_retries_until(deadline, |time_left| {
             let nonce = match new_nonce() {
                 Ok(nonce) => nonce,
@@ -327,15 +264,32 @@ impl HttpVaultClient {
                 Err(e) => Attempt::Fail(Reason::CredentialsInvalid, format!("signing {what} failed: {e}")),
             }
         });
-        answer.map_err(LogHeadError::from)
+        answer.map_err(AnchorError::from)
     }
 
-    fn log_head_url(&self, signer: &MachineSigner) -> Result<reqwest::Url, LogHeadError> {
+    fn log_head_url(&self, signer: &HeadSigner) -> Result<reqwest::Url, AnchorError> {
         http::join_url(&signer.endpoint, &["v1", "vaults", &signer.vault, "machines", &signer.machine_id, "log-head"])
-            .map_err(|e| LogHeadError::Failed {
+            .map_err(|e| AnchorError::Failed {
                 reason: Reason::VaultUnreachable,
                 detail: format!("the vault endpoint {e}"),
             })
+    }
+}
+
+/// The vault keeps the agent's head: the engine's port, over this client.
+impl HeadKeeper for HttpVaultClient {
+    fn report(
+        &self,
+        signer: &HeadSigner,
+        log: &EventStore,
+        head: Head,
+        budget: Option<Duration>,
+    ) -> Result<LogHead, AnchorError> {
+        self.report_log_head(signer, log, head, budget.map(|budget| Instant::now() + budget))
+    }
+
+    fn fetch(&self, signer: &HeadSigner) -> Result<Option<LogHead>, AnchorError> {
+        self.fetch_log_head(signer)
     }
 }
 
@@ -345,33 +299,33 @@ mod tests {
 
     #[test]
     fn codes_and_tamper_evidence() {
-        let conflict = LogHeadError::Refused { code: ErrorCode::LogHeadConflict, message: "m".into() };
+        let conflict = AnchorError::Refused { code: ErrorCode::LogHeadConflict, message: "m".into() };
         assert_eq!(conflict.code(), "log_head_conflict");
         assert!(conflict.is_tamper_evidence());
         for code in ErrorCode::ALL {
-            let refused = LogHeadError::Refused { code: code.clone(), message: "m".into() };
+            let refused = AnchorError::Refused { code: code.clone(), message: "m".into() };
             let evidence = matches!(
                 code,
                 ErrorCode::LogHeadRegressed | ErrorCode::LogHeadConflict | ErrorCode::LogHeadProofInvalid
             );
             assert_eq!(refused.is_tamper_evidence(), evidence, "{code}");
         }
-        let newer = LogHeadError::Refused { code: ErrorCode::from_code("log_head_forked"), message: "m".into() };
+        let newer = AnchorError::Refused { code: ErrorCode::from_code("log_head_forked"), message: "m".into() };
         assert_eq!(newer.code(), "log_head_forked");
         assert!(!newer.is_tamper_evidence());
-        let down = LogHeadError::Failed { reason: Reason::VaultUnreachable, detail: "d".into() };
+        let down = AnchorError::Failed { reason: Reason::VaultUnreachable, detail: "d".into() };
         assert_eq!(down.code(), "vault_unreachable");
         assert!(!down.is_tamper_evidence());
     }
 
     #[test]
     fn the_key_does_not_show_in_debug() {
-        let signer = MachineSigner {
+        let signer = HeadSigner {
             endpoint: "http://v".into(),
             vault: "v".into(),
             machine_id: "m".into(),
             thumbprint: "t".into(),
-            private_key: Zeroizing::new(b"very-secret-key-bytes".to_vec()),
+            private_key: zeroize::Zeroizing::new(b"very-secret-key-bytes".to_vec()),
             proxy: None,
         };
         assert!(!format!("{signer:?}").contains("very-secret"));

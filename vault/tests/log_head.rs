@@ -15,7 +15,7 @@ use common::*;
 use regent_credentials::VaultCredentials;
 use regent_store::{Actor, BatchMeta, Digest32, EventStore, ExpectedVersion, Head, NewEvent, StoreOptions};
 use regent_vault::protocol::{LogHeadBody, MAX_PROOF_BYTES, MAX_PROOF_RECORDS, log_head_message};
-use regent_vault::{AdminClient, BackgroundServer, LogHeadError, MachineSigner, ServeConfig};
+use regent_vault::{AdminClient, AnchorError, BackgroundServer, HeadSigner, ServeConfig};
 use secrecy::SecretString;
 use tempfile::TempDir;
 use zeroize::Zeroizing;
@@ -100,8 +100,8 @@ fn register(credentials: &VaultCredentials, request_id: &str) -> String {
 }
 
 /// Speaks for `machine_id` with the key of `credentials` (the registration's, or another to forge).
-fn signer(vault: &Vault, name: &str, machine_id: &str, credentials: &VaultCredentials) -> MachineSigner {
-    MachineSigner {
+fn signer(vault: &Vault, name: &str, machine_id: &str, credentials: &VaultCredentials) -> HeadSigner {
+    HeadSigner {
         endpoint: vault.url(),
         vault: name.to_string(),
         machine_id: machine_id.to_string(),
@@ -111,7 +111,7 @@ fn signer(vault: &Vault, name: &str, machine_id: &str, credentials: &VaultCreden
     }
 }
 
-fn refused_code(result: Result<impl std::fmt::Debug, LogHeadError>) -> String {
+fn refused_code(result: Result<impl std::fmt::Debug, AnchorError>) -> String {
     match result {
         Err(e) => e.code().to_string(),
         Ok(answer) => panic!("expected a refusal, got {answer:?}"),
@@ -525,7 +525,7 @@ fn anchors_and_refusals_survive_a_restart() {
     server.shutdown().unwrap();
 
     let server = BackgroundServer::start(ServeConfig::new(dir.path(), loopback())).unwrap();
-    let me = MachineSigner { endpoint: server.url().to_string(), ..me };
+    let me = HeadSigner { endpoint: server.url().to_string(), ..me };
     let now = client.fetch_log_head(&me).unwrap().unwrap();
     assert_eq!((now.position, now.hash, now.anchored_at), (7, head7.hash.to_hex(), anchored.anchored_at));
     assert_eq!(now.refusals, 1);
@@ -563,7 +563,7 @@ fn a_report_gives_up_at_its_deadline() {
         let vault = Vault::start();
         vault.vault_with_credentials("kappa")
     };
-    let me = MachineSigner {
+    let me = HeadSigner {
         endpoint: format!("http://{addr}"),
         vault: "kappa".into(),
         machine_id: "m-1".into(),
