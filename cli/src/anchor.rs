@@ -218,7 +218,7 @@ pub fn anchor_now(ctx: &Context, endpoint: Option<String>) -> Result<u8, Failure
     if let Err(e) = &result {
         // Said in the note even when the secrets could not be opened to try.
         if !matches!(note.pending_failure(&registration.machine_id), Some(f) if f.position == head.position) {
-            let failed: Result<(anchoring::Machine, regent_vault::protocol::LogHead), AnchorError> = Err(e.clone());
+            let failed: Result<(anchoring::Machine, regent_vault::protocol::Anchor), AnchorError> = Err(e.clone());
             note.record(&registration.machine_id, head.position, &failed, chrono::Utc::now());
         }
     }

@@ -96,7 +96,7 @@ pub fn run(ctx: &Context, command: VaultCommand) -> Result<u8, Failure> {
 
 /// The anchored head as `POSITION:HASH… at TIME`, with the refused reports (evidence that a copy of
 /// the machine's log was cut or rewritten) when there were any.
-fn log_head_cell(head: Option<&regent_vault::LogHead>) -> String {
+fn log_head_cell(head: Option<&regent_vault::Anchor>) -> String {
     let Some(head) = head else { return "-".into() };
     let mut cell = format!(
         "{}:{}… at {}",

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use regent_protocol::{ErrorCode, LogHead, Reason};
+use regent_protocol::{Anchor, ErrorCode, Reason};
 use regent_store::{EventStore, Head, Problem, VerifyReport};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -109,10 +109,10 @@ pub trait HeadKeeper {
         log: &EventStore,
         head: Head,
         budget: Option<Duration>,
-    ) -> Result<LogHead, AnchorError>;
+    ) -> Result<Anchor, AnchorError>;
 
     /// The anchor held for the machine, if any.
-    fn fetch(&self, signer: &HeadSigner) -> Result<Option<LogHead>, AnchorError>;
+    fn fetch(&self, signer: &HeadSigner) -> Result<Option<Anchor>, AnchorError>;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -158,7 +158,7 @@ pub struct LastAnchor {
 }
 
 impl LastAnchor {
-    fn new(machine: &Machine, anchor: &LogHead) -> LastAnchor {
+    fn new(machine: &Machine, anchor: &Anchor) -> LastAnchor {
         LastAnchor {
             vault: machine.vault.clone(),
             machine_id: machine.machine_id.clone(),
@@ -245,7 +245,7 @@ impl Note {
         &mut self,
         machine_id: &str,
         position: u64,
-        result: &Result<(Machine, LogHead), AnchorError>,
+        result: &Result<(Machine, Anchor), AnchorError>,
         now: DateTime<Utc>,
     ) {
         match result {
@@ -263,7 +263,7 @@ impl Note {
 
     /// The vault holds `anchor` for the machine: a failed report at or before it is over (a
     /// refusal included: the vault took a later head since), so it is no longer shown.
-    pub fn anchored_now(&mut self, machine: &Machine, anchor: &LogHead) {
+    pub fn anchored_now(&mut self, machine: &Machine, anchor: &Anchor) {
         self.anchored = Some(LastAnchor::new(machine, anchor));
         if self
             .last_failure
@@ -418,7 +418,7 @@ pub fn registered_signer(
 pub struct StepReport {
     pub vault: String,
     pub position: u64,
-    pub result: Result<LogHead, AnchorError>,
+    pub result: Result<Anchor, AnchorError>,
 }
 
 /// Reports the head after a step when the machine is (or, for unregister, was) registered and its
@@ -457,7 +457,7 @@ pub fn report_now(
     endpoint: Option<&str>,
     note: &mut Note,
     now: DateTime<Utc>,
-) -> Result<LogHead, AnchorError> {
+) -> Result<Anchor, AnchorError> {
     let result = registered_signer(secrets, store, state, registration, endpoint)
         .and_then(|(machine, signer)| Ok((machine, keeper.report(&signer, store, head, None)?)));
     note.record(&registration.machine_id, head.position, &result, now);
@@ -579,8 +579,8 @@ mod tests {
         }
     }
 
-    fn anchor(position: u64) -> LogHead {
-        LogHead {
+    fn anchor(position: u64) -> Anchor {
+        Anchor {
             machine_id: "m".into(),
             position,
             hash: "ef".repeat(32),

@@ -11,8 +11,8 @@
 //! | `DELETE /v1/vaults/{vault}/machines/{machine_id}` | admin | | `200` [`MachineInfo`] |
 //! | `POST /v1/vaults/{vault}/registrations` | agent, signed | [`RegisterBody`] | `200` [`Registered`] |
 //! | `POST /v1/vaults/{vault}/pin-checks` | the machine, signed | [`PinCheckBody`] | `200` [`PinValid`] |
-//! | `POST /v1/vaults/{vault}/machines/{machine_id}/log-head` | agent, signed | [`LogHeadBody`] | `200` [`LogHead`] |
-//! | `GET /v1/vaults/{vault}/machines/{machine_id}/log-head` | agent, signed headers | | `200` [`LogHead`] |
+//! | `POST /v1/vaults/{vault}/machines/{machine_id}/log-head` | agent, signed | [`HeadReport`] | `200` [`Anchor`] |
+//! | `GET /v1/vaults/{vault}/machines/{machine_id}/log-head` | agent, signed headers | | `200` [`Anchor`] |
 //!
 //! The routes are also [`ROUTES`], with who may call each ([`Access`]): the service's router is built
 //! from that table and nothing else.
@@ -273,7 +273,7 @@ pub struct MachineInfo {
     pub thumbprint: String,
     /// The head of the machine's log as last anchored (null until it reports one).
     #[serde(default)]
-    pub log_head: Option<LogHead>,
+    pub log_head: Option<Anchor>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -441,7 +441,7 @@ pub const MAX_PROOF_BYTES: usize = 1024 * 1024;
 pub const MAX_LOG_HEAD_BODY_BYTES: usize = 2 * MAX_PROOF_BYTES + MAX_BODY_BYTES;
 
 /// The headers of a signed read of a log head: thumbprint, timestamp, nonce, signature (base64),
-/// with the same meaning as in [`LogHeadBody`].
+/// with the same meaning as in [`HeadReport`].
 pub const SIGNATURE_HEADERS: [&str; 4] =
     ["x-regent-thumbprint", "x-regent-timestamp", "x-regent-nonce", "x-regent-signature"];
 
@@ -449,7 +449,7 @@ pub const SIGNATURE_HEADERS: [&str; 4] =
 /// registered with.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LogHeadBody {
+pub struct HeadReport {
     /// Lowercase hex SHA-256 of the certificate the machine registered with.
     pub thumbprint: String,
     /// The position of the last record of the agent's log (1 or more).
@@ -473,7 +473,7 @@ pub struct LogHeadBody {
 
 /// The head a vault keeps for a machine, and what it refused.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LogHead {
+pub struct Anchor {
     pub machine_id: String,
     pub position: u64,
     pub hash: String,
@@ -484,12 +484,12 @@ pub struct LogHead {
     pub refusals: u64,
     /// The most recent of them.
     #[serde(default)]
-    pub last_refusal: Option<LogHeadRefusal>,
+    pub last_refusal: Option<AnchorRefusal>,
 }
 
 /// A refused report: which code, and the head that was offered.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LogHeadRefusal {
+pub struct AnchorRefusal {
     /// [`ErrorCode::LogHeadRegressed`], [`ErrorCode::LogHeadConflict`] or
     /// [`ErrorCode::LogHeadProofInvalid`].
     pub error: ErrorCode,
@@ -542,7 +542,7 @@ pub fn log_head_read_message(vault: &str, machine_id: &str, thumbprint: &str, ti
     .into_bytes()
 }
 
-impl LogHeadBody {
+impl HeadReport {
     /// The bytes this body's signature must cover, for `vault` and `machine_id` (from the path).
     pub fn message(&self, vault: &str, machine_id: &str) -> Vec<u8> {
         log_head_message(

@@ -36,6 +36,6 @@ pub use error::{AdminError, ClientError, VaultError};
 /// The engine's anchoring port types, which this crate's client implements ([`HeadKeeper`]).
 pub use regent_engine::anchoring::{AnchorError, HeadKeeper, HeadSigner};
 pub use regent_protocol as protocol;
-pub use regent_protocol::{CredentialsFile, ErrorCode, IssuedPin, LogHead, LogHeadRefusal, MachineInfo, VaultInfo};
+pub use regent_protocol::{Anchor, AnchorRefusal, CredentialsFile, ErrorCode, IssuedPin, MachineInfo, VaultInfo};
 pub use server::{BackgroundServer, RunningServer, ServeConfig, ServerInfo, TlsFiles, run_until_signal, serve};
 pub use token::{ADMIN_TOKEN_FILE, read_token_file};

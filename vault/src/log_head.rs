@@ -23,7 +23,7 @@ use reqwest::header::HeaderValue;
 use crate::client::{Attempt, CallError, HttpVaultClient, new_nonce};
 use crate::http;
 use crate::protocol::{
-    ErrorCode, LogHead, LogHeadBody, MAX_PROOF_BYTES, MAX_PROOF_RECORDS, Reason, SIGNATURE_HEADERS, log_head_message,
+    Anchor, ErrorCode, HeadReport, MAX_PROOF_BYTES, MAX_PROOF_RECORDS, Reason, SIGNATURE_HEADERS, log_head_message,
     log_head_read_message,
 };
 
@@ -136,7 +136,7 @@ impl HttpVaultClient {
         log: &EventStore,
         head: Head,
         deadline: Option<Instant>,
-    ) -> Result<LogHead, AnchorError> {
+    ) -> Result<Anchor, AnchorError> {
         let hash = head.hash.to_hex();
         let mut held = self.fetch_log_head_until(signer, deadline)?;
         // Asked again only if another report moved the anchor between the read and the report.
@@ -177,14 +177,14 @@ impl HttpVaultClient {
         signer: &HeadSigner,
         step: &ReportStep,
         deadline: Option<Instant>,
-    ) -> Result<LogHead, AnchorError> {
+    ) -> Result<Anchor, AnchorError> {
         let (position, hash) = (step.head.position, step.head.hash.to_hex());
         let message = |timestamp: i64, nonce: &str| {
             let (vault, machine, thumbprint) = (&signer.vault, &signer.machine_id, &signer.thumbprint);
             log_head_message(vault, machine, thumbprint, position, &hash, &step.records, timestamp, nonce)
         };
         let send = |client: &Client, url: &reqwest::Url, signed: Signed, time_left: Option<Duration>| {
-            let body = LogHeadBody {
+            let body = HeadReport {
                 thumbprint: signer.thumbprint.clone(),
                 position,
                 hash: hash.clone(),
@@ -200,7 +200,7 @@ impl HttpVaultClient {
     }
 
     /// The head the vault holds for the machine, or `None` if it never anchored one.
-    pub fn fetch_log_head(&self, signer: &HeadSigner) -> Result<Option<LogHead>, AnchorError> {
+    pub fn fetch_log_head(&self, signer: &HeadSigner) -> Result<Option<Anchor>, AnchorError> {
         self.fetch_log_head_until(signer, None)
     }
 
@@ -208,7 +208,7 @@ impl HttpVaultClient {
         &self,
         signer: &HeadSigner,
         deadline: Option<Instant>,
-    ) -> Result<Option<LogHead>, AnchorError> {
+    ) -> Result<Option<Anchor>, AnchorError> {
         let message = |timestamp: i64, nonce: &str| {
             log_head_read_message(&signer.vault, &signer.machine_id, &signer.thumbprint, timestamp, nonce)
         };
@@ -226,7 +226,7 @@ impl HttpVaultClient {
                     }
                 }
             }
-            self.answer::<LogHead>(request.send(), signer.proxy.as_ref(), url)
+            self.answer::<Anchor>(request.send(), signer.proxy.as_ref(), url)
         };
         match self.signed_call(signer, "the read", deadline, message, send) {
             Ok(head) => Ok(Some(head)),
@@ -284,11 +284,11 @@ impl HeadKeeper for HttpVaultClient {
         log: &EventStore,
         head: Head,
         budget: Option<Duration>,
-    ) -> Result<LogHead, AnchorError> {
+    ) -> Result<Anchor, AnchorError> {
         self.report_log_head(signer, log, head, budget.map(|budget| Instant::now() + budget))
     }
 
-    fn fetch(&self, signer: &HeadSigner) -> Result<Option<LogHead>, AnchorError> {
+    fn fetch(&self, signer: &HeadSigner) -> Result<Option<Anchor>, AnchorError> {
         self.fetch_log_head(signer)
     }
 }

@@ -46,12 +46,12 @@ use crate::events::{
     PinCheckRecord, PinIssued, PinUsed, VaultCreated, VaultEvent, stream_of,
 };
 use crate::protocol::{
-    self, CreateVault, CredentialsFile, DownloadCredentials, ErrorBody, ErrorCode, Health, IssuedPin, LogHead,
-    LogHeadBody, MachineInfo, Machines, PinCheckBody, PinValid, Reason, RegisterBody, Registered, RouteId,
+    self, Anchor, CreateVault, CredentialsFile, DownloadCredentials, ErrorBody, ErrorCode, HeadReport, Health,
+    IssuedPin, MachineInfo, Machines, PinCheckBody, PinValid, Reason, RegisterBody, Registered, RouteId,
     SERVICE_HEADER, SIGNATURE_HEADERS, VaultInfo, valid_vault_name,
 };
 use crate::state::{
-    AnchoredHead, PendingAnswer, PendingRegistration, PinGuard, PinOutcome, RegistrationKey, ServiceState,
+    HeldAnchor, PendingAnswer, PendingRegistration, PinGuard, PinOutcome, RegistrationKey, ServiceState,
 };
 use crate::token::{self, AdminKey};
 
@@ -1313,7 +1313,7 @@ enum HeadDecision {
     /// Nothing anchored yet, or past the anchored head with records that lead from it: anchor it.
     Anchor,
     /// The head anchored already: the same answer again, nothing written.
-    Same(LogHead),
+    Same(Anchor),
     /// Past the anchored head (at this position) with records that do not start right after it:
     /// ask again, nothing written.
     BaseRequired(u64),
@@ -1369,7 +1369,7 @@ fn proof_malformed(message: impl Into<String>) -> ApiError {
 /// uses: each must be the next position, name the hash before it, and hash to its stored hash;
 /// the last must be the reported head. The vault computes every hash itself: nothing the agent
 /// says about its log is taken on its word.
-fn walk_proof(held: &AnchoredHead, records: &[String], reported: Head) -> Result<ProofWalk, ApiError> {
+fn walk_proof(held: &HeldAnchor, records: &[String], reported: Head) -> Result<ProofWalk, ApiError> {
     let held_hash = Digest32::from_hex(&held.hash)
         .ok_or_else(|| ApiError::internal("the anchored head's hash cannot be read; restart the service"))?;
     if records.is_empty() {
@@ -1408,8 +1408,8 @@ async fn report_log_head(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ApiPath((vault, machine_id)): ApiPath<(String, String)>,
-    ApiJson(body): ApiJson<LogHeadBody>,
-) -> Result<axum::Json<LogHead>, ApiError> {
+    ApiJson(body): ApiJson<HeadReport>,
+) -> Result<axum::Json<Anchor>, ApiError> {
     known_vault(&vault)?;
     valid_machine_id(&machine_id)?;
     let signature = signed_fields(&body.thumbprint, &body.nonce, &body.signature)?;
@@ -1438,11 +1438,11 @@ async fn report_log_head(
         let anchor = v.anchors.get(&machine_id);
         (
             anchor.and_then(|a| a.head.clone()),
-            anchor.and_then(|a| a.log_head(&machine_id)),
+            anchor.and_then(|a| a.anchor(&machine_id)),
             anchor.and_then(|a| a.last_refusal.clone().map(|refusal| (refusal, a.last_refused_records.clone()))),
         )
     };
-    let refuse = |code: ErrorCode, detail: Option<String>, held: &AnchoredHead| {
+    let refuse = |code: ErrorCode, detail: Option<String>, held: &HeldAnchor| {
         let again = last_refusal.as_ref().is_some_and(|(last, last_records)| {
             last.error == code
                 && last.position == body.position
@@ -1496,7 +1496,7 @@ async fn report_log_head(
                 .vaults
                 .get(&vault)
                 .and_then(|v| v.anchors.get(&machine_id))
-                .and_then(|a| a.log_head(&machine_id))
+                .and_then(|a| a.anchor(&machine_id))
                 .map(axum::Json)
                 .ok_or_else(|| ApiError::internal("the log head was stored but cannot be read back"))
         }
@@ -1560,7 +1560,7 @@ async fn read_log_head(
     State(app): State<Arc<App>>,
     ApiPath((vault, machine_id)): ApiPath<(String, String)>,
     headers: HeaderMap,
-) -> Result<axum::Json<LogHead>, ApiError> {
+) -> Result<axum::Json<Anchor>, ApiError> {
     known_vault(&vault)?;
     valid_machine_id(&machine_id)?;
     let field = |name: &str| {
@@ -1586,7 +1586,7 @@ async fn read_log_head(
     if !v.remember_nonce(nonce, now, now) {
         return Err(nonce_replayed());
     }
-    v.anchors.get(&machine_id).and_then(|a| a.log_head(&machine_id)).map(axum::Json).ok_or_else(|| {
+    v.anchors.get(&machine_id).and_then(|a| a.anchor(&machine_id)).map(axum::Json).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::LogHeadNotFound,

@@ -12,7 +12,7 @@ use crate::events::{
     CredentialsIssued, LogHeadAnchored, LogHeadRefused, MachineRegistered, PinCheckFailed, PinCheckRecord, PinIssued,
     PinUsed, VaultEvent,
 };
-use crate::protocol::{self, LogHead, LogHeadRefusal, MachineInfo, Registered, VaultInfo};
+use crate::protocol::{self, Anchor, AnchorRefusal, MachineInfo, Registered, VaultInfo};
 
 /// How long a nonce is remembered after it was seen: a request older than the clock-skew window is
 /// refused by its timestamp anyway, so a nonce needs keeping only a little longer than the window is wide.
@@ -43,26 +43,26 @@ pub(crate) struct PinRecord {
 
 /// What a vault keeps of one machine's log: the head anchored last, and the reports it refused.
 #[derive(Default)]
-pub(crate) struct MachineAnchor {
-    pub head: Option<AnchoredHead>,
+pub(crate) struct AnchorHistory {
+    pub head: Option<HeldAnchor>,
     pub refusals: u64,
-    pub last_refusal: Option<LogHeadRefusal>,
+    pub last_refusal: Option<AnchorRefusal>,
     /// The digest of the records the last refused report carried, if any: with the refusal, it
     /// tells a retry (nothing new to record) from another report of the same head.
     pub last_refused_records: Option<String>,
 }
 
 #[derive(Clone)]
-pub(crate) struct AnchoredHead {
+pub(crate) struct HeldAnchor {
     pub position: u64,
     pub hash: String,
     pub anchored_at: DateTime<Utc>,
 }
 
-impl MachineAnchor {
+impl AnchorHistory {
     /// The anchor as the protocol shows it; `None` until a head was accepted.
-    pub(crate) fn log_head(&self, machine_id: &str) -> Option<LogHead> {
-        self.head.as_ref().map(|head| LogHead {
+    pub(crate) fn anchor(&self, machine_id: &str) -> Option<Anchor> {
+        self.head.as_ref().map(|head| Anchor {
             machine_id: machine_id.to_string(),
             position: head.position,
             hash: head.hash.clone(),
@@ -151,7 +151,7 @@ pub(crate) struct VaultState {
     /// Registrations being written, by request id (runtime only, never in the log).
     pub pending: HashMap<String, PendingRegistration>,
     /// Log heads by machine id. Kept apart from `machines`: a removed machine's history stays.
-    pub anchors: HashMap<String, MachineAnchor>,
+    pub anchors: HashMap<String, AnchorHistory>,
 }
 
 impl VaultState {
@@ -287,20 +287,20 @@ impl VaultState {
     /// A machine as the admin API lists it: with its anchored log head.
     pub(crate) fn machine_info(&self, machine: &MachineInfo) -> MachineInfo {
         let mut info = machine.clone();
-        info.log_head = self.anchors.get(&machine.machine_id).and_then(|a| a.log_head(&machine.machine_id));
+        info.log_head = self.anchors.get(&machine.machine_id).and_then(|a| a.anchor(&machine.machine_id));
         info
     }
 
     fn apply_anchored(&mut self, e: &LogHeadAnchored) {
         let anchor = self.anchors.entry(e.machine_id.clone()).or_default();
-        anchor.head = Some(AnchoredHead { position: e.position, hash: e.hash.clone(), anchored_at: e.anchored_at });
+        anchor.head = Some(HeldAnchor { position: e.position, hash: e.hash.clone(), anchored_at: e.anchored_at });
         self.remember_nonce(&e.nonce, e.anchored_at, Utc::now());
     }
 
     fn apply_refused(&mut self, e: &LogHeadRefused) {
         let anchor = self.anchors.entry(e.machine_id.clone()).or_default();
         anchor.refusals += 1;
-        anchor.last_refusal = Some(LogHeadRefusal {
+        anchor.last_refusal = Some(AnchorRefusal {
             error: e.error.clone(),
             position: e.position,
             hash: e.hash.clone(),

@@ -14,7 +14,7 @@ use chrono::Utc;
 use common::*;
 use regent_credentials::VaultCredentials;
 use regent_store::{Actor, BatchMeta, Digest32, EventStore, ExpectedVersion, Head, NewEvent, StoreOptions};
-use regent_vault::protocol::{LogHeadBody, MAX_PROOF_BYTES, MAX_PROOF_RECORDS, log_head_message};
+use regent_vault::protocol::{HeadReport, MAX_PROOF_BYTES, MAX_PROOF_RECORDS, log_head_message};
 use regent_vault::{AdminClient, AnchorError, BackgroundServer, HeadSigner, ServeConfig};
 use secrecy::SecretString;
 use tempfile::TempDir;
@@ -150,12 +150,12 @@ fn signed_report(
     head: (u64, &str),
     records: Vec<String>,
     nonce: &str,
-) -> LogHeadBody {
+) -> HeadReport {
     let timestamp = Utc::now().timestamp();
     let thumbprint = credentials.certificate.thumbprint.clone();
     let (position, hash) = head;
     let message = log_head_message(vault, machine_id, &thumbprint, position, hash, &records, timestamp, nonce);
-    LogHeadBody {
+    HeadReport {
         thumbprint,
         position,
         hash: hash.to_string(),
@@ -173,11 +173,11 @@ fn signed_body(
     position: u64,
     hash: &str,
     nonce: &str,
-) -> LogHeadBody {
+) -> HeadReport {
     signed_report(credentials, vault, machine_id, (position, hash), Vec::new(), nonce)
 }
 
-fn post(vault: &Vault, machine_id: &str, name: &str, body: &LogHeadBody) -> RawAnswer {
+fn post(vault: &Vault, machine_id: &str, name: &str, body: &HeadReport) -> RawAnswer {
     let path = format!("/v1/vaults/{name}/machines/{machine_id}/log-head");
     raw(vault.addr(), "POST", &path, &[("Content-Type", "application/json")], &serde_json::to_vec(body).unwrap())
 }
@@ -275,7 +275,7 @@ fn forged_foreign_unknown_and_replayed_reports_are_refused_and_store_nothing() {
     assert_eq!(post(&vault, &machine, "beta", &zero).status, 400);
     let upper = signed_body(&credentials, "beta", &machine, 11, &h(0xab).to_uppercase(), "nonce-upper-0123456789");
     assert_eq!(post(&vault, &machine, "beta", &upper).status, 400);
-    let stale = LogHeadBody {
+    let stale = HeadReport {
         timestamp: Utc::now().timestamp() - 3600,
         ..signed_body(&credentials, "beta", &machine, 12, &h(12), "nonce-stale-0123456789")
     };

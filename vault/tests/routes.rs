@@ -20,7 +20,7 @@ use common::*;
 use regent_credentials::VaultCredentials;
 use regent_engine::ports::VaultClient;
 use regent_vault::protocol::{
-    self, Access, LogHeadBody, MAX_BODY_BYTES, MAX_LOG_HEAD_BODY_BYTES, ROUTES, RegisterBody, RouteId,
+    self, Access, HeadReport, MAX_BODY_BYTES, MAX_LOG_HEAD_BODY_BYTES, ROUTES, RegisterBody, RouteId,
     SIGNATURE_HEADERS, log_head_message, log_head_read_message, registration_message,
 };
 
@@ -166,13 +166,13 @@ impl Fixture {
         }
     }
 
-    fn report(&self, signer: &VaultCredentials, as_: &VaultCredentials, machine: &str, tag: &str) -> LogHeadBody {
+    fn report(&self, signer: &VaultCredentials, as_: &VaultCredentials, machine: &str, tag: &str) -> HeadReport {
         let timestamp = Utc::now().timestamp();
         let hash = "ab".repeat(32);
         let none: [&str; 0] = [];
         let message =
             log_head_message("routes", machine, &as_.certificate.thumbprint, 1, &hash, &none, timestamp, &nonce(tag));
-        LogHeadBody {
+        HeadReport {
             thumbprint: as_.certificate.thumbprint.clone(),
             position: 1,
             hash,
