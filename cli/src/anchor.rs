@@ -1,6 +1,10 @@
 //! The binary's side of keeping the log's head at the vault: which client and CA, where the note
 //! lives, and what is printed. The policy (when to report, who speaks for the machine, what the
 //! note keeps, what a comparison means) is the engine's (`regent_engine::anchoring`).
+//!
+//! Longer than most modules because three commands are said here in words and JSON: the warning
+//! after a step, `regent audit anchor`, and `regent audit verify --against-vault` with every
+//! outcome of the comparison (and the two lines of `status`); none of it decides anything.
 
 use std::io::Write;
 use std::path::PathBuf;

@@ -74,10 +74,8 @@ pub fn execute(
 /// [`sweep_superseded`]).
 const SWEPT_FILE: &str = "secrets-swept";
 
-/// Removes sealed values the log names but nothing current refers to, left by builds that kept
-/// every superseded secret (each step now removes what it supersedes). It reads the whole log, so
-/// it runs only when the secrets area holds more sealed files than after the last sweep. Files the
-/// log never named are left alone: they may be another log's.
+/// Runs the engine's sweep of superseded secrets (`service::sweep_superseded`) only when the
+/// secrets area holds more sealed files than after the last sweep: it reads the whole log.
 fn sweep_superseded(ctx: &Context, store: &EventStore, area: &SecretsArea, state: &State) -> Vec<String> {
     let marker = ctx.data_dir.join(SWEPT_FILE);
     let Ok(count) = area.count() else { return Vec::new() };
@@ -85,18 +83,8 @@ fn sweep_superseded(ctx: &Context, store: &EventStore, area: &SecretsArea, state
     if swept.is_some_and(|swept| count <= swept) {
         return Vec::new();
     }
-    let Some(mut current) = state.sealed_refs() else { return Vec::new() };
-    current.extend(anchor::sealed_keys(ctx));
-    let Ok(recorded) = projections::sealed_refs_recorded(store.read_stream(regent_engine::events::STREAM, 1)) else {
-        return Vec::new();
-    };
-    let mut failed = None;
-    for superseded in recorded.iter().filter(|r| !current.contains(r)) {
-        if let Err(e) = area.remove(&regent_secrets::SecretRef { id: superseded.id.clone() }) {
-            failed = Some(e);
-        }
-    }
-    if let Some(e) = failed {
+    let secrets = crate::world::SealedFiles(area);
+    if let Err(e) = regent_engine::service::sweep_superseded(store, state, &secrets, &anchor::sealed_keys(ctx)) {
         return vec![format!("a superseded secret could not be removed ({e}); it stays sealed beside the log")];
     }
     if let Ok(count) = area.count() {

@@ -6,6 +6,11 @@
 //! answers filled in. `--unattended` runs the same steps from flags alone. Both run each step
 //! through [`steps`] and the engine like the step commands do, so every answer is recorded,
 //! accepted or refused, and a re-run resumes from what the log says is done.
+//!
+//! Longer than most modules on purpose: it is the conversation itself, each screen's prompts,
+//! defaults and messages in the order a person meets them, with the answers carried from one screen
+//! to the next. Every decision is the engine's: each answer is recorded through `steps.rs` as the
+//! step commands record it.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};

@@ -763,6 +763,26 @@ pub(crate) fn proxy_config(
     Ok(Some(ProxyConfig { host: proxy.host.clone(), port: proxy.port, credentials }))
 }
 
+/// Removes sealed values the log names but nothing current refers to (nor `keep`), as builds that
+/// kept every superseded secret left them (each step now removes what it supersedes). It reads the
+/// whole log, so callers run it rarely. Sealed values the log never named are left alone: they may
+/// be another log's. Returns how many went.
+pub fn sweep_superseded(
+    store: &EventStore,
+    state: &State,
+    secrets: &dyn crate::ports::SecretKeeper,
+    keep: &[SealedRef],
+) -> Result<usize, String> {
+    let Some(mut current) = state.sealed_refs() else { return Ok(0) };
+    current.extend(keep.iter().cloned());
+    let recorded = projections::sealed_refs_recorded(store.read_stream(STREAM, 1)).map_err(|e| e.to_string())?;
+    let superseded: Vec<&SealedRef> = recorded.iter().filter(|r| !current.contains(r)).collect();
+    for sealed in &superseded {
+        secrets.remove(sealed)?;
+    }
+    Ok(superseded.len())
+}
+
 /// Maps a file read error to what the user sees.
 pub fn unreadable_kind(error: &std::io::Error) -> UnreadableKind {
     match error.kind() {
