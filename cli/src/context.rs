@@ -28,6 +28,8 @@ pub struct Context {
     /// The CA file this command was given for the vault (`--ca-file`), for every call it makes
     /// (the step's and the head reported after it), remembered for later commands.
     pub ca_file: Option<PathBuf>,
+    /// Whether this command opened the store already (see `open_store_as_is`).
+    opened: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Context {
@@ -38,7 +40,13 @@ impl Context {
                 Failure::usage("no home directory to keep data in; pass --data-dir DIR or set REGENT_DATA_DIR")
             })?,
         };
-        Ok(Context { json: global.json, data_dir, data_dir_named: global.data_dir.is_some(), ca_file: None })
+        Ok(Context {
+            json: global.json,
+            data_dir,
+            data_dir_named: global.data_dir.is_some(),
+            ca_file: None,
+            opened: Default::default(),
+        })
     }
 
     /// The same context, for a command given `--ca-file` (made absolute: it is remembered).
@@ -131,8 +139,14 @@ impl Context {
         damage::refuse_emptied(&self.store_dir())?;
         let options = StoreOptions { cache_bytes: CLI_CACHE_BYTES, ..StoreOptions::default() };
         let data_dir = self.data_dir.display().to_string();
+        // After this command's own first open, a lock still held is most likely its own: sled lets
+        // go of it a moment after a store is dropped (its I/O threads finish first). The wait
+        // stays; the notice that another regent command holds it would be wrong.
+        let first = !self.opened.swap(true, std::sync::atomic::Ordering::Relaxed);
         EventStore::open_with_notice(self.store_dir(), &options, |wait| {
-            errln!("regent: another regent command is using {data_dir}; waiting up to {} s for it", wait.as_secs());
+            if first {
+                errln!("regent: another regent command is using {data_dir}; waiting up to {} s for it", wait.as_secs());
+            }
         })
     }
 
