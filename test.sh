@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The README's test command: installs what the tests need (Debian packages), then runs the whole
+# suite. `.ci/run` calls exactly this. Run without the right to install packages, it says what to
+# install and stops before running anything, rather than failing halfway.
+#
+# Usage: ./test.sh [cargo test arguments...]
+set -euo pipefail
+cd "$(dirname "$0")"
+
+# What the tests run for real, by the command each package provides.
+#   tinyproxy: the vault's and the binary's proxy tests talk through a real one.
+needed=(tinyproxy:tinyproxy)
+
+missing=()
+for entry in "${needed[@]}"; do
+    command_name=${entry%%:*}
+    package=${entry#*:}
+    if ! command -v "$command_name" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$command_name" ]; then
+        missing+=("$package")
+    fi
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "test.sh: installing ${missing[*]} (Debian packages the tests need)" >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    else
+        echo "test.sh: the tests need these Debian packages, which are not installed: ${missing[*]}" >&2
+        echo "test.sh: install them (as root: apt-get install -y ${missing[*]}), then run ./test.sh again" >&2
+        exit 1
+    fi
+fi
+
+exec cargo test --workspace --locked "$@"
