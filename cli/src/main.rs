@@ -3,6 +3,8 @@
 mod anchor;
 mod args;
 mod context;
+#[cfg(test)]
+mod contract;
 mod damage;
 mod failure;
 mod guidance;
