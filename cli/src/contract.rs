@@ -152,12 +152,10 @@ fn unique(codes: Vec<String>, table: &str) -> BTreeSet<String> {
 
 fn check_table(title: &str, known: BTreeSet<String>) {
     let documented = unique(table_codes(DOC, title), title);
-    for code in known.difference(&documented) {
-        panic!("`{code}` is a code of the binary but not in docs/cli.md's \"{title}\" table");
-    }
-    for code in documented.difference(&known) {
-        panic!("docs/cli.md's \"{title}\" table lists `{code}`, which the binary does not know");
-    }
+    let missing: Vec<&String> = known.difference(&documented).collect();
+    assert!(missing.is_empty(), "codes of the binary missing from docs/cli.md's \"{title}\" table: {missing:?}");
+    let unknown: Vec<&String> = documented.difference(&known).collect();
+    assert!(unknown.is_empty(), "docs/cli.md's \"{title}\" table lists codes the binary does not know: {unknown:?}");
 }
 
 #[test]

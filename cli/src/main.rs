@@ -1,4 +1,4 @@
-//! The `regent` command line: argument parsing, logging, and the exit codes of spec/cli.md.
+//! The `regent` command line: argument parsing, logging, and the exit codes of docs/cli.md.
 
 mod anchor;
 mod args;
