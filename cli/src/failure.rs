@@ -1,4 +1,4 @@
-//! What the binary says when something fails: one line on stderr and the exit code of spec/cli.md.
+//! What the binary says when something fails: one line on stderr and the exit code of docs/cli.md.
 
 use regent_engine::projections::ProjectionError;
 use regent_engine::service::EngineError;

@@ -1,4 +1,4 @@
-//! Reading secrets the ways spec/cli.md allows: stdin, a file, a named environment variable, or a
+//! Reading secrets the ways docs/cli.md allows: stdin, a file, a named environment variable, or a
 //! masked prompt when stdin is a terminal. Never from the command line.
 
 use std::io::{IsTerminal, Read};
