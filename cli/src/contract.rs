@@ -124,16 +124,17 @@ fn flags_named(spans: &[&str]) -> BTreeSet<String> {
         .collect()
 }
 
-/// The codes in the first column of the table under the `## HEADING` section, in order.
+/// The codes in the first column of the table under the heading `title` (of any level), in order.
 fn table_codes(doc: &str, title: &str) -> Vec<String> {
     let lines = prose(doc);
-    let start = lines
+    let (start, level) = lines
         .iter()
-        .position(|line| heading(line) == Some((2, title)))
-        .unwrap_or_else(|| panic!("docs/cli.md has no `## {title}` section"));
+        .enumerate()
+        .find_map(|(at, line)| heading(line).filter(|(_, text)| *text == title).map(|(level, _)| (at, level)))
+        .unwrap_or_else(|| panic!("docs/cli.md has no `{title}` section"));
     lines[start + 1..]
         .iter()
-        .take_while(|line| !matches!(heading(line), Some((level, _)) if level <= 2))
+        .take_while(|line| !matches!(heading(line), Some((inner, _)) if inner <= level))
         .filter_map(|line| line.strip_prefix('|')?.split('|').next())
         .map(str::trim)
         .filter_map(|cell| cell.strip_prefix('`')?.strip_suffix('`'))
@@ -217,6 +218,63 @@ fn the_reason_table_holds_exactly_the_reason_codes() {
 #[test]
 fn the_vault_error_table_holds_exactly_the_vault_error_codes() {
     check_table("Vault error codes", ErrorCode::ALL.iter().map(|c| c.code().to_string()).collect());
+}
+
+/// The failure codes the CLI's own code gives: `.because("code")`, the codes `failure.rs` maps
+/// errors to, and message literals that start with a code (`"replay_diverged: ..."`, which
+/// `Failure` takes as its code). Read from the source, since they are spread over the commands.
+fn failure_codes_in_source() -> BTreeSet<String> {
+    fn looks_like_code(text: &str) -> bool {
+        text.contains('_') && text.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = vec![dir.clone()];
+    let mut codes = BTreeSet::new();
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|entry| entry.unwrap().path()));
+            continue;
+        }
+        if path.file_name() == Some("contract.rs".as_ref()) || path.extension() != Some("rs".as_ref()) {
+            continue;
+        }
+        let source = std::fs::read_to_string(&path).unwrap();
+        for marker in ["because(\"", "EXIT_REFUSED, \"", "EXIT_STORE, \"", "EXIT_USAGE, \""] {
+            for (at, _) in source.match_indices(marker) {
+                let rest = &source[at + marker.len()..];
+                let code = &rest[..rest.find('"').unwrap_or(0)];
+                if looks_like_code(code) {
+                    codes.insert(code.to_string());
+                }
+            }
+        }
+        for (at, _) in source.match_indices("format!(") {
+            let Some(rest) = source[at + "format!(".len()..].trim_start().strip_prefix('"') else { continue };
+            if let Some((code, _)) = rest.split_once(": ").filter(|(code, _)| looks_like_code(code)) {
+                codes.insert(code.to_string());
+            }
+        }
+    }
+    codes
+}
+
+#[test]
+fn the_failure_table_holds_exactly_the_failure_codes_the_cli_gives() {
+    let reasons: BTreeSet<String> = Reason::ALL.iter().map(|r| r.code().to_string()).collect();
+    let vault: BTreeSet<String> = ErrorCode::ALL.iter().map(|c| c.code().to_string()).collect();
+    let documented = unique(table_codes(DOC, "The error object"), "The error object");
+    let in_source = failure_codes_in_source();
+    assert!(in_source.contains("store_locked") && in_source.contains("replay_diverged"), "the scan finds codes");
+    let undocumented: Vec<&String> = in_source
+        .iter()
+        .filter(|code| !documented.contains(*code) && !reasons.contains(*code) && !vault.contains(*code))
+        .collect();
+    assert!(undocumented.is_empty(), "failure codes the CLI gives that docs/cli.md does not list: {undocumented:?}");
+    // The defaults of Failure::refused, usage, store and stopped are given without a literal.
+    let given: BTreeSet<String> =
+        in_source.into_iter().chain(["refused", "usage", "store_unavailable", "stopped"].map(String::from)).collect();
+    let stale: Vec<&String> = documented.difference(&given).collect();
+    assert!(stale.is_empty(), "docs/cli.md's failure table lists codes the CLI never gives: {stale:?}");
 }
 
 #[test]
