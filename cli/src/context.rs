@@ -151,6 +151,12 @@ impl Context {
     /// (status, verify, import).
     pub fn open_store_as_is(&self) -> Result<EventStore, StoreError> {
         damage::refuse_emptied(&self.store_dir())?;
+        // The data dir is made 0700 here (it holds the machine key) before sled makes it with the
+        // umask's mode. Read-only commands never get here without one. If it cannot be made,
+        // opening the store says why.
+        if !self.data_dir.exists() {
+            let _ = regent_secrets::create_private_dir(&self.data_dir);
+        }
         let options = StoreOptions { cache_bytes: CLI_CACHE_BYTES, ..StoreOptions::default() };
         let data_dir = self.data_dir.display().to_string();
         // After this command's own first open, a lock still held is most likely its own: sled lets
