@@ -11,7 +11,8 @@
 # passphrase rule (the divergence).
 #
 # Fixtures of older builds (schema-2: a log written before registrations were started and the
-# passphrase verifier sealed) cannot come from this build either: they are kept as recorded.
+# passphrase verifier sealed; schema-3: one whose steps name no build) cannot come from this build
+# either: they are kept as recorded.
 #
 # Usage: replay-fixtures/record.sh        (needs cargo, python3, tinyproxy, curl, and root for
 #                                          `unshare --uts`, which gives one run another host name;
@@ -273,7 +274,7 @@ echo "recorded divergence (from registered-through-proxy)"
 
 # Every scenario did what it says: replace the fixtures (one whose scenario is gone goes too), but
 # those of older builds.
-kept=(schema-2)
+kept=(schema-2 schema-3)
 for name in "${kept[@]}"; do mv "$here/$name.jsonl" "$here/$name.expected.json" "$work/"; done
 rm -f "$here"/*.jsonl "$here"/*.expected.json
 mv "$out"/* "$here"/

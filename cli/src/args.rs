@@ -15,7 +15,7 @@ use regent_store::Head;
 #[derive(Parser)]
 #[command(
     name = "regent",
-    version,
+    version = crate::build::DESCRIPTION,
     about = "Registers this server with a backup vault, keeping a verifiable audit log",
     after_help = "Start with `regent wizard` (it asks for each answer) or `regent status`; the steps are folders, proxy, credentials, passphrase, register."
 )]
@@ -28,7 +28,8 @@ pub struct Cli {
 
 #[derive(Args, Clone)]
 pub struct Global {
-    /// Where the agent keeps its store and keys [default: ~/.local/share/regent].
+    /// Where regent keeps its state [default: ~/.local/share/regent, as root /var/lib/regent;
+    /// for `vault serve`, regent-vault in place of regent].
     // The help would show the variable's value as it is, control characters and all.
     #[arg(long, global = true, env = "REGENT_DATA_DIR", hide_env_values = true, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,

@@ -10,6 +10,7 @@ use regent_store::{EventStore, StoreError, StoreOptions};
 
 use crate::args::Global;
 use crate::damage;
+use crate::data_dir::{self, Choice, Facts, Role};
 use crate::failure::Failure;
 use crate::terminal::errln;
 use crate::world;
@@ -36,12 +37,25 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(global: &Global) -> Result<Context, Failure> {
-        let data_dir = match &global.data_dir {
-            Some(dir) => dir.clone(),
-            None => directories::BaseDirs::new().map(|dirs| dirs.data_dir().join("regent")).ok_or_else(|| {
-                Failure::usage("no home directory to keep data in; pass --data-dir DIR or set REGENT_DATA_DIR")
-            })?,
+    /// The context of a command run as `role`. `keeps_state`: the command reads or writes the
+    /// data dir (not `replay`, `completions`, ...), so state left where an earlier build kept it
+    /// is refused (see `data_dir`) rather than passed over.
+    pub fn new(global: &Global, role: Role, keeps_state: bool) -> Result<Context, Failure> {
+        let dirs = directories::BaseDirs::new();
+        // SAFETY: geteuid cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        let facts = Facts { named: global.data_dir.as_deref(), root, user_data: dirs.as_ref().map(|d| d.data_dir()) };
+        let data_dir = match data_dir::choose(role, facts, Path::exists) {
+            Choice::Named(dir) | Choice::Default(dir) => dir,
+            Choice::Moved { default, .. } if !keeps_state => default,
+            Choice::Moved { found, holds, default, default_exists } => {
+                return Err(Failure::usage(data_dir::moved_message(role, &found, &holds, &default, default_exists)));
+            }
+            Choice::NoHome => {
+                return Err(Failure::usage(
+                    "no home directory to keep data in; pass --data-dir DIR or set REGENT_DATA_DIR",
+                ));
+            }
         };
         Ok(Context {
             json: global.json,
@@ -146,6 +160,12 @@ impl Context {
     /// (status, verify, import).
     pub fn open_store_as_is(&self) -> Result<EventStore, StoreError> {
         damage::refuse_emptied(&self.store_dir())?;
+        // The data dir is made 0700 here (it holds the machine key) before sled makes it with the
+        // umask's mode. Read-only commands never get here without one. If it cannot be made,
+        // opening the store says why.
+        if !self.data_dir.exists() {
+            let _ = regent_secrets::create_private_dir(&self.data_dir);
+        }
         let options = StoreOptions { cache_bytes: CLI_CACHE_BYTES, ..StoreOptions::default() };
         let data_dir = self.data_dir.display().to_string();
         // After this command's own first open, a lock still held is most likely its own: sled lets
@@ -218,5 +238,6 @@ pub fn real_world<'a>(secrets: &'a world::SealedFiles<'a>, vault: &'a dyn VaultC
         passphrase_files: &world::KeptPassphraseFiles,
         vault,
         machine_name: regent_store::host_name(),
+        build: crate::build::recorded(),
     }
 }

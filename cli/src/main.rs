@@ -2,10 +2,12 @@
 
 mod anchor;
 mod args;
+mod build;
 mod context;
 #[cfg(test)]
 mod contract;
 mod damage;
+mod data_dir;
 mod failure;
 mod guidance;
 mod import;
@@ -51,7 +53,8 @@ fn main() -> ExitCode {
     };
     init_logging(&cli.global);
     let json = cli.global.json;
-    let outcome = Context::new(&cli.global).and_then(|ctx| run(&ctx, cli.command));
+    let (role, keeps_state) = data_dir_use(&cli.command);
+    let outcome = Context::new(&cli.global, role, keeps_state).and_then(|ctx| run(&ctx, cli.command));
     match outcome {
         Ok(code) => ExitCode::from(terminal::exit_code(code)),
         Err(failure) => {
@@ -61,6 +64,21 @@ fn main() -> ExitCode {
             terminal::errln!("regent: {}", failure.message);
             ExitCode::from(failure.exit)
         }
+    }
+}
+
+/// Whose data dir a command uses, and whether it keeps state there at all (an export replayed,
+/// a completion script or an admin call to a vault elsewhere keeps none).
+fn data_dir_use(command: &Command) -> (data_dir::Role, bool) {
+    match command {
+        Command::Vault(VaultCommand::Serve { .. }) => (data_dir::Role::VaultService, true),
+        Command::Vault(_) | Command::Replay(_) | Command::Completions { .. } | Command::Man => {
+            (data_dir::Role::Agent, false)
+        }
+        Command::Audit(AuditArgs { action: Some(AuditCommand::Verify { file: Some(_), .. }), .. }) => {
+            (data_dir::Role::Agent, false)
+        }
+        _ => (data_dir::Role::Agent, true),
     }
 }
 

@@ -24,7 +24,15 @@ pub fn run(ctx: &Context, args: ReplayArgs) -> Result<u8, Failure> {
         .map_err(|e| bad_log(e, &args))?;
     if !ctx.json {
         outln!("replaying {} (written by {}, head {})", args.file.display(), header.writer, header.head);
-        outln!("{:>5}  {:<20}  {:<18}  {:<10}  {:<28}  WHAT", "POS", "WHEN (UTC)", "WHO", "OUTCOME", "REASON");
+        outln!(
+            "{:>5}  {:<20}  {:<18}  {:<20}  {:<10}  {:<28}  WHAT",
+            "POS",
+            "WHEN (UTC)",
+            "WHO",
+            "BUILD",
+            "OUTCOME",
+            "REASON"
+        );
     }
     let json = ctx.json;
     let until = args.until;
@@ -39,10 +47,11 @@ pub fn run(ctx: &Context, args: ReplayArgs) -> Result<u8, Failure> {
         if let Ok((record, Some(Ok(step)))) = item {
             let entry = projections::audit_entry(record, step);
             outln!(
-                "{:>5}  {:<20}  {:<18}  {:<10}  {:<28}  {}",
+                "{:>5}  {:<20}  {:<18}  {:<20}  {:<10}  {:<28}  {}",
                 entry.position,
                 entry.at.format("%Y-%m-%d %H:%M:%S"),
                 entry.actor,
+                entry.build_text(),
                 entry.outcome,
                 entry.reason.as_ref().map_or("", regent_engine::Reason::code),
                 entry.summary

@@ -242,8 +242,8 @@ pub fn audit(ctx: &Context, filter: AuditFilter) -> Result<u8, Failure> {
     let io = |e: std::io::Error| Failure::refused(format!("cannot write the audit trail: {e}"));
     if !ctx.json {
         out.line(format_args!(
-            "{:>5}  {:<20}  {:<18}  {:<10}  {:<28}  SUMMARY",
-            "POS", "WHEN (UTC)", "WHO", "OUTCOME", "REASON"
+            "{:>5}  {:<20}  {:<18}  {:<20}  {:<10}  {:<28}  SUMMARY",
+            "POS", "WHEN (UTC)", "WHO", "BUILD", "OUTCOME", "REASON"
         ))
         .map_err(io)?;
     }
@@ -258,10 +258,11 @@ pub fn audit(ctx: &Context, filter: AuditFilter) -> Result<u8, Failure> {
             out.json(&line).map_err(io)?;
         } else {
             out.line(format_args!(
-                "{:>5}  {:<20}  {:<18}  {:<10}  {:<28}  {}",
+                "{:>5}  {:<20}  {:<18}  {:<20}  {:<10}  {:<28}  {}",
                 entry.position,
                 entry.at.format("%Y-%m-%d %H:%M:%S"),
                 entry.actor,
+                entry.build_text(),
                 entry.outcome,
                 entry.reason.as_ref().map_or("", Reason::code),
                 entry.summary
@@ -340,7 +341,7 @@ pub fn export(ctx: &Context, output: Option<&Path>) -> Result<u8, Failure> {
             ctx.data_dir.display()
         ))
     })?;
-    let writer = concat!("regent ", env!("CARGO_PKG_VERSION"));
+    let writer = &crate::build::writer();
     match output {
         Some(path) => {
             let head = export_to_file(&store, path, writer)?;

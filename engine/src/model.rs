@@ -514,9 +514,31 @@ pub struct StepRecord {
     pub command: Command,
     pub observed: Observations,
     pub outcome: Outcome,
+    /// The build that recorded the step; None for a step recorded before schema 4, which did not
+    /// say. Metadata: nothing decides on it, so `replay --check` compares no build.
+    pub build: Option<BuildId>,
+}
+
+/// A build of regent, as the binary that records a step says it is (the engine knows no build of
+/// its own: it records what it is given).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildId {
+    /// The package version, e.g. `0.1.0`.
+    pub version: String,
+    /// The commit it was built from (12 hex digits, `-dirty` when its sources differed), or `unknown`.
+    pub commit: String,
+    /// The commit's date (YYYY-MM-DD), or `unknown`.
+    pub date: String,
+}
+
+impl std::fmt::Display for BuildId {
+    /// `0.1.0 a5271b4c0d1e`: the version and the commit, what tells builds apart.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.version, self.commit)
+    }
 }
 
 /// The payload schema version this build writes. 3: registrations are started
 /// (`RegistrationAttempted`) before the vault is asked, and the passphrase verifier is sealed
-/// beside the log instead of recorded.
-pub const SCHEMA_VERSION: u32 = 3;
+/// beside the log instead of recorded. 4: each step names the build that recorded it (`build`).
+pub const SCHEMA_VERSION: u32 = 4;

@@ -124,4 +124,7 @@ pub struct World<'a> {
     pub vault: &'a dyn VaultClient,
     /// This machine's name, as the vault lists it.
     pub machine_name: String,
+    /// The build running the command, recorded beside each step it writes. Given as data by the
+    /// binary (which knows its version and commit): the engine has no build of its own to ask.
+    pub build: crate::model::BuildId,
 }

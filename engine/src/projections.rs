@@ -10,7 +10,7 @@ use regent_store::{EventStore, Head, Record};
 use serde::Serialize;
 
 use crate::events::{self, DecodeError, STREAM};
-use crate::model::{Change, Outcome, PassphraseOrigin, StepRecord, Weekday};
+use crate::model::{BuildId, Change, Outcome, PassphraseOrigin, StepRecord, Weekday};
 use crate::reason::{Reason, Step};
 use crate::state::{LastRefusal, State};
 use crate::units::format_rate;
@@ -363,6 +363,15 @@ pub struct AuditEntry {
     pub reason: Option<Reason>,
     pub summary: String,
     pub correlation_id: String,
+    /// The build that recorded the step; None (`null`) for steps recorded before builds said.
+    pub build: Option<BuildId>,
+}
+
+impl AuditEntry {
+    /// The build in a few words: `0.1.0 a5271b4c0d1e`, or `unknown` for a step that did not say.
+    pub fn build_text(&self) -> String {
+        self.build.as_ref().map_or_else(|| "unknown".into(), BuildId::to_string)
+    }
 }
 
 /// Which audit entries to show.
@@ -427,6 +436,7 @@ pub fn audit_entry(record: &Record, step: &StepRecord) -> AuditEntry {
         reason,
         summary: summary(&step.outcome),
         correlation_id: record.correlation_id.to_string(),
+        build: step.build.clone(),
     }
 }
 

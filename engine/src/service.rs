@@ -203,7 +203,7 @@ impl Run<'_, '_, '_> {
         if let (Some(file), false) = (&file, accepted) {
             self.world.passphrase_files.discard(file);
         }
-        let record = StepRecord { command, observed, outcome };
+        let record = StepRecord { command, observed, outcome, build: Some(self.world.build.clone()) };
         let before = state;
         let (position, head, state) = self.append(&store, before, &record)?;
         if let (Some(file), true) = (&file, accepted)
@@ -287,8 +287,12 @@ impl Run<'_, '_, '_> {
                 request_id: Some(new_request_id(world)?),
                 ..Observations::default()
             };
-            let record =
-                StepRecord { outcome: decide(&state, &command, &observed), command: command.clone(), observed };
+            let record = StepRecord {
+                outcome: decide(&state, &command, &observed),
+                command: command.clone(),
+                observed,
+                build: Some(world.build.clone()),
+            };
             let (position, head, state) = self.append(&store, &state, &record)?;
             if let Outcome::Refused(_) = record.outcome {
                 let result = StepResult { record, position, state, head, generated_passphrase: None, notes };

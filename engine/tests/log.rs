@@ -126,7 +126,7 @@ fn record(store: &EventStore, choices: &[u8], checkpoints: &[usize]) -> State {
     for (i, choice) in choices.iter().enumerate() {
         let (command, observed) = step(*choice, i as i64);
         let outcome = decide(&state, &command, &observed);
-        let record = StepRecord { command, observed, outcome };
+        let record = StepRecord { command, observed, outcome, build: Some(older_build()) };
         let event = events::encode(&record, Uuid::now_v7()).unwrap();
         let done =
             store.append(STREAM, ExpectedVersion::Exact(state.version), &meta(record.observed.now), &[event]).unwrap();
@@ -136,6 +136,11 @@ fn record(store: &EventStore, choices: &[u8], checkpoints: &[usize]) -> State {
         }
     }
     state
+}
+
+/// A build other than the one running the tests: what `record` says wrote its steps.
+fn older_build() -> BuildId {
+    BuildId { version: "0.0.9".into(), commit: "0123456789ab".into(), date: "2026-01-02".into() }
 }
 
 fn open(dir: &std::path::Path) -> EventStore {
@@ -188,6 +193,7 @@ fn replay_check_finds_a_step_the_current_rules_decide_differently() {
             set_at: t0(),
             warnings: vec![],
         })),
+        build: Some(older_build()),
     };
     store
         .append(STREAM, ExpectedVersion::Exact(3), &meta(t0()), &[events::encode(&forged, Uuid::now_v7()).unwrap()])
@@ -231,6 +237,44 @@ fn a_schema_1_event_is_read_through_the_upcaster() {
 }
 
 #[test]
+fn replay_check_compares_decisions_not_builds_and_the_audit_names_the_build_of_each_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    // A step as schema 3 recorded it (no build), then steps of two other builds.
+    let (command, observed) = step(0, 0);
+    let outcome = decide(&State::default(), &command, &observed);
+    let v3 = serde_json::json!({ "command": command, "observed": observed, "outcome": outcome });
+    let event = NewEvent::new(outcome.kind(), 3, &v3).unwrap();
+    store.append(STREAM, ExpectedVersion::NoStream, &meta(t0()), &[event]).unwrap();
+    let (mut state, _) = projections::current_state(&store).unwrap();
+    let newer = BuildId { version: "7.0.0".into(), commit: "fedcba987654-dirty".into(), date: "2031-05-06".into() };
+    for (n, build) in [(1, older_build()), (2, newer.clone())] {
+        let (command, observed) = step(0, n);
+        let outcome = decide(&state, &command, &observed);
+        let record = StepRecord { command, observed, outcome, build: Some(build) };
+        let event = events::encode(&record, Uuid::now_v7()).unwrap();
+        store.append(STREAM, ExpectedVersion::Exact(state.version), &meta(t0()), &[event]).unwrap();
+        state = state.evolve(&record);
+    }
+    // The builds differ from this one and from each other: that is no divergence.
+    let replayed = replay(with_steps(store.read_all(1)), true, None).unwrap();
+    assert_eq!(replayed.divergence, None);
+    assert_eq!(replayed.state, state);
+    let builds: Vec<_> = projections::audit(store.read_all(1), &AuditFilter::default())
+        .map(|e| e.unwrap())
+        .map(|e| (e.build.clone(), e.build_text()))
+        .collect();
+    assert_eq!(
+        builds,
+        vec![
+            (None, "unknown".to_string()),
+            (Some(older_build()), "0.0.9 0123456789ab".to_string()),
+            (Some(newer), "7.0.0 fedcba987654-dirty".to_string()),
+        ]
+    );
+}
+
+#[test]
 fn a_newer_schema_is_refused_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
@@ -251,6 +295,8 @@ fn the_audit_trail_lists_each_step_with_who_what_and_why_filtered() {
     assert_eq!(all[0].outcome, "refused");
     assert_eq!(all[0].reason, Some(regent_engine::Reason::InsufficientScratchSpace));
     assert_eq!(all[0].actor, "ops@srv");
+    assert_eq!(all[0].build, Some(older_build()));
+    assert_eq!(all[0].build_text(), "0.0.9 0123456789ab");
     assert!(all[1].summary.starts_with("folders chosen"), "{}", all[1].summary);
     assert_eq!(all.iter().map(|e| e.position).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5, 6]);
     let refused: Vec<_> =

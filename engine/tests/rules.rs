@@ -156,7 +156,7 @@ fn given(steps: Vec<(Command, Observations)>) -> Given {
     for (command, observed) in steps {
         let outcome = decide(&state, &command, &observed);
         assert!(matches!(outcome, Outcome::Accepted(_)), "the history must be accepted: {outcome:?}");
-        state = state.evolve(&StepRecord { command, observed, outcome });
+        state = state.evolve(&StepRecord { command, observed, outcome, build: None });
     }
     Given { state }
 }
@@ -168,7 +168,7 @@ fn nothing() -> Given {
 impl Given {
     fn when(&self, command: Command, observed: Observations) -> Then {
         let outcome = decide(&self.state, &command, &observed);
-        let after = self.state.clone().evolve(&StepRecord { command, observed, outcome: outcome.clone() });
+        let after = self.state.clone().evolve(&StepRecord { command, observed, outcome: outcome.clone(), build: None });
         Then { outcome, after }
     }
 }

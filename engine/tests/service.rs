@@ -13,6 +13,11 @@ use regent_engine::{Reason, projections};
 use regent_secrets::{ExposeSecret, MachineKey, SecretString, SecretsArea};
 use regent_store::{Actor, EventStore, StoreOptions};
 
+/// What the binary would say it is; the service records it beside every step.
+fn this_build() -> BuildId {
+    BuildId { version: "0.1.0".into(), commit: "a5271b4c0d1e".into(), date: "2026-12-01".into() }
+}
+
 /// Sealed files beside the log as the binary keeps them (its adapter is in its own world).
 struct AreaKeeper(SecretsArea);
 
@@ -267,6 +272,7 @@ impl Fixture {
             passphrase_files: &self.files,
             vault: &self.vault,
             machine_name: "srv-01".into(),
+            build: this_build(),
         }
     }
 
@@ -682,4 +688,31 @@ fn event_and_correlation_ids_are_uuid_v7_from_the_clock_and_the_random_port() {
     }
     assert_ne!(records[0].event_id, records[1].event_id);
     assert_ne!(records[0].correlation_id, records[1].correlation_id, "one correlation id a command run");
+}
+
+#[test]
+fn every_step_recorded_names_the_build_the_binary_gave_refusals_and_registration_starts_too() {
+    let f = Fixture::new();
+    // Refused first (nothing to register with yet), then the steps and a registration.
+    assert_eq!(
+        f.reason_of(Command::Register { endpoint_override: None }, SecretInputs::default()),
+        Some(Reason::StepOutOfOrder)
+    );
+    assert!(f.run(folders(&f), SecretInputs::default()).unwrap().state.folders.is_some());
+    let (credentials, _) = f.download_credentials("vault-a", "vault-a.VaultCredentials");
+    assert_eq!(f.reason_of(Command::LoadCredentials { file: credentials }, SecretInputs::default()), None);
+    let set = Command::SetPassphrase { save_to: None };
+    let passphrase = "correct horse battery staple 42!";
+    assert_eq!(f.reason_of(set, SecretInputs { passphrase: secret(passphrase), ..Default::default() }), None);
+    let done = f.run(Command::Register { endpoint_override: None }, SecretInputs::default()).unwrap();
+    assert!(matches!(done.record.outcome, Outcome::Accepted(Change::Registered(_))), "{:?}", done.record.outcome);
+    assert_eq!(done.record.build, Some(this_build()));
+    let records: Vec<_> = f.store().read_all(1).map(Result::unwrap).collect();
+    let kinds: Vec<&str> = records.iter().map(|r| r.kind.as_str()).collect();
+    assert!(kinds.contains(&"RegistrationAttempted") && kinds.contains(&"StepRefused"), "{kinds:?}");
+    for record in &records {
+        assert_eq!(record.schema, SCHEMA_VERSION, "{}", record.kind);
+        let step = regent_engine::events::decode(record).unwrap();
+        assert_eq!(step.build, Some(this_build()), "{}", record.kind);
+    }
 }

@@ -6,8 +6,8 @@
 //! ```
 //!
 //! - `schema-1 IN OUT SIZE`: the folders event as schema 1 wrote it (the backup size as typed,
-//!   `"backup_size": "1GiB"`, instead of `"backup_size_bytes"`), which the current build upcasts
-//!   on read.
+//!   `"backup_size": "1GiB"`, instead of `"backup_size_bytes"`, and no `build`), which the
+//!   current build upcasts on read.
 //! - `short-12 IN OUT`: a passphrase step recorded by a build whose minimum was 12 characters: the
 //!   recorded passphrase length becomes 12 and the recorded outcome stays accepted, so that
 //!   `regent replay --check` must find the divergence there.
@@ -117,6 +117,8 @@ fn to_schema_1(record: &mut Record, typed_size: &str) -> Result<bool, String> {
     }
     payload.insert("command".into(), raw(&command)?);
     payload.insert("outcome".into(), raw(&outcome)?);
+    // Schema 1 named no build (schema 4 began to).
+    payload.shift_remove("build");
     record.payload = raw(&payload)?;
     record.schema = 1;
     Ok(true)

@@ -66,6 +66,17 @@ fn every_fixture_replays_to_its_expected_outcome_and_check_agrees() {
         if let Some(schema) = expected.get("oldest_schema") {
             assert_eq!(Some(oldest_schema(log)), schema.as_u64(), "{name}: the old schema must really be in the file");
         }
+        // Steps of schema 4 on name the build that recorded them (record.sh runs a checkout);
+        // older ones name none, and the timeline says so.
+        for (schema, build) in builds(log) {
+            if schema >= 4 {
+                let commit =
+                    build["commit"].as_str().unwrap_or_else(|| panic!("{name}: a schema {schema} step names no build"));
+                assert_eq!(commit.trim_end_matches("-dirty").len(), 12, "{name}: {build}");
+            } else {
+                assert!(build.is_null(), "{name}: a schema {schema} step names a build: {build}");
+            }
+        }
         // The head replay reached is the one the export's header names, and the file verifies alone.
         let header: Value =
             serde_json::from_str(std::fs::read_to_string(log).unwrap().lines().next().unwrap()).unwrap();
@@ -81,6 +92,9 @@ fn every_fixture_replays_to_its_expected_outcome_and_check_agrees() {
             assert!(text.contains(reason), "{name}: the timeline does not show {reason}:\n{text}");
         }
         assert_eq!(text.contains("DIVERGED at record"), diverges, "{name}:\n{text}");
+        if expected.get("oldest_schema").is_some() {
+            assert!(text.contains(" unknown "), "{name}: the timeline shows no unknown build:\n{text}");
+        }
     }
 }
 
@@ -97,6 +111,19 @@ fn the_fixtures_cover_every_reason_code_a_registration_and_a_divergence() {
     assert!(fixtures.iter().any(|(_, _, e)| e["check"]["diverged"] == true), "no divergence fixture");
     assert!(fixtures.iter().any(|(_, _, e)| e.get("oldest_schema").is_some()), "no old-schema fixture");
     assert!(fixtures.iter().any(|(name, _, _)| name == "change-properties"), "no Change Properties session");
+}
+
+/// Each record's schema and the build its payload names (null when none).
+fn builds(log: &Path) -> Vec<(u64, Value)> {
+    let text = std::fs::read_to_string(log).unwrap();
+    text.lines()
+        .skip(1)
+        .map(|line| {
+            let stored: Value = serde_json::from_str(line).unwrap();
+            let record = &stored["record"];
+            (record["schema"].as_u64().unwrap(), record["payload"]["build"].clone())
+        })
+        .collect()
 }
 
 /// The lowest schema version of any record in an export.

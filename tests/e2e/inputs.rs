@@ -412,14 +412,21 @@ fn failures_under_json_print_an_error_document_on_stdout() {
 #[test]
 fn read_only_commands_create_no_data_dir() {
     let home = tempfile::tempdir().unwrap();
+    // Root's default is /var/lib/regent, not the home (tests/e2e/data_dirs.rs): root runs these
+    // as nobody, so that they look where a user's agent looks and nowhere real.
+    // SAFETY: geteuid cannot fail.
+    let nobody = (unsafe { libc::geteuid() } == 0).then_some(65534);
+    if let Some(id) = nobody {
+        std::os::unix::fs::chown(home.path(), Some(id), Some(id)).unwrap();
+    }
     let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_regent"))
-            .env_remove("REGENT_DATA_DIR")
-            .env_remove("XDG_DATA_HOME")
-            .env("HOME", home.path())
-            .args(args)
-            .output()
-            .unwrap()
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_regent"));
+        cmd.env_remove("REGENT_DATA_DIR").env_remove("XDG_DATA_HOME").env("HOME", home.path()).args(args);
+        if let Some(id) = nobody {
+            std::os::unix::process::CommandExt::uid(&mut cmd, id);
+            std::os::unix::process::CommandExt::gid(&mut cmd, id);
+        }
+        cmd.output().unwrap()
     };
     for args in [&["status"][..], &["properties"], &["audit"], &["audit", "verify"], &["--json", "status"]] {
         let out = run(args);

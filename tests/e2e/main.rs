@@ -5,6 +5,7 @@ mod audit;
 mod crash;
 mod credentials_output;
 mod damage;
+mod data_dirs;
 mod escape;
 mod fixtures;
 mod inputs;

@@ -12,6 +12,11 @@ fn regent() -> Cli {
     cmd
 }
 
+/// The build the customer's log says recorded it: not this one.
+fn customer_build() -> BuildId {
+    BuildId { version: "0.0.9".into(), commit: "0123456789ab".into(), date: "2026-01-02".into() }
+}
+
 /// A log recorded by some build: folders accepted, then a passphrase step whose recorded outcome
 /// is `outcome` for a 10-character passphrase.
 fn export_with_passphrase_outcome(dir: &std::path::Path, outcome: Outcome) -> std::path::PathBuf {
@@ -47,6 +52,7 @@ fn export_with_passphrase_outcome(dir: &std::path::Path, outcome: Outcome) -> st
             scratch_free_bytes: 1 << 40,
             scratch_filesystem: "ext4".into(),
         })),
+        build: Some(customer_build()),
     };
     let passphrase = StepRecord {
         command: Command::SetPassphrase { save_to: None },
@@ -56,6 +62,7 @@ fn export_with_passphrase_outcome(dir: &std::path::Path, outcome: Outcome) -> st
             ..Default::default()
         },
         outcome,
+        build: Some(customer_build()),
     };
     let batch = [
         events::encode(&folders, uuid::Uuid::now_v7()).unwrap(),
@@ -148,4 +155,62 @@ fn a_tampered_log_is_refused_unless_asked_and_bad_files_say_why() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(says) && err.lines().count() == 1, "{err}");
     }
+}
+
+/// `regent --version`: `regent VERSION (COMMIT DATE)`, its three parts.
+fn this_build() -> (String, String, String) {
+    let out = regent().arg("--version").output().unwrap();
+    let line = String::from_utf8(out.stdout).unwrap();
+    let rest = line.trim_end().strip_prefix("regent ").unwrap_or_else(|| panic!("{line}"));
+    let (version, rest) = rest.split_once(" (").unwrap_or_else(|| panic!("{line}"));
+    let (commit, date) = rest.strip_suffix(')').and_then(|r| r.split_once(' ')).unwrap_or_else(|| panic!("{line}"));
+    (version.to_string(), commit.to_string(), date.to_string())
+}
+
+#[test]
+fn a_log_another_build_recorded_checks_clean_and_the_audit_says_which_build_wrote_each_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let refused = Outcome::Refused(Refusal {
+        step: regent_engine::Step::Passphrase,
+        reason: regent_engine::Reason::StepOutOfOrder,
+        message: "load the vault credentials first".into(),
+        next: vec![],
+    });
+    let log = export_with_passphrase_outcome(dir.path(), refused);
+    let (version, commit, date) = this_build();
+    assert_eq!(version, env!("CARGO_PKG_VERSION"));
+    assert!(commit == "unknown" || commit.trim_end_matches("-dirty").len() == 12, "{commit}");
+    assert!(date == "unknown" || chrono::NaiveDate::parse_from_str(&date, "%Y-%m-%d").is_ok(), "{date}");
+    assert_ne!(commit, customer_build().commit);
+    // Another build recorded every step: that alone is no divergence.
+    let out = regent().args(["replay", "--check"]).arg(&log).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let timeline = String::from_utf8_lossy(&out.stdout);
+    assert!(timeline.contains("no divergence"), "{timeline}");
+    assert_eq!(timeline.matches("0.0.9 0123456789ab").count(), 2, "{timeline}");
+
+    // Imported, with a step of this build after it: the audit names both builds.
+    let data = dir.path().join("data");
+    let agent = |args: &[&str]| regent().arg("--data-dir").arg(&data).args(args).output().unwrap();
+    let out = regent().arg("--data-dir").arg(&data).arg("import").arg(&log).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(agent(&["proxy", "clear"]).status.code(), Some(0));
+    let audit = agent(&["audit", "--json"]);
+    let builds: Vec<serde_json::Value> = String::from_utf8(audit.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["build"].clone())
+        .collect();
+    let theirs = serde_json::json!({ "version": "0.0.9", "commit": "0123456789ab", "date": "2026-01-02" });
+    let ours = serde_json::json!({ "version": version, "commit": commit, "date": date });
+    assert_eq!(builds, vec![theirs.clone(), theirs, ours]);
+    let human = String::from_utf8(agent(&["audit"]).stdout).unwrap();
+    let lines: Vec<&str> = human.lines().collect();
+    assert!(lines[0].contains(" BUILD "), "{human}");
+    assert!(lines[3].contains(&format!("{version} {commit}")), "{human}");
+    // The export names this build as its writer, as --version does.
+    let export = agent(&["audit", "export"]);
+    let header: serde_json::Value =
+        serde_json::from_str(String::from_utf8(export.stdout).unwrap().lines().next().unwrap()).unwrap();
+    assert_eq!(header["writer"], format!("regent {version} ({commit} {date})"));
 }

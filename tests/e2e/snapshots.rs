@@ -1,5 +1,6 @@
 //! Snapshots of the human output of status, properties and audit, so a change to what people
-//! read is a reviewed change. Times, hashes, ids, paths, free space and the actor are masked.
+//! read is a reviewed change. Times, hashes, ids, paths, free space, the actor and the build are
+//! masked.
 
 use assert_cmd::Command;
 use chrono::{Duration, Utc};
@@ -27,7 +28,9 @@ fn settings() -> insta::Settings {
         (r"\b[0-9a-f]{16}…", "[HASH…]"),
         (r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", "[UUID]"),
         (r"\d+(\.\d)? (B|KiB|MiB|GiB|TiB) \((\w+)\)", "[FREE] ([FS])"),
-        (r"\S+@\S+(\s+)(accepted|refused)", "[ACTOR]$1$2"),
+        // The build that recorded each step (the commit changes with every commit), and its padding.
+        (r"\b\d+\.\d+\.\d+ (?:[0-9a-f]{12}(?:-dirty)?|unknown)\s+(accepted|refused)", "[BUILD]  $1"),
+        (r"\S+@\S+(\s+)\[BUILD\]", "[ACTOR]$1[BUILD]"),
     ] {
         settings.add_filter(pattern, replacement);
     }

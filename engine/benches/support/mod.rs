@@ -76,7 +76,7 @@ pub fn build_log(store: &EventStore, events: u64) {
         for _ in 0..1000.min(events - i) {
             let (command, observed) = step(i, meta.recorded_at);
             let outcome = decide(&state, &command, &observed);
-            let record = StepRecord { command, observed, outcome };
+            let record = StepRecord { command, observed, outcome, build: None };
             state = state.evolve(&record);
             batch.push(events::encode(&record, uuid::Uuid::now_v7()).expect("encode"));
             i += 1;
