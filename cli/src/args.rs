@@ -88,7 +88,12 @@ pub enum Command {
         shell: clap_complete::Shell,
     },
     /// Print the manual page (roff), e.g. `regent man | man -l -`.
-    Man,
+    Man {
+        /// Write one page per command instead (regent.1, regent-vault-serve.1, ...) into this
+        /// existing directory, replacing pages of those names.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// The vault service (the local counterpart of the portal) and its admin commands.
     #[command(subcommand)]
     Vault(VaultCommand),

@@ -161,7 +161,12 @@ fn run(ctx: &Context, command: Command) -> Result<u8, Failure> {
             );
             Ok(0)
         }
-        Command::Man => {
+        Command::Man { dir: Some(dir) } => {
+            clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &dir)
+                .map_err(|e| Failure::refused(format!("cannot write the manual pages into {}: {e}", dir.display())))?;
+            Ok(0)
+        }
+        Command::Man { dir: None } => {
             clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
                 .render(&mut terminal::machine_stdout())
                 .map_err(|e| Failure::refused(format!("cannot write the manual page: {e}")))?;

@@ -109,3 +109,20 @@ fn the_help_names_the_fixed_default_address_and_each_variable() {
         assert!(help.contains(&format!("[env: {var}]")), "{var} in {help}");
     }
 }
+
+#[test]
+fn man_dir_writes_a_page_per_command_and_the_service_s_names_its_variables() {
+    let setup = Setup::new();
+    let dir = setup.path("man");
+    std::fs::create_dir(&dir).unwrap();
+    let out = setup.regent("agent").arg("man").arg("--dir").arg(&dir).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    for page in ["regent.1", "regent-vault.1", "regent-vault-serve.1", "regent-wizard.1", "regent-audit-verify.1"] {
+        assert!(dir.join(page).is_file(), "{page} written");
+    }
+    let serve = std::fs::read_to_string(dir.join("regent-vault-serve.1")).unwrap();
+    assert!(serve.contains("REGENT_VAULT_LISTEN") && serve.contains("127.0.0.1:8443"), "{serve}");
+
+    let missing = setup.regent("agent").arg("man").arg("--dir").arg(setup.path("nowhere")).output().unwrap();
+    assert_eq!(missing.status.code(), Some(1), "{}", String::from_utf8_lossy(&missing.stderr));
+}
