@@ -1,5 +1,6 @@
-//! The command line, as spec/cli.md defines it. Secrets never come from arguments: only from
-//! stdin, a file, a named environment variable or a masked prompt.
+//! The command line; `docs/cli.md` describes it, and `contract.rs` fails when the two disagree.
+//! Secrets never come from arguments: only from stdin, a file, a named environment variable or a
+//! masked prompt.
 //!
 //! Longer than most modules on purpose: it is the whole contract of the command line declared in
 //! one place (clap derives parsing, help, completions and the manual page from it), and split

@@ -28,6 +28,9 @@ pub struct Context {
     /// The CA file this command was given for the vault (`--ca-file`), for every call it makes
     /// (the step's and the head reported after it), remembered for later commands.
     pub ca_file: Option<PathBuf>,
+    /// Whether an accepted step prints the `next: ...` command line. Off in quickstart, which
+    /// runs the next step itself.
+    pub next_hints: bool,
     /// Whether this command opened the store already (see `open_store_as_is`).
     opened: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
@@ -45,6 +48,7 @@ impl Context {
             data_dir,
             data_dir_named: global.data_dir.is_some(),
             ca_file: None,
+            next_hints: true,
             opened: Default::default(),
         })
     }
@@ -53,6 +57,11 @@ impl Context {
     pub fn with_ca_file(&self, ca_file: Option<&Path>) -> Context {
         let ca_file = ca_file.map(|path| std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()));
         Context { ca_file: ca_file.or_else(|| self.ca_file.clone()), ..self.clone() }
+    }
+
+    /// The same context, for a command that runs the steps one after another itself.
+    pub fn without_next_hints(&self) -> Context {
+        Context { next_hints: false, ..self.clone() }
     }
 
     /// The log, opened anew for each phase of a step (see `regent_engine::ports::LogAccess`).

@@ -1,4 +1,4 @@
-//! What the binary says when something fails: one line on stderr and the exit code of spec/cli.md.
+//! What the binary says when something fails: one line on stderr and the exit code of docs/cli.md.
 
 use regent_engine::projections::ProjectionError;
 use regent_engine::service::EngineError;
@@ -91,7 +91,7 @@ impl From<StoreError> for Failure {
             StoreError::Conflict { .. } => (EXIT_STORE, "store_conflict"),
             StoreError::ChainBroken(_) => (EXIT_REFUSED, "chain_broken"),
             StoreError::BadLogFile { .. } => (EXIT_REFUSED, "log_file_invalid"),
-            StoreError::NotEmpty { .. } => (EXIT_REFUSED, "store_not_empty"),
+            StoreError::NotEmpty { .. } => (EXIT_STORE, "store_not_empty"),
             _ => (EXIT_REFUSED, "refused"),
         };
         let message = match &err {

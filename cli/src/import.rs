@@ -72,6 +72,7 @@ fn not_empty(store_dir: &Path, records: u64, file: &Path) -> Failure {
         damage::move_aside(store_dir, "before-import"),
         damage::import_command(Some(file))
     ))
+    .because("store_not_empty")
 }
 
 /// The file's faults exit 1 (the store is left empty); the store's own exit 3.

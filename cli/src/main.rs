@@ -1,8 +1,10 @@
-//! The `regent` command line: argument parsing, logging, and the exit codes of spec/cli.md.
+//! The `regent` command line: argument parsing, logging, and the exit codes of docs/cli.md.
 
 mod anchor;
 mod args;
 mod context;
+#[cfg(test)]
+mod contract;
 mod damage;
 mod failure;
 mod guidance;

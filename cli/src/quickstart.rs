@@ -20,6 +20,7 @@ const VAULT_NAME: &str = "quickstart-vault";
 const BACKUP_SIZE: u64 = 10 << 30;
 
 pub fn run(ctx: &Context) -> Result<u8, Failure> {
+    let ctx = &ctx.without_next_hints();
     let home = ctx.data_dir.join("quickstart");
     std::fs::create_dir_all(&home)
         .map_err(|e| Failure::store(format!("cannot create {}: {e}; choose another --data-dir", home.display())))?;

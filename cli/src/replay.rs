@@ -87,7 +87,14 @@ pub fn run(ctx: &Context, args: ReplayArgs) -> Result<u8, Failure> {
             }
         }
     }
-    Ok(if replayed.divergence.is_some() { crate::failure::EXIT_REFUSED } else { 0 })
+    match &replayed.divergence {
+        None => Ok(0),
+        Some(d) => Err(Failure::refused(format!(
+            "replay_diverged: this build decides record {} differently from the build that recorded it; send the export and `regent --version` to support",
+            d.position
+        ))
+        .printed_if(ctx.json)),
+    }
 }
 
 fn describe(outcome: &regent_engine::model::Outcome) -> String {

@@ -1,4 +1,4 @@
-//! Reading secrets the ways spec/cli.md allows: stdin, a file, a named environment variable, or a
+//! Reading secrets the ways docs/cli.md allows: stdin, a file, a named environment variable, or a
 //! masked prompt when stdin is a terminal. Never from the command line.
 
 use std::io::{IsTerminal, Read};
@@ -91,9 +91,13 @@ pub fn prompt(what: &str, confirm: bool, flags: &str) -> Result<SecretInput, Fai
     }
     let label = format!("{}:", capitalize(what));
     let confirmation = confirm.then_some("Type it again:");
-    masked(&label, confirmation, None)
-        .map(SecretInput::Given)
-        .map_err(|e| Failure::usage(format!("no {what} was entered ({e})")))
+    masked(&label, confirmation, None).map(SecretInput::Given).map_err(|e| match e {
+        // Esc or Ctrl-C: the operator stopped, as at the wizard's prompts.
+        inquire::InquireError::OperationCanceled | inquire::InquireError::OperationInterrupted => {
+            Failure::stopped(format!("stopped at the {what} prompt; nothing was recorded"))
+        }
+        other => Failure::usage(format!("no {what} was entered ({other})")),
+    })
 }
 
 /// A masked prompt (one `*` per character typed, the text never shown), asked a second time

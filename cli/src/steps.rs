@@ -120,7 +120,7 @@ fn report(ctx: &Context, result: &StepResult, anchored: Option<&StepReport>) -> 
                 for warning in &warnings {
                     errln!("warning: {warning}");
                 }
-                if let Some(next) = result.state.next_step() {
+                if let Some(next) = result.state.next_step().filter(|_| ctx.next_hints) {
                     outln!("next: {}", crate::guidance::command_line(next));
                 }
             }

@@ -122,8 +122,21 @@ fn admin_client(args: &AdminArgs) -> Result<AdminClient, Failure> {
     AdminClient::from_token_file(&args.server, &args.token_file, args.ca_file.as_deref()).map_err(admin_failure)
 }
 
+/// An admin call's failure under the code the vault gave it (`vault_exists`, ...), or one of ours.
 fn admin_failure(err: regent_vault::AdminError) -> Failure {
-    Failure::refused(err.to_string())
+    use regent_vault::AdminError;
+    let message = err.to_string();
+    match &err {
+        AdminError::NotFound { code, .. } | AdminError::Conflict { code, .. } | AdminError::Refused { code, .. } => {
+            Failure::refused(message).because(code.code())
+        }
+        AdminError::Unauthorized => Failure::refused(message).because("unauthorized"),
+        AdminError::Unreachable { .. } => Failure::refused(message).because("vault_unreachable"),
+        AdminError::TokenFile { .. } => Failure::refused(message).because("admin_token_unreadable"),
+        AdminError::BadUrl { .. } | AdminError::InvalidInput(_) => Failure::usage(message),
+        AdminError::Protocol { .. } => Failure::refused(message).because("vault_error"),
+        _ => Failure::refused(message),
+    }
 }
 
 fn print<T: serde::Serialize>(ctx: &Context, value: &T, human: impl FnOnce() -> String) {

@@ -1,4 +1,4 @@
-//! The stable reason codes of spec/cli.md (from `regent-protocol`) and the steps they refuse.
+//! The stable reason codes of docs/cli.md (from `regent-protocol`) and the steps they refuse.
 
 use serde::{Deserialize, Serialize};
 

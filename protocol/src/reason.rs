@@ -1,4 +1,4 @@
-//! The stable reason codes of spec/cli.md: why the agent refused a step. The engine records them,
+//! The stable reason codes of docs/cli.md: why the agent refused a step. The engine records them,
 //! the binary prints them, and the vault names one in a refusal the agent records
 //! ([`ErrorBody::reason`](crate::ErrorBody::reason)).
 

@@ -294,6 +294,12 @@ fn import_refuses_a_store_that_is_not_empty_or_damaged_naming_the_mv_to_run() {
     assert_eq!(code(&output), 3);
     let line = the_one_line(&output, &["import"]);
     assert!(line.contains(&format!("already holds {} records", before["events"])), "{line}");
+    let json = agent.run(&["--json", "import", export.to_str().unwrap()]);
+    let answer: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(
+        (answer["error"]["code"].as_str(), answer["error"]["exit"].as_u64()),
+        (Some("store_not_empty"), Some(3))
+    );
     let commands = named_commands(&agent, &line);
     assert!(commands[0].ends_with("store.before-import"), "{line}");
     assert_eq!(log_facts(&agent.status().1), log_facts(&before), "nothing was imported");

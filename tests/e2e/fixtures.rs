@@ -1,6 +1,6 @@
 //! Every recorded log in `replay-fixtures/` (recorded by `replay-fixtures/record.sh` from real runs)
 //! replays through the binary to the outcome written beside it, and `--check` finds exactly the
-//! divergences the fixtures say. Together they cover every reason code of spec/cli.md.
+//! divergences the fixtures say. Together they cover every reason code of docs/cli.md.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

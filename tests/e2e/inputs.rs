@@ -384,7 +384,7 @@ fn failures_under_json_print_an_error_document_on_stdout() {
                 "--token-file",
                 "/nonexistent",
             ],
-            "refused",
+            "admin_token_unreadable",
             1,
         ),
         (vec!["--json", "folders", "--backup-size", "lots"], "usage", 2),
@@ -402,6 +402,11 @@ fn failures_under_json_print_an_error_document_on_stdout() {
             stderr(&out)
         );
     }
+    // An admin call the vault refuses carries the vault's own code.
+    let out = setup.admin(&["create", "a-vault"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = setup.admin(&["create", "a-vault", "--json"]);
+    assert_eq!((out.status.code(), doc(&out)["error"]["code"].as_str()), (Some(1), Some("vault_exists")));
 }
 
 #[test]

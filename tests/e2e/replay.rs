@@ -110,6 +110,10 @@ fn check_names_the_first_step_this_build_decides_differently() {
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("DIVERGED at record 2"), "{stdout}");
+    // Like every non-zero exit, one line on stderr says why.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("regent: replay_diverged: ") && stderr.contains("record 2"), "{stderr}");
     let out = regent().args(["replay", "--check", "--json"]).arg(&log).output().unwrap();
     let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!((answer["check"]["diverged"].as_bool(), answer["check"]["position"].as_u64()), (Some(true), Some(2)));

@@ -253,3 +253,20 @@ fn the_interactive_wizard_needs_a_terminal_and_has_no_json() {
     }
     assert!(!setup.path("agent").join("store").exists(), "a usage error opens no store");
 }
+
+#[test]
+fn esc_or_ctrl_c_at_a_step_commands_masked_prompt_stops_it_with_130_recording_nothing() {
+    let (setup, _) = prepared("prod");
+    assert_eq!(setup.folders("agent").status.code(), Some(0));
+    for key in [ESC, CTRL_C] {
+        let mut command = setup.regent_std("agent");
+        command.args(["passphrase", "set"]);
+        let mut pty = Pty::spawn(command);
+        pty.expect("Passphrase:");
+        pty.send(key);
+        pty.expect("regent: stopped at the passphrase prompt; nothing was recorded");
+        let (code, transcript) = pty.finish();
+        assert_eq!(code, 130, "{key:?}: {}", text(&transcript));
+    }
+    assert_eq!(setup.json("agent", &["status"])["events"], 1, "only the folders step is recorded");
+}

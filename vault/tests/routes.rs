@@ -913,3 +913,35 @@ fn the_router_serves_exactly_the_table() {
     let answer = raw(vault.addr(), "GET", "/v1/vaults/x/unknown", &[], b"");
     assert_eq!((answer.status, answer.error_code().as_str()), (404, "not_found"));
 }
+
+/// The README's route table (a row whose first cell is `` `METHOD /path` ``) lists exactly the routes
+/// of the table the router is built from: a route served and not documented, documented and not
+/// served, or documented twice, fails.
+#[test]
+fn the_readme_documents_exactly_the_table() {
+    let readme = include_str!("../README.md");
+    let mut documented: Vec<(String, String)> = Vec::new();
+    for line in readme.lines() {
+        let Some(cell) = line.strip_prefix("| `").and_then(|rest| rest.split('`').next()) else { continue };
+        let Some((method, path)) = cell.split_once(' ') else { continue };
+        if ["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&method) {
+            let route = (method.to_string(), path.to_string());
+            assert!(!documented.contains(&route), "vault/README.md lists `{method} {path}` twice");
+            documented.push(route);
+        }
+    }
+    for route in ROUTES {
+        let (method, path) = (route.method.as_str(), route.path);
+        assert!(
+            documented.iter().any(|(m, p)| m == method && p == path),
+            "{:?} (`{method} {path}`) is served but not in vault/README.md's route table",
+            route.id
+        );
+    }
+    for (method, path) in &documented {
+        assert!(
+            ROUTES.iter().any(|r| r.method.as_str() == method && r.path == path),
+            "vault/README.md documents `{method} {path}`, which is not in ROUTES"
+        );
+    }
+}
