@@ -90,7 +90,12 @@ pub enum Command {
         shell: clap_complete::Shell,
     },
     /// Print the manual page (roff), e.g. `regent man | man -l -`.
-    Man,
+    Man {
+        /// Write one page per command instead (regent.1, regent-vault-serve.1, ...) into this
+        /// existing directory, replacing pages of those names.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// The vault service (the local counterpart of the portal) and its admin commands.
     #[command(subcommand)]
     Vault(VaultCommand),
@@ -129,6 +134,18 @@ const IMPORT_EXITS: &str = "Exit status:
   1    the file is refused: not an export, a broken chain, cut short
   2    usage error
   3    the store cannot be used: not empty, damaged, locked";
+
+const SERVE_ABOUT: &str = "Run the vault service in the foreground until SIGINT or SIGTERM.
+
+`--data-dir DIR` is the vault's own directory: its log, and `admin.token` (mode 0600), written at the
+first start, which the admin commands need. The service prints the address it listens on and the
+token's path, then serves; it does not fork into the background (run it under systemd, say, whose
+unit `regent-vault.service` the Debian package installs).
+
+Each option can come from its environment variable instead (REGENT_VAULT_LISTEN,
+REGENT_VAULT_TLS_CERT, REGENT_VAULT_TLS_KEY, REGENT_VAULT_PUBLIC_URL); an option given on the command
+line wins. The address is fixed (127.0.0.1:8443 by default) because every credentials file names
+the service's endpoint: a port that changed at each start would break the files already downloaded.";
 
 #[derive(Args)]
 pub struct WizardArgs {
@@ -209,17 +226,28 @@ pub struct ReplayArgs {
 
 #[derive(Subcommand)]
 pub enum VaultCommand {
-    /// Run the service; `--data-dir DIR` is the vault's own directory. Prints the address.
+    /// Run the service in the foreground until SIGINT or SIGTERM; `--data-dir DIR` is the vault's own
+    /// directory. Prints the address.
+    #[command(long_about = SERVE_ABOUT)]
     Serve {
-        /// Address to listen on; port 0 picks a free one.
-        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+        /// Address to listen on (port 0 picks a free one, different at each start).
+        // The variables' values are not shown in the help: they would be printed as they are.
+        #[arg(
+            long,
+            value_name = "ADDR",
+            default_value = "127.0.0.1:8443",
+            env = "REGENT_VAULT_LISTEN",
+            hide_env_values = true
+        )]
         listen: String,
-        #[arg(long, value_name = "F", requires = "tls_key")]
+        /// The service's certificate chain (PEM), for HTTPS (with --tls-key).
+        #[arg(long, value_name = "F", requires = "tls_key", env = "REGENT_VAULT_TLS_CERT", hide_env_values = true)]
         tls_cert: Option<PathBuf>,
-        #[arg(long, value_name = "F", requires = "tls_cert")]
+        /// The private key (PEM) of --tls-cert.
+        #[arg(long, value_name = "F", requires = "tls_cert", env = "REGENT_VAULT_TLS_KEY", hide_env_values = true)]
         tls_key: Option<PathBuf>,
         /// The address agents should use, written into credentials files (default: as reached).
-        #[arg(long, value_name = "URL")]
+        #[arg(long, value_name = "URL", env = "REGENT_VAULT_PUBLIC_URL", hide_env_values = true)]
         public_url: Option<String>,
     },
     /// Create a vault.

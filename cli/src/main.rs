@@ -72,7 +72,7 @@ fn main() -> ExitCode {
 fn data_dir_use(command: &Command) -> (data_dir::Role, bool) {
     match command {
         Command::Vault(VaultCommand::Serve { .. }) => (data_dir::Role::VaultService, true),
-        Command::Vault(_) | Command::Replay(_) | Command::Completions { .. } | Command::Man => {
+        Command::Vault(_) | Command::Replay(_) | Command::Completions { .. } | Command::Man { .. } => {
             (data_dir::Role::Agent, false)
         }
         Command::Audit(AuditArgs { action: Some(AuditCommand::Verify { file: Some(_), .. }), .. }) => {
@@ -181,7 +181,12 @@ fn run(ctx: &Context, command: Command) -> Result<u8, Failure> {
             );
             Ok(0)
         }
-        Command::Man => {
+        Command::Man { dir: Some(dir) } => {
+            clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &dir)
+                .map_err(|e| Failure::refused(format!("cannot write the manual pages into {}: {e}", dir.display())))?;
+            Ok(0)
+        }
+        Command::Man { dir: None } => {
             clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
                 .render(&mut terminal::machine_stdout())
                 .map_err(|e| Failure::refused(format!("cannot write the manual page: {e}")))?;

@@ -15,7 +15,9 @@ pub fn run(ctx: &Context, command: VaultCommand) -> Result<u8, Failure> {
         VaultCommand::Serve { listen, tls_cert, tls_key, public_url } => {
             let address =
                 listen.to_socket_addrs().ok().and_then(|mut addresses| addresses.next()).ok_or_else(|| {
-                    Failure::usage(format!("--listen: '{listen}' is not an address like 127.0.0.1:8443"))
+                    Failure::usage(format!(
+                        "--listen (or REGENT_VAULT_LISTEN): '{listen}' is not an address like 127.0.0.1:8443"
+                    ))
                 })?;
             let mut config = ServeConfig::new(&ctx.data_dir, address);
             if let (Some(cert), Some(key)) = (tls_cert, tls_key) {

@@ -14,6 +14,7 @@ mod quickstart;
 mod register;
 mod replay;
 mod secret_scans;
+mod serve;
 mod snapshots;
 mod steps;
 mod support;

@@ -308,12 +308,16 @@ pub fn run_until_signal(config: ServeConfig, on_ready: impl FnOnce(&ServerInfo))
         .build()
         .map_err(VaultError::Runtime)?;
     runtime.block_on(async move {
+        // Watched before it says it is ready: a service manager may stop it the moment it is, and
+        // until then either signal would kill it without closing its log.
+        use tokio::signal::unix::{SignalKind, signal};
+        let watch = |kind, name| signal(kind).map_err(|e| VaultError::Stopped(format!("cannot watch for {name}: {e}")));
+        let mut terminate = watch(SignalKind::terminate(), "SIGTERM")?;
+        let mut interrupt = watch(SignalKind::interrupt(), "SIGINT")?;
         let server = serve(config).await?;
         on_ready(server.info());
-        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|e| VaultError::Stopped(format!("cannot watch for SIGTERM: {e}")))?;
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = interrupt.recv() => {}
             _ = terminate.recv() => {}
         }
         tracing::info!("stopping on signal");

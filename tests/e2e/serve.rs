@@ -1,0 +1,128 @@
+//! `regent vault serve` as a service manager runs it: in the foreground, its options from
+//! `REGENT_VAULT_*` variables (the Debian package's unit reads them from /etc/default/regent-vault),
+//! stopped by SIGTERM. The tests never bind the default port (127.0.0.1:8443).
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Stdio};
+
+use crate::support::Setup;
+
+/// `regent vault serve` in a child process, with no `REGENT_VAULT_*` from the caller's environment.
+fn serve(setup: &Setup, env: &[(&str, &str)], args: &[&str]) -> std::process::Command {
+    let mut cmd = setup.regent_std("own-vault");
+    for var in ["REGENT_VAULT_LISTEN", "REGENT_VAULT_TLS_CERT", "REGENT_VAULT_TLS_KEY", "REGENT_VAULT_PUBLIC_URL"] {
+        cmd.env_remove(var);
+    }
+    cmd.envs(env.iter().copied()).args(["--json", "vault", "serve"]).args(args);
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd
+}
+
+/// Starts the service and returns it with the URL it printed.
+fn started(mut cmd: std::process::Command) -> (Child, String) {
+    let mut child = cmd.spawn().unwrap();
+    let mut line = String::new();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    stdout.read_line(&mut line).unwrap();
+    // Drained to the end: a closed pipe would kill the service at its next line (SIGPIPE).
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    match serde_json::from_str::<serde_json::Value>(&line) {
+        Ok(ready) => (child, ready["url"].as_str().unwrap().to_string()),
+        Err(e) => {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!("the service did not start ({e}): {line:?} {}", String::from_utf8_lossy(&output.stderr))
+        }
+    }
+}
+
+fn stop(child: Child) {
+    // SAFETY: a signal to our own child, whose pid is still ours (not yet waited for).
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) }, 0);
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "stopped by SIGTERM: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+fn admin(setup: &Setup, url: &str, token: &Path, args: &[&str]) -> std::process::Output {
+    let mut cmd = setup.regent("admin");
+    cmd.arg("vault").args(args).arg("--server").arg(url).arg("--token-file").arg(token);
+    cmd.output().unwrap()
+}
+
+#[test]
+fn vault_serve_takes_its_address_and_public_url_from_the_environment() {
+    let setup = Setup::new();
+    let env = [("REGENT_VAULT_LISTEN", "127.0.0.1:0"), ("REGENT_VAULT_PUBLIC_URL", "https://vault.example.test:9443")];
+    let (child, url) = started(serve(&setup, &env, &[]));
+    let port: u16 = url.strip_prefix("http://127.0.0.1:").and_then(|p| p.parse().ok()).unwrap_or_else(|| {
+        panic!("not an address on 127.0.0.1: {url}");
+    });
+    assert!(port != 0 && port != 8443, "REGENT_VAULT_LISTEN=127.0.0.1:0 picks a free port, got {url}");
+
+    // The public URL from the environment is the endpoint a download names.
+    let token = setup.path("own-vault").join("admin.token");
+    let created = admin(&setup, &url, &token, &["create", "prod"]);
+    assert_eq!(created.status.code(), Some(0), "{}", String::from_utf8_lossy(&created.stderr));
+    let file = setup.path("prod.VaultCredentials");
+    let downloaded =
+        admin(&setup, &url, &token, &["credentials", "--vault", "prod", "--output", file.to_str().unwrap()]);
+    assert_eq!(downloaded.status.code(), Some(0), "{}", String::from_utf8_lossy(&downloaded.stderr));
+    let xml = std::fs::read_to_string(&file).unwrap();
+    assert!(xml.contains("https://vault.example.test:9443"), "the download names the public URL: {xml}");
+    stop(child);
+}
+
+#[test]
+fn an_option_on_the_command_line_wins_over_its_variable() {
+    let setup = Setup::new();
+    let env = [("REGENT_VAULT_LISTEN", "not an address")];
+    let (child, url) = started(serve(&setup, &env, &["--listen", "127.0.0.1:0"]));
+    assert!(url.starts_with("http://127.0.0.1:") && !url.ends_with(":8443"), "{url}");
+    stop(child);
+
+    // Alone, the variable is used, and refused as the option would be.
+    let refused = serve(&setup, &env, &[]).output().unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("REGENT_VAULT_LISTEN") && stderr.contains("not an address"), "{stderr}");
+}
+
+#[test]
+fn a_tls_certificate_from_the_environment_still_needs_its_key() {
+    let setup = Setup::new();
+    let env = [("REGENT_VAULT_LISTEN", "127.0.0.1:0"), ("REGENT_VAULT_TLS_CERT", "/nonexistent/cert.pem")];
+    let refused = serve(&setup, &env, &[]).output().unwrap();
+    assert_eq!(refused.status.code(), Some(2), "{}", String::from_utf8_lossy(&refused.stderr));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--tls-key"));
+}
+
+#[test]
+fn the_help_names_the_fixed_default_address_and_each_variable() {
+    let setup = Setup::new();
+    let out = setup.regent("vault").args(["vault", "serve", "--help"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("[default: 127.0.0.1:8443]"), "{help}");
+    assert!(help.contains("foreground"), "{help}");
+    for var in ["REGENT_VAULT_LISTEN", "REGENT_VAULT_TLS_CERT", "REGENT_VAULT_TLS_KEY", "REGENT_VAULT_PUBLIC_URL"] {
+        assert!(help.contains(&format!("[env: {var}]")), "{var} in {help}");
+    }
+}
+
+#[test]
+fn man_dir_writes_a_page_per_command_and_the_service_s_names_its_variables() {
+    let setup = Setup::new();
+    let dir = setup.path("man");
+    std::fs::create_dir(&dir).unwrap();
+    let out = setup.regent("agent").arg("man").arg("--dir").arg(&dir).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    for page in ["regent.1", "regent-vault.1", "regent-vault-serve.1", "regent-wizard.1", "regent-audit-verify.1"] {
+        assert!(dir.join(page).is_file(), "{page} written");
+    }
+    let serve = std::fs::read_to_string(dir.join("regent-vault-serve.1")).unwrap();
+    assert!(serve.contains("REGENT_VAULT_LISTEN") && serve.contains("127.0.0.1:8443"), "{serve}");
+
+    let missing = setup.regent("agent").arg("man").arg("--dir").arg(setup.path("nowhere")).output().unwrap();
+    assert_eq!(missing.status.code(), Some(1), "{}", String::from_utf8_lossy(&missing.stderr));
+}
