@@ -288,12 +288,13 @@ pub enum VaultCommand {
 
 #[derive(Args)]
 pub struct AdminArgs {
-    /// The vault service's address, e.g. http://127.0.0.1:8443.
-    #[arg(long, value_name = "URL")]
+    /// The vault service's address (`vault serve` listens on 127.0.0.1:8443 unless told otherwise).
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8443")]
     pub server: String,
-    /// The admin token file (`admin.token` in the service's data dir).
+    /// The admin token file [default: admin.token in the service's data dir, the --data-dir
+    /// `vault serve` was given or its default].
     #[arg(long, value_name = "F")]
-    pub token_file: PathBuf,
+    pub token_file: Option<PathBuf>,
     /// A CA certificate (PEM) to trust for an HTTPS service.
     #[arg(long, value_name = "F")]
     pub ca_file: Option<PathBuf>,

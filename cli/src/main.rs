@@ -72,9 +72,9 @@ fn main() -> ExitCode {
 fn data_dir_use(command: &Command) -> (data_dir::Role, bool) {
     match command {
         Command::Vault(VaultCommand::Serve { .. }) => (data_dir::Role::VaultService, true),
-        Command::Vault(_) | Command::Replay(_) | Command::Completions { .. } | Command::Man { .. } => {
-            (data_dir::Role::Agent, false)
-        }
+        // An admin command finds the service's token in the service's data dir.
+        Command::Vault(_) => (data_dir::Role::VaultService, false),
+        Command::Replay(_) | Command::Completions { .. } | Command::Man { .. } => (data_dir::Role::Agent, false),
         Command::Audit(AuditArgs { action: Some(AuditCommand::Verify { file: Some(_), .. }), .. }) => {
             (data_dir::Role::Agent, false)
         }

@@ -24,15 +24,7 @@ pub fn run(ctx: &Context, args: ReplayArgs) -> Result<u8, Failure> {
         .map_err(|e| bad_log(e, &args))?;
     if !ctx.json {
         outln!("replaying {} (written by {}, head {})", args.file.display(), header.writer, header.head);
-        outln!(
-            "{:>5}  {:<20}  {:<18}  {:<20}  {:<10}  {:<28}  WHAT",
-            "POS",
-            "WHEN (UTC)",
-            "WHO",
-            "BUILD",
-            "OUTCOME",
-            "REASON"
-        );
+        outln!("{}", views::audit_heading());
     }
     let json = ctx.json;
     let until = args.until;
@@ -46,16 +38,7 @@ pub fn run(ctx: &Context, args: ReplayArgs) -> Result<u8, Failure> {
         }
         if let Ok((record, Some(Ok(step)))) = item {
             let entry = projections::audit_entry(record, step);
-            outln!(
-                "{:>5}  {:<20}  {:<18}  {:<20}  {:<10}  {:<28}  {}",
-                entry.position,
-                entry.at.format("%Y-%m-%d %H:%M:%S"),
-                entry.actor,
-                entry.build_text(),
-                entry.outcome,
-                entry.reason.as_ref().map_or("", regent_engine::Reason::code),
-                entry.summary
-            );
+            outln!("{}", views::audit_row(&entry));
         }
     });
     let replayed = replay(timeline, args.check, args.until).map_err(|e| match e {

@@ -39,7 +39,7 @@ pub fn run(ctx: &Context, command: VaultCommand) -> Result<u8, Failure> {
             Ok(0)
         }
         VaultCommand::Create { name, admin } => {
-            let vault = admin_client(&admin)?.create_vault(&name).map_err(admin_failure)?;
+            let vault = admin_client(ctx, &admin)?.create_vault(&name).map_err(admin_failure)?;
             print(ctx, &vault, || format!("created vault {} (subscription {})", vault.name, vault.subscription_id));
             Ok(0)
         }
@@ -47,7 +47,7 @@ pub fn run(ctx: &Context, command: VaultCommand) -> Result<u8, Failure> {
             if !output.to_string_lossy().to_ascii_lowercase().ends_with(".vaultcredentials") {
                 return Err(Failure::usage("--output must end in .VaultCredentials, as the agent insists"));
             }
-            let client = admin_client(&admin)?;
+            let client = admin_client(ctx, &admin)?;
             // Checked before the vault is asked: a download supersedes every earlier one, so one
             // that cannot be written would cost the file the user has and the new one both.
             let target = NewCredentialsFile::prepare(&output)?;
@@ -66,7 +66,7 @@ pub fn run(ctx: &Context, command: VaultCommand) -> Result<u8, Failure> {
             Ok(0)
         }
         VaultCommand::Pin { vault, admin } => {
-            let pin = admin_client(&admin)?.issue_pin(&vault).map_err(admin_failure)?;
+            let pin = admin_client(ctx, &admin)?.issue_pin(&vault).map_err(admin_failure)?;
             if ctx.json {
                 terminal::json_line(serde_json::json!({ "pin": pin.pin, "expires_at": pin.expires_at }));
             } else {
@@ -76,7 +76,7 @@ pub fn run(ctx: &Context, command: VaultCommand) -> Result<u8, Failure> {
             Ok(0)
         }
         VaultCommand::Machines { vault, admin } => {
-            let machines = admin_client(&admin)?.machines(&vault).map_err(admin_failure)?;
+            let machines = admin_client(ctx, &admin)?.machines(&vault).map_err(admin_failure)?;
             if ctx.json {
                 terminal::json_line(serde_json::to_string(&machines).map_err(|e| Failure::store(e.to_string()))?);
             } else {
@@ -118,8 +118,23 @@ fn log_head_cell(head: Option<&regent_vault::Anchor>) -> String {
     cell
 }
 
-fn admin_client(args: &AdminArgs) -> Result<AdminClient, Failure> {
-    AdminClient::from_token_file(&args.server, &args.token_file, args.ca_file.as_deref()).map_err(admin_failure)
+/// A client of the service at `--server`, with the token `vault serve` wrote in its data dir
+/// unless `--token-file` names another: on the service's machine, no flag is needed.
+fn admin_client(ctx: &Context, args: &AdminArgs) -> Result<AdminClient, Failure> {
+    let token_file = args.token_file.clone().unwrap_or_else(|| ctx.data_dir.join("admin.token"));
+    AdminClient::from_token_file(&args.server, &token_file, args.ca_file.as_deref()).map_err(|e| {
+        let unreadable = matches!(e, regent_vault::AdminError::TokenFile { .. });
+        let failure = admin_failure(e);
+        if unreadable && args.token_file.is_none() {
+            let message = format!(
+                "{}; on another machine than the service, pass its admin.token with --token-file F, or the service's --data-dir",
+                failure.message
+            );
+            Failure { message, ..failure }
+        } else {
+            failure
+        }
+    })
 }
 
 /// An admin call's failure under the code the vault gave it (`vault_exists`, ...), or one of ours.

@@ -236,16 +236,35 @@ pub fn print_properties(p: &Properties) {
     }
 }
 
+/// The audit table's columns, for `audit` and `replay`'s timeline (the build is 24 wide: a
+/// version and a commit marked `-dirty`).
+fn audit_columns(cells: [&dyn std::fmt::Display; 7]) -> String {
+    let [position, at, actor, build, outcome, reason, summary] = cells;
+    format!("{position:>5}  {at:<20}  {actor:<18}  {build:<24}  {outcome:<10}  {reason:<28}  {summary}")
+}
+
+pub fn audit_heading() -> String {
+    audit_columns([&"POS", &"WHEN (UTC)", &"WHO", &"BUILD", &"OUTCOME", &"REASON", &"SUMMARY"])
+}
+
+pub fn audit_row(entry: &projections::AuditEntry) -> String {
+    audit_columns([
+        &entry.position,
+        &entry.at.format("%Y-%m-%d %H:%M:%S"),
+        &entry.actor,
+        &entry.build_text(),
+        &entry.outcome,
+        &entry.reason.as_ref().map_or("", Reason::code),
+        &entry.summary,
+    ])
+}
+
 pub fn audit(ctx: &Context, filter: AuditFilter) -> Result<u8, Failure> {
     let store = ctx.open_existing_store()?;
     let mut out = terminal::Lines::stdout();
     let io = |e: std::io::Error| Failure::refused(format!("cannot write the audit trail: {e}"));
     if !ctx.json {
-        out.line(format_args!(
-            "{:>5}  {:<20}  {:<18}  {:<20}  {:<10}  {:<28}  SUMMARY",
-            "POS", "WHEN (UTC)", "WHO", "BUILD", "OUTCOME", "REASON"
-        ))
-        .map_err(io)?;
+        out.line(format_args!("{}", audit_heading())).map_err(io)?;
     }
     let Some(store) = store else {
         out.flush().map_err(io)?;
@@ -257,17 +276,7 @@ pub fn audit(ctx: &Context, filter: AuditFilter) -> Result<u8, Failure> {
             let line = serde_json::to_string(&entry).map_err(|e| Failure::store(e.to_string()))?;
             out.json(&line).map_err(io)?;
         } else {
-            out.line(format_args!(
-                "{:>5}  {:<20}  {:<18}  {:<20}  {:<10}  {:<28}  {}",
-                entry.position,
-                entry.at.format("%Y-%m-%d %H:%M:%S"),
-                entry.actor,
-                entry.build_text(),
-                entry.outcome,
-                entry.reason.as_ref().map_or("", Reason::code),
-                entry.summary
-            ))
-            .map_err(io)?;
+            out.line(format_args!("{}", audit_row(&entry))).map_err(io)?;
         }
     }
     out.flush().map_err(io)?;

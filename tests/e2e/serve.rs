@@ -126,3 +126,27 @@ fn man_dir_writes_a_page_per_command_and_the_service_s_names_its_variables() {
     let missing = setup.regent("agent").arg("man").arg("--dir").arg(setup.path("nowhere")).output().unwrap();
     assert_eq!(missing.status.code(), Some(1), "{}", String::from_utf8_lossy(&missing.stderr));
 }
+
+#[test]
+fn admin_commands_find_the_token_in_the_services_data_dir_without_token_file() {
+    let setup = Setup::new();
+    let (child, url) = started(serve(&setup, &[], &["--listen", "127.0.0.1:0"]));
+    let service_dir = setup.path("own-vault");
+    // The data dir the service was given is where the admin command looks for admin.token.
+    let mut create = setup.regent_std("own-vault");
+    let out = create.args(["vault", "create", "prod", "--server", &url]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(service_dir.join("admin.token").is_file());
+    // Elsewhere, the one line says where it looked and which flag names the token.
+    let out =
+        setup.regent("elsewhere").args(["vault", "machines", "--vault", "prod", "--server", &url]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&setup.path("elsewhere").join("admin.token").display().to_string())
+            && stderr.contains("--token-file"),
+        "{stderr}"
+    );
+    stop(child);
+}
