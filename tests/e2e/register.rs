@@ -300,6 +300,7 @@ fn a_rerun_on_a_registered_machine_names_every_flag_that_differs_and_json_is_one
         )),
         "{stderr}"
     );
+    assert!(stderr.contains("differs: --backup-size: 2GiB given, but this machine has 1GiB; "), "{stderr}");
     let last = stderr.lines().last().unwrap_or_default();
     assert!(last.starts_with("regent: wizard_state_differs: ") && last.contains("5 of the flags given"), "{stderr}");
     assert_eq!(setup.json("agent", &["status"])["events"], events, "a comparison records nothing");

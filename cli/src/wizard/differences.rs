@@ -13,11 +13,11 @@
 
 use std::path::{Path, PathBuf};
 
+use super::size_text;
 use regent_engine::State;
 use regent_engine::model::{PassphraseOrigin, Registration};
 use regent_engine::ports::FileReader;
 use regent_engine::service::{MAX_CREDENTIALS_BYTES, SecretInput, read_credential_facts};
-use regent_engine::units::format_bytes;
 use regent_secrets::{PassphraseVerifier, SecretKind, SecretRef, SecretsArea};
 use secrecy::ExposeSecret;
 use serde::Serialize;
@@ -85,8 +85,8 @@ pub(super) fn differences(
             if given.backup_size_bytes != f.backup_size_bytes {
                 differ(
                     "--backup-size",
-                    format_bytes(given.backup_size_bytes),
-                    format_bytes(f.backup_size_bytes),
+                    size_text(given.backup_size_bytes),
+                    size_text(f.backup_size_bytes),
                     AGAIN.into(),
                 );
             }
