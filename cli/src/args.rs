@@ -111,11 +111,13 @@ flags below, given without --unattended, become the answers it offers (secrets a
 --endpoint and --ca-file apply in both modes.
 
 With --unattended it runs the same steps from the flags alone, for provisioning scripts, and stops
-at the first refusal.";
+at the first refusal. Run again on a registered machine, it compares the flags with its state and
+says each one that differs, with what changes it; with --json it prints one JSON object.";
 
 const WIZARD_EXITS: &str = "Exit status:
-  0    registered (or registered already)
-  1    a step was refused and the wizard stopped
+  0    registered (or registered already, with --unattended flags that match its state)
+  1    a step was refused and the wizard stopped, or --unattended flags differ from the
+       registered machine's state (each difference said, nothing recorded)
   2    usage error, e.g. no terminal without --unattended, or --json without --unattended
   3    the store could not be used
   130  stopped at a prompt: Esc, Ctrl-C, or no to \"Register now?\"

@@ -29,12 +29,30 @@ pub fn run_with_vault(
     secrets: SecretInputs,
     vault: &dyn VaultClient,
 ) -> Result<u8, Failure> {
+    let told = tell(ctx, command, secrets, vault)?;
+    if ctx.json {
+        terminal::json_line(&told.document);
+    }
+    told.outcome.map_err(|failure| failure.printed_if(ctx.json))
+}
+
+/// A step run and recorded: its document (what `--json` prints for the step) and how the command
+/// ends with it.
+pub struct Told {
+    pub document: serde_json::Value,
+    pub outcome: Result<u8, Failure>,
+}
+
+/// Runs a command and records it, saying what happened as [`run_with_vault`] does, except that
+/// under `--json` nothing is printed: the step's document is the caller's to print (the unattended
+/// wizard prints one document for all its steps).
+pub fn tell(ctx: &Context, command: Command, secrets: SecretInputs, vault: &dyn VaultClient) -> Result<Told, Failure> {
     let (result, anchored) = execute(ctx, command, secrets, vault)?;
-    let code = report(ctx, &result, anchored.as_ref());
+    let told = report(ctx, &result, anchored.as_ref());
     if let Some(warning) = anchored.as_ref().and_then(StepReport::warning) {
         errln!("warning: {warning}");
     }
-    code
+    Ok(told)
 }
 
 /// Runs a command through the engine and records its outcome, accepted or refused, printing
@@ -93,7 +111,7 @@ fn sweep_superseded(ctx: &Context, store: &EventStore, area: &SecretsArea, state
     Vec::new()
 }
 
-fn report(ctx: &Context, result: &StepResult, anchored: Option<&StepReport>) -> Result<u8, Failure> {
+fn report(ctx: &Context, result: &StepResult, anchored: Option<&StepReport>) -> Told {
     let log_anchor = anchored.map_or(serde_json::Value::Null, StepReport::json);
     let status = projections::status(&result.state, result.head);
     let summary = projections::summary(&result.record.outcome);
@@ -104,18 +122,16 @@ fn report(ctx: &Context, result: &StepResult, anchored: Option<&StepReport>) -> 
     warnings.extend(result.notes.iter().cloned());
     match &result.record.outcome {
         Outcome::Accepted(_) => {
-            if ctx.json {
-                let line = json!({
-                    "position": result.position,
-                    "outcome": "accepted",
-                    "reason": null,
-                    "summary": summary,
-                    "warnings": warnings,
-                    "status": status,
-                    "log_anchor": log_anchor,
-                });
-                terminal::json_line(line);
-            } else {
+            let document = json!({
+                "position": result.position,
+                "outcome": "accepted",
+                "reason": null,
+                "summary": summary,
+                "warnings": warnings,
+                "status": status,
+                "log_anchor": log_anchor,
+            });
+            if !ctx.json {
                 outln!("{summary}");
                 for warning in &warnings {
                     errln!("warning: {warning}");
@@ -128,29 +144,25 @@ fn report(ctx: &Context, result: &StepResult, anchored: Option<&StepReport>) -> 
             if !ctx.json && terminal::stdout_is_terminal() {
                 show_generated(Stream::Stdout, result);
             }
-            Ok(0)
+            Told { document, outcome: Ok(0) }
         }
         Outcome::Refused(refusal) => {
             let message = crate::guidance::with_next(&refusal.message, &refusal.next);
-            let mut failure = Failure::refused(format!("{}: {message}", refusal.reason));
+            let failure = Failure::refused(format!("{}: {message}", refusal.reason));
             for note in &result.notes {
                 errln!("warning: {note}");
             }
-            if ctx.json {
-                let line = json!({
-                    "position": result.position,
-                    "outcome": "refused",
-                    "reason": refusal.reason,
-                    "summary": summary,
-                    "message": refusal.message,
-                    "status": status,
-                    "log_anchor": log_anchor,
-                    "error": failure.json(),
-                });
-                terminal::json_line(line);
-                failure.reported = true;
-            }
-            Err(failure)
+            let document = json!({
+                "position": result.position,
+                "outcome": "refused",
+                "reason": refusal.reason,
+                "summary": summary,
+                "message": refusal.message,
+                "status": status,
+                "log_anchor": log_anchor,
+                "error": failure.json(),
+            });
+            Told { document, outcome: Err(failure) }
         }
     }
 }

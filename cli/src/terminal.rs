@@ -277,10 +277,11 @@ where
     let shown_default = default.map(escape);
     let placeholder = placeholder.map(escape);
     let formatter = |answer: &str| escape(answer).into_owned();
+    let defaults = default.zip(shown_default.as_deref()).map(|(real, shown)| (shown.to_string(), real.to_string()));
     let mut prompt = inquire::Text::new(&label)
         .with_help_message(&help)
         .with_formatter(&formatter)
-        .with_validator(EscapedValidator(validator));
+        .with_validator(EscapedValidator(validator, defaults));
     if let Some(shown) = &shown_default {
         prompt = prompt.with_default(shown);
     }
@@ -294,12 +295,17 @@ where
     })
 }
 
-/// A validator whose messages (which may quote what was typed) are escaped.
+/// A validator whose messages (which may quote what was typed) are escaped, and which checks the
+/// default's real value when Enter takes the default (its escaped form shown, then the default).
 #[derive(Clone)]
-struct EscapedValidator<V>(V);
+struct EscapedValidator<V>(V, Option<(String, String)>);
 
 impl<V: StringValidator + Clone> StringValidator for EscapedValidator<V> {
     fn validate(&self, input: &str) -> Result<Validation, CustomUserError> {
+        let input = match &self.1 {
+            Some((shown, real)) if input == shown => real.as_str(),
+            _ => input,
+        };
         Ok(match self.0.validate(input)? {
             Validation::Invalid(ErrorMessage::Custom(message)) => {
                 Validation::Invalid(ErrorMessage::Custom(escape(&message).into_owned()))

@@ -18,8 +18,9 @@ use std::path::{Path, PathBuf};
 use inquire::InquireError;
 use inquire::validator::Validation;
 use regent_engine::State;
-use regent_engine::decide::{SCRATCH_FREE_PERCENT, largest_backup_bytes};
+use regent_engine::decide::{SCRATCH_FREE_PERCENT, folder_rules, largest_backup_bytes};
 use regent_engine::model::{Change, Command as EngineCommand, Outcome, PassphraseOrigin, Refusal};
+use regent_engine::ports::FolderProbe;
 use regent_engine::ports::VaultClient;
 use regent_engine::projections;
 use regent_engine::service::{SecretInputs, StepResult};
@@ -30,15 +31,81 @@ use crate::args::WizardArgs;
 use crate::context::{Context, NoVault};
 use crate::failure::Failure;
 use crate::terminal::{self, errln};
+use crate::world::DiskFolders;
 use crate::{check_no_credentials, secret_input, steps, vault_client, world};
+
+mod differences;
+
+use differences::Difference;
 
 pub fn run(ctx: &Context, args: WizardArgs) -> Result<u8, Failure> {
     if args.unattended { unattended(ctx, args) } else { interactive(ctx, args) }
 }
 
-/// `regent wizard --unattended`: the steps in order from flags, stopping at the first refusal.
-/// Secrets are read before anything is recorded, so a missing one records nothing.
+/// `regent wizard --unattended`: the steps in order from flags, stopping at the first refusal; on
+/// a registered machine, the flags compared with its state instead ([`differences`]). Under
+/// `--json`, one document on stdout whatever happens: the steps run, the differences found, the
+/// status and the error (docs/cli.md).
 fn unattended(ctx: &Context, a: WizardArgs) -> Result<u8, Failure> {
+    let mut run = Provisioning::default();
+    let ended = provision(ctx, a, &mut run);
+    if !ctx.json {
+        return ended;
+    }
+    terminal::json_line(run.document(&ended));
+    ended.map_err(|failure| failure.printed_if(true))
+}
+
+/// The failure code of a re-run whose flags disagree with the registered machine's state.
+const STATE_DIFFERS: &str = "wizard_state_differs";
+
+/// What an unattended run did, for its one JSON document.
+#[derive(Default)]
+struct Provisioning {
+    steps: Vec<serde_json::Value>,
+    differences: Vec<Difference>,
+    status: Option<serde_json::Value>,
+    /// The machine was registered when the run began: a comparison, not steps.
+    registered_before: bool,
+}
+
+impl Provisioning {
+    /// One step, recorded and said; its document kept.
+    fn step(
+        &mut self,
+        ctx: &Context,
+        command: EngineCommand,
+        secrets: SecretInputs,
+        vault: &dyn VaultClient,
+    ) -> Result<u8, Failure> {
+        let told = steps::tell(ctx, command, secrets, vault)?;
+        self.status = told.document.get("status").cloned();
+        self.steps.push(told.document);
+        told.outcome
+    }
+
+    fn document(&self, ended: &Result<u8, Failure>) -> serde_json::Value {
+        let refused = self.steps.last().is_some_and(|step| step["outcome"] == "refused");
+        let outcome = match ended {
+            Ok(_) if self.registered_before => "nothing_to_do",
+            Ok(_) => "registered",
+            Err(failure) if failure.reason == STATE_DIFFERS => "state_differs",
+            Err(_) if refused => "refused",
+            Err(_) => "failed",
+        };
+        serde_json::json!({
+            "outcome": outcome,
+            "steps": self.steps,
+            "differences": self.differences,
+            "status": self.status,
+            "error": ended.as_ref().err().map(Failure::json),
+        })
+    }
+}
+
+/// The unattended run itself. Secrets are read before anything is recorded, so a missing one
+/// records nothing.
+fn provision(ctx: &Context, a: WizardArgs, run: &mut Provisioning) -> Result<u8, Failure> {
     check_no_credentials(a.proxy_host.as_deref(), a.endpoint.as_deref())?;
     // clap requires these with --unattended; an absent one is still a usage error, never a panic.
     let needed =
@@ -48,8 +115,8 @@ fn unattended(ctx: &Context, a: WizardArgs) -> Result<u8, Failure> {
     let credentials = needed(a.credentials, "--credentials FILE")?;
     let backup_size_bytes = a.backup_size.ok_or_else(|| Failure::usage("--unattended needs --backup-size SIZE"))?;
     let proxy_password = match (&a.proxy_password_env, a.proxy_password_stdin) {
-        (Some(var), _) => Some(secret_input::from_env("proxy password", var)?),
-        (None, true) => Some(secret_input::from_stdin("proxy password")?),
+        (Some(var), _) => Some((secret_input::from_env("proxy password", var)?, "--proxy-password-env")),
+        (None, true) => Some((secret_input::from_stdin("proxy password")?, "--proxy-password-stdin")),
         (None, false) if a.proxy_user.is_some() => {
             return Err(Failure::usage("--proxy-user needs --proxy-password-env VAR or --proxy-password-stdin"));
         }
@@ -61,35 +128,66 @@ fn unattended(ctx: &Context, a: WizardArgs) -> Result<u8, Failure> {
     };
     let ctx = &ctx.with_ca_file(a.ca_file.as_deref());
     let vault = vault_client(ctx)?;
-    let state = projections::current_state(&ctx.open_store()?)?.0;
+    let (state, head) = projections::current_state(&ctx.open_store()?)?;
+    let credentials = crate::text_path(std::path::absolute(&credentials).unwrap_or(credentials));
     if let Some(registration) = &state.registration {
-        errln!("already registered to vault {} as {}; nothing to do", registration.vault, registration.machine_id);
-        return Ok(0);
+        run.registered_before = true;
+        run.status = serde_json::to_value(projections::status(&state, head)).ok();
+        let area = ctx.secrets_area();
+        let given = differences::Given {
+            install_dir: &install_dir,
+            scratch_dir: &scratch_dir,
+            backup_size_bytes,
+            proxy: a.proxy_host.as_deref().zip(a.proxy_port).map(|(host, port)| (host, port, a.proxy_user.as_deref())),
+            proxy_password: proxy_password.as_ref().map(|(input, flag)| (input, *flag)),
+            credentials: &credentials,
+            generate_passphrase_to: a.generate_passphrase_to.as_deref(),
+            passphrase: passphrase.as_ref(),
+            endpoint: a.endpoint.as_deref(),
+        };
+        let area = area.as_ref().map_err(|failure| failure.message.as_str());
+        run.differences = differences::differences(&state, registration, &given, area);
+        let (vault, machine) = (&registration.vault, &registration.machine_id);
+        if run.differences.is_empty() {
+            errln!("already registered to vault {vault} as {machine}, and the flags match its state; nothing to do");
+            return Ok(0);
+        }
+        for difference in &run.differences {
+            errln!("differs: {difference}");
+        }
+        return Err(Failure::refused(format!(
+            "wizard_state_differs: this machine is registered to vault {vault} as {machine}, and {} differ from its state (each said above); nothing was changed",
+            match run.differences.len() {
+                1 => "one of the flags given".to_string(),
+                n => format!("{n} of the flags given"),
+            }
+        )));
     }
-    steps::run(
+    run.step(
         ctx,
         EngineCommand::ChooseFolders { install_dir, scratch_dir, backup_size_bytes },
         SecretInputs::default(),
+        &NoVault,
     )?;
     if let (Some(host), Some(port)) = (a.proxy_host, a.proxy_port) {
+        let proxy_password = proxy_password.map(|(input, _)| input);
         let command =
             EngineCommand::SetProxy { host, port, username: a.proxy_user, password_given: proxy_password.is_some() };
-        steps::run(ctx, command, SecretInputs { proxy_password, ..Default::default() })?;
+        run.step(ctx, command, SecretInputs { proxy_password, ..Default::default() }, &NoVault)?;
     }
-    let credentials = crate::text_path(std::path::absolute(&credentials).unwrap_or(credentials));
-    steps::run(ctx, EngineCommand::LoadCredentials { file: credentials }, SecretInputs::default())?;
+    run.step(ctx, EngineCommand::LoadCredentials { file: credentials }, SecretInputs::default(), &NoVault)?;
     // A re-run after a failed registration keeps the passphrase it already created: generating
     // again would refuse the existing file, and a new passphrase would orphan the saved one.
     if state.encryption.is_none() || passphrase.is_some() {
         let save_to = a.generate_passphrase_to.map(|p| crate::text_path(std::path::absolute(&p).unwrap_or(p)));
-        steps::run(ctx, EngineCommand::SetPassphrase { save_to }, SecretInputs { passphrase, ..Default::default() })?;
+        run.step(
+            ctx,
+            EngineCommand::SetPassphrase { save_to },
+            SecretInputs { passphrase, ..Default::default() },
+            &NoVault,
+        )?;
     }
-    steps::run_with_vault(
-        ctx,
-        EngineCommand::Register { endpoint_override: a.endpoint },
-        SecretInputs::default(),
-        &vault,
-    )
+    run.step(ctx, EngineCommand::Register { endpoint_override: a.endpoint }, SecretInputs::default(), &vault)
 }
 
 const NO_TERMINAL: &str = "`regent wizard` asks its questions on a terminal, and standard input is not one; \
@@ -335,29 +433,47 @@ impl Wizard<'_> {
             ],
         );
         loop {
+            // Each answer is checked as it is given, with the engine's own folder rules, against a
+            // look at the folder (which creates nothing); every problem of an answer is said at once.
             let install_dir = ask_path(
                 "Install folder:",
                 Some(&self.answers.install_dir),
                 "Where the agent is installed: an absolute path",
+                |path| folder_rules::install_problems(path, &DiskFolders.probe(path)),
             )?;
             self.answers.install_dir = install_dir.clone();
+            let install_resolved = DiskFolders.probe(&install_dir).resolved;
+            let install = install_dir.clone();
             let scratch_dir = ask_path(
                 "Scratch folder:",
                 Some(&self.answers.scratch_dir),
                 "The cache, on a local disk, not inside the install folder",
+                move |path| {
+                    folder_rules::scratch_problems(
+                        &install,
+                        install_resolved.as_deref(),
+                        path,
+                        &DiskFolders.probe(path),
+                    )
+                },
             )?;
             self.answers.scratch_dir = scratch_dir.clone();
             let help = size_help(&scratch_dir);
+            let scratch = scratch_dir.clone();
             let size = ask(terminal::ask_text(
                 "Backup data size:",
                 self.answers.backup_size.as_deref(),
                 &help,
                 Some("e.g. 750GiB"),
-                |text: &str| {
-                    Ok(match parse_size(text) {
-                        Ok(_) => Validation::Valid,
-                        Err(e) => Validation::Invalid(e.into()),
-                    })
+                move |text: &str| {
+                    let problems = match parse_size(text) {
+                        Ok(bytes) => folder_rules::backup_size_problems(bytes, &DiskFolders.probe(&scratch))
+                            .into_iter()
+                            .map(|(_, problem)| problem)
+                            .collect(),
+                        Err(e) => vec![e],
+                    };
+                    Ok(invalid_if_any(problems))
                 },
             ))?;
             let backup_size_bytes = match parse_size(&size) {
@@ -368,16 +484,36 @@ impl Wizard<'_> {
                 }
             };
             self.answers.backup_size = Some(size.trim().to_string());
-            let command = EngineCommand::ChooseFolders { install_dir, scratch_dir, backup_size_bytes };
-            if let Some(Change::FoldersChosen(f)) = self.record(command, SecretInputs::default())? {
-                say(format!(
-                    "Folders chosen: install {}, scratch {} ({} free on {}).",
-                    f.install_dir.display(),
-                    f.scratch_dir.display(),
-                    format_bytes(f.scratch_free_bytes),
-                    f.scratch_filesystem
-                ));
-                return Ok(());
+            let command = EngineCommand::ChooseFolders {
+                install_dir: install_dir.clone(),
+                scratch_dir: scratch_dir.clone(),
+                backup_size_bytes,
+            };
+            let result = self.execute(command, SecretInputs::default(), &NoVault)?;
+            match result.record.outcome {
+                Outcome::Accepted(Change::FoldersChosen(f)) => {
+                    say(format!(
+                        "Folders chosen: install {}, scratch {} ({} free on {}).",
+                        f.install_dir.display(),
+                        f.scratch_dir.display(),
+                        format_bytes(f.scratch_free_bytes),
+                        f.scratch_filesystem
+                    ));
+                    return Ok(());
+                }
+                Outcome::Accepted(_) => return Ok(()),
+                Outcome::Refused(refusal) => {
+                    // Something changed since the answers were checked (or a rule the checks do
+                    // not know): the engine's refusal is recorded; every problem is said at once.
+                    tell_refusal(&refusal);
+                    let (install, scratch) = (DiskFolders.probe(&install_dir), DiskFolders.probe(&scratch_dir));
+                    let problems =
+                        folder_rules::problems(&install_dir, &scratch_dir, backup_size_bytes, &install, &scratch);
+                    for (reason, problem) in problems.iter().filter(|(_, p)| *p != refusal.message) {
+                        say(format!("Also ({reason}): {problem}."));
+                    }
+                    say("Try again: your answers are filled in (Enter keeps one; Esc stops, keeping what is done).");
+                }
             }
         }
     }
@@ -467,8 +603,23 @@ impl Wizard<'_> {
             ],
         );
         loop {
-            let default = self.answers.credentials.clone().or_else(newest_credentials_file);
-            let file = ask_path("Vault credentials file:", default.as_deref(), "The path of the downloaded file")?;
+            let default = match &self.answers.credentials {
+                Some(given) => Some(given.clone()),
+                None => newest_credentials_file().map(|found| {
+                    say(format!(
+                        "The default below is the newest .VaultCredentials file in {}, downloaded {}.",
+                        found.folder.display(),
+                        found.modified.format("%Y-%m-%d %H:%M UTC")
+                    ));
+                    found.path
+                }),
+            };
+            let file = ask_path(
+                "Vault credentials file:",
+                default.as_deref(),
+                "The path of the downloaded file",
+                no_problems,
+            )?;
             let file = std::path::absolute(&file).unwrap_or(file);
             self.answers.credentials = Some(file.clone());
             if let Some(Change::CredentialsLoaded(c)) =
@@ -512,11 +663,19 @@ impl Wizard<'_> {
             ))?;
             self.answers.own_passphrase = choice == OWN;
             let (command, secrets) = if choice == GENERATE {
-                let default = self.answers.save_to.clone().unwrap_or_else(|| default_save_to(self.ctx));
+                let default = match self.answers.save_to.clone() {
+                    Some(given) => given,
+                    None => {
+                        let (default, why) = default_save_to(self.ctx);
+                        say(why);
+                        default
+                    }
+                };
                 let save_to = ask_path(
                     "Save it to (a new file):",
                     Some(&default),
                     "A new file in an existing folder, mode 0600; regent never overwrites one",
+                    no_problems,
                 )?;
                 let save_to = crate::text_path(std::path::absolute(&save_to).unwrap_or(save_to));
                 self.answers.save_to = Some(save_to.clone());
@@ -692,19 +851,43 @@ fn any_text(_: &str) -> Result<Validation, inquire::CustomUserError> {
     Ok(Validation::Valid)
 }
 
-/// A path, with `~/` meaning the home directory (no shell expands it here).
-fn ask_path(label: &str, default: Option<&Path>, help: &str) -> Result<PathBuf, Failure> {
+/// A path, with `~/` meaning the home directory (no shell expands it here). `problems` checks the
+/// path an answer names: every problem it finds is said at the prompt, joined, and the answer is
+/// asked again.
+fn ask_path<F>(label: &str, default: Option<&Path>, help: &str, problems: F) -> Result<PathBuf, Failure>
+where
+    F: Fn(&Path) -> Vec<String> + Clone + 'static,
+{
     let default = default.map(|p| p.display().to_string());
-    let answer = ask(text(label, default.as_deref(), help, |text: &str| {
-        Ok(if text.trim().is_empty() { Validation::Invalid("type a path".into()) } else { Validation::Valid })
+    let answer = ask(text(label, default.as_deref(), help, move |text: &str| {
+        Ok(if text.trim().is_empty() {
+            Validation::Invalid("type a path".into())
+        } else {
+            invalid_if_any(problems(&expand_home(text)))
+        })
     }))?;
+    Ok(expand_home(&answer))
+}
+
+/// Any path will do (the step checks it).
+fn no_problems(_: &Path) -> Vec<String> {
+    Vec::new()
+}
+
+/// An answer's problems, all of them, as one message.
+fn invalid_if_any(problems: Vec<String>) -> Validation {
+    if problems.is_empty() { Validation::Valid } else { Validation::Invalid(problems.join("; ").into()) }
+}
+
+/// A path typed, with `~` and `~/` meaning the home directory.
+fn expand_home(answer: &str) -> PathBuf {
     let answer = answer.trim();
     let home = || directories::BaseDirs::new().map(|d| d.home_dir().to_path_buf());
-    Ok(match (answer.strip_prefix("~/"), home()) {
+    match (answer.strip_prefix("~/"), home()) {
         (Some(rest), Some(home)) => home.join(rest),
         (None, Some(home)) if answer == "~" => home,
         _ => PathBuf::from(answer),
-    })
+    }
 }
 
 /// The root of a machine gets the usual system places; anyone else, folders under the data dir.
@@ -718,28 +901,53 @@ fn default_folders(ctx: &Context) -> (PathBuf, PathBuf) {
     }
 }
 
-/// A new file in the home directory (or the data dir without one).
-fn default_save_to(ctx: &Context) -> PathBuf {
-    let dir = directories::BaseDirs::new().map_or_else(|| ctx.data_dir.clone(), |d| d.home_dir().to_path_buf());
-    crate::quickstart::unused_path(&dir, "regent-passphrase", "txt")
+/// Where a generated passphrase is saved unless the operator names another file, and the line that
+/// says so. Anyone but root: a new file in their home directory (the data dir without one). Root:
+/// a new file next to regent's data dir (`/var/lib/regent-passphrase.txt`), never root's home,
+/// where a passphrase would sit unnoticed; nor inside the data dir, which a fresh start removes.
+fn default_save_to(ctx: &Context) -> (PathBuf, String) {
+    let data_dir = std::path::absolute(&ctx.data_dir).unwrap_or_else(|_| ctx.data_dir.clone());
+    let home = directories::BaseDirs::new().map(|d| d.home_dir().to_path_buf());
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let (dir, place) = match (root, home, data_dir.parent()) {
+        (true, _, Some(parent)) => (parent.to_path_buf(), format!("next to regent's data dir {}", data_dir.display())),
+        (false, Some(home), _) => (home, "in your home directory".to_string()),
+        _ => (data_dir.clone(), "in regent's data dir".to_string()),
+    };
+    let path = crate::quickstart::unused_path(&dir, "regent-passphrase", "txt");
+    let told = match root {
+        true => format!(
+            "The default below is a new file {place}, readable by root only (not root's home): {}. Keep a copy off this machine.",
+            path.display()
+        ),
+        false => format!("The default below is a new file {place}: {}.", path.display()),
+    };
+    (path, told)
+}
+
+/// A `.VaultCredentials` file found where a download lands.
+struct FoundCredentials {
+    path: PathBuf,
+    folder: PathBuf,
+    modified: chrono::DateTime<chrono::Utc>,
 }
 
 /// The newest `.VaultCredentials` file in the current directory or ~/Downloads, where a browser
 /// puts a download.
-fn newest_credentials_file() -> Option<PathBuf> {
+fn newest_credentials_file() -> Option<FoundCredentials> {
     let mut places = vec![std::env::current_dir().ok()?];
     if let Some(dirs) = directories::UserDirs::new() {
         places.extend(dirs.download_dir().map(Path::to_path_buf));
     }
     places
         .iter()
-        .filter_map(|dir| std::fs::read_dir(dir).ok())
-        .flatten()
-        .filter_map(Result::ok)
-        .filter(|entry| entry.file_name().to_string_lossy().ends_with(".VaultCredentials"))
-        .filter_map(|entry| Some((entry.metadata().ok()?.modified().ok()?, entry.path())))
+        .filter_map(|dir| Some((dir, std::fs::read_dir(dir).ok()?)))
+        .flat_map(|(dir, entries)| entries.filter_map(Result::ok).map(move |entry| (dir, entry)))
+        .filter(|(_, entry)| entry.file_name().to_string_lossy().ends_with(".VaultCredentials"))
+        .filter_map(|(dir, entry)| Some((entry.metadata().ok()?.modified().ok()?, entry.path(), dir)))
         .max()
-        .map(|(_, path)| path)
+        .map(|(modified, path, folder)| FoundCredentials { path, folder: folder.clone(), modified: modified.into() })
 }
 
 /// The backup size prompt's help: the free space the scratch folder's filesystem has now, and

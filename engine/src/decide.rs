@@ -62,7 +62,7 @@ pub fn precheck(state: &State, command: &Command) -> Option<Refusal> {
                 .map(|r| r.then([Next::Run(Step::ScratchFolder)]));
             }
             if *backup_size_bytes == 0 {
-                return refuse(Reason::InvalidFolder, "the backup size must be more than 0, e.g. 750GiB".into());
+                return refuse(Reason::InvalidFolder, SIZE_ZERO.into());
             }
             check_folder_paths(install_dir, scratch_dir)
                 .err()
@@ -444,18 +444,28 @@ fn path_problem(path: &Path) -> Option<String> {
         .then(|| "is not valid UTF-8 text (shown with U+FFFD where its bytes are not)".into())
 }
 
+const SIZE_ZERO: &str = "the backup size must be more than 0, e.g. 750GiB";
+
 fn check_folder_paths(install: &Path, scratch: &Path) -> Result<(), String> {
     for (what, path) in [("install", install), ("scratch", scratch)] {
-        if let Some(problem) = path_problem(path) {
-            return Err(format!("the {what} folder's path {problem}; choose a folder whose path is plain text"));
-        }
-        if !path.is_absolute() {
-            return Err(format!(
-                "the {what} folder must be an absolute path, e.g. /opt/regent; got {}",
-                path.display()
-            ));
+        if let Some(problem) = folder_path_problem(what, path) {
+            return Err(problem);
         }
     }
+    check_folder_pair(install, scratch)
+}
+
+/// A folder's path on its own: plain text, absolute.
+fn folder_path_problem(what: &str, path: &Path) -> Option<String> {
+    if let Some(problem) = path_problem(path) {
+        return Some(format!("the {what} folder's path {problem}; choose a folder whose path is plain text"));
+    }
+    (!path.is_absolute())
+        .then(|| format!("the {what} folder must be an absolute path, e.g. /opt/regent; got {}", path.display()))
+}
+
+/// Two absolute folders: different, neither inside the other.
+fn check_folder_pair(install: &Path, scratch: &Path) -> Result<(), String> {
     let (install, scratch) = (normalize(install), normalize(scratch));
     if install == scratch {
         return Err(format!("the install and scratch folders must differ; both are {}", install.display()));
@@ -519,29 +529,133 @@ fn check_scratch<'a>(
 ) -> Result<&'a FolderFacts, Refusal> {
     let refuse = |reason, message: String| Refusal::new(step, reason, message);
     check_folder("scratch", path, facts).map_err(|m| refuse(Reason::InvalidFolder, m))?;
-    if facts.network {
-        return Err(refuse(
-            Reason::InvalidFolder,
-            format!(
-                "the scratch folder {} is on a network share ({}); choose a folder on a local disk",
-                path.display(),
-                facts.filesystem
-            ),
-        ));
+    if let Some(message) = network_problem(path, facts) {
+        return Err(refuse(Reason::InvalidFolder, message));
     }
-    let required = required_scratch_bytes(backup_size);
-    if facts.free_bytes < required {
-        return Err(refuse(
-            Reason::InsufficientScratchSpace,
-            format!(
-                "the scratch folder's filesystem has {} free but needs at least {} ({SCRATCH_FREE_PERCENT}% of the {} backup); free space or choose another folder",
-                format_bytes(facts.free_bytes),
-                format_bytes(required),
-                format_bytes(backup_size)
-            ),
-        ));
+    if let Some(message) = scratch_space_problem(facts, backup_size) {
+        return Err(refuse(Reason::InsufficientScratchSpace, message));
     }
     Ok(facts)
+}
+
+fn network_problem(path: &Path, facts: &FolderFacts) -> Option<String> {
+    facts.network.then(|| {
+        format!(
+            "the scratch folder {} is on a network share ({}); choose a folder on a local disk",
+            path.display(),
+            facts.filesystem
+        )
+    })
+}
+
+fn scratch_space_problem(facts: &FolderFacts, backup_size: u64) -> Option<String> {
+    let required = required_scratch_bytes(backup_size);
+    (facts.free_bytes < required).then(|| {
+        format!(
+            "the scratch folder's filesystem has {} free but needs at least {} ({SCRATCH_FREE_PERCENT}% of the {} backup); free space or choose another folder",
+            format_bytes(facts.free_bytes),
+            format_bytes(required),
+            format_bytes(backup_size)
+        )
+    })
+}
+
+/// The folders rules of `decide`, for a screen that checks each answer as it is given and says
+/// every problem at once. Each gives every problem it finds, in the words of the refusal, where
+/// `decide` stops at the first. They are a convenience: the folders step's refusal is decide's.
+pub mod folder_rules {
+    use std::path::Path;
+
+    use super::{
+        FolderFacts, Reason, SIZE_ZERO, check_folder, check_folder_pair, folder_path_problem, network_problem,
+        scratch_space_problem,
+    };
+
+    /// The install folder's answer, and what a look at it found.
+    pub fn install_problems(path: &Path, facts: &FolderFacts) -> Vec<String> {
+        match folder_path_problem("install", path) {
+            Some(problem) => vec![problem],
+            None => check_folder("install", path, facts).err().into_iter().collect(),
+        }
+    }
+
+    /// The scratch folder's answer, given the install folder's (and where it resolves, once
+    /// looked at): its own problems, then the two folders' together.
+    pub fn scratch_problems(
+        install_dir: &Path,
+        install_resolved: Option<&Path>,
+        path: &Path,
+        facts: &FolderFacts,
+    ) -> Vec<String> {
+        if let Some(problem) = folder_path_problem("scratch", path) {
+            return vec![problem];
+        }
+        let mut problems = Vec::new();
+        let by_letters = folder_path_problem("install", install_dir).is_none();
+        let pair = by_letters.then(|| check_folder_pair(install_dir, path).err()).flatten();
+        let unresolved = pair.is_none();
+        problems.extend(pair);
+        problems.extend(check_folder("scratch", path, facts).err());
+        problems.extend(network_problem(path, facts));
+        if let (true, true, Some(a), Some(b)) = (by_letters, unresolved, install_resolved, facts.resolved.as_deref()) {
+            problems.extend(check_folder_pair(a, b).err().map(|m| format!("{m} (after following symbolic links)")));
+        }
+        problems
+    }
+
+    /// The backup size, against the free space a look at the scratch folder found.
+    pub fn backup_size_problems(backup_size: u64, scratch: &FolderFacts) -> Vec<(Reason, String)> {
+        if backup_size == 0 {
+            return vec![(Reason::InvalidFolder, SIZE_ZERO.into())];
+        }
+        let space = scratch.problem.is_none().then(|| scratch_space_problem(scratch, backup_size)).flatten();
+        space.map(|m| (Reason::InsufficientScratchSpace, m)).into_iter().collect()
+    }
+
+    /// Every problem of the whole folders step, in the order `decide` checks: when there is any,
+    /// decide refuses the step with the first.
+    pub fn problems(
+        install_dir: &Path,
+        scratch_dir: &Path,
+        backup_size: u64,
+        install: &FolderFacts,
+        scratch: &FolderFacts,
+    ) -> Vec<(Reason, String)> {
+        let invalid = |message: String| (Reason::InvalidFolder, message);
+        let mut problems = Vec::new();
+        if backup_size == 0 {
+            problems.push(invalid(SIZE_ZERO.into()));
+        }
+        let install_path = folder_path_problem("install", install_dir);
+        let scratch_path = folder_path_problem("scratch", scratch_dir);
+        let paths_ok = install_path.is_none() && scratch_path.is_none();
+        problems.extend(install_path.into_iter().chain(scratch_path).map(invalid));
+        let pair = paths_ok.then(|| check_folder_pair(install_dir, scratch_dir).err()).flatten();
+        let unresolved = pair.is_none();
+        problems.extend(pair.map(invalid));
+        if folder_path_problem("install", install_dir).is_none() {
+            problems.extend(check_folder("install", install_dir, install).err().map(invalid));
+        }
+        if folder_path_problem("scratch", scratch_dir).is_none() {
+            match check_folder("scratch", scratch_dir, scratch) {
+                Err(message) => problems.push(invalid(message)),
+                Ok(()) => {
+                    problems.extend(network_problem(scratch_dir, scratch).map(invalid));
+                    if backup_size > 0 {
+                        problems.extend(
+                            scratch_space_problem(scratch, backup_size).map(|m| (Reason::InsufficientScratchSpace, m)),
+                        );
+                    }
+                }
+            }
+        }
+        if let (true, true, Some(a), Some(b)) = (paths_ok, unresolved, &install.resolved, &scratch.resolved) {
+            problems.extend(
+                check_folder_pair(a, b).err().map(|m| invalid(format!("{m} (after following symbolic links)"))),
+            );
+        }
+        problems
+    }
 }
 
 /// 5% of the backup size, rounded up.
@@ -771,4 +885,99 @@ fn vault_refusal(step: Step, reason: Reason, detail: &str, vault: &str) -> Refus
         }
     };
     Refusal::new(step, reason, message).then(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(kind: &str, resolved: &str) -> FolderFacts {
+        let ok = FolderFacts {
+            resolved: Some(PathBuf::from(resolved)),
+            existed: true,
+            is_dir: true,
+            writable: true,
+            filesystem: "ext4".into(),
+            free_bytes: 100 << 30,
+            ..FolderFacts::default()
+        };
+        match kind {
+            "file" => FolderFacts { is_dir: false, writable: false, ..ok },
+            "read-only" => FolderFacts { writable: false, ..ok },
+            "missing" => FolderFacts { existed: false, is_dir: false, writable: false, creatable: true, ..ok },
+            "uncreatable" => FolderFacts { existed: false, is_dir: false, writable: false, ..ok },
+            "broken" => FolderFacts { problem: Some("cannot read its free space".into()), ..ok },
+            "network" => FolderFacts { network: true, filesystem: "nfs4".into(), ..ok },
+            "small" => FolderFacts { free_bytes: 1 << 20, ..ok },
+            _ => ok,
+        }
+    }
+
+    #[test]
+    fn the_folder_rules_list_every_problem_and_decide_refuses_with_the_first() {
+        let kinds = ["ok", "file", "read-only", "missing", "uncreatable", "broken", "network", "small"];
+        let paths = [
+            ("/opt/regent", "/var/cache/regent"),
+            ("opt/regent", "/var/cache/regent"),
+            ("/opt/regent", "cache"),
+            ("/opt/regent", "/opt/regent/cache"),
+            ("/srv/x", "/srv/x/."),
+        ];
+        let resolutions = [("/opt/regent", "/var/cache/regent"), ("/data", "/data/cache")];
+        let mut several = 0;
+        for (install_dir, scratch_dir) in paths {
+            for (install_resolved, scratch_resolved) in resolutions {
+                for install_kind in kinds {
+                    for scratch_kind in kinds {
+                        for size in [0, 1 << 30, 1 << 50] {
+                            let (install_dir, scratch_dir) = (PathBuf::from(install_dir), PathBuf::from(scratch_dir));
+                            let install = facts(install_kind, install_resolved);
+                            let scratch = facts(scratch_kind, scratch_resolved);
+                            let problems = folder_rules::problems(&install_dir, &scratch_dir, size, &install, &scratch);
+                            several += usize::from(problems.len() > 1);
+                            let observed = Observations {
+                                install: Some(install.clone()),
+                                scratch: Some(scratch.clone()),
+                                ..Observations::default()
+                            };
+                            let command = Command::ChooseFolders {
+                                install_dir: install_dir.clone(),
+                                scratch_dir: scratch_dir.clone(),
+                                backup_size_bytes: size,
+                            };
+                            match decide(&State::default(), &command, &observed) {
+                                Outcome::Accepted(_) => assert!(problems.is_empty(), "{command:?}: {problems:?}"),
+                                Outcome::Refused(refusal) => assert_eq!(
+                                    problems.first(),
+                                    Some(&(refusal.reason.clone(), refusal.message.clone())),
+                                    "{command:?} {install:?} {scratch:?}"
+                                ),
+                            }
+                            // Each answer's own rules find nothing the whole step does not.
+                            // (The screen asks for the size once the scratch folder is good.)
+                            let mut each: Vec<String> = folder_rules::install_problems(&install_dir, &install);
+                            let scratch_problems = folder_rules::scratch_problems(
+                                &install_dir,
+                                install.resolved.as_deref(),
+                                &scratch_dir,
+                                &scratch,
+                            );
+                            if scratch_problems.is_empty() {
+                                each.extend(
+                                    folder_rules::backup_size_problems(size, &scratch).into_iter().map(|p| p.1),
+                                );
+                            }
+                            each.extend(scratch_problems);
+                            let all: Vec<&String> = problems.iter().map(|p| &p.1).collect();
+                            for problem in &each {
+                                assert!(all.contains(&problem), "{problem} is not among {all:?}");
+                            }
+                            assert_eq!(each.is_empty(), problems.is_empty(), "{command:?}: {each:?} vs {all:?}");
+                        }
+                    }
+                }
+            }
+        }
+        assert!(several > 100, "many combinations have several problems at once");
+    }
 }

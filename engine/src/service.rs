@@ -603,6 +603,15 @@ fn observe_credentials(file: &std::path::Path, world: &World<'_>) -> Result<Cred
     Ok(CredentialsObserved::Parsed { facts: credential_facts(&file_name, &parsed), private_key })
 }
 
+/// The facts of a credentials file's bytes, its key left unsealed: for a caller that only compares
+/// a file with the state (the unattended wizard run again on a registered machine). Why the bytes
+/// are not vault credentials, when they are not.
+pub fn read_credential_facts(file_name: &str, bytes: &[u8]) -> Result<CredentialFacts, String> {
+    regent_credentials::parse(file_name, bytes)
+        .map(|parsed| credential_facts(file_name, &parsed))
+        .map_err(|e| e.to_string())
+}
+
 /// The recorded facts of a parsed credentials file.
 pub fn credential_facts(file_name: &str, parsed: &regent_credentials::VaultCredentials) -> CredentialFacts {
     CredentialFacts {

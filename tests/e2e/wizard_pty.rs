@@ -13,6 +13,7 @@ const DOWN: &str = "\x1b[B";
 const UP: &str = "\x1b[A";
 pub(crate) const ENTER: &str = "\r";
 const CTRL_C: &str = "\x03";
+const BACKSPACE: &str = "\x7f";
 pub(crate) const ESC: &str = "\x1b";
 
 /// One `regent` run on a pseudo-terminal, keeping everything it printed.
@@ -71,9 +72,15 @@ fn text(bytes: &[u8]) -> String {
 
 fn wizard(setup: &Setup, agent: &str, args: &[&str]) -> Pty {
     let mut command = setup.regent_std(agent);
-    // The default passphrase file goes to the home directory: the test's own.
-    command.env("HOME", setup.path("home")).arg("wizard").args(args);
+    // The default passphrase file goes to the home directory (the test's own), or as root next to
+    // the data dir; the default credentials file is the newest in the current folder.
+    command.env("HOME", setup.path("home")).current_dir(setup.dir.path()).arg("wizard").args(args);
     Pty::spawn(command)
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
 }
 
 fn prepared(vault: &str) -> (Setup, PathBuf) {
@@ -102,19 +109,28 @@ fn the_interactive_wizard_offers_refused_screens_again_and_registers() {
     let proxy_password = "Pty-Proxy-Secret-4471";
     let short_passphrase = "short-pp-9931";
     let passphrase = "the typed passphrase of the pty test";
-    let a_file = setup.path("not-a-folder");
+    std::fs::create_dir_all(setup.path("install")).unwrap();
+    let a_file = setup.path("install").join("notes");
     std::fs::write(&a_file, b"x").unwrap();
 
     let mut pty = wizard(&setup, "agent", &[]);
-    // Folders: a scratch "folder" that is a file is refused; the screen comes back filled in.
+    // Folders: each answer is checked as it is given, every problem said at once, and asked again
+    // (nothing recorded): a scratch "folder" that is a file inside the install folder, then a
+    // backup too large for the scratch filesystem's 5%.
     pty.expect("Step 1 of 5: Folders");
-    pty.answer("Install folder:", path_text(&setup.path("install")));
+    pty.answer("Install folder:", "relative/install");
+    pty.expect("must be an absolute path");
+    pty.send(&BACKSPACE.repeat("relative/install".len()));
+    pty.answer("", path_text(&setup.path("install")));
     pty.answer("Scratch folder:", path_text(&a_file));
-    pty.answer("Backup data size:", "1GiB");
-    pty.expect("Refused (invalid_folder)");
-    pty.answer("Install folder:", ""); // the default offered is the answer given before
-    pty.answer("Scratch folder:", path_text(&setup.path("scratch")));
-    pty.answer("Backup data size:", "");
+    pty.expect("neither folder may be inside the other");
+    pty.expect("is not a directory");
+    pty.send(&BACKSPACE.repeat(path_text(&a_file).len()));
+    pty.answer("", path_text(&setup.path("scratch")));
+    pty.answer("Backup data size:", "1PB");
+    pty.expect("free but needs at least");
+    pty.send(&BACKSPACE.repeat(3));
+    pty.answer("", "1GiB");
     pty.expect("Folders chosen");
 
     // Proxy: one that cannot be reached, with a user and a masked, confirmed password.
@@ -169,7 +185,7 @@ fn the_interactive_wizard_offers_refused_screens_again_and_registers() {
     let refused: Vec<serde_json::Value> =
         text(&audit.stdout).lines().map(|line| serde_json::from_str(line).unwrap()).collect();
     let reasons: Vec<&str> = refused.iter().filter_map(|e| e["reason"].as_str()).collect();
-    assert_eq!(reasons, ["invalid_folder", "passphrase_too_short", "vault_unreachable"]);
+    assert_eq!(reasons, ["passphrase_too_short", "vault_unreachable"], "answers refused at a prompt are not steps");
 
     for secret in [proxy_password, short_passphrase, passphrase] {
         assert!(!leaks(&transcript, secret), "a typed secret reached the terminal");
@@ -186,7 +202,7 @@ fn the_interactive_wizard_offers_refused_screens_again_and_registers() {
 
 #[test]
 fn the_interactive_wizard_resumes_after_ctrl_c_and_esc_at_the_first_step_not_done() {
-    let (setup, credentials) = prepared("prod");
+    let (setup, _) = prepared("prod");
 
     // Ctrl-C at the credentials screen, after the folders and the proxy were answered.
     let mut pty = wizard(&setup, "agent", &[]);
@@ -214,14 +230,34 @@ fn the_interactive_wizard_resumes_after_ctrl_c_and_esc_at_the_first_step_not_don
     // Resumed: straight to the credentials screen; a generated passphrase is shown once;
     // --endpoint applies as it does to `regent register`.
     let endpoint = setup.url();
+    let newer = setup.download("prod", "newer.VaultCredentials");
     let mut pty = wizard(&setup, "agent", &["--endpoint", &endpoint]);
     pty.expect("proxy        none: direct connection");
     pty.answer("Keep these and continue at step 3, Vault credentials?", "");
     pty.expect("Step 3 of 5: Vault credentials");
-    pty.answer("Vault credentials file:", path_text(&credentials));
+    // The default is the newest download in the current folder, and it says so.
+    let here = std::fs::canonicalize(setup.dir.path()).unwrap();
+    pty.expect(&format!("The default below is the newest .VaultCredentials file in {}, downloaded ", here.display()));
+    pty.answer("Vault credentials file:", "");
+    pty.expect("Vault credentials loaded: vault prod");
     pty.expect("Step 4 of 5: Encryption passphrase");
     pty.answer("How should the passphrase be made?", ""); // generate, the first choice
-    pty.answer("Save it to (a new file):", ""); // the default: a new file in the home directory
+    // The default passphrase file says where it is: in the home directory, or as root next to the
+    // data dir, never in root's home.
+    let saved = match is_root() {
+        true => setup.path("regent-passphrase.txt"),
+        false => setup.path("home").join("regent-passphrase.txt"),
+    };
+    let told = match is_root() {
+        true => format!(
+            "The default below is a new file next to regent's data dir {}, readable by root only (not root's home): {}.",
+            setup.path("agent").display(),
+            saved.display()
+        ),
+        false => format!("The default below is a new file in your home directory: {}.", saved.display()),
+    };
+    pty.expect(&told);
+    pty.answer("Save it to (a new file):", "");
     pty.expect("Your passphrase, shown this once:");
     pty.expect("Nobody can recover this passphrase");
     pty.expect(&format!("with vault prod at {endpoint}."));
@@ -233,12 +269,16 @@ fn the_interactive_wizard_resumes_after_ctrl_c_and_esc_at_the_first_step_not_don
     for earlier in ["Step 1 of 5", "Step 2 of 5"] {
         assert!(!transcript.contains(earlier), "resumed at a screen already done: {transcript}");
     }
-    let saved = setup.path("home").join("regent-passphrase.txt");
     let generated = std::fs::read_to_string(&saved).unwrap();
     let generated = generated.trim();
     assert_eq!(transcript.matches(generated).count(), 1, "the generated passphrase is shown once");
     assert!(transcript.contains(&format!("It is saved in {}", saved.display())));
     assert_eq!(setup.json("agent", &["status"])["phase"], "registered");
+    assert_eq!(
+        setup.json("agent", &["properties"])["credentials"]["file"],
+        path_text(&here.join("newer.VaultCredentials"))
+    );
+    assert!(newer.exists());
 }
 
 #[test]
