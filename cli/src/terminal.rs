@@ -144,6 +144,12 @@ impl Lines {
         self.out.write_all(b"\n")
     }
 
+    /// Part of one JSON document that is written in pieces (`replay --json`'s timeline), as
+    /// serialized: no line break; the last piece is written with [`Lines::json`].
+    pub fn json_part(&mut self, json: &str) -> std::io::Result<()> {
+        self.out.write_all(json.as_bytes())
+    }
+
     pub fn flush(&mut self) -> std::io::Result<()> {
         self.out.flush()
     }
