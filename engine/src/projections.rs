@@ -520,7 +520,7 @@ pub fn summary(outcome: &Outcome) -> String {
                 "vault credentials loaded for vault {} (certificate {}…, expires {})",
                 c.facts.vault.name,
                 c.facts.thumbprint.get(..16).unwrap_or(&c.facts.thumbprint),
-                c.facts.not_after
+                c.facts.not_after.format("%Y-%m-%d %H:%M:%S UTC")
             ),
             Change::PassphraseCreated(e) | Change::PassphraseChanged(e) => {
                 let verb = if matches!(change, Change::PassphraseCreated(_)) { "created" } else { "changed" };
