@@ -370,7 +370,8 @@ pub fn verify_against_vault(ctx: &Context, endpoint: Option<String>) -> Result<u
             Comparison::Match => {
                 outln!("vault anchor at {} matches (vault {}, anchored {at})", anchor.position, machine.vault);
                 if let Some(r) = not_yet {
-                    outln!("records {}-{} are not yet anchored (run `regent audit anchor`)", r.from, r.to);
+                    let are = if r.from == r.to { "is" } else { "are" };
+                    outln!("{} {are} not yet anchored (run `regent audit anchor`)", terminal::positions(r.from, r.to));
                 }
             }
             Comparison::TailCut => {
@@ -391,17 +392,17 @@ pub fn verify_against_vault(ctx: &Context, endpoint: Option<String>) -> Result<u
         let refused_at = refusal.refused_at.format("%Y-%m-%d %H:%M:%S UTC");
         if refusal.refused_at >= anchor.anchored_at {
             errln!(
-                "warning: vault {} refused {} log head report(s) for this machine, the last at {refused_at} ({} for position {}): another copy of this log reported heads",
+                "warning: vault {} refused {} for this machine, the last at {refused_at} ({} for position {}): another copy of this log reported heads",
                 machine.vault,
-                anchor.refusals,
+                terminal::count(anchor.refusals, "log head report", "log head reports"),
                 refusal.error,
                 refusal.position
             );
         } else if !ctx.json {
             outln!(
-                "vault {} refused {} log head report(s) for this machine before its current anchor (the last at {refused_at})",
+                "vault {} refused {} for this machine before its current anchor (the last at {refused_at})",
                 machine.vault,
-                anchor.refusals
+                terminal::count(anchor.refusals, "log head report", "log head reports")
             );
         }
     }
@@ -409,8 +410,12 @@ pub fn verify_against_vault(ctx: &Context, endpoint: Option<String>) -> Result<u
     let outcome = match (comparison, range) {
         (Comparison::Match, _) => Ok(0),
         (Comparison::TailCut, Some(r)) => Err(Failure::refused(format!(
-            "log_tail_cut: vault {vault} anchored this log at position {}, but it ends at {}: records {}-{} are missing (cut off, or an older copy was restored); restore an export that holds them (move the store aside, then `regent import FILE`) and find out who removed them",
-            anchor.position, head.position, r.from, r.to
+            "log_tail_cut: vault {vault} anchored this log at position {}, but it ends at {}: {} missing (cut off, or an older copy was restored); restore an export that holds {} (move the store aside, then `regent import FILE`) and find out who removed {}",
+            anchor.position,
+            head.position,
+            if r.from == r.to { format!("record {} is", r.from) } else { format!("records {}-{} are", r.from, r.to) },
+            if r.from == r.to { "it" } else { "them" },
+            if r.from == r.to { "it" } else { "them" }
         ))),
         (Comparison::Altered, _) => Err(Failure::refused(format!(
             "log_head_mismatch: record {} is not the one vault {vault} anchored (vault {}…, this log {}…): the log was rewritten or comes from a forked copy; compare it with an export taken before",
@@ -482,10 +487,10 @@ pub fn status_line(ctx: &Context, state: &State, head: Head) -> Option<String> {
             a.position, a.vault
         ),
         Some(a) if a.position < head.position => format!(
-            "{} at vault {} ({} records not yet anchored: `regent audit anchor`)",
+            "{} at vault {} ({} not yet anchored: `regent audit anchor`)",
             a.position,
             a.vault,
-            head.position - a.position
+            terminal::count(head.position - a.position, "record", "records")
         ),
         Some(a) => format!(
             "{} at vault {}, past this log's head: run `regent audit verify --against-vault`",

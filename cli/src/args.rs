@@ -86,6 +86,7 @@ pub enum Command {
     Wizard(WizardArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
+        /// The shell the script is for.
         #[arg(value_name = "SHELL")]
         shell: clap_complete::Shell,
     },
@@ -254,6 +255,7 @@ pub enum VaultCommand {
     },
     /// Create a vault.
     Create {
+        /// The vault's name: 1 to 64 of A-Z a-z 0-9 - _ .
         #[arg(value_name = "NAME")]
         name: String,
         #[command(flatten)]
@@ -261,6 +263,7 @@ pub enum VaultCommand {
     },
     /// Download vault credentials; each download supersedes the previous one.
     Credentials {
+        /// The vault the credentials are for.
         #[arg(long, value_name = "NAME")]
         vault: String,
         #[command(flatten)]
@@ -268,12 +271,13 @@ pub enum VaultCommand {
         /// A new file (`.VaultCredentials`), mode 0600: it can register machines to the vault.
         #[arg(long, value_name = "FILE")]
         output: PathBuf,
-        /// How long the file stays valid, e.g. 48h, 10d, 30m.
+        /// How long the file stays valid, e.g. 48h, 10d, 30m; at most 30 days (the vault's limit).
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         validity: Option<std::time::Duration>,
     },
     /// Print a security PIN, valid for 5 minutes and usable once.
     Pin {
+        /// The vault the PIN is for.
         #[arg(long, value_name = "NAME")]
         vault: String,
         #[command(flatten)]
@@ -281,6 +285,7 @@ pub enum VaultCommand {
     },
     /// List the machines registered to a vault.
     Machines {
+        /// The vault whose machines are listed.
         #[arg(long, value_name = "NAME")]
         vault: String,
         #[command(flatten)]
@@ -331,6 +336,8 @@ pub struct ProxySetArgs {
     /// 1 to 65535.
     #[arg(long, value_parser = clap::value_parser!(u32))]
     pub port: u32,
+    /// The user name the proxy asks for (its password from --password-stdin, --password-env or a
+    /// masked prompt).
     #[arg(long, value_name = "USER")]
     pub username: Option<String>,
     #[command(flatten)]
@@ -352,6 +359,7 @@ pub struct PasswordSource {
 pub enum CredentialsCommand {
     /// Load a `.VaultCredentials` file.
     Load {
+        /// The `.VaultCredentials` file from `regent vault credentials` (or the portal).
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
@@ -397,6 +405,7 @@ pub enum PropertiesCommand {
     Proxy(ProxyCommand),
     /// Move the scratch folder (the same space rule applies).
     ScratchDir {
+        /// The new scratch folder (an absolute path).
         #[arg(value_name = "DIR")]
         dir: PathBuf,
     },
@@ -410,19 +419,22 @@ pub enum PropertiesCommand {
 
 #[derive(Subcommand)]
 pub enum ThrottlingCommand {
+    /// Limit the bandwidth: one rate in work hours on work days, another outside them.
     Set {
-        /// e.g. mon-fri, or sat,sun.
+        /// The work days, e.g. mon-fri, or sat,sun.
         #[arg(long, value_name = "DAYS")]
         work_days: String,
-        /// e.g. 09:00-17:00.
+        /// The work hours, start before end, e.g. 09:00-17:00.
         #[arg(long, value_name = "HH:MM-HH:MM")]
         work_hours: String,
-        /// e.g. 512Kbps, 20Mbps (512 Kbps to 1023 Mbps).
+        /// In work hours, e.g. 512Kbps, 20Mbps (512 Kbps to 1023 Mbps).
         #[arg(long, value_name = "RATE", value_parser = parse_rate)]
         work_bandwidth: u64,
+        /// Outside work hours, e.g. 20Mbps (512 Kbps to 1023 Mbps).
         #[arg(long, value_name = "RATE", value_parser = parse_rate)]
         non_work_bandwidth: u64,
     },
+    /// No throttling: the full bandwidth at all times.
     Off,
 }
 
@@ -456,15 +468,22 @@ pub struct PassphraseChangeArgs {
 pub struct AuditArgs {
     #[command(subcommand)]
     pub action: Option<AuditCommand>,
-    /// Only entries at or after this time (RFC 3339, e.g. 2026-11-24T09:00:00Z, or a date).
+    /// Only entries at or after this time (UTC): as the table prints it (2026-11-24 09:00:00), RFC
+    /// 3339 (2026-11-24T09:00:00Z) or a date (2026-11-24).
     #[arg(long, value_name = "TIME", value_parser = parse_time)]
     pub since: Option<chrono::DateTime<chrono::Utc>>,
-    /// Only this kind (e.g. StepRefused), step (e.g. proxy) or outcome (accepted, refused).
-    #[arg(long, value_name = "KIND")]
+    /// Only entries up to this time, the second or the day it names included (formats as --since).
+    #[arg(long, value_name = "TIME", value_parser = parse_until)]
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only this step (e.g. proxy), outcome (accepted, refused) or event kind (e.g. StepRefused).
+    #[arg(long, value_name = "KIND", value_parser = parse_kind)]
     pub kind: Option<String>,
-    /// At most this many entries.
-    #[arg(long, value_name = "N")]
+    /// Only the oldest N entries.
+    #[arg(long, value_name = "N", conflicts_with = "tail")]
     pub limit: Option<usize>,
+    /// Only the newest N entries (still listed oldest first).
+    #[arg(long, value_name = "N")]
+    pub tail: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -510,7 +529,7 @@ pub enum AuditCommand {
 // are escaped here, where the value is known (see terminal::clap_error).
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    parse_duration_text(text).map_err(escaped)
+    parse_duration_limit(text).map_err(escaped)
 }
 
 fn escaped(message: String) -> String {
@@ -549,16 +568,147 @@ fn parse_rate(text: &str) -> Result<u64, String> {
 }
 
 fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
-    parse_time_text(text).map_err(escaped)
+    parse_time_text(text).map(|(start, _)| start).map_err(escaped)
 }
 
-fn parse_time_text(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
-    if let Ok(time) = chrono::DateTime::parse_from_rfc3339(text) {
-        return Ok(time.to_utc());
+/// `--until`: the end of the period the text names (exclusive), so that the day or the second it
+/// names is in.
+fn parse_until(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    parse_time_text(text).map(|(start, length)| start + length).map_err(escaped)
+}
+
+/// A time as regent prints one (`2026-11-24 09:00:00`, with ` UTC` or not, or to the minute), RFC
+/// 3339, or a date, all UTC: its start, and how long a period it names (a day, a second, ...).
+fn parse_time_text(text: &str) -> Result<(chrono::DateTime<chrono::Utc>, chrono::TimeDelta), String> {
+    use chrono::{NaiveDate, NaiveDateTime, TimeDelta};
+    let trimmed = text.trim();
+    if let Ok(time) = chrono::DateTime::parse_from_rfc3339(trimmed) {
+        let length = if time.timestamp_subsec_nanos() == 0 { TimeDelta::seconds(1) } else { TimeDelta::nanoseconds(1) };
+        return Ok((time.to_utc(), length));
     }
-    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+    let local = trimmed.strip_suffix("UTC").map_or(trimmed, str::trim_end);
+    for (format, length) in [
+        ("%Y-%m-%d %H:%M:%S", TimeDelta::seconds(1)),
+        ("%Y-%m-%dT%H:%M:%S", TimeDelta::seconds(1)),
+        ("%Y-%m-%d %H:%M", TimeDelta::minutes(1)),
+        ("%Y-%m-%dT%H:%M", TimeDelta::minutes(1)),
+    ] {
+        if let Ok(time) = NaiveDateTime::parse_from_str(local, format) {
+            return Ok((time.and_utc(), length));
+        }
+    }
+    NaiveDate::parse_from_str(local, "%Y-%m-%d")
         .ok()
         .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map(|t| t.and_utc())
-        .ok_or_else(|| format!("'{text}' is not a time; use RFC 3339 (2026-11-24T09:00:00Z) or a date (2026-11-24)"))
+        .map(|t| (t.and_utc(), TimeDelta::days(1)))
+        .ok_or_else(|| {
+            format!(
+                "'{text}' is not a time; use one as the audit table prints it (2026-11-24 09:00:00, UTC), RFC 3339 (2026-11-24T09:00:00Z) or a date (2026-11-24)"
+            )
+        })
+}
+
+fn parse_kind(text: &str) -> Result<String, String> {
+    use regent_engine::model::{Change, Outcome};
+    use regent_engine::projections::{AUDIT_OUTCOMES, AuditFilter};
+    if AuditFilter::is_known_kind(text) {
+        return Ok(text.to_string());
+    }
+    let steps: Vec<&str> = regent_engine::Step::ALL.iter().map(|s| s.name()).collect();
+    let kinds: Vec<&str> = Change::KINDS.into_iter().chain([Outcome::REFUSED_KIND]).collect();
+    Err(escaped(format!(
+        "'{text}' is not a kind; use a step ({}), an outcome ({}) or an event kind ({})",
+        steps.join(", "),
+        AUDIT_OUTCOMES.join(", "),
+        kinds.join(", ")
+    )))
+}
+
+fn parse_duration_limit(text: &str) -> Result<std::time::Duration, String> {
+    let duration = parse_duration_text(text)?;
+    let max = regent_vault::protocol::MAX_VALIDITY_SECS;
+    if duration.as_secs() > max {
+        return Err(format!("'{}' is longer than the vault allows: at most {} days", text.trim(), max / 86_400));
+    }
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_read_as_the_table_prints_them_as_rfc_3339_and_as_dates() {
+        let at = |text: &str| parse_time_text(text).map(|(start, length)| (start.to_rfc3339(), length.num_seconds()));
+        let second = Ok(("2026-12-02T02:26:28+00:00".to_string(), 1));
+        assert_eq!(at("2026-12-02 02:26:28"), second);
+        assert_eq!(at("2026-12-02 02:26:28 UTC"), second);
+        assert_eq!(at("2026-12-02T02:26:28Z"), second);
+        assert_eq!(at("2026-12-02T03:26:28+01:00"), second);
+        assert_eq!(at("2026-12-02 02:26 UTC"), Ok(("2026-12-02T02:26:00+00:00".to_string(), 60)));
+        assert_eq!(at("2026-12-02"), Ok(("2026-12-02T00:00:00+00:00".to_string(), 86_400)));
+        assert!(at("yesterday").is_err());
+        assert!(at("2026-12-02 25:00:00").is_err());
+        let until = parse_until("2026-12-02").unwrap();
+        assert_eq!(until.to_rfc3339(), "2026-12-03T00:00:00+00:00");
+    }
+
+    #[test]
+    fn an_unknown_kind_lists_the_kinds_as_the_audit_spells_them() {
+        assert_eq!(parse_kind("Proxy").as_deref(), Ok("Proxy"));
+        let err = parse_kind("proxies").unwrap_err();
+        for named in
+            ["folders", "scratch_folder", "passphrase_change", "accepted", "refused", "StepRefused", "ThrottlingSet"]
+        {
+            assert!(err.contains(named), "{named}: {err}");
+        }
+    }
+
+    /// Every command and every argument says what it is in `--help` and the manual page (clap's own
+    /// `--help` and `--version` aside).
+    #[test]
+    fn every_command_and_argument_has_a_help_line() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if ["help", "version"].contains(&id) || arg.is_hide_set() {
+                    continue;
+                }
+                let said = arg.get_help().or(arg.get_long_help()).is_some_and(|h| !h.to_string().trim().is_empty());
+                if !said {
+                    missing.push(format!("{path}: {id}"));
+                }
+            }
+            for sub in command.get_subcommands().filter(|c| c.get_name() != "help") {
+                let path = format!("{path} {}", sub.get_name());
+                if sub.get_about().or(sub.get_long_about()).is_none() {
+                    missing.push(path.clone());
+                }
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        let mut root = <Cli as clap::CommandFactory>::command();
+        root.build();
+        walk(&root, "regent", &mut missing);
+        assert!(missing.is_empty(), "no help line: {missing:?}");
+    }
+
+    #[test]
+    fn the_validity_help_says_the_vaults_maximum() {
+        let max_days = regent_vault::protocol::MAX_VALIDITY_SECS / 86_400;
+        let root = <Cli as clap::CommandFactory>::command();
+        let credentials = root.find_subcommand("vault").and_then(|v| v.find_subcommand("credentials")).unwrap();
+        let validity = credentials.get_arguments().find(|a| a.get_id() == "validity").unwrap();
+        let help = validity.get_help().unwrap().to_string();
+        assert!(help.contains(&format!("at most {max_days} days")), "{help}");
+    }
+
+    #[test]
+    fn a_validity_past_the_vaults_maximum_is_refused_here() {
+        let max_days = regent_vault::protocol::MAX_VALIDITY_SECS / 86_400;
+        assert!(parse_duration_limit(&format!("{max_days}d")).is_ok());
+        let err = parse_duration_limit(&format!("{}d", max_days + 1)).unwrap_err();
+        assert!(err.contains(&format!("at most {max_days} days")), "{err}");
+    }
 }

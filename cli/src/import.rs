@@ -49,8 +49,8 @@ pub fn run(ctx: &Context, file: &Path) -> Result<u8, Failure> {
         crate::terminal::json_line(document);
     } else {
         crate::terminal::outln!(
-            "imported {} records from {} into {} (head {head})",
-            head.position,
+            "imported {} from {} into {} (head {head})",
+            crate::terminal::count(head.position, "record", "records"),
             file.display(),
             store_dir.display()
         );
@@ -64,7 +64,7 @@ pub fn run(ctx: &Context, file: &Path) -> Result<u8, Failure> {
 fn not_empty(store_dir: &Path, records: u64, file: &Path) -> Failure {
     let holds = match records {
         0 => "what an interrupted import left behind".to_string(),
-        n => format!("{n} records"),
+        n => crate::terminal::count(n, "record", "records"),
     };
     Failure::store(format!(
         "import refused: the store at {} already holds {holds}; to replace it with the export, move it aside with `{}`, then run `{}` again",

@@ -11,6 +11,7 @@ mod data_dir;
 mod failure;
 mod guidance;
 mod import;
+mod manual;
 mod quickstart;
 mod replay;
 mod secret_input;
@@ -164,8 +165,8 @@ fn run(ctx: &Context, command: Command) -> Result<u8, Failure> {
         Command::Audit(AuditArgs { action: Some(AuditCommand::Export { output }), .. }) => {
             views::export(ctx, output.as_deref())
         }
-        Command::Audit(AuditArgs { action: None, since, kind, limit }) => {
-            views::audit(ctx, AuditFilter { since, kind, limit })
+        Command::Audit(AuditArgs { action: None, since, until, kind, limit, tail }) => {
+            views::audit(ctx, AuditFilter { since, before: until, kind, limit, tail })
         }
         Command::Vault(command) => vault::run(ctx, command),
         Command::Quickstart => quickstart::run(ctx),
@@ -182,13 +183,12 @@ fn run(ctx: &Context, command: Command) -> Result<u8, Failure> {
             Ok(0)
         }
         Command::Man { dir: Some(dir) } => {
-            clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &dir)
+            manual::write_pages(&dir)
                 .map_err(|e| Failure::refused(format!("cannot write the manual pages into {}: {e}", dir.display())))?;
             Ok(0)
         }
         Command::Man { dir: None } => {
-            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
-                .render(&mut terminal::machine_stdout())
+            manual::render_single(&mut terminal::machine_stdout())
                 .map_err(|e| Failure::refused(format!("cannot write the manual page: {e}")))?;
             Ok(0)
         }

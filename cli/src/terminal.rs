@@ -144,9 +144,25 @@ impl Lines {
         self.out.write_all(b"\n")
     }
 
+    /// Part of one JSON document that is written in pieces (`replay --json`'s timeline), as
+    /// serialized: no line break; the last piece is written with [`Lines::json`].
+    pub fn json_part(&mut self, json: &str) -> std::io::Result<()> {
+        self.out.write_all(json.as_bytes())
+    }
+
     pub fn flush(&mut self) -> std::io::Result<()> {
         self.out.flush()
     }
+}
+
+/// `1 record`, `2 records`: a count with its noun, singular for one.
+pub fn count(n: u64, one: &str, many: &str) -> String {
+    if n == 1 { format!("1 {one}") } else { format!("{n} {many}") }
+}
+
+/// `record 5` or `records 5-7`: a range of positions said as a person reads it.
+pub fn positions(from: u64, to: u64) -> String {
+    if from == to { format!("record {from}") } else { format!("records {from}-{to}") }
 }
 
 /// Standard output for bytes that are not lines for a person: an export, a completion script, a

@@ -60,7 +60,7 @@ pub fn run(ctx: &Context, command: VaultCommand) -> Result<u8, Failure> {
                 format!(
                     "wrote {} (valid until {}; any earlier download is no longer valid)",
                     output.display(),
-                    file.not_after
+                    file.not_after.format("%Y-%m-%d %H:%M:%S UTC")
                 )
             });
             Ok(0)
@@ -71,7 +71,7 @@ pub fn run(ctx: &Context, command: VaultCommand) -> Result<u8, Failure> {
                 terminal::json_line(serde_json::json!({ "pin": pin.pin, "expires_at": pin.expires_at }));
             } else {
                 outln!("{}", pin.pin);
-                errln!("valid until {} (5 minutes), once", pin.expires_at);
+                errln!("valid until {} (5 minutes), once", pin.expires_at.format("%Y-%m-%d %H:%M:%S UTC"));
             }
             Ok(0)
         }
@@ -108,8 +108,8 @@ fn log_head_cell(head: Option<&regent_vault::Anchor>) -> String {
     );
     if let Some(last) = &head.last_refusal {
         cell.push_str(&format!(
-            "  REFUSED {} report(s), last {} for position {} at {}",
-            head.refusals,
+            "  REFUSED {}, last {} for position {} at {}",
+            terminal::count(head.refusals, "report", "reports"),
             last.error,
             last.position,
             last.refused_at.format("%Y-%m-%d %H:%M:%S")

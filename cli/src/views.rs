@@ -335,10 +335,18 @@ pub(crate) fn print_report(report: &VerifyReport, json: bool) {
         return;
     }
     match &report.failure {
-        None => outln!("ok: {} records verified; head {}", report.records, report.verified_head),
+        None => outln!(
+            "ok: {} verified; head {}",
+            terminal::count(report.records, "record", "records"),
+            report.verified_head
+        ),
         Some(failure) => {
             outln!("FAILED at {failure}");
-            outln!("verified up to head {} ({} records)", report.verified_head, report.records);
+            outln!(
+                "verified up to head {} ({})",
+                report.verified_head,
+                terminal::count(report.records, "record", "records")
+            );
         }
     }
 }
@@ -354,7 +362,11 @@ pub fn export(ctx: &Context, output: Option<&Path>) -> Result<u8, Failure> {
     match output {
         Some(path) => {
             let head = export_to_file(&store, path, writer)?;
-            errln!("exported {} records to {} (head {head})", head.position, path.display());
+            errln!(
+                "exported {} to {} (head {head})",
+                terminal::count(head.position, "record", "records"),
+                path.display()
+            );
         }
         None => {
             store.export(&mut terminal::machine_stdout().lock(), writer)?;
@@ -364,8 +376,9 @@ pub fn export(ctx: &Context, output: Option<&Path>) -> Result<u8, Failure> {
     if !holding.is_empty() {
         let shown: Vec<String> = holding.iter().take(20).map(u64::to_string).collect();
         let more = if holding.len() > 20 { format!(" and {} more", holding.len() - 20) } else { String::new() };
+        let (records, were) = if holding.len() == 1 { ("record", "was") } else { ("records", "were") };
         errln!(
-            "warning: record(s) {}{more} were written before regent sealed the passphrase verifier, and hold it: with this export a weak passphrase can be guessed offline; hand it only to someone you would trust with the passphrase, or change the passphrase first (`regent properties passphrase change`) so that the one in use is not among them",
+            "warning: {records} {}{more} {were} written before regent sealed the passphrase verifier, and hold it: with this export a weak passphrase can be guessed offline; hand it only to someone you would trust with the passphrase, or change the passphrase first (`regent properties passphrase change`) so that the one in use is not among them",
             shown.join(", ")
         );
     }

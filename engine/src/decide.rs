@@ -713,17 +713,21 @@ fn unreadable_message(kind: &UnreadableKind, detail: &str) -> String {
     )
 }
 
+/// A time in a message, as the audit table and status print one: to the second, UTC.
+const TIME: &str = "%Y-%m-%d %H:%M:%S UTC";
+
 fn check_validity(facts: &CredentialFacts, now: DateTime<Utc>) -> Result<(), String> {
     if now < facts.not_before {
         return Err(format!(
-            "The vault credentials file is not valid until {}; check this machine's clock (it reads {now})",
-            facts.not_before
+            "The vault credentials file is not valid until {}; check this machine's clock (it reads {})",
+            facts.not_before.format(TIME),
+            now.format(TIME)
         ));
     }
     if now > facts.not_after {
         return Err(format!(
             "Vault credentials file provided has expired (at {}). Download a new vault credentials file from the vault and use it within its validity",
-            facts.not_after
+            facts.not_after.format(TIME)
         ));
     }
     Ok(())
@@ -856,13 +860,14 @@ fn vault_refusal(step: Step, reason: Reason, detail: &str, vault: &str) -> Refus
         ),
         Reason::CredentialsSuperseded => (
             format!(
-                "The vault credentials file is no longer valid: a newer one was downloaded from the vault ({detail}). Load the newest vault credentials file and register again"
+                "The vault credentials file is no longer valid: {}. Load the newest vault credentials file and register again",
+                if detail.trim().is_empty() { "a newer one was downloaded from the vault" } else { detail }
             ),
             vec![Next::Run(Step::Credentials), Next::Run(Step::Register)],
         ),
         Reason::CredentialsExpired => (
             format!(
-                "Vault credentials file provided has expired ({detail}). Download a new vault credentials file from the vault and use it within its validity"
+                "Vault credentials file provided has expired: {detail}. Download a new vault credentials file from the vault and use it within its validity"
             ),
             vec![Next::Run(Step::Credentials), Next::Run(Step::Register)],
         ),

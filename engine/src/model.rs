@@ -427,7 +427,23 @@ pub enum Change {
 }
 
 impl Change {
-    /// The event kind recorded in the log for this change.
+    /// Every event kind a change is recorded as (what [`Change::kind`] gives), in step order.
+    pub const KINDS: [&'static str; 12] = [
+        "FoldersChosen",
+        "ProxySet",
+        "ProxyCleared",
+        "CredentialsLoaded",
+        "PassphraseCreated",
+        "RegistrationAttempted",
+        "Registered",
+        "Unregistered",
+        "ScratchMoved",
+        "ThrottlingSet",
+        "ThrottlingOff",
+        "PassphraseChanged",
+    ];
+
+    /// The event kind recorded in the log for this change (one of [`Change::KINDS`]).
     pub fn kind(&self) -> &'static str {
         match self {
             Change::FoldersChosen(_) => "FoldersChosen",

@@ -377,33 +377,54 @@ impl AuditEntry {
 /// Which audit entries to show.
 #[derive(Clone, Debug, Default)]
 pub struct AuditFilter {
+    /// Entries at or after this time.
     pub since: Option<DateTime<Utc>>,
+    /// Entries before this time (exclusive: the caller makes `--until 2026-12-02` the next
+    /// midnight, and a time to the second the next second, so the period it names is in).
+    pub before: Option<DateTime<Utc>>,
+    /// A kind, step or outcome (see [`AuditFilter::is_known_kind`]).
     pub kind: Option<String>,
+    /// The oldest N entries that match.
     pub limit: Option<usize>,
+    /// The newest N entries that match, still oldest first; at most N are held at a time.
+    pub tail: Option<usize>,
 }
 
+/// The outcomes `--kind` takes.
+pub const AUDIT_OUTCOMES: [&str; 2] = ["accepted", "refused"];
+
 impl AuditFilter {
+    /// Whether `kind` names something an entry can be: a step (`proxy`, `scratch_folder`, or
+    /// `scratch-folder`), an outcome (`refused`) or an event kind (`StepRefused`), in any case.
+    pub fn is_known_kind(kind: &str) -> bool {
+        let step = kind.replace('-', "_");
+        Step::ALL.iter().any(|s| s.name().eq_ignore_ascii_case(&step))
+            || AUDIT_OUTCOMES.iter().any(|o| o.eq_ignore_ascii_case(kind))
+            || Change::KINDS.iter().chain([&Outcome::REFUSED_KIND]).any(|k| k.eq_ignore_ascii_case(kind))
+    }
+
     /// Matches the record's kind (`StepRefused`), its step (`proxy`) or its outcome (`refused`),
     /// case-insensitively, so that `--kind proxy` and `--kind refused` both do what one expects.
     fn matches(&self, entry: &AuditEntry) -> bool {
         let kind_ok = self.kind.as_deref().is_none_or(|k| {
             k.eq_ignore_ascii_case(&entry.kind)
-                || k.eq_ignore_ascii_case(entry.step)
+                || k.replace('-', "_").eq_ignore_ascii_case(entry.step)
                 || k.eq_ignore_ascii_case(entry.outcome)
         });
-        kind_ok && self.since.is_none_or(|since| entry.at >= since)
+        kind_ok && self.since.is_none_or(|since| entry.at >= since) && self.before.is_none_or(|b| entry.at < b)
     }
 }
 
-/// The audit trail, streamed: entries oldest first, filtered.
+/// The audit trail, streamed: entries oldest first, filtered. With `tail`, the log is read to its
+/// end holding only the last N entries, which are then given oldest first.
 pub fn audit<'a, I>(
     records: I,
     filter: &'a AuditFilter,
-) -> impl Iterator<Item = Result<AuditEntry, ProjectionError>> + 'a
+) -> Box<dyn Iterator<Item = Result<AuditEntry, ProjectionError>> + 'a>
 where
     I: IntoIterator<Item = Result<Record, regent_store::StoreError>> + 'a,
 {
-    records
+    let entries = records
         .into_iter()
         .map(|record| -> Result<Option<AuditEntry>, ProjectionError> {
             let record = record?;
@@ -418,7 +439,44 @@ where
             Ok(_) => None,
             Err(e) => Some(Err(e)),
         })
-        .take(filter.limit.unwrap_or(usize::MAX))
+        .take(filter.limit.unwrap_or(usize::MAX));
+    match filter.tail {
+        None => Box::new(entries),
+        Some(n) => Box::new(Tail { entries: Some(entries), n, held: std::collections::VecDeque::new() }),
+    }
+}
+
+/// The last `n` entries of `entries`, oldest first; an error is given as soon as it is met.
+struct Tail<I> {
+    entries: Option<I>,
+    n: usize,
+    held: std::collections::VecDeque<AuditEntry>,
+}
+
+impl<I: Iterator<Item = Result<AuditEntry, ProjectionError>>> Iterator for Tail<I> {
+    type Item = Result<AuditEntry, ProjectionError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(entries) = self.entries.take() {
+            for entry in entries {
+                match entry {
+                    Ok(entry) => {
+                        if self.held.len() == self.n {
+                            self.held.pop_front();
+                        }
+                        if self.n > 0 {
+                            self.held.push_back(entry);
+                        }
+                    }
+                    Err(e) => {
+                        self.held.clear();
+                        return Some(Err(e));
+                    }
+                }
+            }
+        }
+        self.held.pop_front().map(Ok)
+    }
 }
 
 pub fn audit_entry(record: &Record, step: &StepRecord) -> AuditEntry {
@@ -462,7 +520,7 @@ pub fn summary(outcome: &Outcome) -> String {
                 "vault credentials loaded for vault {} (certificate {}…, expires {})",
                 c.facts.vault.name,
                 c.facts.thumbprint.get(..16).unwrap_or(&c.facts.thumbprint),
-                c.facts.not_after
+                c.facts.not_after.format("%Y-%m-%d %H:%M:%S UTC")
             ),
             Change::PassphraseCreated(e) | Change::PassphraseChanged(e) => {
                 let verb = if matches!(change, Change::PassphraseCreated(_)) { "created" } else { "changed" };

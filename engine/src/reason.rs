@@ -41,6 +41,19 @@ pub enum Step {
 }
 
 impl Step {
+    /// Every step, in the order the wizard and then Change Properties take them.
+    pub const ALL: [Step; 9] = [
+        Step::Folders,
+        Step::Proxy,
+        Step::Credentials,
+        Step::Passphrase,
+        Step::Register,
+        Step::Unregister,
+        Step::ScratchFolder,
+        Step::Throttling,
+        Step::PassphraseChange,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Step::Folders => "folders",

@@ -318,3 +318,50 @@ fn the_audit_trail_lists_each_step_with_who_what_and_why_filtered() {
     .collect();
     assert_eq!(late.iter().map(|e| e.position).collect::<Vec<_>>(), vec![5]);
 }
+
+#[test]
+fn the_audit_tail_gives_the_newest_entries_oldest_first_and_before_bounds_the_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    record(&store, &[0, 0, 1, 2, 7, 7], &[]);
+    let positions = |filter: AuditFilter| -> Vec<u64> {
+        projections::audit(store.read_all(1), &filter).map(|e| e.unwrap().position).collect()
+    };
+    assert_eq!(positions(AuditFilter { tail: Some(2), ..Default::default() }), vec![5, 6]);
+    assert_eq!(positions(AuditFilter { tail: Some(10), ..Default::default() }), vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(positions(AuditFilter { tail: Some(0), ..Default::default() }), Vec::<u64>::new());
+    assert_eq!(positions(AuditFilter { limit: Some(2), ..Default::default() }), vec![1, 2]);
+    let all: Vec<_> = projections::audit(store.read_all(1), &AuditFilter::default()).map(Result::unwrap).collect();
+    let before = all[3].at;
+    assert_eq!(positions(AuditFilter { before: Some(before), tail: Some(2), ..Default::default() }), vec![2, 3]);
+    let filter = AuditFilter { kind: Some("PROXY".into()), tail: Some(1), ..Default::default() };
+    assert_eq!(positions(filter), vec![4]);
+}
+
+#[test]
+fn every_kind_the_fixtures_record_is_a_known_audit_kind_and_a_misspelt_one_is_not() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../replay-fixtures");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&fixtures).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "jsonl") {
+            continue;
+        }
+        for line in std::fs::read_to_string(&path).unwrap().lines().skip(1) {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            let kind = value["record"]["kind"].as_str().unwrap();
+            assert!(AuditFilter::is_known_kind(kind), "{kind} in {}", path.display());
+            seen += 1;
+        }
+    }
+    assert!(seen > 0);
+    for step in regent_engine::Step::ALL {
+        assert!(AuditFilter::is_known_kind(step.name()));
+    }
+    for known in ["refused", "Accepted", "stepRefused", "scratch-folder", "passphrase_change"] {
+        assert!(AuditFilter::is_known_kind(known), "{known}");
+    }
+    for unknown in ["", "proxies", "StepAccepted", "scratch-dir", "Refused "] {
+        assert!(!AuditFilter::is_known_kind(unknown), "{unknown}");
+    }
+}

@@ -514,7 +514,7 @@ fn a_log_written_before_registrations_were_started_still_decides_the_same() {
 #[test]
 fn the_vaults_refusals_are_recorded_with_their_codes() {
     for (reason, says) in [
-        (Reason::CredentialsSuperseded, "newer one was downloaded"),
+        (Reason::CredentialsSuperseded, "no longer valid: detail."),
         (Reason::CredentialsExpired, "expired"),
         (Reason::CredentialsInvalid, "Invalid vault credentials"),
         (Reason::CredentialsWrongVault, "Quick Start"),

@@ -131,3 +131,82 @@ fn bad_input_gets_one_line_and_the_right_exit_code() {
         .unwrap();
     assert_eq!(output.status.code(), Some(3));
 }
+
+/// An agent whose log holds five proxy steps accepted (ports 1 to 5), then one refused.
+fn agent_with_six_steps() -> crate::support::Agent {
+    let agent = crate::support::Agent::new();
+    for port in ["1", "2", "3", "4", "5", "70000"] {
+        agent.run(&["proxy", "set", "--host", "proxy.example", "--port", port]);
+    }
+    agent
+}
+
+fn positions(output: &std::process::Output) -> Vec<u64> {
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    stdout_of(output)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["position"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn tail_gives_the_newest_entries_oldest_first_and_limit_still_the_oldest() {
+    let agent = agent_with_six_steps();
+    assert_eq!(positions(&agent.run(&["audit", "--json", "--tail", "2"])), vec![5, 6]);
+    assert_eq!(positions(&agent.run(&["audit", "--json", "--limit", "2"])), vec![1, 2]);
+    assert_eq!(positions(&agent.run(&["audit", "--json", "--tail", "1", "--kind", "accepted"])), vec![5]);
+    assert_eq!(positions(&agent.run(&["audit", "--json", "--tail", "50"])), vec![1, 2, 3, 4, 5, 6]);
+    // The table reads down in time: the heading, then the two newest, the older first.
+    let table = agent.run(&["audit", "--tail", "2"]);
+    let text = stdout_of(&table);
+    let rows: Vec<&str> = text.lines().collect();
+    assert_eq!(rows.len(), 3, "{text}");
+    assert!(rows[0].contains("WHEN (UTC)"), "{text}");
+    assert!(rows[1].trim_start().starts_with("5 ") && rows[2].trim_start().starts_with("6 "), "{text}");
+    let both = agent.run(&["audit", "--tail", "1", "--limit", "1"]);
+    assert_eq!(both.status.code(), Some(2), "{}", String::from_utf8_lossy(&both.stderr));
+}
+
+#[test]
+fn an_unknown_kind_is_a_usage_error_that_lists_the_kinds() {
+    let agent = agent_with_six_steps();
+    let output = agent.run(&["audit", "--kind", "proxies"]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for named in ["'proxies' is not a kind", "folders", "scratch_folder", "passphrase_change", "refused", "StepRefused"]
+    {
+        assert!(stderr.contains(named), "{named}: {stderr}");
+    }
+    let output = agent.run(&["--json", "audit", "--kind", "proxies"]);
+    let answer: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!((answer["error"]["code"].as_str(), answer["error"]["exit"].as_u64()), (Some("usage"), Some(2)));
+    // A step as the table spells it, and with a dash for the underscore, are kinds.
+    assert_eq!(positions(&agent.run(&["audit", "--json", "--kind", "scratch-folder"])), Vec::<u64>::new());
+    assert_eq!(positions(&agent.run(&["audit", "--json", "--kind", "Proxy", "--tail", "1"])), vec![6]);
+}
+
+#[test]
+fn since_and_until_take_the_time_the_table_prints_rfc_3339_and_a_date() {
+    let agent = agent_with_six_steps();
+    let first: serde_json::Value =
+        serde_json::from_str(stdout_of(&agent.run(&["audit", "--json", "--limit", "1"])).lines().next().unwrap())
+            .unwrap();
+    let at = chrono::DateTime::parse_from_rfc3339(first["at"].as_str().unwrap()).unwrap().to_utc();
+    // The time exactly as the table shows it: the second it names is in, at either end.
+    let shown = at.format("%Y-%m-%d %H:%M:%S").to_string();
+    let table = stdout_of(&agent.run(&["audit", "--limit", "1"]));
+    assert!(table.contains(&shown), "{shown} in {table}");
+    let in_that_second = positions(&agent.run(&["audit", "--json", "--since", &shown, "--until", &shown]));
+    assert_eq!(in_that_second.first(), Some(&1), "{in_that_second:?}");
+    let with_utc = format!("{shown} UTC");
+    assert_eq!(positions(&agent.run(&["audit", "--json", "--until", &with_utc])).first(), Some(&1));
+    let before = (at - chrono::Duration::seconds(1)).format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    assert_eq!(positions(&agent.run(&["audit", "--json", "--until", &before])), Vec::<u64>::new());
+    let day = at.format("%Y-%m-%d").to_string();
+    assert_eq!(positions(&agent.run(&["audit", "--json", "--since", &day, "--until", &day])).len(), 6);
+    let next_day = (at + chrono::Duration::days(1)).format("%Y-%m-%d").to_string();
+    assert_eq!(positions(&agent.run(&["audit", "--json", "--since", &next_day])), Vec::<u64>::new());
+    let bad = agent.run(&["audit", "--until", "2026-13-01"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("as the audit table prints it"));
+}

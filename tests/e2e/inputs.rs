@@ -485,7 +485,7 @@ fn an_export_holds_no_verifier_and_an_older_log_that_does_is_named() {
     assert_eq!(export.status.code(), Some(0));
     let warning = stderr(&export);
     assert!(
-        warning.starts_with("warning: record(s) 3 were written before regent sealed the passphrase verifier"),
+        warning.starts_with("warning: record 3 was written before regent sealed the passphrase verifier"),
         "{warning}"
     );
     assert_eq!(warning.lines().count(), 1, "{warning}");

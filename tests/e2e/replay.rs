@@ -214,3 +214,45 @@ fn a_log_another_build_recorded_checks_clean_and_the_audit_says_which_build_wrot
         serde_json::from_str(String::from_utf8(export.stdout).unwrap().lines().next().unwrap()).unwrap();
     assert_eq!(header["writer"], format!("regent {version} ({commit} {date})"));
 }
+
+#[test]
+fn replay_json_holds_the_timeline_and_an_until_past_the_end_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let refused = Outcome::Refused(Refusal {
+        step: regent_engine::Step::Passphrase,
+        reason: regent_engine::Reason::StepOutOfOrder,
+        message: "load the vault credentials first".into(),
+        next: vec![],
+    });
+    let log = export_with_passphrase_outcome(dir.path(), refused);
+    let out = regent().args(["replay", "--json"]).arg(&log).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout.iter().filter(|b| **b == b'\n').count(), 1, "one document, one line");
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let timeline = answer["timeline"].as_array().unwrap();
+    assert_eq!(timeline.len(), 2);
+    assert_eq!((timeline[0]["position"].as_u64(), timeline[0]["kind"].as_str()), (Some(1), Some("FoldersChosen")));
+    assert_eq!(
+        (timeline[1]["outcome"].as_str(), timeline[1]["reason"].as_str()),
+        (Some("refused"), Some("step_out_of_order"))
+    );
+    assert_eq!(timeline[1]["build"]["commit"], "0123456789ab");
+    assert!(answer["until"].is_null() && answer["status"]["events"] == 2);
+
+    let out = regent().args(["replay", "--json", "--until", "1"]).arg(&log).output().unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["timeline"].as_array().map(Vec::len), Some(1));
+    assert_eq!(answer["until"], serde_json::json!({ "position": 1, "past_end": false, "last_position": 1 }));
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let out = regent().args(["replay", "--json", "--until", "9"]).arg(&log).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["until"], serde_json::json!({ "position": 9, "past_end": true, "last_position": 2 }));
+    let warning = String::from_utf8_lossy(&out.stderr);
+    assert!(warning.contains("--until 9 is past the end of the log, whose last record is 2"), "{warning}");
+    // Without --json the same warning, and the timeline as before.
+    let out = regent().args(["replay", "--until", "9"]).arg(&log).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("past the end"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("folders chosen"));
+}

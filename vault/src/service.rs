@@ -822,13 +822,13 @@ async fn register(
                 if now > cert.not_after {
                     return Err(ApiError::refused(
                         ErrorCode::CredentialsExpired,
-                        format!("the certificate expired at {} by the vault's clock", cert.not_after.to_rfc3339()),
+                        format!("the certificate's validity ended at {} by the vault's clock", seconds(cert.not_after)),
                     ));
                 }
                 if now < cert.not_before {
                     return Err(ApiError::refused(
                         ErrorCode::CredentialsInvalid,
-                        format!("the certificate is not valid before {}", cert.not_before.to_rfc3339()),
+                        format!("the certificate is not valid before {}", seconds(cert.not_before)),
                     ));
                 }
             }
@@ -995,6 +995,11 @@ fn pin_wrong() -> ApiError {
     ApiError::refused(ErrorCode::SecurityPinInvalid, "the security PIN is wrong or was already used; ask for a new one")
 }
 
+/// A time in a message: RFC 3339 to the second (`2026-12-02T02:26:28Z`), never its nanoseconds.
+fn seconds(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
 fn pin_checks_locked(until: DateTime<Utc>, now: DateTime<Utc>) -> ApiError {
     let mut error = ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
@@ -1002,7 +1007,7 @@ fn pin_checks_locked(until: DateTime<Utc>, now: DateTime<Utc>) -> ApiError {
         format!(
             "this machine sent {} wrong security PINs in a row: its PIN checks are locked until {}; then ask for a new PIN",
             protocol::MAX_PIN_FAILURES,
-            until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            seconds(until)
         ),
     )
     .with_reason(Reason::SecurityPinInvalid);
@@ -1129,7 +1134,7 @@ async fn check_pin(
         PinDecision::Locked(until) => Err(pin_checks_locked(until, now)),
         PinDecision::Expired(at) => Err(ApiError::refused(
             ErrorCode::SecurityPinInvalid,
-            format!("the security PIN expired at {}; ask for a new one", at.to_rfc3339()),
+            format!("the security PIN expired at {}; ask for a new one", seconds(at)),
         )),
         PinDecision::Valid { pin_id, issued_at } => {
             let event = VaultEvent::PinUsed(PinUsed {
@@ -1348,10 +1353,10 @@ fn check_proof_shape(records: &[String]) -> Result<(), ApiError> {
             StatusCode::BAD_REQUEST,
             ErrorCode::LogHeadProofTooLarge,
             format!(
-                "a report carries at most {} records and {} bytes of them ({} records, {bytes} bytes sent); report the head in steps",
+                "a report carries at most {} records and {} bytes of them ({} and {bytes} bytes sent); report the head in steps",
                 protocol::MAX_PROOF_RECORDS,
                 protocol::MAX_PROOF_BYTES,
-                records.len()
+                if records.len() == 1 { "1 record".to_string() } else { format!("{} records", records.len()) }
             ),
         ));
     }
@@ -1545,10 +1550,14 @@ async fn report_log_head(
                     detail.as_deref().unwrap_or("they do not chain")
                 ),
                 _ => format!(
-                    "the vault anchored head {held} for this machine, and the agent's log ends at {}: records {}-{held_position} \
-                     are missing from it (cut off, or an older copy restored)",
+                    "the vault anchored head {held} for this machine, and the agent's log ends at {}: {} \
+                     missing from it (cut off, or an older copy restored)",
                     body.position,
-                    body.position + 1
+                    if body.position + 1 == held_position {
+                        format!("record {held_position} is")
+                    } else {
+                        format!("records {}-{held_position} are", body.position + 1)
+                    }
                 ),
             };
             Err(ApiError::new(StatusCode::CONFLICT, code, message))
