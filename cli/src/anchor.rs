@@ -67,6 +67,21 @@ fn ca_file(ctx: &Context, note: &Note) -> Option<PathBuf> {
     ctx.ca_file.clone().or_else(|| note.ca_file().map(PathBuf::from))
 }
 
+/// The CA file a command that reaches the vault uses: its own `--ca-file`, else the one given
+/// last (at registration, say), as the note remembers it.
+pub fn vault_ca_file(ctx: &Context) -> Option<PathBuf> {
+    ca_file(ctx, &load_note(ctx))
+}
+
+/// Remembers this command's `--ca-file` (if it was given one) for the commands after it, once
+/// the data dir holds a log.
+pub fn remember_ca_file(ctx: &Context) {
+    if ctx.ca_file.is_some() && ctx.data_dir.is_dir() {
+        let mut note = load_note(ctx);
+        save_note(ctx, &mut note);
+    }
+}
+
 /// The sealed keys the note names (see [`Note::sealed_keys`]).
 pub fn sealed_keys(ctx: &Context) -> Vec<SealedRef> {
     load_note(ctx).sealed_keys()
@@ -91,7 +106,7 @@ fn secrets_area(ctx: &Context) -> Result<SecretsArea, AnchorError> {
 
 fn client(options: ClientOptions) -> Result<HttpVaultClient, AnchorError> {
     HttpVaultClient::new(options).map_err(|e| AnchorError::Failed {
-        reason: Reason::VaultUnreachable,
+        reason: Reason::VaultTlsFailed,
         detail: format!("{e}; pass a readable CA certificate with --ca-file"),
     })
 }
