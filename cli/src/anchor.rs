@@ -47,9 +47,12 @@ fn load_note(ctx: &Context) -> Note {
 }
 
 /// Written whole or not at all (a temporary file renamed over it); a failure is only logged. The
-/// CA file this command was given is remembered with it.
-fn save_note(ctx: &Context, note: &mut Note) {
-    note.remember_ca_file(ctx.ca_file.as_deref());
+/// CA file this command was given is remembered with it once the vault answered through it
+/// (`vault_answered`): a CA that fails is not what later commands should trust.
+fn save_note(ctx: &Context, note: &mut Note, vault_answered: bool) {
+    if vault_answered {
+        note.remember_ca_file(ctx.ca_file.as_deref());
+    }
     let write = || -> std::io::Result<()> {
         let mut file = tempfile::NamedTempFile::new_in(&ctx.data_dir)?;
         file.write_all(&note.to_json())?;
@@ -73,12 +76,12 @@ pub fn vault_ca_file(ctx: &Context) -> Option<PathBuf> {
     ca_file(ctx, &load_note(ctx))
 }
 
-/// Remembers this command's `--ca-file` (if it was given one) for the commands after it, once
-/// the data dir holds a log.
+/// Remembers this command's `--ca-file` (if it was given one) for the commands after it: called
+/// once a step that reached the vault through it was accepted.
 pub fn remember_ca_file(ctx: &Context) {
     if ctx.ca_file.is_some() && ctx.data_dir.is_dir() {
         let mut note = load_note(ctx);
-        save_note(ctx, &mut note);
+        save_note(ctx, &mut note, true);
     }
 }
 
@@ -91,7 +94,7 @@ pub fn sealed_keys(ctx: &Context) -> Vec<SealedRef> {
 pub fn mark_quickstart_machine(ctx: &Context, machine_id: &str) {
     let mut note = load_note(ctx);
     note.mark_quickstart(machine_id);
-    save_note(ctx, &mut note);
+    save_note(ctx, &mut note, false);
 }
 
 /// Opens the secrets area without creating a machine key (a lost key is reported, not replaced).
@@ -185,7 +188,8 @@ pub fn after_step(
             StepReport { vault: registration.vault.clone(), position: head.position, result: Err(e) }
         }
     };
-    save_note(ctx, &mut note);
+    let answered = matches!(report.result, Ok(_) | Err(AnchorError::Refused { .. }));
+    save_note(ctx, &mut note, answered);
     Some(report)
 }
 
@@ -241,7 +245,7 @@ pub fn anchor_now(ctx: &Context, endpoint: Option<String>) -> Result<u8, Failure
             note.record(&registration.machine_id, head.position, &failed, chrono::Utc::now());
         }
     }
-    save_note(ctx, &mut note);
+    save_note(ctx, &mut note, matches!(result, Ok(_) | Err(AnchorError::Refused { .. })));
     match result {
         Ok(anchor) => {
             if ctx.json {
@@ -355,7 +359,7 @@ pub fn verify_against_vault(ctx: &Context, endpoint: Option<String>) -> Result<u
         .then(|| Range { from: anchor.position + 1, to: head.position });
     if comparison == Comparison::Match && head.position >= anchor.position {
         note.anchored_now(&machine, &anchor);
-        save_note(ctx, &mut note);
+        save_note(ctx, &mut note, true);
     }
 
     if ctx.json {

@@ -66,7 +66,9 @@ pub fn execute(
         _ => None,
     };
     let Executed { mut result, store } = registrar.execute(&world, world::actor(), command, secrets)?;
-    anchor::remember_ca_file(ctx);
+    if matches!(result.record.outcome, Outcome::Accepted(_)) {
+        anchor::remember_ca_file(ctx);
+    }
     result.notes.extend(sweep_superseded(ctx, &store, &area, &result.state));
     result.notes.extend(setting_notes(&result, old_scratch.as_deref()));
     // Every step appends (refusals too), so while registered the new head goes to the vault. The

@@ -228,7 +228,7 @@ pub fn print_properties(p: &Properties) {
     match &p.throttling {
         None => row("throttling", "off"),
         Some(t) => {
-            row("work days", &t.work_days.iter().map(|d| d.name()).collect::<Vec<_>>().join(","));
+            row("work days", &regent_engine::model::Weekday::describe_set(&t.work_days));
             row("work hours", &t.work_hours);
             row("work bandwidth", &t.work_bandwidth);
             row("non-work bandwidth", &t.non_work_bandwidth);
