@@ -424,7 +424,7 @@ fn pin_not_checked(step: Step, reason: Reason, detail: &str) -> Refusal {
     let (message, next) = match &reason {
         Reason::VaultTlsFailed => (
             format!(
-                "the vault's TLS could not be trusted ({detail}); the security PIN was not sent, so it stays good for its 5 minutes: trust the vault's CA or check its certificate"
+                "no trusted TLS connection to the vault could be made ({detail}); the security PIN was not sent, so it stays good for its 5 minutes"
             ),
             vec![again],
         ),
@@ -814,7 +814,7 @@ fn vault_refusal(step: Step, reason: Reason, detail: &str, vault: &str) -> Refus
         ),
         Reason::VaultTlsFailed => (
             format!(
-                "the vault's TLS could not be trusted ({detail}); the credentials were not judged: trust the vault's CA or check its certificate"
+                "no trusted TLS connection to the vault could be made ({detail}); the vault did not see the registration, and the credentials were not judged"
             ),
             vec![Next::Run(Step::Register)],
         ),

@@ -1,9 +1,9 @@
 //! Running one command: precheck, observe the world through the ports, decide, append.
 //!
 //! The log is held only while the engine reads and appends. A step that asks the vault
-//! (registering, checking a security PIN) lets go of it for the call and opens it again to record
-//! the answer, deciding against the state it then finds: nothing waits behind a slow vault, and
-//! nothing the vault said is lost if another command appended meanwhile.
+//! (registering, checking a security PIN, trying a new proxy) lets go of it for the call and opens
+//! it again to record the answer, deciding against the state it then finds: nothing waits behind a
+//! slow vault, and nothing the vault said is lost if another command appended meanwhile.
 //!
 //! Whatever is checked here without the vault is checked first: a step refused for a local reason
 //! spends nothing remote (a PIN, a registration) and leaves nothing behind (a folder, a file).

@@ -942,7 +942,7 @@ fn a_pin_check_that_failed_before_the_vault_judged_it_is_never_security_pin_inva
     };
     let refusal = given(history(Step::Register))
         .when(change(), with_answer(Reason::VaultTlsFailed))
-        .refused(Reason::VaultTlsFailed, &["TLS", "not sent", "stays good"]);
+        .refused(Reason::VaultTlsFailed, &["TLS", "not sent", "stays good", "the certificate"]);
     assert!(!refusal.next.contains(&Next::GetPin), "a good PIN is not thrown away: {:?}", refusal.next);
     given(history(Step::Register))
         .when(change(), with_answer(Reason::VaultUnreachable))
