@@ -204,6 +204,10 @@ scenario vault_error
 prepared; register --endpoint "$vault/not-the-api"
 record vault_error passphrase_created vault_error "an endpoint with a path the vault service does not serve (HTTP 404)"
 
+scenario vault_tls_failed
+prepared; register --endpoint "https://${vault#http://}"
+record vault_tls_failed passphrase_created vault_tls_failed "https:// to the vault service, which speaks plain HTTP: no TLS at the other end"
+
 scenario already_registered
 prepared; register; register
 record already_registered registered already_registered "register run twice"

@@ -47,9 +47,12 @@ fn load_note(ctx: &Context) -> Note {
 }
 
 /// Written whole or not at all (a temporary file renamed over it); a failure is only logged. The
-/// CA file this command was given is remembered with it.
-fn save_note(ctx: &Context, note: &mut Note) {
-    note.remember_ca_file(ctx.ca_file.as_deref());
+/// CA file this command was given is remembered with it once the vault answered through it
+/// (`vault_answered`): a CA that fails is not what later commands should trust.
+fn save_note(ctx: &Context, note: &mut Note, vault_answered: bool) {
+    if vault_answered {
+        note.remember_ca_file(ctx.ca_file.as_deref());
+    }
     let write = || -> std::io::Result<()> {
         let mut file = tempfile::NamedTempFile::new_in(&ctx.data_dir)?;
         file.write_all(&note.to_json())?;
@@ -67,6 +70,21 @@ fn ca_file(ctx: &Context, note: &Note) -> Option<PathBuf> {
     ctx.ca_file.clone().or_else(|| note.ca_file().map(PathBuf::from))
 }
 
+/// The CA file a command that reaches the vault uses: its own `--ca-file`, else the one given
+/// last (at registration, say), as the note remembers it.
+pub fn vault_ca_file(ctx: &Context) -> Option<PathBuf> {
+    ca_file(ctx, &load_note(ctx))
+}
+
+/// Remembers this command's `--ca-file` (if it was given one) for the commands after it: called
+/// once a step that reached the vault through it was accepted.
+pub fn remember_ca_file(ctx: &Context) {
+    if ctx.ca_file.is_some() && ctx.data_dir.is_dir() {
+        let mut note = load_note(ctx);
+        save_note(ctx, &mut note, true);
+    }
+}
+
 /// The sealed keys the note names (see [`Note::sealed_keys`]).
 pub fn sealed_keys(ctx: &Context) -> Vec<SealedRef> {
     load_note(ctx).sealed_keys()
@@ -76,7 +94,7 @@ pub fn sealed_keys(ctx: &Context) -> Vec<SealedRef> {
 pub fn mark_quickstart_machine(ctx: &Context, machine_id: &str) {
     let mut note = load_note(ctx);
     note.mark_quickstart(machine_id);
-    save_note(ctx, &mut note);
+    save_note(ctx, &mut note, false);
 }
 
 /// Opens the secrets area without creating a machine key (a lost key is reported, not replaced).
@@ -91,7 +109,7 @@ fn secrets_area(ctx: &Context) -> Result<SecretsArea, AnchorError> {
 
 fn client(options: ClientOptions) -> Result<HttpVaultClient, AnchorError> {
     HttpVaultClient::new(options).map_err(|e| AnchorError::Failed {
-        reason: Reason::VaultUnreachable,
+        reason: Reason::VaultTlsFailed,
         detail: format!("{e}; pass a readable CA certificate with --ca-file"),
     })
 }
@@ -170,7 +188,8 @@ pub fn after_step(
             StepReport { vault: registration.vault.clone(), position: head.position, result: Err(e) }
         }
     };
-    save_note(ctx, &mut note);
+    let answered = matches!(report.result, Ok(_) | Err(AnchorError::Refused { .. }));
+    save_note(ctx, &mut note, answered);
     Some(report)
 }
 
@@ -226,7 +245,7 @@ pub fn anchor_now(ctx: &Context, endpoint: Option<String>) -> Result<u8, Failure
             note.record(&registration.machine_id, head.position, &failed, chrono::Utc::now());
         }
     }
-    save_note(ctx, &mut note);
+    save_note(ctx, &mut note, matches!(result, Ok(_) | Err(AnchorError::Refused { .. })));
     match result {
         Ok(anchor) => {
             if ctx.json {
@@ -340,7 +359,7 @@ pub fn verify_against_vault(ctx: &Context, endpoint: Option<String>) -> Result<u
         .then(|| Range { from: anchor.position + 1, to: head.position });
     if comparison == Comparison::Match && head.position >= anchor.position {
         note.anchored_now(&machine, &anchor);
-        save_note(ctx, &mut note);
+        save_note(ctx, &mut note, true);
     }
 
     if ctx.json {

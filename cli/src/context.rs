@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use regent_engine::Reason;
-use regent_engine::model::{PinAnswer, VaultAnswer};
-use regent_engine::ports::{PinCheck, RegisterRequest, VaultClient, World};
+use regent_engine::model::{PinAnswer, ProbeAnswer, VaultAnswer};
+use regent_engine::ports::{PinCheck, RegisterRequest, VaultClient, VaultProbe, World};
 use regent_secrets::{MachineKey, SecretsArea};
 use regent_store::{EventStore, StoreError, StoreOptions};
 
@@ -224,6 +224,10 @@ impl VaultClient for NoVault {
 
     fn check_pin(&self, _: &PinCheck) -> PinAnswer {
         PinAnswer::Refused { reason: Reason::VaultError, detail: "internal: this command has no vault client".into() }
+    }
+
+    fn probe(&self, _: &VaultProbe) -> ProbeAnswer {
+        ProbeAnswer::Failed { reason: Reason::VaultError, detail: "internal: this command has no vault client".into() }
     }
 }
 

@@ -210,10 +210,18 @@ fn check_no_credentials(host: Option<&str>, endpoint: Option<&str>) -> Result<()
     Ok(())
 }
 
-/// The vault client for a step, trusting the CA file the command was given (the head reported
-/// after the step goes to the same vault, through the same context).
+/// The vault client for a step, trusting the CA file the command was given, else the one given
+/// last (at registration, say): every command that reaches the vault trusts what the registration
+/// trusted. The head reported after the step goes to the same vault, through the same context.
 fn vault_client(ctx: &Context) -> Result<regent_vault::HttpVaultClient, Failure> {
-    regent_vault::HttpVaultClient::with_ca_file(ctx.ca_file.as_deref()).map_err(|e| Failure::usage(e.to_string()))
+    let ca_file = anchor::vault_ca_file(ctx);
+    regent_vault::HttpVaultClient::with_ca_file(ca_file.as_deref()).map_err(|e| match (&ctx.ca_file, &ca_file) {
+        (None, Some(remembered)) => Failure::usage(format!(
+            "{e} (the CA file {} was remembered from an earlier command); pass --ca-file F to trust another",
+            remembered.display()
+        )),
+        _ => Failure::usage(e.to_string()),
+    })
 }
 
 fn change_passphrase(ctx: &Context, a: PassphraseChangeArgs) -> Result<u8, Failure> {
@@ -253,7 +261,9 @@ fn run_proxy(ctx: &Context, proxy: ProxyCommand) -> Result<u8, Failure> {
                 username: a.username,
                 password_given: password.is_some(),
             };
-            steps::run(ctx, command, SecretInputs { proxy_password: password, ..Default::default() })
+            // On a registered machine the new proxy is tried against the vault before it is set.
+            let vault = vault_client(ctx)?;
+            steps::run_with_vault(ctx, command, SecretInputs { proxy_password: password, ..Default::default() }, &vault)
         }
     }
 }

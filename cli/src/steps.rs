@@ -1,7 +1,7 @@
 //! The wizard steps and Change Properties actions: run through the engine, print the outcome.
 
 use regent_engine::State;
-use regent_engine::model::{Change, Command, Outcome, PassphraseOrigin};
+use regent_engine::model::{Change, Command, Outcome, PassphraseOrigin, ProbeAnswer};
 use regent_engine::ports::VaultClient;
 use regent_engine::projections;
 use regent_engine::service::{Executed, Registrar, SecretInputs, StepResult};
@@ -79,13 +79,47 @@ pub fn execute(
         Command::Unregister => registrar.state()?.0.registration,
         _ => None,
     };
+    let old_scratch = match command {
+        Command::MoveScratch { .. } => registrar.state()?.0.folders.map(|f| f.scratch_dir),
+        _ => None,
+    };
     let Executed { mut result, store } = registrar.execute(&world, world::actor(), command, secrets)?;
+    if matches!(result.record.outcome, Outcome::Accepted(_)) {
+        anchor::remember_ca_file(ctx);
+    }
     result.notes.extend(sweep_superseded(ctx, &store, &area, &result.state));
+    result.notes.extend(setting_notes(&result, old_scratch.as_deref()));
     // Every step appends (refusals too), so while registered the new head goes to the vault. The
     // store stays open meanwhile: heads reach the vault in log order.
     let registration = result.state.registration.clone().or(before);
     let anchored = anchor::after_step(ctx, &store, &area, &result.state, registration.as_ref(), result.head);
     Ok((result, anchored))
+}
+
+/// What an accepted setting did not do, which the operator must hear: the scratch folder's
+/// files stay where they were; a proxy the vault could not be reached through to check it.
+fn setting_notes(result: &StepResult, old_scratch: Option<&std::path::Path>) -> Vec<String> {
+    let Outcome::Accepted(change) = &result.record.outcome else { return Vec::new() };
+    match change {
+        Change::ScratchMoved { scratch_dir, .. } => match old_scratch.filter(|old| *old != scratch_dir.as_path()) {
+            Some(old) => vec![format!(
+                "only the setting changed: regent moved no files, so the agent's cache in {} stays there; while no backup runs, move its contents to {} (e.g. `mv {}/* {}/`) or remove them",
+                old.display(),
+                scratch_dir.display(),
+                old.display(),
+                scratch_dir.display()
+            )],
+            None => Vec::new(),
+        },
+        Change::ProxySet(proxy) => match &result.record.observed.vault_probe {
+            Some(ProbeAnswer::Failed { reason, detail }) => vec![format!(
+                "the proxy {}:{} is set, but the vault could not be reached through it to check it ({reason}: {detail}); the next step will tell, or run `regent audit anchor`",
+                proxy.host, proxy.port
+            )],
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    }
 }
 
 /// Where the count of sealed files after the last sweep is kept, in the data dir (see

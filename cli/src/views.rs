@@ -48,10 +48,14 @@ fn print_status_of(
     damaged: Option<(String, Failure)>,
 ) -> Result<u8, Failure> {
     let (damage, damaged) = damaged.unzip();
-    let status = projections::status(state, head);
+    let status = projections::status_at(state, head, chrono::Utc::now());
     let sealed = sealed_health(ctx, state);
+    let ca_file = crate::anchor::vault_ca_file(ctx);
     if ctx.json {
         let mut value = serde_json::to_value(&status).map_err(|e| Failure::store(e.to_string()))?;
+        if let Some(detail) = value.get_mut("vault_detail").filter(|d| d.is_object()) {
+            detail["ca_file"] = json!(ca_file);
+        }
         value["sealed_secrets"] = json!(sealed);
         value["store_damage"] = json!(damaged.as_ref().map(|failure| &failure.message));
         value["log_anchor"] = crate::anchor::status_json(ctx, state, head);
@@ -59,6 +63,9 @@ fn print_status_of(
         return damaged.map_or(Ok(0), |failure| Err(Failure { reported: true, ..failure }));
     }
     print_status(&status, state.next_step());
+    if let (Some(ca_file), Some(_)) = (&ca_file, &status.vault_detail) {
+        outln!("{:<14}{} (given with --ca-file; used unless another is given)", "vault CA", ca_file.display());
+    }
     if let Some(anchor) = crate::anchor::status_line(ctx, state, head) {
         outln!("{:<14}{anchor}", "anchor");
     }
@@ -76,13 +83,56 @@ pub fn print_status(status: &Status, next: Option<Step>) {
         "next step",
         &next.map_or("none: registered".into(), |s| format!("{}  ({})", s.name(), crate::guidance::command_line(s))),
     );
-    row("vault", status.vault.as_deref().unwrap_or("(not registered)"));
+    match &status.vault_detail {
+        None => row("vault", "(not registered; no credentials loaded)"),
+        Some(v) if v.registered => row("vault", &format!("{} at {} (registered)", v.name, v.endpoint)),
+        Some(v) => row(
+            "vault",
+            &format!(
+                "{} at {} (not registered; from {})",
+                v.name,
+                v.endpoint,
+                match v.from {
+                    "registration_started" => "the registration started",
+                    _ => "the loaded credentials",
+                }
+            ),
+        ),
+    }
+    if let Some(c) = &status.credentials {
+        let at = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M UTC").to_string();
+        let judged = match c.state {
+            "expired" => format!("EXPIRED at {}", at(c.expires_at)),
+            "not_yet_valid" => format!("NOT VALID until {} (check this machine's clock)", at(c.not_before)),
+            "superseded" => format!("SUPERSEDED (expires {})", at(c.expires_at)),
+            "refused_by_vault" => format!("REFUSED by the vault (expires {})", at(c.expires_at)),
+            _ => format!("valid, expires {}", at(c.expires_at)),
+        };
+        let mut line = format!("{judged}: {} (vault {})", c.file.display(), c.vault);
+        match &c.vault_refused {
+            Some(r) => line.push_str(&format!(
+                "; the vault refused a registration with them ({}) at {}: load the newest download",
+                r.reason,
+                r.at.format("%Y-%m-%d %H:%M:%S UTC")
+            )),
+            // Only the vault knows of a newer download; the log learns of one at a registration.
+            None if status.vault.is_none() => line.push_str(
+                "; superseded only if a newer file was downloaded since (the vault says so at `regent register`)",
+            ),
+            None if c.state == "expired" => {
+                line.push_str("; the registration is not affected, but they cannot register again")
+            }
+            None => {}
+        }
+        row("credentials", &line);
+    }
     match &status.last_failure {
         None => row("last failure", "none"),
         Some(f) => row(
-            "last failure",
+            if f.current { "last failure" } else { "earlier" },
             &format!(
-                "{} {} at {}: {}",
+                "{}{} {} at {}: {}",
+                if f.current { "" } else { "(history, not the step now due) " },
                 f.step,
                 f.reason,
                 f.at.format("%Y-%m-%d %H:%M:%S UTC"),
@@ -149,7 +199,7 @@ pub(crate) fn sealed_health(ctx: &Context, state: &State) -> String {
 
 pub fn properties(ctx: &Context) -> Result<u8, Failure> {
     let (state, _, _) = read_state(ctx)?;
-    let properties = projections::properties(&state);
+    let properties = projections::properties_at(&state, chrono::Utc::now());
     if ctx.json {
         terminal::json_line(serde_json::to_string(&properties).map_err(|e| Failure::store(e.to_string()))?);
     } else {
@@ -178,7 +228,7 @@ pub fn print_properties(p: &Properties) {
     match &p.throttling {
         None => row("throttling", "off"),
         Some(t) => {
-            row("work days", &t.work_days.iter().map(|d| d.name()).collect::<Vec<_>>().join(","));
+            row("work days", &regent_engine::model::Weekday::describe_set(&t.work_days));
             row("work hours", &t.work_hours);
             row("work bandwidth", &t.work_bandwidth);
             row("non-work bandwidth", &t.non_work_bandwidth);
@@ -231,7 +281,13 @@ pub fn print_properties(p: &Properties) {
         }
     }
     if let Some(c) = &p.credentials {
-        row("credentials", &format!("{} (expires {})", c.file.display(), c.expires_at.format("%Y-%m-%d %H:%M UTC")));
+        let at = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M UTC").to_string();
+        let validity = match c.validity {
+            "expired" => format!("EXPIRED at {}", at(c.expires_at)),
+            "not_yet_valid" => format!("not valid until {}, expires {}", at(c.not_before), at(c.expires_at)),
+            _ => format!("expires {}", at(c.expires_at)),
+        };
+        row("credentials", &format!("{} ({validity})", c.file.display()));
         row("certificate", &c.thumbprint);
     }
 }

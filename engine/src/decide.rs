@@ -8,7 +8,7 @@ use chrono::{DateTime, Duration, Utc};
 
 use crate::model::{
     Change, Command, CredentialFacts, CredentialsObserved, Encryption, FolderFacts, Folders, LoadedCredentials, Next,
-    Observations, Outcome, PassphraseObserved, PassphraseOrigin, PinAnswer, Proxy, Refusal, Registration,
+    Observations, Outcome, PassphraseObserved, PassphraseOrigin, PinAnswer, ProbeAnswer, Proxy, Refusal, Registration,
     RegistrationAttempt, SecretKind, Throttling, UnreadableKind, Unsealable, VaultAnswer,
 };
 use crate::reason::{Reason, Step, ends_registration_attempt};
@@ -188,6 +188,23 @@ fn decide_observed(state: &State, command: &Command, observed: &Observations) ->
                     format!("the proxy password cannot be used: {problem}; give it as one line of at most 1 KiB"),
                 ));
             }
+            // A registered machine tried the new proxy against its vault first: a proxy that
+            // refuses its user or password would cut the machine off, so it is not set. Any other
+            // failure (the vault down, TLS) is not the proxy's to answer for: it is set, and the
+            // interface warns.
+            if let Some(ProbeAnswer::Failed {
+                reason: reason @ (Reason::ProxyAuthFailed | Reason::InvalidProxy),
+                detail,
+            }) = &observed.vault_probe
+            {
+                return Err(refuse(
+                    reason.clone(),
+                    format!(
+                        "the new proxy {host}:{port} was tried against the vault and refused ({detail}); the proxy setting is unchanged"
+                    ),
+                )
+                .then([Next::Run(Step::Proxy)]));
+            }
             let password = match password_given {
                 true => Some(needed(step, "sealed proxy password", observed.proxy_password.as_ref())?.clone()),
                 false => None,
@@ -353,13 +370,16 @@ fn decide_observed(state: &State, command: &Command, observed: &Observations) ->
                 return Err(unsealable_refusal(step, *secret, detail));
             }
             match needed(step, "vault's answer on the security PIN", observed.pin.as_ref())? {
-                PinAnswer::Refused { detail, .. } => {
+                PinAnswer::Refused { reason: Reason::SecurityPinInvalid, detail } => {
                     return Err(refuse(
                         Reason::SecurityPinInvalid,
                         format!("the security PIN was not accepted ({detail}); a new one is good for 5 minutes"),
                     )
                     .then([Next::GetPin, Next::Run(Step::PassphraseChange)]));
                 }
+                // The vault never judged the PIN (TLS, the network, the proxy, the vault itself):
+                // said as what failed, so that a good PIN is not thrown away.
+                PinAnswer::Refused { reason, detail } => return Err(pin_not_checked(step, reason.clone(), detail)),
                 PinAnswer::Valid { issued_at } if !pin_is_fresh(now, *issued_at) => {
                     return Err(refuse(
                         Reason::SecurityPinInvalid,
@@ -395,6 +415,32 @@ fn registration(
         private_key: None,
         request_id: None,
     }
+}
+
+/// The vault did not judge the security PIN: the refusal names what failed instead (a TLS
+/// failure is never `security_pin_invalid`).
+fn pin_not_checked(step: Step, reason: Reason, detail: &str) -> Refusal {
+    let again = Next::Run(Step::PassphraseChange);
+    let (message, next) = match &reason {
+        Reason::VaultTlsFailed => (
+            format!(
+                "no trusted TLS connection to the vault could be made ({detail}); the security PIN was not sent, so it stays good for its 5 minutes"
+            ),
+            vec![again],
+        ),
+        Reason::VaultUnreachable => (
+            format!(
+                "the vault could not be reached to check the security PIN ({detail}); a PIN the vault never saw stays good for its 5 minutes"
+            ),
+            vec![again],
+        ),
+        Reason::ProxyAuthFailed => (
+            format!("the proxy refused the user name or password ({detail}); the security PIN was not sent"),
+            vec![Next::Run(Step::Proxy), again],
+        ),
+        _ => (format!("the vault did not check the security PIN ({detail})"), vec![again, Next::ExportLog]),
+    };
+    Refusal::new(step, reason, message).then(next)
 }
 
 /// A sealed secret the step needed could not be opened.
@@ -883,6 +929,12 @@ fn vault_refusal(step: Step, reason: Reason, detail: &str, vault: &str) -> Refus
         ),
         Reason::VaultUnreachable => (
             format!("the vault service could not be reached ({detail}); check the network and proxy settings"),
+            vec![Next::Run(Step::Register)],
+        ),
+        Reason::VaultTlsFailed => (
+            format!(
+                "no trusted TLS connection to the vault could be made ({detail}); the vault did not see the registration, and the credentials were not judged"
+            ),
             vec![Next::Run(Step::Register)],
         ),
         _ => {

@@ -93,7 +93,13 @@ impl Weekday {
         ["mon", "tue", "wed", "thu", "fri", "sat", "sun"][self as usize]
     }
 
-    /// `mon-fri`, `sat,sun`, `mon,wed-fri`.
+    /// The day's name with a capital, as the operator reads it: `Mon`.
+    pub fn title(self) -> &'static str {
+        ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"][self as usize]
+    }
+
+    /// `mon-fri`, `sat,sun`, `mon,tue,fri`, `mon,wed-fri`, and ranges over the weekend: `fri-mon`
+    /// is Fri, Sat, Sun and Mon. The set of days, in week order (Mon first).
     pub fn parse_set(text: &str) -> Result<Vec<Weekday>, String> {
         let day = |name: &str| {
             let name = name.trim().to_ascii_lowercase();
@@ -107,15 +113,9 @@ impl Weekday {
             match part.split_once('-') {
                 Some((from, to)) => {
                     let (from, to) = (day(from)?, day(to)?);
-                    if from > to {
-                        return Err(format!(
-                            "'{}' runs backwards; write it as {}-{}",
-                            part.trim(),
-                            to.name(),
-                            from.name()
-                        ));
-                    }
-                    days.extend(Weekday::ALL.into_iter().filter(|d| *d >= from && *d <= to));
+                    // From `from` on, round the week if need be, to `to`.
+                    let span = (to as usize + 7 - from as usize) % 7;
+                    days.extend((0..=span).map(|i| Weekday::ALL[(from as usize + i) % 7]));
                 }
                 None => days.push(day(part)?),
             }
@@ -126,6 +126,31 @@ impl Weekday {
             return Err("name at least one work day, e.g. mon-fri".into());
         }
         Ok(days)
+    }
+
+    /// A set of days as the operator reads it: in week order from Mon, unless it runs over the
+    /// weekend (Sun and Mon both in it), when it starts after its longest stretch of days off, so
+    /// that `fri-mon` reads `Fri, Sat, Sun, Mon`; `every day` for all seven.
+    pub fn describe_set(days: &[Weekday]) -> String {
+        let on = |i: usize| days.contains(&Weekday::ALL[i % 7]);
+        if (0..7).all(on) {
+            return "every day (Mon to Sun)".into();
+        }
+        let start = if !on(6) || !on(0) {
+            0
+        } else {
+            // The day after the longest run of days off (the first such run on a tie).
+            let mut best = (0, 0);
+            for first in (0..7).filter(|&i| !on(i) && on(i + 6)) {
+                let length = (first..first + 7).take_while(|&i| !on(i)).count();
+                if length > best.1 {
+                    best = (first + length, length);
+                }
+            }
+            best.0 % 7
+        };
+        let ordered: Vec<&str> = (start..start + 7).filter(|&i| on(i)).map(|i| Weekday::ALL[i % 7].title()).collect();
+        ordered.join(", ")
     }
 }
 
@@ -264,6 +289,17 @@ pub enum PinAnswer {
     },
 }
 
+/// The vault's answer to a probe: a cheap signed read of the machine's anchored head, sent through
+/// a new proxy before it is set on a registered machine (the read changes nothing at the vault).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "snake_case")]
+pub enum ProbeAnswer {
+    /// The vault service answered through the proxy (whatever it said of the machine).
+    Reached,
+    /// No answer from the vault service: the proxy refused, could not reach it, TLS failed, ...
+    Failed { reason: Reason, detail: String },
+}
+
 /// Everything the world said while a command ran. Only what the command needed is present.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Observations {
@@ -283,6 +319,9 @@ pub struct Observations {
     pub vault: Option<VaultAnswer>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pin: Option<PinAnswer>,
+    /// A new proxy tried against the vault before it is set on a registered machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault_probe: Option<ProbeAnswer>,
     /// A sealed secret the step needed could not be opened (machine key lost, file gone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unsealable: Option<Unsealable>,

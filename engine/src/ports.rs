@@ -8,7 +8,9 @@ use regent_store::{EventStore, StoreError};
 use secrecy::SecretString;
 use zeroize::Zeroizing;
 
-use crate::model::{FolderFacts, PinAnswer, SealedRef, SecretKind, UnreadableKind, VaultAnswer, VaultIdentity};
+use crate::model::{
+    FolderFacts, PinAnswer, ProbeAnswer, SealedRef, SecretKind, UnreadableKind, VaultAnswer, VaultIdentity,
+};
 
 pub trait Clock {
     fn now(&self) -> DateTime<Utc>;
@@ -108,9 +110,23 @@ pub struct PinCheck {
     pub request_id: String,
 }
 
+/// A cheap signed call to the vault through a proxy, changing nothing there: the registered
+/// machine reads its anchored head, signed with the key it registered with.
+pub struct VaultProbe {
+    pub endpoint: String,
+    pub vault: String,
+    pub machine_id: String,
+    pub thumbprint: String,
+    pub private_key: Zeroizing<Vec<u8>>,
+    /// The proxy being tried (None: directly).
+    pub proxy: Option<ProxyConfig>,
+}
+
 pub trait VaultClient {
     fn register(&self, request: &RegisterRequest) -> VaultAnswer;
     fn check_pin(&self, check: &PinCheck) -> PinAnswer;
+    /// Whether the vault answers through `probe.proxy`.
+    fn probe(&self, probe: &VaultProbe) -> ProbeAnswer;
 }
 
 /// All the ports, borrowed for one command run.

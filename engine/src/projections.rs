@@ -13,11 +13,13 @@ use crate::events::{self, DecodeError, STREAM};
 use crate::model::{BuildId, Change, Outcome, PassphraseOrigin, StepRecord, Weekday};
 use crate::reason::{Reason, Step};
 use crate::state::{LastRefusal, State};
+
 use crate::units::format_rate;
 
 /// The checkpoint name for the folded state. Renamed whenever `State` gains what an older
 /// checkpoint cannot hold (3: registration attempts), so an old one is never taken for current.
-pub const STATE_CHECKPOINT: &str = "registration-state-3";
+/// 4: the vault's refusal of the loaded credentials (`credentials_refused`).
+pub const STATE_CHECKPOINT: &str = "registration-state-4";
 /// Save a new checkpoint once this many events were folded past the last one.
 pub const CHECKPOINT_EVERY: u64 = 256;
 
@@ -164,7 +166,8 @@ where
 pub struct Status {
     pub phase: &'static str,
     pub next_step: Option<&'static str>,
-    /// The last refusal not resolved since (`last_failure` is the contract's name for it).
+    /// The last refusal not resolved since (`last_failure` is the contract's name for it);
+    /// `current` says whether it is of the step now due or earlier history.
     pub last_failure: Option<RefusalView>,
     pub events: u64,
     pub head: Head,
@@ -172,6 +175,47 @@ pub struct Status {
     pub vault: Option<String>,
     /// A registration started and not ended yet: `regent register` asks again with its request id.
     pub registration_started: Option<StartedView>,
+    /// The vault this machine is registered to, or would register with, and where it is: before
+    /// registration too (`vault` is only the registered one's name).
+    pub vault_detail: Option<VaultDetail>,
+    /// The loaded credentials: when they expire, and whether they are still good as far as this
+    /// log knows.
+    pub credentials: Option<CredentialsStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VaultDetail {
+    pub name: String,
+    pub endpoint: String,
+    pub registered: bool,
+    /// Where name and endpoint come from: `registration` (the vault's answer, at the endpoint it
+    /// was asked at), `registration_started` (the registration waiting for an answer) or
+    /// `credentials` (the loaded file; `register --endpoint` may override it).
+    pub from: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CredentialsStatus {
+    pub file: PathBuf,
+    pub vault: String,
+    pub thumbprint: String,
+    pub not_before: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    /// `valid`, `expired`, `not_yet_valid` (by this machine's clock), `superseded` (the vault
+    /// refused a registration with them because a newer file was downloaded) or `refused_by_vault`
+    /// (the vault refused them otherwise, see `vault_refused`).
+    pub state: &'static str,
+    /// The vault's refusal of these credentials, as the log recorded it: only the vault knows of a
+    /// newer download, and the agent learns of it only when a registration is refused.
+    pub vault_refused: Option<VaultRefusedView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VaultRefusedView {
+    pub reason: Reason,
+    pub at: DateTime<Utc>,
+    /// Where the log learned it: `register` (the vault's answer to a registration).
+    pub learned_from: &'static str,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -189,25 +233,95 @@ pub struct RefusalView {
     /// What to do next, as facts (`{"action": "run", "step": "folders"}`, `{"action": "get_pin"}`).
     pub next: Vec<crate::model::Next>,
     pub at: DateTime<Utc>,
+    /// The refusal is of the step now due (or, once registered, of a change a registered machine
+    /// makes); false: earlier history, which the step now due does not wait on.
+    pub current: bool,
 }
 
-impl From<&LastRefusal> for RefusalView {
-    fn from(f: &LastRefusal) -> Self {
+impl RefusalView {
+    fn of(f: &LastRefusal, state: &State) -> Self {
+        let current = match state.next_step() {
+            Some(due) => f.step == due,
+            None => matches!(
+                f.step,
+                Step::Proxy | Step::ScratchFolder | Step::Throttling | Step::PassphraseChange | Step::Unregister
+            ),
+        };
         RefusalView {
             step: f.step.name(),
             reason: f.reason.clone(),
             message: f.message.clone(),
             next: f.next.clone(),
             at: f.at,
+            current,
         }
     }
 }
 
+/// Whether credentials valid from `not_before` to `not_after` are good at `now`, by the clock.
+pub fn validity(not_before: DateTime<Utc>, not_after: DateTime<Utc>, now: DateTime<Utc>) -> &'static str {
+    if now > not_after {
+        "expired"
+    } else if now < not_before {
+        "not_yet_valid"
+    } else {
+        "valid"
+    }
+}
+
+/// The status as of the log's last record (what a replay or a step's own document shows).
 pub fn status(state: &State, head: Head) -> Status {
+    status_at(state, head, state.updated_at.unwrap_or(DateTime::UNIX_EPOCH))
+}
+
+/// The status at `now` (the clock's time, given: the projection reads no clock).
+pub fn status_at(state: &State, head: Head, now: DateTime<Utc>) -> Status {
+    let vault_detail = match (&state.registration, &state.attempt, &state.credentials) {
+        (Some(r), _, _) => Some(VaultDetail {
+            name: r.vault.clone(),
+            endpoint: r.endpoint.clone(),
+            registered: true,
+            from: "registration",
+        }),
+        (None, Some(a), _) => Some(VaultDetail {
+            name: a.vault.name.clone(),
+            endpoint: a.endpoint.clone(),
+            registered: false,
+            from: "registration_started",
+        }),
+        (None, None, Some(c)) => Some(VaultDetail {
+            name: c.facts.vault.name.clone(),
+            endpoint: c.facts.endpoint.clone(),
+            registered: false,
+            from: "credentials",
+        }),
+        (None, None, None) => None,
+    };
+    let credentials = state.credentials.as_ref().map(|c| {
+        let refused = state.credentials_refused.as_ref().filter(|r| r.thumbprint == c.facts.thumbprint);
+        let by_clock = validity(c.facts.not_before, c.facts.not_after, now);
+        CredentialsStatus {
+            file: c.file.clone(),
+            vault: c.facts.vault.name.clone(),
+            thumbprint: c.facts.thumbprint.clone(),
+            not_before: c.facts.not_before,
+            expires_at: c.facts.not_after,
+            state: match refused.map(|r| &r.reason) {
+                Some(Reason::CredentialsSuperseded) => "superseded",
+                Some(_) if by_clock == "valid" => "refused_by_vault",
+                _ => by_clock,
+            },
+            vault_refused: refused.map(|r| VaultRefusedView {
+                reason: r.reason.clone(),
+                at: r.at,
+                learned_from: "register",
+            }),
+        }
+    });
     Status {
         phase: state.phase().name(),
         next_step: state.next_step().map(|s| s.name()),
-        last_failure: state.last_refusal.as_ref().map(RefusalView::from),
+        last_failure: state.last_refusal.as_ref().map(|f| RefusalView::of(f, state)),
         events: head.position,
         head,
         vault: state.registration.as_ref().map(|r| r.vault.clone()),
@@ -216,6 +330,8 @@ pub fn status(state: &State, head: Head) -> Status {
             request_id: a.request_id.clone(),
             started_at: a.started_at,
         }),
+        vault_detail,
+        credentials,
     }
 }
 
@@ -286,9 +402,18 @@ pub struct CredentialsView {
     pub not_before: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub loaded_at: DateTime<Utc>,
+    /// `valid`, `expired` or `not_yet_valid`, by the clock at the time of the view.
+    pub validity: &'static str,
+    pub expired: bool,
 }
 
+/// The Change Properties view as of the log's last record (a replay's).
 pub fn properties(state: &State) -> Properties {
+    properties_at(state, state.updated_at.unwrap_or(DateTime::UNIX_EPOCH))
+}
+
+/// The Change Properties view at `now` (the clock's time, given).
+pub fn properties_at(state: &State, now: DateTime<Utc>) -> Properties {
     let credentials = state.credentials.as_ref();
     let registration = state.registration.as_ref();
     let vault = match (registration, credentials) {
@@ -347,6 +472,8 @@ pub fn properties(state: &State) -> Properties {
             not_before: c.facts.not_before,
             expires_at: c.facts.not_after,
             loaded_at: c.loaded_at,
+            validity: validity(c.facts.not_before, c.facts.not_after, now),
+            expired: now > c.facts.not_after,
         }),
     }
 }
@@ -541,10 +668,12 @@ pub fn summary(outcome: &Outcome) -> String {
             Change::Unregistered { machine_id, vault } => {
                 format!("unregistered machine {machine_id} from vault {vault}")
             }
-            Change::ScratchMoved { scratch_dir, .. } => format!("scratch folder moved to {}", scratch_dir.display()),
+            Change::ScratchMoved { scratch_dir, .. } => {
+                format!("scratch folder set to {} (the setting only: no file was moved)", scratch_dir.display())
+            }
             Change::ThrottlingSet(t) => format!(
-                "throttling set: {} {}-{} at {}, otherwise {}",
-                t.work_days.iter().map(|d| d.name()).collect::<Vec<_>>().join(","),
+                "throttling set: work days {}, {}-{} at {}, otherwise {}",
+                Weekday::describe_set(&t.work_days),
                 t.work_start.format("%H:%M"),
                 t.work_end.format("%H:%M"),
                 format_rate(t.work_bps),

@@ -1,9 +1,9 @@
 //! Running one command: precheck, observe the world through the ports, decide, append.
 //!
 //! The log is held only while the engine reads and appends. A step that asks the vault
-//! (registering, checking a security PIN) lets go of it for the call and opens it again to record
-//! the answer, deciding against the state it then finds: nothing waits behind a slow vault, and
-//! nothing the vault said is lost if another command appended meanwhile.
+//! (registering, checking a security PIN, trying a new proxy) lets go of it for the call and opens
+//! it again to record the answer, deciding against the state it then finds: nothing waits behind a
+//! slow vault, and nothing the vault said is lost if another command appended meanwhile.
 //!
 //! Whatever is checked here without the vault is checked first: a step refused for a local reason
 //! spends nothing remote (a PIN, a registration) and leaves nothing behind (a folder, a file).
@@ -17,10 +17,12 @@ use crate::decide::{decide, precheck};
 use crate::events::{self, STREAM};
 use crate::model::{
     Command, CredentialFacts, CredentialsObserved, FolderFacts, Observations, Outcome, PassphraseObserved,
-    PassphraseOrigin, PinAnswer, SealedRef, SecretKind, StepRecord, UnreadableKind, Unsealable, VaultIdentity,
+    PassphraseOrigin, PinAnswer, ProbeAnswer, SealedRef, SecretKind, StepRecord, UnreadableKind, Unsealable,
+    VaultIdentity,
 };
-use crate::ports::{LogAccess, PinCheck, PreparedFile, ProxyConfig, RegisterRequest, World};
+use crate::ports::{LogAccess, PinCheck, PreparedFile, ProxyConfig, RegisterRequest, VaultProbe, World};
 use crate::projections::{self, ProjectionError};
+use crate::reason::Reason;
 use crate::state::State;
 
 /// The largest credentials file read; real ones are a few KiB.
@@ -168,6 +170,9 @@ impl<'a> Registrar<'a> {
         match command {
             Command::Register { .. } => run.register(store, state, command, notes),
             Command::ChangePassphrase { .. } => run.change_passphrase(store, state, command, secrets, notes),
+            Command::SetProxy { .. } if state.registration.is_some() => {
+                run.set_proxy(store, state, command, secrets, notes)
+            }
             _ => {
                 let mut seen = observe_local(&state, &command, secrets, world, observed)?;
                 if let Some(created) = create_folders(&state, &command, &mut seen.observed, world) {
@@ -431,6 +436,80 @@ impl Run<'_, '_, '_> {
                 seal_passphrase(&passphrase, facts, world)?;
             }
         }
+        self.record(store, &state, command, seen, notes)
+    }
+}
+
+impl Run<'_, '_, '_> {
+    /// Sets a proxy on a registered machine: the new proxy is tried against the vault first (a
+    /// signed read that changes nothing there), with the log closed, and the answer recorded: a
+    /// proxy that refuses the machine's user or password is not set (see `decide`).
+    fn set_proxy(
+        &self,
+        store: EventStore,
+        state: State,
+        command: Command,
+        mut secrets: SecretInputs,
+        notes: Vec<String>,
+    ) -> Result<Executed, EngineError> {
+        let world = self.world;
+        let (Command::SetProxy { host, port, username, password_given }, Some(registration)) =
+            (&command, state.registration.clone())
+        else {
+            return Err(EngineError::Encode("internal: not a proxy set on a registered machine".into()));
+        };
+        let mut observed = Observations { now: world.clock.now(), ..Observations::default() };
+        let mut password = None;
+        if *password_given {
+            match secrets.proxy_password.take() {
+                None => return Err(EngineError::MissingSecret(NeededSecret::ProxyPassword)),
+                Some(SecretInput::Unusable(problem)) => observed.proxy_password_problem = Some(problem),
+                Some(SecretInput::Given(given)) => {
+                    let sealed = world
+                        .secrets
+                        .seal(SecretKind::ProxyPassword, given.expose_secret().as_bytes())
+                        .map_err(EngineError::Secrets)?;
+                    observed.proxy_password = Some(sealed);
+                    password = Some(given);
+                }
+            }
+        }
+        let mut seen = Observed { observed, generated: None, file: None };
+        // Refused without the vault: nothing is tried.
+        let port = u16::try_from(*port).ok();
+        let (Some(port), Outcome::Accepted(_)) = (port, decide(&state, &command, &seen.observed)) else {
+            return self.record(store, &state, command, seen, notes);
+        };
+        let key = registration_key(&state, &registration)
+            .ok_or_else(|| "the key this machine registered with is not named in the log".to_string())
+            .and_then(|key| world.secrets.open(SecretKind::CredentialsPrivateKey, &key));
+        let private_key = match key {
+            Ok(key) => key,
+            Err(detail) => {
+                seen.observed.vault_probe = Some(ProbeAnswer::Failed {
+                    reason: Reason::CredentialsUnreadable,
+                    detail: format!(
+                        "the key this machine registered with cannot be opened ({detail}), so the new proxy was not tried"
+                    ),
+                });
+                return self.record(store, &state, command, seen, notes);
+            }
+        };
+        let probe = VaultProbe {
+            endpoint: registration.endpoint.clone(),
+            vault: registration.vault.clone(),
+            machine_id: registration.machine_id.clone(),
+            thumbprint: registration.thumbprint.clone(),
+            private_key,
+            proxy: Some(ProxyConfig { host: host.clone(), port, credentials: username.clone().zip(password) }),
+        };
+        drop(store);
+        let answer = world.vault.probe(&probe);
+        drop(probe);
+        let store = self.registrar.log.open()?;
+        let (state, _) = projections::current_state(&store)?;
+        seen.observed.now = world.clock.now();
+        seen.observed.vault_probe = Some(answer);
         self.record(store, &state, command, seen, notes)
     }
 }

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{
     Change, Encryption, Folders, LoadedCredentials, Next, Outcome, Proxy, Registration, RegistrationAttempt, SealedRef,
-    StepRecord, Throttling,
+    StepRecord, Throttling, VaultAnswer,
 };
 use crate::reason::{Reason, Step, ends_registration_attempt};
 
@@ -33,6 +33,20 @@ pub struct State {
     pub last_refusal: Option<LastRefusal>,
     /// When the log last changed.
     pub updated_at: Option<DateTime<Utc>>,
+    /// The last time the vault refused a registration for the credentials it was made with
+    /// (superseded, expired, invalid, another vault's): what the log knows of credentials that
+    /// only the vault can judge. Kept past later steps; shown while those credentials are loaded.
+    #[serde(default)]
+    pub credentials_refused: Option<CredentialsRefused>,
+}
+
+/// The vault's refusal of a registration's credentials, as the log recorded it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialsRefused {
+    /// The certificate the refused registration was made with.
+    pub thumbprint: String,
+    pub reason: Reason,
+    pub at: DateTime<Utc>,
 }
 
 /// The last refusal the state keeps ("last failure" in the status a script reads).
@@ -129,6 +143,26 @@ impl State {
                     next: refusal.next.clone(),
                     at: record.observed.now,
                 });
+                // The vault judged the credentials a registration was made with.
+                if let (Step::Register, Some(VaultAnswer::Refused { reason, .. })) =
+                    (refusal.step, &record.observed.vault)
+                    && matches!(
+                        reason,
+                        Reason::CredentialsSuperseded
+                            | Reason::CredentialsExpired
+                            | Reason::CredentialsInvalid
+                            | Reason::CredentialsWrongVault
+                    )
+                {
+                    let thumbprint = match (&self.attempt, &record.observed.request_id) {
+                        (Some(attempt), Some(id)) if attempt.request_id == *id => Some(attempt.thumbprint.clone()),
+                        _ => self.credentials.as_ref().map(|c| c.facts.thumbprint.clone()),
+                    };
+                    if let Some(thumbprint) = thumbprint {
+                        self.credentials_refused =
+                            Some(CredentialsRefused { thumbprint, reason: reason.clone(), at: record.observed.now });
+                    }
+                }
                 // An outcome of the open attempt: a refusal for good ends it; any other
                 // (unreachable, a failure of the vault or the proxy) leaves it open for the next run.
                 if let (Some(attempt), Some(request_id)) = (&self.attempt, &record.observed.request_id)
@@ -188,6 +222,9 @@ impl State {
                         .as_ref()
                         .filter(|c| c.facts.thumbprint == registration.thumbprint)
                         .map(|c| c.private_key.clone());
+                }
+                if self.credentials_refused.as_ref().is_some_and(|r| r.thumbprint == registration.thumbprint) {
+                    self.credentials_refused = None;
                 }
                 self.registration = Some(registration);
                 self.attempt = None;

@@ -685,7 +685,20 @@ fn work_days_parse_ranges_and_lists() {
     assert_eq!(Weekday::parse_set("mon-fri").unwrap().len(), 5);
     assert_eq!(Weekday::parse_set("sat,sun").unwrap(), vec![Weekday::Sat, Weekday::Sun]);
     assert_eq!(Weekday::parse_set("Monday,wed-fri").unwrap().len(), 4);
-    for bad in ["", "fri-mon", "funday", "mo"] {
+    use Weekday::*;
+    // A range over the weekend is the days it runs through, not the days outside it.
+    assert_eq!(Weekday::parse_set("fri-mon").unwrap(), vec![Mon, Fri, Sat, Sun]);
+    assert_eq!(Weekday::describe_set(&Weekday::parse_set("fri-mon").unwrap()), "Fri, Sat, Sun, Mon");
+    assert_eq!(Weekday::parse_set("mon,tue,fri").unwrap(), vec![Mon, Tue, Fri]);
+    assert_eq!(Weekday::describe_set(&[Mon, Tue, Fri]), "Mon, Tue, Fri");
+    assert_eq!(Weekday::parse_set("sun-sat").unwrap().len(), 7);
+    assert_eq!(Weekday::describe_set(&Weekday::ALL), "every day (Mon to Sun)");
+    assert_eq!(Weekday::parse_set("wed-wed").unwrap(), vec![Wed]);
+    assert_eq!(Weekday::parse_set("sat-sun,tue").unwrap(), vec![Tue, Sat, Sun]);
+    assert_eq!(Weekday::describe_set(&[Tue, Sat, Sun]), "Tue, Sat, Sun");
+    assert_eq!(Weekday::describe_set(&[Mon, Tue, Sat, Sun]), "Sat, Sun, Mon, Tue");
+    assert_eq!(Weekday::describe_set(&Weekday::parse_set("thu-tue").unwrap()), "Thu, Fri, Sat, Sun, Mon, Tue");
+    for bad in ["", ",", "funday", "mo", "fri-", "mon-xyz"] {
         assert!(Weekday::parse_set(bad).is_err(), "{bad}");
     }
 }
@@ -831,7 +844,7 @@ fn a_later_success_of_the_same_step_clears_the_failure_but_another_step_does_not
 fn reason_codes_are_the_names_of_the_spec() {
     let spec = "invalid_folder insufficient_scratch_space invalid_proxy credentials_unreadable credentials_invalid \
         credentials_expired credentials_superseded credentials_wrong_vault passphrase_too_short passphrase_invalid \
-        proxy_auth_failed vault_unreachable vault_error already_registered step_out_of_order security_pin_invalid \
+        proxy_auth_failed vault_unreachable vault_tls_failed vault_error already_registered step_out_of_order security_pin_invalid \
         invalid_throttling request_id_conflict machine_removed";
     let codes: Vec<String> =
         Reason::ALL.iter().map(|r| serde_json::to_value(r).unwrap().as_str().unwrap().to_string()).collect();
@@ -915,4 +928,110 @@ proptest::proptest! {
         proptest::prop_assert!(required_scratch_bytes(largest) <= free);
         proptest::prop_assert!(required_scratch_bytes(largest + 1) > free);
     }
+}
+
+// ---- issue 14: settings changed after registration, and a status that always answers ----
+
+#[test]
+fn a_pin_check_that_failed_before_the_vault_judged_it_is_never_security_pin_invalid() {
+    let change = || Command::ChangePassphrase { save_to: None };
+    let with_answer = |reason: Reason| {
+        let mut observed = passphrase_seen(24);
+        observed.pin = Some(PinAnswer::Refused { reason, detail: "cannot reach https://v: the certificate".into() });
+        observed
+    };
+    let refusal = given(history(Step::Register))
+        .when(change(), with_answer(Reason::VaultTlsFailed))
+        .refused(Reason::VaultTlsFailed, &["TLS", "not sent", "stays good", "the certificate"]);
+    assert!(!refusal.next.contains(&Next::GetPin), "a good PIN is not thrown away: {:?}", refusal.next);
+    given(history(Step::Register))
+        .when(change(), with_answer(Reason::VaultUnreachable))
+        .refused(Reason::VaultUnreachable, &["could not be reached"]);
+    given(history(Step::Register))
+        .when(change(), with_answer(Reason::ProxyAuthFailed))
+        .refused(Reason::ProxyAuthFailed, &["proxy refused"]);
+    // The registration's TLS failure is its own reason too, and keeps the attempt open.
+    let then = started().when(Command::Register { endpoint_override: None }, refused_by_vault(Reason::VaultTlsFailed));
+    assert!(then.after.attempt.is_some());
+    then.refused(Reason::VaultTlsFailed, &["TLS"]);
+}
+
+#[test]
+fn a_new_proxy_the_vault_cannot_be_reached_through_for_its_password_is_not_set() {
+    let with_probe = |probe: ProbeAnswer| Observations {
+        proxy_password: Some(SealedRef { id: "new-pw".into() }),
+        vault_probe: Some(probe),
+        ..at(9)
+    };
+    let registered = given(history(Step::Register));
+    let refused = registered.when(
+        set_proxy("proxy.corp", 3128, Some("ops"), true),
+        with_probe(ProbeAnswer::Failed { reason: Reason::ProxyAuthFailed, detail: "HTTP 407".into() }),
+    );
+    assert_eq!(refused.after.proxy, None, "the proxy setting is unchanged");
+    refused.refused(Reason::ProxyAuthFailed, &["proxy.corp:3128", "HTTP 407", "unchanged"]);
+    let (_, state) =
+        registered.when(set_proxy("proxy.corp", 3128, Some("ops"), true), with_probe(ProbeAnswer::Reached)).accepted();
+    assert_eq!(state.proxy.map(|p| p.password), Some(Some(SealedRef { id: "new-pw".into() })));
+    // The vault down is not the proxy's fault: set (the interface warns).
+    let down = ProbeAnswer::Failed { reason: Reason::VaultUnreachable, detail: "connection refused".into() };
+    registered.when(set_proxy("proxy.corp", 3128, Some("ops"), true), with_probe(down)).accepted();
+    // A log without a probe (before this build, or not registered) decides as before.
+    registered.when(set_proxy("proxy.corp", 3128, None, false), at(9)).accepted();
+}
+
+#[test]
+fn status_shows_the_vault_and_the_credentials_before_and_after_registration_and_what_the_vault_said_of_them() {
+    use regent_engine::projections::{properties_at, status_at};
+    let head = regent_store::Head::EMPTY;
+    let loaded = given(history(Step::Credentials)).state;
+    let status = status_at(&loaded, head, t0());
+    let detail = status.vault_detail.clone().unwrap();
+    assert_eq!((detail.name.as_str(), detail.registered, detail.from), ("vault-a", false, "credentials"));
+    assert_eq!(status.vault, None, "`vault` stays the registered vault only");
+    let credentials = status.credentials.unwrap();
+    assert_eq!(credentials.state, "valid");
+    let expires = credentials.expires_at;
+    assert_eq!(status_at(&loaded, head, expires + Duration::seconds(1)).credentials.unwrap().state, "expired");
+    let view = properties_at(&loaded, expires + Duration::seconds(1)).credentials.unwrap();
+    assert!(view.expired && view.validity == "expired");
+    assert!(!properties_at(&loaded, t0()).credentials.unwrap().expired);
+
+    // The vault refused a registration with them: superseded, learned from that answer.
+    let superseded = started()
+        .when(Command::Register { endpoint_override: None }, refused_by_vault(Reason::CredentialsSuperseded))
+        .after;
+    let status = status_at(&superseded, head, t0());
+    let credentials = status.credentials.unwrap();
+    assert_eq!(credentials.state, "superseded");
+    let said = credentials.vault_refused.unwrap();
+    assert_eq!((said.reason, said.learned_from), (Reason::CredentialsSuperseded, "register"));
+    // Other credentials loaded: the refusal was of the old ones.
+    let reloaded = Given { state: superseded }
+        .when(Command::LoadCredentials { file: "/tmp/w.VaultCredentials".into() }, other_credentials_seen());
+    let (_, reloaded) = reloaded.accepted();
+    assert_eq!(status_at(&reloaded, head, t0()).credentials.unwrap().state, "valid");
+
+    let registered = given(history(Step::Register)).state;
+    let detail = status_at(&registered, head, t0()).vault_detail.unwrap();
+    assert_eq!((detail.registered, detail.from), (true, "registration"));
+}
+
+#[test]
+fn a_failure_of_another_step_than_the_one_due_is_earlier_history() {
+    use regent_engine::projections::status_at;
+    let head = regent_store::Head::EMPTY;
+    // The proxy refused while the credentials step is due: history.
+    let then = given(history(Step::Folders)).when(set_proxy("bad host", 3128, None, false), at(2));
+    let failure = status_at(&then.after, head, t0()).last_failure.unwrap();
+    assert_eq!((failure.step, failure.current), ("proxy", false));
+    // The step due refused: current.
+    let then = given(history(Step::Folders)).when(
+        Command::LoadCredentials { file: "/x.VaultCredentials".into() },
+        Observations { credentials: Some(CredentialsObserved::Invalid { detail: "x".into() }), ..at(1) },
+    );
+    assert!(status_at(&then.after, head, t0()).last_failure.unwrap().current);
+    // Registered: a change a registered machine makes is current.
+    let then = given(history(Step::Register)).when(set_proxy("bad host", 3128, None, false), at(9));
+    assert!(status_at(&then.after, head, t0()).last_failure.unwrap().current);
 }

@@ -178,6 +178,24 @@ impl VaultClient for TestVault {
             PinAnswer::Refused { reason: Reason::SecurityPinInvalid, detail: "unknown PIN".into() }
         }
     }
+
+    /// A proxy whose password is `wrong` refuses it; any other lets the machine through.
+    fn probe(&self, probe: &VaultProbe) -> ProbeAnswer {
+        self.check_log_is_free();
+        let credentials = probe
+            .proxy
+            .as_ref()
+            .and_then(|p| p.credentials.as_ref().map(|(user, pw)| (user.clone(), pw.expose_secret().to_string())));
+        let refused = credentials.as_ref().is_some_and(|(_, pw)| pw == "wrong");
+        self.proxies_seen.borrow_mut().push(credentials);
+        if refused {
+            return ProbeAnswer::Failed {
+                reason: Reason::ProxyAuthFailed,
+                detail: "the proxy refused the user name or password (HTTP 407)".into(),
+            };
+        }
+        ProbeAnswer::Reached
+    }
 }
 impl TestVault {
     fn register_once(&self, request: &RegisterRequest) -> VaultAnswer {

@@ -19,6 +19,9 @@ codes! {
         PassphraseInvalid = "passphrase_invalid",
         ProxyAuthFailed = "proxy_auth_failed",
         VaultUnreachable = "vault_unreachable",
+        /// The vault's TLS could not be trusted (a certificate no trusted CA signed, another host's,
+        /// expired, or no TLS at the other end): never a refusal of the credentials or the PIN.
+        VaultTlsFailed = "vault_tls_failed",
         VaultError = "vault_error",
         AlreadyRegistered = "already_registered",
         StepOutOfOrder = "step_out_of_order",

@@ -16,6 +16,7 @@ mod register;
 mod replay;
 mod secret_scans;
 mod serve;
+mod settings;
 mod snapshots;
 mod steps;
 mod support;

@@ -2,8 +2,10 @@
 //!
 //! Every failure becomes one of the agent's reason codes ([`Reason`]), with a one-line detail that
 //! never holds a secret:
-//! - refused connection, DNS failure, timeout, a connection broken before the answer, TLS failure:
+//! - refused connection, DNS failure, timeout, a connection broken before the answer:
 //!   `vault_unreachable`;
+//! - a TLS failure (a certificate this machine does not trust, another host's, no TLS at the other
+//!   end): `vault_tls_failed`, never a refusal of the credentials, the PIN or the proxy;
 //! - the proxy's 407, or the 401 tinyproxy 1.11 answers a wrong password: `proxy_auth_failed`;
 //! - the service's refusals: the reason they name (`credentials_superseded`, ...);
 //! - the service's 5xx, its refusals that name no reason this build knows, and anything else
@@ -22,8 +24,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use chrono::Utc;
 use regent_credentials::PrivateKey;
-use regent_engine::model::{PinAnswer, VaultAnswer};
-use regent_engine::ports::{PinCheck, ProxyConfig, RegisterRequest, VaultClient};
+use regent_engine::anchoring::{AnchorError, HeadSigner};
+use regent_engine::model::{PinAnswer, ProbeAnswer, VaultAnswer};
+use regent_engine::ports::{PinCheck, ProxyConfig, RegisterRequest, VaultClient, VaultProbe};
 use reqwest::StatusCode;
 use reqwest::blocking::{Client, Response};
 use secrecy::ExposeSecret;
@@ -253,7 +256,7 @@ impl HttpVaultClient {
         // A TLS failure (an untrusted or wrong certificate, no TLS at the other end) does not go
         // away by asking again; it is one line saying what is wrong.
         if let Some(tls) = crate::tls::describe_failure(error) {
-            return Attempt::Fail(Reason::VaultUnreachable, format!("cannot reach {url}: {tls}"));
+            return Attempt::Fail(Reason::VaultTlsFailed, format!("cannot reach {url}: {tls}"));
         }
         // reqwest names the URL in its own text; the detail names it once.
         let text = chain_text(error).replace(&format!(" for url ({url})"), "");
@@ -470,6 +473,28 @@ impl VaultClient for HttpVaultClient {
         match self.pin_attempts(check) {
             Ok(PinValid { issued_at }) => PinAnswer::Valid { issued_at },
             Err((reason, detail)) => PinAnswer::Refused { reason, detail },
+        }
+    }
+
+    /// The machine's signed read of its anchored head, through the proxy tried: any answer of the
+    /// service itself (an anchor, none yet, even a refusal) shows the proxy lets the machine through.
+    fn probe(&self, probe: &VaultProbe) -> ProbeAnswer {
+        let signer = HeadSigner {
+            endpoint: probe.endpoint.clone(),
+            vault: probe.vault.clone(),
+            machine_id: probe.machine_id.clone(),
+            thumbprint: probe.thumbprint.clone(),
+            private_key: probe.private_key.clone(),
+            proxy: probe.proxy.as_ref().map(|p| ProxyConfig {
+                host: p.host.clone(),
+                port: p.port,
+                credentials: p.credentials.as_ref().map(|(user, password)| (user.clone(), password.clone())),
+            }),
+        };
+        match self.fetch_log_head(&signer) {
+            Ok(_) | Err(AnchorError::Refused { .. }) => ProbeAnswer::Reached,
+            Err(AnchorError::Failed { reason, detail }) => ProbeAnswer::Failed { reason, detail },
+            Err(other) => ProbeAnswer::Failed { reason: Reason::VaultError, detail: other.to_string() },
         }
     }
 }

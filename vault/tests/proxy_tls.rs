@@ -193,7 +193,7 @@ fn https_without_the_ca_is_refused_with_a_hint() {
     let credentials = regent_credentials::parse(&file.file_name, file.xml.as_bytes()).unwrap();
 
     let (reason, detail) = refusal(&quick_client(None).register(&register_request(&credentials, None, "m", "r", None)));
-    assert_eq!(reason, Reason::VaultUnreachable, "{detail}");
+    assert_eq!(reason, Reason::VaultTlsFailed, "{detail}");
     assert!(detail.contains("--ca-file"), "{detail}");
 
     let blind = AdminClient::from_token_file(_server.url(), _server.admin_token_path(), None).unwrap();
@@ -295,7 +295,7 @@ fn tls_failure_lines(url: &str, ca_file: Option<&std::path::Path>) -> (String, S
     let credentials = unreachable_credentials(url);
     let (reason, agent) =
         refusal(&quick_client(ca_file).register(&register_request(&credentials, None, "m", "r", None)));
-    assert_eq!(reason, Reason::VaultUnreachable, "{agent}");
+    assert_eq!(reason, Reason::VaultTlsFailed, "{agent}");
     let admin = AdminClient::new(url, SecretString::from("token".to_string()), ca_file).unwrap();
     let admin = match admin.health() {
         Err(error @ AdminError::Unreachable { .. }) => error.to_string(),
