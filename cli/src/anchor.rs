@@ -67,6 +67,11 @@ fn ca_file(ctx: &Context, note: &Note) -> Option<PathBuf> {
     ctx.ca_file.clone().or_else(|| note.ca_file().map(PathBuf::from))
 }
 
+/// The CA file this command was given, else the one the note remembers.
+pub fn remembered_ca_file(ctx: &Context) -> Option<PathBuf> {
+    ca_file(ctx, &load_note(ctx))
+}
+
 /// The sealed keys the note names (see [`Note::sealed_keys`]).
 pub fn sealed_keys(ctx: &Context) -> Vec<SealedRef> {
     load_note(ctx).sealed_keys()

@@ -147,6 +147,7 @@ fn run(ctx: &Context, command: Command) -> Result<u8, Failure> {
             )
         }
         Command::Unregister => {
+            let ctx = &ctx.with_ca_file(anchor::remembered_ca_file(ctx).as_deref());
             let vault = vault_client(ctx)?;
             steps::unregister(ctx, &vault)
         }
