@@ -10,6 +10,7 @@ mod escape;
 mod fixtures;
 mod inputs;
 mod large_logs;
+mod moving;
 mod quickstart;
 mod register;
 mod replay;
