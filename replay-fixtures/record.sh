@@ -11,7 +11,8 @@
 # passphrase rule (the divergence).
 #
 # Fixtures of older builds (schema-2: a log written before registrations were started and the
-# passphrase verifier sealed; schema-3: one whose steps name no build) cannot come from this build
+# passphrase verifier sealed; schema-3: one whose steps name no build; schema-4: one from before
+# unregistrations told the vault) cannot come from this build
 # either: they are kept as recorded.
 #
 # Usage: replay-fixtures/record.sh        (needs cargo, python3, tinyproxy, curl, and root for
@@ -278,7 +279,7 @@ echo "recorded divergence (from registered-through-proxy)"
 
 # Every scenario did what it says: replace the fixtures (one whose scenario is gone goes too), but
 # those of older builds.
-kept=(schema-2 schema-3)
+kept=(schema-2 schema-3 schema-4)
 for name in "${kept[@]}"; do mv "$here/$name.jsonl" "$here/$name.expected.json" "$work/"; done
 rm -f "$here"/*.jsonl "$here"/*.expected.json
 mv "$out"/* "$here"/

@@ -283,11 +283,29 @@ pub enum VaultCommand {
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// List the machines registered to a vault.
+    /// List the machines registered to a vault; `remove` removes one.
+    #[command(args_conflicts_with_subcommands = true)]
     Machines {
-        /// The vault whose machines are listed.
+        #[command(subcommand)]
+        action: Option<MachinesCommand>,
+        /// The vault whose machines are listed (needed without a subcommand).
+        #[arg(long, value_name = "NAME")]
+        vault: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum MachinesCommand {
+    /// Remove a machine from a vault: it leaves the list, and its agent must register again.
+    Remove {
+        /// The vault the machine is removed from.
         #[arg(long, value_name = "NAME")]
         vault: String,
+        /// The machine's id, as `regent vault machines` lists it.
+        #[arg(value_name = "MACHINE_ID")]
+        machine_id: String,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -390,6 +408,10 @@ pub struct PassphraseSource {
 
 #[derive(Args)]
 pub struct RegisterArgs {
+    /// Load this credentials file first; on a machine registered to another vault, move it there
+    /// (unregister from the old vault, register with this one, the passphrase kept).
+    #[arg(long, value_name = "FILE")]
+    pub credentials: Option<PathBuf>,
     /// The vault service's address, instead of the one in the credentials file.
     #[arg(long, value_name = "URL")]
     pub endpoint: Option<String>,

@@ -27,6 +27,7 @@ fn command_of(next: Next) -> &'static str {
         Next::GetPin => "regent vault pin",
         Next::ExportLog => "regent audit export",
         Next::CheckStatus => "regent status",
+        Next::Move => "regent register --credentials FILE",
     }
 }
 
@@ -45,6 +46,20 @@ pub fn with_next(message: &str, next: &[Next]) -> String {
     match next_text(next) {
         Some(next) => format!("{}; {next}", message.trim_end_matches('.')),
         None => message.to_string(),
+    }
+}
+
+/// As [`with_next`], with the credentials file the refused step named in place of `FILE` (the
+/// command to move is said exactly).
+pub fn with_next_for_file(message: &str, next: &[Next], file: Option<&std::path::Path>) -> String {
+    let text = with_next(message, next);
+    match (file, next.contains(&Next::Move)) {
+        (Some(file), true) => {
+            let shown = file.display().to_string();
+            let shown = if shown.contains(char::is_whitespace) { format!("'{shown}'") } else { shown };
+            text.replace("regent register --credentials FILE", &format!("regent register --credentials {shown}"))
+        }
+        _ => text,
     }
 }
 

@@ -130,6 +130,16 @@ fn run(ctx: &Context, command: Command) -> Result<u8, Failure> {
             check_no_credentials(None, a.endpoint.as_deref())?;
             let ctx = &ctx.with_ca_file(a.ca_file.as_deref());
             let vault = vault_client(ctx)?;
+            if let Some(file) = a.credentials {
+                // Registered: a move (refused, recorded, if the file is this vault's or unusable);
+                // not registered: the credentials step. Either way, then register.
+                let file = text_path(std::path::absolute(&file).unwrap_or(file));
+                let command = match steps::registration(ctx)? {
+                    Some(_) => EngineCommand::Move { file },
+                    None => EngineCommand::LoadCredentials { file },
+                };
+                steps::run_with_vault(ctx, command, SecretInputs::default(), &vault)?;
+            }
             steps::run_with_vault(
                 ctx,
                 EngineCommand::Register { endpoint_override: a.endpoint },
@@ -137,7 +147,11 @@ fn run(ctx: &Context, command: Command) -> Result<u8, Failure> {
                 &vault,
             )
         }
-        Command::Unregister => steps::run(ctx, EngineCommand::Unregister, SecretInputs::default()),
+        Command::Unregister => {
+            // The CA file given last, as for every call to the vault (see `vault_client`).
+            let vault = vault_client(ctx)?;
+            steps::unregister(ctx, &vault)
+        }
         Command::Status => views::status(ctx),
         Command::Properties { change: None } => views::properties(ctx),
         Command::Properties { change: Some(PropertiesCommand::ScratchDir { dir }) } => {

@@ -17,6 +17,32 @@ use crate::terminal::{self, Stream, errln, outln};
 use crate::world;
 use regent_engine::anchoring::StepReport;
 
+/// The registration the log holds now, if any.
+pub fn registration(ctx: &Context) -> Result<Option<regent_engine::model::Registration>, Failure> {
+    let log = ctx.log();
+    Ok(Registrar::new(&log).state()?.0.registration)
+}
+
+/// `regent unregister`: unregisters (telling the vault), or, on a machine unregistered already
+/// whose vault was not told then, tells it now (each such step recorded).
+pub fn unregister(ctx: &Context, vault: &dyn VaultClient) -> Result<u8, Failure> {
+    let log = ctx.log();
+    let state = Registrar::new(&log).state()?.0;
+    if state.registration.is_some() || state.pending_removals.is_empty() {
+        return run_with_vault(ctx, Command::Unregister, SecretInputs::default(), vault);
+    }
+    let mut code = 0;
+    for pending in state.pending_removals {
+        code = run_with_vault(
+            ctx,
+            Command::FinishUnregister { machine_id: pending.machine_id },
+            SecretInputs::default(),
+            vault,
+        )?;
+    }
+    Ok(code)
+}
+
 /// Runs a command that needs no vault.
 pub fn run(ctx: &Context, command: Command, secrets: SecretInputs) -> Result<u8, Failure> {
     run_with_vault(ctx, command, secrets, &NoVault)
@@ -76,7 +102,7 @@ pub fn execute(
     let registrar = Registrar::new(&log).keeping(anchor::sealed_keys(ctx));
     // Unregister forgets the registration under which its own head is still reported.
     let before = match command {
-        Command::Unregister => registrar.state()?.0.registration,
+        Command::Unregister | Command::Move { .. } => registrar.state()?.0.registration,
         _ => None,
     };
     let old_scratch = match command {
@@ -91,7 +117,10 @@ pub fn execute(
     result.notes.extend(setting_notes(&result, old_scratch.as_deref()));
     // Every step appends (refusals too), so while registered the new head goes to the vault. The
     // store stays open meanwhile: heads reach the vault in log order.
-    let registration = result.state.registration.clone().or(before);
+    // A vault told of the unregistration holds the machine no more, and one that could not be
+    // told cannot be reached (the step said so): nothing to report to it.
+    let told = matches!(&result.record.outcome, Outcome::Accepted(Change::Unregistered { vault_told: Some(_), .. }));
+    let registration = result.state.registration.clone().or(before.filter(|_| !told));
     let anchored = anchor::after_step(ctx, &store, &area, &result.state, registration.as_ref(), result.head);
     Ok((result, anchored))
 }
@@ -181,7 +210,11 @@ fn report(ctx: &Context, result: &StepResult, anchored: Option<&StepReport>) -> 
             Told { document, outcome: Ok(0) }
         }
         Outcome::Refused(refusal) => {
-            let message = crate::guidance::with_next(&refusal.message, &refusal.next);
+            let file = match &result.record.command {
+                Command::LoadCredentials { file } | Command::Move { file } => Some(file.as_path()),
+                _ => None,
+            };
+            let message = crate::guidance::with_next_for_file(&refusal.message, &refusal.next, file);
             let failure = Failure::refused(format!("{}: {message}", refusal.reason));
             for note in &result.notes {
                 errln!("warning: {note}");

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use regent_vault::{AdminClient, ServeConfig};
 
-use crate::args::{AdminArgs, VaultCommand};
+use crate::args::{AdminArgs, MachinesCommand, VaultCommand};
 use crate::context::Context;
 use crate::failure::Failure;
 use crate::terminal::{self, errln, outln};
@@ -75,7 +75,18 @@ pub fn run(ctx: &Context, command: VaultCommand) -> Result<u8, Failure> {
             }
             Ok(0)
         }
-        VaultCommand::Machines { vault, admin } => {
+        VaultCommand::Machines { action: Some(MachinesCommand::Remove { vault, machine_id, admin }), .. } => {
+            let machine = admin_client(ctx, &admin)?.remove_machine(&vault, &machine_id).map_err(admin_failure)?;
+            print(ctx, &machine, || {
+                format!(
+                    "removed machine {} ({}) from vault {vault}: it is listed no more, and its agent must register again",
+                    machine.machine_id, machine.machine_name
+                )
+            });
+            Ok(0)
+        }
+        VaultCommand::Machines { action: None, vault, admin } => {
+            let vault = vault.ok_or_else(|| Failure::usage("regent vault machines needs --vault NAME"))?;
             let machines = admin_client(ctx, &admin)?.machines(&vault).map_err(admin_failure)?;
             if ctx.json {
                 terminal::json_line(serde_json::to_string(&machines).map_err(|e| Failure::store(e.to_string()))?);

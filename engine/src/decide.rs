@@ -9,7 +9,7 @@ use chrono::{DateTime, Duration, Utc};
 use crate::model::{
     Change, Command, CredentialFacts, CredentialsObserved, Encryption, FolderFacts, Folders, LoadedCredentials, Next,
     Observations, Outcome, PassphraseObserved, PassphraseOrigin, PinAnswer, ProbeAnswer, Proxy, Refusal, Registration,
-    RegistrationAttempt, SecretKind, Throttling, UnreadableKind, Unsealable, VaultAnswer,
+    RegistrationAttempt, RemovalAnswer, SecretKind, Throttling, UnreadableKind, Unsealable, VaultAnswer,
 };
 use crate::reason::{Reason, Step, ends_registration_attempt};
 use crate::state::State;
@@ -119,6 +119,33 @@ pub fn precheck(state: &State, command: &Command) -> Option<Refusal> {
         Command::Unregister => registered.is_none().then_some(Step::Register).and_then(|_| {
             refuse(Reason::StepOutOfOrder, "this machine is not registered; there is nothing to unregister".into())
         }),
+        Command::Move { file } => {
+            if let Some(problem) = path_problem(file) {
+                return refuse(
+                    Reason::CredentialsUnreadable,
+                    format!(
+                        "the credentials file's path {problem}; copy the file to a path of plain text and use it from there"
+                    ),
+                );
+            }
+            registered.is_none().then_some(()).and_then(|_| {
+                refuse(
+                    Reason::StepOutOfOrder,
+                    "this machine is not registered, so there is nothing to move: load the credentials and register"
+                        .into(),
+                )
+                .map(|r| r.then([Next::Run(Step::Credentials), Next::Run(Step::Register)]))
+            })
+        }
+        Command::FinishUnregister { machine_id } => {
+            (!state.pending_removals.iter().any(|p| p.machine_id == *machine_id)).then_some(()).and_then(|_| {
+                refuse(
+                    Reason::StepOutOfOrder,
+                    format!("no unregistration of machine {machine_id} waits to be told to its vault"),
+                )
+                .map(|r| r.then([Next::CheckStatus]))
+            })
+        }
         Command::MoveScratch { scratch_dir } => {
             let Some(folders) = &state.folders else {
                 return out_of_order(Step::Folders);
@@ -215,39 +242,62 @@ fn decide_observed(state: &State, command: &Command, observed: &Observations) ->
         }
         Command::ClearProxy => Ok(Change::ProxyCleared),
         Command::LoadCredentials { file } => {
-            let facts = match needed(step, "credentials file", observed.credentials.as_ref())? {
-                CredentialsObserved::Unreadable { kind, detail } => {
-                    return Err(refuse(Reason::CredentialsUnreadable, unreadable_message(kind, detail)));
-                }
-                CredentialsObserved::Invalid { detail } => {
-                    return Err(refuse(
-                        Reason::CredentialsInvalid,
-                        format!(
-                            "Invalid vault credentials provided: {detail}. The file is either corrupted or not a vault credentials file; download a new one from the vault"
-                        ),
-                    ));
-                }
-                CredentialsObserved::Parsed { facts, private_key } => (facts, private_key),
-            };
-            let (facts, private_key) = facts;
-            check_validity(facts, now).map_err(|m| refuse(Reason::CredentialsExpired, m))?;
+            let loaded = loaded_credentials(step, file, observed)?;
             if let Some(registration) = &state.registration
-                && !same_vault(state, facts)
+                && !same_vault(state, &loaded.facts)
             {
                 return Err(refuse(
                     Reason::CredentialsWrongVault,
                     format!(
-                        "The vault credentials file cannot be used: it was downloaded from vault {}, but this machine is registered to vault {}. Download credentials from vault {}",
-                        facts.vault.name, registration.vault, registration.vault
+                        "The vault credentials file cannot be used: it was downloaded from vault {}, but this machine is registered to vault {}. Download credentials from vault {}, or move this machine to vault {} with this file {} (it unregisters from vault {} and registers with vault {}, keeping the passphrase)",
+                        loaded.facts.vault.name,
+                        registration.vault,
+                        registration.vault,
+                        loaded.facts.vault.name,
+                        file.display(),
+                        registration.vault,
+                        loaded.facts.vault.name
                     ),
-                ));
+                )
+                .then([Next::Move]));
             }
-            Ok(Change::CredentialsLoaded(LoadedCredentials {
-                file: file.clone(),
-                facts: facts.clone(),
-                private_key: private_key.clone(),
-                loaded_at: now,
-            }))
+            Ok(Change::CredentialsLoaded(loaded))
+        }
+        Command::Move { file } => {
+            let loaded = check_move(state, file, observed)?;
+            let (machine_id, vault, vault_told) = unregistration(step, state, observed)?;
+            Ok(Change::Unregistered { machine_id, vault, vault_told, new_credentials: Some(loaded) })
+        }
+        Command::FinishUnregister { machine_id } => {
+            let pending = state
+                .pending_removals
+                .iter()
+                .find(|p| p.machine_id == *machine_id)
+                .ok_or_else(|| refuse(Reason::StepOutOfOrder, "".into()))?;
+            let removal = needed(step, "vault's answer to the unregistration", observed.removal.as_ref())?;
+            if removal.machine_id != pending.machine_id {
+                return Err(refuse(Reason::StepOutOfOrder, "the vault was asked about another machine".into()));
+            }
+            match &removal.answer {
+                RemovalAnswer::Removed { removed_at } => Ok(Change::RemovalCompleted {
+                    machine_id: pending.machine_id.clone(),
+                    vault: pending.vault.clone(),
+                    removed_at: *removed_at,
+                }),
+                RemovalAnswer::NotFound { .. } => Ok(Change::RemovalCompleted {
+                    machine_id: pending.machine_id.clone(),
+                    vault: pending.vault.clone(),
+                    removed_at: now,
+                }),
+                RemovalAnswer::Refused { reason, detail } => Err(refuse(
+                    reason.clone(),
+                    format!(
+                        "vault {} still lists machine {}: it could not be told of the unregistration ({detail}); the machine stays unregistered here",
+                        pending.vault, pending.machine_id
+                    ),
+                )
+                .then([Next::Run(Step::Unregister)])),
+            }
         }
         Command::SetPassphrase { save_to } => {
             let passphrase = needed(step, "passphrase", observed.passphrase.as_ref())?;
@@ -328,8 +378,8 @@ fn decide_observed(state: &State, command: &Command, observed: &Observations) ->
             }
         }
         Command::Unregister => {
-            let registration = state.registration.as_ref().ok_or_else(|| refuse(Reason::StepOutOfOrder, "".into()))?;
-            Ok(Change::Unregistered { machine_id: registration.machine_id.clone(), vault: registration.vault.clone() })
+            let (machine_id, vault, vault_told) = unregistration(step, state, observed)?;
+            Ok(Change::Unregistered { machine_id, vault, vault_told, new_credentials: None })
         }
         Command::MoveScratch { scratch_dir } => {
             let folders = state.folders.as_ref().ok_or_else(|| refuse(Reason::StepOutOfOrder, "".into()))?;
@@ -394,6 +444,80 @@ fn decide_observed(state: &State, command: &Command, observed: &Observations) ->
             Ok(Change::PassphraseChanged(encryption))
         }
     }
+}
+
+/// The credentials a step loads, from what reading and parsing the file gave: refused when it
+/// could not be read, is not credentials, or is out of its validity.
+fn loaded_credentials(step: Step, file: &Path, observed: &Observations) -> Result<LoadedCredentials, Refusal> {
+    let refuse = |reason, message: String| Refusal::new(step, reason, message);
+    let (facts, private_key) = match needed(step, "credentials file", observed.credentials.as_ref())? {
+        CredentialsObserved::Unreadable { kind, detail } => {
+            return Err(refuse(Reason::CredentialsUnreadable, unreadable_message(kind, detail)));
+        }
+        CredentialsObserved::Invalid { detail } => {
+            return Err(refuse(
+                Reason::CredentialsInvalid,
+                format!(
+                    "Invalid vault credentials provided: {detail}. The file is either corrupted or not a vault credentials file; download a new one from the vault"
+                ),
+            ));
+        }
+        CredentialsObserved::Parsed { facts, private_key } => (facts, private_key),
+    };
+    check_validity(facts, observed.now).map_err(|m| refuse(Reason::CredentialsExpired, m))?;
+    Ok(LoadedCredentials {
+        file: file.to_path_buf(),
+        facts: facts.clone(),
+        private_key: private_key.clone(),
+        loaded_at: observed.now,
+    })
+}
+
+/// What a move needs before the vault it leaves is told: a registered machine, and usable
+/// credentials of another vault. Checked first, so that a move refused for a reason of its own
+/// never unregisters anything.
+pub fn check_move(state: &State, file: &Path, observed: &Observations) -> Result<LoadedCredentials, Refusal> {
+    let step = Step::Register;
+    if let Some(refusal) = precheck(state, &Command::Move { file: file.to_path_buf() }) {
+        return Err(refusal);
+    }
+    let loaded = loaded_credentials(step, file, observed)?;
+    if let Some(registration) = &state.registration
+        && same_vault(state, &loaded.facts)
+    {
+        return Err(Refusal::new(
+            step,
+            Reason::AlreadyRegistered,
+            format!(
+                "this machine is already registered to vault {} as {}, the vault these credentials are for; there is nothing to move",
+                registration.vault, registration.machine_id
+            ),
+        ));
+    }
+    Ok(loaded)
+}
+
+/// The registration an unregistration ends, and whether its vault was told (None: a log from
+/// before the vault was told at all).
+fn unregistration(
+    step: Step,
+    state: &State,
+    observed: &Observations,
+) -> Result<(String, String, Option<bool>), Refusal> {
+    let registration = state.registration.as_ref().ok_or_else(|| Refusal::new(step, Reason::StepOutOfOrder, ""))?;
+    let told = match &observed.removal {
+        None => None,
+        Some(removal) if removal.machine_id != registration.machine_id => {
+            return Err(Refusal::new(
+                step,
+                Reason::StepOutOfOrder,
+                "the registration changed while the vault was told (another regent command ran meanwhile)",
+            )
+            .then([Next::CheckStatus]));
+        }
+        Some(removal) => Some(removal.answer.told()),
+    };
+    Ok((registration.machine_id.clone(), registration.vault.clone(), told))
 }
 
 /// The registration the vault's answer makes, at `endpoint_override` or else `endpoint`; the key

@@ -79,6 +79,8 @@ fn upcast(from: u32, payload: &mut Value) -> Result<(), String> {
             map.insert("build".into(), Value::Null);
             Ok(())
         }
+        // Version 5 only added commands, changes and optional fields: a step of 4 reads as it is.
+        4 => Ok(()),
         other => Err(format!("no upcaster from schema version {other}")),
     }
 }
@@ -137,20 +139,21 @@ mod tests {
     }
 
     #[test]
-    fn a_schema_4_step_reads_its_build_and_encodes_as_schema_4() {
+    fn a_schema_4_step_reads_its_build_and_encodes_as_this_builds_schema() {
         let build = BuildId { version: "0.1.0".into(), commit: "a5271b4c0d1e-dirty".into(), date: "2026-12-01".into() };
         let payload =
             format!(r#"{STEP},"build":{{"version":"0.1.0","commit":"a5271b4c0d1e-dirty","date":"2026-12-01"}}}}"#);
         let step = decode(&record(4, &payload)).unwrap();
         assert_eq!(step.build.as_ref(), Some(&build));
+        assert_eq!(decode(&record(5, &payload)).unwrap(), step, "schema 5 added nothing a schema 4 step holds");
         let event = encode(&step, Uuid::nil()).unwrap();
-        assert_eq!(event.schema, 4);
+        assert_eq!(event.schema, 5);
         assert!(
             event
                 .payload()
                 .get()
                 .ends_with(r#","build":{"version":"0.1.0","commit":"a5271b4c0d1e-dirty","date":"2026-12-01"}}"#)
         );
-        assert!(matches!(decode(&record(5, &payload)), Err(DecodeError::NewerSchema { schema: 5, .. })));
+        assert!(matches!(decode(&record(6, &payload)), Err(DecodeError::NewerSchema { schema: 6, .. })));
     }
 }

@@ -41,6 +41,15 @@ pub enum Command {
         endpoint_override: Option<String>,
     },
     Unregister,
+    /// Unregister from the vault the machine is registered with and load another vault's
+    /// credentials, to register there next (`regent register --credentials FILE`).
+    Move {
+        file: PathBuf,
+    },
+    /// Tell a vault of an unregistration it was not told of when it happened (unreachable then).
+    FinishUnregister {
+        machine_id: String,
+    },
     MoveScratch {
         scratch_dir: PathBuf,
     },
@@ -65,7 +74,8 @@ impl Command {
             Command::LoadCredentials { .. } => Step::Credentials,
             Command::SetPassphrase { .. } => Step::Passphrase,
             Command::Register { .. } => Step::Register,
-            Command::Unregister => Step::Unregister,
+            Command::Unregister | Command::FinishUnregister { .. } => Step::Unregister,
+            Command::Move { .. } => Step::Register,
             Command::MoveScratch { .. } => Step::ScratchFolder,
             Command::SetThrottling { .. } | Command::ThrottlingOff => Step::Throttling,
             Command::ChangePassphrase { .. } => Step::PassphraseChange,
@@ -300,6 +310,49 @@ pub enum ProbeAnswer {
     Failed { reason: Reason, detail: String },
 }
 
+/// The vault's answer to being told of an unregistration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "snake_case")]
+pub enum RemovalAnswer {
+    /// The vault removed the machine (now, or before: by the admin, or an earlier try).
+    Removed {
+        #[serde(deserialize_with = "utc_time::deserialize")]
+        removed_at: DateTime<Utc>,
+    },
+    /// The vault does not know the machine: nothing is listed there to remove.
+    NotFound { detail: String },
+    /// Not told: unreachable, refused, or the request could not be made.
+    Refused { reason: Reason, detail: String },
+}
+
+impl RemovalAnswer {
+    /// Whether the vault lists the machine no more.
+    pub fn told(&self) -> bool {
+        !matches!(self, RemovalAnswer::Refused { .. })
+    }
+}
+
+/// What telling a vault of an unregistration came to, for which machine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovalObserved {
+    pub vault: String,
+    pub machine_id: String,
+    pub answer: RemovalAnswer,
+}
+
+/// An unregistration the vault was not told of yet: what it takes to tell it (its registration's
+/// endpoint, certificate and sealed key, kept until then).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingRemoval {
+    pub vault: String,
+    pub machine_id: String,
+    pub endpoint: String,
+    pub thumbprint: String,
+    pub private_key: SealedRef,
+    #[serde(deserialize_with = "utc_time::deserialize")]
+    pub unregistered_at: DateTime<Utc>,
+}
+
 /// Everything the world said while a command ran. Only what the command needed is present.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Observations {
@@ -337,6 +390,9 @@ pub struct Observations {
     /// before the vault is asked, so no attempt is spent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pin_problem: Option<String>,
+    /// What the vault said when told of an unregistration (absent in logs before it was told).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removal: Option<RemovalObserved>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -458,8 +514,30 @@ pub enum Change {
     PassphraseCreated(Encryption),
     RegistrationAttempted(RegistrationAttempt),
     Registered(Registration),
-    Unregistered { machine_id: String, vault: String },
-    ScratchMoved { scratch_dir: PathBuf, scratch_free_bytes: u64, scratch_filesystem: String },
+    Unregistered {
+        machine_id: String,
+        vault: String,
+        /// Whether the vault was told (it lists the machine no more); `false`: it was not
+        /// reachable, and the next `register` (or `unregister`) tells it. Absent in logs written
+        /// before the vault was told at all.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vault_told: Option<bool>,
+        /// A move: the other vault's credentials, loaded with the same step.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        new_credentials: Option<LoadedCredentials>,
+    },
+    /// A vault not told of an unregistration when it happened was told since.
+    RemovalCompleted {
+        machine_id: String,
+        vault: String,
+        #[serde(deserialize_with = "utc_time::deserialize")]
+        removed_at: DateTime<Utc>,
+    },
+    ScratchMoved {
+        scratch_dir: PathBuf,
+        scratch_free_bytes: u64,
+        scratch_filesystem: String,
+    },
     ThrottlingSet(Throttling),
     ThrottlingOff,
     PassphraseChanged(Encryption),
@@ -493,6 +571,7 @@ impl Change {
             Change::RegistrationAttempted(_) => "RegistrationAttempted",
             Change::Registered(_) => "Registered",
             Change::Unregistered { .. } => "Unregistered",
+            Change::RemovalCompleted { .. } => "RemovalCompleted",
             Change::ScratchMoved { .. } => "ScratchMoved",
             Change::ThrottlingSet(_) => "ThrottlingSet",
             Change::ThrottlingOff => "ThrottlingOff",
@@ -538,6 +617,8 @@ pub enum Next {
     ExportLog,
     /// Look at where registration stands.
     CheckStatus,
+    /// Move this machine to the vault of the credentials file the step named.
+    Move,
 }
 
 /// What decide concluded.
@@ -596,4 +677,7 @@ impl std::fmt::Display for BuildId {
 /// The payload schema version this build writes. 3: registrations are started
 /// (`RegistrationAttempted`) before the vault is asked, and the passphrase verifier is sealed
 /// beside the log instead of recorded. 4: each step names the build that recorded it (`build`).
-pub const SCHEMA_VERSION: u32 = 4;
+/// 5: unregistrations tell the vault and machines move (`Move`, `FinishUnregister`,
+/// `RemovalCompleted`, `removal`), and a new proxy is probed (`vault_probe`): a build of schema 4
+/// would misread or refuse these steps, so it is told the log is newer than it reads.
+pub const SCHEMA_VERSION: u32 = 5;

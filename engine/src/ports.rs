@@ -9,7 +9,8 @@ use secrecy::SecretString;
 use zeroize::Zeroizing;
 
 use crate::model::{
-    FolderFacts, PinAnswer, ProbeAnswer, SealedRef, SecretKind, UnreadableKind, VaultAnswer, VaultIdentity,
+    FolderFacts, PinAnswer, ProbeAnswer, RemovalAnswer, SealedRef, SecretKind, UnreadableKind, VaultAnswer,
+    VaultIdentity,
 };
 
 pub trait Clock {
@@ -122,11 +123,32 @@ pub struct VaultProbe {
     pub proxy: Option<ProxyConfig>,
 }
 
+/// Everything telling a vault of an unregistration needs: signed with the key the machine
+/// registered with.
+pub struct UnregisterRequest {
+    pub endpoint: String,
+    pub vault: String,
+    pub machine_id: String,
+    /// The certificate the machine registered with (lowercase hex SHA-256).
+    pub thumbprint: String,
+    /// That certificate's private key (PKCS#8 DER).
+    pub private_key: Zeroizing<Vec<u8>>,
+    pub proxy: Option<ProxyConfig>,
+    pub request_id: String,
+}
+
 pub trait VaultClient {
     fn register(&self, request: &RegisterRequest) -> VaultAnswer;
     fn check_pin(&self, check: &PinCheck) -> PinAnswer;
     /// Whether the vault answers through `probe.proxy`.
     fn probe(&self, probe: &VaultProbe) -> ProbeAnswer;
+    /// Tells the vault the machine unregistered. A client that cannot reach a vault says so.
+    fn unregister(&self, request: &UnregisterRequest) -> RemovalAnswer {
+        RemovalAnswer::Refused {
+            reason: crate::Reason::VaultUnreachable,
+            detail: format!("vault {} was not asked: this command does not reach it", request.vault),
+        }
+    }
 }
 
 /// All the ports, borrowed for one command run.

@@ -130,6 +130,7 @@ where
             match change {
                 Change::ProxySet(p) => found.extend(p.password.iter().cloned()),
                 Change::CredentialsLoaded(c) => found.push(c.private_key.clone()),
+                Change::Unregistered { new_credentials: Some(c), .. } => found.push(c.private_key.clone()),
                 Change::PassphraseCreated(e) | Change::PassphraseChanged(e) => {
                     found.extend(e.sealed.iter().chain(&e.verifier_sealed).cloned())
                 }
@@ -665,8 +666,20 @@ pub fn summary(outcome: &Outcome) -> String {
                 a.thumbprint.get(..16).unwrap_or(&a.thumbprint)
             ),
             Change::Registered(r) => format!("registered to vault {} as machine {}", r.vault, r.machine_id),
-            Change::Unregistered { machine_id, vault } => {
-                format!("unregistered machine {machine_id} from vault {vault}")
+            Change::Unregistered { machine_id, vault, vault_told, new_credentials } => {
+                let told = match vault_told {
+                    Some(true) => " (the vault removed it)",
+                    Some(false) => " (the vault was not reachable: it still lists the machine until it is told)",
+                    None => "",
+                };
+                let moving = new_credentials
+                    .as_ref()
+                    .map(|c| format!("; credentials of vault {} loaded to register there", c.facts.vault.name))
+                    .unwrap_or_default();
+                format!("unregistered machine {machine_id} from vault {vault}{told}{moving}")
+            }
+            Change::RemovalCompleted { machine_id, vault, .. } => {
+                format!("vault {vault} was told of the unregistration of machine {machine_id} and removed it")
             }
             Change::ScratchMoved { scratch_dir, .. } => {
                 format!("scratch folder set to {} (the setting only: no file was moved)", scratch_dir.display())

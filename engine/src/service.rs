@@ -17,10 +17,12 @@ use crate::decide::{decide, precheck};
 use crate::events::{self, STREAM};
 use crate::model::{
     Command, CredentialFacts, CredentialsObserved, FolderFacts, Observations, Outcome, PassphraseObserved,
-    PassphraseOrigin, PinAnswer, ProbeAnswer, SealedRef, SecretKind, StepRecord, UnreadableKind, Unsealable,
-    VaultIdentity,
+    PassphraseOrigin, PinAnswer, ProbeAnswer, RemovalAnswer, RemovalObserved, SealedRef, SecretKind, StepRecord,
+    UnreadableKind, Unsealable, VaultIdentity,
 };
-use crate::ports::{LogAccess, PinCheck, PreparedFile, ProxyConfig, RegisterRequest, VaultProbe, World};
+use crate::ports::{
+    LogAccess, PinCheck, PreparedFile, ProxyConfig, RegisterRequest, UnregisterRequest, VaultProbe, World,
+};
 use crate::projections::{self, ProjectionError};
 use crate::reason::Reason;
 use crate::state::State;
@@ -162,6 +164,11 @@ impl<'a> Registrar<'a> {
         let store = self.log.open()?;
         let (state, _) = projections::current_state(&store)?;
         let mut notes = finish_kept_file(&state, world);
+        // The next contact with the vaults: unregistrations they were not told of are told first.
+        let (store, state) = match command {
+            Command::Register { .. } | Command::Move { .. } => run.tell_pending(store, state, &mut notes)?,
+            _ => (store, state),
+        };
         let observed = Observations { now: world.clock.now(), ..Observations::default() };
         if precheck(&state, &command).is_some() {
             let seen = Observed { observed, generated: None, file: None };
@@ -172,6 +179,9 @@ impl<'a> Registrar<'a> {
             Command::ChangePassphrase { .. } => run.change_passphrase(store, state, command, secrets, notes),
             Command::SetProxy { .. } if state.registration.is_some() => {
                 run.set_proxy(store, state, command, secrets, notes)
+            }
+            Command::Unregister | Command::Move { .. } | Command::FinishUnregister { .. } => {
+                run.unregister(store, state, command, notes)
             }
             _ => {
                 let mut seen = observe_local(&state, &command, secrets, world, observed)?;
@@ -271,6 +281,137 @@ impl Run<'_, '_, '_> {
             None => Vec::new(),
             Some(e) => vec![format!("a superseded secret could not be removed ({e}); it stays sealed beside the log")],
         }
+    }
+
+    /// Tells a vault that `target` unregistered, with the log let go for the call: the key it
+    /// registered with signs. Returns the log again, the state then, and what the vault said.
+    fn tell_vault(
+        &self,
+        store: EventStore,
+        state: &State,
+        target: &crate::model::PendingRemoval,
+    ) -> Result<(EventStore, State, RemovalObserved), EngineError> {
+        let world = self.world;
+        let request =
+            signing_inputs(state, world, Ok(&target.private_key)).map(|(private_key, proxy)| UnregisterRequest {
+                endpoint: target.endpoint.clone(),
+                vault: target.vault.clone(),
+                machine_id: target.machine_id.clone(),
+                thumbprint: target.thumbprint.clone(),
+                private_key,
+                proxy,
+                request_id: self.meta.correlation_id.to_string(),
+            });
+        let observed =
+            |answer| RemovalObserved { vault: target.vault.clone(), machine_id: target.machine_id.clone(), answer };
+        let request = match request {
+            Ok(request) => request,
+            Err(Unsealable { secret, detail }) => {
+                let reason = match secret {
+                    SecretKind::ProxyPassword => crate::Reason::InvalidProxy,
+                    _ => crate::Reason::CredentialsUnreadable,
+                };
+                let answer =
+                    RemovalAnswer::Refused { reason, detail: format!("the call could not be signed: {detail}") };
+                return Ok((store, state.clone(), observed(answer)));
+            }
+        };
+        drop(store);
+        let answer = world.vault.unregister(&request);
+        drop(request);
+        let store = self.registrar.log.open()?;
+        let (state, _) = projections::current_state(&store)?;
+        Ok((store, state, observed(answer)))
+    }
+
+    /// Unregisters (told to the vault, or marked not told when it cannot be), moves (the same, with
+    /// another vault's credentials loaded, checked before the vault is told), or tells a vault of
+    /// an earlier unregistration.
+    fn unregister(
+        &self,
+        store: EventStore,
+        state: State,
+        command: Command,
+        mut notes: Vec<String>,
+    ) -> Result<Executed, EngineError> {
+        let world = self.world;
+        let mut observed = Observations { now: world.clock.now(), ..Observations::default() };
+        let target = match &command {
+            Command::FinishUnregister { machine_id } => {
+                state.pending_removals.iter().find(|p| p.machine_id == *machine_id).cloned()
+            }
+            _ => state.registration.as_ref().and_then(|registration| {
+                Some(crate::model::PendingRemoval {
+                    vault: registration.vault.clone(),
+                    machine_id: registration.machine_id.clone(),
+                    endpoint: registration.endpoint.clone(),
+                    thumbprint: registration.thumbprint.clone(),
+                    private_key: registration_key(&state, registration)?,
+                    unregistered_at: observed.now,
+                })
+            }),
+        };
+        if let Command::Move { file } = &command {
+            observed.credentials = Some(observe_credentials(file, world)?);
+            // A move refused for its own reasons (the file) tells the vault nothing.
+            if crate::decide::check_move(&state, file, &observed).is_err() {
+                let seen = Observed { observed, generated: None, file: None };
+                return self.record(store, &state, command, seen, notes);
+            }
+        }
+        let (store, state) = match target {
+            Some(target) => {
+                let (store, state, removal) = self.tell_vault(store, &state, &target)?;
+                observed.now = world.clock.now();
+                if let RemovalAnswer::Refused { detail, .. } = &removal.answer
+                    && !matches!(command, Command::FinishUnregister { .. })
+                {
+                    notes.push(format!(
+                        "vault {} was not told ({detail}): it lists machine {} until it is; the next register or unregister tells it",
+                        removal.vault, removal.machine_id
+                    ));
+                }
+                observed.removal = Some(removal);
+                (store, state)
+            }
+            // A registration whose key the log never named (an old log): unregistered here only.
+            None => (store, state),
+        };
+        self.record(store, &state, command, Observed { observed, generated: None, file: None }, notes)
+    }
+
+    /// Tells each vault of the unregistrations it was not told of; each one told is recorded
+    /// (`RemovalCompleted`), one still not told only noted. Returns the log and the state after.
+    fn tell_pending(
+        &self,
+        mut store: EventStore,
+        mut state: State,
+        notes: &mut Vec<String>,
+    ) -> Result<(EventStore, State), EngineError> {
+        for pending in state.pending_removals.clone() {
+            let (reopened, now_state, removal) = self.tell_vault(store, &state, &pending)?;
+            if let RemovalAnswer::Refused { detail, .. } = &removal.answer {
+                notes.push(format!(
+                    "vault {} still lists machine {}, unregistered here: it was not told ({detail})",
+                    pending.vault, pending.machine_id
+                ));
+                (store, state) = (reopened, now_state);
+                continue;
+            }
+            let observed =
+                Observations { now: self.world.clock.now(), removal: Some(removal), ..Observations::default() };
+            let command = Command::FinishUnregister { machine_id: pending.machine_id.clone() };
+            let seen = Observed { observed, generated: None, file: None };
+            let executed = self.record(reopened, &now_state, command, seen, Vec::new())?;
+            if matches!(executed.result.record.outcome, Outcome::Accepted(_)) {
+                notes.push(format!(
+                    "vault {} was told of the unregistration of machine {} and removed it",
+                    pending.vault, pending.machine_id
+                ));
+            }
+            (store, state) = (executed.store, executed.result.state);
+        }
+        Ok((store, state))
     }
 
     /// Registers: starts an attempt (recorded) unless one is open, asks the vault with the log
@@ -568,6 +709,8 @@ fn observe_local(
         Command::SetProxy { password_given: false, .. }
         | Command::ClearProxy
         | Command::Unregister
+        | Command::Move { .. }
+        | Command::FinishUnregister { .. }
         | Command::SetThrottling { .. }
         | Command::ThrottlingOff
         | Command::Register { .. }

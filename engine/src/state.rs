@@ -4,8 +4,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    Change, Encryption, Folders, LoadedCredentials, Next, Outcome, Proxy, Registration, RegistrationAttempt, SealedRef,
-    StepRecord, Throttling, VaultAnswer,
+    Change, Encryption, Folders, LoadedCredentials, Next, Outcome, PendingRemoval, Proxy, Registration,
+    RegistrationAttempt, SealedRef, StepRecord, Throttling, VaultAnswer,
 };
 use crate::reason::{Reason, Step, ends_registration_attempt};
 
@@ -28,6 +28,10 @@ pub struct State {
     #[serde(default)]
     pub attempt_answered: bool,
     pub throttling: Option<Throttling>,
+    /// Unregistrations the vault was not told of yet (it was unreachable): each is told at the
+    /// next `register` or `unregister`, and its key kept sealed until then.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_removals: Vec<PendingRemoval>,
     /// The most recent refusal that a later success of the same step has not resolved.
     #[serde(alias = "last_failure")]
     pub last_refusal: Option<LastRefusal>,
@@ -123,6 +127,7 @@ impl State {
         if let Some(attempt) = &self.attempt {
             refs.push(attempt.private_key.clone());
         }
+        refs.extend(self.pending_removals.iter().map(|p| p.private_key.clone()));
         if let Some(encryption) = &self.encryption {
             refs.extend(encryption.sealed.iter().cloned());
             refs.extend(encryption.verifier_sealed.iter().cloned());
@@ -230,10 +235,29 @@ impl State {
                 self.attempt = None;
                 self.attempt_answered = false;
             }
-            Change::Unregistered { .. } => {
+            Change::Unregistered { vault_told, new_credentials, .. } => {
+                if let (Some(false), Some(registration)) = (vault_told, self.registration.take())
+                    && let Some(private_key) = registration.private_key
+                {
+                    self.pending_removals.retain(|p| p.machine_id != registration.machine_id);
+                    self.pending_removals.push(PendingRemoval {
+                        vault: registration.vault,
+                        machine_id: registration.machine_id,
+                        endpoint: registration.endpoint,
+                        thumbprint: registration.thumbprint,
+                        private_key,
+                        unregistered_at: self.updated_at.unwrap_or(registration.registered_at),
+                    });
+                }
                 self.registration = None;
                 self.attempt = None;
                 self.attempt_answered = false;
+                if let Some(credentials) = new_credentials {
+                    self.credentials = Some(credentials.clone());
+                }
+            }
+            Change::RemovalCompleted { machine_id, .. } => {
+                self.pending_removals.retain(|p| p.machine_id != *machine_id);
             }
             Change::ScratchMoved { scratch_dir, scratch_free_bytes, scratch_filesystem } => {
                 if let Some(folders) = &mut self.folders {

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use chrono::{DateTime, Duration, NaiveTime, Utc};
+use regent_engine::decide as decide_mod;
 use regent_engine::model::*;
 use regent_engine::{Reason, State, Step, decide, precheck};
 
@@ -1034,4 +1035,101 @@ fn a_failure_of_another_step_than_the_one_due_is_earlier_history() {
     // Registered: a change a registered machine makes is current.
     let then = given(history(Step::Register)).when(set_proxy("bad host", 3128, None, false), at(9));
     assert!(status_at(&then.after, head, t0()).last_failure.unwrap().current);
+}
+
+// ---- unregistering, telling the vault, moving ----
+
+fn removal(answer: RemovalAnswer, minutes: i64) -> Observations {
+    Observations {
+        removal: Some(RemovalObserved { vault: "vault-a".into(), machine_id: "m-1".into(), answer }),
+        ..at(minutes)
+    }
+}
+
+fn unreachable() -> RemovalAnswer {
+    RemovalAnswer::Refused { reason: Reason::VaultUnreachable, detail: "connection refused".into() }
+}
+
+fn registered() -> Given {
+    given(history(Step::Register))
+}
+
+#[test]
+fn an_unregistration_the_vault_was_told_of_leaves_nothing_pending() {
+    let (change, state) =
+        registered().when(Command::Unregister, removal(RemovalAnswer::Removed { removed_at: t0() }, 20)).accepted();
+    assert!(matches!(change, Change::Unregistered { vault_told: Some(true), new_credentials: None, .. }), "{change:?}");
+    assert!(state.registration.is_none() && state.pending_removals.is_empty());
+    // A vault that lists the machine no more is as good as told.
+    let (change, _) = registered()
+        .when(Command::Unregister, removal(RemovalAnswer::NotFound { detail: "gone".into() }, 20))
+        .accepted();
+    assert!(matches!(change, Change::Unregistered { vault_told: Some(true), .. }));
+    // A log from before the vault was told: no marker at all, nothing pending.
+    let (change, state) = registered().when(Command::Unregister, at(20)).accepted();
+    assert!(matches!(change, Change::Unregistered { vault_told: None, .. }));
+    assert!(state.pending_removals.is_empty());
+}
+
+#[test]
+fn an_unreachable_vault_leaves_the_unregistration_pending_with_its_key_until_it_is_told() {
+    let (change, state) = registered().when(Command::Unregister, removal(unreachable(), 20)).accepted();
+    assert!(matches!(change, Change::Unregistered { vault_told: Some(false), .. }), "{change:?}");
+    assert!(state.registration.is_none());
+    assert_eq!(state.pending_removals.len(), 1);
+    let pending = &state.pending_removals[0];
+    assert_eq!((pending.vault.as_str(), pending.machine_id.as_str()), ("vault-a", "m-1"));
+    assert!(state.sealed_refs().unwrap().contains(&pending.private_key), "the key stays sealed to tell it later");
+
+    let mut steps = history(Step::Register);
+    steps.push((Command::Unregister, removal(unreachable(), 20)));
+    let pending = given(steps.clone());
+    let finish = Command::FinishUnregister { machine_id: "m-1".into() };
+    // Still unreachable: refused with the vault's reason, still pending.
+    let refusal =
+        pending.when(finish.clone(), removal(unreachable(), 30)).refused(Reason::VaultUnreachable, &["vault-a"]);
+    assert_eq!(refusal.next, vec![Next::Run(Step::Unregister)]);
+    // Told: recorded, nothing pending.
+    let (change, state) =
+        pending.when(finish.clone(), removal(RemovalAnswer::Removed { removed_at: t0() }, 30)).accepted();
+    assert!(matches!(change, Change::RemovalCompleted { ref machine_id, .. } if machine_id == "m-1"));
+    assert!(state.pending_removals.is_empty());
+    // Nothing pending: out of order, touching nothing.
+    steps.push((finish.clone(), removal(RemovalAnswer::Removed { removed_at: t0() }, 30)));
+    assert_eq!(precheck(&given(steps).state, &finish).map(|r| r.reason), Some(Reason::StepOutOfOrder));
+}
+
+#[test]
+fn a_move_loads_the_other_vaults_credentials_with_the_unregistration_and_keeps_the_passphrase() {
+    let file = PathBuf::from("/tmp/b.VaultCredentials");
+    let mut observed = credentials_seen("vault-b");
+    observed.removal = removal(RemovalAnswer::Removed { removed_at: t0() }, 20).removal;
+    observed.now = t0() + Duration::minutes(20);
+    let before = registered().state;
+    let (change, state) = registered().when(Command::Move { file: file.clone() }, observed).accepted();
+    let Change::Unregistered { vault_told: Some(true), new_credentials: Some(loaded), .. } = change else {
+        panic!("{change:?}")
+    };
+    assert_eq!(loaded.facts.vault.name, "vault-b");
+    assert_eq!(state.credentials.as_ref().map(|c| c.facts.vault.name.as_str()), Some("vault-b"));
+    assert_eq!(state.encryption, before.encryption, "the passphrase is kept");
+    assert_eq!(state.next_step(), Some(Step::Register));
+
+    // The same vault's file: nothing to move, refused before the vault is told.
+    let same = credentials_seen("vault-a");
+    let refusal = registered().state;
+    let checked = decide_mod::check_move(&refusal, &file, &same).unwrap_err();
+    assert_eq!(checked.reason, Reason::AlreadyRegistered);
+    // Not registered: nothing to move.
+    let passphrase = given(history(Step::Passphrase));
+    assert_eq!(precheck(&passphrase.state, &Command::Move { file }).map(|r| r.reason), Some(Reason::StepOutOfOrder));
+}
+
+#[test]
+fn loading_another_vaults_credentials_on_a_registered_machine_says_to_move() {
+    let refusal = registered()
+        .when(Command::LoadCredentials { file: "/tmp/b.VaultCredentials".into() }, credentials_seen("vault-b"))
+        .refused(Reason::CredentialsWrongVault, &["vault-b", "vault-a", "/tmp/b.VaultCredentials", "move"]);
+    assert_eq!(refusal.next, vec![Next::Move]);
+    assert!(!refusal.message.contains("regent ") && !refusal.message.contains(" --"), "{}", refusal.message);
 }

@@ -13,6 +13,7 @@
 //! | `POST /v1/vaults/{vault}/pin-checks` | the machine, signed | [`PinCheckBody`] | `200` [`PinValid`] |
 //! | `POST /v1/vaults/{vault}/machines/{machine_id}/log-head` | agent, signed | [`HeadReport`] | `200` [`Anchor`] |
 //! | `GET /v1/vaults/{vault}/machines/{machine_id}/log-head` | agent, signed headers | | `200` [`Anchor`] |
+//! | `POST /v1/vaults/{vault}/machines/{machine_id}/unregistrations` | the machine, signed | [`UnregisterBody`] | `200` [`Unregistered`] |
 //!
 //! The routes are also [`ROUTES`], with who may call each ([`Access`]): the service's router is built
 //! from that table and nothing else.
@@ -103,6 +104,7 @@ pub enum RouteId {
     CheckPin,
     ReportLogHead,
     ReadLogHead,
+    Unregister,
 }
 
 /// The HTTP methods the service answers.
@@ -135,7 +137,7 @@ pub struct Route {
 
 /// Every route of the service. The router is built from this table and nothing else, so a route
 /// the table does not hold cannot be served, and `tests/routes.rs` attacks each one of them.
-pub const ROUTES: [Route; 11] = [
+pub const ROUTES: [Route; 12] = [
     Route { id: RouteId::Health, method: Method::Get, path: "/v1/health", access: Access::Anyone },
     Route { id: RouteId::CreateVault, method: Method::Post, path: "/v1/vaults", access: Access::Admin },
     Route { id: RouteId::GetVault, method: Method::Get, path: "/v1/vaults/{vault}", access: Access::Admin },
@@ -180,6 +182,12 @@ pub const ROUTES: [Route; 11] = [
         id: RouteId::ReadLogHead,
         method: Method::Get,
         path: "/v1/vaults/{vault}/machines/{machine_id}/log-head",
+        access: Access::Machine,
+    },
+    Route {
+        id: RouteId::Unregister,
+        method: Method::Post,
+        path: "/v1/vaults/{vault}/machines/{machine_id}/unregistrations",
         access: Access::Machine,
     },
 ];
@@ -431,6 +439,56 @@ impl RegisterBody {
     }
 }
 
+/// A machine tells its vault it unregistered: signed with the private key of the credentials it
+/// registered with, like a PIN check. Idempotent: a machine removed already (by itself or by the
+/// admin) is answered with its removal again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnregisterBody {
+    /// Names this unregistration in the vault's log; a retry may send another.
+    pub request_id: String,
+    /// Lowercase hex SHA-256 of the certificate the machine registered with.
+    pub thumbprint: String,
+    /// Unix seconds at the agent when it signed.
+    pub timestamp: i64,
+    /// Fresh for every attempt (retries too): a replayed nonce is refused.
+    pub nonce: String,
+    /// Base64 (standard alphabet) of the signature over [`unregistration_message`].
+    pub signature: String,
+}
+
+impl UnregisterBody {
+    /// The bytes this body's signature must cover, for `vault` and `machine_id` (from the path).
+    pub fn message(&self, vault: &str, machine_id: &str) -> Vec<u8> {
+        unregistration_message(vault, machine_id, &self.thumbprint, &self.request_id, self.timestamp, &self.nonce)
+    }
+}
+
+/// The answer to an unregistration: the machine is removed (now, or it was before, at `removed_at`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unregistered {
+    pub machine_id: String,
+    pub vault: String,
+    pub removed_at: DateTime<Utc>,
+}
+
+/// The exact bytes an unregistration signs, as [`registration_message`] is built, with its own
+/// header line (so it never passes for another request).
+pub fn unregistration_message(
+    vault: &str,
+    machine_id: &str,
+    thumbprint: &str,
+    request_id: &str,
+    timestamp: i64,
+    nonce: &str,
+) -> Vec<u8> {
+    format!(
+        "regent-vault-unregistration-v1\nvault={vault}\nmachine_id={machine_id}\nthumbprint={thumbprint}\n\
+         request_id={request_id}\ntimestamp={timestamp}\nnonce={nonce}\n"
+    )
+    .into_bytes()
+}
+
 /// The most records one report carries. An agent further past its anchor reports in steps.
 pub const MAX_PROOF_RECORDS: usize = 256;
 /// The most bytes of records (the stored lines, before JSON escaping) one report carries. A record
@@ -655,6 +713,20 @@ mod tests {
             )
         );
         assert_ne!(message, pin_check_message("v", "m-1", &t, "req-1", "12345679", 1_700_000_000, "n0nce"));
+    }
+
+    #[test]
+    fn the_unregistration_message_is_stable_and_distinct() {
+        let t = "ab".repeat(32);
+        let message = unregistration_message("v", "m-1", &t, "req-1", 1_700_000_000, "n0nce");
+        assert_eq!(
+            String::from_utf8(message.clone()).unwrap(),
+            format!(
+                "regent-vault-unregistration-v1\nvault=v\nmachine_id=m-1\nthumbprint={t}\nrequest_id=req-1\n\
+                 timestamp=1700000000\nnonce=n0nce\n"
+            )
+        );
+        assert_ne!(message, log_head_read_message("v", "m-1", &t, 1_700_000_000, "n0nce"));
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod fixtures;
 mod help;
 mod inputs;
 mod large_logs;
+mod moving;
 mod quickstart;
 mod register;
 mod replay;

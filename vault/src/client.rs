@@ -25,8 +25,8 @@ use base64::engine::general_purpose::STANDARD;
 use chrono::Utc;
 use regent_credentials::PrivateKey;
 use regent_engine::anchoring::{AnchorError, HeadSigner};
-use regent_engine::model::{PinAnswer, ProbeAnswer, VaultAnswer};
-use regent_engine::ports::{PinCheck, ProxyConfig, RegisterRequest, VaultClient, VaultProbe};
+use regent_engine::model::{PinAnswer, ProbeAnswer, RemovalAnswer, VaultAnswer};
+use regent_engine::ports::{PinCheck, ProxyConfig, RegisterRequest, UnregisterRequest, VaultClient, VaultProbe};
 use reqwest::StatusCode;
 use reqwest::blocking::{Client, Response};
 use secrecy::ExposeSecret;
@@ -37,8 +37,8 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::error::{ClientError, chain_text};
 use crate::http;
 use crate::protocol::{
-    ErrorBody, ErrorCode, PinCheckBody, PinValid, Reason, RegisterBody, Registered, pin_check_message,
-    registration_message,
+    ErrorBody, ErrorCode, PinCheckBody, PinValid, Reason, RegisterBody, Registered, UnregisterBody, Unregistered,
+    pin_check_message, registration_message, unregistration_message,
 };
 
 /// Timeouts and retries of the agent's client.
@@ -459,7 +459,65 @@ fn refusal<T>(status: StatusCode, mut body: ErrorBody) -> Attempt<T> {
     }
 }
 
+impl HttpVaultClient {
+    fn unregister_attempts(&self, request: &UnregisterRequest) -> Result<Unregistered, CallError> {
+        let fail = |reason, detail| CallError { reason, detail, service: None };
+        let key = PrivateKey::from_pkcs8_der(&request.private_key).map_err(|e| {
+            fail(Reason::CredentialsInvalid, format!("the registration's private key cannot be used to sign: {e}"))
+        })?;
+        let url = http::join_url(
+            &request.endpoint,
+            &["v1", "vaults", &request.vault, "machines", &request.machine_id, "unregistrations"],
+        )
+        .map_err(|e| fail(Reason::VaultUnreachable, format!("the vault endpoint {e}")))?;
+        let proxy = request.proxy.as_ref();
+        let client = self.client_for(proxy).map_err(|e| fail(Reason::InvalidProxy, e))?;
+        self.with_retries_until(None, |_| {
+            let nonce = match new_nonce() {
+                Ok(nonce) => nonce,
+                Err(detail) => return Attempt::Fail(Reason::VaultError, detail),
+            };
+            let timestamp = Utc::now().timestamp();
+            let message = unregistration_message(
+                &request.vault,
+                &request.machine_id,
+                &request.thumbprint,
+                &request.request_id,
+                timestamp,
+                &nonce,
+            );
+            let signature = match key.sign(&message) {
+                Ok(signature) => signature,
+                Err(e) => {
+                    return Attempt::Fail(
+                        Reason::CredentialsInvalid,
+                        format!("signing the unregistration failed: {e}"),
+                    );
+                }
+            };
+            let body = UnregisterBody {
+                request_id: request.request_id.clone(),
+                thumbprint: request.thumbprint.clone(),
+                timestamp,
+                nonce,
+                signature: STANDARD.encode(signature),
+            };
+            self.answer(client.post(url.clone()).json(&body).send(), proxy, &url)
+        })
+    }
+}
+
 impl VaultClient for HttpVaultClient {
+    fn unregister(&self, request: &UnregisterRequest) -> RemovalAnswer {
+        match self.unregister_attempts(request) {
+            Ok(Unregistered { removed_at, .. }) => RemovalAnswer::Removed { removed_at },
+            Err(CallError { service: Some((ErrorCode::MachineNotFound, message)), .. }) => {
+                RemovalAnswer::NotFound { detail: message }
+            }
+            Err(CallError { reason, detail, .. }) => RemovalAnswer::Refused { reason, detail },
+        }
+    }
+
     fn register(&self, request: &RegisterRequest) -> VaultAnswer {
         match self.register_attempts(request) {
             Ok(Registered { machine_id, vault, registered_at }) => {

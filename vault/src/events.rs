@@ -109,6 +109,18 @@ pub(crate) struct MachineRegistered {
 pub(crate) struct MachineRemoved {
     pub machine_id: String,
     pub removed_at: DateTime<Utc>,
+    /// Set when the machine removed itself (a signed unregistration): its request id and nonce
+    /// (a replay stays refused after a restart). Absent for the admin's removals and older logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unregistration: Option<UnregistrationRecord>,
+}
+
+/// What the log keeps of a machine's own, signed unregistration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct UnregistrationRecord {
+    pub request_id: String,
+    pub nonce: String,
+    pub peer: String,
 }
 
 /// A machine's log head, accepted: it is at or past every head the machine anchored before.

@@ -43,12 +43,12 @@ use crate::commit::{CommitQueue, Committer};
 use crate::error::VaultError;
 use crate::events::{
     CredentialsIssued, LogHeadAnchored, LogHeadRefused, MachineRegistered, MachineRemoved, PinCheckFailed,
-    PinCheckRecord, PinIssued, PinUsed, VaultCreated, VaultEvent, stream_of,
+    PinCheckRecord, PinIssued, PinUsed, UnregistrationRecord, VaultCreated, VaultEvent, stream_of,
 };
 use crate::protocol::{
     self, Anchor, CreateVault, CredentialsFile, DownloadCredentials, ErrorBody, ErrorCode, HeadReport, Health,
     IssuedPin, MachineInfo, Machines, PinCheckBody, PinValid, Reason, RegisterBody, Registered, RouteId,
-    SERVICE_HEADER, SIGNATURE_HEADERS, VaultInfo, valid_vault_name,
+    SERVICE_HEADER, SIGNATURE_HEADERS, UnregisterBody, Unregistered, VaultInfo, valid_vault_name,
 };
 use crate::state::{
     HeldAnchor, PendingAnswer, PendingRegistration, PinGuard, PinOutcome, RegistrationKey, ServiceState,
@@ -230,6 +230,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
                 on(filter, report_log_head).layer(DefaultBodyLimit::max(protocol::MAX_LOG_HEAD_BODY_BYTES))
             }
             RouteId::ReadLogHead => on(filter, read_log_head),
+            RouteId::Unregister => on(filter, unregister_machine),
         };
         let handler = match route.access {
             // route_layer: only matched routes ask for the token, so an unknown path is a 404, not a 401.
@@ -666,7 +667,11 @@ async fn remove_machine(
             )
         })?
     };
-    let event = VaultEvent::MachineRemoved(MachineRemoved { machine_id: machine_id.clone(), removed_at: Utc::now() });
+    let event = VaultEvent::MachineRemoved(MachineRemoved {
+        machine_id: machine_id.clone(),
+        removed_at: Utc::now(),
+        unregistration: None,
+    });
     app.append(&vault, ExpectedVersion::Any, admin_actor(peer), vec![(event.clone(), None)])
         .await
         .map_err(ApiError::store)?;
@@ -1276,7 +1281,15 @@ fn machine_not_found(vault: &str, machine_id: &str) -> ApiError {
 }
 
 fn machine_key(app: &App, vault: &str, machine_id: &str, thumbprint: &str) -> Result<MachineKey, ApiError> {
-    let state = app.lock_state();
+    machine_key_in(&app.lock_state(), vault, machine_id, thumbprint)
+}
+
+fn machine_key_in(
+    state: &ServiceState,
+    vault: &str,
+    machine_id: &str,
+    thumbprint: &str,
+) -> Result<MachineKey, ApiError> {
     let v = state.vaults.get(vault).ok_or_else(|| ApiError::vault_not_found(vault))?;
     let (machine, removed) = match (v.machines.get(machine_id), v.removed.get(machine_id)) {
         (Some(machine), _) => (machine, false),
@@ -1604,6 +1617,92 @@ async fn read_log_head(
     })
 }
 
+// ---------------------------------------------------------------------------------------------
+// Handlers: a machine unregisters itself
+
+/// What a verified unregistration comes to.
+#[derive(Debug, PartialEq, Eq)]
+enum UnregisterDecision {
+    /// A live machine: remove it (recorded).
+    Remove,
+    /// Removed before (by itself or the admin), at this time: the same answer, nothing written.
+    AlreadyRemoved(DateTime<Utc>),
+}
+
+/// The rules of an unregistration, pure over the folded state: the machine must exist (live or
+/// removed), the request be signed by the key it registered with, within the clock window, with a
+/// nonce not seen. The caller remembers the nonce and records the removal.
+fn decide_unregistration(
+    state: &ServiceState,
+    vault: &str,
+    machine_id: &str,
+    body: &UnregisterBody,
+    signature: &[u8],
+    now: DateTime<Utc>,
+) -> Result<UnregisterDecision, ApiError> {
+    check_clock(body.timestamp, now)?;
+    let key = machine_key_in(state, vault, machine_id, &body.thumbprint)?;
+    verify_machine_signature(&key.certificate, &body.message(vault, machine_id), signature)?;
+    let v = state.vaults.get(vault).ok_or_else(|| ApiError::vault_not_found(vault))?;
+    if v.nonce_seen(&body.nonce) {
+        return Err(nonce_replayed());
+    }
+    if key.removed {
+        // Removed machines from logs that did not record when: the time is unknown, now will do.
+        return Ok(UnregisterDecision::AlreadyRemoved(v.removed_at.get(machine_id).copied().unwrap_or(now)));
+    }
+    Ok(UnregisterDecision::Remove)
+}
+
+/// A machine unregisters: signed by the key it registered with, idempotent (a machine removed
+/// already is answered with its removal), recorded as `MachineRemoved` before the answer.
+async fn unregister_machine(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ApiPath((vault, machine_id)): ApiPath<(String, String)>,
+    ApiJson(body): ApiJson<UnregisterBody>,
+) -> Result<axum::Json<Unregistered>, ApiError> {
+    known_vault(&vault)?;
+    valid_machine_id(&machine_id)?;
+    valid_request_id(&body.request_id)?;
+    let signature = signed_fields(&body.thumbprint, &body.nonce, &body.signature)?;
+    let now = Utc::now();
+    // With the admin's changes: a removal by the admin and the machine's own are written in turn.
+    let _serial = app.admin_changes.lock().await;
+    let decision = {
+        let mut state = app.lock_state();
+        let decision = decide_unregistration(&state, &vault, &machine_id, &body, &signature, now)?;
+        let v = state.vaults.get_mut(&vault).ok_or_else(|| ApiError::vault_not_found(&vault))?;
+        if !v.remember_nonce(&body.nonce, now, now) {
+            return Err(nonce_replayed());
+        }
+        decision
+    };
+    let answer =
+        |removed_at| axum::Json(Unregistered { machine_id: machine_id.clone(), vault: vault.clone(), removed_at });
+    match decision {
+        UnregisterDecision::AlreadyRemoved(at) => Ok(answer(at)),
+        UnregisterDecision::Remove => {
+            let event = VaultEvent::MachineRemoved(MachineRemoved {
+                machine_id: machine_id.clone(),
+                removed_at: now,
+                unregistration: Some(UnregistrationRecord {
+                    request_id: body.request_id.clone(),
+                    nonce: body.nonce.clone(),
+                    peer: peer.ip().to_string(),
+                }),
+            });
+            let actor = Actor { user: format!("machine:{machine_id}"), host: peer.ip().to_string() };
+            app.append(&vault, ExpectedVersion::Any, actor, vec![(event.clone(), None)])
+                .await
+                .map_err(ApiError::store)?;
+            app.apply(&vault, &[event])?;
+            tracing::info!(vault = %vault, machine_id = %machine_id, "machine unregistered itself");
+            Ok(answer(now))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1627,5 +1726,131 @@ mod tests {
         assert_ne!(a, derived_id("machine-registered-event", "v", 1, "r1"));
         // The separators keep fields apart.
         assert_ne!(derived_id("p", "ab", 1, "c"), derived_id("p", "a", 1, "bc"));
+    }
+
+    /// A vault `v` with machine `m-1` registered with `signer`'s certificate; `other`: a second
+    /// download of the same vault, which does not speak for `m-1`.
+    fn unregistration_fixture()
+    -> (ServiceState, regent_credentials::VaultCredentials, regent_credentials::VaultCredentials) {
+        let identity = VaultIdentity {
+            resource_name: "v".into(),
+            subscription_id: "s".into(),
+            resource_group: "g".into(),
+            location: "l".into(),
+            resource_id: 7,
+            resource_type: "Vaults".into(),
+            provider_namespace: "p".into(),
+        };
+        let mut state = ServiceState::default();
+        let now = Utc::now();
+        state
+            .apply("v", &VaultEvent::VaultCreated(VaultCreated { identity: identity.clone(), created_at: now }))
+            .unwrap();
+        let mut downloads = Vec::new();
+        for _ in 0..2 {
+            let issued = regent_credentials::issue(&IssueRequest {
+                identity: identity.clone(),
+                aad_authority: String::new(),
+                aad_tenant_id: String::new(),
+                service_principal_client_id: String::new(),
+                endpoint: "http://127.0.0.1:9".into(),
+                agent_links: Vec::new(),
+                not_before: now - Duration::minutes(10),
+                not_after: now + Duration::hours(1),
+            })
+            .unwrap();
+            let parsed = regent_credentials::parse(&issued.file_name, issued.xml.as_bytes()).unwrap();
+            let event = VaultEvent::CredentialsIssued(CredentialsIssued {
+                thumbprint: parsed.certificate.thumbprint.clone(),
+                certificate: STANDARD.encode(&parsed.certificate_der),
+                not_before: parsed.certificate.not_before,
+                not_after: parsed.certificate.not_after,
+                file_name: issued.file_name.clone(),
+                issued_at: now,
+            });
+            state.apply("v", &event).unwrap();
+            downloads.push(parsed);
+        }
+        let registered = MachineRegistered {
+            machine_id: "m-1".into(),
+            machine_name: "srv".into(),
+            thumbprint: downloads[0].certificate.thumbprint.clone(),
+            request_id: "r-1".into(),
+            nonce: "registration-nonce-0".into(),
+            registered_at: now,
+            peer: String::new(),
+        };
+        state.apply("v", &VaultEvent::MachineRegistered(registered)).unwrap();
+        let other = downloads.pop().unwrap();
+        (state, downloads.pop().unwrap(), other)
+    }
+
+    fn unregistration(
+        signer: &regent_credentials::VaultCredentials,
+        thumbprint: &str,
+        nonce: &str,
+    ) -> (UnregisterBody, Vec<u8>) {
+        let timestamp = Utc::now().timestamp();
+        let message = protocol::unregistration_message("v", "m-1", thumbprint, "u-1", timestamp, nonce);
+        let signature = signer.private_key.sign(&message).unwrap();
+        let body = UnregisterBody {
+            request_id: "u-1".into(),
+            thumbprint: thumbprint.into(),
+            timestamp,
+            nonce: nonce.into(),
+            signature: STANDARD.encode(&signature),
+        };
+        (body, signature)
+    }
+
+    #[test]
+    fn an_unregistration_is_decided_by_the_machines_own_key_once_per_nonce_and_again_after_removal() {
+        let (mut state, machine, other) = unregistration_fixture();
+        let thumbprint = machine.certificate.thumbprint.clone();
+        let now = Utc::now();
+        let decide = |state: &ServiceState, body: &UnregisterBody, signature: &[u8]| {
+            decide_unregistration(state, "v", "m-1", body, signature, now).map_err(|e| e.code)
+        };
+
+        // Signed by another key of the same vault, or claiming another certificate: refused.
+        let (body, signature) = unregistration(&other, &thumbprint, "nonce-wrong-key-0001");
+        assert_eq!(decide(&state, &body, &signature), Err(ErrorCode::CredentialsInvalid));
+        let (body, signature) = unregistration(&other, &other.certificate.thumbprint, "nonce-other-cert-001");
+        assert_eq!(decide(&state, &body, &signature), Err(ErrorCode::CredentialsInvalid));
+        // Unknown machine.
+        let (body, signature) = unregistration(&machine, &thumbprint, "nonce-unknown-000001");
+        let unknown = decide_unregistration(&state, "v", "m-2", &body, &signature, now).map_err(|e| e.code);
+        assert_eq!(unknown, Err(ErrorCode::MachineNotFound));
+
+        // The machine's own: removed.
+        let (body, signature) = unregistration(&machine, &thumbprint, "nonce-first-00000001");
+        assert_eq!(decide(&state, &body, &signature), Ok(UnregisterDecision::Remove));
+        // Out of the clock window: refused.
+        let late = decide_unregistration(&state, "v", "m-1", &body, &signature, now + Duration::hours(1));
+        assert_eq!(late.map_err(|e| e.code), Err(ErrorCode::ClockSkew));
+
+        // Once its nonce is seen, the same request is a replay.
+        assert!(state.vaults.get_mut("v").unwrap().remember_nonce(&body.nonce, now, now));
+        assert_eq!(decide(&state, &body, &signature), Err(ErrorCode::NonceReplayed));
+
+        // Recorded: a retry (signed afresh) gets the first answer, the time of the removal.
+        let removed_at = now - Duration::seconds(5);
+        let removal = MachineRemoved {
+            machine_id: "m-1".into(),
+            removed_at,
+            unregistration: Some(UnregistrationRecord {
+                request_id: "u-1".into(),
+                nonce: body.nonce.clone(),
+                peer: String::new(),
+            }),
+        };
+        state.apply("v", &VaultEvent::MachineRemoved(removal)).unwrap();
+        let (retry, retry_signature) = unregistration(&machine, &thumbprint, "nonce-retry-00000001");
+        assert_eq!(decide(&state, &retry, &retry_signature), Ok(UnregisterDecision::AlreadyRemoved(removed_at)));
+        // Folded from the log, the first nonce stays refused.
+        assert_eq!(decide(&state, &body, &signature), Err(ErrorCode::NonceReplayed));
+        // The removed machine's key still does not let another key speak for it.
+        let (body, signature) = unregistration(&other, &thumbprint, "nonce-wrong-key-0002");
+        assert_eq!(decide(&state, &body, &signature), Err(ErrorCode::CredentialsInvalid));
     }
 }

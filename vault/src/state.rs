@@ -9,8 +9,8 @@ use regent_credentials::VaultIdentity;
 use uuid::Uuid;
 
 use crate::events::{
-    CredentialsIssued, LogHeadAnchored, LogHeadRefused, MachineRegistered, PinCheckFailed, PinCheckRecord, PinIssued,
-    PinUsed, VaultEvent,
+    CredentialsIssued, LogHeadAnchored, LogHeadRefused, MachineRegistered, MachineRemoved, PinCheckFailed,
+    PinCheckRecord, PinIssued, PinUsed, VaultEvent,
 };
 use crate::protocol::{self, Anchor, AnchorRefusal, MachineInfo, Registered, VaultInfo};
 
@@ -136,6 +136,8 @@ pub(crate) struct VaultState {
     /// Removed machines by id: their PIN checks are still verified (with the key they registered
     /// with) to be told `machine_removed`.
     pub removed: HashMap<String, MachineInfo>,
+    /// When each removed machine was removed: what an unregistration of it is answered with again.
+    pub removed_at: HashMap<String, DateTime<Utc>>,
     /// Registration request id -> what it is bound to and the first answer given to it.
     pub registrations: HashMap<String, AnsweredRegistration>,
     /// Machine id -> the request id that made it.
@@ -163,6 +165,7 @@ impl VaultState {
             newest: None,
             machines: BTreeMap::new(),
             removed: HashMap::new(),
+            removed_at: HashMap::new(),
             registrations: HashMap::new(),
             machine_requests: HashMap::new(),
             pin_checks: HashMap::new(),
@@ -206,6 +209,11 @@ impl VaultState {
         true
     }
 
+    /// Whether a nonce was seen (and is still remembered), changing nothing.
+    pub(crate) fn nonce_seen(&self, nonce: &str) -> bool {
+        self.nonces.contains(nonce)
+    }
+
     /// Forgets PINs that expired long ago.
     pub(crate) fn prune_pins(&mut self, now: DateTime<Utc>) {
         self.pins.retain(|_, pin| now - pin.expires_at <= PIN_MEMORY);
@@ -236,9 +244,14 @@ impl VaultState {
         self.remember_nonce(&e.nonce, e.registered_at, now);
     }
 
-    fn apply_removed(&mut self, machine_id: &str) {
+    fn apply_removed(&mut self, e: &MachineRemoved) {
+        let machine_id = e.machine_id.as_str();
         if let Some(machine) = self.machines.remove(machine_id) {
             self.removed.insert(machine_id.to_string(), machine);
+            self.removed_at.insert(machine_id.to_string(), e.removed_at);
+        }
+        if let Some(unregistration) = &e.unregistration {
+            self.remember_nonce(&unregistration.nonce, e.removed_at, Utc::now());
         }
         if let Some(answered) =
             self.machine_requests.get(machine_id).and_then(|request_id| self.registrations.get_mut(request_id))
@@ -355,7 +368,7 @@ impl ServiceState {
             }
             VaultEvent::PinCheckFailed(e) => state.apply_pin_failed(e),
             VaultEvent::MachineRegistered(e) => state.apply_registered(e),
-            VaultEvent::MachineRemoved(e) => state.apply_removed(&e.machine_id),
+            VaultEvent::MachineRemoved(e) => state.apply_removed(e),
             VaultEvent::LogHeadAnchored(e) => state.apply_anchored(e),
             VaultEvent::LogHeadRefused(e) => state.apply_refused(e),
         }
@@ -366,7 +379,7 @@ impl ServiceState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{MachineRemoved, PinCheckFailed, PinCheckRecord, PinUsed, VaultCreated};
+    use crate::events::{PinCheckFailed, PinCheckRecord, PinUsed, VaultCreated};
 
     fn state_with_vault() -> ServiceState {
         let mut state = ServiceState::default();
@@ -445,7 +458,7 @@ mod tests {
         };
         state.apply("v", &VaultEvent::MachineRegistered(registered)).unwrap();
         assert!(!state.vaults["v"].registrations["r-1"].removed);
-        let removed = MachineRemoved { machine_id: "m-1".into(), removed_at: Utc::now() };
+        let removed = MachineRemoved { machine_id: "m-1".into(), removed_at: Utc::now(), unregistration: None };
         state.apply("v", &VaultEvent::MachineRemoved(removed)).unwrap();
         let v = &state.vaults["v"];
         assert!(v.registrations["r-1"].removed, "the request id is marked, never forgotten");

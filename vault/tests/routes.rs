@@ -21,7 +21,8 @@ use regent_credentials::VaultCredentials;
 use regent_engine::ports::VaultClient;
 use regent_vault::protocol::{
     self, Access, HeadReport, MAX_BODY_BYTES, MAX_LOG_HEAD_BODY_BYTES, ROUTES, RegisterBody, RouteId,
-    SIGNATURE_HEADERS, log_head_message, log_head_read_message, registration_message,
+    SIGNATURE_HEADERS, UnregisterBody, log_head_message, log_head_read_message, registration_message,
+    unregistration_message,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -129,6 +130,8 @@ struct Fixture {
     foreign: VaultCredentials,
     one: String,
     two: String,
+    /// Registered with the newest download too; the unregistration's replay removes it.
+    three: String,
     token: String,
 }
 
@@ -194,6 +197,26 @@ impl Fixture {
             request = request.header(name, &value);
         }
         request
+    }
+
+    fn unregistration(
+        &self,
+        signer: &VaultCredentials,
+        as_: &VaultCredentials,
+        machine: &str,
+        tag: &str,
+    ) -> UnregisterBody {
+        let timestamp = Utc::now().timestamp();
+        let thumbprint = &as_.certificate.thumbprint;
+        let message =
+            unregistration_message("routes", machine, thumbprint, &format!("unreg-{tag}"), timestamp, &nonce(tag));
+        UnregisterBody {
+            request_id: format!("unreg-{tag}"),
+            thumbprint: thumbprint.clone(),
+            timestamp,
+            nonce: nonce(tag),
+            signature: STANDARD.encode(signer.private_key.sign(&message).unwrap()),
+        }
     }
 
     fn admin(&self, method: &'static str, path: &str) -> Request {
@@ -767,6 +790,74 @@ fn cases(route: RouteId, fx: &Fixture) -> Vec<Case> {
                 ),
             ]
         }
+        RouteId::Unregister => {
+            let path = |machine: &str| format!("/v1/vaults/routes/machines/{machine}/unregistrations");
+            let one = path(&fx.one);
+            let good = |tag: &str| fx.unregistration(&fx.first, &fx.first, &fx.one, tag);
+            vec![
+                case(
+                    NoAuth,
+                    "no signature",
+                    Request::new("POST", &one).json(&without(&good("unreg-none"), "signature")),
+                    400,
+                    "bad_request",
+                ),
+                case(
+                    WrongAuth,
+                    "signed by a key that is not the machine's",
+                    Request::new("POST", &one).json(&fx.unregistration(&fx.foreign, &fx.first, &fx.one, "unreg-wrong")),
+                    403,
+                    "credentials_invalid",
+                ),
+                case(
+                    OtherMachine,
+                    "another machine's signature",
+                    Request::new("POST", &one).json(&fx.unregistration(&fx.newest, &fx.newest, &fx.one, "unreg-other")),
+                    403,
+                    "credentials_invalid",
+                ),
+                // The original removes machine three (one record), by design.
+                replay(
+                    "the same unregistration twice",
+                    Request::new("POST", path(&fx.three)).json(&fx.unregistration(
+                        &fx.newest,
+                        &fx.newest,
+                        &fx.three,
+                        "unreg-replay",
+                    )),
+                    200,
+                    1,
+                ),
+                case(
+                    EmptyFields,
+                    "an empty request id",
+                    Request::new("POST", &one).json(&json_with(&good("unreg-e1"), "request_id", "".into())),
+                    400,
+                    "bad_request",
+                ),
+                case(
+                    EmptyFields,
+                    "an empty machine id",
+                    Request::new("POST", "/v1/vaults/routes/machines//unregistrations").json(&good("unreg-e2")),
+                    400,
+                    "bad_request",
+                ),
+                case(
+                    OversizedFields,
+                    "a 200-character request id",
+                    Request::new("POST", &one).json(&json_with(&good("unreg-o1"), "request_id", long.clone().into())),
+                    400,
+                    "bad_request",
+                ),
+                case(
+                    OversizedFields,
+                    "a body over the limit",
+                    Request::new("POST", &one).raw_body(too_big(MAX_BODY_BYTES)),
+                    413,
+                    "payload_too_large",
+                ),
+            ]
+        }
         RouteId::ReadLogHead => {
             let one = format!("/v1/vaults/routes/machines/{}/log-head", fx.one);
             let mut no_signature = fx.read(&fx.first, &fx.first, &fx.one, "read-none");
@@ -844,8 +935,9 @@ fn every_route_refuses_every_attack_and_writes_nothing() {
     let one = machine_id(&client.register(&register_request(&first, None, "one", "reg-one", None)));
     let newest = vault.download("routes", None);
     let two = machine_id(&client.register(&register_request(&newest, None, "two", "reg-two", None)));
+    let three = machine_id(&client.register(&register_request(&newest, None, "three", "reg-three", None)));
     let foreign = vault.vault_with_credentials("other");
-    let fx = Fixture { first, newest, foreign, one, two, token: vault.token() };
+    let fx = Fixture { first, newest, foreign, one, two, three, token: vault.token() };
 
     let mut covered: HashMap<RouteId, Vec<Attack>> = HashMap::new();
     for route in ROUTES {
@@ -884,7 +976,11 @@ fn every_route_refuses_every_attack_and_writes_nothing() {
         }
     }
     // Nothing was taken over: both machines are still there, no vault was made.
-    assert_eq!(vault.admin.machines("routes").unwrap().len(), 3, "one, two, and the replayed registration's machine");
+    assert_eq!(
+        vault.admin.machines("routes").unwrap().len(),
+        3,
+        "one, two, and the replayed registration's machine (three unregistered itself)"
+    );
     assert!(vault.admin.vault("new").is_err());
 }
 
