@@ -151,6 +151,18 @@ pub fn print_status(status: &Status, next: Option<Step>) {
             ),
         );
     }
+    for pending in &status.pending_unregistrations {
+        row(
+            "not yet told",
+            &format!(
+                "vault {} at {} still lists machine {} (unregistered {}); `regent unregister` or the next `regent register` tells it",
+                pending.vault,
+                pending.endpoint,
+                pending.machine_id,
+                pending.unregistered_at.format("%Y-%m-%d %H:%M:%S UTC")
+            ),
+        );
+    }
     row("events", &status.events.to_string());
     row("head", &status.head.to_string());
 }

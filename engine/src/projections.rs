@@ -182,6 +182,17 @@ pub struct Status {
     /// The loaded credentials: when they expire, and whether they are still good as far as this
     /// log knows.
     pub credentials: Option<CredentialsStatus>,
+    /// Unregistrations the vault was not told of yet (it still lists those machines); the next
+    /// `regent register` or `regent unregister` tells it.
+    pub pending_unregistrations: Vec<PendingUnregistrationView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PendingUnregistrationView {
+    pub vault: String,
+    pub machine_id: String,
+    pub endpoint: String,
+    pub unregistered_at: DateTime<Utc>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -333,6 +344,16 @@ pub fn status_at(state: &State, head: Head, now: DateTime<Utc>) -> Status {
         }),
         vault_detail,
         credentials,
+        pending_unregistrations: state
+            .pending_removals
+            .iter()
+            .map(|p| PendingUnregistrationView {
+                vault: p.vault.clone(),
+                machine_id: p.machine_id.clone(),
+                endpoint: p.endpoint.clone(),
+                unregistered_at: p.unregistered_at,
+            })
+            .collect(),
     }
 }
 

@@ -144,6 +144,12 @@ fn an_unregistration_the_vault_could_not_hear_is_completed_at_the_next_contact()
     }
     setup.start_vault();
     assert_eq!(listed(&setup, "a").len(), 2, "the vault was not told yet");
+    // Status says which vault still lists which machine, and what tells it.
+    let status = setup.json("retry", &["status"]);
+    let pending = status["pending_unregistrations"].as_array().unwrap();
+    assert_eq!((pending.len(), pending[0]["vault"].as_str()), (1, Some("a")), "{status}");
+    let human = String::from_utf8(setup.regent("retry").arg("status").output().unwrap().stdout).unwrap();
+    assert!(human.contains("not yet told") && human.contains("still lists machine"), "{human}");
 
     // `regent unregister` again completes it, recorded.
     ok(setup.step("retry", &["unregister"]));
@@ -153,6 +159,7 @@ fn an_unregistration_the_vault_could_not_hear_is_completed_at_the_next_contact()
     )
     .unwrap();
     assert_eq!(audit.lines().count(), 1, "{audit}");
+    assert_eq!(setup.json("retry", &["status"])["pending_unregistrations"], serde_json::json!([]));
     refused_with(setup.step("retry", &["unregister"]), "step_out_of_order");
 
     // The next register completes it before registering: one machine, the new one.
