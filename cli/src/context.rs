@@ -3,8 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use regent_engine::Reason;
+use regent_engine::anchoring::HeadSigner;
 use regent_engine::model::{PinAnswer, ProbeAnswer, VaultAnswer};
-use regent_engine::ports::{PinCheck, RegisterRequest, VaultClient, VaultProbe, World};
+use regent_engine::ports::{PinCheck, RegisterRequest, VaultClient, World};
 use regent_secrets::{MachineKey, SecretsArea};
 use regent_store::{EventStore, StoreError, StoreOptions};
 
@@ -226,7 +227,7 @@ impl VaultClient for NoVault {
         PinAnswer::Refused { reason: Reason::VaultError, detail: "internal: this command has no vault client".into() }
     }
 
-    fn probe(&self, _: &VaultProbe) -> ProbeAnswer {
+    fn probe(&self, _: &HeadSigner) -> ProbeAnswer {
         ProbeAnswer::Failed { reason: Reason::VaultError, detail: "internal: this command has no vault client".into() }
     }
 }

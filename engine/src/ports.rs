@@ -8,6 +8,7 @@ use regent_store::{EventStore, StoreError};
 use secrecy::SecretString;
 use zeroize::Zeroizing;
 
+use crate::anchoring::HeadSigner;
 use crate::model::{
     FolderFacts, PinAnswer, ProbeAnswer, RemovalAnswer, SealedRef, SecretKind, UnreadableKind, VaultAnswer,
     VaultIdentity,
@@ -111,42 +112,24 @@ pub struct PinCheck {
     pub request_id: String,
 }
 
-/// A cheap signed call to the vault through a proxy, changing nothing there: the registered
-/// machine reads its anchored head, signed with the key it registered with.
-pub struct VaultProbe {
-    pub endpoint: String,
-    pub vault: String,
-    pub machine_id: String,
-    pub thumbprint: String,
-    pub private_key: Zeroizing<Vec<u8>>,
-    /// The proxy being tried (None: directly).
-    pub proxy: Option<ProxyConfig>,
-}
-
-/// Everything telling a vault of an unregistration needs: signed with the key the machine
-/// registered with.
+/// Everything telling a vault of an unregistration needs: the machine speaking for itself, and
+/// the request id every retry of this call shares.
 pub struct UnregisterRequest {
-    pub endpoint: String,
-    pub vault: String,
-    pub machine_id: String,
-    /// The certificate the machine registered with (lowercase hex SHA-256).
-    pub thumbprint: String,
-    /// That certificate's private key (PKCS#8 DER).
-    pub private_key: Zeroizing<Vec<u8>>,
-    pub proxy: Option<ProxyConfig>,
+    pub signer: HeadSigner,
     pub request_id: String,
 }
 
 pub trait VaultClient {
     fn register(&self, request: &RegisterRequest) -> VaultAnswer;
     fn check_pin(&self, check: &PinCheck) -> PinAnswer;
-    /// Whether the vault answers through `probe.proxy`.
-    fn probe(&self, probe: &VaultProbe) -> ProbeAnswer;
+    /// Whether the vault answers `signer` through `signer.proxy` (the proxy being tried): a cheap
+    /// signed read of the machine's anchored head, changing nothing there.
+    fn probe(&self, signer: &HeadSigner) -> ProbeAnswer;
     /// Tells the vault the machine unregistered. A client that cannot reach a vault says so.
     fn unregister(&self, request: &UnregisterRequest) -> RemovalAnswer {
         RemovalAnswer::Refused {
             reason: crate::Reason::VaultUnreachable,
-            detail: format!("vault {} was not asked: this command does not reach it", request.vault),
+            detail: format!("vault {} was not asked: this command does not reach it", request.signer.vault),
         }
     }
 }

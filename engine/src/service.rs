@@ -13,6 +13,7 @@ use regent_store::{Actor, BatchMeta, EventStore, ExpectedVersion, Head, StoreErr
 use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
+use crate::anchoring::HeadSigner;
 use crate::decide::{decide, precheck};
 use crate::events::{self, STREAM};
 use crate::model::{
@@ -20,9 +21,7 @@ use crate::model::{
     PassphraseOrigin, PinAnswer, ProbeAnswer, RemovalAnswer, RemovalObserved, SealedRef, SecretKind, StepRecord,
     UnreadableKind, Unsealable, VaultIdentity,
 };
-use crate::ports::{
-    LogAccess, PinCheck, PreparedFile, ProxyConfig, RegisterRequest, UnregisterRequest, VaultProbe, World,
-};
+use crate::ports::{LogAccess, PinCheck, PreparedFile, ProxyConfig, RegisterRequest, UnregisterRequest, World};
 use crate::projections::{self, ProjectionError};
 use crate::reason::Reason;
 use crate::state::State;
@@ -294,12 +293,14 @@ impl Run<'_, '_, '_> {
         let world = self.world;
         let request =
             signing_inputs(state, world, Ok(&target.private_key)).map(|(private_key, proxy)| UnregisterRequest {
-                endpoint: target.endpoint.clone(),
-                vault: target.vault.clone(),
-                machine_id: target.machine_id.clone(),
-                thumbprint: target.thumbprint.clone(),
-                private_key,
-                proxy,
+                signer: HeadSigner {
+                    endpoint: target.endpoint.clone(),
+                    vault: target.vault.clone(),
+                    machine_id: target.machine_id.clone(),
+                    thumbprint: target.thumbprint.clone(),
+                    private_key,
+                    proxy,
+                },
                 request_id: self.meta.correlation_id.to_string(),
             });
         let observed =
@@ -636,7 +637,7 @@ impl Run<'_, '_, '_> {
                 return self.record(store, &state, command, seen, notes);
             }
         };
-        let probe = VaultProbe {
+        let probe = HeadSigner {
             endpoint: registration.endpoint.clone(),
             vault: registration.vault.clone(),
             machine_id: registration.machine_id.clone(),

@@ -6,6 +6,7 @@ use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Duration, Utc};
+use regent_engine::anchoring::HeadSigner;
 use regent_engine::model::*;
 use regent_engine::ports::*;
 use regent_engine::service::{EngineError, Registrar, SecretInput, SecretInputs, StepResult};
@@ -180,7 +181,7 @@ impl VaultClient for TestVault {
     }
 
     /// A proxy whose password is `wrong` refuses it; any other lets the machine through.
-    fn probe(&self, probe: &VaultProbe) -> ProbeAnswer {
+    fn probe(&self, probe: &HeadSigner) -> ProbeAnswer {
         self.check_log_is_free();
         let credentials = probe
             .proxy

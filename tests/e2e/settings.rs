@@ -254,27 +254,3 @@ fn an_expiry_in_the_past_is_marked_expired_in_properties_and_status() {
     let human = stdout(&ok(agent.run(&["status"])));
     assert!(human.contains("credentials   EXPIRED at "), "{human}");
 }
-
-/// A credentials file as the vault issues them, valid from `from` until `until`.
-fn write_credentials_until(path: &Path, vault: &str, from: chrono::DateTime<Utc>, until: chrono::DateTime<Utc>) {
-    let issued = regent_credentials::issue(&regent_credentials::IssueRequest {
-        identity: regent_credentials::VaultIdentity {
-            resource_name: vault.into(),
-            subscription_id: "00000000-0000-0000-0000-000000000042".into(),
-            resource_group: "rg-backup".into(),
-            location: "westeurope".into(),
-            resource_id: 4242,
-            resource_type: "Vaults".into(),
-            provider_namespace: "Microsoft.RecoveryServices".into(),
-        },
-        aad_authority: String::new(),
-        aad_tenant_id: String::new(),
-        service_principal_client_id: String::new(),
-        endpoint: "http://127.0.0.1:9".into(),
-        agent_links: vec![],
-        not_before: from,
-        not_after: until,
-    })
-    .unwrap();
-    std::fs::write(path, issued.xml.as_bytes()).unwrap();
-}

@@ -45,6 +45,11 @@ pub const fn throttling_set<'a>(days: &'a str, hours: &'a str, work: &'a str, no
 /// Writes a credentials file for `vault`, issued as the vault service issues them, valid from
 /// `from` for `hours`.
 pub fn write_credentials(path: &Path, vault: &str, from: DateTime<Utc>, hours: i64) {
+    write_credentials_until(path, vault, from, from + Duration::hours(hours));
+}
+
+/// The same, valid from `from` until `until`.
+pub fn write_credentials_until(path: &Path, vault: &str, from: DateTime<Utc>, until: DateTime<Utc>) {
     let issued = regent_credentials::issue(&regent_credentials::IssueRequest {
         identity: regent_credentials::VaultIdentity {
             resource_name: vault.into(),
@@ -61,7 +66,7 @@ pub fn write_credentials(path: &Path, vault: &str, from: DateTime<Utc>, hours: i
         endpoint: "http://127.0.0.1:9".into(),
         agent_links: vec![],
         not_before: from,
-        not_after: from + Duration::hours(hours),
+        not_after: until,
     })
     .unwrap();
     std::fs::write(path, issued.xml.as_bytes()).unwrap();

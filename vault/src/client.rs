@@ -26,7 +26,7 @@ use chrono::Utc;
 use regent_credentials::PrivateKey;
 use regent_engine::anchoring::{AnchorError, HeadSigner};
 use regent_engine::model::{PinAnswer, ProbeAnswer, RemovalAnswer, VaultAnswer};
-use regent_engine::ports::{PinCheck, ProxyConfig, RegisterRequest, UnregisterRequest, VaultClient, VaultProbe};
+use regent_engine::ports::{PinCheck, ProxyConfig, RegisterRequest, UnregisterRequest, VaultClient};
 use reqwest::StatusCode;
 use reqwest::blocking::{Client, Response};
 use secrecy::ExposeSecret;
@@ -461,16 +461,17 @@ fn refusal<T>(status: StatusCode, mut body: ErrorBody) -> Attempt<T> {
 
 impl HttpVaultClient {
     fn unregister_attempts(&self, request: &UnregisterRequest) -> Result<Unregistered, CallError> {
+        let (signer, request_id) = (&request.signer, &request.request_id);
         let fail = |reason, detail| CallError { reason, detail, service: None };
-        let key = PrivateKey::from_pkcs8_der(&request.private_key).map_err(|e| {
+        let key = PrivateKey::from_pkcs8_der(&signer.private_key).map_err(|e| {
             fail(Reason::CredentialsInvalid, format!("the registration's private key cannot be used to sign: {e}"))
         })?;
         let url = http::join_url(
-            &request.endpoint,
-            &["v1", "vaults", &request.vault, "machines", &request.machine_id, "unregistrations"],
+            &signer.endpoint,
+            &["v1", "vaults", &signer.vault, "machines", &signer.machine_id, "unregistrations"],
         )
         .map_err(|e| fail(Reason::VaultUnreachable, format!("the vault endpoint {e}")))?;
-        let proxy = request.proxy.as_ref();
+        let proxy = signer.proxy.as_ref();
         let client = self.client_for(proxy).map_err(|e| fail(Reason::InvalidProxy, e))?;
         self.with_retries_until(None, |_| {
             let nonce = match new_nonce() {
@@ -479,10 +480,10 @@ impl HttpVaultClient {
             };
             let timestamp = Utc::now().timestamp();
             let message = unregistration_message(
-                &request.vault,
-                &request.machine_id,
-                &request.thumbprint,
-                &request.request_id,
+                &signer.vault,
+                &signer.machine_id,
+                &signer.thumbprint,
+                request_id,
                 timestamp,
                 &nonce,
             );
@@ -496,8 +497,8 @@ impl HttpVaultClient {
                 }
             };
             let body = UnregisterBody {
-                request_id: request.request_id.clone(),
-                thumbprint: request.thumbprint.clone(),
+                request_id: request_id.clone(),
+                thumbprint: signer.thumbprint.clone(),
                 timestamp,
                 nonce,
                 signature: STANDARD.encode(signature),
@@ -536,20 +537,8 @@ impl VaultClient for HttpVaultClient {
 
     /// The machine's signed read of its anchored head, through the proxy tried: any answer of the
     /// service itself (an anchor, none yet, even a refusal) shows the proxy lets the machine through.
-    fn probe(&self, probe: &VaultProbe) -> ProbeAnswer {
-        let signer = HeadSigner {
-            endpoint: probe.endpoint.clone(),
-            vault: probe.vault.clone(),
-            machine_id: probe.machine_id.clone(),
-            thumbprint: probe.thumbprint.clone(),
-            private_key: probe.private_key.clone(),
-            proxy: probe.proxy.as_ref().map(|p| ProxyConfig {
-                host: p.host.clone(),
-                port: p.port,
-                credentials: p.credentials.as_ref().map(|(user, password)| (user.clone(), password.clone())),
-            }),
-        };
-        match self.fetch_log_head(&signer) {
+    fn probe(&self, signer: &HeadSigner) -> ProbeAnswer {
+        match self.fetch_log_head(signer) {
             Ok(_) | Err(AnchorError::Refused { .. }) => ProbeAnswer::Reached,
             Err(AnchorError::Failed { reason, detail }) => ProbeAnswer::Failed { reason, detail },
             Err(other) => ProbeAnswer::Failed { reason: Reason::VaultError, detail: other.to_string() },
