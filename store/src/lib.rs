@@ -27,7 +27,10 @@ pub use error::{ExpectedVersion, Result, StoreError};
 pub use export::{
     ExportHeader, FORMAT_NAME, FORMAT_VERSION, read_export, read_export_decoded, rechain_export, verify_export,
 };
-pub use record::{Actor, BatchMeta, Digest32, Head, MAX_RECORD_BYTES, NewEvent, Record, host_name};
-pub use store::{Appended, Checkpoint, EventStore, MAX_STREAM_ID_BYTES, StoreOptions, new_correlation_id};
+pub use record::{
+    Actor, BatchMeta, Digest32, Head, MAX_RECORD_BYTES, NewEvent, Record, decode as decode_record,
+    encode as encode_record, host_name,
+};
+pub use store::{Appended, Batch, Checkpoint, EventStore, MAX_STREAM_ID_BYTES, StoreOptions, new_correlation_id};
 #[doc(hidden)]
 pub use store::{SyncEvent, SyncHook};

@@ -284,8 +284,9 @@ pub(crate) struct PlacementFields<'a> {
     pub event_id: Uuid,
 }
 
-/// Writes the stored bytes of one record and returns them with its hash.
-pub(crate) fn encode(
+/// Writes the stored bytes of one record and returns them with its hash. Public so that another
+/// log (the vault's on PostgreSQL) writes the same bytes and the same chain as this store.
+pub fn encode(
     position: u64,
     stream: &str,
     version: u64,

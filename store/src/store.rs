@@ -1,6 +1,6 @@
 //! The event store: append with an expected version, streaming reads, verify, checkpoints.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,6 +30,15 @@ impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions { lock_wait: Duration::from_secs(5), cache_bytes: 16 * 1024 * 1024 }
     }
+}
+
+/// One batch of [`EventStore::append_batches`]: events for one stream, at an expected version.
+#[derive(Clone, Copy, Debug)]
+pub struct Batch<'a> {
+    pub stream: &'a str,
+    pub expected: ExpectedVersion,
+    pub meta: &'a BatchMeta,
+    pub events: &'a [NewEvent],
 }
 
 /// What an append did.
@@ -362,6 +371,93 @@ impl EventStore {
             already_stored: false,
             head: new_head,
         })
+    }
+
+    /// Appends several batches, to one stream or several, as one atomic write and one sync: all of
+    /// them or none, in order, each at its expected version (counting the batches before it). For a
+    /// writer that gathers the changes of many requests into one round (the vault's group commit).
+    /// Unlike [`EventStore::append`], an event id that is stored already is an error here, not a
+    /// retry: such a writer decides from a state that already holds what is stored.
+    pub fn append_batches(&self, batches: &[Batch<'_>]) -> Result<Vec<Appended>> {
+        for batch in batches {
+            validate_batch(batch.stream, batch.events)?;
+        }
+        if let Some(damage) = &self.damage {
+            return Err(StoreError::Damaged { path: self.path.clone(), damage: damage.clone() });
+        }
+        self.refuse_after_failed_sync()?;
+        let mut head = self.lock_writer();
+        let mut write = sled::Batch::default();
+        let mut new_head = *head;
+        let mut versions: HashMap<&str, u64> = HashMap::new();
+        let mut ids = HashSet::new();
+        let mut appended = Vec::with_capacity(batches.len());
+        for batch in batches {
+            let actual = match versions.get(batch.stream) {
+                Some(version) => *version,
+                None => self.stream_version(batch.stream)?,
+            };
+            let matches = match batch.expected {
+                ExpectedVersion::Any => true,
+                ExpectedVersion::NoStream => actual == 0,
+                ExpectedVersion::Exact(v) => actual == v,
+            };
+            if !matches {
+                return Err(StoreError::Conflict {
+                    stream: batch.stream.to_string(),
+                    expected: batch.expected,
+                    actual,
+                });
+            }
+            let first_position = new_head.position + 1;
+            let mut version = actual;
+            for event in batch.events {
+                let stored_already = self.log.get(layout::event_key(&event.event_id)).map_err(|e| self.sled_err(e))?;
+                if stored_already.is_some() || !ids.insert(event.event_id) {
+                    return Err(StoreError::InvalidBatch(format!("event id {} is written twice", event.event_id)));
+                }
+                let position = new_head.position + 1;
+                version += 1;
+                let (stored, hash) = record::encode(position, batch.stream, version, batch.meta, event, &new_head.hash)
+                    .map_err(|e| {
+                        StoreError::InvalidBatch(format!("event {} cannot be written: {e}", event.event_id))
+                    })?;
+                if stored.len() > MAX_RECORD_BYTES {
+                    return Err(StoreError::InvalidBatch(format!(
+                        "event {} is {} bytes written out; the limit is {MAX_RECORD_BYTES}",
+                        event.event_id,
+                        stored.len()
+                    )));
+                }
+                write.insert(&layout::record_key(position), stored);
+                write.insert(layout::stream_key(batch.stream, version), &layout::encode_u64(position));
+                write.insert(&layout::event_key(&event.event_id), &layout::encode_u64(position));
+                new_head = Head { position, hash };
+            }
+            write.insert(layout::stream_version_key(batch.stream), &layout::encode_u64(version));
+            versions.insert(batch.stream, version);
+            appended.push(Appended {
+                first_position,
+                last_position: new_head.position,
+                stream_version: version,
+                already_stored: false,
+                head: new_head,
+            });
+        }
+        if appended.is_empty() {
+            return Ok(appended);
+        }
+        write.insert(HEAD_KEY, &layout::encode_head(&new_head)[..]);
+        self.log.apply_batch(write).map_err(|e| self.sled_err(e))?;
+        let sequence = self.applied.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some(hook) = &self.sync_hook {
+            let _ = hook(SyncEvent::Applied { sequence, last_position: new_head.position });
+        }
+        *head = new_head;
+        drop(head);
+        self.flush_through(sequence)?;
+        self.note_durable(new_head);
+        Ok(appended)
     }
 
     /// Makes everything written so far durable (it always syncs: writes that did not go through

@@ -18,15 +18,17 @@
 //!   `README.md` in this crate summarizes it.
 
 mod admin;
+mod api;
 mod client;
-mod commit;
 mod error;
 mod events;
 mod http;
 mod log_head;
+mod rules;
 mod server;
 mod service;
 mod state;
+mod storage;
 mod tls;
 mod token;
 

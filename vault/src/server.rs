@@ -20,6 +20,9 @@ use tower::ServiceExt as _;
 
 use crate::error::VaultError;
 use crate::service::{self, App};
+use crate::storage::Backend;
+use crate::storage::sled::{Committer, SledStorage};
+use crate::token::AdminKey;
 
 /// How long open connections get to finish their requests at shutdown before they are cut.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -117,6 +120,23 @@ impl RunningServer {
     }
 }
 
+struct Opened {
+    storage: SledStorage,
+    committer: Committer,
+    admin: AdminKey,
+    token_path: PathBuf,
+    token_created: bool,
+}
+
+/// Opens (or creates) the data directory: the admin token and the log, folded into the state.
+fn open_sled(data_dir: &Path, group_commit: bool) -> Result<Opened, VaultError> {
+    regent_secrets::create_private_dir(data_dir)
+        .map_err(|source| VaultError::DataDir { path: data_dir.to_path_buf(), source })?;
+    let (admin, token_path, token_created) = crate::token::load_or_create(data_dir)?;
+    let (storage, committer) = SledStorage::open(data_dir, group_commit)?;
+    Ok(Opened { storage, committer, admin, token_path, token_created })
+}
+
 /// Binds, opens the data directory (creating `admin.token` on first start) and starts serving.
 /// Returns once the service accepts connections.
 pub async fn serve(config: ServeConfig) -> Result<RunningServer, VaultError> {
@@ -129,31 +149,31 @@ pub async fn serve(config: ServeConfig) -> Result<RunningServer, VaultError> {
         Some(files) => Some(TlsAcceptor::from(Arc::new(crate::tls::server_config(&files.cert, &files.key)?))),
         None => None,
     };
+    let with_tls = tls.is_some();
     let listener =
         TcpListener::bind(config.listen).await.map_err(|source| VaultError::Bind { addr: config.listen, source })?;
     let local_addr = listener.local_addr().map_err(|source| VaultError::Bind { addr: config.listen, source })?;
     // Opening the store may wait for another process's lock and reads the whole log: blocking work.
     let data_dir = config.data_dir.clone();
-    let public_url = config.public_url.clone();
-    let with_tls = tls.is_some();
     let group_commit = config.group_commit;
-    let opened = tokio::task::spawn_blocking(move || App::open(&data_dir, public_url, with_tls, group_commit))
+    let opened = tokio::task::spawn_blocking(move || open_sled(&data_dir, group_commit))
         .await
         .map_err(|e| VaultError::Stopped(e.to_string()))??;
-    opened.app.set_bound(local_addr);
+    let Opened { storage, committer, admin, token_path, token_created } = opened;
+    let log = Arc::downgrade(storage.store());
+    let app = Arc::new(App::new(Backend::Sled(storage), admin, config.public_url.clone(), with_tls));
+    app.set_bound(local_addr);
     let shown = crate::service::reachable(local_addr);
     let info = ServerInfo {
         local_addr,
         url: format!("{}://{shown}", if with_tls { "https" } else { "http" }),
-        admin_token_path: opened.token_path,
-        admin_token_created: opened.token_created,
+        admin_token_path: token_path,
+        admin_token_created: token_created,
     };
     tracing::info!(url = %info.url, data_dir = %config.data_dir.display(), "vault service listening");
-    let actor = regent_store::Actor { user: "regent-vault".into(), host: regent_store::host_name() };
-    let log = Arc::downgrade(&opened.store);
-    let committer = tokio::spawn(crate::commit::run(opened.store, actor, opened.commits));
+    let committer = tokio::spawn(committer.run());
     let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(accept_loop(listener, tls, opened.app, stopped, committer));
+    let task = tokio::spawn(accept_loop(listener, tls, app, stopped, committer));
     Ok(RunningServer { info, stop: Some(stop), task, log })
 }
 

@@ -1,10 +1,11 @@
-//! The service's state: a fold of its log. The same `apply` runs at start (over the whole log) and
-//! after each durable append, so what the service answers always follows from what is on disk.
+//! The embedded (sled) vault's state: a fold of its log, in memory. The same `apply` runs at start
+//! (over the whole log) and after each decision, and [`ServiceState::facts`] gives the rules the
+//! slice of it a decision reads. The fold takes its times from the events, never from the clock.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use regent_credentials::VaultIdentity;
 use uuid::Uuid;
 
@@ -12,14 +13,10 @@ use crate::events::{
     CredentialsIssued, LogHeadAnchored, LogHeadRefused, MachineRegistered, MachineRemoved, PinCheckFailed,
     PinCheckRecord, PinIssued, PinUsed, VaultEvent,
 };
-use crate::protocol::{self, Anchor, AnchorRefusal, MachineInfo, Registered, VaultInfo};
-
-/// How long a nonce is remembered after it was seen: a request older than the clock-skew window is
-/// refused by its timestamp anyway, so a nonce needs keeping only a little longer than the window is wide.
-const NONCE_MEMORY: Duration = Duration::seconds(2 * protocol::MAX_CLOCK_SKEW_SECS + 60);
-
-/// An expired PIN is kept this long to tell "expired" from "wrong"; then it is forgotten.
-const PIN_MEMORY: Duration = Duration::hours(1);
+use crate::protocol::{Anchor, AnchorRefusal, MachineInfo, Registered, VaultInfo};
+use crate::rules::{
+    CertFacts, Facts, MachineFacts, NONCE_MEMORY, PIN_MEMORY, PinCheckFacts, RegistrationFacts, Scope, VaultFacts,
+};
 
 #[derive(Default)]
 pub(crate) struct ServiceState {
@@ -29,12 +26,14 @@ pub(crate) struct ServiceState {
     pub thumbprints: HashMap<String, String>,
 }
 
+#[derive(Clone, Debug)]
 pub(crate) struct IssuedCert {
     pub der: Arc<[u8]>,
     pub not_before: DateTime<Utc>,
     pub not_after: DateTime<Utc>,
 }
 
+#[derive(Clone, Debug)]
 pub(crate) struct PinRecord {
     pub digest: [u8; 32],
     pub issued_at: DateTime<Utc>,
@@ -42,7 +41,7 @@ pub(crate) struct PinRecord {
 }
 
 /// What a vault keeps of one machine's log: the head anchored last, and the reports it refused.
-#[derive(Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct AnchorHistory {
     pub head: Option<HeldAnchor>,
     pub refusals: u64,
@@ -52,7 +51,7 @@ pub(crate) struct AnchorHistory {
     pub last_refused_records: Option<String>,
 }
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub(crate) struct HeldAnchor {
     pub position: u64,
     pub hash: String,
@@ -73,30 +72,13 @@ impl AnchorHistory {
     }
 }
 
-/// The outcome of a registration in progress, shared with concurrent retries of the same request.
-pub(crate) type PendingAnswer = tokio::sync::watch::Receiver<Option<Result<Registered, String>>>;
-
 /// What a registration's request id is bound to from its first arrival on: a request id sent again
 /// with other values is refused, so one request id can never make, or be answered with, a machine
 /// for another server (resource id: the vault's own, checked before; the vault is the stream).
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct RegistrationKey {
     pub thumbprint: String,
     pub machine_name: String,
-}
-
-/// A registration's request id that was answered.
-pub(crate) struct AnsweredRegistration {
-    pub key: RegistrationKey,
-    pub answer: Registered,
-    /// Its machine was removed: the request id is never answered or registered again.
-    pub removed: bool,
-}
-
-/// A registration being written, by request id (runtime only, never in the log).
-pub(crate) struct PendingRegistration {
-    pub key: RegistrationKey,
-    pub answer: PendingAnswer,
 }
 
 /// How a PIN check was answered, for its retries.
@@ -106,14 +88,6 @@ pub(crate) enum PinOutcome {
     Valid(DateTime<Utc>),
     /// The PIN matched no outstanding one (counted against the machine).
     Wrong,
-}
-
-/// A PIN check's request id, answered: bound to the machine and the PIN presented.
-pub(crate) struct AnsweredPinCheck {
-    pub machine_id: String,
-    /// HMAC of the request id and the PIN under the PIN key (never the PIN).
-    pub pin_digest: [u8; 32],
-    pub outcome: PinOutcome,
 }
 
 /// A machine's wrong PINs: how many in a row since its last good PIN or lock, and until when its
@@ -139,19 +113,17 @@ pub(crate) struct VaultState {
     /// When each removed machine was removed: what an unregistration of it is answered with again.
     pub removed_at: HashMap<String, DateTime<Utc>>,
     /// Registration request id -> what it is bound to and the first answer given to it.
-    pub registrations: HashMap<String, AnsweredRegistration>,
+    pub registrations: HashMap<String, RegistrationFacts>,
     /// Machine id -> the request id that made it.
     machine_requests: HashMap<String, String>,
     /// PIN check request id -> the machine and PIN it was sent with and its answer.
-    pub pin_checks: HashMap<String, AnsweredPinCheck>,
+    pub pin_checks: HashMap<String, PinCheckFacts>,
     /// Wrong PINs and lock-outs by machine id.
     pub pin_guards: HashMap<String, PinGuard>,
     nonces: HashSet<String>,
     nonce_order: VecDeque<(DateTime<Utc>, String)>,
     /// Outstanding PINs (neither used nor revoked) by id.
     pub pins: HashMap<Uuid, PinRecord>,
-    /// Registrations being written, by request id (runtime only, never in the log).
-    pub pending: HashMap<String, PendingRegistration>,
     /// Log heads by machine id. Kept apart from `machines`: a removed machine's history stays.
     pub anchors: HashMap<String, AnchorHistory>,
 }
@@ -173,22 +145,32 @@ impl VaultState {
             nonces: HashSet::new(),
             nonce_order: VecDeque::new(),
             pins: HashMap::new(),
-            pending: HashMap::new(),
             anchors: HashMap::new(),
         }
     }
 
+    fn facts(&self) -> VaultFacts {
+        VaultFacts { identity: self.identity.clone(), created_at: self.created_at, newest: self.newest.clone() }
+    }
+
     pub(crate) fn info(&self) -> VaultInfo {
-        VaultInfo {
-            name: self.identity.resource_name.clone(),
-            subscription_id: self.identity.subscription_id.clone(),
-            resource_group: self.identity.resource_group.clone(),
-            location: self.identity.location.clone(),
-            resource_id: self.identity.resource_id,
-            created_at: self.created_at,
-            newest_thumbprint: self.newest.clone(),
-            machines: self.machines.len(),
-        }
+        crate::rules::vault_info(&self.facts(), self.machines.len())
+    }
+
+    fn machine_facts(&self, machine_id: &str) -> Option<MachineFacts> {
+        let (info, removed_at) = match (self.machines.get(machine_id), self.removed.get(machine_id)) {
+            (Some(machine), _) => (machine.clone(), None),
+            (None, Some(machine)) => (machine.clone(), Some(self.removed_at.get(machine_id).copied())),
+            (None, None) => return None,
+        };
+        Some(MachineFacts {
+            info,
+            // Removed machines from logs that did not record when: the time is unknown, the
+            // registration's will do.
+            removed_at: removed_at.map(|at| at.unwrap_or(self.created_at)),
+            guard: self.pin_guards.get(machine_id).copied().unwrap_or_default(),
+            anchor: self.anchors.get(machine_id).cloned().unwrap_or_default(),
+        })
     }
 
     /// Remembers a nonce; false if it was seen before (a replay). Old nonces are forgotten first.
@@ -226,7 +208,7 @@ impl VaultState {
             registered_at: e.registered_at,
         };
         let key = RegistrationKey { thumbprint: e.thumbprint.clone(), machine_name: e.machine_name.clone() };
-        self.registrations.insert(e.request_id.clone(), AnsweredRegistration { key, answer, removed: false });
+        self.registrations.insert(e.request_id.clone(), RegistrationFacts { key, answer, removed: false });
         self.machine_requests.insert(e.machine_id.clone(), e.request_id.clone());
         self.machines.insert(
             e.machine_id.clone(),
@@ -239,9 +221,8 @@ impl VaultState {
             },
         );
         // Replayed from the log, the nonce is remembered as seen when the machine registered; a
-        // nonce that old is dropped at the next registration.
-        let now = Utc::now();
-        self.remember_nonce(&e.nonce, e.registered_at, now);
+        // nonce that old is dropped at a later change.
+        self.remember_nonce(&e.nonce, e.registered_at, e.registered_at);
     }
 
     fn apply_removed(&mut self, e: &MachineRemoved) {
@@ -251,7 +232,7 @@ impl VaultState {
             self.removed_at.insert(machine_id.to_string(), e.removed_at);
         }
         if let Some(unregistration) = &e.unregistration {
-            self.remember_nonce(&unregistration.nonce, e.removed_at, Utc::now());
+            self.remember_nonce(&unregistration.nonce, e.removed_at, e.removed_at);
         }
         if let Some(answered) =
             self.machine_requests.get(machine_id).and_then(|request_id| self.registrations.get_mut(request_id))
@@ -268,9 +249,9 @@ impl VaultState {
         }
         self.pin_checks.insert(
             check.request_id.clone(),
-            AnsweredPinCheck { machine_id: machine_id.to_string(), pin_digest, outcome },
+            PinCheckFacts { machine_id: machine_id.to_string(), pin_digest, outcome },
         );
-        self.remember_nonce(&check.nonce, at, Utc::now());
+        self.remember_nonce(&check.nonce, at, at);
     }
 
     fn apply_pin_used(&mut self, e: &PinUsed) {
@@ -307,7 +288,7 @@ impl VaultState {
     fn apply_anchored(&mut self, e: &LogHeadAnchored) {
         let anchor = self.anchors.entry(e.machine_id.clone()).or_default();
         anchor.head = Some(HeldAnchor { position: e.position, hash: e.hash.clone(), anchored_at: e.anchored_at });
-        self.remember_nonce(&e.nonce, e.anchored_at, Utc::now());
+        self.remember_nonce(&e.nonce, e.anchored_at, e.anchored_at);
     }
 
     fn apply_refused(&mut self, e: &LogHeadRefused) {
@@ -320,11 +301,34 @@ impl VaultState {
             refused_at: e.refused_at,
         });
         anchor.last_refused_records = e.records_sha256.clone();
-        self.remember_nonce(&e.nonce, e.refused_at, Utc::now());
+        self.remember_nonce(&e.nonce, e.refused_at, e.refused_at);
     }
 }
 
 impl ServiceState {
+    /// The slice of the state a decision reads.
+    pub(crate) fn facts(&self, scope: &Scope) -> Facts {
+        let Some(v) = self.vaults.get(&scope.vault) else {
+            // Without its vault a decision reads nothing else: it is refused.
+            return Facts { cert: scope.thumbprint.as_ref().and_then(|t| self.cert(t)), ..Facts::default() };
+        };
+        Facts {
+            vault: Some(v.facts()),
+            cert: scope.thumbprint.as_ref().and_then(|t| self.cert(t)),
+            machine: scope.machine.as_ref().and_then(|m| v.machine_facts(m)),
+            registration: scope.registration.as_ref().and_then(|r| v.registrations.get(r).cloned()),
+            pin_check: scope.pin_check.as_ref().and_then(|r| v.pin_checks.get(r).cloned()),
+            nonce_seen: scope.nonce.as_ref().is_some_and(|n| v.nonce_seen(n)),
+            pins: if scope.pins { v.pins.iter().map(|(id, pin)| (*id, pin.clone())).collect() } else { Vec::new() },
+        }
+    }
+
+    fn cert(&self, thumbprint: &str) -> Option<CertFacts> {
+        let vault = self.thumbprints.get(thumbprint)?;
+        let cert = self.vaults.get(vault)?.certs.get(thumbprint)?;
+        Some(CertFacts { vault: vault.clone(), cert: cert.clone() })
+    }
+
     /// Folds one event of `vault`'s stream into the state.
     pub(crate) fn apply(&mut self, vault: &str, event: &VaultEvent) -> Result<(), String> {
         if let VaultEvent::VaultCreated(e) = event {
@@ -358,7 +362,7 @@ impl ServiceState {
                 let mut bytes = [0u8; 32];
                 hex::decode_to_slice(digest, &mut bytes).map_err(|_| format!("PIN {pin_id} has a malformed digest"))?;
                 state.pins.insert(*pin_id, PinRecord { digest: bytes, issued_at: *issued_at, expires_at: *expires_at });
-                state.prune_pins(Utc::now());
+                state.prune_pins(*issued_at);
             }
             VaultEvent::PinUsed(e) => state.apply_pin_used(e),
             VaultEvent::PinsRevoked(e) => {
@@ -380,6 +384,7 @@ impl ServiceState {
 mod tests {
     use super::*;
     use crate::events::{PinCheckFailed, PinCheckRecord, PinUsed, VaultCreated};
+    use chrono::Duration;
 
     fn state_with_vault() -> ServiceState {
         let mut state = ServiceState::default();

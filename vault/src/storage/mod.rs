@@ -1,0 +1,105 @@
+//! Where the vault keeps its log and its state: one trait ([`Storage`]), two implementations.
+//!
+//! - [`sled::SledStorage`]: the embedded default, one process. The log is a `regent-store` under the
+//!   data directory; the state is its fold in memory; one committer writes every change, in rounds
+//!   (group commit: one atomic append and one sync per round).
+//! - [`postgres::PgStorage`]: several processes on one PostgreSQL database. The log is a table with
+//!   the same record bytes and chain; the state is projection tables written in the same
+//!   transaction as the events; every process answers every request from the database.
+//!
+//! A change is [`Storage::transact`]: the storage loads the [`Scope`]'s facts (locked, in
+//! PostgreSQL), runs the pure decision of [`crate::rules`] on them, records its events and
+//! projections atomically and durably, and only then answers. A decision that wrote nothing (a
+//! refusal, or the same answer again) still remembers the request's nonce, so a replay is refused.
+
+pub(crate) mod sled;
+
+use chrono::{DateTime, Utc};
+use regent_store::Head;
+
+use crate::api::ApiError;
+use crate::protocol::{MachineInfo, VaultInfo};
+use crate::rules::{Decision, Facts, Scope};
+
+/// A decision over facts, run by the storage (perhaps again, on fresher facts, when its
+/// transaction must be retried).
+pub(crate) type Decide<A> = Box<dyn Fn(&Facts) -> Result<Decision<A>, ApiError> + Send + Sync>;
+
+pub(crate) trait Storage: Send + Sync + 'static {
+    /// The facts of a scope as they are now, locking nothing: what a request is authenticated
+    /// against before its turn (a certificate, a machine's key).
+    async fn read(&self, scope: &Scope) -> Result<Facts, ApiError>;
+
+    /// Decides on the scope's facts and records the decision; answers once it is durable.
+    async fn transact<A: Send + 'static>(
+        &self,
+        scope: Scope,
+        now: DateTime<Utc>,
+        decide: Decide<A>,
+    ) -> Result<A, ApiError>;
+
+    async fn vault_info(&self, vault: &str) -> Result<Option<VaultInfo>, ApiError>;
+
+    /// A vault's current machines, oldest registration first; `None` without the vault.
+    async fn machines(&self, vault: &str) -> Result<Option<Vec<MachineInfo>>, ApiError>;
+
+    /// The head of the service's own log.
+    async fn head(&self) -> Result<Head, ApiError>;
+
+    /// Whether requests can be served: the log open, the database reachable with its schema.
+    async fn ready(&self) -> Result<(), String>;
+}
+
+/// The storage a service runs on, chosen at start.
+pub(crate) enum Backend {
+    Sled(sled::SledStorage),
+}
+
+impl Storage for Backend {
+    async fn read(&self, scope: &Scope) -> Result<Facts, ApiError> {
+        match self {
+            Backend::Sled(s) => s.read(scope).await,
+        }
+    }
+
+    async fn transact<A: Send + 'static>(
+        &self,
+        scope: Scope,
+        now: DateTime<Utc>,
+        decide: Decide<A>,
+    ) -> Result<A, ApiError> {
+        match self {
+            Backend::Sled(s) => s.transact(scope, now, decide).await,
+        }
+    }
+
+    async fn vault_info(&self, vault: &str) -> Result<Option<VaultInfo>, ApiError> {
+        match self {
+            Backend::Sled(s) => s.vault_info(vault).await,
+        }
+    }
+
+    async fn machines(&self, vault: &str) -> Result<Option<Vec<MachineInfo>>, ApiError> {
+        match self {
+            Backend::Sled(s) => s.machines(vault).await,
+        }
+    }
+
+    async fn head(&self) -> Result<Head, ApiError> {
+        match self {
+            Backend::Sled(s) => s.head().await,
+        }
+    }
+
+    async fn ready(&self) -> Result<(), String> {
+        match self {
+            Backend::Sled(s) => s.ready().await,
+        }
+    }
+}
+
+/// Whether a refusal leaves the request's nonce to be remembered: every refusal but a replay (whose
+/// nonce is remembered already).
+pub(crate) fn remembers_nonce(refusal: &ApiError) -> bool {
+    refusal.code != crate::protocol::ErrorCode::NonceReplayed
+}
