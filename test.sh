@@ -9,13 +9,31 @@ cd "$(dirname "$0")"
 
 # What the tests run for real, by the command each package provides.
 #   tinyproxy: the vault's and the binary's proxy tests talk through a real one.
-needed=(tinyproxy:tinyproxy)
+#   postgresql (initdb): the vault's PostgreSQL tests start a real cluster (regent-testkit's
+#     postgres.rs). Debian keeps initdb off PATH, so it is looked for where the test kit looks.
+needed=(tinyproxy:tinyproxy initdb:postgresql)
+
+# Whether a command is installed: on PATH or in /usr/sbin; PostgreSQL's server programs in
+# `pg_config --bindir` or /usr/lib/postgresql/VERSION/bin (never PATH: a link there that a fresh
+# machine lacks must not hide a missing package).
+installed() {
+    local command_name=$1
+    if [ "$command_name" = initdb ]; then
+        local bindir
+        if bindir=$(pg_config --bindir 2>/dev/null) && [ -x "$bindir/initdb" ]; then
+            return 0
+        fi
+        compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null
+        return
+    fi
+    command -v "$command_name" >/dev/null 2>&1 || [ -x "/usr/sbin/$command_name" ]
+}
 
 missing=()
 for entry in "${needed[@]}"; do
     command_name=${entry%%:*}
     package=${entry#*:}
-    if ! command -v "$command_name" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$command_name" ]; then
+    if ! installed "$command_name"; then
         missing+=("$package")
     fi
 done

@@ -1,6 +1,7 @@
 //! Test helpers shared by more than one crate's tests (the vault's proxy tests and the binary's
-//! end-to-end tests): real components, started for a test and stopped when dropped. Panics are
-//! how a test helper fails, so this crate unwraps freely; nothing here ships in `regent`.
+//! end-to-end tests): real components, started for a test and stopped when dropped (or, for the
+//! test binary's shared PostgreSQL, when the test process ends: [`postgres`]). Panics are how a
+//! test helper fails, so this crate unwraps freely; nothing here ships in `regent`.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -8,6 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+
+pub mod postgres;
 
 /// A free TCP port on 127.0.0.1, for a server that must be told its port.
 pub fn free_port() -> u16 {
