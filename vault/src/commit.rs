@@ -10,9 +10,11 @@
 use std::sync::Arc;
 
 use chrono::Utc;
-use regent_store::{Actor, BatchMeta, EventStore, ExpectedVersion, NewEvent};
+use regent_store::{Actor, BatchMeta, ExpectedVersion, NewEvent};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
+
+use crate::service_log::ServiceLog;
 
 /// The most events written in one round.
 const MAX_BATCH: usize = 1024;
@@ -49,7 +51,7 @@ impl Committer {
 }
 
 /// Writes rounds until every [`Committer`] is dropped (the service stopped).
-pub(crate) async fn run(store: Arc<EventStore>, actor: Actor, mut queue: CommitQueue) {
+pub(crate) async fn run(store: Arc<ServiceLog>, actor: Actor, mut queue: CommitQueue) {
     while let Some(first) = queue.receiver.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -68,7 +70,7 @@ pub(crate) async fn run(store: Arc<EventStore>, actor: Actor, mut queue: CommitQ
     }
 }
 
-fn write_round(store: &EventStore, actor: &Actor, batch: Vec<Commit>) {
+fn write_round(store: &ServiceLog, actor: &Actor, batch: Vec<Commit>) {
     // One append per stream, in arrival order.
     let mut groups: Vec<(String, Vec<Commit>)> = Vec::new();
     for commit in batch {

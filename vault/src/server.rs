@@ -11,7 +11,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use regent_store::{EventStore, Head};
+use regent_store::Head;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
@@ -19,7 +19,9 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
 use crate::error::VaultError;
+use crate::metrics::{self, Metrics};
 use crate::service::{self, App};
+use crate::service_log::ServiceLog;
 
 /// How long open connections get to finish their requests at shutdown before they are cut.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -86,7 +88,7 @@ pub struct RunningServer {
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
     /// Weak: the log closes when the service stops, whoever holds this.
-    log: Weak<EventStore>,
+    log: Weak<ServiceLog>,
 }
 
 impl RunningServer {
@@ -137,9 +139,13 @@ pub async fn serve(config: ServeConfig) -> Result<RunningServer, VaultError> {
     let public_url = config.public_url.clone();
     let with_tls = tls.is_some();
     let group_commit = config.group_commit;
-    let opened = tokio::task::spawn_blocking(move || App::open(&data_dir, public_url, with_tls, group_commit))
-        .await
-        .map_err(|e| VaultError::Stopped(e.to_string()))??;
+    let metrics = Arc::new(Metrics::new()?);
+    let opened = tokio::task::spawn_blocking({
+        let metrics = metrics.clone();
+        move || App::open(&data_dir, public_url, with_tls, group_commit, &metrics)
+    })
+    .await
+    .map_err(|e| VaultError::Stopped(e.to_string()))??;
     opened.app.set_bound(local_addr);
     let shown = crate::service::reachable(local_addr);
     let info = ServerInfo {
@@ -153,7 +159,7 @@ pub async fn serve(config: ServeConfig) -> Result<RunningServer, VaultError> {
     let log = Arc::downgrade(&opened.store);
     let committer = tokio::spawn(crate::commit::run(opened.store, actor, opened.commits));
     let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(accept_loop(listener, tls, opened.app, stopped, committer));
+    let task = tokio::spawn(accept_loop(listener, tls, opened.app, metrics, stopped, committer));
     Ok(RunningServer { info, stop: Some(stop), task, log })
 }
 
@@ -161,10 +167,11 @@ async fn accept_loop(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     app: Arc<App>,
+    metrics: Arc<Metrics>,
     mut stop: oneshot::Receiver<()>,
     committer: JoinHandle<()>,
 ) {
-    let router = service::router(app);
+    let router = metrics::instrument(service::router(app), metrics);
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
     loop {

@@ -45,11 +45,13 @@ use crate::events::{
     CredentialsIssued, LogHeadAnchored, LogHeadRefused, MachineRegistered, MachineRemoved, PinCheckFailed,
     PinCheckRecord, PinIssued, PinUsed, UnregistrationRecord, VaultCreated, VaultEvent, stream_of,
 };
+use crate::metrics::Metrics;
 use crate::protocol::{
     self, Anchor, CreateVault, CredentialsFile, DownloadCredentials, ErrorBody, ErrorCode, HeadReport, Health,
     IssuedPin, MachineInfo, Machines, PinCheckBody, PinValid, Reason, RegisterBody, Registered, RouteId,
     SERVICE_HEADER, SIGNATURE_HEADERS, UnregisterBody, Unregistered, VaultInfo, valid_vault_name,
 };
+use crate::service_log::ServiceLog;
 use crate::state::{
     HeldAnchor, PendingAnswer, PendingRegistration, PinGuard, PinOutcome, RegistrationKey, ServiceState,
 };
@@ -59,7 +61,7 @@ use crate::token::{self, AdminKey};
 const LOG_DIR: &str = "log";
 
 pub(crate) struct App {
-    store: Arc<EventStore>,
+    store: Arc<ServiceLog>,
     state: Mutex<ServiceState>,
     admin: AdminKey,
     /// Admin changes (create, download, PIN, remove) run one at a time, so they reach the state in
@@ -89,7 +91,7 @@ pub(crate) struct Opened {
     pub token_path: PathBuf,
     pub token_created: bool,
     /// For [`crate::commit::run`], which the caller starts on its runtime.
-    pub store: Arc<EventStore>,
+    pub store: Arc<ServiceLog>,
     pub commits: CommitQueue,
 }
 
@@ -100,6 +102,7 @@ impl App {
         public_url: Option<String>,
         tls: bool,
         group_commit: bool,
+        metrics: &Metrics,
     ) -> Result<Opened, VaultError> {
         regent_secrets::create_private_dir(data_dir)
             .map_err(|source| VaultError::DataDir { path: data_dir.to_path_buf(), source })?;
@@ -117,7 +120,7 @@ impl App {
                 .map_err(|detail| VaultError::BadEvent { position: record.position, detail })?;
             state.apply(vault, &event).map_err(|detail| VaultError::BadEvent { position: record.position, detail })?;
         }
-        let store = Arc::new(store);
+        let store = Arc::new(ServiceLog::new(store, metrics));
         let (committer, commits) = crate::commit::channel();
         let app = App {
             store: store.clone(),
@@ -138,6 +141,11 @@ impl App {
     pub(crate) fn set_bound(&self, addr: SocketAddr) {
         let host = reachable(addr);
         *self.bound_url.lock().unwrap_or_else(|p| p.into_inner()) = format!("{}://{host}", self.scheme);
+    }
+
+    /// Whether the service can serve (`GET /readyz`): for now, whether its log would take a change.
+    pub(crate) fn ready(&self) -> Result<(), String> {
+        self.store.ready()
     }
 
     fn lock_state(&self) -> MutexGuard<'_, ServiceState> {
@@ -216,6 +224,9 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         };
         // Exhaustive: a route in the table without a handler does not compile.
         let handler: MethodRouter<Arc<App>> = match route.id {
+            RouteId::Healthz => on(filter, crate::ops::healthz),
+            RouteId::Readyz => on(filter, crate::ops::readyz),
+            RouteId::Metrics => on(filter, crate::metrics::scrape),
             RouteId::Health => on(filter, health),
             RouteId::CreateVault => on(filter, create_vault),
             RouteId::GetVault => on(filter, get_vault),
