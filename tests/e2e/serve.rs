@@ -8,10 +8,18 @@ use std::process::{Child, Stdio};
 
 use crate::support::Setup;
 
+const VARIABLES: [&str; 5] = [
+    "REGENT_VAULT_LISTEN",
+    "REGENT_VAULT_TLS_CERT",
+    "REGENT_VAULT_TLS_KEY",
+    "REGENT_VAULT_PUBLIC_URL",
+    "REGENT_VAULT_LOG_FORMAT",
+];
+
 /// `regent vault serve` in a child process, with no `REGENT_VAULT_*` from the caller's environment.
 fn serve(setup: &Setup, env: &[(&str, &str)], args: &[&str]) -> std::process::Command {
     let mut cmd = setup.regent_std("own-vault");
-    for var in ["REGENT_VAULT_LISTEN", "REGENT_VAULT_TLS_CERT", "REGENT_VAULT_TLS_KEY", "REGENT_VAULT_PUBLIC_URL"] {
+    for var in VARIABLES {
         cmd.env_remove(var);
     }
     cmd.envs(env.iter().copied()).args(["--json", "vault", "serve"]).args(args);
@@ -37,11 +45,17 @@ fn started(mut cmd: std::process::Command) -> (Child, String) {
     }
 }
 
-fn stop(child: Child) {
+fn sigterm(child: &Child) {
     // SAFETY: a signal to our own child, whose pid is still ours (not yet waited for).
     assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) }, 0);
+}
+
+/// Stops the service with SIGTERM; it exits 0. Returns what it wrote.
+fn stop(child: Child) -> std::process::Output {
+    sigterm(&child);
     let output = child.wait_with_output().unwrap();
     assert_eq!(output.status.code(), Some(0), "stopped by SIGTERM: {}", String::from_utf8_lossy(&output.stderr));
+    output
 }
 
 fn admin(setup: &Setup, url: &str, token: &Path, args: &[&str]) -> std::process::Output {
@@ -105,7 +119,7 @@ fn the_help_names_the_fixed_default_address_and_each_variable() {
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(help.contains("[default: 127.0.0.1:8443]"), "{help}");
     assert!(help.contains("foreground"), "{help}");
-    for var in ["REGENT_VAULT_LISTEN", "REGENT_VAULT_TLS_CERT", "REGENT_VAULT_TLS_KEY", "REGENT_VAULT_PUBLIC_URL"] {
+    for var in VARIABLES {
         assert!(help.contains(&format!("[env: {var}]")), "{var} in {help}");
     }
 }
@@ -149,4 +163,55 @@ fn admin_commands_find_the_token_in_the_services_data_dir_without_token_file() {
         "{stderr}"
     );
     stop(child);
+}
+
+/// Every line of the service's stderr, each a JSON object with tracing-subscriber's standard
+/// fields: `timestamp` (RFC 3339), `level`, `target`, `fields.message`. Returns the messages.
+fn json_log_messages(stderr: &[u8]) -> Vec<String> {
+    let stderr = std::str::from_utf8(stderr).expect("the log is UTF-8");
+    assert!(stderr.ends_with('\n'), "whole lines: {stderr:?}");
+    let mut messages = Vec::new();
+    for line in stderr.lines() {
+        let event: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("a log line that is not JSON ({e}): {line:?}"));
+        let object = event.as_object().unwrap_or_else(|| panic!("not a JSON object: {line}"));
+        let timestamp = object["timestamp"].as_str().unwrap_or_else(|| panic!("no timestamp: {line}"));
+        chrono::DateTime::parse_from_rfc3339(timestamp).unwrap_or_else(|e| panic!("{e}: {timestamp}"));
+        let level = object["level"].as_str().unwrap_or_else(|| panic!("no level: {line}"));
+        assert!(["ERROR", "WARN", "INFO", "DEBUG", "TRACE"].contains(&level), "{line}");
+        assert!(object["target"].as_str().is_some_and(|t| !t.is_empty()), "no target: {line}");
+        messages.push(object["fields"]["message"].as_str().unwrap_or_else(|| panic!("no message: {line}")).to_string());
+    }
+    messages
+}
+
+#[test]
+fn log_format_json_writes_every_line_as_a_json_object_and_the_variable_chooses_it_too() {
+    let setup = Setup::new();
+    let (child, url) = started(serve(&setup, &[], &["--listen", "127.0.0.1:0", "--log-format", "json", "-v"]));
+    let token = setup.path("own-vault").join("admin.token");
+    // A change is logged at info, with its fields; a vault name with a line break cannot be made,
+    // so the fields are the service's own.
+    let created = admin(&setup, &url, &token, &["create", "logged"]);
+    assert_eq!(created.status.code(), Some(0), "{}", String::from_utf8_lossy(&created.stderr));
+    let output = stop(child);
+    let messages = json_log_messages(&output.stderr);
+    for said in ["vault service listening", "stopping on signal", "vault service stopped"] {
+        assert!(messages.iter().any(|m| m == said), "{said:?} in {messages:?}");
+    }
+
+    let env = [("REGENT_VAULT_LISTEN", "127.0.0.1:0"), ("REGENT_VAULT_LOG_FORMAT", "json")];
+    let (child, _) = started(serve(&setup, &env, &["-v"]));
+    let output = stop(child);
+    assert!(json_log_messages(&output.stderr).len() >= 3);
+
+    // Text by default: the same events as lines for a person.
+    let (child, _) = started(serve(&setup, &[], &["--listen", "127.0.0.1:0", "-v"]));
+    let output = stop(child);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("vault service listening"), "{stderr}");
+    assert!(stderr.lines().all(|line| serde_json::from_str::<serde_json::Value>(line).is_err()), "{stderr}");
+
+    let refused = serve(&setup, &[], &["--listen", "127.0.0.1:0", "--log-format", "xml"]).output().unwrap();
+    assert_eq!(refused.status.code(), Some(2), "{}", String::from_utf8_lossy(&refused.stderr));
 }
