@@ -3,7 +3,9 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request};
@@ -12,7 +14,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use regent_store::Head;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
@@ -25,6 +27,12 @@ use crate::service_log::ServiceLog;
 
 /// How long open connections get to finish their requests at shutdown before they are cut.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// At most this many connections queued in the listener when the service stops are still taken
+/// and answered (tokio's listen backlog).
+const LISTEN_QUEUE: usize = 1024;
+/// At a stop, how long connections accepted a moment ago get to have their first request read
+/// before they are asked to finish (see [`Unread`]).
+const SETTLE: Duration = Duration::from_millis(250);
 /// A client must send its request headers (and finish a TLS handshake) within this.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -173,6 +181,7 @@ async fn accept_loop(
 ) {
     let router = metrics::instrument(service::router(app), metrics);
     let graceful = GracefulShutdown::new();
+    let unread = Arc::new(AtomicUsize::new(0));
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -189,34 +198,31 @@ async fn accept_loop(
                         continue;
                     }
                 };
-                let _ = tcp.set_nodelay(true);
-                let service = router.clone().map_request(move |mut request: Request<hyper::body::Incoming>| {
-                    request.extensions_mut().insert(ConnectInfo(peer));
-                    request
-                });
-                let service = TowerToHyperService::new(service);
-                let watcher = graceful.watcher();
-                let tls = tls.clone();
-                connections.spawn(async move {
-                    let mut builder = http1::Builder::new();
-                    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
-                    match tls {
-                        None => {
-                            let _ = watcher.watch(builder.serve_connection(TokioIo::new(tcp), service)).await;
-                        }
-                        Some(acceptor) => match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp)).await {
-                            Ok(Ok(stream)) => {
-                                let _ = watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await;
-                            }
-                            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                        },
-                    }
-                });
+                connection(&mut connections, &router, &graceful, &tls, &unread, tcp, peer);
             }
         }
     }
+    // Connections the kernel completed before the stop wait in the listener's queue: closing it
+    // would reset them unanswered, though their clients sent their requests. Each is taken and
+    // answered (one request: keep-alive is off from here on). Only one that completes in the
+    // moment between this and the close is still reset, as is any after it (refused).
+    // Bounded: clients connecting as fast as they are taken must not hold the stop off.
+    for _ in 0..LISTEN_QUEUE {
+        let queued = std::future::poll_fn(|cx| match listener.poll_accept(cx) {
+            Poll::Ready(Ok(accepted)) => Poll::Ready(Some(accepted)),
+            Poll::Ready(Err(_)) | Poll::Pending => Poll::Ready(None),
+        });
+        let Some((tcp, peer)) = queued.await else { break };
+        connection(&mut connections, &router, &graceful, &tls, &unread, tcp, peer);
+    }
     drop(listener);
+    // hyper closes, unanswered, a connection that has read nothing yet when it is asked to shut down
+    // gracefully, though its client may have sent its request already: wait (a little) until each
+    // has started its first request or ended.
+    let settled = tokio::time::Instant::now() + SETTLE;
+    while unread.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < settled {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
         tracing::warn!("connections still open after the grace period are cut");
     }
@@ -229,6 +235,70 @@ async fn accept_loop(
         tracing::warn!("registrations still being written after the grace period");
     }
     tracing::info!("vault service stopped");
+}
+
+/// Counts a connection in `unread` until its first request starts (or the connection ends).
+struct Unread {
+    count: Arc<AtomicUsize>,
+    read: AtomicBool,
+}
+
+impl Unread {
+    fn new(count: &Arc<AtomicUsize>) -> Unread {
+        count.fetch_add(1, Ordering::SeqCst);
+        Unread { count: count.clone(), read: AtomicBool::new(false) }
+    }
+
+    fn read(&self) {
+        if !self.read.swap(true, Ordering::SeqCst) {
+            self.count.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for Unread {
+    fn drop(&mut self) {
+        self.read();
+    }
+}
+
+/// Serves one accepted connection (after its TLS handshake, for HTTPS) on a task of `connections`,
+/// watched by `graceful`.
+fn connection(
+    connections: &mut JoinSet<()>,
+    router: &axum::Router,
+    graceful: &GracefulShutdown,
+    tls: &Option<TlsAcceptor>,
+    unread: &Arc<AtomicUsize>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) {
+    let _ = tcp.set_nodelay(true);
+    let unread = Arc::new(Unread::new(unread));
+    let service = router.clone().map_request(move |mut request: Request<hyper::body::Incoming>| {
+        unread.read();
+        request.extensions_mut().insert(ConnectInfo(peer));
+        request
+    });
+    let service = TowerToHyperService::new(service);
+    let watcher = graceful.watcher();
+    let tls = tls.clone();
+    connections.spawn(async move {
+        let mut builder = http1::Builder::new();
+        builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+        match tls {
+            None => {
+                let _ = watcher.watch(builder.serve_connection(TokioIo::new(tcp), service)).await;
+            }
+            Some(acceptor) => match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => {
+                    let _ = watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await;
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            },
+        }
+    });
 }
 
 /// The service on a runtime of its own, for tests and for `regent quickstart`. Start and stop it from
