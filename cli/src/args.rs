@@ -9,7 +9,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use regent_store::Head;
 
 #[derive(Parser)]
@@ -146,9 +146,19 @@ token's path, then serves; it does not fork into the background (run it under sy
 unit `regent-vault.service` the Debian package installs).
 
 Each option can come from its environment variable instead (REGENT_VAULT_LISTEN,
-REGENT_VAULT_TLS_CERT, REGENT_VAULT_TLS_KEY, REGENT_VAULT_PUBLIC_URL); an option given on the command
-line wins. The address is fixed (127.0.0.1:8443 by default) because every credentials file names
+REGENT_VAULT_TLS_CERT, REGENT_VAULT_TLS_KEY, REGENT_VAULT_PUBLIC_URL, REGENT_VAULT_LOG_FORMAT); an
+option given on the command line wins. The address is fixed (127.0.0.1:8443 by default) because every credentials file names
 the service's endpoint: a port that changed at each start would break the files already downloaded.";
+
+/// How the log on stderr is written (`vault serve --log-format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One line for a person, values escaped.
+    #[default]
+    Text,
+    /// One JSON object a line: `timestamp`, `level`, `target`, `fields` (`message` and the rest).
+    Json,
+}
 
 #[derive(Args)]
 pub struct WizardArgs {
@@ -252,6 +262,16 @@ pub enum VaultCommand {
         /// The address agents should use, written into credentials files (default: as reached).
         #[arg(long, value_name = "URL", env = "REGENT_VAULT_PUBLIC_URL", hide_env_values = true)]
         public_url: Option<String>,
+        /// How the service logs on stderr: text lines, or one JSON object a line (for a collector).
+        #[arg(
+            long,
+            value_name = "FORMAT",
+            value_enum,
+            default_value_t = LogFormat::Text,
+            env = "REGENT_VAULT_LOG_FORMAT",
+            hide_env_values = true
+        )]
+        log_format: LogFormat,
     },
     /// Create a vault.
     Create {

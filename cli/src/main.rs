@@ -52,7 +52,7 @@ fn main() -> ExitCode {
             return ExitCode::from(terminal::clap_error(err, EXIT_USAGE));
         }
     };
-    init_logging(&cli.global);
+    init_logging(&cli.global, &cli.command);
     let json = cli.global.json;
     let (role, keeps_state) = data_dir_use(&cli.command);
     let outcome = Context::new(&cli.global, role, keeps_state).and_then(|ctx| run(&ctx, cli.command));
@@ -83,7 +83,7 @@ fn data_dir_use(command: &Command) -> (data_dir::Role, bool) {
     }
 }
 
-fn init_logging(global: &Global) {
+fn init_logging(global: &Global, command: &Command) {
     // sled logs what it finds in damaged files in its own terms; the store's errors say it in the
     // user's (what is damaged, what still reads), so sled is heard only at -vv.
     let default = match (global.quiet, global.verbose) {
@@ -93,7 +93,11 @@ fn init_logging(global: &Global) {
         (false, _) => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
-    terminal::init_logging(filter);
+    let format = match command {
+        Command::Vault(VaultCommand::Serve { log_format, .. }) => *log_format,
+        _ => LogFormat::Text,
+    };
+    terminal::init_logging(filter, format);
 }
 
 fn run(ctx: &Context, command: Command) -> Result<u8, Failure> {

@@ -186,6 +186,7 @@ mod tests {
             "REGENT_VAULT_LISTEN",
             "REGENT_VAULT_TLS_KEY",
             "REGENT_VAULT_PUBLIC_URL",
+            "REGENT_VAULT_LOG_FORMAT",
             "RUST_LOG",
             "NO_COLOR",
             "regent vault serve",

@@ -222,10 +222,17 @@ pub fn clap_error(mut err: clap::Error, usage_code: u8) -> u8 {
 // ---------------------------------------------------------------------------------------------
 // tracing
 
-/// Logging on stderr (tracing), with every field value escaped, the message included.
+/// Logging on stderr (tracing). As text, every field value escaped, the message included:
 /// tracing-subscriber 0.3.23 escapes ESC, BEL, BS, FF, DEL and C1 only, and leaves line breaks,
-/// CR and bidi controls as they are: a field could still forge a line.
-pub fn init_logging(filter: tracing_subscriber::EnvFilter) {
+/// CR and bidi controls as they are, so a field could still forge a line. As JSON (`vault serve
+/// --log-format json`, for a log collector rather than a person), one object a line, written by
+/// tracing-subscriber's JSON formatter through serde_json, whose escaping (every control
+/// character, line breaks included) is the contract, as for every JSON regent writes.
+pub fn init_logging(filter: tracing_subscriber::EnvFilter, format: crate::args::LogFormat) {
+    if format == crate::args::LogFormat::Json {
+        tracing_subscriber::fmt().json().with_writer(std::io::stderr).with_ansi(false).with_env_filter(filter).init();
+        return;
+    }
     let ansi = std::env::var_os("NO_COLOR").is_none() && stderr_is_terminal();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

@@ -12,7 +12,8 @@ use crate::terminal::{self, errln, outln};
 
 pub fn run(ctx: &Context, command: VaultCommand) -> Result<u8, Failure> {
     match command {
-        VaultCommand::Serve { listen, tls_cert, tls_key, public_url } => {
+        // The log format was applied when logging was set up (main.rs).
+        VaultCommand::Serve { listen, tls_cert, tls_key, public_url, log_format: _ } => {
             let address =
                 listen.to_socket_addrs().ok().and_then(|mut addresses| addresses.next()).ok_or_else(|| {
                     Failure::usage(format!(

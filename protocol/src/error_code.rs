@@ -22,6 +22,8 @@ codes! {
         /// The service failed. `500`.
         Internal = "internal",
         /// The service's log cannot be written: nothing was changed. `503`, reason `vault_error`.
+        /// Also `GET /readyz` while the service is not ready (its log found damaged at start, or a
+        /// write that failed to reach the disk since), without a reason.
         StoreUnavailable = "store_unavailable",
         /// A vault name outside 1 to 64 characters of `A-Z a-z 0-9 - _ .`. `400`.
         InvalidVaultName = "invalid_vault_name",

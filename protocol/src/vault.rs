@@ -1,7 +1,11 @@
-//! The vault's wire protocol: JSON over HTTP(S), every path under `/v1`.
+//! The vault's wire protocol: JSON over HTTP(S), every path under `/v1`; beside it, at the root,
+//! the operational routes a service manager and a monitor call ([`Route::is_operational`]).
 //!
 //! | method and path | who | body | answer |
 //! | --- | --- | --- | --- |
+//! | `GET /healthz` | anyone | | `200` [`Liveness`] |
+//! | `GET /readyz` | anyone | | `200` [`Readiness`]; `503` [`ErrorBody`] ([`ErrorCode::StoreUnavailable`]) |
+//! | `GET /metrics` | anyone | | `200` Prometheus text ([`METRICS_CONTENT_TYPE`]) |
 //! | `GET /v1/health` | anyone | | `200` [`Health`] |
 //! | `POST /v1/vaults` | admin | [`CreateVault`] | `201` [`VaultInfo`] |
 //! | `GET /v1/vaults/{vault}` | admin | | `200` [`VaultInfo`] |
@@ -61,6 +65,8 @@ use crate::{ErrorCode, Reason};
 pub const PROTOCOL_VERSION: u32 = 2;
 /// The path prefix of this version of the protocol.
 pub const PREFIX: &str = "/v1";
+/// The `Content-Type` of `GET /metrics`: Prometheus' text exposition format, version 0.0.4.
+pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
 /// Present (value `1`) on every answer of the service.
 pub const SERVICE_HEADER: &str = "x-regent-vault";
 /// The largest request body the service reads.
@@ -93,6 +99,12 @@ pub enum Access {
 /// The routes of the service, one per method and path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RouteId {
+    /// `GET /healthz`: the process is up.
+    Healthz,
+    /// `GET /readyz`: the service can serve (its log answers and can be written).
+    Readyz,
+    /// `GET /metrics`: Prometheus text.
+    Metrics,
     Health,
     CreateVault,
     GetVault,
@@ -135,9 +147,21 @@ pub struct Route {
     pub access: Access,
 }
 
+impl Route {
+    /// A route for running the service rather than for its clients (liveness, readiness, metrics):
+    /// at the root, outside [`PREFIX`], answering anyone, changing nothing, carrying no name a
+    /// request gave. They are not part of the protocol's version.
+    pub fn is_operational(&self) -> bool {
+        matches!(self.id, RouteId::Healthz | RouteId::Readyz | RouteId::Metrics)
+    }
+}
+
 /// Every route of the service. The router is built from this table and nothing else, so a route
 /// the table does not hold cannot be served, and `tests/routes.rs` attacks each one of them.
-pub const ROUTES: [Route; 12] = [
+pub const ROUTES: [Route; 15] = [
+    Route { id: RouteId::Healthz, method: Method::Get, path: "/healthz", access: Access::Anyone },
+    Route { id: RouteId::Readyz, method: Method::Get, path: "/readyz", access: Access::Anyone },
+    Route { id: RouteId::Metrics, method: Method::Get, path: "/metrics", access: Access::Anyone },
     Route { id: RouteId::Health, method: Method::Get, path: "/v1/health", access: Access::Anyone },
     Route { id: RouteId::CreateVault, method: Method::Post, path: "/v1/vaults", access: Access::Admin },
     Route { id: RouteId::GetVault, method: Method::Get, path: "/v1/vaults/{vault}", access: Access::Admin },
@@ -201,6 +225,20 @@ pub const PIN_LOCKOUT_SECS: i64 = 15 * 60;
 pub struct Health {
     pub service: String,
     pub protocol: u32,
+}
+
+/// `GET /healthz`: `{"status":"alive"}`, whatever the state of the log (a process that answers is
+/// alive; restarting it for a disk problem would not help).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Liveness {
+    pub status: String,
+}
+
+/// `GET /readyz` when the service can serve: `{"status":"ready"}`. Not ready is a `503`
+/// [`ErrorBody`] under [`ErrorCode::StoreUnavailable`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Readiness {
+    pub status: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -733,7 +771,12 @@ mod tests {
     fn the_route_table_holds_each_method_and_path_once() {
         let mut seen = std::collections::HashSet::new();
         for route in ROUTES {
-            assert!(route.path.starts_with(PREFIX), "{route:?}");
+            if route.is_operational() {
+                assert!(!route.path.starts_with(PREFIX), "{route:?}: at the root, outside the protocol's version");
+                assert_eq!((route.method, route.access), (Method::Get, Access::Anyone), "{route:?}");
+            } else {
+                assert!(route.path.starts_with(PREFIX), "{route:?}");
+            }
             assert!(seen.insert((route.method, route.path)), "twice: {route:?}");
         }
         let ids: std::collections::HashSet<_> = ROUTES.iter().map(|r| r.id).collect();

@@ -312,10 +312,7 @@ impl EventStore {
         events: &[NewEvent],
     ) -> Result<Appended> {
         validate_batch(stream, events)?;
-        if let Some(damage) = &self.damage {
-            return Err(StoreError::Damaged { path: self.path.clone(), damage: damage.clone() });
-        }
-        self.refuse_after_failed_sync()?;
+        self.writable()?;
         let mut head = self.lock_writer();
         if let Some(done) = self.already_stored(stream, events, *head)? {
             // Stored is not yet durable: the first try may still be syncing.
@@ -521,6 +518,16 @@ impl EventStore {
             hook(SyncEvent::Completed { first, last })?;
         }
         Ok(())
+    }
+
+    /// Whether an append would be refused whatever it held: the store was found damaged at open
+    /// (`Damaged`), or a sync failed since (`SyncFailed`, until the store is opened again). What a
+    /// service's readiness check asks; it writes nothing and never waits for a sync in progress.
+    pub fn writable(&self) -> Result<()> {
+        if let Some(damage) = &self.damage {
+            return Err(StoreError::Damaged { path: self.path.clone(), damage: damage.clone() });
+        }
+        self.refuse_after_failed_sync()
     }
 
     /// Refuses to write once a sync has failed (see `Flushed::failed`).

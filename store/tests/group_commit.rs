@@ -252,6 +252,7 @@ fn failed_sync_scenario(fail_at: FailAt) {
     let retry = store.append("w", ExpectedVersion::Any, &meta(), &[writer_event(1)]);
     assert!(matches!(retry, Err(StoreError::SyncFailed { .. })), "{retry:?}");
     assert!(matches!(store.flush(), Err(StoreError::SyncFailed { .. })));
+    assert!(matches!(store.writable(), Err(StoreError::SyncFailed { .. })), "what a readiness check asks");
     assert_eq!(store.head(), head);
     assert_eq!(store.sync_count(), 2);
     let starts = |log: &[Seen]| log.iter().filter(|s| matches!(s, Seen::Sync(SyncEvent::Starting { .. }))).count();
@@ -264,6 +265,7 @@ fn failed_sync_scenario(fail_at: FailAt) {
     // retry of the failed batches (the same events) lands each event exactly once, whether or not
     // it reached the disk after all.
     let store = reopen(dir.path());
+    store.writable().unwrap();
     assert!(store.len() > before.position, "an acknowledged append was lost");
     let acknowledged = store.read_all(position_of[&0]).next().map(|r| r.unwrap().hash);
     assert_eq!(acknowledged, Some(results[&0].as_ref().unwrap().head.hash));

@@ -205,6 +205,7 @@ fn a_cut_tail_without_rewriting_the_head_is_located_and_the_store_refuses_append
     });
     let store = open(dir.path());
     assert_eq!(store.damage(), Some(&Damage::HeadDisagrees { head: 10, last_record: 9 }));
+    assert!(matches!(store.writable(), Err(regent_store::StoreError::Damaged { .. })));
     let failure = store.verify(None).unwrap().failure.unwrap();
     assert_eq!(failure.problem, Problem::Truncated { last: 9, expected_head: 10 });
     let err = store.append("a", ExpectedVersion::Any, &meta(), &events(20..21)).unwrap_err();

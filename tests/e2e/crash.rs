@@ -45,7 +45,13 @@ fn regent(data_dir: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_regent"));
     cmd.env_remove("REGENT_DATA_DIR").env_remove("RUST_LOG").env("NO_COLOR", "1").arg("--data-dir").arg(data_dir);
     // `vault serve` is given its address; none of its other options may come from the caller's shell.
-    for var in ["REGENT_VAULT_LISTEN", "REGENT_VAULT_TLS_CERT", "REGENT_VAULT_TLS_KEY", "REGENT_VAULT_PUBLIC_URL"] {
+    for var in [
+        "REGENT_VAULT_LISTEN",
+        "REGENT_VAULT_TLS_CERT",
+        "REGENT_VAULT_TLS_KEY",
+        "REGENT_VAULT_PUBLIC_URL",
+        "REGENT_VAULT_LOG_FORMAT",
+    ] {
         cmd.env_remove(var);
     }
     cmd

@@ -8,10 +8,18 @@ use std::process::{Child, Stdio};
 
 use crate::support::Setup;
 
+const VARIABLES: [&str; 5] = [
+    "REGENT_VAULT_LISTEN",
+    "REGENT_VAULT_TLS_CERT",
+    "REGENT_VAULT_TLS_KEY",
+    "REGENT_VAULT_PUBLIC_URL",
+    "REGENT_VAULT_LOG_FORMAT",
+];
+
 /// `regent vault serve` in a child process, with no `REGENT_VAULT_*` from the caller's environment.
 fn serve(setup: &Setup, env: &[(&str, &str)], args: &[&str]) -> std::process::Command {
     let mut cmd = setup.regent_std("own-vault");
-    for var in ["REGENT_VAULT_LISTEN", "REGENT_VAULT_TLS_CERT", "REGENT_VAULT_TLS_KEY", "REGENT_VAULT_PUBLIC_URL"] {
+    for var in VARIABLES {
         cmd.env_remove(var);
     }
     cmd.envs(env.iter().copied()).args(["--json", "vault", "serve"]).args(args);
@@ -37,11 +45,17 @@ fn started(mut cmd: std::process::Command) -> (Child, String) {
     }
 }
 
-fn stop(child: Child) {
+fn sigterm(child: &Child) {
     // SAFETY: a signal to our own child, whose pid is still ours (not yet waited for).
     assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) }, 0);
+}
+
+/// Stops the service with SIGTERM; it exits 0. Returns what it wrote.
+fn stop(child: Child) -> std::process::Output {
+    sigterm(&child);
     let output = child.wait_with_output().unwrap();
     assert_eq!(output.status.code(), Some(0), "stopped by SIGTERM: {}", String::from_utf8_lossy(&output.stderr));
+    output
 }
 
 fn admin(setup: &Setup, url: &str, token: &Path, args: &[&str]) -> std::process::Output {
@@ -105,7 +119,7 @@ fn the_help_names_the_fixed_default_address_and_each_variable() {
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(help.contains("[default: 127.0.0.1:8443]"), "{help}");
     assert!(help.contains("foreground"), "{help}");
-    for var in ["REGENT_VAULT_LISTEN", "REGENT_VAULT_TLS_CERT", "REGENT_VAULT_TLS_KEY", "REGENT_VAULT_PUBLIC_URL"] {
+    for var in VARIABLES {
         assert!(help.contains(&format!("[env: {var}]")), "{var} in {help}");
     }
 }
@@ -148,5 +162,211 @@ fn admin_commands_find_the_token_in_the_services_data_dir_without_token_file() {
             && stderr.contains("--token-file"),
         "{stderr}"
     );
+    stop(child);
+}
+
+/// Every line of the service's stderr, each a JSON object with tracing-subscriber's standard
+/// fields: `timestamp` (RFC 3339), `level`, `target`, `fields.message`. Returns the messages.
+fn json_log_messages(stderr: &[u8]) -> Vec<String> {
+    let stderr = std::str::from_utf8(stderr).expect("the log is UTF-8");
+    assert!(stderr.ends_with('\n'), "whole lines: {stderr:?}");
+    let mut messages = Vec::new();
+    for line in stderr.lines() {
+        let event: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("a log line that is not JSON ({e}): {line:?}"));
+        let object = event.as_object().unwrap_or_else(|| panic!("not a JSON object: {line}"));
+        let timestamp = object["timestamp"].as_str().unwrap_or_else(|| panic!("no timestamp: {line}"));
+        chrono::DateTime::parse_from_rfc3339(timestamp).unwrap_or_else(|e| panic!("{e}: {timestamp}"));
+        let level = object["level"].as_str().unwrap_or_else(|| panic!("no level: {line}"));
+        assert!(["ERROR", "WARN", "INFO", "DEBUG", "TRACE"].contains(&level), "{line}");
+        assert!(object["target"].as_str().is_some_and(|t| !t.is_empty()), "no target: {line}");
+        messages.push(object["fields"]["message"].as_str().unwrap_or_else(|| panic!("no message: {line}")).to_string());
+    }
+    messages
+}
+
+#[test]
+fn log_format_json_writes_every_line_as_a_json_object_and_the_variable_chooses_it_too() {
+    let setup = Setup::new();
+    let (child, url) = started(serve(&setup, &[], &["--listen", "127.0.0.1:0", "--log-format", "json", "-v"]));
+    let token = setup.path("own-vault").join("admin.token");
+    // A change is logged at info, with its fields; a vault name with a line break cannot be made,
+    // so the fields are the service's own.
+    let created = admin(&setup, &url, &token, &["create", "logged"]);
+    assert_eq!(created.status.code(), Some(0), "{}", String::from_utf8_lossy(&created.stderr));
+    let output = stop(child);
+    let messages = json_log_messages(&output.stderr);
+    for said in ["vault service listening", "stopping on signal", "vault service stopped"] {
+        assert!(messages.iter().any(|m| m == said), "{said:?} in {messages:?}");
+    }
+
+    let env = [("REGENT_VAULT_LISTEN", "127.0.0.1:0"), ("REGENT_VAULT_LOG_FORMAT", "json")];
+    let (child, _) = started(serve(&setup, &env, &["-v"]));
+    let output = stop(child);
+    assert!(json_log_messages(&output.stderr).len() >= 3);
+
+    // Text by default: the same events as lines for a person.
+    let (child, _) = started(serve(&setup, &[], &["--listen", "127.0.0.1:0", "-v"]));
+    let output = stop(child);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("vault service listening"), "{stderr}");
+    assert!(stderr.lines().all(|line| serde_json::from_str::<serde_json::Value>(line).is_err()), "{stderr}");
+
+    let refused = serve(&setup, &[], &["--listen", "127.0.0.1:0", "--log-format", "xml"]).output().unwrap();
+    assert_eq!(refused.status.code(), Some(2), "{}", String::from_utf8_lossy(&refused.stderr));
+}
+
+/// What a raw HTTP/1.1 exchange came to.
+#[derive(Debug, PartialEq, Eq)]
+enum Exchange {
+    /// A status line, headers and as many body bytes as `Content-Length` says.
+    Answered(u16),
+    /// The connection was refused: the service had stopped listening.
+    Refused,
+    /// Reset before a single byte of answer: the connection was still in the kernel's queue of the
+    /// listening socket when the service closed it, so the request never reached the service (a
+    /// client retries it as a connection that failed).
+    Reset,
+    /// Closed (FIN) before a single byte of answer, by a service that had taken the connection.
+    ClosedUnanswered,
+    /// Some of an answer, then the end: what a drained shutdown must never do.
+    CutShort(String),
+}
+
+fn exchange(stream: &mut std::net::TcpStream) -> Exchange {
+    use std::io::Read;
+    let mut answer = Vec::new();
+    let ended = stream.read_to_end(&mut answer);
+    if answer.is_empty() {
+        return match ended {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Exchange::Reset,
+            _ => Exchange::ClosedUnanswered,
+        };
+    }
+    let text = String::from_utf8_lossy(&answer).to_string();
+    let Some((head, body)) = text.split_once("\r\n\r\n") else { return Exchange::CutShort(text) };
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok());
+    let length = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>()));
+    match (status, length, ended) {
+        (Some(status), Some(Ok(length)), Ok(_)) if body.len() == length => Exchange::Answered(status),
+        _ => Exchange::CutShort(text),
+    }
+}
+
+fn request(addr: &str, method: &str, path: &str, headers: &str, body: &[u8]) -> Exchange {
+    use std::io::Write;
+    let mut stream = match std::net::TcpStream::connect(addr) {
+        Ok(stream) => stream,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Exchange::Refused,
+        // The handshake answered by the kernel, then the listening socket closed under it.
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Exchange::Reset,
+        Err(e) => panic!("connecting to {addr}: {e}"),
+    };
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    // A write into a connection the kernel reset is a request that never reached the service.
+    if stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body)).is_err() {
+        return Exchange::Reset;
+    }
+    exchange(&mut stream)
+}
+
+/// The value of an unlabelled sample in a `/metrics` scrape.
+fn gauge(addr: &str, name: &str) -> f64 {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    use std::io::{Read, Write};
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let line = text.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("no {name}: {text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn sigterm_answers_every_request_in_flight_and_exits_0() {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+    let setup = Setup::new();
+    let (child, url) = started(serve(&setup, &[], &["--listen", "127.0.0.1:0"]));
+    let addr = url.strip_prefix("http://").unwrap().to_string();
+    let token_file = setup.path("own-vault").join("admin.token");
+    let token = std::fs::read_to_string(&token_file).unwrap().trim().to_string();
+
+    // A slow request: an admin change whose headers are sent and whose body is not, so the
+    // service is inside its handler, reading the body, when the signal comes.
+    let body = br#"{"name":"drained"}"#;
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        slow,
+        "POST /v1/vaults HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    slow.write_all(&body[..5]).unwrap();
+    // In flight: the scrape and the slow request.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gauge(&addr, "regent_vault_http_requests_in_flight") < 2.0 {
+        assert!(Instant::now() < deadline, "the slow request never reached its handler");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    // And a crowd of quick ones, each on its own connection, going on across the signal until the
+    // service stops listening.
+    let stop_at = Instant::now() + Duration::from_secs(15);
+    let crowd: Vec<_> = (0..8)
+        .map(|i| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                loop {
+                    let path = if i % 2 == 0 { "/v1/health" } else { "/readyz" };
+                    let got = request(&addr, "GET", path, "", b"");
+                    let refused = got == Exchange::Refused;
+                    seen.push(got);
+                    if refused || Instant::now() > stop_at {
+                        return seen;
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    sigterm(&child);
+    // The service has stopped listening (new connections refused) while the slow request is open.
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while std::net::TcpStream::connect(&addr).is_ok() {
+        assert!(Instant::now() < deadline, "still accepting after SIGTERM");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    slow.write_all(&body[5..]).unwrap();
+    assert_eq!(exchange(&mut slow), Exchange::Answered(201), "the request in flight at the signal was answered");
+
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    let mut answered = 0;
+    for thread in crowd {
+        for got in thread.join().unwrap() {
+            match got {
+                Exchange::Answered(200) => answered += 1,
+                Exchange::Refused | Exchange::Reset => {}
+                // A connection the service took is answered, even one taken a moment before the
+                // signal whose request it had not read yet.
+                other => panic!("a request unanswered, answered in part, or wrongly: {other:?}"),
+            }
+        }
+    }
+    assert!(answered > 0, "the crowd was answered before the signal");
+
+    // What the slow request changed is in the log the next start reads.
+    let (child, url) = started(serve(&setup, &[], &["--listen", "127.0.0.1:0"]));
+    let admin = regent_vault::AdminClient::from_token_file(&url, &token_file, None).unwrap();
+    assert_eq!(admin.vault("drained").unwrap().name, "drained");
     stop(child);
 }

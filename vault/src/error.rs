@@ -36,6 +36,9 @@ pub enum VaultError {
     #[error("the public URL {url:?} is not an http:// or https:// URL")]
     BadPublicUrl { url: String },
 
+    #[error("cannot set up the service's metrics: {0}")]
+    Metrics(String),
+
     #[error("cannot start the service's runtime: {0}")]
     Runtime(std::io::Error),
 

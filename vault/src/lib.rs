@@ -24,6 +24,8 @@ mod error;
 mod events;
 mod http;
 mod log_head;
+mod metrics;
+mod ops;
 mod rules;
 mod server;
 mod service;

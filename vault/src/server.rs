@@ -3,7 +3,9 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request};
@@ -11,14 +13,16 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use prometheus::IntCounter;
 use regent_store::{EventStore, Head};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
 use crate::error::VaultError;
+use crate::metrics::{self, Metrics};
 use crate::service::{self, App};
 use crate::storage::Backend;
 use crate::storage::sled::{Committer, SledStorage};
@@ -26,6 +30,12 @@ use crate::token::AdminKey;
 
 /// How long open connections get to finish their requests at shutdown before they are cut.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// At most this many connections queued in the listener when the service stops are still taken
+/// and answered (tokio's listen backlog).
+const LISTEN_QUEUE: usize = 1024;
+/// At a stop, how long connections accepted a moment ago get to have their first request read
+/// before they are asked to finish (see [`Unread`]).
+const SETTLE: Duration = Duration::from_millis(250);
 /// A client must send its request headers (and finish a TLS handshake) within this.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -129,11 +139,11 @@ struct Opened {
 }
 
 /// Opens (or creates) the data directory: the admin token and the log, folded into the state.
-fn open_sled(data_dir: &Path, group_commit: bool) -> Result<Opened, VaultError> {
+fn open_sled(data_dir: &Path, group_commit: bool, appended: IntCounter) -> Result<Opened, VaultError> {
     regent_secrets::create_private_dir(data_dir)
         .map_err(|source| VaultError::DataDir { path: data_dir.to_path_buf(), source })?;
     let (admin, token_path, token_created) = crate::token::load_or_create(data_dir)?;
-    let (storage, committer) = SledStorage::open(data_dir, group_commit)?;
+    let (storage, committer) = SledStorage::open(data_dir, group_commit, appended)?;
     Ok(Opened { storage, committer, admin, token_path, token_created })
 }
 
@@ -156,7 +166,9 @@ pub async fn serve(config: ServeConfig) -> Result<RunningServer, VaultError> {
     // Opening the store may wait for another process's lock and reads the whole log: blocking work.
     let data_dir = config.data_dir.clone();
     let group_commit = config.group_commit;
-    let opened = tokio::task::spawn_blocking(move || open_sled(&data_dir, group_commit))
+    let metrics = Arc::new(Metrics::new()?);
+    let appended = metrics.events_appended();
+    let opened = tokio::task::spawn_blocking(move || open_sled(&data_dir, group_commit, appended))
         .await
         .map_err(|e| VaultError::Stopped(e.to_string()))??;
     let Opened { storage, committer, admin, token_path, token_created } = opened;
@@ -173,7 +185,7 @@ pub async fn serve(config: ServeConfig) -> Result<RunningServer, VaultError> {
     tracing::info!(url = %info.url, data_dir = %config.data_dir.display(), "vault service listening");
     let committer = tokio::spawn(committer.run());
     let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(accept_loop(listener, tls, app, stopped, committer));
+    let task = tokio::spawn(accept_loop(listener, tls, app, metrics, stopped, committer));
     Ok(RunningServer { info, stop: Some(stop), task, log })
 }
 
@@ -181,11 +193,13 @@ async fn accept_loop(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     app: Arc<App>,
+    metrics: Arc<Metrics>,
     mut stop: oneshot::Receiver<()>,
     committer: JoinHandle<()>,
 ) {
-    let router = service::router(app);
+    let router = metrics::instrument(service::router(app), metrics);
     let graceful = GracefulShutdown::new();
+    let unread = Arc::new(AtomicUsize::new(0));
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -202,34 +216,31 @@ async fn accept_loop(
                         continue;
                     }
                 };
-                let _ = tcp.set_nodelay(true);
-                let service = router.clone().map_request(move |mut request: Request<hyper::body::Incoming>| {
-                    request.extensions_mut().insert(ConnectInfo(peer));
-                    request
-                });
-                let service = TowerToHyperService::new(service);
-                let watcher = graceful.watcher();
-                let tls = tls.clone();
-                connections.spawn(async move {
-                    let mut builder = http1::Builder::new();
-                    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
-                    match tls {
-                        None => {
-                            let _ = watcher.watch(builder.serve_connection(TokioIo::new(tcp), service)).await;
-                        }
-                        Some(acceptor) => match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp)).await {
-                            Ok(Ok(stream)) => {
-                                let _ = watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await;
-                            }
-                            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                        },
-                    }
-                });
+                connection(&mut connections, &router, &graceful, &tls, &unread, tcp, peer);
             }
         }
     }
+    // Connections the kernel completed before the stop wait in the listener's queue: closing it
+    // would reset them unanswered, though their clients sent their requests. Each is taken and
+    // answered (one request: keep-alive is off from here on). Only one that completes in the
+    // moment between this and the close is still reset, as is any after it (refused).
+    // Bounded: clients connecting as fast as they are taken must not hold the stop off.
+    for _ in 0..LISTEN_QUEUE {
+        let queued = std::future::poll_fn(|cx| match listener.poll_accept(cx) {
+            Poll::Ready(Ok(accepted)) => Poll::Ready(Some(accepted)),
+            Poll::Ready(Err(_)) | Poll::Pending => Poll::Ready(None),
+        });
+        let Some((tcp, peer)) = queued.await else { break };
+        connection(&mut connections, &router, &graceful, &tls, &unread, tcp, peer);
+    }
     drop(listener);
+    // hyper closes, unanswered, a connection that has read nothing yet when it is asked to shut down
+    // gracefully, though its client may have sent its request already: wait (a little) until each
+    // has started its first request or ended.
+    let settled = tokio::time::Instant::now() + SETTLE;
+    while unread.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < settled {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
         tracing::warn!("connections still open after the grace period are cut");
     }
@@ -242,6 +253,70 @@ async fn accept_loop(
         tracing::warn!("registrations still being written after the grace period");
     }
     tracing::info!("vault service stopped");
+}
+
+/// Counts a connection in `unread` until its first request starts (or the connection ends).
+struct Unread {
+    count: Arc<AtomicUsize>,
+    read: AtomicBool,
+}
+
+impl Unread {
+    fn new(count: &Arc<AtomicUsize>) -> Unread {
+        count.fetch_add(1, Ordering::SeqCst);
+        Unread { count: count.clone(), read: AtomicBool::new(false) }
+    }
+
+    fn read(&self) {
+        if !self.read.swap(true, Ordering::SeqCst) {
+            self.count.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for Unread {
+    fn drop(&mut self) {
+        self.read();
+    }
+}
+
+/// Serves one accepted connection (after its TLS handshake, for HTTPS) on a task of `connections`,
+/// watched by `graceful`.
+fn connection(
+    connections: &mut JoinSet<()>,
+    router: &axum::Router,
+    graceful: &GracefulShutdown,
+    tls: &Option<TlsAcceptor>,
+    unread: &Arc<AtomicUsize>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) {
+    let _ = tcp.set_nodelay(true);
+    let unread = Arc::new(Unread::new(unread));
+    let service = router.clone().map_request(move |mut request: Request<hyper::body::Incoming>| {
+        unread.read();
+        request.extensions_mut().insert(ConnectInfo(peer));
+        request
+    });
+    let service = TowerToHyperService::new(service);
+    let watcher = graceful.watcher();
+    let tls = tls.clone();
+    connections.spawn(async move {
+        let mut builder = http1::Builder::new();
+        builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+        match tls {
+            None => {
+                let _ = watcher.watch(builder.serve_connection(TokioIo::new(tcp), service)).await;
+            }
+            Some(acceptor) => match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => {
+                    let _ = watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await;
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            },
+        }
+    });
 }
 
 /// The service on a runtime of its own, for tests and for `regent quickstart`. Start and stop it from

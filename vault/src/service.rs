@@ -64,6 +64,11 @@ impl App {
         *self.bound_url.lock().unwrap_or_else(|p| p.into_inner()) = format!("{}://{host}", self.scheme);
     }
 
+    /// Whether the service can serve (`GET /readyz`): what its storage says.
+    pub(crate) async fn ready(&self) -> Result<(), String> {
+        self.storage.ready().await
+    }
+
     /// What an outstanding PIN is recorded as: an HMAC under the PIN key of its id and the PIN.
     fn pin_digest(&self, pin_id: &Uuid, pin: &str) -> [u8; 32] {
         let mut digest = [0u8; 32];
@@ -113,6 +118,9 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         };
         // Exhaustive: a route in the table without a handler does not compile.
         let handler: MethodRouter<Arc<App>> = match route.id {
+            RouteId::Healthz => on(filter, crate::ops::healthz),
+            RouteId::Readyz => on(filter, crate::ops::readyz),
+            RouteId::Metrics => on(filter, crate::metrics::scrape),
             RouteId::Health => on(filter, health),
             RouteId::CreateVault => on(filter, create_vault),
             RouteId::GetVault => on(filter, get_vault),

@@ -17,7 +17,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use regent_store::{Actor, Batch, BatchMeta, EventStore, ExpectedVersion, Head, NewEvent, StoreOptions};
+use prometheus::IntCounter;
+use regent_store::{Actor, Batch, BatchMeta, EventStore, ExpectedVersion, Head, NewEvent, StoreError, StoreOptions};
 use tokio::sync::{RwLock, mpsc, oneshot};
 use uuid::Uuid;
 
@@ -46,6 +47,8 @@ pub(crate) struct Committer {
     store: Arc<EventStore>,
     state: Arc<RwLock<ServiceState>>,
     jobs: mpsc::UnboundedReceiver<Job>,
+    /// Events written (the `events appended` metric).
+    appended: IntCounter,
     /// Off, each change is its own round (for measuring the difference only).
     group_commit: bool,
 }
@@ -72,13 +75,17 @@ struct Round<'s> {
 
 impl SledStorage {
     /// Opens (or creates) the log under `data_dir` and folds it.
-    pub(crate) fn open(data_dir: &Path, group_commit: bool) -> Result<(SledStorage, Committer), VaultError> {
+    pub(crate) fn open(
+        data_dir: &Path,
+        group_commit: bool,
+        appended: IntCounter,
+    ) -> Result<(SledStorage, Committer), VaultError> {
         let options = StoreOptions { lock_wait: std::time::Duration::from_secs(5), cache_bytes: 64 * 1024 * 1024 };
         let store = Arc::new(EventStore::open(data_dir.join(LOG_DIR), &options)?);
         let state = Arc::new(RwLock::new(fold(&store)?));
         let (sender, receiver) = mpsc::unbounded_channel();
         let storage = SledStorage { store: store.clone(), state: state.clone(), jobs: sender };
-        Ok((storage, Committer { store, state, jobs: receiver, group_commit }))
+        Ok((storage, Committer { store, state, jobs: receiver, appended, group_commit }))
     }
 
     /// The log, for those who read it whole (the export) and its head while the service runs.
@@ -158,10 +165,20 @@ impl Storage for SledStorage {
         Ok(self.store.head())
     }
 
+    /// The log would take a change: it was not found damaged at start and no write has failed to
+    /// reach the disk since. The text says why not, never the data directory's path (anyone may ask).
     async fn ready(&self) -> Result<(), String> {
-        match self.store.damage() {
-            Some(damage) => Err(format!("the log is damaged: {damage}")),
-            None => Ok(()),
+        match self.store.writable() {
+            Ok(()) => Ok(()),
+            Err(StoreError::Damaged { damage, .. }) => Err(format!(
+                "the vault's log was found damaged when the service started ({damage}); it refuses every change"
+            )),
+            Err(StoreError::SyncFailed { .. }) => Err(
+                "a write to the vault's log failed to reach the disk; it refuses every change until the service is \
+                 restarted"
+                    .to_string(),
+            ),
+            Err(_) => Err("the vault's log cannot be written".to_string()),
         }
     }
 }
@@ -232,11 +249,16 @@ impl Committer {
                     .filter(|(_, _, _, events)| !events.is_empty())
                     .map(|(stream, expected, meta, events)| Batch { stream, expected: *expected, meta, events })
                     .collect();
-                store.append_batches(&batches).map(|_| ())
+                store.append_batches(&batches).map(|appended| {
+                    appended.iter().map(|a| a.last_position + 1 - a.first_position).sum::<u64>()
+                })
             })
             .await;
             let written = match written {
-                Ok(Ok(())) => Ok(()),
+                Ok(Ok(events)) => {
+                    self.appended.inc_by(events);
+                    Ok(())
+                }
                 Ok(Err(e)) => Err(ApiError::unavailable(format!("the vault's log cannot be written: {e}"))),
                 Err(_) => Err(ApiError::unavailable("the write failed unexpectedly")),
             };
