@@ -146,8 +146,15 @@ token's path, then serves; it does not fork into the background (run it under sy
 unit `regent-vault.service` the Debian package installs).
 
 Each option can come from its environment variable instead (REGENT_VAULT_LISTEN,
-REGENT_VAULT_TLS_CERT, REGENT_VAULT_TLS_KEY, REGENT_VAULT_PUBLIC_URL, REGENT_VAULT_LOG_FORMAT); an
-option given on the command line wins. The address is fixed (127.0.0.1:8443 by default) because every credentials file names
+REGENT_VAULT_TLS_CERT, REGENT_VAULT_TLS_KEY, REGENT_VAULT_PUBLIC_URL, REGENT_VAULT_LOG_FORMAT,
+REGENT_VAULT_DATABASE_URL); an option given on the command line wins.
+
+With `--database-url postgres://USER@HOST:PORT/DB` the log and the state live in that PostgreSQL
+database, in the schema `regent_vault` (created and migrated at start), and several processes may
+serve it at once behind a load balancer; `--data-dir` then holds only `admin.token`, and every
+process must be given the same token file (the database keeps its SHA-256 and refuses another).
+A password in `--database-url` is refused, since the command line is visible to every user: put
+the URL in REGENT_VAULT_DATABASE_URL, or the password in PGPASSWORD or ~/.pgpass. The address is fixed (127.0.0.1:8443 by default) because every credentials file names
 the service's endpoint: a port that changed at each start would break the files already downloaded.";
 
 /// How the log on stderr is written (`vault serve --log-format`).
@@ -272,6 +279,11 @@ pub enum VaultCommand {
             hide_env_values = true
         )]
         log_format: LogFormat,
+        /// PostgreSQL database for the log and the state (several processes may share it); default: sled under --data-dir.
+        // A URL with a password is refused here (argv is readable by every user): give it in
+        // REGENT_VAULT_DATABASE_URL, PGPASSWORD or ~/.pgpass instead.
+        #[arg(long, value_name = "URL", env = "REGENT_VAULT_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
     },
     /// Create a vault.
     Create {

@@ -13,7 +13,7 @@ use crate::terminal::{self, errln, outln};
 pub fn run(ctx: &Context, command: VaultCommand) -> Result<u8, Failure> {
     match command {
         // The log format was applied when logging was set up (main.rs).
-        VaultCommand::Serve { listen, tls_cert, tls_key, public_url, log_format: _ } => {
+        VaultCommand::Serve { listen, tls_cert, tls_key, public_url, log_format: _, database_url } => {
             let address =
                 listen.to_socket_addrs().ok().and_then(|mut addresses| addresses.next()).ok_or_else(|| {
                     Failure::usage(format!(
@@ -26,6 +26,9 @@ pub fn run(ctx: &Context, command: VaultCommand) -> Result<u8, Failure> {
             }
             if let Some(url) = public_url {
                 config = config.with_public_url(url);
+            }
+            if let Some(url) = database_url {
+                config = config.with_database_url(database_url_from_args(url)?);
             }
             let json = ctx.json;
             regent_vault::run_until_signal(config, |info| {
@@ -132,6 +135,28 @@ fn log_head_cell(head: Option<&regent_vault::Anchor>) -> String {
 
 /// A client of the service at `--server`, with the token `vault serve` wrote in its data dir
 /// unless `--token-file` names another: on the service's machine, no flag is needed.
+/// The database URL of `vault serve`. One given in argv (not from REGENT_VAULT_DATABASE_URL) must
+/// not hold a password: every user on the machine can read another process's command line.
+fn database_url_from_args(url: String) -> Result<String, Failure> {
+    let from_env = std::env::var("REGENT_VAULT_DATABASE_URL").is_ok_and(|env| env == url);
+    if !from_env && url_has_password(&url) {
+        return Err(Failure::usage(
+            "--database-url holds a password, which every user can read in the process list; put the URL in \
+             REGENT_VAULT_DATABASE_URL instead, or the password in PGPASSWORD or ~/.pgpass",
+        ));
+    }
+    Ok(url)
+}
+
+/// `scheme://user:password@host...`: a colon in the part before the last `@` of the authority.
+fn url_has_password(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    authority.rsplit_once('@').is_some_and(|(userinfo, _)| userinfo.contains(':')) || url.contains("password=")
+}
+
 fn admin_client(ctx: &Context, args: &AdminArgs) -> Result<AdminClient, Failure> {
     let token_file = args.token_file.clone().unwrap_or_else(|| ctx.data_dir.join("admin.token"));
     AdminClient::from_token_file(&args.server, &token_file, args.ca_file.as_deref()).map_err(|e| {

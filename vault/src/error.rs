@@ -39,6 +39,10 @@ pub enum VaultError {
     #[error("cannot set up the service's metrics: {0}")]
     Metrics(String),
 
+    /// The database (PostgreSQL) cannot be used: the text names why and what to do, never the URL.
+    #[error("{detail}")]
+    Database { detail: String },
+
     #[error("cannot start the service's runtime: {0}")]
     Runtime(std::io::Error),
 

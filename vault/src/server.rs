@@ -14,7 +14,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use prometheus::IntCounter;
-use regent_store::{EventStore, Head};
+use regent_store::Head;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
@@ -24,7 +24,8 @@ use tower::ServiceExt as _;
 use crate::error::VaultError;
 use crate::metrics::{self, Metrics};
 use crate::service::{self, App};
-use crate::storage::Backend;
+use crate::storage::{Backend, Storage as _};
+use crate::storage::postgres::PgStorage;
 use crate::storage::sled::{Committer, SledStorage};
 use crate::token::AdminKey;
 
@@ -47,7 +48,7 @@ pub struct TlsFiles {
 }
 
 /// How to run the service.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct ServeConfig {
     /// Holds `admin.token` and the service's log (`log/`); created (mode 0700) if missing.
     pub data_dir: PathBuf,
@@ -62,15 +63,31 @@ pub struct ServeConfig {
     /// one append and one flush). Off, each registration appends and flushes on its own; that is for
     /// measuring the difference only.
     pub group_commit: bool,
+    /// `postgres://...`: the log and the state in that PostgreSQL database, shared with every other
+    /// process given the same URL and admin token; the data directory then holds only the token.
+    /// Unset: sled under the data directory.
+    pub database_url: Option<secrecy::SecretString>,
 }
 
 impl ServeConfig {
     pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> ServeConfig {
-        ServeConfig { data_dir: data_dir.into(), listen, tls: None, public_url: None, group_commit: true }
+        ServeConfig {
+            data_dir: data_dir.into(),
+            listen,
+            tls: None,
+            public_url: None,
+            group_commit: true,
+            database_url: None,
+        }
     }
 
     pub fn with_tls(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> ServeConfig {
         self.tls = Some(TlsFiles { cert: cert.into(), key: key.into() });
+        self
+    }
+
+    pub fn with_database_url(mut self, url: impl Into<String>) -> ServeConfig {
+        self.database_url = Some(secrecy::SecretString::from(url.into()));
         self
     }
 
@@ -98,8 +115,8 @@ pub struct RunningServer {
     info: ServerInfo,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
-    /// Weak: the log closes when the service stops, whoever holds this.
-    log: Weak<EventStore>,
+    /// Weak: the storage closes when the service stops, whoever holds this.
+    app: Weak<App>,
 }
 
 impl RunningServer {
@@ -117,8 +134,9 @@ impl RunningServer {
 
     /// The head of the service's own log (position and hash of its last record), while it runs:
     /// what a monitor (or a test) compares to see whether a request wrote anything.
-    pub fn log_head(&self) -> Option<Head> {
-        self.log.upgrade().map(|store| store.head())
+    pub async fn log_head(&self) -> Option<Head> {
+        let app = self.app.upgrade()?;
+        app.storage.head().await.ok()
     }
 
     /// Stops accepting, lets open requests finish (up to a few seconds), then closes the log.
@@ -163,17 +181,36 @@ pub async fn serve(config: ServeConfig) -> Result<RunningServer, VaultError> {
     let listener =
         TcpListener::bind(config.listen).await.map_err(|source| VaultError::Bind { addr: config.listen, source })?;
     let local_addr = listener.local_addr().map_err(|source| VaultError::Bind { addr: config.listen, source })?;
-    // Opening the store may wait for another process's lock and reads the whole log: blocking work.
-    let data_dir = config.data_dir.clone();
-    let group_commit = config.group_commit;
     let metrics = Arc::new(Metrics::new()?);
     let appended = metrics.events_appended();
-    let opened = tokio::task::spawn_blocking(move || open_sled(&data_dir, group_commit, appended))
-        .await
-        .map_err(|e| VaultError::Stopped(e.to_string()))??;
-    let Opened { storage, committer, admin, token_path, token_created } = opened;
-    let log = Arc::downgrade(storage.store());
-    let app = Arc::new(App::new(Backend::Sled(storage), admin, config.public_url.clone(), with_tls));
+    let (storage, admin, token_path, token_created, committer) = match &config.database_url {
+        None => {
+            // Opening the store may wait for another process's lock and reads the whole log: blocking work.
+            let data_dir = config.data_dir.clone();
+            let group_commit = config.group_commit;
+            let opened = tokio::task::spawn_blocking(move || open_sled(&data_dir, group_commit, appended))
+                .await
+                .map_err(|e| VaultError::Stopped(e.to_string()))??;
+            let Opened { storage, committer, admin, token_path, token_created } = opened;
+            (Backend::Sled(storage), admin, token_path, token_created, Some(committer))
+        }
+        Some(url) => {
+            use secrecy::ExposeSecret as _;
+            let data_dir = config.data_dir.clone();
+            let (admin, token_path, token_created) = tokio::task::spawn_blocking(move || {
+                regent_secrets::create_private_dir(&data_dir)
+                    .map_err(|source| VaultError::DataDir { path: data_dir.to_path_buf(), source })?;
+                crate::token::load_or_create(&data_dir)
+            })
+            .await
+            .map_err(|e| VaultError::Stopped(e.to_string()))??;
+            let storage = PgStorage::connect(url.expose_secret(), admin.digest(), appended).await?;
+            tokio::spawn(PgStorage::prune_nonces(storage.pool().clone()));
+            (Backend::Postgres(storage), admin, token_path, token_created, None)
+        }
+    };
+    let app = Arc::new(App::new(storage, admin, config.public_url.clone(), with_tls));
+    let weak_app = Arc::downgrade(&app);
     app.set_bound(local_addr);
     let shown = crate::service::reachable(local_addr);
     let info = ServerInfo {
@@ -183,10 +220,14 @@ pub async fn serve(config: ServeConfig) -> Result<RunningServer, VaultError> {
         admin_token_created: token_created,
     };
     tracing::info!(url = %info.url, data_dir = %config.data_dir.display(), "vault service listening");
-    let committer = tokio::spawn(committer.run());
+    let committer = tokio::spawn(async move {
+        if let Some(committer) = committer {
+            committer.run().await;
+        }
+    });
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(accept_loop(listener, tls, app, metrics, stopped, committer));
-    Ok(RunningServer { info, stop: Some(stop), task, log })
+    Ok(RunningServer { info, stop: Some(stop), task, app: weak_app })
 }
 
 async fn accept_loop(
@@ -360,7 +401,8 @@ impl BackgroundServer {
 
     /// See [`RunningServer::log_head`].
     pub fn log_head(&self) -> Option<Head> {
-        self.server.as_ref().and_then(RunningServer::log_head)
+        let (runtime, server) = (self.runtime.as_ref()?, self.server.as_ref()?);
+        runtime.block_on(server.log_head())
     }
 
     /// Stops the service and waits until its log is closed (the data directory can then be opened again).

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use chrono::{Duration, Utc};
+use chrono::{DateTime, Duration, Utc};
 use hmac::{Hmac, KeyInit, Mac};
 use regent_credentials::{IssueRequest, VaultIdentity};
 use regent_store::{Digest32, Head};
@@ -216,6 +216,13 @@ fn random_bytes<const N: usize>() -> Result<[u8; N], ApiError> {
     Ok(bytes)
 }
 
+/// The time of a request, to the microsecond: what PostgreSQL keeps of a time, so that a time
+/// read back from either storage is the time answered first.
+fn now_micros() -> DateTime<Utc> {
+    use chrono::SubsecRound as _;
+    Utc::now().trunc_subsecs(6)
+}
+
 fn peer_ip(peer: SocketAddr) -> String {
     peer.ip().to_string()
 }
@@ -254,7 +261,7 @@ async fn create_vault(
         resource_type: "Vaults".into(),
         provider_namespace: "Microsoft.RecoveryServices".into(),
     };
-    let now = Utc::now();
+    let now = now_micros();
     let actor = rules::admin_actor(&peer_ip(peer));
     let info = app
         .storage
@@ -299,7 +306,7 @@ async fn download_credentials(
         .vault
         .map(|v| v.identity)
         .ok_or_else(|| ApiError::vault_not_found(&vault))?;
-    let now = Utc::now();
+    let now = now_micros();
     let request = IssueRequest {
         identity,
         aad_authority: String::new(),
@@ -358,7 +365,7 @@ async fn issue_pin(
     known_vault(&vault)?;
     let pin = Zeroizing::new(new_pin()?);
     let pin_id = Uuid::now_v7();
-    let issued_at = Utc::now();
+    let issued_at = now_micros();
     let expires_at = issued_at + Duration::seconds(protocol::PIN_VALIDITY_SECS);
     let event = PinIssued { pin_id, digest: hex::encode(app.pin_digest(&pin_id, &pin)), issued_at, expires_at };
     let actor = rules::admin_actor(&peer_ip(peer));
@@ -397,7 +404,7 @@ async fn remove_machine(
 ) -> Result<axum::Json<MachineInfo>, ApiError> {
     known_vault(&vault)?;
     valid_machine_id(&machine_id)?;
-    let now = Utc::now();
+    let now = now_micros();
     let actor = rules::admin_actor(&peer_ip(peer));
     let scope = Scope { machine: Some(machine_id.clone()), ..Scope::vault(&vault) };
     let (name, id) = (vault.clone(), machine_id.clone());
@@ -440,7 +447,7 @@ async fn register(
 ) -> Result<axum::Json<Registered>, ApiError> {
     known_vault(&vault).map_err(|e| e.with_reason(Reason::CredentialsInvalid))?;
     let signature = api::validate_registration(&body)?;
-    let now = Utc::now();
+    let now = now_micros();
     api::check_clock(body.timestamp, now)?;
     // The certificate this vault issued under the thumbprint (immutable once issued).
     let scope = Scope { thumbprint: Some(body.thumbprint.clone()), ..Scope::vault(&vault) };
@@ -492,7 +499,7 @@ async fn check_pin(
     if pin.len() != 8 || !pin.chars().all(|c| c.is_ascii_digit()) {
         return Err(ApiError::refused(ErrorCode::SecurityPinInvalid, "a security PIN is 8 digits"));
     }
-    let now = Utc::now();
+    let now = now_micros();
     api::check_clock(body.timestamp, now)?;
     let facts = machine_facts(&app, &vault, &body.machine_id, &body.thumbprint).await?;
     let key = rules::machine_key(&facts, &vault, &body.machine_id, &body.thumbprint).map_err(pin_reason)?;
@@ -568,7 +575,7 @@ async fn report_log_head(
         .ok_or_else(|| ApiError::bad_request("hash must be 64 lowercase hex digits"))?;
     let reported = Head { position: body.position, hash: reported_hash };
     api::check_proof_shape(&body.records)?;
-    let now = Utc::now();
+    let now = now_micros();
     api::check_clock(body.timestamp, now)?;
     let facts = machine_facts(&app, &vault, &machine_id, &body.thumbprint).await?;
     let certificate = rules::live_machine_certificate(&facts, &vault, &machine_id, &body.thumbprint)?;
@@ -624,7 +631,7 @@ async fn read_log_head(
         (field(thumbprint)?, field(timestamp)?, field(nonce)?, field(signature)?);
     let signature = signed_fields(thumbprint, nonce, signature)?;
     let timestamp: i64 = timestamp.parse().map_err(|_| ApiError::bad_request("the timestamp must be Unix seconds"))?;
-    let now = Utc::now();
+    let now = now_micros();
     api::check_clock(timestamp, now)?;
     let facts = machine_facts(&app, &vault, &machine_id, thumbprint).await?;
     let certificate = rules::live_machine_certificate(&facts, &vault, &machine_id, thumbprint)?;
@@ -652,7 +659,7 @@ async fn unregister_machine(
     valid_machine_id(&machine_id)?;
     valid_request_id(&body.request_id)?;
     let signature = signed_fields(&body.thumbprint, &body.nonce, &body.signature)?;
-    let now = Utc::now();
+    let now = now_micros();
     api::check_clock(body.timestamp, now)?;
     let facts = machine_facts(&app, &vault, &machine_id, &body.thumbprint).await?;
     let key = rules::machine_key(&facts, &vault, &machine_id, &body.thumbprint)?;

@@ -64,7 +64,7 @@ fn forward(mut client: TcpStream, vault: SocketAddr, drop_answer: bool) {
     let _ = client.shutdown(Shutdown::Both);
 }
 
-#[test]
+both!(a_registration_whose_answer_was_lost_is_retried_and_makes_one_machine);
 fn a_registration_whose_answer_was_lost_is_retried_and_makes_one_machine() {
     let vault = Vault::start();
     let credentials = vault.vault_with_credentials("lossy");
@@ -76,7 +76,7 @@ fn a_registration_whose_answer_was_lost_is_retried_and_makes_one_machine() {
     assert_eq!(machines.iter().map(|m| m.machine_id.as_str()).collect::<Vec<_>>(), vec![machine.as_str()]);
 }
 
-#[test]
+both!(a_pin_check_whose_answer_was_lost_is_not_used_up_by_its_own_retry);
 fn a_pin_check_whose_answer_was_lost_is_not_used_up_by_its_own_retry() {
     let vault = Vault::start();
     let credentials = vault.vault_with_credentials("lossy");
@@ -92,7 +92,7 @@ fn a_pin_check_whose_answer_was_lost_is_not_used_up_by_its_own_retry() {
     assert!(matches!(again, PinAnswer::Refused { .. }), "{again:?}");
 }
 
-#[test]
+both!(lost_answers_are_retried_only_within_the_attempts);
 fn lost_answers_are_retried_only_within_the_attempts() {
     let vault = Vault::start();
     let credentials = vault.vault_with_credentials("lossy");

@@ -53,7 +53,7 @@ fn refused(answer: PinAnswer) -> (Reason, String) {
     }
 }
 
-#[test]
+both!(wrong_pins_lock_only_that_machine_for_a_while_revoke_nothing_and_survive_a_restart);
 fn wrong_pins_lock_only_that_machine_for_a_while_revoke_nothing_and_survive_a_restart() {
     let vault = Vault::start();
     let first = vault.vault_with_credentials("pins");
@@ -108,7 +108,7 @@ fn wrong_pins_lock_only_that_machine_for_a_while_revoke_nothing_and_survive_a_re
     );
 }
 
-#[test]
+both!(only_the_machines_own_signature_counts_and_a_refused_check_writes_nothing);
 fn only_the_machines_own_signature_counts_and_a_refused_check_writes_nothing() {
     let Pins { vault, credentials, client, machine, other_download, other, pin } = Pins::new();
     let before = vault.log_position();
@@ -162,7 +162,7 @@ fn only_the_machines_own_signature_counts_and_a_refused_check_writes_nothing() {
     );
 }
 
-#[test]
+both!(a_retry_gets_the_first_answer_and_a_reused_request_id_is_refused);
 fn a_retry_gets_the_first_answer_and_a_reused_request_id_is_refused() {
     let Pins { vault, credentials, client, machine, other_download, other, pin } = Pins::new();
     let url = vault.url();
@@ -195,7 +195,7 @@ fn a_retry_gets_the_first_answer_and_a_reused_request_id_is_refused() {
     assert_eq!(client.check_pin(&pin_check(&vault.url(), &credentials, &machine, &pin.pin, "check-1")), valid);
 }
 
-#[test]
+both!(a_replayed_check_is_refused_and_a_removed_machine_is_told_so);
 fn a_replayed_check_is_refused_and_a_removed_machine_is_told_so() {
     let vault = Vault::start();
     let credentials = vault.vault_with_credentials("pins");

@@ -938,7 +938,7 @@ fn cases(route: RouteId, fx: &Fixture) -> Vec<Case> {
     }
 }
 
-#[test]
+both!(every_route_refuses_every_attack_and_writes_nothing);
 fn every_route_refuses_every_attack_and_writes_nothing() {
     let vault = Vault::start();
     let first = vault.vault_with_credentials("routes");
@@ -995,7 +995,7 @@ fn every_route_refuses_every_attack_and_writes_nothing() {
     assert!(vault.admin.vault("new").is_err());
 }
 
-#[test]
+both!(the_router_serves_exactly_the_table);
 fn the_router_serves_exactly_the_table() {
     let vault = Vault::start();
     for route in ROUTES {
@@ -1021,10 +1021,10 @@ fn the_router_serves_exactly_the_table() {
     assert_eq!((answer.status, answer.error_code().as_str()), (404, "not_found"));
 }
 
+both!(the_readme_documents_exactly_the_table);
 /// The README's route table (a row whose first cell is `` `METHOD /path` ``) lists exactly the routes
 /// of the table the router is built from: a route served and not documented, documented and not
 /// served, or documented twice, fails.
-#[test]
 fn the_readme_documents_exactly_the_table() {
     let readme = include_str!("../README.md");
     let mut documented: Vec<(String, String)> = Vec::new();

@@ -19,7 +19,7 @@ use regent_vault::protocol::{RegisterBody, registration_message};
 use regent_vault::{AdminClient, AdminError, BackgroundServer, ServeConfig, VaultError};
 use secrecy::SecretString;
 
-#[test]
+both!(a_machine_registers_and_a_retry_gets_the_first_answer);
 fn a_machine_registers_and_a_retry_gets_the_first_answer() {
     let vault = Vault::start();
     let credentials = vault.vault_with_credentials("alpha");
@@ -57,7 +57,7 @@ fn machine_id_of(answer: &VaultAnswer) -> String {
     machine_id(answer)
 }
 
-#[test]
+both!(concurrent_retries_of_one_request_make_one_machine);
 fn concurrent_retries_of_one_request_make_one_machine() {
     let vault = Vault::start();
     let credentials = Arc::new(vault.vault_with_credentials("beta"));
@@ -79,7 +79,7 @@ fn concurrent_retries_of_one_request_make_one_machine() {
     assert_eq!(vault.admin.machines("beta").unwrap().len(), 1);
 }
 
-#[test]
+both!(the_service_refuses_stale_foreign_expired_and_forged_credentials);
 fn the_service_refuses_stale_foreign_expired_and_forged_credentials() {
     let vault = Vault::start();
     let client = quick_client(None);
@@ -134,7 +134,7 @@ fn the_service_refuses_stale_foreign_expired_and_forged_credentials() {
     assert_eq!(vault.admin.machines("gamma").unwrap().len(), 1, "only the good registration made a machine");
 }
 
-#[test]
+both!(credentials_expire_at_the_services_clock);
 fn credentials_expire_at_the_services_clock() {
     let vault = Vault::start();
     vault.admin.create_vault("short").unwrap();
@@ -148,7 +148,7 @@ fn credentials_expire_at_the_services_clock() {
     assert_eq!(reason, Reason::CredentialsExpired, "{detail}");
 }
 
-#[test]
+both!(downloads_are_valid_48_hours_by_default_for_client_authentication);
 fn downloads_are_valid_48_hours_by_default_for_client_authentication() {
     let vault = Vault::start();
     vault.admin.create_vault("epsilon").unwrap();
@@ -198,7 +198,7 @@ fn post_json(vault: &Vault, path: &str, body: &impl serde::Serialize) -> RawAnsw
     raw(vault.addr(), "POST", path, &[("Content-Type", "application/json")], &serde_json::to_vec(body).unwrap())
 }
 
-#[test]
+both!(replayed_nonces_skewed_clocks_and_truncated_signatures_are_refused);
 fn replayed_nonces_skewed_clocks_and_truncated_signatures_are_refused() {
     let vault = Vault::start();
     let credentials = vault.vault_with_credentials("zeta");
@@ -304,7 +304,7 @@ fn bad_input_is_a_clear_4xx_and_stores_nothing() {
     assert_eq!(log_length(dir.path()), before, "no refused request wrote to the log");
 }
 
-#[test]
+both!(a_security_pin_is_eight_digits_and_good_once);
 fn a_security_pin_is_eight_digits_and_good_once() {
     let vault = Vault::start();
     let credentials = vault.vault_with_credentials("theta");
@@ -344,7 +344,7 @@ fn a_security_pin_is_eight_digits_and_good_once() {
     assert!(!detail.contains(&second.pin), "a refusal never repeats the PIN");
     assert_eq!(check(&second.pin, &machine), PinAnswer::Valid { issued_at: second.issued_at });
 }
-#[test]
+both!(the_admin_api_needs_the_token_and_names_its_errors);
 fn the_admin_api_needs_the_token_and_names_its_errors() {
     let vault = Vault::start();
     let token_path = vault.server.admin_token_path().to_path_buf();
@@ -536,7 +536,7 @@ fn a_5xx_is_retried_with_the_same_request_id_and_becomes_vault_error() {
     assert_eq!(nonces.len(), 3, "each attempt is signed afresh");
 }
 
-#[test]
+both!(a_4xx_refusal_is_not_retried);
 fn a_4xx_refusal_is_not_retried() {
     let vault = Vault::start();
     let credentials = vault.vault_with_credentials("xi");
@@ -547,7 +547,7 @@ fn a_4xx_refusal_is_not_retried() {
     assert_eq!(seen.lock().unwrap().len(), 1);
 }
 
-#[test]
+both!(a_request_id_is_bound_to_its_certificate_and_machine_name_across_restarts);
 fn a_request_id_is_bound_to_its_certificate_and_machine_name_across_restarts() {
     let vault = Vault::start();
     let credentials = vault.vault_with_credentials("bound");
@@ -579,7 +579,7 @@ fn a_request_id_is_bound_to_its_certificate_and_machine_name_across_restarts() {
     assert_eq!(answer.json()["reason"], "request_id_conflict");
 }
 
-#[test]
+both!(a_removed_machines_request_id_is_never_answered_or_registered_again);
 fn a_removed_machines_request_id_is_never_answered_or_registered_again() {
     let vault = Vault::start();
     let credentials = vault.vault_with_credentials("removal");
@@ -606,7 +606,7 @@ fn a_removed_machines_request_id_is_never_answered_or_registered_again() {
     assert_ne!(fresh, machine);
 }
 
-#[test]
+both!(machine_names_that_would_spoof_a_listing_are_refused);
 fn machine_names_that_would_spoof_a_listing_are_refused() {
     let vault = Vault::start();
     let credentials = vault.vault_with_credentials("names");

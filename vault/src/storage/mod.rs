@@ -12,6 +12,7 @@
 //! projections atomically and durably, and only then answers. A decision that wrote nothing (a
 //! refusal, or the same answer again) still remembers the request's nonce, so a replay is refused.
 
+pub(crate) mod postgres;
 pub(crate) mod sled;
 
 use chrono::{DateTime, Utc};
@@ -53,12 +54,14 @@ pub(crate) trait Storage: Send + Sync + 'static {
 /// The storage a service runs on, chosen at start.
 pub(crate) enum Backend {
     Sled(sled::SledStorage),
+    Postgres(postgres::PgStorage),
 }
 
 impl Storage for Backend {
     async fn read(&self, scope: &Scope) -> Result<Facts, ApiError> {
         match self {
             Backend::Sled(s) => s.read(scope).await,
+            Backend::Postgres(s) => s.read(scope).await,
         }
     }
 
@@ -70,30 +73,35 @@ impl Storage for Backend {
     ) -> Result<A, ApiError> {
         match self {
             Backend::Sled(s) => s.transact(scope, now, decide).await,
+            Backend::Postgres(s) => s.transact(scope, now, decide).await,
         }
     }
 
     async fn vault_info(&self, vault: &str) -> Result<Option<VaultInfo>, ApiError> {
         match self {
             Backend::Sled(s) => s.vault_info(vault).await,
+            Backend::Postgres(s) => s.vault_info(vault).await,
         }
     }
 
     async fn machines(&self, vault: &str) -> Result<Option<Vec<MachineInfo>>, ApiError> {
         match self {
             Backend::Sled(s) => s.machines(vault).await,
+            Backend::Postgres(s) => s.machines(vault).await,
         }
     }
 
     async fn head(&self) -> Result<Head, ApiError> {
         match self {
             Backend::Sled(s) => s.head().await,
+            Backend::Postgres(s) => s.head().await,
         }
     }
 
     async fn ready(&self) -> Result<(), String> {
         match self {
             Backend::Sled(s) => s.ready().await,
+            Backend::Postgres(s) => s.ready().await,
         }
     }
 }

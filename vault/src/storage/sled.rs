@@ -87,11 +87,6 @@ impl SledStorage {
         let storage = SledStorage { store: store.clone(), state: state.clone(), jobs: sender };
         Ok((storage, Committer { store, state, jobs: receiver, appended, group_commit }))
     }
-
-    /// The log, for those who read it whole (the export) and its head while the service runs.
-    pub(crate) fn store(&self) -> &Arc<EventStore> {
-        &self.store
-    }
 }
 
 /// The state of the whole log.
@@ -249,9 +244,9 @@ impl Committer {
                     .filter(|(_, _, _, events)| !events.is_empty())
                     .map(|(stream, expected, meta, events)| Batch { stream, expected: *expected, meta, events })
                     .collect();
-                store.append_batches(&batches).map(|appended| {
-                    appended.iter().map(|a| a.last_position + 1 - a.first_position).sum::<u64>()
-                })
+                store
+                    .append_batches(&batches)
+                    .map(|appended| appended.iter().map(|a| a.last_position + 1 - a.first_position).sum::<u64>())
             })
             .await;
             let written = match written {

@@ -21,19 +21,80 @@ pub fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
-/// A service on 127.0.0.1, port 0, in a fresh temp dir, with an admin client.
+/// Which storage a test's services run on: the suite runs each test of [`both!`] on each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sled,
+    Postgres,
+}
+
+thread_local! {
+    static BACKEND: std::cell::Cell<Backend> = const { std::cell::Cell::new(Backend::Sled) };
+}
+
+/// Runs `test` with [`Vault::start`] on `backend` (on this thread).
+pub fn on(backend: Backend, test: fn()) {
+    BACKEND.with(|b| b.set(backend));
+    test()
+}
+
+pub fn backend() -> Backend {
+    BACKEND.with(|b| b.get())
+}
+
+/// `both!(name)` after `fn name()`: the test `name::sled` and the test `name::postgres`.
+#[macro_export]
+macro_rules! both {
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            fn sled() {
+                $crate::common::on($crate::common::Backend::Sled, super::$name)
+            }
+            #[test]
+            fn postgres() {
+                $crate::common::on($crate::common::Backend::Postgres, super::$name)
+            }
+        }
+    };
+}
+
+/// A service on 127.0.0.1, port 0, in a fresh temp dir, with an admin client; on PostgreSQL (a
+/// database of its own in the test binary's cluster) when the test runs on it.
 pub struct Vault {
     pub server: BackgroundServer,
     pub dir: TempDir,
     pub admin: AdminClient,
+    pub database: Option<regent_testkit::postgres::Database<'static>>,
 }
 
 impl Vault {
     pub fn start() -> Vault {
         let dir = tempfile::tempdir().unwrap();
-        let server = BackgroundServer::start(ServeConfig::new(dir.path(), loopback())).unwrap();
+        let database = match backend() {
+            Backend::Sled => None,
+            Backend::Postgres => Some(regent_testkit::postgres::shared().database()),
+        };
+        Vault::serve(dir, database)
+    }
+
+    fn serve(dir: TempDir, database: Option<regent_testkit::postgres::Database<'static>>) -> Vault {
+        let server = BackgroundServer::start(Vault::config_for(dir.path(), database.as_ref())).unwrap();
         let admin = AdminClient::from_token_file(server.url(), server.admin_token_path(), None).unwrap();
-        Vault { server, dir, admin }
+        Vault { server, dir, admin, database }
+    }
+
+    fn config_for(dir: &Path, database: Option<&regent_testkit::postgres::Database<'static>>) -> ServeConfig {
+        let config = ServeConfig::new(dir, loopback());
+        match database {
+            Some(database) => config.with_database_url(database.url()),
+            None => config,
+        }
+    }
+
+    /// How this vault's service is configured: another process on the same storage starts with it.
+    pub fn config(&self) -> ServeConfig {
+        Vault::config_for(self.dir.path(), self.database.as_ref())
     }
 
     pub fn url(&self) -> String {
@@ -56,31 +117,49 @@ impl Vault {
 
     /// Stops the service (its log closed) and starts it again on the same data (on another port).
     pub fn restart(self) -> Vault {
-        let Vault { server, dir, .. } = self;
+        let Vault { server, dir, database, .. } = self;
         server.shutdown().unwrap();
-        let server = BackgroundServer::start(ServeConfig::new(dir.path(), loopback())).unwrap();
-        let admin = AdminClient::from_token_file(server.url(), server.admin_token_path(), None).unwrap();
-        Vault { server, dir, admin }
+        Vault::serve(dir, database)
+    }
+
+    /// SQL as the database's superuser (PostgreSQL only), one line per row.
+    pub fn sql(&self, sql: &str) -> String {
+        let database = self.database.as_ref().expect("only a vault on PostgreSQL has SQL");
+        regent_testkit::postgres::shared().psql(database.name(), sql)
     }
 
     /// The position of the last record of the service's log.
     pub fn log_position(&self) -> u64 {
-        self.server.log_head().expect("the service is running").position
+        match &self.database {
+            None => self.server.log_head().expect("the service is running").position,
+            Some(_) => self.sql("SELECT position FROM regent_vault.log_head").trim().parse().unwrap(),
+        }
     }
 
-    /// The kinds of the records of the service's log after `position`, in order. Stops the service to
+    /// The records of the service's log after `position`, in order. On sled, stops the service to
     /// read its log, and starts it again.
-    pub fn kinds_after(self, position: u64) -> (Vault, Vec<String>) {
-        let Vault { server, dir, .. } = self;
+    pub fn records_after(self, position: u64) -> (Vault, Vec<regent_store::Record>) {
+        if self.database.is_some() {
+            let lines = self.sql(&format!(
+                "SELECT convert_from(record, 'UTF8') FROM regent_vault.log WHERE position > {position} ORDER BY position"
+            ));
+            let records = lines.lines().map(|line| regent_store::decode_record(line.as_bytes()).unwrap()).collect();
+            return (self, records);
+        }
+        let Vault { server, dir, database, .. } = self;
         server.shutdown().unwrap();
-        let kinds = {
+        let records = {
             let store =
                 regent_store::EventStore::open(dir.path().join("log"), &regent_store::StoreOptions::default()).unwrap();
-            store.read_all(position + 1).map(|record| record.unwrap().kind).collect()
+            store.read_all(position + 1).map(|record| record.unwrap()).collect()
         };
-        let server = BackgroundServer::start(ServeConfig::new(dir.path(), loopback())).unwrap();
-        let admin = AdminClient::from_token_file(server.url(), server.admin_token_path(), None).unwrap();
-        (Vault { server, dir, admin }, kinds)
+        (Vault::serve(dir, database), records)
+    }
+
+    /// The kinds of the records of the service's log after `position`, in order.
+    pub fn kinds_after(self, position: u64) -> (Vault, Vec<String>) {
+        let (vault, records) = self.records_after(position);
+        (vault, records.into_iter().map(|record| record.kind).collect())
     }
 
     pub fn download(&self, vault: &str, validity: Option<Duration>) -> VaultCredentials {
