@@ -13,7 +13,11 @@
 //! Options: `--clients N` (32), `--seconds S` (10), `--warmup S` (2), `--data-dir DIR` (a fresh temp
 //! dir; the log lives on that filesystem), `--store-only` (skip HTTP: N threads appending
 //! registration-sized events straight to a `regent-store`, to see what the store's shared flush gives),
-//! `--no-group-commit` (the service appends and flushes each registration on its own, for comparison).
+//! `--no-group-commit` (the service appends and flushes each registration on its own, for comparison),
+//! `--postgres` (the service on a PostgreSQL cluster this run starts from Debian's package, in a temp
+//! dir, as the tests do), `--processes N` (with `--postgres`: N services on the one database, the
+//! clients spread over them), `--inserts` (with `--postgres`: no service, N clients committing plain
+//! one-row INSERT transactions, the reference for what this PostgreSQL can commit).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,11 +37,23 @@ struct Options {
     data_dir: Option<PathBuf>,
     store_only: bool,
     group_commit: bool,
+    postgres: bool,
+    processes: usize,
+    inserts: bool,
 }
 
 fn options() -> Result<Options, String> {
-    let mut options =
-        Options { clients: 32, seconds: 10, warmup: 2, data_dir: None, store_only: false, group_commit: true };
+    let mut options = Options {
+        clients: 32,
+        seconds: 10,
+        warmup: 2,
+        data_dir: None,
+        store_only: false,
+        group_commit: true,
+        postgres: false,
+        processes: 1,
+        inserts: false,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
@@ -48,6 +64,11 @@ fn options() -> Result<Options, String> {
             "--data-dir" => options.data_dir = Some(PathBuf::from(value("--data-dir")?)),
             "--store-only" => options.store_only = true,
             "--no-group-commit" => options.group_commit = false,
+            "--postgres" => options.postgres = true,
+            "--inserts" => options.inserts = true,
+            "--processes" => {
+                options.processes = value("--processes")?.parse().map_err(|e| format!("--processes: {e}"))?
+            }
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -67,10 +88,17 @@ fn main() {
     };
     let temp = tempfile::tempdir_in(std::env::temp_dir()).unwrap_or_else(|e| fail(&format!("temp dir: {e}")));
     let dir = options.data_dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
+    let cluster = options.postgres.then(regent_testkit::postgres::Cluster::start);
+    let database = cluster.as_ref().map(|cluster| cluster.database());
     if options.store_only {
         store_only(&options, &dir);
+    } else if options.inserts {
+        match &database {
+            Some(database) => plain_inserts(&options, &database.url()),
+            None => fail("--inserts needs --postgres"),
+        }
     } else {
-        over_http(&options, &dir);
+        over_http(&options, &dir, database.as_ref().map(|d| d.url()));
     }
 }
 
@@ -136,10 +164,16 @@ fn report(what: &str, clients: usize, mut latencies: Vec<Duration>, window: Dura
     );
 }
 
-fn over_http(options: &Options, dir: &std::path::Path) {
-    let config =
+fn over_http(options: &Options, dir: &std::path::Path, database_url: Option<String>) {
+    let mut config =
         ServeConfig { group_commit: options.group_commit, ..ServeConfig::new(dir, ([127, 0, 0, 1], 0).into()) };
-    let server = BackgroundServer::start(config).unwrap_or_else(|e| fail(&e.to_string()));
+    if let Some(url) = &database_url {
+        config = config.with_database_url(url.clone());
+    }
+    let servers: Vec<BackgroundServer> = (0..options.processes.max(1))
+        .map(|_| BackgroundServer::start(config.clone()).unwrap_or_else(|e| fail(&e.to_string())))
+        .collect();
+    let server = &servers[0];
     let admin = AdminClient::from_token_file(server.url(), server.admin_token_path(), None)
         .unwrap_or_else(|e| fail(&e.to_string()));
     admin.create_vault("bench").unwrap_or_else(|e| fail(&e.to_string()));
@@ -159,14 +193,14 @@ fn over_http(options: &Options, dir: &std::path::Path) {
                 .unwrap_or_else(|e| fail(&e.to_string()))
         })
         .collect();
-    let endpoint = server.url().to_string();
+    let endpoints: Vec<String> = servers.iter().map(|s| s.url().to_string()).collect();
     let thumbprint = credentials.certificate.thumbprint.clone();
     let key = credentials.private_key.pkcs8_der().to_vec();
     let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counted = refused.clone();
     let (latencies, window) = drive(options.clients, options.warmup, options.seconds, move |client, n| {
         let request = RegisterRequest {
-            endpoint: endpoint.clone(),
+            endpoint: endpoints[client % endpoints.len()].clone(),
             vault: identity.clone(),
             thumbprint: thumbprint.clone(),
             machine_name: format!("bench-{client}-{n}"),
@@ -180,12 +214,22 @@ fn over_http(options: &Options, dir: &std::path::Path) {
             eprintln!("loadgen: a registration was refused: {reason}: {detail}");
         }
     });
-    let what =
-        if options.group_commit { "registrations over HTTP" } else { "registrations over HTTP, no group commit" };
-    report(what, options.clients, latencies, window);
+    let what = format!(
+        "registrations over HTTP ({}, {} process{}{})",
+        if database_url.is_some() { "PostgreSQL" } else { "sled" },
+        servers.len(),
+        if servers.len() == 1 { "" } else { "es" },
+        if options.group_commit { "" } else { ", no group commit" }
+    );
+    report(&what, options.clients, latencies, window);
     let machines = admin.machines("bench").unwrap_or_else(|e| fail(&e.to_string())).len();
     println!("machines listed by the service: {machines}; refused: {}", refused.load(Ordering::Relaxed));
-    server.shutdown().unwrap_or_else(|e| fail(&e.to_string()));
+    for server in servers {
+        server.shutdown().unwrap_or_else(|e| fail(&e.to_string()));
+    }
+    if database_url.is_some() {
+        return;
+    }
     let store = EventStore::open(dir.join("log"), &StoreOptions::default()).unwrap_or_else(|e| fail(&e.to_string()));
     let verified = store.verify(None).unwrap_or_else(|e| fail(&e.to_string()));
     println!(
@@ -217,4 +261,39 @@ fn store_only(options: &Options, dir: &std::path::Path) {
         appender.append("vault/bench", ExpectedVersion::Any, &meta, &[event]).unwrap_or_else(|e| fail(&e.to_string()));
     });
     report("durable appends straight to the store", options.clients, latencies, window);
+}
+
+/// N clients, each committing one-row INSERT transactions back to back on its own connection,
+/// with the same durability as the vault (`synchronous_commit = on`, the cluster's default).
+fn plain_inserts(options: &Options, url: &str) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| fail(&e.to_string()));
+    let pool = runtime.block_on(async {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(options.clients as u32)
+            .connect(url)
+            .await
+            .unwrap_or_else(|e| fail(&e.to_string()));
+        sqlx::query("CREATE TABLE inserts (id UUID PRIMARY KEY, body TEXT NOT NULL)")
+            .execute(&pool)
+            .await
+            .unwrap_or_else(|e| fail(&e.to_string()));
+        pool
+    });
+    let handle = runtime.handle().clone();
+    let body = "x".repeat(400);
+    let (latencies, window) = drive(options.clients, options.warmup, options.seconds, move |_, _| {
+        handle.block_on(async {
+            sqlx::query("INSERT INTO inserts (id, body) VALUES ($1, $2)")
+                .bind(uuid::Uuid::now_v7())
+                .bind(&body)
+                .execute(&pool)
+                .await
+                .unwrap_or_else(|e| fail(&e.to_string()));
+        })
+    });
+    report("plain one-row INSERT transactions", options.clients, latencies, window);
 }

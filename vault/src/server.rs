@@ -24,9 +24,9 @@ use tower::ServiceExt as _;
 use crate::error::VaultError;
 use crate::metrics::{self, Metrics};
 use crate::service::{self, App};
-use crate::storage::{Backend, Storage as _};
 use crate::storage::postgres::PgStorage;
 use crate::storage::sled::{Committer, SledStorage};
+use crate::storage::{Backend, Storage as _};
 use crate::token::AdminKey;
 
 /// How long open connections get to finish their requests at shutdown before they are cut.
@@ -204,7 +204,8 @@ pub async fn serve(config: ServeConfig) -> Result<RunningServer, VaultError> {
             })
             .await
             .map_err(|e| VaultError::Stopped(e.to_string()))??;
-            let storage = PgStorage::connect(url.expose_secret(), admin.digest(), appended).await?;
+            let storage =
+                PgStorage::connect(url.expose_secret(), admin.digest(), appended, config.group_commit).await?;
             tokio::spawn(PgStorage::prune_nonces(storage.pool().clone()));
             (Backend::Postgres(storage), admin, token_path, token_created, None)
         }

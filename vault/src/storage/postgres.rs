@@ -16,7 +16,9 @@
 //! positions are gapless and in commit order, so a reader following the log by position never
 //! skips an event that commits later with a lower position (a sequence would allow exactly that).
 
+use std::any::Any;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Utc};
@@ -25,6 +27,7 @@ use regent_store::{BatchMeta, Digest32, Head, MAX_RECORD_BYTES, NewEvent};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, Row};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{Decide, Storage, remembers_nonce};
@@ -33,8 +36,8 @@ use crate::error::VaultError;
 use crate::events::{VaultEvent, stream_of};
 use crate::protocol::{AnchorRefusal, MachineInfo, Registered, VaultInfo};
 use crate::rules::{
-    CertFacts, Facts, MachineFacts, NONCE_MEMORY, PIN_MEMORY, PinCheckFacts, Planned, RegistrationFacts, Scope,
-    VaultFacts,
+    CertFacts, Decision, Facts, MachineFacts, NONCE_MEMORY, PIN_MEMORY, PinCheckFacts, Planned, RegistrationFacts,
+    Scope, VaultFacts,
 };
 use crate::state::{AnchorHistory, HeldAnchor, IssuedCert, PinGuard, PinOutcome, PinRecord, RegistrationKey};
 
@@ -67,6 +70,26 @@ fn migrator() -> Migrator {
 pub(crate) struct PgStorage {
     pool: PgPool,
     appended: IntCounter,
+    /// Changes go to the committers, which decide them in batches, one transaction (one commit,
+    /// one WAL flush) per batch; `None` when group commit is off (each change its own transaction).
+    jobs: Option<mpsc::UnboundedSender<Job>>,
+}
+
+/// How many batches may be in the database at once: while one waits for its commit (holding the
+/// log's head), the next decides and writes its projections.
+const COMMITTERS: usize = 2;
+
+/// The most changes decided in one transaction.
+const MAX_BATCH: usize = 256;
+
+type Answer = Box<dyn Any + Send>;
+
+/// One change for a committer: its decision with the answer's type erased.
+struct Job {
+    scope: Scope,
+    now: DateTime<Utc>,
+    decide: Decide<Answer>,
+    reply: oneshot::Sender<Result<Answer, ApiError>>,
 }
 
 /// Why a transaction did not go through.
@@ -123,6 +146,7 @@ impl PgStorage {
         url: &str,
         admin_token_sha256: [u8; 32],
         appended: IntCounter,
+        group_commit: bool,
     ) -> Result<PgStorage, VaultError> {
         let bad = |detail: String| VaultError::Database { detail };
         let options = PgConnectOptions::from_str(url)
@@ -138,7 +162,15 @@ impl PgStorage {
             .map_err(|e| bad(format!("cannot connect to the database: {}", describe(&e))))?;
         prepare_schema(&pool).await?;
         bind_token(&pool, admin_token_sha256).await?;
-        Ok(PgStorage { pool, appended })
+        let jobs = group_commit.then(|| {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
+            for _ in 0..COMMITTERS {
+                tokio::spawn(commit_batches(pool.clone(), appended.clone(), receiver.clone()));
+            }
+            sender
+        });
+        Ok(PgStorage { pool, appended, jobs })
     }
 
     /// Forgets nonces older than the clock-skew window needs, now and then, for as long as the
@@ -160,41 +192,186 @@ impl PgStorage {
     pub(crate) fn pool(&self) -> &PgPool {
         &self.pool
     }
+}
 
-    async fn attempt<A: Send + 'static>(
-        &self,
-        scope: &Scope,
-        now: DateTime<Utc>,
-        decide: &Decide<A>,
-    ) -> Result<Result<A, ApiError>, Failed> {
-        let mut tx = self.pool.begin().await?;
-        let facts = load(&mut tx, scope, now, true).await?;
-        let decision = match decide(&facts) {
-            Ok(decision) => decision,
-            Err(refusal) => {
-                if remembers_nonce(&refusal) {
-                    remember_request_nonce(&mut tx, scope, now, false).await?;
-                }
-                tx.commit().await?;
-                return Ok(Err(refusal));
-            }
-        };
-        if decision.events.is_empty() {
-            remember_request_nonce(&mut tx, scope, now, true).await?;
-            tx.commit().await?;
-            return Ok(decision.outcome);
+/// A change in a transaction of its own, tried again while the database reports conflicts.
+async fn alone<A: Send + 'static>(
+    pool: &PgPool,
+    appended: &IntCounter,
+    scope: &Scope,
+    now: DateTime<Utc>,
+    decide: &Decide<A>,
+) -> Result<A, ApiError> {
+    for _ in 0..ATTEMPTS {
+        match attempt(pool, appended, scope, now, decide).await {
+            Ok(outcome) => return outcome,
+            Err(Failed::Conflict) => continue,
+            Err(Failed::Answer(e)) => return Err(e),
         }
-        let mut events = Vec::with_capacity(decision.events.len());
-        for Planned { event, id } in &decision.events {
-            project(&mut tx, &scope.vault, event).await?;
-            events.push(event.to_new_event(*id).map_err(internal)?);
-        }
-        let meta = BatchMeta { recorded_at: now, actor: decision.actor.clone(), correlation_id: Uuid::now_v7() };
-        append(&mut tx, &stream_of(&scope.vault), decision.new_stream, &meta, &events).await?;
-        tx.commit().await?;
-        self.appended.inc_by(events.len() as u64);
-        Ok(decision.outcome)
     }
+    Err(ApiError::unavailable("the database kept reporting conflicts with other vault processes; retry"))
+}
+
+async fn attempt<A: Send + 'static>(
+    pool: &PgPool,
+    appended: &IntCounter,
+    scope: &Scope,
+    now: DateTime<Utc>,
+    decide: &Decide<A>,
+) -> Result<Result<A, ApiError>, Failed> {
+    let mut tx = pool.begin().await?;
+    let staged = decide_in(&mut tx, scope, now, decide).await?;
+    let (outcome, written) = match staged {
+        Decided::Nothing(outcome) => (outcome, 0),
+        Decided::Events { vault, new_stream, meta, events, outcome } => {
+            append(&mut tx, &stream_of(&vault), new_stream, &meta, &events).await?;
+            (outcome, events.len())
+        }
+    };
+    tx.commit().await?;
+    appended.inc_by(written as u64);
+    Ok(outcome)
+}
+
+/// What a decision wrote in its transaction so far.
+enum Decided<A> {
+    /// Nothing to append (a refusal, an answer given again): its nonce is remembered.
+    Nothing(Result<A, ApiError>),
+    /// Projections written; these events are to be appended.
+    Events { vault: String, new_stream: bool, meta: BatchMeta, events: Vec<NewEvent>, outcome: Result<A, ApiError> },
+}
+
+/// Loads the facts, decides, remembers the nonce or writes the projections: everything of a
+/// change but its append.
+async fn decide_in<A>(
+    conn: &mut PgConnection,
+    scope: &Scope,
+    now: DateTime<Utc>,
+    decide: &Decide<A>,
+) -> Result<Decided<A>, Failed> {
+    let facts = load(conn, scope, now, true).await?;
+    let decision = match decide(&facts) {
+        Ok(decision) => decision,
+        Err(refusal) => {
+            if remembers_nonce(&refusal) {
+                remember_request_nonce(conn, scope, now, false).await?;
+            }
+            return Ok(Decided::Nothing(Err(refusal)));
+        }
+    };
+    if decision.events.is_empty() {
+        remember_request_nonce(conn, scope, now, true).await?;
+        return Ok(Decided::Nothing(decision.outcome));
+    }
+    let mut events = Vec::with_capacity(decision.events.len());
+    for Planned { event, id } in &decision.events {
+        project(conn, &scope.vault, event).await?;
+        events.push(event.to_new_event(*id).map_err(internal)?);
+    }
+    let meta = BatchMeta { recorded_at: now, actor: decision.actor.clone(), correlation_id: Uuid::now_v7() };
+    Ok(Decided::Events {
+        vault: scope.vault.clone(),
+        new_stream: decision.new_stream,
+        meta,
+        events,
+        outcome: decision.outcome,
+    })
+}
+
+/// A committer: takes whatever changes queued, decides them one after another in one transaction
+/// (each sees the ones before it), appends all their events, commits once, answers them all. A
+/// batch the database rolls back (a conflict with another process, a deadlock) is undone whole and
+/// its changes run again each in a transaction of its own.
+async fn commit_batches(
+    pool: PgPool,
+    appended: IntCounter,
+    receiver: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Job>>>,
+) {
+    loop {
+        let mut jobs = Vec::new();
+        {
+            let mut receiver = receiver.lock().await;
+            match receiver.recv().await {
+                Some(job) => jobs.push(job),
+                None => return,
+            }
+            while jobs.len() < MAX_BATCH {
+                match receiver.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+        }
+        let (scopes, rest): (Vec<_>, Vec<_>) =
+            jobs.into_iter().map(|j| ((j.scope, j.now), (j.decide, j.reply))).unzip();
+        match batch(&pool, &scopes, &rest).await {
+            Ok(results) => {
+                let mut written = 0;
+                for ((_, reply), result) in rest.into_iter().zip(results) {
+                    written += result.1;
+                    let _ = reply.send(result.0);
+                }
+                appended.inc_by(written as u64);
+            }
+            Err(Failed::Conflict) => {
+                for ((scope, now), (decide, reply)) in scopes.iter().zip(rest) {
+                    let _ = reply.send(alone(&pool, &appended, scope, *now, &decide).await);
+                }
+            }
+            Err(Failed::Answer(e)) => {
+                for (_, reply) in rest {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+type BatchJob = (Decide<Answer>, oneshot::Sender<Result<Answer, ApiError>>);
+
+/// One batch's transaction; the answers (and how many events each wrote), in order, once committed.
+async fn batch(
+    pool: &PgPool,
+    scopes: &[(Scope, DateTime<Utc>)],
+    jobs: &[BatchJob],
+) -> Result<Vec<(Result<Answer, ApiError>, usize)>, Failed> {
+    let mut tx = pool.begin().await?;
+    let mut decided = Vec::with_capacity(jobs.len());
+    for ((scope, now), (decide, _)) in scopes.iter().zip(jobs) {
+        decided.push(decide_in(&mut tx, scope, *now, decide).await?);
+    }
+    // One append per stream, in the streams' order (so two batches lock them alike), each stream's
+    // events in the order they were decided.
+    let mut streams: Vec<&str> = decided
+        .iter()
+        .filter_map(|d| match d {
+            Decided::Events { vault, .. } => Some(vault.as_str()),
+            Decided::Nothing(_) => None,
+        })
+        .collect();
+    streams.sort_unstable();
+    streams.dedup();
+    for vault in streams {
+        let mut events = Vec::new();
+        let mut new_stream = false;
+        for d in &decided {
+            if let Decided::Events { vault: v, new_stream: n, meta, events: e, .. } = d
+                && v == vault
+            {
+                new_stream |= *n;
+                events.push((meta, e.as_slice()));
+            }
+        }
+        append_grouped(&mut tx, &stream_of(vault), new_stream, &events).await?;
+    }
+    tx.commit().await?;
+    Ok(decided
+        .into_iter()
+        .map(|d| match d {
+            Decided::Nothing(outcome) => (outcome, 0),
+            Decided::Events { events, outcome, .. } => (outcome, events.len()),
+        })
+        .collect())
 }
 
 async fn prepare_schema(pool: &PgPool) -> Result<(), VaultError> {
@@ -279,14 +456,25 @@ impl Storage for PgStorage {
         now: DateTime<Utc>,
         decide: Decide<A>,
     ) -> Result<A, ApiError> {
-        for _ in 0..ATTEMPTS {
-            match self.attempt(&scope, now, &decide).await {
-                Ok(outcome) => return outcome,
-                Err(Failed::Conflict) => continue,
-                Err(Failed::Answer(e)) => return Err(e),
-            }
-        }
-        Err(ApiError::unavailable("the database kept reporting conflicts with other vault processes; retry"))
+        let Some(jobs) = &self.jobs else {
+            return alone(&self.pool, &self.appended, &scope, now, &decide).await;
+        };
+        let (reply, answer) = oneshot::channel();
+        let erased: Decide<Answer> = Box::new(move |facts| {
+            decide(facts).map(|d| Decision {
+                events: d.events,
+                actor: d.actor,
+                new_stream: d.new_stream,
+                outcome: d.outcome.map(|a| Box::new(a) as Answer),
+            })
+        });
+        jobs.send(Job { scope, now, decide: erased, reply })
+            .map_err(|_| ApiError::unavailable("the service is stopping"))?;
+        let answer = answer.await.map_err(|_| ApiError::unavailable("the change was abandoned"))??;
+        answer
+            .downcast::<A>()
+            .map(|a| *a)
+            .map_err(|_| ApiError::internal("a change was answered with another's answer"))
     }
 
     async fn vault_info(&self, vault: &str) -> Result<Option<VaultInfo>, ApiError> {
@@ -431,93 +619,95 @@ async fn load(conn: &mut PgConnection, scope: &Scope, now: DateTime<Utc>, lock: 
         (true, true) => Some("FOR UPDATE"),
         (true, false) => Some("FOR SHARE"),
     };
-    let mut facts = Facts { vault: load_vault(conn, vault, vault_lock).await?, ..Facts::default() };
-    if let Some(thumbprint) = &scope.thumbprint {
-        let row = sqlx::query("SELECT vault, der, not_before, not_after FROM certificates WHERE thumbprint = $1")
-            .bind(thumbprint)
-            .fetch_optional(&mut *conn)
-            .await?;
-        if let Some(row) = row {
-            let der: Vec<u8> = row.try_get("der")?;
-            facts.cert = Some(CertFacts {
-                vault: row.try_get("vault")?,
-                cert: IssuedCert {
-                    der: der.into(),
-                    not_before: row.try_get("not_before")?,
-                    not_after: row.try_get("not_after")?,
-                },
-            });
-        }
+    // One statement for everything but the PINs: each part a lateral subquery (locking its own
+    // rows), absent parts bound to NULL (which match no row). Round trips, not the lookups, are
+    // what a change costs here.
+    let machine_lock = if lock { "FOR UPDATE" } else { "" };
+    let sql = format!(
+        "SELECT v.*, c.*, m.*, r.*, k.*, \
+         (EXISTS (SELECT 1 FROM nonces WHERE vault = $1 AND nonce = $6 AND seen_at >= $7) \
+          OR EXISTS (SELECT 1 FROM request_nonces WHERE vault = $1 AND nonce = $6 AND seen_at >= $7)) AS nonce_seen \
+         FROM (SELECT 1) AS one \
+         LEFT JOIN LATERAL (SELECT identity AS v_identity, created_at AS v_created_at, newest AS v_newest \
+           FROM vaults WHERE name = $1 {vault_lock}) v ON true \
+         LEFT JOIN LATERAL (SELECT vault AS c_vault, der AS c_der, not_before AS c_not_before, \
+           not_after AS c_not_after FROM certificates WHERE thumbprint = $2) c ON true \
+         LEFT JOIN LATERAL (SELECT {MACHINE_COLUMNS} FROM machines WHERE vault = $1 AND machine_id = $3 \
+           {machine_lock}) m ON true \
+         LEFT JOIN LATERAL (SELECT r.machine_id AS r_machine_id, r.thumbprint AS r_thumbprint, \
+           r.machine_name AS r_machine_name, r.registered_at AS r_registered_at, \
+           EXISTS (SELECT 1 FROM machines x WHERE x.vault = r.vault AND x.machine_id = r.machine_id \
+             AND x.removed_at IS NOT NULL) AS r_removed \
+           FROM registrations r WHERE r.vault = $1 AND r.request_id = $4) r ON true \
+         LEFT JOIN LATERAL (SELECT machine_id AS k_machine_id, pin_digest AS k_pin_digest, \
+           valid_issued_at AS k_valid_issued_at FROM pin_checks WHERE vault = $1 AND request_id = $5) k ON true",
+        vault_lock = vault_lock.unwrap_or(""),
+    );
+    let row = sqlx::query(&sql)
+        .bind(vault)
+        .bind(scope.thumbprint.as_deref())
+        .bind(scope.machine.as_deref())
+        .bind(scope.registration.as_deref())
+        .bind(scope.pin_check.as_deref())
+        .bind(scope.nonce.as_deref())
+        .bind(now - NONCE_MEMORY)
+        .fetch_one(&mut *conn)
+        .await?;
+    let mut facts = Facts::default();
+    let identity: Option<String> = row.try_get("v_identity")?;
+    if let Some(identity) = identity {
+        facts.vault = Some(VaultFacts {
+            identity: serde_json::from_str(&identity).map_err(internal)?,
+            created_at: row.try_get("v_created_at")?,
+            newest: row.try_get("v_newest")?,
+        });
+    }
+    let cert_vault: Option<String> = row.try_get("c_vault")?;
+    if let Some(cert_vault) = cert_vault {
+        let der: Vec<u8> = row.try_get("c_der")?;
+        facts.cert = Some(CertFacts {
+            vault: cert_vault,
+            cert: IssuedCert {
+                der: der.into(),
+                not_before: row.try_get("c_not_before")?,
+                not_after: row.try_get("c_not_after")?,
+            },
+        });
     }
     if facts.vault.is_none() {
         return Ok(facts);
     }
-    if let Some(machine_id) = &scope.machine {
-        let sql = format!(
-            "SELECT {MACHINE_COLUMNS} FROM machines WHERE vault = $1 AND machine_id = $2 {}",
-            if lock { "FOR UPDATE" } else { "" }
-        );
-        let row = sqlx::query(&sql).bind(vault).bind(machine_id).fetch_optional(&mut *conn).await?;
-        facts.machine = match row {
-            Some(row) => Some(machine_row(&row)?),
-            None => None,
-        };
+    let machine_id: Option<String> = row.try_get("machine_id")?;
+    if machine_id.is_some() {
+        facts.machine = Some(machine_row(&row)?);
     }
-    if let Some(request_id) = &scope.registration {
-        let row = sqlx::query(
-            "SELECT r.machine_id, r.thumbprint, r.machine_name, r.registered_at, m.removed_at IS NOT NULL AS removed \
-             FROM registrations r LEFT JOIN machines m ON m.vault = r.vault AND m.machine_id = r.machine_id \
-             WHERE r.vault = $1 AND r.request_id = $2",
-        )
-        .bind(vault)
-        .bind(request_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-        if let Some(row) = row {
-            facts.registration = Some(RegistrationFacts {
-                key: RegistrationKey {
-                    thumbprint: row.try_get("thumbprint")?,
-                    machine_name: row.try_get("machine_name")?,
-                },
-                answer: Registered {
-                    machine_id: row.try_get("machine_id")?,
-                    vault: vault.to_string(),
-                    registered_at: row.try_get("registered_at")?,
-                },
-                removed: row.try_get::<Option<bool>, _>("removed")?.unwrap_or(false),
-            });
-        }
+    let registered: Option<String> = row.try_get("r_machine_id")?;
+    if let Some(registered) = registered {
+        facts.registration = Some(RegistrationFacts {
+            key: RegistrationKey {
+                thumbprint: row.try_get("r_thumbprint")?,
+                machine_name: row.try_get("r_machine_name")?,
+            },
+            answer: Registered {
+                machine_id: registered,
+                vault: vault.to_string(),
+                registered_at: row.try_get("r_registered_at")?,
+            },
+            removed: row.try_get::<Option<bool>, _>("r_removed")?.unwrap_or(false),
+        });
     }
-    if let Some(request_id) = &scope.pin_check {
-        let row = sqlx::query(
-            "SELECT machine_id, pin_digest, valid_issued_at FROM pin_checks WHERE vault = $1 AND request_id = $2",
-        )
-        .bind(vault)
-        .bind(request_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-        if let Some(row) = row {
-            let digest: Vec<u8> = row.try_get("pin_digest")?;
-            let valid: Option<DateTime<Utc>> = row.try_get("valid_issued_at")?;
-            facts.pin_check = Some(PinCheckFacts {
-                machine_id: row.try_get("machine_id")?,
-                // A digest this service wrote is 32 bytes; one that is not can never match a retry.
-                pin_digest: digest.try_into().unwrap_or([0u8; 32]),
-                outcome: valid.map_or(PinOutcome::Wrong, PinOutcome::Valid),
-            });
-        }
+    let checked: Option<String> = row.try_get("k_machine_id")?;
+    if let Some(checked) = checked {
+        let digest: Vec<u8> = row.try_get("k_pin_digest")?;
+        let valid: Option<DateTime<Utc>> = row.try_get("k_valid_issued_at")?;
+        facts.pin_check = Some(PinCheckFacts {
+            machine_id: checked,
+            // A digest this service wrote is 32 bytes; one that is not can never match a retry.
+            pin_digest: digest.try_into().unwrap_or([0u8; 32]),
+            outcome: valid.map_or(PinOutcome::Wrong, PinOutcome::Valid),
+        });
     }
-    if let Some(nonce) = &scope.nonce {
-        facts.nonce_seen = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM nonces WHERE vault = $1 AND nonce = $2 AND seen_at >= $3) \
-             OR EXISTS (SELECT 1 FROM request_nonces WHERE vault = $1 AND nonce = $2 AND seen_at >= $3)",
-        )
-        .bind(vault)
-        .bind(nonce)
-        .bind(now - NONCE_MEMORY)
-        .fetch_one(&mut *conn)
-        .await?;
-    }
+    facts.nonce_seen = scope.nonce.is_some() && row.try_get::<Option<bool>, _>("nonce_seen")?.unwrap_or(false);
     if scope.pins {
         let sql = format!(
             "SELECT pin_id, digest, issued_at, expires_at FROM pins WHERE vault = $1 AND expires_at >= $2 \
@@ -651,30 +841,24 @@ async fn project(conn: &mut PgConnection, vault: &str, event: &VaultEvent) -> Re
             remember_nonce(conn, vault, &e.check.nonce, e.failed_at).await?;
         }
         VaultEvent::MachineRegistered(e) => {
+            // One statement for the three rows (a registration is the frequent change).
             sqlx::query(
-                "INSERT INTO machines (vault, machine_id, machine_name, thumbprint, registered_at) \
-                 VALUES ($1, $2, $3, $4, $5)",
+                "WITH machine AS (INSERT INTO machines (vault, machine_id, machine_name, thumbprint, registered_at) \
+                   VALUES ($1, $2, $3, $4, $5)), \
+                 registration AS (INSERT INTO registrations \
+                   (vault, request_id, machine_id, thumbprint, machine_name, registered_at) \
+                   VALUES ($1, $6, $2, $4, $3, $5)) \
+                 INSERT INTO nonces (vault, nonce, seen_at) VALUES ($1, $7, $5) ON CONFLICT DO NOTHING",
             )
             .bind(vault)
             .bind(&e.machine_id)
             .bind(&e.machine_name)
             .bind(&e.thumbprint)
             .bind(e.registered_at)
-            .execute(&mut *conn)
-            .await?;
-            sqlx::query(
-                "INSERT INTO registrations (vault, request_id, machine_id, thumbprint, machine_name, registered_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(vault)
             .bind(&e.request_id)
-            .bind(&e.machine_id)
-            .bind(&e.thumbprint)
-            .bind(&e.machine_name)
-            .bind(e.registered_at)
+            .bind(&e.nonce)
             .execute(&mut *conn)
             .await?;
-            remember_nonce(conn, vault, &e.nonce, e.registered_at).await?;
         }
         VaultEvent::MachineRemoved(e) => {
             sqlx::query(
@@ -762,6 +946,17 @@ async fn append(
     meta: &BatchMeta,
     events: &[NewEvent],
 ) -> Result<Head, Failed> {
+    append_grouped(conn, stream, new_stream, &[(meta, events)]).await
+}
+
+/// [`append`] of several changes' events to one stream, each change with its own metadata, in one
+/// statement.
+async fn append_grouped(
+    conn: &mut PgConnection,
+    stream: &str,
+    new_stream: bool,
+    groups: &[(&BatchMeta, &[NewEvent])],
+) -> Result<Head, Failed> {
     let version: i64 = if new_stream {
         sqlx::query_scalar("INSERT INTO streams (stream, version) VALUES ($1, 0) RETURNING version")
             .bind(stream)
@@ -779,24 +974,34 @@ async fn append(
     let row = sqlx::query("SELECT position, hash FROM log_head FOR UPDATE").fetch_one(&mut *conn).await?;
     let mut head = head_of(&row)?;
     let mut version = u64::try_from(version).map_err(internal)?;
-    for event in events {
-        let position = head.position + 1;
-        version += 1;
-        let (stored, hash) = regent_store::encode_record(position, stream, version, meta, event, &head.hash)
-            .map_err(|e| internal(format!("event {} cannot be written: {e}", event.event_id)))?;
-        if stored.len() > MAX_RECORD_BYTES {
-            return Err(internal(format!("event {} is {} bytes written out", event.event_id, stored.len())));
+    let (mut positions, mut ids, mut versions, mut records) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (meta, events) in groups {
+        for event in events.iter() {
+            let position = head.position + 1;
+            version += 1;
+            let (stored, hash) = regent_store::encode_record(position, stream, version, meta, event, &head.hash)
+                .map_err(|e| internal(format!("event {} cannot be written: {e}", event.event_id)))?;
+            if stored.len() > MAX_RECORD_BYTES {
+                return Err(internal(format!("event {} is {} bytes written out", event.event_id, stored.len())));
+            }
+            positions.push(i64::try_from(position).map_err(internal)?);
+            ids.push(event.event_id);
+            versions.push(i64::try_from(version).map_err(internal)?);
+            records.push(stored);
+            head = Head { position, hash };
         }
-        sqlx::query("INSERT INTO log (position, event_id, stream, version, record) VALUES ($1, $2, $3, $4, $5)")
-            .bind(i64::try_from(position).map_err(internal)?)
-            .bind(event.event_id)
-            .bind(stream)
-            .bind(i64::try_from(version).map_err(internal)?)
-            .bind(stored)
-            .execute(&mut *conn)
-            .await?;
-        head = Head { position, hash };
     }
+    sqlx::query(
+        "INSERT INTO log (position, event_id, stream, version, record) \
+         SELECT p, e, $3, v, r FROM UNNEST($1::bigint[], $2::uuid[], $4::bigint[], $5::bytea[]) AS t(p, e, v, r)",
+    )
+    .bind(&positions)
+    .bind(&ids)
+    .bind(stream)
+    .bind(&versions)
+    .bind(&records)
+    .execute(&mut *conn)
+    .await?;
     sqlx::query("UPDATE log_head SET position = $1, hash = $2")
         .bind(i64::try_from(head.position).map_err(internal)?)
         .bind(&head.hash.0[..])
