@@ -93,7 +93,7 @@ impl Metrics {
         Ok(Metrics { registry, requests, duration, in_flight, events_appended })
     }
 
-    /// The events-appended counter, for [`crate::service_log::ServiceLog`] (a handle on the same
+    /// The events-appended counter, for the storage (a handle on the same
     /// value).
     pub(crate) fn events_appended(&self) -> IntCounter {
         self.events_appended.clone()

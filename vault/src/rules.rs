@@ -820,6 +820,119 @@ pub(crate) fn unregister(
 mod tests {
     use super::*;
 
+    fn facts_with_machine(removed_at: Option<DateTime<Utc>>, guard: PinGuard) -> Facts {
+        let now = Utc::now();
+        Facts {
+            vault: Some(VaultFacts {
+                identity: VaultIdentity {
+                    resource_name: "v".into(),
+                    subscription_id: "s".into(),
+                    resource_group: "g".into(),
+                    location: "l".into(),
+                    resource_id: 7,
+                    resource_type: "Vaults".into(),
+                    provider_namespace: "p".into(),
+                },
+                created_at: now,
+                newest: Some("t".into()),
+            }),
+            machine: Some(MachineFacts {
+                info: MachineInfo {
+                    machine_id: "m-1".into(),
+                    machine_name: "srv".into(),
+                    registered_at: now,
+                    thumbprint: "t".into(),
+                    log_head: None,
+                },
+                removed_at,
+                guard,
+                anchor: AnchorHistory::default(),
+            }),
+            ..Facts::default()
+        }
+    }
+
+    fn unregistration() -> Unregistration {
+        Unregistration {
+            vault: "v".into(),
+            machine_id: "m-1".into(),
+            request_id: "u-1".into(),
+            nonce: "nonce-0000000000001".into(),
+            peer: "127.0.0.1".into(),
+        }
+    }
+
+    #[test]
+    fn an_unregistration_removes_a_live_machine_once_and_answers_a_removed_one_with_its_removal() {
+        let now = Utc::now();
+        let live = facts_with_machine(None, PinGuard::default());
+        let decision = unregister(&live, &unregistration(), now).unwrap();
+        assert!(matches!(decision.events.as_slice(), [Planned { event: VaultEvent::MachineRemoved(e), .. }]
+            if e.unregistration.as_ref().is_some_and(|u| u.nonce == "nonce-0000000000001")));
+        assert_eq!(decision.outcome.unwrap().removed_at, now);
+
+        let removed_at = now - Duration::seconds(5);
+        let removed = facts_with_machine(Some(removed_at), PinGuard::default());
+        let again = unregister(&removed, &unregistration(), now).unwrap();
+        assert!(again.events.is_empty(), "a removal is answered again, not written again");
+        assert_eq!(again.outcome.unwrap().removed_at, removed_at);
+
+        let replayed = Facts { nonce_seen: true, ..live };
+        assert_eq!(unregister(&replayed, &unregistration(), now).unwrap_err().code, ErrorCode::NonceReplayed);
+        let unknown = Facts { machine: None, ..removed };
+        assert_eq!(unregister(&unknown, &unregistration(), now).unwrap_err().code, ErrorCode::MachineNotFound);
+    }
+
+    fn check() -> PinCheck {
+        PinCheck {
+            vault: "v".into(),
+            machine_id: "m-1".into(),
+            request_id: "c-1".into(),
+            nonce: "nonce-0000000000002".into(),
+            peer: "127.0.0.1".into(),
+            check_digest: [7; 32],
+        }
+    }
+
+    #[test]
+    fn the_last_wrong_pin_of_a_run_locks_the_machine_and_a_lock_refuses_without_counting() {
+        let now = Utc::now();
+        let never = |_: &Uuid, _: &[u8; 32]| false;
+        let guard = PinGuard { wrong_in_row: protocol::MAX_PIN_FAILURES - 1, locked_until: None };
+        let decision = check_pin(&facts_with_machine(None, guard), &check(), &never, now).unwrap();
+        let until = now + Duration::seconds(protocol::PIN_LOCKOUT_SECS);
+        assert!(matches!(decision.events.as_slice(), [Planned { event: VaultEvent::PinCheckFailed(e), .. }]
+            if e.locked_until == Some(until)));
+        assert_eq!(decision.outcome.unwrap_err().code, ErrorCode::PinChecksLocked);
+
+        let locked = PinGuard { wrong_in_row: 0, locked_until: Some(until) };
+        let refused = check_pin(&facts_with_machine(None, locked), &check(), &never, now).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::PinChecksLocked, "refused, and nothing recorded");
+        // Once the lock ends, a wrong PIN starts a new run.
+        let later = until + Duration::seconds(1);
+        let decision = check_pin(&facts_with_machine(None, locked), &check(), &never, later).unwrap();
+        assert!(matches!(decision.events.as_slice(), [Planned { event: VaultEvent::PinCheckFailed(e), .. }]
+            if e.locked_until.is_none()));
+    }
+
+    #[test]
+    fn a_good_pin_is_used_up_and_an_expired_one_is_refused_uncounted() {
+        let now = Utc::now();
+        let pin_id = Uuid::now_v7();
+        let mut facts = facts_with_machine(None, PinGuard::default());
+        facts.pins =
+            vec![(pin_id, PinRecord { digest: [1; 32], issued_at: now, expires_at: now + Duration::minutes(5) })];
+        let matches = |id: &Uuid, digest: &[u8; 32]| *id == pin_id && *digest == [1; 32];
+        let decision = check_pin(&facts, &check(), &matches, now).unwrap();
+        assert!(
+            matches!(decision.events.as_slice(), [Planned { event: VaultEvent::PinUsed(e), .. }] if e.pin_id == pin_id)
+        );
+        let late = now + Duration::minutes(6);
+        let expired = check_pin(&facts, &check(), &matches, late).unwrap_err();
+        assert_eq!(expired.code, ErrorCode::SecurityPinInvalid);
+        assert!(expired.message.contains("expired"), "{}", expired.message);
+    }
+
     #[test]
     fn derived_ids_depend_on_vault_and_request() {
         let a = derived_id("machine-id", "v", 1, "r1");
