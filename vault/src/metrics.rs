@@ -38,7 +38,9 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
-use prometheus::{Encoder as _, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Encoder as _, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 use crate::error::VaultError;
 use crate::protocol::{self, ErrorBody, ErrorCode, METRICS_CONTENT_TYPE};
@@ -97,6 +99,22 @@ impl Metrics {
     /// value).
     pub(crate) fn events_appended(&self) -> IntCounter {
         self.events_appended.clone()
+    }
+
+    /// The database pool's gauges (`in_use`, `idle`, and the pool's `max`), registered only by a
+    /// service that has a pool.
+    pub(crate) fn pool_gauges(&self) -> Result<IntGaugeVec, VaultError> {
+        let failed = |e: prometheus::Error| VaultError::Metrics(e.to_string());
+        let gauges = IntGaugeVec::new(
+            Opts::new(
+                "regent_vault_db_pool_connections",
+                "Connections of the database pool, by state (in_use, idle, max).",
+            ),
+            &["state"],
+        )
+        .map_err(failed)?;
+        self.registry.register(Box::new(gauges.clone())).map_err(failed)?;
+        Ok(gauges)
     }
 
     /// Everything registered, in the text format.

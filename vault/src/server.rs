@@ -207,6 +207,7 @@ pub async fn serve(config: ServeConfig) -> Result<RunningServer, VaultError> {
             let storage =
                 PgStorage::connect(url.expose_secret(), admin.digest(), appended, config.group_commit).await?;
             tokio::spawn(PgStorage::prune_nonces(storage.pool().clone()));
+            tokio::spawn(PgStorage::report_pool(storage.pool().clone(), metrics.pool_gauges()?));
             (Backend::Postgres(storage), admin, token_path, token_created, None)
         }
     };
@@ -239,7 +240,7 @@ async fn accept_loop(
     mut stop: oneshot::Receiver<()>,
     committer: JoinHandle<()>,
 ) {
-    let router = metrics::instrument(service::router(app), metrics);
+    let router = metrics::instrument(service::router(app.clone()), metrics);
     let graceful = GracefulShutdown::new();
     let unread = Arc::new(AtomicUsize::new(0));
     let mut connections = JoinSet::new();
@@ -291,6 +292,9 @@ async fn accept_loop(
     // The committer ends once the last handle on the app (and so on its queue) is gone; then the log
     // is closed and the data directory free for another start.
     drop(router);
+    // The database's connections close with the service (its background tasks end with them).
+    app.storage.close().await;
+    drop(app);
     if tokio::time::timeout(SHUTDOWN_GRACE, committer).await.is_err() {
         tracing::warn!("registrations still being written after the grace period");
     }

@@ -151,7 +151,7 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
     found.first().map_or(0.0, |s| s.value)
 }
 
-#[test]
+both!(healthz_readyz_and_metrics_answer_without_a_token);
 fn healthz_readyz_and_metrics_answer_without_a_token() {
     let vault = Vault::start();
     let health = raw(vault.addr(), "GET", "/healthz", &[], b"");
@@ -175,7 +175,7 @@ fn healthz_readyz_and_metrics_answer_without_a_token() {
     assert_eq!(raw(vault.addr(), "GET", "/v1/health", &[], b"").status, 200);
 }
 
-#[test]
+both!(metrics_count_by_route_template_and_status_and_no_label_names_what_a_request_sent);
 fn metrics_count_by_route_template_and_status_and_no_label_names_what_a_request_sent() {
     let vault = Vault::start();
     let vault_name = "acme-tenant-7f3q";
@@ -236,10 +236,21 @@ fn metrics_count_by_route_template_and_status_and_no_label_names_what_a_request_
                 "method" => ["GET", "POST", "DELETE", "other"].contains(&value.as_str()),
                 "status" => value.len() == 3 && value.parse::<u16>().is_ok(),
                 "le" => value.parse::<f64>().is_ok() || value == "+Inf",
+                "state" => ["in_use", "idle", "max"].contains(&value.as_str()),
                 _ => false,
             };
             assert!(allowed, "label {label}={value:?} of {sample:?}");
         }
+    }
+    // A service on PostgreSQL shows its pool (within a second of starting), and only such a one.
+    let pool = samples.iter().filter(|s| s.name == "regent_vault_db_pool_connections").count();
+    match backend() {
+        Backend::Postgres => {
+            std::thread::sleep(std::time::Duration::from_millis(1100));
+            let again = raw(vault.addr(), "GET", "/metrics", &[], b"");
+            assert!(again.body.contains("regent_vault_db_pool_connections{state=\"max\"} 32"), "{}", again.body);
+        }
+        Backend::Sled => assert_eq!(pool, 0, "no pool, no pool gauges"),
     }
     // And nothing a request sent is anywhere in the scrape.
     for sent in

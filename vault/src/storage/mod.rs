@@ -106,6 +106,16 @@ impl Storage for Backend {
     }
 }
 
+impl Backend {
+    /// Closes what the storage holds open beyond the service's handles: the database's pool (and
+    /// with it the committers and the background tasks).
+    pub(crate) async fn close(&self) {
+        if let Backend::Postgres(s) = self {
+            s.pool().close().await;
+        }
+    }
+}
+
 /// Whether a refusal leaves the request's nonce to be remembered: every refusal but a replay (whose
 /// nonce is remembered already).
 pub(crate) fn remembers_nonce(refusal: &ApiError) -> bool {

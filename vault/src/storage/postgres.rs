@@ -177,7 +177,7 @@ impl PgStorage {
     /// service runs (any process may: the deletes are idempotent).
     pub(crate) async fn prune_nonces(pool: PgPool) {
         let mut every = tokio::time::interval(StdDuration::from_secs(60));
-        loop {
+        while !pool.is_closed() {
             every.tick().await;
             let cutoff = Utc::now() - NONCE_MEMORY;
             for table in ["nonces", "request_nonces"] {
@@ -186,6 +186,18 @@ impl PgStorage {
                     tracing::warn!(error = %describe(&e), "old nonces could not be pruned; retrying in a minute");
                 }
             }
+        }
+    }
+
+    /// Keeps the pool's gauges current (`GET /metrics`), every second while the service runs.
+    pub(crate) async fn report_pool(pool: PgPool, gauges: prometheus::IntGaugeVec) {
+        let mut every = tokio::time::interval(StdDuration::from_secs(1));
+        while !pool.is_closed() {
+            every.tick().await;
+            let (size, idle) = (i64::from(pool.size()), i64::try_from(pool.num_idle()).unwrap_or(i64::MAX));
+            gauges.with_label_values(&["in_use"]).set(size - idle);
+            gauges.with_label_values(&["idle"]).set(idle);
+            gauges.with_label_values(&["max"]).set(i64::from(pool.options().get_max_connections()));
         }
     }
 
