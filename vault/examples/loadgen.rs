@@ -17,7 +17,10 @@
 //! `--postgres` (the service on a PostgreSQL cluster this run starts from Debian's package, in a temp
 //! dir, as the tests do), `--processes N` (with `--postgres`: N services on the one database, the
 //! clients spread over them), `--inserts` (with `--postgres`: no service, N clients committing plain
-//! one-row INSERT transactions, the reference for what this PostgreSQL can commit).
+//! one-row INSERT transactions, the reference for what this PostgreSQL can commit), `--heads` (each
+//! client is a registered machine with a log of its own, and reports its head after every 8 new
+//! records, as `regent` does: the anchor read, then the report with the records; only the report is
+//! timed, not the growing of the client's own log).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -40,6 +43,7 @@ struct Options {
     postgres: bool,
     processes: usize,
     inserts: bool,
+    heads: bool,
 }
 
 fn options() -> Result<Options, String> {
@@ -53,6 +57,7 @@ fn options() -> Result<Options, String> {
         postgres: false,
         processes: 1,
         inserts: false,
+        heads: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -66,6 +71,7 @@ fn options() -> Result<Options, String> {
             "--no-group-commit" => options.group_commit = false,
             "--postgres" => options.postgres = true,
             "--inserts" => options.inserts = true,
+            "--heads" => options.heads = true,
             "--processes" => {
                 options.processes = value("--processes")?.parse().map_err(|e| format!("--processes: {e}"))?
             }
@@ -113,7 +119,7 @@ fn drive(
     clients: usize,
     warmup: u64,
     seconds: u64,
-    work: impl Fn(usize, u64) + Send + Sync + 'static,
+    work: impl Fn(usize, u64) -> Option<Duration> + Send + Sync + 'static,
 ) -> (Vec<Duration>, Duration) {
     let work = Arc::new(work);
     let stop = Arc::new(AtomicBool::new(false));
@@ -127,10 +133,11 @@ fn drive(
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     let began = Instant::now();
-                    work(client, n);
+                    // The work times itself when only part of it counts.
+                    let timed = work(client, n);
                     n += 1;
                     if began >= measure_from {
-                        latencies.push(began.elapsed());
+                        latencies.push(timed.unwrap_or_else(|| began.elapsed()));
                     }
                 }
                 latencies
@@ -196,6 +203,19 @@ fn over_http(options: &Options, dir: &std::path::Path, database_url: Option<Stri
     let endpoints: Vec<String> = servers.iter().map(|s| s.url().to_string()).collect();
     let thumbprint = credentials.certificate.thumbprint.clone();
     let key = credentials.private_key.pkcs8_der().to_vec();
+    if options.heads {
+        let what = format!(
+            "log-head reports of 8 records ({}, {} process{})",
+            if database_url.is_some() { "PostgreSQL" } else { "sled" },
+            servers.len(),
+            if servers.len() == 1 { "" } else { "es" }
+        );
+        heads(options, &what, &clients, &endpoints, &identity, &thumbprint, &key);
+        for server in servers {
+            server.shutdown().unwrap_or_else(|e| fail(&e.to_string()));
+        }
+        return;
+    }
     let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counted = refused.clone();
     let (latencies, window) = drive(options.clients, options.warmup, options.seconds, move |client, n| {
@@ -213,6 +233,7 @@ fn over_http(options: &Options, dir: &std::path::Path, database_url: Option<Stri
         {
             eprintln!("loadgen: a registration was refused: {reason}: {detail}");
         }
+        None
     });
     let what = format!(
         "registrations over HTTP ({}, {} process{}{})",
@@ -259,6 +280,7 @@ fn store_only(options: &Options, dir: &std::path::Path) {
         };
         let event = NewEvent::new("MachineRegistered", 1, &payload).unwrap_or_else(|e| fail(&e.to_string()));
         appender.append("vault/bench", ExpectedVersion::Any, &meta, &[event]).unwrap_or_else(|e| fail(&e.to_string()));
+        None
     });
     report("durable appends straight to the store", options.clients, latencies, window);
 }
@@ -293,7 +315,85 @@ fn plain_inserts(options: &Options, url: &str) {
                 .execute(&pool)
                 .await
                 .unwrap_or_else(|e| fail(&e.to_string()));
-        })
+        });
+        None
     });
     report("plain one-row INSERT transactions", options.clients, latencies, window);
+}
+
+/// One machine per client, registered, each with a log of its own that grows by 8 records before
+/// each report.
+fn heads(
+    options: &Options,
+    what: &str,
+    clients: &[HttpVaultClient],
+    endpoints: &[String],
+    identity: &regent_engine::model::VaultIdentity,
+    thumbprint: &str,
+    key: &[u8],
+) {
+    struct Machine {
+        signer: regent_vault::HeadSigner,
+        log: EventStore,
+        client: HttpVaultClient,
+        _dir: tempfile::TempDir,
+    }
+    let small = StoreOptions { cache_bytes: 1024 * 1024, ..StoreOptions::default() };
+    let machines: Vec<Machine> = clients
+        .iter()
+        .enumerate()
+        .map(|(n, client)| {
+            let endpoint = endpoints[n % endpoints.len()].clone();
+            let request = RegisterRequest {
+                endpoint: endpoint.clone(),
+                vault: identity.clone(),
+                thumbprint: thumbprint.to_string(),
+                machine_name: format!("bench-{n}"),
+                private_key: Zeroizing::new(key.to_vec()),
+                proxy: None,
+                request_id: uuid::Uuid::now_v7().to_string(),
+            };
+            let machine_id = match client.register(&request) {
+                VaultAnswer::Registered { machine_id, .. } => machine_id,
+                other => fail(&format!("registering a machine: {other:?}")),
+            };
+            let dir = tempfile::tempdir().unwrap_or_else(|e| fail(&e.to_string()));
+            let log = EventStore::open(dir.path().join("log"), &small).unwrap_or_else(|e| fail(&e.to_string()));
+            let signer = regent_vault::HeadSigner {
+                endpoint,
+                vault: identity.name.clone(),
+                machine_id,
+                thumbprint: thumbprint.to_string(),
+                private_key: Zeroizing::new(key.to_vec()),
+                proxy: None,
+            };
+            let client = HttpVaultClient::new(ClientOptions { attempts: 1, ..ClientOptions::default() })
+                .unwrap_or_else(|e| fail(&e.to_string()));
+            Machine { signer, log, client, _dir: dir }
+        })
+        .collect();
+    let payload = serde_json::json!({"step": "bench", "pad": "p".repeat(120)});
+    let failures = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = failures.clone();
+    let (latencies, window) = drive(options.clients, options.warmup, options.seconds, move |client, _| {
+        let machine = &machines[client];
+        let meta = BatchMeta {
+            recorded_at: chrono::Utc::now(),
+            actor: Actor { user: "bench".into(), host: "127.0.0.1".into() },
+            correlation_id: uuid::Uuid::now_v7(),
+        };
+        let events: Vec<NewEvent> =
+            (0..8).map(|_| NewEvent::new("Stepped", 1, &payload).unwrap_or_else(|e| fail(&e.to_string()))).collect();
+        let appended =
+            machine.log.append("agent", ExpectedVersion::Any, &meta, &events).unwrap_or_else(|e| fail(&e.to_string()));
+        let began = Instant::now();
+        if let Err(e) = machine.client.report_log_head(&machine.signer, &machine.log, appended.head, None)
+            && counted.fetch_add(1, Ordering::Relaxed) == 0
+        {
+            eprintln!("loadgen: a report failed: {e}");
+        }
+        Some(began.elapsed())
+    });
+    report(what, options.clients, latencies, window);
+    println!("failed reports: {}", failures.load(Ordering::Relaxed));
 }
