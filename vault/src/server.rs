@@ -67,6 +67,10 @@ pub struct ServeConfig {
     /// process given the same URL and admin token; the data directory then holds only the token.
     /// Unset: sled under the data directory.
     pub database_url: Option<secrecy::SecretString>,
+    /// How often a PostgreSQL vault forgets nonces older than the clock-skew window needs (a minute;
+    /// shorter only in tests).
+    #[doc(hidden)]
+    pub prune_every: Duration,
 }
 
 impl ServeConfig {
@@ -78,6 +82,7 @@ impl ServeConfig {
             public_url: None,
             group_commit: true,
             database_url: None,
+            prune_every: Duration::from_secs(60),
         }
     }
 
@@ -206,7 +211,7 @@ pub async fn serve(config: ServeConfig) -> Result<RunningServer, VaultError> {
             .map_err(|e| VaultError::Stopped(e.to_string()))??;
             let storage =
                 PgStorage::connect(url.expose_secret(), admin.digest(), appended, config.group_commit).await?;
-            tokio::spawn(PgStorage::prune_nonces(storage.pool().clone()));
+            tokio::spawn(PgStorage::prune_nonces(storage.pool().clone(), config.prune_every));
             tokio::spawn(PgStorage::report_pool(storage.pool().clone(), metrics.pool_gauges()?));
             (Backend::Postgres(storage), admin, token_path, token_created, None)
         }

@@ -62,3 +62,33 @@ fn a_start_reads_no_log_rows_and_costs_the_same_with_10k_machines() {
         assert_eq!(vault.admin.machines("fleet").unwrap().len(), 10_000);
     });
 }
+
+#[test]
+fn nonces_are_kept_as_long_as_the_clock_window_needs_and_forgotten_after() {
+    on(Backend::Postgres, || {
+        let vault = Vault::start();
+        vault.admin.create_vault("fleet").unwrap();
+        // A second process that prunes often; the rows are what registrations and refusals leave.
+        let config = regent_vault::ServeConfig { prune_every: std::time::Duration::from_millis(50), ..vault.config() };
+        for table in ["nonces", "request_nonces"] {
+            vault.sql(&format!(
+                "INSERT INTO regent_vault.{table} (vault, nonce, seen_at) VALUES \
+                 ('fleet', 'old-{table}', now() - interval '1 hour'), \
+                 ('fleet', 'edge-{table}', now() - interval '9 minutes'), \
+                 ('fleet', 'fresh-{table}', now())"
+            ));
+        }
+        let pruner = BackgroundServer::start(config).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        pruner.shutdown().unwrap();
+        for table in ["nonces", "request_nonces"] {
+            let left = vault.sql(&format!("SELECT nonce FROM regent_vault.{table} ORDER BY nonce"));
+            // The window is 2 x 300 s + 60 s = 11 minutes: a nonce of 9 minutes ago is still needed.
+            assert_eq!(
+                left.lines().collect::<Vec<_>>(),
+                [format!("edge-{table}"), format!("fresh-{table}")],
+                "{table}"
+            );
+        }
+    });
+}

@@ -175,8 +175,8 @@ impl PgStorage {
 
     /// Forgets nonces older than the clock-skew window needs, now and then, for as long as the
     /// service runs (any process may: the deletes are idempotent).
-    pub(crate) async fn prune_nonces(pool: PgPool) {
-        let mut every = tokio::time::interval(StdDuration::from_secs(60));
+    pub(crate) async fn prune_nonces(pool: PgPool, period: StdDuration) {
+        let mut every = tokio::time::interval(period);
         while !pool.is_closed() {
             every.tick().await;
             let cutoff = Utc::now() - NONCE_MEMORY;
