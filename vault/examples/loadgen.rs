@@ -20,7 +20,9 @@
 //! one-row INSERT transactions, the reference for what this PostgreSQL can commit), `--heads` (each
 //! client is a registered machine with a log of its own, and reports its head after every 8 new
 //! records, as `regent` does: the anchor read, then the report with the records; only the report is
-//! timed, not the growing of the client's own log).
+//! timed, not the growing of the client's own log), `--startup N` (with `--postgres`: N machines and
+//! N log records put in the database, then the real `regent vault serve` binary, `REGENT_BIN` or
+//! `target/release/regent`, started on it: the time until it listens and its resident memory then).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,6 +46,7 @@ struct Options {
     processes: usize,
     inserts: bool,
     heads: bool,
+    startup: Option<u64>,
 }
 
 fn options() -> Result<Options, String> {
@@ -58,6 +61,7 @@ fn options() -> Result<Options, String> {
         processes: 1,
         inserts: false,
         heads: false,
+        startup: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -72,6 +76,7 @@ fn options() -> Result<Options, String> {
             "--postgres" => options.postgres = true,
             "--inserts" => options.inserts = true,
             "--heads" => options.heads = true,
+            "--startup" => options.startup = Some(value("--startup")?.parse().map_err(|e| format!("--startup: {e}"))?),
             "--processes" => {
                 options.processes = value("--processes")?.parse().map_err(|e| format!("--processes: {e}"))?
             }
@@ -96,7 +101,12 @@ fn main() {
     let dir = options.data_dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
     let cluster = options.postgres.then(regent_testkit::postgres::Cluster::start);
     let database = cluster.as_ref().map(|cluster| cluster.database());
-    if options.store_only {
+    if let Some(machines) = options.startup {
+        match (&cluster, &database) {
+            (Some(cluster), Some(database)) => startup(cluster, database, machines, &dir),
+            _ => fail("--startup needs --postgres"),
+        }
+    } else if options.store_only {
         store_only(&options, &dir);
     } else if options.inserts {
         match &database {
@@ -396,4 +406,67 @@ fn heads(
     });
     report(what, options.clients, latencies, window);
     println!("failed reports: {}", failures.load(Ordering::Relaxed));
+}
+
+/// Start-up of the real binary on a database holding `machines` machines (and as many log records),
+/// three times: the time until it listens, and its resident memory then.
+fn startup(
+    cluster: &regent_testkit::postgres::Cluster,
+    database: &regent_testkit::postgres::Database<'_>,
+    machines: u64,
+    dir: &std::path::Path,
+) {
+    let binary =
+        std::env::var_os("REGENT_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("target/release/regent"));
+    if !binary.is_file() {
+        fail(&format!("{} is not built: cargo build --release -p regent-cli", binary.display()));
+    }
+    let serve = || {
+        let began = Instant::now();
+        let mut child = std::process::Command::new(&binary)
+            .args(["vault", "serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .env("REGENT_VAULT_DATABASE_URL", database.url())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| fail(&e.to_string()));
+        let stdout = child.stdout.take().unwrap_or_else(|| fail("no stdout"));
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+        let listening = lines.next().and_then(Result::ok).unwrap_or_default();
+        let took = began.elapsed();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+        let rss = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or("VmRSS: ?").to_string();
+        let _ = child.kill();
+        let _ = child.wait();
+        (listening, took, rss)
+    };
+    // The first start creates the schema; the machines go in after it.
+    let (listening, _, _) = serve();
+    if !listening.starts_with("listening on") {
+        fail(&format!("the service did not start: {listening:?}"));
+    }
+    let filled = Instant::now();
+    cluster.psql(
+        database.name(),
+        &format!(
+            "INSERT INTO regent_vault.vaults (name, identity, created_at) VALUES ('fleet', '{{}}', now()); \
+             INSERT INTO regent_vault.machines (vault, machine_id, machine_name, thumbprint, registered_at) \
+             SELECT 'fleet', 'm-' || i, 'srv-' || i, repeat('a', 64), now() FROM generate_series(1, {machines}) i; \
+             INSERT INTO regent_vault.registrations (vault, request_id, machine_id, thumbprint, machine_name, registered_at) \
+             SELECT 'fleet', 'r-' || i, 'm-' || i, repeat('a', 64), 'srv-' || i, now() FROM generate_series(1, {machines}) i; \
+             INSERT INTO regent_vault.log (position, event_id, stream, version, record) \
+             SELECT i, gen_random_uuid(), 'vault/fleet', i, convert_to(repeat('x', 300), 'UTF8') FROM generate_series(1, {machines}) i; \
+             UPDATE regent_vault.log_head SET position = {machines};"
+        ),
+    );
+    cluster.psql(database.name(), "ANALYZE");
+    println!("{machines} machines and log records put in the database in {:.1} s", filled.elapsed().as_secs_f64());
+    for _ in 0..3 {
+        let (listening, took, rss) = serve();
+        println!(
+            "start-up with {machines} machines: {:.0} ms until it listened ({listening}); {rss}",
+            took.as_secs_f64() * 1000.0
+        );
+    }
 }
