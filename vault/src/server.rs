@@ -24,9 +24,9 @@ use tower::ServiceExt as _;
 use crate::error::VaultError;
 use crate::metrics::{self, Metrics};
 use crate::service::{self, App};
-use crate::storage::{Backend, Storage as _};
 use crate::storage::postgres::PgStorage;
 use crate::storage::sled::{Committer, SledStorage};
+use crate::storage::{Backend, Storage as _};
 use crate::token::AdminKey;
 
 /// How long open connections get to finish their requests at shutdown before they are cut.
