@@ -58,7 +58,9 @@ fn concurrent_registrations_over_two_processes_make_one_machine_per_request_id()
     let credentials = Arc::new(vault.vault_with_credentials("shared"));
     let before = vault.log_position();
     let endpoints = [vault.url(), other.url()];
-    let client = Arc::new(quick_client(None));
+    // One attempt each: a conflict between the processes must be resolved by the vault, not
+    // hidden by a client's retry.
+    let client = Arc::new(one_attempt_client());
     // 8 request ids, each sent 4 times, alternately to each process, all 32 at the same moment.
     let barrier = Arc::new(Barrier::new(32));
     let threads: Vec<_> = (0..32)
@@ -185,6 +187,67 @@ fn a_pin_is_good_once_and_wrong_pins_count_across_processes() {
         PinAnswer::Valid { issued_at: fresh.issued_at },
         "only that machine is locked, and the locked checks used nothing up"
     );
+}
+
+#[test]
+fn a_pin_raced_at_both_processes_is_used_once_and_raced_guesses_lock_at_the_limit() {
+    let vault = Vault::on_postgres();
+    let other = vault.another_process();
+    let endpoints = [vault.url(), other.url()];
+    let credentials = Arc::new(vault.vault_with_credentials("race"));
+    let client = Arc::new(one_attempt_client());
+    let machines: Vec<String> = (0..5)
+        .map(|n| machine_id(&client.register(&register_request(&credentials, None, "srv", &format!("reg-{n}"), None))))
+        .collect();
+    let pin = Arc::new(vault.admin.issue_pin("race").unwrap());
+    let wrong = if pin.pin == "00000000" { "11111111" } else { "00000000" };
+    let before = vault.log_position();
+
+    // At the same moment: four machines present the PIN, two at each process; and the fifth
+    // sends twice the limit of wrong PINs, half at each.
+    let guesses = 2 * MAX_PIN_FAILURES as usize;
+    let barrier = Arc::new(Barrier::new(4 + guesses));
+    let mut threads = Vec::new();
+    for n in 0..4 + guesses {
+        let (machine, pin_sent, request_id) = match n {
+            0..4 => (machines[n].clone(), pin.pin.clone(), format!("use-{n}")),
+            _ => (machines[4].clone(), wrong.to_string(), format!("guess-{n}")),
+        };
+        let check = pin_check(&endpoints[n % 2], &credentials, &machine, &pin_sent, &request_id);
+        let (client, barrier) = (client.clone(), barrier.clone());
+        threads.push(std::thread::spawn(move || {
+            barrier.wait();
+            (n, client.check_pin(&check))
+        }));
+    }
+    let (mut used, mut wrong_answers, mut locked) = (0, 0, 0);
+    for thread in threads {
+        let (n, answer) = thread.join().unwrap();
+        match answer {
+            PinAnswer::Valid { issued_at } if n < 4 => {
+                assert_eq!(issued_at, pin.issued_at);
+                used += 1;
+            }
+            PinAnswer::Refused { reason: Reason::SecurityPinInvalid, detail } if detail.contains("locked until") => {
+                assert!(n >= 4, "only the guessing machine is locked: {detail}");
+                locked += 1;
+            }
+            PinAnswer::Refused { reason: Reason::SecurityPinInvalid, detail } => {
+                assert!(detail.contains("wrong or was already used"), "{detail}");
+                wrong_answers += 1;
+            }
+            other => panic!("check {n}: {other:?}"),
+        }
+    }
+    let limit = MAX_PIN_FAILURES as usize;
+    assert_eq!(used, 1, "the PIN is good once, whichever process is asked");
+    // The other three machines' checks are wrong PINs for them; the guesser's first limit - 1 are
+    // wrong, the limit-th locks, and the rest find it locked.
+    assert_eq!((wrong_answers, locked), (3 + limit - 1, guesses - (limit - 1)));
+    let (_vault, records) = vault.kinds_after(before);
+    let count = |kind: &str| records.iter().filter(|k| k.as_str() == kind).count();
+    assert_eq!((count("PinUsed"), count("PinCheckFailed")), (1, 3 + limit));
+    assert_eq!(records.len(), 1 + 3 + limit, "the checks that found the machine locked recorded nothing");
 }
 
 #[test]

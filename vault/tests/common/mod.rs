@@ -224,15 +224,24 @@ pub fn log_records(
 
 /// A client that gives up quickly, so failure tests stay fast.
 pub fn quick_client(ca_file: Option<&Path>) -> HttpVaultClient {
-    HttpVaultClient::new(ClientOptions {
-        ca_file: ca_file.map(PathBuf::from),
+    HttpVaultClient::new(ClientOptions { ca_file: ca_file.map(PathBuf::from), ..quick_options() }).unwrap()
+}
+
+fn quick_options() -> ClientOptions {
+    ClientOptions {
+        ca_file: None,
         connect_timeout: Duration::from_secs(2),
         request_timeout: Duration::from_secs(5),
         total_timeout: Duration::from_secs(10),
         attempts: 3,
         backoff: Duration::from_millis(20),
-    })
-    .unwrap()
+    }
+}
+
+/// A client that never asks twice: each answer it returns is the service's own first answer (a
+/// 503 is not hidden by a retry).
+pub fn one_attempt_client() -> HttpVaultClient {
+    HttpVaultClient::new(ClientOptions { attempts: 1, ..quick_options() }).unwrap()
 }
 
 pub fn identity(credentials: &VaultCredentials) -> VaultIdentity {
