@@ -4,6 +4,7 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -114,7 +115,11 @@ fn new_token() -> io::Result<Zeroizing<String>> {
 /// Writes the token to a private temporary file, syncs it, then links it into place, which never
 /// replaces an existing file: a crash leaves either no token file or a complete one.
 fn write_new(dir: &Path, path: &Path, token: &str) -> io::Result<()> {
-    let tmp = dir.join(format!(".{ADMIN_TOKEN_FILE}.{}.tmp", std::process::id()));
+    // Unique to this call, not only to this process: two services starting in one process on one
+    // directory (tests, `BackgroundServer`) would otherwise remove and overwrite each other's file.
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(".{ADMIN_TOKEN_FILE}.{}.{n}.tmp", std::process::id()));
     let _ = fs::remove_file(&tmp);
     let written = (|| {
         // Made as every key-holding file is: exactly 0600, never over or through a link.
@@ -168,6 +173,27 @@ mod tests {
         assert!(!created);
         assert!(again.accepts(token.expose_secret()));
         assert_eq!(again.pin_key(), key.pin_key());
+    }
+
+    #[test]
+    fn two_starts_at_once_in_one_process_agree_on_the_token_in_the_file() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let barrier = std::sync::Barrier::new(2);
+            let keys: Vec<AdminKey> = std::thread::scope(|scope| {
+                let starts: Vec<_> = (0..2)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            barrier.wait();
+                            load_or_create(dir.path()).unwrap().0
+                        })
+                    })
+                    .collect();
+                starts.into_iter().map(|start| start.join().unwrap()).collect()
+            });
+            let token = read_token_file(&dir.path().join(ADMIN_TOKEN_FILE)).unwrap();
+            assert!(keys.iter().all(|key| key.accepts(token.expose_secret())), "both hold the token in the file");
+        }
     }
 
     #[test]

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::BufReader;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -13,79 +12,11 @@ use base64::engine::general_purpose::STANDARD;
 use chrono::Utc;
 use common::*;
 use regent_credentials::VaultCredentials;
-use regent_store::{Actor, BatchMeta, Digest32, EventStore, ExpectedVersion, Head, NewEvent, StoreOptions};
+use regent_store::{Digest32, EventStore, Head, StoreOptions};
 use regent_vault::protocol::{HeadReport, MAX_PROOF_BYTES, MAX_PROOF_RECORDS, log_head_message};
 use regent_vault::{AdminClient, AnchorError, BackgroundServer, HeadSigner, ServeConfig};
 use secrecy::SecretString;
-use tempfile::TempDir;
 use zeroize::Zeroizing;
-
-/// An agent's log: a real store in a temp dir.
-struct AgentLog {
-    store: EventStore,
-    _dir: TempDir,
-}
-
-impl AgentLog {
-    fn new() -> AgentLog {
-        let dir = tempfile::tempdir().unwrap();
-        let store = EventStore::open(dir.path().join("store"), &StoreOptions::default()).unwrap();
-        AgentLog { store, _dir: dir }
-    }
-
-    /// Appends `count` records in one batch, each with `padding` bytes of payload; `tag` makes two
-    /// logs grown alike differ.
-    fn grow_padded(&self, count: usize, tag: &str, padding: usize) -> Head {
-        let meta = BatchMeta {
-            recorded_at: Utc::now(),
-            actor: Actor { user: "test".into(), host: "test".into() },
-            correlation_id: uuid::Uuid::now_v7(),
-        };
-        let pad = "p".repeat(padding);
-        let events: Vec<NewEvent> = (0..count)
-            .map(|n| NewEvent::new("Tested", 1, &serde_json::json!({"tag": tag, "n": n, "pad": pad})).unwrap())
-            .collect();
-        self.store.append("test", ExpectedVersion::Any, &meta, &events).unwrap();
-        self.head()
-    }
-
-    fn grow(&self, count: usize, tag: &str) -> Head {
-        self.grow_padded(count, tag, 0)
-    }
-
-    fn head(&self) -> Head {
-        self.store.head()
-    }
-
-    /// Another log holding this one's records so far (an export imported), to grow apart.
-    fn copy(&self) -> AgentLog {
-        let mut export = Vec::new();
-        self.store.export(&mut export, "test").unwrap();
-        let copy = AgentLog::new();
-        copy.store.import(BufReader::new(export.as_slice())).unwrap();
-        copy
-    }
-
-    /// The head at `position`: the record there and its stored hash.
-    fn head_at(&self, position: u64) -> Head {
-        Head { position, hash: stored_hash(&self.lines(position, position)[0]) }
-    }
-
-    /// The stored lines of records `from..=to`, as a report carries them.
-    fn lines(&self, from: u64, to: u64) -> Vec<String> {
-        self.store
-            .raw_records(from)
-            .map(|r| r.unwrap())
-            .take_while(|(position, _)| *position <= to)
-            .map(|(_, bytes)| String::from_utf8(bytes.to_vec()).unwrap())
-            .collect()
-    }
-}
-
-/// The hash a stored line holds (not checked).
-fn stored_hash(line: &str) -> Digest32 {
-    regent_store::record::decode(line.as_bytes()).unwrap().hash
-}
 
 fn hash(byte: u8) -> Digest32 {
     Digest32([byte; 32])

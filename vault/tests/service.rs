@@ -15,7 +15,7 @@ use regent_engine::Reason;
 use regent_engine::model::{PinAnswer, VaultAnswer};
 use regent_engine::ports::{PinCheck, VaultClient};
 use regent_store::{EventStore, StoreOptions};
-use regent_vault::protocol::{RegisterBody, registration_message};
+use regent_vault::protocol::RegisterBody;
 use regent_vault::{AdminClient, AdminError, BackgroundServer, ServeConfig, VaultError};
 use secrecy::SecretString;
 
@@ -174,24 +174,7 @@ fn signed_body(
     nonce: &str,
     request_id: &str,
 ) -> RegisterBody {
-    let message = registration_message(
-        &credentials.identity.resource_name,
-        credentials.identity.resource_id,
-        "hand-made",
-        &credentials.certificate.thumbprint,
-        timestamp,
-        nonce,
-        request_id,
-    );
-    RegisterBody {
-        request_id: request_id.into(),
-        machine_name: "hand-made".into(),
-        resource_id: credentials.identity.resource_id,
-        thumbprint: credentials.certificate.thumbprint.clone(),
-        timestamp,
-        nonce: nonce.into(),
-        signature: STANDARD.encode(credentials.private_key.sign(&message).unwrap()),
-    }
+    signed_registration(credentials, "hand-made", timestamp, nonce, request_id)
 }
 
 fn post_json(vault: &Vault, path: &str, body: &impl serde::Serialize) -> RawAnswer {

@@ -386,21 +386,30 @@ async fn batch(
         .collect())
 }
 
-async fn prepare_schema(pool: &PgPool) -> Result<(), VaultError> {
-    let bad = |detail: String| VaultError::Database { detail };
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+async fn schema_exists(pool: &PgPool) -> Result<bool, VaultError> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
         .bind(SCHEMA)
         .fetch_one(pool)
         .await
-        .map_err(|e| bad(format!("cannot read the database: {}", describe(&e))))?;
-    if !exists {
-        sqlx::query(&format!("CREATE SCHEMA {SCHEMA}")).execute(pool).await.map_err(|e| {
-            bad(format!(
+        .map_err(|e| VaultError::Database { detail: format!("cannot read the database: {}", describe(&e)) })
+}
+
+async fn prepare_schema(pool: &PgPool) -> Result<(), VaultError> {
+    let bad = |detail: String| VaultError::Database { detail };
+    if !schema_exists(pool).await? {
+        let created = sqlx::query(&format!("CREATE SCHEMA {SCHEMA}")).execute(pool).await;
+        // Another process starting at the same moment may have created it in between (SQLSTATE
+        // 42P06, or 23505 on the catalog when both create at once): then it is there, and the
+        // migration below runs under sqlx's lock.
+        if let Err(e) = created
+            && !schema_exists(pool).await?
+        {
+            return Err(bad(format!(
                 "the database has no schema {SCHEMA} and cannot create it ({}); create it once as its owner \
                  (CREATE SCHEMA {SCHEMA} AUTHORIZATION <this role>) or connect as a role that may",
                 describe(&e)
-            ))
-        })?;
+            )));
+        }
     } else {
         // Tables in the schema but no migration record: another application's, not ours.
         let foreign: Option<String> = sqlx::query_scalar(

@@ -11,7 +11,8 @@ use std::time::Duration;
 use regent_credentials::VaultCredentials;
 use regent_engine::model::{VaultAnswer, VaultIdentity};
 use regent_engine::ports::{PinCheck, ProxyConfig, RegisterRequest};
-use regent_vault::protocol::{PinCheckBody, pin_check_message};
+use regent_store::{Actor, BatchMeta, Digest32, EventStore, ExpectedVersion, Head, NewEvent, StoreOptions};
+use regent_vault::protocol::{PinCheckBody, RegisterBody, pin_check_message, registration_message};
 use regent_vault::{AdminClient, BackgroundServer, ClientOptions, HttpVaultClient, ServeConfig};
 use secrecy::SecretString;
 use tempfile::TempDir;
@@ -78,6 +79,12 @@ impl Vault {
         Vault::serve(dir, database)
     }
 
+    /// A service on PostgreSQL, whichever backend the test runs on: for what only a database
+    /// shared by processes has.
+    pub fn on_postgres() -> Vault {
+        Vault::serve(tempfile::tempdir().unwrap(), Some(regent_testkit::postgres::shared().database()))
+    }
+
     fn serve(dir: TempDir, database: Option<regent_testkit::postgres::Database<'static>>) -> Vault {
         let server = BackgroundServer::start(Vault::config_for(dir.path(), database.as_ref())).unwrap();
         let admin = AdminClient::from_token_file(server.url(), server.admin_token_path(), None).unwrap();
@@ -128,6 +135,13 @@ impl Vault {
         regent_testkit::postgres::shared().psql(database.name(), sql)
     }
 
+    /// Another process on this vault's storage (PostgreSQL): its own service on the same database
+    /// and admin token, with its own admin client.
+    pub fn another_process(&self) -> Process {
+        assert!(self.database.is_some(), "only a vault on PostgreSQL is shared by processes");
+        Process::start(self.config())
+    }
+
     /// The position of the last record of the service's log.
     pub fn log_position(&self) -> u64 {
         match &self.database {
@@ -139,11 +153,8 @@ impl Vault {
     /// The records of the service's log after `position`, in order. On sled, stops the service to
     /// read its log, and starts it again.
     pub fn records_after(self, position: u64) -> (Vault, Vec<regent_store::Record>) {
-        if self.database.is_some() {
-            let lines = self.sql(&format!(
-                "SELECT convert_from(record, 'UTF8') FROM regent_vault.log WHERE position > {position} ORDER BY position"
-            ));
-            let records = lines.lines().map(|line| regent_store::decode_record(line.as_bytes()).unwrap()).collect();
+        if let Some(database) = &self.database {
+            let records = log_records(regent_testkit::postgres::shared(), database.name(), position);
             return (self, records);
         }
         let Vault { server, dir, database, .. } = self;
@@ -163,22 +174,74 @@ impl Vault {
     }
 
     pub fn download(&self, vault: &str, validity: Option<Duration>) -> VaultCredentials {
-        let file = self.admin.download_credentials(vault, validity).unwrap();
-        regent_credentials::parse(&file.file_name, file.xml.as_bytes()).unwrap()
+        download(&self.admin, vault, validity)
     }
+}
+
+/// Downloads credentials for `vault` through `admin`, parsed as the agent reads them.
+pub fn download(admin: &AdminClient, vault: &str, validity: Option<Duration>) -> VaultCredentials {
+    let file = admin.download_credentials(vault, validity).unwrap();
+    regent_credentials::parse(&file.file_name, file.xml.as_bytes()).unwrap()
+}
+
+/// A service process of its own on a storage another already serves (from [`Vault::config`]),
+/// with an admin client.
+pub struct Process {
+    pub server: BackgroundServer,
+    pub admin: AdminClient,
+}
+
+impl Process {
+    pub fn start(config: ServeConfig) -> Process {
+        let server = BackgroundServer::start(config).unwrap();
+        let admin = AdminClient::from_token_file(server.url(), server.admin_token_path(), None).unwrap();
+        Process { server, admin }
+    }
+
+    pub fn url(&self) -> String {
+        self.server.url().to_string()
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+}
+
+/// The records of the vault's log in `database` of `cluster` after `position`, in order.
+pub fn log_records(
+    cluster: &regent_testkit::postgres::Cluster,
+    database: &str,
+    position: u64,
+) -> Vec<regent_store::Record> {
+    let lines = cluster.psql(
+        database,
+        &format!(
+            "SELECT convert_from(record, 'UTF8') FROM regent_vault.log WHERE position > {position} ORDER BY position"
+        ),
+    );
+    lines.lines().map(|line| regent_store::decode_record(line.as_bytes()).unwrap()).collect()
 }
 
 /// A client that gives up quickly, so failure tests stay fast.
 pub fn quick_client(ca_file: Option<&Path>) -> HttpVaultClient {
-    HttpVaultClient::new(ClientOptions {
-        ca_file: ca_file.map(PathBuf::from),
+    HttpVaultClient::new(ClientOptions { ca_file: ca_file.map(PathBuf::from), ..quick_options() }).unwrap()
+}
+
+fn quick_options() -> ClientOptions {
+    ClientOptions {
+        ca_file: None,
         connect_timeout: Duration::from_secs(2),
         request_timeout: Duration::from_secs(5),
         total_timeout: Duration::from_secs(10),
         attempts: 3,
         backoff: Duration::from_millis(20),
-    })
-    .unwrap()
+    }
+}
+
+/// A client that never asks twice: each answer it returns is the service's own first answer (a
+/// 503 is not hidden by a retry).
+pub fn one_attempt_client() -> HttpVaultClient {
+    HttpVaultClient::new(ClientOptions { attempts: 1, ..quick_options() }).unwrap()
 }
 
 pub fn identity(credentials: &VaultCredentials) -> VaultIdentity {
@@ -258,6 +321,40 @@ pub fn signed_pin_check(
     }
 }
 
+/// A registration body signed by hand, as the agent's client signs one, for a raw request.
+pub fn signed_registration(
+    credentials: &VaultCredentials,
+    machine_name: &str,
+    timestamp: i64,
+    nonce: &str,
+    request_id: &str,
+) -> RegisterBody {
+    use base64::Engine as _;
+    let message = registration_message(
+        &credentials.identity.resource_name,
+        credentials.identity.resource_id,
+        machine_name,
+        &credentials.certificate.thumbprint,
+        timestamp,
+        nonce,
+        request_id,
+    );
+    RegisterBody {
+        request_id: request_id.into(),
+        machine_name: machine_name.into(),
+        resource_id: credentials.identity.resource_id,
+        thumbprint: credentials.certificate.thumbprint.clone(),
+        timestamp,
+        nonce: nonce.into(),
+        signature: base64::engine::general_purpose::STANDARD.encode(credentials.private_key.sign(&message).unwrap()),
+    }
+}
+
+/// POSTs `body` as JSON to `path`, raw.
+pub fn post_json(addr: SocketAddr, path: &str, body: &impl serde::Serialize) -> RawAnswer {
+    raw(addr, "POST", path, &[("Content-Type", "application/json")], &serde_json::to_vec(body).unwrap())
+}
+
 pub fn machine_id(answer: &VaultAnswer) -> String {
     match answer {
         VaultAnswer::Registered { machine_id, .. } => machine_id.clone(),
@@ -270,6 +367,73 @@ pub fn refusal(answer: &VaultAnswer) -> (regent_engine::Reason, String) {
         VaultAnswer::Refused { reason, detail } => (reason.clone(), detail.clone()),
         VaultAnswer::Registered { machine_id, .. } => panic!("expected a refusal, got machine {machine_id}"),
     }
+}
+
+/// An agent's log: a real store in a temp dir.
+pub struct AgentLog {
+    pub store: EventStore,
+    _dir: TempDir,
+}
+
+impl AgentLog {
+    pub fn new() -> AgentLog {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EventStore::open(dir.path().join("store"), &StoreOptions::default()).unwrap();
+        AgentLog { store, _dir: dir }
+    }
+
+    /// Appends `count` records in one batch, each with `padding` bytes of payload; `tag` makes two
+    /// logs grown alike differ.
+    pub fn grow_padded(&self, count: usize, tag: &str, padding: usize) -> Head {
+        let meta = BatchMeta {
+            recorded_at: chrono::Utc::now(),
+            actor: Actor { user: "test".into(), host: "test".into() },
+            correlation_id: uuid::Uuid::now_v7(),
+        };
+        let pad = "p".repeat(padding);
+        let events: Vec<NewEvent> = (0..count)
+            .map(|n| NewEvent::new("Tested", 1, &serde_json::json!({"tag": tag, "n": n, "pad": pad})).unwrap())
+            .collect();
+        self.store.append("test", ExpectedVersion::Any, &meta, &events).unwrap();
+        self.head()
+    }
+
+    pub fn grow(&self, count: usize, tag: &str) -> Head {
+        self.grow_padded(count, tag, 0)
+    }
+
+    pub fn head(&self) -> Head {
+        self.store.head()
+    }
+
+    /// Another log holding this one's records so far (an export imported), to grow apart.
+    pub fn copy(&self) -> AgentLog {
+        let mut export = Vec::new();
+        self.store.export(&mut export, "test").unwrap();
+        let copy = AgentLog::new();
+        copy.store.import(std::io::BufReader::new(export.as_slice())).unwrap();
+        copy
+    }
+
+    /// The head at `position`: the record there and its stored hash.
+    pub fn head_at(&self, position: u64) -> Head {
+        Head { position, hash: stored_hash(&self.lines(position, position)[0]) }
+    }
+
+    /// The stored lines of records `from..=to`, as a report carries them.
+    pub fn lines(&self, from: u64, to: u64) -> Vec<String> {
+        self.store
+            .raw_records(from)
+            .map(|r| r.unwrap())
+            .take_while(|(position, _)| *position <= to)
+            .map(|(_, bytes)| String::from_utf8(bytes.to_vec()).unwrap())
+            .collect()
+    }
+}
+
+/// The hash a stored line holds (not checked).
+pub fn stored_hash(line: &str) -> Digest32 {
+    regent_store::record::decode(line.as_bytes()).unwrap().hash
 }
 
 /// One raw HTTP/1.1 exchange, for requests no well-behaved client would send.
