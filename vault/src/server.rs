@@ -24,9 +24,9 @@ use tower::ServiceExt as _;
 use crate::error::VaultError;
 use crate::metrics::{self, Metrics};
 use crate::service::{self, App};
-use crate::storage::{Backend, Storage as _};
 use crate::storage::postgres::PgStorage;
 use crate::storage::sled::{Committer, SledStorage};
+use crate::storage::{Backend, Storage as _};
 use crate::token::AdminKey;
 
 /// How long open connections get to finish their requests at shutdown before they are cut.
@@ -196,6 +196,8 @@ pub async fn serve(config: ServeConfig) -> Result<RunningServer, VaultError> {
         }
         Some(url) => {
             use secrecy::ExposeSecret as _;
+            // The database first: a start it refuses leaves the data dir as it was (no new token).
+            let prepared = PgStorage::prepare(url.expose_secret()).await?;
             let data_dir = config.data_dir.clone();
             let (admin, token_path, token_created) = tokio::task::spawn_blocking(move || {
                 regent_secrets::create_private_dir(&data_dir)
@@ -204,7 +206,7 @@ pub async fn serve(config: ServeConfig) -> Result<RunningServer, VaultError> {
             })
             .await
             .map_err(|e| VaultError::Stopped(e.to_string()))??;
-            let storage = PgStorage::connect(url.expose_secret(), admin.digest(), appended).await?;
+            let storage = prepared.bind(admin.digest(), &token_path, appended).await?;
             tokio::spawn(PgStorage::prune_nonces(storage.pool().clone()));
             (Backend::Postgres(storage), admin, token_path, token_created, None)
         }
