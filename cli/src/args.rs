@@ -154,8 +154,12 @@ database, in the schema `regent_vault` (created and migrated at start), and seve
 serve it at once behind a load balancer; `--data-dir` then holds only `admin.token`, and every
 process must be given the same token file (the database keeps its SHA-256 and refuses another).
 A password in `--database-url` is refused, since the command line is visible to every user: put
-the URL in REGENT_VAULT_DATABASE_URL, or the password in PGPASSWORD or ~/.pgpass. The address is fixed (127.0.0.1:8443 by default) because every credentials file names
-the service's endpoint: a port that changed at each start would break the files already downloaded.";
+the URL in REGENT_VAULT_DATABASE_URL, or the password in PGPASSWORD or ~/.pgpass. A database it
+cannot use (unreachable, a refused login, another application's schema, a newer build's, another
+admin token) stops the start with one line and exit 3, before anything is written.
+
+The address is fixed (127.0.0.1:8443 by default) because every credentials file names the
+service's endpoint: a port that changed at each start would break the files already downloaded.";
 
 /// How the log on stderr is written (`vault serve --log-format`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]

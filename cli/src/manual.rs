@@ -141,7 +141,10 @@ fn exit_status_section(w: &mut dyn Write) -> std::io::Result<()> {
             "2",
             "usage: the command line cannot be done as asked (unknown flag, bad value, a missing secret); nothing is recorded",
         ),
-        ("3", "the store or the data directory cannot be used: locked, damaged, missing, not empty for import"),
+        (
+            "3",
+            "the store or the data directory cannot be used: locked, damaged, missing, not empty for import; vault serve: its database",
+        ),
         ("130", "stopped at a prompt (Esc, Ctrl-C); the steps done before are kept"),
     ] {
         writeln!(w, ".TP")?;
@@ -187,6 +190,7 @@ mod tests {
             "REGENT_VAULT_TLS_KEY",
             "REGENT_VAULT_PUBLIC_URL",
             "REGENT_VAULT_LOG_FORMAT",
+            "REGENT_VAULT_DATABASE_URL",
             "RUST_LOG",
             "NO_COLOR",
             "regent vault serve",

@@ -39,7 +39,7 @@ pub fn run(ctx: &Context, command: VaultCommand) -> Result<u8, Failure> {
                     outln!("admin token in {}", info.admin_token_path.display());
                 }
             })
-            .map_err(|e| Failure::store(e.to_string()))?;
+            .map_err(serve_failure)?;
             Ok(0)
         }
         VaultCommand::Create { name, admin } => {
@@ -133,8 +133,24 @@ fn log_head_cell(head: Option<&regent_vault::Anchor>) -> String {
     cell
 }
 
-/// A client of the service at `--server`, with the token `vault serve` wrote in its data dir
-/// unless `--token-file` names another: on the service's machine, no flag is needed.
+/// Why `vault serve` did not start: a database problem under a code of its own (docs/cli.md), so
+/// that a script tells a database still starting from a wrong password or a foreign schema.
+fn serve_failure(err: regent_vault::VaultError) -> Failure {
+    use regent_vault::{DatabaseProblem, VaultError};
+    let failure = Failure::store(err.to_string());
+    let VaultError::Database { problem, .. } = err else { return failure };
+    match problem {
+        DatabaseProblem::Url => failure.because("database_url_invalid"),
+        DatabaseProblem::Unreachable => failure.because("database_unreachable"),
+        DatabaseProblem::LoginRefused => failure.because("database_login_refused"),
+        DatabaseProblem::PermissionDenied => failure.because("database_permission_denied"),
+        DatabaseProblem::ForeignSchema => failure.because("database_schema_foreign"),
+        DatabaseProblem::NewerSchema => failure.because("database_schema_newer"),
+        DatabaseProblem::OtherToken => failure.because("database_token_mismatch"),
+        _ => failure.because("database_unavailable"),
+    }
+}
+
 /// The database URL of `vault serve`. One given in argv (not from REGENT_VAULT_DATABASE_URL) must
 /// not hold a password: every user on the machine can read another process's command line.
 fn database_url_from_args(url: String) -> Result<String, Failure> {
@@ -157,6 +173,8 @@ fn url_has_password(url: &str) -> bool {
     authority.rsplit_once('@').is_some_and(|(userinfo, _)| userinfo.contains(':')) || url.contains("password=")
 }
 
+/// A client of the service at `--server`, with the token `vault serve` wrote in its data dir
+/// unless `--token-file` names another: on the service's machine, no flag is needed.
 fn admin_client(ctx: &Context, args: &AdminArgs) -> Result<AdminClient, Failure> {
     let token_file = args.token_file.clone().unwrap_or_else(|| ctx.data_dir.join("admin.token"));
     AdminClient::from_token_file(&args.server, &token_file, args.ca_file.as_deref()).map_err(|e| {

@@ -51,6 +51,7 @@ fn regent(data_dir: &Path) -> Command {
         "REGENT_VAULT_TLS_KEY",
         "REGENT_VAULT_PUBLIC_URL",
         "REGENT_VAULT_LOG_FORMAT",
+        "REGENT_VAULT_DATABASE_URL",
     ] {
         cmd.env_remove(var);
     }

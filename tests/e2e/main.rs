@@ -22,4 +22,5 @@ mod snapshots;
 mod steps;
 mod support;
 mod vault_kill;
+mod vault_database;
 mod wizard_pty;

@@ -8,12 +8,13 @@ use std::process::{Child, Stdio};
 
 use crate::support::Setup;
 
-const VARIABLES: [&str; 5] = [
+pub(crate) const VARIABLES: [&str; 6] = [
     "REGENT_VAULT_LISTEN",
     "REGENT_VAULT_TLS_CERT",
     "REGENT_VAULT_TLS_KEY",
     "REGENT_VAULT_PUBLIC_URL",
     "REGENT_VAULT_LOG_FORMAT",
+    "REGENT_VAULT_DATABASE_URL",
 ];
 
 /// `regent vault serve` in a child process, with no `REGENT_VAULT_*` from the caller's environment.
@@ -28,7 +29,7 @@ fn serve(setup: &Setup, env: &[(&str, &str)], args: &[&str]) -> std::process::Co
 }
 
 /// Starts the service and returns it with the URL it printed.
-fn started(mut cmd: std::process::Command) -> (Child, String) {
+pub(crate) fn started(mut cmd: std::process::Command) -> (Child, String) {
     let mut child = cmd.spawn().unwrap();
     let mut line = String::new();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
@@ -51,7 +52,7 @@ fn sigterm(child: &Child) {
 }
 
 /// Stops the service with SIGTERM; it exits 0. Returns what it wrote.
-fn stop(child: Child) -> std::process::Output {
+pub(crate) fn stop(child: Child) -> std::process::Output {
     sigterm(&child);
     let output = child.wait_with_output().unwrap();
     assert_eq!(output.status.code(), Some(0), "stopped by SIGTERM: {}", String::from_utf8_lossy(&output.stderr));
@@ -136,6 +137,7 @@ fn man_dir_writes_a_page_per_command_and_the_service_s_names_its_variables() {
     }
     let serve = std::fs::read_to_string(dir.join("regent-vault-serve.1")).unwrap();
     assert!(serve.contains("REGENT_VAULT_LISTEN") && serve.contains("127.0.0.1:8443"), "{serve}");
+    assert!(serve.contains("REGENT_VAULT_DATABASE_URL"), "{serve}");
 
     let missing = setup.regent("agent").arg("man").arg("--dir").arg(setup.path("nowhere")).output().unwrap();
     assert_eq!(missing.status.code(), Some(1), "{}", String::from_utf8_lossy(&missing.stderr));

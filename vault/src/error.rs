@@ -39,15 +39,39 @@ pub enum VaultError {
     #[error("cannot set up the service's metrics: {0}")]
     Metrics(String),
 
-    /// The database (PostgreSQL) cannot be used: the text names why and what to do, never the URL.
+    /// The database (PostgreSQL) cannot be used: the text names why and what to do, never the URL
+    /// or a password.
     #[error("{detail}")]
-    Database { detail: String },
+    Database { problem: DatabaseProblem, detail: String },
 
     #[error("cannot start the service's runtime: {0}")]
     Runtime(std::io::Error),
 
     #[error("the vault service stopped unexpectedly: {0}")]
     Stopped(String),
+}
+
+/// What kept the service from using its database, for a caller that acts on it (the CLI gives
+/// each its own reason code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DatabaseProblem {
+    /// The URL cannot be read, or is not a `postgres://` one.
+    Url,
+    /// Nothing answers at its host and port, or not in time, or TLS with it failed.
+    Unreachable,
+    /// The server refused the login: a wrong user or password, no `pg_hba.conf` entry, no `CONNECT`.
+    LoginRefused,
+    /// The role may connect but not create the schema or its tables.
+    PermissionDenied,
+    /// The schema `regent_vault` holds what regent did not write.
+    ForeignSchema,
+    /// The schema was migrated by a newer build.
+    NewerSchema,
+    /// The database serves another admin token than this process was given.
+    OtherToken,
+    /// Anything else the database said.
+    Unavailable,
 }
 
 /// Why a client (the agent's or the admin's) could not be set up.

@@ -36,7 +36,7 @@ mod token;
 
 pub use admin::AdminClient;
 pub use client::{ClientOptions, HttpVaultClient};
-pub use error::{AdminError, ClientError, VaultError};
+pub use error::{AdminError, ClientError, DatabaseProblem, VaultError};
 /// The engine's anchoring port types, which this crate's client implements ([`HeadKeeper`]).
 pub use regent_engine::anchoring::{AnchorError, HeadKeeper, HeadSigner};
 pub use regent_protocol as protocol;

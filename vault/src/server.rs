@@ -201,6 +201,8 @@ pub async fn serve(config: ServeConfig) -> Result<RunningServer, VaultError> {
         }
         Some(url) => {
             use secrecy::ExposeSecret as _;
+            // The database first: a start it refuses leaves the data dir as it was (no new token).
+            let prepared = PgStorage::prepare(url.expose_secret()).await?;
             let data_dir = config.data_dir.clone();
             let (admin, token_path, token_created) = tokio::task::spawn_blocking(move || {
                 regent_secrets::create_private_dir(&data_dir)
@@ -209,8 +211,7 @@ pub async fn serve(config: ServeConfig) -> Result<RunningServer, VaultError> {
             })
             .await
             .map_err(|e| VaultError::Stopped(e.to_string()))??;
-            let storage =
-                PgStorage::connect(url.expose_secret(), admin.digest(), appended, config.group_commit).await?;
+            let storage = prepared.bind(admin.digest(), &token_path, appended, config.group_commit).await?;
             tokio::spawn(PgStorage::prune_nonces(storage.pool().clone(), config.prune_every));
             tokio::spawn(PgStorage::report_pool(storage.pool().clone(), metrics.pool_gauges()?));
             (Backend::Postgres(storage), admin, token_path, token_created, None)

@@ -8,14 +8,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use chrono::Utc;
 use common::*;
 use regent_engine::Reason;
 use regent_engine::model::{PinAnswer, VaultAnswer};
 use regent_engine::ports::{PinCheck, VaultClient};
 use regent_store::{EventStore, StoreOptions};
-use regent_vault::protocol::RegisterBody;
+use regent_vault::protocol::{HeadReport, RegisterBody, log_head_message, registration_message};
 use regent_vault::{AdminClient, AdminError, BackgroundServer, ServeConfig, VaultError};
 use secrecy::SecretString;
 
@@ -398,31 +398,121 @@ fn a_second_service_on_the_same_directory_is_refused() {
     assert!(started.elapsed() < Duration::from_secs(30));
 }
 
-#[test]
+both!(secrets_never_reach_the_log);
+/// The whole flow (a vault, a download, a registration, a PIN checked wrong and right, a head
+/// reported), then everything the storage holds is searched for each secret in every form it could
+/// take there: the admin token, both PINs (and a plain SHA-256 of each, which 10^8 guesses undo),
+/// the credentials' private key and PKCS#12, and every signature sent.
 fn secrets_never_reach_the_log() {
+    use sha2::Digest as _;
     let vault = Vault::start();
     let token = vault.token();
     vault.admin.create_vault("lambda").unwrap();
     let file = vault.admin.download_credentials("lambda", None).unwrap();
     let credentials = regent_credentials::parse(&file.file_name, file.xml.as_bytes()).unwrap();
-    let pin = vault.admin.issue_pin("lambda").unwrap().pin;
-    let Vault { server, dir, .. } = vault;
-    server.shutdown().unwrap();
+    let mut signatures = Vec::new();
 
-    let store = EventStore::open(dir.path().join("log"), &StoreOptions::default()).unwrap();
-    let mut log = String::new();
-    for record in store.raw_records(0) {
-        log.push_str(&String::from_utf8_lossy(&record.unwrap().1));
-        log.push('\n');
+    // Every request signed here, not by the client: its signatures are known.
+    let registration = signed_body(&credentials, Utc::now().timestamp(), "nonce-secrets-register-01", "secrets-1");
+    signatures.push(registration.signature.clone());
+    let registered = post_json(&vault, "/v1/vaults/lambda/registrations", &registration);
+    assert_eq!(registered.status, 200, "{}", registered.body);
+    let machine = registered.json()["machine_id"].as_str().unwrap().to_string();
+
+    let pin = vault.admin.issue_pin("lambda").unwrap().pin;
+    // Another 8 digits: each digit moved on by one.
+    let wrong: String = pin.chars().map(|c| char::from(b'0' + (c as u8 - b'0' + 1) % 10)).collect();
+    let checks = "/v1/vaults/lambda/pin-checks";
+    let check = signed_pin_check(&credentials, &credentials, &machine, &wrong, "check-wrong", "nonce-secrets-check-01");
+    signatures.push(check.signature.clone());
+    assert_eq!(post_json(&vault, checks, &check).error_code(), "security_pin_invalid");
+    let check = signed_pin_check(&credentials, &credentials, &machine, &pin, "check-right", "nonce-secrets-check-02");
+    signatures.push(check.signature.clone());
+    let valid = post_json(&vault, checks, &check);
+    assert_eq!(valid.status, 200, "{}", valid.body);
+
+    let thumbprint = credentials.certificate.thumbprint.clone();
+    let (timestamp, nonce, hash) = (Utc::now().timestamp(), "nonce-secrets-head-01", "ab".repeat(32));
+    let records: [&str; 0] = [];
+    let message = log_head_message("lambda", &machine, &thumbprint, 7, &hash, &records, timestamp, nonce);
+    let report = HeadReport {
+        thumbprint: thumbprint.clone(),
+        position: 7,
+        hash: hash.clone(),
+        records: Vec::new(),
+        timestamp,
+        nonce: nonce.into(),
+        signature: STANDARD.encode(credentials.private_key.sign(&message).unwrap()),
+    };
+    signatures.push(report.signature.clone());
+    let anchored = post_json(&vault, &format!("/v1/vaults/lambda/machines/{machine}/log-head"), &report);
+    assert_eq!(anchored.status, 200, "{}", anchored.body);
+
+    let (vault, stored, tables) = vault.stored();
+    let text = String::from_utf8_lossy(&stored).into_owned();
+    // What the storage must hold, so that the search below searches the right thing.
+    for kind in ["CredentialsIssued", "MachineRegistered", "PinIssued", "PinCheckFailed", "PinUsed", "LogHeadAnchored"]
+    {
+        assert!(text.contains(kind), "{kind} is stored");
     }
-    assert!(log.contains("PinIssued") && log.contains("CredentialsIssued"));
-    assert!(!log.contains(&token), "the admin token is not in the log");
-    assert!(!log.contains(&format!("\"{pin}\"")) && !log.contains(&format!(":{pin}")), "the PIN is not in the log");
-    let key = STANDARD.encode(credentials.private_key.pkcs8_der());
-    assert!(!log.contains(&key[..40]), "the private key is not in the log");
-    let xml_cert = file.xml.split("<ManagementCert>").nth(1).unwrap_or_default();
-    assert!(!log.contains(&xml_cert[..60]), "the PKCS#12 is not in the log");
-    assert!(store.verify(None).unwrap().failure.is_none());
+    assert!(text.contains(&machine) && text.contains(&thumbprint) && text.contains(&hash));
+    if vault.database.is_some() {
+        for table in ["log", "service", "vaults", "certificates", "machines", "registrations", "pin_checks", "nonces"] {
+            assert!(tables.iter().any(|t| t == table), "{table} in {tables:?}");
+        }
+        // A BYTEA is searched as hex: the token's SHA-256 (which the database keeps) is found so.
+        let digest = hex::encode(sha2::Sha256::digest(token.as_bytes()));
+        assert!(text.contains(&format!("\\\\x{digest}")), "the service row holds the token's SHA-256");
+    }
+
+    let mut secrets: Vec<(String, Vec<u8>)> = Vec::new();
+    // A secret as bytes, and as text in the encodings a column or a record could hold it in.
+    fn add(secrets: &mut Vec<(String, Vec<u8>)>, name: &str, secret: &[u8]) {
+        secrets.push((name.to_string(), secret.to_vec()));
+        secrets.push((format!("{name} in hex"), hex::encode(secret).into_bytes()));
+        secrets.push((format!("{name} in base64"), STANDARD.encode(secret).into_bytes()));
+        secrets.push((format!("{name} in base64url"), URL_SAFE_NO_PAD.encode(secret).into_bytes()));
+    }
+    add(&mut secrets, "the admin token", token.as_bytes());
+    add(&mut secrets, "the admin token's bytes", &URL_SAFE_NO_PAD.decode(&token).unwrap());
+    for (name, pin) in [("the PIN", &pin), ("the wrong PIN", &wrong)] {
+        add(&mut secrets, &format!("{name}'s SHA-256"), &sha2::Sha256::digest(pin.as_bytes()));
+        // Not the digits alone: 8 of them in a row occur by chance (the digits themselves below).
+        secrets.push((format!("{name} in hex"), hex::encode(pin).into_bytes()));
+        secrets.push((format!("{name} in base64"), STANDARD.encode(pin).into_bytes()));
+    }
+    let der = credentials.private_key.pkcs8_der().to_vec();
+    add(&mut secrets, "the private key (PKCS#8)", &der);
+    let pem = STANDARD.encode(&der);
+    for (n, line) in pem.as_bytes().chunks(64).enumerate().filter(|(_, line)| line.len() >= 16) {
+        secrets.push((format!("PEM line {}", n + 1), line.to_vec()));
+    }
+    // ECPrivateKey (RFC 5915) in the PKCS#8: version 1 (02 01 01), then the scalar (04 20 ...).
+    let at = der.windows(5).position(|w| w == [0x02, 0x01, 0x01, 0x04, 0x20]).expect("a P-256 key's scalar");
+    add(&mut secrets, "the private scalar", &der[at + 5..at + 37]);
+    let start = file.xml.find("<ManagementCert>").unwrap() + "<ManagementCert>".len();
+    let bundle: String =
+        file.xml[start..].split("</ManagementCert>").next().unwrap().chars().filter(|c| !c.is_whitespace()).collect();
+    assert!(bundle.len() > 256, "the PKCS#12 is in the file");
+    let middle = bundle.len() / 2;
+    secrets.push(("the PKCS#12 text".into(), bundle.as_bytes()[middle..middle + 64].to_vec()));
+    let bundle = STANDARD.decode(&bundle).unwrap();
+    let middle = bundle.len() / 2;
+    add(&mut secrets, "the PKCS#12 bytes", &bundle[middle..middle + 32]);
+    for (n, signature) in signatures.iter().enumerate() {
+        secrets.push((format!("signature {n}"), signature.as_bytes().to_vec()));
+        add(&mut secrets, &format!("signature {n}'s bytes"), &STANDARD.decode(signature).unwrap());
+    }
+    for (name, form) in &secrets {
+        assert!(!stored.windows(form.len()).any(|w| w == form.as_slice()), "{name} is stored");
+    }
+    // The PINs as digits: only a run of exactly these 8 digits counts, not 8 inside a longer run.
+    let runs: Vec<&str> = text.split(|c: char| !c.is_ascii_digit()).filter(|run| !run.is_empty()).collect();
+    assert!(runs.len() > 10, "the stored text has numbers to search");
+    for pin in [&pin, &wrong] {
+        assert!(!runs.contains(&pin.as_str()), "a PIN is stored as its digits");
+    }
+    drop(vault);
 }
 
 #[test]

@@ -17,8 +17,8 @@
 //! skips an event that commits later with a lower position (a sequence would allow exactly that).
 
 use std::any::Any;
-use std::str::FromStr;
 use std::sync::Arc;
+use std::path::Path;
 use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Utc};
@@ -32,7 +32,7 @@ use uuid::Uuid;
 
 use super::{Decide, Storage, remembers_nonce};
 use crate::api::ApiError;
-use crate::error::VaultError;
+use crate::error::{DatabaseProblem, VaultError};
 use crate::events::{VaultEvent, stream_of};
 use crate::protocol::{AnchorRefusal, MachineInfo, Registered, VaultInfo};
 use crate::rules::{
@@ -121,7 +121,7 @@ fn unavailable(error: &sqlx::Error) -> ApiError {
 
 /// One line for a database error, without the URL or any password.
 pub(crate) fn describe(error: &sqlx::Error) -> String {
-    match error {
+    let text = match error {
         sqlx::Error::Database(db) => match db.code() {
             Some(code) => format!("{} (SQLSTATE {code})", db.message()),
             None => db.message().to_string(),
@@ -130,8 +130,21 @@ pub(crate) fn describe(error: &sqlx::Error) -> String {
         sqlx::Error::PoolTimedOut => "no connection to it within 2 seconds".to_string(),
         sqlx::Error::PoolClosed => "the connection pool is closed".to_string(),
         sqlx::Error::Tls(e) => format!("TLS: {e}"),
-        sqlx::Error::Configuration(e) => format!("the URL: {e}"),
+        sqlx::Error::Configuration(e) => format!("its settings: {e}"),
         other => other.to_string(),
+    };
+    one_line(&text)
+}
+
+/// Runs of whitespace (a server's message may hold line breaks) as one space.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn sqlstate(error: &sqlx::Error) -> Option<String> {
+    match error {
+        sqlx::Error::Database(db) => db.code().map(|code| code.into_owned()),
+        _ => None,
     }
 }
 
@@ -139,38 +152,37 @@ fn internal(detail: impl std::fmt::Display) -> Failed {
     Failed::Answer(ApiError::internal(format!("the database holds what this build cannot read: {detail}")))
 }
 
+/// A database the vault's schema is ready in (created if it was missing, migrated), on the one
+/// connection start-up used, not yet bound to an admin token.
+pub(crate) struct Prepared {
+    conn: PgConnection,
+    options: PgConnectOptions,
+    place: String,
+}
+
 impl PgStorage {
-    /// Connects, creates the schema if it is missing (and allowed), applies the migrations, and
-    /// binds the database to this admin token. Each failure is one line naming what to do.
-    pub(crate) async fn connect(
-        url: &str,
-        admin_token_sha256: [u8; 32],
-        appended: IntCounter,
-        group_commit: bool,
-    ) -> Result<PgStorage, VaultError> {
-        let bad = |detail: String| VaultError::Database { detail };
-        let options = PgConnectOptions::from_str(url)
-            .map_err(|e| {
-                bad(format!("the database URL is malformed ({}); it reads postgres://USER@HOST:PORT/DB", describe(&e)))
-            })?
-            .options([("search_path", SCHEMA)]);
-        let pool = PgPoolOptions::new()
-            .max_connections(32)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options)
-            .await
-            .map_err(|e| bad(format!("cannot connect to the database: {}", describe(&e))))?;
-        prepare_schema(&pool).await?;
-        bind_token(&pool, admin_token_sha256).await?;
-        let jobs = group_commit.then(|| {
-            let (sender, receiver) = mpsc::unbounded_channel();
-            let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
-            for _ in 0..COMMITTERS {
-                tokio::spawn(commit_batches(pool.clone(), appended.clone(), receiver.clone()));
+    /// Reads the URL, connects, creates the schema if it is missing (and allowed) and migrates it.
+    /// One connection of its own, not the pool's: the pool retries a refused connection until its
+    /// timeout and then says only that it timed out. Each failure is one line naming what to do.
+    pub(crate) async fn prepare(url: &str) -> Result<Prepared, VaultError> {
+        let options = connect_options(url)?;
+        let place = place(&options);
+        let mut conn = match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options)).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return Err(connect_failure(&place, &e)),
+            Err(_) => {
+                return Err(VaultError::Database {
+                    problem: DatabaseProblem::Unreachable,
+                    detail: format!(
+                        "cannot connect to the database at {place}: no answer within {} seconds; check the host and \
+                         port in the URL, and that this machine may reach them",
+                        CONNECT_TIMEOUT.as_secs()
+                    ),
+                });
             }
-            sender
-        });
-        Ok(PgStorage { pool, appended, jobs })
+        };
+        prepare_schema(&mut conn, options.get_username(), &place).await?;
+        Ok(Prepared { conn, options, place })
     }
 
     /// Forgets nonces older than the clock-skew window needs, now and then, for as long as the
@@ -386,78 +398,300 @@ async fn batch(
         .collect())
 }
 
-async fn schema_exists(pool: &PgPool) -> Result<bool, VaultError> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
-        .bind(SCHEMA)
-        .fetch_one(pool)
-        .await
-        .map_err(|e| VaultError::Database { detail: format!("cannot read the database: {}", describe(&e)) })
+/// How long the first connection at start may take: a host that drops packets fails the start in
+/// this time rather than hang it.
+const CONNECT_TIMEOUT: StdDuration = StdDuration::from_secs(10);
+
+/// The query parameters sqlx reads from a URL. It ignores any other with a warning that prints its
+/// value, and a misspelt `sslmode` would silently mean the default: another is refused.
+const URL_PARAMETERS: [&str; 18] = [
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+];
+
+/// A database URL's settings, read before anything is touched. An error names what is wrong and
+/// never echoes the URL, which may hold the password.
+fn connect_options(url: &str) -> Result<PgConnectOptions, VaultError> {
+    use sqlx::ConnectOptions as _;
+    let bad = |what: &str| VaultError::Database {
+        problem: DatabaseProblem::Url,
+        detail: format!("the database URL {what}; write it as postgres://USER@HOST:PORT/DATABASE"),
+    };
+    let scheme = |scheme: &str| url.get(..scheme.len()).is_some_and(|start| start.eq_ignore_ascii_case(scheme));
+    if !scheme("postgres://") && !scheme("postgresql://") {
+        return Err(bad("does not start with postgres:// (the vault runs on PostgreSQL only)"));
+    }
+    let parsed = url::Url::parse(url).map_err(|e| bad(&format!("cannot be read ({e})")))?;
+    // The key is not named: a URL pasted wrong could have the password there.
+    if parsed.query_pairs().any(|(key, _)| !URL_PARAMETERS.contains(&key.as_ref()) && !key.starts_with("options[")) {
+        return Err(bad(
+            "has a query parameter the vault does not know (it knows sslmode, sslrootcert, sslcert, sslkey, host, \
+             hostaddr, port, dbname, user, application_name, options)",
+        ));
+    }
+    let options = PgConnectOptions::from_url(&parsed).map_err(|e| match e {
+        sqlx::Error::Configuration(e) => bad(&format!("cannot be used ({})", one_line(&e.to_string()))),
+        other => bad(&format!("cannot be used ({})", describe(&other))),
+    })?;
+    Ok(options.options([("search_path", SCHEMA)]))
 }
 
-async fn prepare_schema(pool: &PgPool) -> Result<(), VaultError> {
-    let bad = |detail: String| VaultError::Database { detail };
-    if !schema_exists(pool).await? {
-        let created = sqlx::query(&format!("CREATE SCHEMA {SCHEMA}")).execute(pool).await;
-        // Another process starting at the same moment may have created it in between (SQLSTATE
-        // 42P06, or 23505 on the catalog when both create at once): then it is there, and the
-        // migration below runs under sqlx's lock.
-        if let Err(e) = created
-            && !schema_exists(pool).await?
-        {
-            return Err(bad(format!(
-                "the database has no schema {SCHEMA} and cannot create it ({}); create it once as its owner \
-                 (CREATE SCHEMA {SCHEMA} AUTHORIZATION <this role>) or connect as a role that may",
-                describe(&e)
-            )));
+/// Where the settings point, for messages: the host and port (or the socket) and the database.
+fn place(options: &PgConnectOptions) -> String {
+    let server = match options.get_socket() {
+        Some(socket) => socket.display().to_string(),
+        None => format!("{}:{}", options.get_host(), options.get_port()),
+    };
+    match options.get_database() {
+        Some(database) => format!("{server}/{database}"),
+        None => server,
+    }
+}
+
+fn connect_failure(place: &str, error: &sqlx::Error) -> VaultError {
+    let code = sqlstate(error);
+    let (problem, detail) = match error {
+        sqlx::Error::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => (
+            DatabaseProblem::Unreachable,
+            format!(
+                "cannot connect to the database at {place}: nothing listens there (connection refused); start \
+                 PostgreSQL, or correct the host and port in the URL"
+            ),
+        ),
+        sqlx::Error::Io(e) => (
+            DatabaseProblem::Unreachable,
+            format!(
+                "cannot connect to the database at {place}: {}; check the host and port in the URL, and the network",
+                one_line(&e.to_string())
+            ),
+        ),
+        sqlx::Error::Tls(e) => (
+            DatabaseProblem::Unreachable,
+            format!(
+                "cannot connect to the database at {place}: TLS failed ({}); check the URL's sslmode and sslrootcert",
+                one_line(&e.to_string())
+            ),
+        ),
+        // 28000, 28P01: the login itself; 42501: no CONNECT on the database.
+        sqlx::Error::Database(_) if code.as_deref().is_some_and(|c| c.starts_with("28") || c == "42501") => (
+            DatabaseProblem::LoginRefused,
+            format!(
+                "the database at {place} refused the login: {}; check the user and the password (in \
+                 REGENT_VAULT_DATABASE_URL, PGPASSWORD or ~/.pgpass) and the server's pg_hba.conf",
+                describe(error)
+            ),
+        ),
+        sqlx::Error::Database(_) if code.as_deref() == Some("3D000") => (
+            DatabaseProblem::Unavailable,
+            format!(
+                "the database at {place} does not exist ({}); create it, or correct its name in the URL",
+                describe(error)
+            ),
+        ),
+        _ => (DatabaseProblem::Unavailable, format!("cannot connect to the database at {place}: {}", describe(error))),
+    };
+    VaultError::Database { problem, detail }
+}
+
+async fn schema_exists(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+        .bind(SCHEMA)
+        .fetch_one(conn)
+        .await
+}
+
+async fn prepare_schema(conn: &mut PgConnection, user: &str, place: &str) -> Result<(), VaultError> {
+    let database = |problem: DatabaseProblem, detail: String| VaultError::Database { problem, detail };
+    let unreadable = |e: sqlx::Error| {
+        database(DatabaseProblem::Unavailable, format!("cannot read the database at {place}: {}", describe(&e)))
+    };
+    if !schema_exists(conn).await.map_err(unreadable)? {
+        if let Err(e) = sqlx::query(&format!("CREATE SCHEMA {SCHEMA}")).execute(&mut *conn).await {
+            // Another process starting at the same moment created it: so much the better.
+            let raced = matches!(sqlstate(&e).as_deref(), Some("42P06" | "23505"))
+                && schema_exists(conn).await.unwrap_or(false);
+            if !raced {
+                return Err(if sqlstate(&e).as_deref() == Some("42501") {
+                    database(
+                        DatabaseProblem::PermissionDenied,
+                        format!(
+                            "the role {user} may not create the schema {SCHEMA} in the database at {place}; as the \
+                             database's owner, run once: CREATE SCHEMA {SCHEMA} AUTHORIZATION \"{user}\""
+                        ),
+                    )
+                } else {
+                    database(
+                        DatabaseProblem::Unavailable,
+                        format!("cannot create the schema {SCHEMA} in the database at {place}: {}", describe(&e)),
+                    )
+                });
+            }
         }
     } else {
         // Tables in the schema but no migration record: another application's, not ours.
-        let foreign: Option<String> = sqlx::query_scalar(
-            "SELECT string_agg(tablename, ', ' ORDER BY tablename) FROM pg_tables WHERE schemaname = $1 \
-             AND NOT EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = '_sqlx_migrations')",
-        )
-        .bind(SCHEMA)
-        .fetch_one(pool)
-        .await
-        .map_err(|e| bad(format!("cannot read the database: {}", describe(&e))))?;
-        if let Some(tables) = foreign {
-            return Err(bad(format!(
-                "the database's schema {SCHEMA} holds tables regent did not create ({tables}); use another database"
-            )));
+        let tables: Vec<String> =
+            sqlx::query_scalar("SELECT tablename::text FROM pg_tables WHERE schemaname = $1 ORDER BY tablename")
+                .bind(SCHEMA)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(unreadable)?;
+        if !tables.is_empty() && !tables.iter().any(|table| table == "_sqlx_migrations") {
+            let mut named = tables.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+            if tables.len() > 5 {
+                named.push_str(&format!(" and {} more", tables.len() - 5));
+            }
+            return Err(database(
+                DatabaseProblem::ForeignSchema,
+                format!(
+                    "the schema {SCHEMA} of the database at {place} holds tables regent did not create ({}); give \
+                     the vault a database of its own, or move those tables out of {SCHEMA}",
+                    one_line(&named)
+                ),
+            ));
         }
     }
-    migrator().run(pool).await.map_err(|e| match e {
-        sqlx::migrate::MigrateError::VersionMissing(version) => bad(format!(
-            "the database was migrated by a newer regent (schema version {version}, this build knows 1); run that \
-             build or a newer one"
+    let denied = |e: &sqlx::Error| {
+        (sqlstate(e).as_deref() == Some("42501")).then(|| {
+            database(
+                DatabaseProblem::PermissionDenied,
+                format!(
+                    "the role {user} may not create the vault's tables in the schema {SCHEMA} of the database at \
+                     {place}; as the schema's owner, run once: GRANT USAGE, CREATE ON SCHEMA {SCHEMA} TO \"{user}\""
+                ),
+            )
+        })
+    };
+    use sqlx::migrate::MigrateError;
+    match migrator().run(&mut *conn).await {
+        Ok(()) => Ok(()),
+        Err(MigrateError::VersionMissing(version)) => Err(if first_migration_is_ours(conn).await {
+            database(
+                DatabaseProblem::NewerSchema,
+                format!(
+                    "the database at {place} was migrated by a newer regent (its schema {SCHEMA} is at version \
+                     {version}, this build knows up to 1): run that build or a newer one, or give this one a \
+                     database of its own"
+                ),
+            )
+        } else {
+            database(
+                DatabaseProblem::ForeignSchema,
+                format!(
+                    "the schema {SCHEMA} of the database at {place} holds migrations regent did not write (version \
+                     {version}); give the vault a database of its own"
+                ),
+            )
+        }),
+        Err(MigrateError::VersionMismatch(version)) => Err(database(
+            DatabaseProblem::ForeignSchema,
+            format!(
+                "the schema {SCHEMA} of the database at {place} is at a version {version} another build wrote (it \
+                 differs from this build's); run the build that wrote it, or give this one a database of its own"
+            ),
         )),
-        sqlx::migrate::MigrateError::VersionMismatch(version) => bad(format!(
-            "the database's schema version {version} differs from this build's; it was written by another build"
+        Err(MigrateError::Dirty(version)) => Err(database(
+            DatabaseProblem::Unavailable,
+            format!(
+                "the schema {SCHEMA} of the database at {place} was left half-migrated to version {version}; restore \
+                 the database from a backup and start again"
+            ),
         )),
-        sqlx::migrate::MigrateError::Execute(e) => bad(format!("cannot create the vault's tables: {}", describe(&e))),
-        other => bad(format!("cannot migrate the database: {other}")),
-    })
+        Err(MigrateError::Execute(e) | MigrateError::ExecuteMigration(e, _)) => Err(denied(&e).unwrap_or_else(|| {
+            database(
+                DatabaseProblem::Unavailable,
+                format!("cannot create the vault's tables in the database at {place}: {}", describe(&e)),
+            )
+        })),
+        Err(other) => Err(database(
+            DatabaseProblem::Unavailable,
+            format!("cannot migrate the database at {place}: {}", one_line(&other.to_string())),
+        )),
+    }
+}
+
+/// Whether the schema's version 1 is this build's: then a version it does not know is a newer
+/// build's, not another application's.
+async fn first_migration_is_ours(conn: &mut PgConnection) -> bool {
+    let applied: Result<Option<Vec<u8>>, _> =
+        sqlx::query_scalar("SELECT checksum FROM _sqlx_migrations WHERE version = 1 AND success")
+            .fetch_optional(conn)
+            .await;
+    let ours = migrator();
+    matches!((applied, ours.migrations.first()), (Ok(Some(held)), Some(first)) if held == *first.checksum)
+}
+
+impl Prepared {
+    /// Binds the database to this admin token ([`bind_token`]) and opens the pool the requests use.
+    pub(crate) async fn bind(
+        mut self,
+        admin_token_sha256: [u8; 32],
+        token_path: &Path,
+        appended: IntCounter,
+        group_commit: bool,
+    ) -> Result<PgStorage, VaultError> {
+        bind_token(&mut self.conn, admin_token_sha256, &self.place, token_path).await?;
+        // The pool opens its own connections as requests come.
+        let _ = self.conn.close().await;
+        let pool =
+            PgPoolOptions::new().max_connections(32).acquire_timeout(ACQUIRE_TIMEOUT).connect_lazy_with(self.options);
+        let jobs = group_commit.then(|| {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
+            for _ in 0..COMMITTERS {
+                tokio::spawn(commit_batches(pool.clone(), appended.clone(), receiver.clone()));
+            }
+            sender
+        });
+        Ok(PgStorage { pool, appended, jobs })
+    }
 }
 
 /// The database serves one admin token: the first process records its digest, every later one must
 /// have the same token (the PIN key derives from it: PINs must verify in every process).
-async fn bind_token(pool: &PgPool, digest: [u8; 32]) -> Result<(), VaultError> {
-    let bad = |detail: String| VaultError::Database { detail };
+async fn bind_token(
+    conn: &mut PgConnection,
+    digest: [u8; 32],
+    place: &str,
+    token_path: &Path,
+) -> Result<(), VaultError> {
+    let failed = |what: &str, e: sqlx::Error| VaultError::Database {
+        problem: DatabaseProblem::Unavailable,
+        detail: format!("cannot {what} the database at {place}: {}", describe(&e)),
+    };
     sqlx::query("INSERT INTO service (admin_token_sha256) VALUES ($1) ON CONFLICT (only_row) DO NOTHING")
         .bind(&digest[..])
-        .execute(pool)
+        .execute(&mut *conn)
         .await
-        .map_err(|e| bad(format!("cannot write the database: {}", describe(&e))))?;
+        .map_err(|e| failed("write", e))?;
     let held: Vec<u8> = sqlx::query_scalar("SELECT admin_token_sha256 FROM service")
-        .fetch_one(pool)
+        .fetch_one(&mut *conn)
         .await
-        .map_err(|e| bad(format!("cannot read the database: {}", describe(&e))))?;
+        .map_err(|e| failed("read", e))?;
     if held != digest {
-        return Err(bad(
-            "the database serves another admin token: give every vault process the same admin.token file \
-             (--token-file) as the first one"
-                .to_string(),
-        ));
+        return Err(VaultError::Database {
+            problem: DatabaseProblem::OtherToken,
+            detail: format!(
+                "the database at {place} serves another admin token than {}: give every vault process a copy of \
+                 the admin.token of the first one (in its --data-dir), then start this one again",
+                token_path.display()
+            ),
+        });
     }
     Ok(())
 }

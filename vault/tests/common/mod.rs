@@ -167,6 +167,52 @@ impl Vault {
         (Vault::serve(dir, database), records)
     }
 
+    /// Everything the service's storage holds, as bytes to search, and the tables it holds it in
+    /// (none on sled). On PostgreSQL: every row of every table of the schema `regent_vault` as JSON
+    /// (`BYTEA` as `\x` hex), then each log record's stored bytes. On sled: each record's stored
+    /// bytes, then every file of the data dir but `admin.token`; the service is stopped to read them,
+    /// and started again.
+    pub fn stored(self) -> (Vault, Vec<u8>, Vec<String>) {
+        if self.database.is_some() {
+            let tables: Vec<String> = self
+                .sql("SELECT tablename FROM pg_tables WHERE schemaname = 'regent_vault' ORDER BY tablename")
+                .lines()
+                .map(String::from)
+                .collect();
+            let mut bytes = Vec::new();
+            for table in &tables {
+                let rows = self.sql(&format!("SELECT row_to_json(t)::text FROM regent_vault.\"{table}\" t"));
+                bytes.extend_from_slice(format!("-- {table}\n{rows}\n").as_bytes());
+            }
+            let records = self.sql("SELECT convert_from(record, 'UTF8') FROM regent_vault.log ORDER BY position");
+            bytes.extend_from_slice(records.as_bytes());
+            return (self, bytes, tables);
+        }
+        let Vault { server, dir, database, .. } = self;
+        server.shutdown().unwrap();
+        let mut bytes = Vec::new();
+        {
+            let store =
+                regent_store::EventStore::open(dir.path().join("log"), &regent_store::StoreOptions::default()).unwrap();
+            for record in store.raw_records(0) {
+                bytes.extend_from_slice(&record.unwrap().1);
+                bytes.push(b'\n');
+            }
+        }
+        let mut pending = vec![dir.path().to_path_buf()];
+        while let Some(at) = pending.pop() {
+            for entry in std::fs::read_dir(&at).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    pending.push(path);
+                } else if path.file_name().is_some_and(|name| name != regent_vault::ADMIN_TOKEN_FILE) {
+                    bytes.extend(std::fs::read(&path).unwrap());
+                }
+            }
+        }
+        (Vault::serve(dir, database), bytes, Vec::new())
+    }
+
     /// The kinds of the records of the service's log after `position`, in order.
     pub fn kinds_after(self, position: u64) -> (Vault, Vec<String>) {
         let (vault, records) = self.records_after(position);
