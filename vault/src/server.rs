@@ -24,9 +24,9 @@ use tower::ServiceExt as _;
 use crate::error::VaultError;
 use crate::metrics::{self, Metrics};
 use crate::service::{self, App};
-use crate::storage::{Backend, Storage as _};
 use crate::storage::postgres::PgStorage;
 use crate::storage::sled::{Committer, SledStorage};
+use crate::storage::{Backend, Storage as _};
 use crate::token::AdminKey;
 
 /// How long open connections get to finish their requests at shutdown before they are cut.
@@ -67,7 +67,12 @@ pub struct ServeConfig {
     /// process given the same URL and admin token; the data directory then holds only the token.
     /// Unset: sled under the data directory.
     pub database_url: Option<secrecy::SecretString>,
+    /// Who an export of the log (`GET /v1/log`) names as its `writer`: the binary gives its build.
+    pub writer: String,
 }
+
+/// The `writer` of an export when the embedder names none.
+const DEFAULT_WRITER: &str = concat!("regent-vault ", env!("CARGO_PKG_VERSION"));
 
 impl ServeConfig {
     pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> ServeConfig {
@@ -78,7 +83,14 @@ impl ServeConfig {
             public_url: None,
             group_commit: true,
             database_url: None,
+            writer: DEFAULT_WRITER.to_string(),
         }
+    }
+
+    /// Names the build that serves, as an export's header says it (`regent 0.1.0 (...)`).
+    pub fn with_writer(mut self, writer: impl Into<String>) -> ServeConfig {
+        self.writer = writer.into();
+        self
     }
 
     pub fn with_tls(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> ServeConfig {
@@ -209,7 +221,7 @@ pub async fn serve(config: ServeConfig) -> Result<RunningServer, VaultError> {
             (Backend::Postgres(storage), admin, token_path, token_created, None)
         }
     };
-    let app = Arc::new(App::new(storage, admin, config.public_url.clone(), with_tls));
+    let app = Arc::new(App::new(storage, admin, config.public_url.clone(), with_tls, config.writer.clone()));
     let weak_app = Arc::downgrade(&app);
     app.set_bound(local_addr);
     let shown = crate::service::reachable(local_addr);

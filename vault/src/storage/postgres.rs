@@ -53,7 +53,7 @@ const ACQUIRE_TIMEOUT: StdDuration = StdDuration::from_secs(2);
 /// The schema, embedded: applied at start under sqlx's advisory lock, so processes starting
 /// together do not race; a database migrated by a newer build (a version this build does not
 /// have) is refused.
-fn migrator() -> Migrator {
+pub(crate) fn migrator() -> Migrator {
     let migrations = vec![Migration::new(
         1,
         "log and projections".into(),
@@ -70,7 +70,7 @@ pub(crate) struct PgStorage {
 }
 
 /// Why a transaction did not go through.
-enum Failed {
+pub(crate) enum Failed {
     /// The database rolled it back for a conflict: try again.
     Conflict,
     /// Answer this.
@@ -92,7 +92,7 @@ fn is_conflict(error: &sqlx::Error) -> bool {
 }
 
 /// A database failure as the agent sees it: 503, retry.
-fn unavailable(error: &sqlx::Error) -> ApiError {
+pub(crate) fn unavailable(error: &sqlx::Error) -> ApiError {
     ApiError::unavailable(format!("the database: {}", describe(error)))
 }
 
@@ -112,7 +112,7 @@ pub(crate) fn describe(error: &sqlx::Error) -> String {
     }
 }
 
-fn internal(detail: impl std::fmt::Display) -> Failed {
+pub(crate) fn internal(detail: impl std::fmt::Display) -> Failed {
     Failed::Answer(ApiError::internal(format!("the database holds what this build cannot read: {detail}")))
 }
 
@@ -124,18 +124,7 @@ impl PgStorage {
         admin_token_sha256: [u8; 32],
         appended: IntCounter,
     ) -> Result<PgStorage, VaultError> {
-        let bad = |detail: String| VaultError::Database { detail };
-        let options = PgConnectOptions::from_str(url)
-            .map_err(|e| {
-                bad(format!("the database URL is malformed ({}); it reads postgres://USER@HOST:PORT/DB", describe(&e)))
-            })?
-            .options([("search_path", SCHEMA)]);
-        let pool = PgPoolOptions::new()
-            .max_connections(32)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options)
-            .await
-            .map_err(|e| bad(format!("cannot connect to the database: {}", describe(&e))))?;
+        let pool = open_pool(url, 32).await?;
         prepare_schema(&pool).await?;
         bind_token(&pool, admin_token_sha256).await?;
         Ok(PgStorage { pool, appended })
@@ -197,7 +186,23 @@ impl PgStorage {
     }
 }
 
-async fn prepare_schema(pool: &PgPool) -> Result<(), VaultError> {
+/// A pool of up to `connections` connections to `url`, in the vault's schema.
+pub(crate) async fn open_pool(url: &str, connections: u32) -> Result<PgPool, VaultError> {
+    let bad = |detail: String| VaultError::Database { detail };
+    let options = PgConnectOptions::from_str(url)
+        .map_err(|e| {
+            bad(format!("the database URL is malformed ({}); it reads postgres://USER@HOST:PORT/DB", describe(&e)))
+        })?
+        .options([("search_path", SCHEMA)]);
+    PgPoolOptions::new()
+        .max_connections(connections)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_with(options)
+        .await
+        .map_err(|e| bad(format!("cannot connect to the database: {}", describe(&e))))
+}
+
+pub(crate) async fn prepare_schema(pool: &PgPool) -> Result<(), VaultError> {
     let bad = |detail: String| VaultError::Database { detail };
     let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
         .bind(SCHEMA)
@@ -243,7 +248,7 @@ async fn prepare_schema(pool: &PgPool) -> Result<(), VaultError> {
 
 /// The database serves one admin token: the first process records its digest, every later one must
 /// have the same token (the PIN key derives from it: PINs must verify in every process).
-async fn bind_token(pool: &PgPool, digest: [u8; 32]) -> Result<(), VaultError> {
+pub(crate) async fn bind_token(pool: &PgPool, digest: [u8; 32]) -> Result<(), VaultError> {
     let bad = |detail: String| VaultError::Database { detail };
     sqlx::query("INSERT INTO service (admin_token_sha256) VALUES ($1) ON CONFLICT (only_row) DO NOTHING")
         .bind(&digest[..])
@@ -346,6 +351,10 @@ impl Storage for PgStorage {
         head_of(&row).map_err(|_| ApiError::internal("the log's head cannot be read"))
     }
 
+    async fn export(&self) -> Result<super::export::LogExport, ApiError> {
+        super::export::from_postgres(&self.pool).await
+    }
+
     async fn ready(&self) -> Result<(), String> {
         let mut conn = self.pool.acquire().await.map_err(|e| format!("the database: {}", describe(&e)))?;
         conn.ping().await.map_err(|e| format!("the database: {}", describe(&e)))?;
@@ -360,7 +369,7 @@ impl Storage for PgStorage {
     }
 }
 
-fn head_of(row: &PgRow) -> Result<Head, Failed> {
+pub(crate) fn head_of(row: &PgRow) -> Result<Head, Failed> {
     let position: i64 = row.try_get("position")?;
     let hash: Vec<u8> = row.try_get("hash")?;
     let hash: [u8; 32] = hash.try_into().map_err(|_| internal("a hash that is not 32 bytes"))?;
@@ -569,7 +578,7 @@ async fn remember_nonce(conn: &mut PgConnection, vault: &str, nonce: &str, at: D
 
 /// Writes one event into the projection tables: what [`crate::state::ServiceState::apply`] does in
 /// memory, as rows. Used live and by the rebuild, so both give the same tables.
-async fn project(conn: &mut PgConnection, vault: &str, event: &VaultEvent) -> Result<(), Failed> {
+pub(crate) async fn project(conn: &mut PgConnection, vault: &str, event: &VaultEvent) -> Result<(), Failed> {
     use base64::Engine as _;
     match event {
         VaultEvent::VaultCreated(e) => {
