@@ -21,4 +21,5 @@ mod settings;
 mod snapshots;
 mod steps;
 mod support;
+mod vault_log;
 mod wizard_pty;
