@@ -25,8 +25,12 @@ pub(crate) async fn export_log(State(app): State<Arc<App>>) -> Result<Response, 
     let mut first = serde_json::to_vec(&header).map_err(|e| ApiError::internal(format!("the header: {e}")))?;
     first.push(b'\n');
     let records = futures_util::stream::unfold(chunks, |mut chunks| async move {
-        let chunk = chunks.recv().await?;
-        Some((chunk.map_err(std::io::Error::other), chunks))
+        let chunk = chunks.recv().await?.map_err(|detail| {
+            // The answer is cut off here; the admin sees a broken transfer, the operator why.
+            tracing::warn!(%detail, "an export of the log stopped part way");
+            std::io::Error::other(detail)
+        });
+        Some((chunk, chunks))
     });
     let body = futures_util::stream::iter([Ok::<_, std::io::Error>(first)]);
     let body = futures_util::StreamExt::chain(body, records);
