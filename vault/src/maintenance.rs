@@ -100,7 +100,10 @@ fn replay_failure(error: ReplayError, after: &str) -> MoveError {
         },
         ReplayError::Database(Failed::Answer(e)) => MoveError::Database { detail: format!("{}; {after}", e.message) },
         ReplayError::Database(Failed::Conflict) => MoveError::Concurrent {
-            detail: format!("the database reported a conflict with another transaction; {after}"),
+            detail: format!(
+                "the database refused a record's rows as a conflict (another transaction's, or a row the log makes \
+                 twice); {after}"
+            ),
         },
     }
 }
