@@ -53,7 +53,7 @@ const ACQUIRE_TIMEOUT: StdDuration = StdDuration::from_secs(2);
 /// The schema, embedded: applied at start under sqlx's advisory lock, so processes starting
 /// together do not race; a database migrated by a newer build (a version this build does not
 /// have) is refused.
-pub(crate) fn migrator() -> Migrator {
+fn migrator() -> Migrator {
     let migrations = vec![Migration::new(
         1,
         "log and projections".into(),
@@ -112,7 +112,7 @@ pub(crate) fn describe(error: &sqlx::Error) -> String {
     }
 }
 
-pub(crate) fn internal(detail: impl std::fmt::Display) -> Failed {
+fn internal(detail: impl std::fmt::Display) -> Failed {
     Failed::Answer(ApiError::internal(format!("the database holds what this build cannot read: {detail}")))
 }
 
