@@ -161,6 +161,23 @@ admin token) stops the start with one line and exit 3, before anything is writte
 The address is fixed (127.0.0.1:8443 by default) because every credentials file names the
 service's endpoint: a port that changed at each start would break the files already downloaded.";
 
+const REBUILD_ABOUT: &str = "Make the PostgreSQL tables of the vault again from its log.
+
+In one transaction: the tables are locked (requests wait until it ends) and emptied, and every event
+of the log is applied again in order, as the service applied it, while the log's hash chain is
+verified up to its head. A chain that does not verify changes nothing. The log itself, the stream
+versions and the nonces of requests that recorded nothing are left as they are. Prints the records,
+vaults and machines.";
+
+const MIGRATE_ABOUT: &str = "Move a vault from sled into a PostgreSQL database.
+
+`--data-dir DIR` is the sled vault's directory (its log and admin.token), and no `regent vault
+serve` may hold it. The log is verified, then copied record by record, byte for byte, in batches of
+1000, each one transaction with its tables, so a move stopped anywhere resumes when run again. The
+database must be empty or hold a move of this very log stopped before; any other log is refused and
+nothing is written. The database is bound to DIR's admin.token: give every `vault serve
+--database-url` process that token file, and PINs issued before the move still work.";
+
 /// How the log on stderr is written (`vault serve --log-format`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -318,6 +335,30 @@ pub enum VaultCommand {
         vault: String,
         #[command(flatten)]
         admin: AdminArgs,
+    },
+    /// Write the service's whole log to a new file, an export `regent audit verify --file` checks.
+    Export {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// A new file: written beside it, verified, then moved into place (never over a file).
+        #[arg(long, short, value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Make the PostgreSQL tables again from the log, verifying its chain, in one transaction.
+    #[command(long_about = REBUILD_ABOUT)]
+    RebuildProjections {
+        /// The service's PostgreSQL database (no password in it: use REGENT_VAULT_DATABASE_URL,
+        /// PGPASSWORD or ~/.pgpass).
+        #[arg(long, value_name = "URL", env = "REGENT_VAULT_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+    },
+    /// Move a vault from sled (its --data-dir) into a PostgreSQL database; run again, it resumes.
+    #[command(long_about = MIGRATE_ABOUT)]
+    Migrate {
+        /// The PostgreSQL database to move it into (no password in it: use
+        /// REGENT_VAULT_DATABASE_URL, PGPASSWORD or ~/.pgpass).
+        #[arg(long, value_name = "URL", env = "REGENT_VAULT_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
     },
     /// List the machines registered to a vault; `remove` removes one.
     #[command(args_conflicts_with_subcommands = true)]

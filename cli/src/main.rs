@@ -18,6 +18,7 @@ mod secret_input;
 mod steps;
 mod terminal;
 mod vault;
+mod vault_log;
 mod views;
 mod wizard;
 mod world;

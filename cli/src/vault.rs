@@ -20,7 +20,7 @@ pub fn run(ctx: &Context, command: VaultCommand) -> Result<u8, Failure> {
                         "--listen (or REGENT_VAULT_LISTEN): '{listen}' is not an address like 127.0.0.1:8443"
                     ))
                 })?;
-            let mut config = ServeConfig::new(&ctx.data_dir, address);
+            let mut config = ServeConfig::new(&ctx.data_dir, address).with_writer(crate::build::writer());
             if let (Some(cert), Some(key)) = (tls_cert, tls_key) {
                 config = config.with_tls(cert, key);
             }
@@ -79,6 +79,9 @@ pub fn run(ctx: &Context, command: VaultCommand) -> Result<u8, Failure> {
             }
             Ok(0)
         }
+        VaultCommand::Export { admin, output } => crate::vault_log::export(ctx, &admin, &output),
+        VaultCommand::RebuildProjections { database_url } => crate::vault_log::rebuild(ctx, database_url),
+        VaultCommand::Migrate { database_url } => crate::vault_log::migrate(ctx, database_url),
         VaultCommand::Machines { action: Some(MachinesCommand::Remove { vault, machine_id, admin }), .. } => {
             let machine = admin_client(ctx, &admin)?.remove_machine(&vault, &machine_id).map_err(admin_failure)?;
             print(ctx, &machine, || {
@@ -153,7 +156,7 @@ fn serve_failure(err: regent_vault::VaultError) -> Failure {
 
 /// The database URL of `vault serve`. One given in argv (not from REGENT_VAULT_DATABASE_URL) must
 /// not hold a password: every user on the machine can read another process's command line.
-fn database_url_from_args(url: String) -> Result<String, Failure> {
+pub(crate) fn database_url_from_args(url: String) -> Result<String, Failure> {
     let from_env = std::env::var("REGENT_VAULT_DATABASE_URL").is_ok_and(|env| env == url);
     if !from_env && url_has_password(&url) {
         return Err(Failure::usage(
@@ -175,7 +178,7 @@ fn url_has_password(url: &str) -> bool {
 
 /// A client of the service at `--server`, with the token `vault serve` wrote in its data dir
 /// unless `--token-file` names another: on the service's machine, no flag is needed.
-fn admin_client(ctx: &Context, args: &AdminArgs) -> Result<AdminClient, Failure> {
+pub(crate) fn admin_client(ctx: &Context, args: &AdminArgs) -> Result<AdminClient, Failure> {
     let token_file = args.token_file.clone().unwrap_or_else(|| ctx.data_dir.join("admin.token"));
     AdminClient::from_token_file(&args.server, &token_file, args.ca_file.as_deref()).map_err(|e| {
         let unreadable = matches!(e, regent_vault::AdminError::TokenFile { .. });
@@ -193,7 +196,7 @@ fn admin_client(ctx: &Context, args: &AdminArgs) -> Result<AdminClient, Failure>
 }
 
 /// An admin call's failure under the code the vault gave it (`vault_exists`, ...), or one of ours.
-fn admin_failure(err: regent_vault::AdminError) -> Failure {
+pub(crate) fn admin_failure(err: regent_vault::AdminError) -> Failure {
     use regent_vault::AdminError;
     let message = err.to_string();
     match &err {

@@ -18,6 +18,7 @@
 //! | `POST /v1/vaults/{vault}/machines/{machine_id}/log-head` | agent, signed | [`HeadReport`] | `200` [`Anchor`] |
 //! | `GET /v1/vaults/{vault}/machines/{machine_id}/log-head` | agent, signed headers | | `200` [`Anchor`] |
 //! | `POST /v1/vaults/{vault}/machines/{machine_id}/unregistrations` | the machine, signed | [`UnregisterBody`] | `200` [`Unregistered`] |
+//! | `GET /v1/log` | admin | | `200` the service's whole log as an export ([`LOG_EXPORT_CONTENT_TYPE`]) |
 //!
 //! The routes are also [`ROUTES`], with who may call each ([`Access`]): the service's router is built
 //! from that table and nothing else.
@@ -67,6 +68,9 @@ pub const PROTOCOL_VERSION: u32 = 2;
 pub const PREFIX: &str = "/v1";
 /// The `Content-Type` of `GET /metrics`: Prometheus' text exposition format, version 0.0.4.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
+/// The `Content-Type` of `GET /v1/log`: JSON Lines, the store's export format (a `regent-log`
+/// header naming the head, then each record's stored bytes, one a line), which verifies on its own.
+pub const LOG_EXPORT_CONTENT_TYPE: &str = "application/jsonl";
 /// Present (value `1`) on every answer of the service.
 pub const SERVICE_HEADER: &str = "x-regent-vault";
 /// The largest request body the service reads.
@@ -117,6 +121,8 @@ pub enum RouteId {
     ReportLogHead,
     ReadLogHead,
     Unregister,
+    /// `GET /v1/log`: the service's own log, exported (the admin's, for an audit or a move).
+    ExportLog,
 }
 
 /// The HTTP methods the service answers.
@@ -158,7 +164,7 @@ impl Route {
 
 /// Every route of the service. The router is built from this table and nothing else, so a route
 /// the table does not hold cannot be served, and `tests/routes.rs` attacks each one of them.
-pub const ROUTES: [Route; 15] = [
+pub const ROUTES: [Route; 16] = [
     Route { id: RouteId::Healthz, method: Method::Get, path: "/healthz", access: Access::Anyone },
     Route { id: RouteId::Readyz, method: Method::Get, path: "/readyz", access: Access::Anyone },
     Route { id: RouteId::Metrics, method: Method::Get, path: "/metrics", access: Access::Anyone },
@@ -214,6 +220,7 @@ pub const ROUTES: [Route; 15] = [
         path: "/v1/vaults/{vault}/machines/{machine_id}/unregistrations",
         access: Access::Machine,
     },
+    Route { id: RouteId::ExportLog, method: Method::Get, path: "/v1/log", access: Access::Admin },
 ];
 
 /// Wrong PINs in a row (authenticated, from one machine) that lock that machine's PIN checks.

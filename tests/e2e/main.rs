@@ -21,6 +21,7 @@ mod settings;
 mod snapshots;
 mod steps;
 mod support;
-mod vault_kill;
 mod vault_database;
+mod vault_kill;
+mod vault_log;
 mod wizard_pty;

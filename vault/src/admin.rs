@@ -1,10 +1,10 @@
-//! The admin's client, behind `regent vault create / credentials / pin / machines`. Blocking; talks
+//! The admin's client, behind `regent vault create / credentials / pin / machines / export`. Blocking; talks
 //! to the service directly (no proxy, environment proxies ignored).
 
 use std::path::Path;
 use std::time::Duration;
 
-use reqwest::blocking::{Client, RequestBuilder};
+use reqwest::blocking::{Client, RequestBuilder, Response};
 use reqwest::{StatusCode, Url};
 use secrecy::SecretString;
 use serde::de::DeserializeOwned;
@@ -104,7 +104,28 @@ impl AdminClient {
         http::join_url(&self.base, &all).map_err(|_| AdminError::BadUrl { url: self.base.clone() })
     }
 
+    /// The service's whole log (`GET /v1/log`): a reader of the export as the service streams it
+    /// (a `regent-log` header, then each record's stored line). Read to its end, it is the log up to
+    /// the header's head; a transfer cut short is a read error. The caller verifies what it read.
+    pub fn export_log(&self) -> Result<impl std::io::Read + Send + 'static, AdminError> {
+        let url = self.url(&["log"])?;
+        self.send(self.client.get(url.clone()), &url, true)
+    }
+
     fn call<T: DeserializeOwned>(&self, request: RequestBuilder, url: &Url, admin: bool) -> Result<T, AdminError> {
+        let response = self.send(request, url, admin)?;
+        let status = response.status();
+        let bytes = http::read_body(response, http::MAX_ADMIN_ANSWER_BYTES)
+            .map_err(|detail| AdminError::Protocol { status: status.as_u16(), detail })?;
+        serde_json::from_slice(&bytes).map_err(|e| AdminError::Protocol {
+            status: status.as_u16(),
+            detail: format!("the answer cannot be read: {e}"),
+        })
+    }
+
+    /// Sends the request (with the token for an admin call); a success is the service's answer to
+    /// read, anything else the error it says.
+    fn send(&self, request: RequestBuilder, url: &Url, admin: bool) -> Result<Response, AdminError> {
         let request = if admin {
             let value = bearer(&self.token);
             let mut header = reqwest::header::HeaderValue::from_str(&value).map_err(|_| {
@@ -128,12 +149,7 @@ impl AdminClient {
             });
         }
         if status.is_success() {
-            let bytes = http::read_body(response, http::MAX_ADMIN_ANSWER_BYTES)
-                .map_err(|detail| AdminError::Protocol { status: status.as_u16(), detail })?;
-            return serde_json::from_slice(&bytes).map_err(|e| AdminError::Protocol {
-                status: status.as_u16(),
-                detail: format!("the answer cannot be read: {e}"),
-            });
+            return Ok(response);
         }
         let body = http::error_body(response);
         Err(match status {

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use regent_store::StoreError;
+use regent_store::{ChainFailure, StoreError};
 
 use crate::protocol::ErrorCode;
 
@@ -72,6 +72,41 @@ pub enum DatabaseProblem {
     OtherToken,
     /// Anything else the database said.
     Unavailable,
+}
+
+/// Why a rebuild of the projections or a move of a sled log to PostgreSQL did not go through. A
+/// rebuild changes nothing unless it completes; a move stops between two committed batches and,
+/// run again, resumes where it stopped. Each text says what to do, and never holds the URL.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MoveError {
+    /// The database cannot be reached, read, migrated or written.
+    #[error("{detail}")]
+    Database { detail: String },
+
+    /// The directory is not a vault service's data directory (no `admin.token`, no log).
+    #[error("{path} is not a vault service's data directory: {detail}")]
+    NotAVaultDir { path: PathBuf, detail: String },
+
+    /// The sled log cannot be opened or read: held by a running `regent vault serve`, damaged.
+    #[error("{detail}")]
+    Store { detail: String, source: StoreError },
+
+    /// A log's chain does not verify: `detail` says which log, where, and what was done.
+    #[error("{detail}")]
+    ChainBroken { failure: ChainFailure, detail: String },
+
+    /// A record holds an event this build cannot read.
+    #[error("{detail}")]
+    BadEvent { position: u64, detail: String },
+
+    /// The database holds another log than the one being moved (or a longer one).
+    #[error("{detail}")]
+    OtherLog { detail: String },
+
+    /// Something else wrote to the database while the move ran.
+    #[error("{detail}")]
+    Concurrent { detail: String },
 }
 
 /// Why a client (the agent's or the admin's) could not be set up.

@@ -12,6 +12,9 @@
 //!   reports the head of the agent's log to the vault and reads it back ([`HeadSigner`],
 //!   [`AnchorError`]). The client is why this crate depends on `regent-engine` (its port and
 //!   `ProxyConfig`); the service uses nothing of the engine.
+//! - [`rebuild_projections`] and [`migrate_to_postgres`]: the PostgreSQL tables made again from the
+//!   log, and a sled vault's log moved into a database (`regent vault rebuild-projections`,
+//!   `regent vault migrate`).
 //! - [`protocol`]: `regent-protocol`, re-exported: the wire format both sides share (JSON over HTTP
 //!   under `/v1`), the table of routes the router is built from, the exact bytes a registration, a PIN
 //!   check and a log-head report sign, and the codes ([`ErrorCode`], [`Reason`](protocol::Reason)).
@@ -22,8 +25,10 @@ mod api;
 mod client;
 mod error;
 mod events;
+mod export;
 mod http;
 mod log_head;
+mod maintenance;
 mod metrics;
 mod ops;
 mod rules;
@@ -36,7 +41,10 @@ mod token;
 
 pub use admin::AdminClient;
 pub use client::{ClientOptions, HttpVaultClient};
-pub use error::{AdminError, ClientError, DatabaseProblem, VaultError};
+pub use error::{AdminError, ClientError, DatabaseProblem, MoveError, VaultError};
+#[doc(hidden)]
+pub use maintenance::rebuild_projections_at;
+pub use maintenance::{MigrateOptions, MigrationSummary, RebuildSummary, migrate_to_postgres, rebuild_projections};
 /// The engine's anchoring port types, which this crate's client implements ([`HeadKeeper`]).
 pub use regent_engine::anchoring::{AnchorError, HeadKeeper, HeadSigner};
 pub use regent_protocol as protocol;

@@ -71,7 +71,12 @@ pub struct ServeConfig {
     /// shorter only in tests).
     #[doc(hidden)]
     pub prune_every: Duration,
+    /// Who an export of the log (`GET /v1/log`) names as its `writer`: the binary gives its build.
+    pub writer: String,
 }
+
+/// The `writer` of an export when the embedder names none.
+const DEFAULT_WRITER: &str = concat!("regent-vault ", env!("CARGO_PKG_VERSION"));
 
 impl ServeConfig {
     pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> ServeConfig {
@@ -83,7 +88,14 @@ impl ServeConfig {
             group_commit: true,
             database_url: None,
             prune_every: Duration::from_secs(60),
+            writer: DEFAULT_WRITER.to_string(),
         }
+    }
+
+    /// Names the build that serves, as an export's header says it (`regent 0.1.0 (...)`).
+    pub fn with_writer(mut self, writer: impl Into<String>) -> ServeConfig {
+        self.writer = writer.into();
+        self
     }
 
     pub fn with_tls(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> ServeConfig {
@@ -217,7 +229,7 @@ pub async fn serve(config: ServeConfig) -> Result<RunningServer, VaultError> {
             (Backend::Postgres(storage), admin, token_path, token_created, None)
         }
     };
-    let app = Arc::new(App::new(storage, admin, config.public_url.clone(), with_tls));
+    let app = Arc::new(App::new(storage, admin, config.public_url.clone(), with_tls, config.writer.clone()));
     let weak_app = Arc::downgrade(&app);
     app.set_bound(local_addr);
     let shown = crate::service::reachable(local_addr);

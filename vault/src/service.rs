@@ -46,16 +46,19 @@ pub(crate) struct App {
     scheme: &'static str,
     /// The address bound, as a URL: the last resort for `IdMgmtRestEndpoint`.
     bound_url: Mutex<String>,
+    /// Who an export of the log says wrote it (`ServeConfig::writer`).
+    pub(crate) writer: String,
 }
 
 impl App {
-    pub(crate) fn new(storage: Backend, admin: AdminKey, public_url: Option<String>, tls: bool) -> App {
+    pub(crate) fn new(storage: Backend, admin: AdminKey, public_url: Option<String>, tls: bool, writer: String) -> App {
         App {
             storage,
             admin,
             public_url,
             scheme: if tls { "https" } else { "http" },
             bound_url: Mutex::new(String::new()),
+            writer,
         }
     }
 
@@ -136,6 +139,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
             }
             RouteId::ReadLogHead => on(filter, read_log_head),
             RouteId::Unregister => on(filter, unregister_machine),
+            RouteId::ExportLog => on(filter, crate::export::export_log),
         };
         let handler = match route.access {
             // route_layer: only matched routes ask for the token, so an unknown path is a 404, not a 401.

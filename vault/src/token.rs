@@ -82,6 +82,11 @@ pub(crate) fn load_or_create(dir: &Path) -> Result<(AdminKey, PathBuf, bool), Va
     }
 }
 
+/// Loads the token of `dir` if it has one, creating nothing: a move binds the database to it.
+pub(crate) fn load_existing(dir: &Path) -> Result<Option<AdminKey>, VaultError> {
+    Ok(read_existing(&dir.join(ADMIN_TOKEN_FILE))?.map(|token| AdminKey::from_token(&token)))
+}
+
 fn read_existing(path: &Path) -> Result<Option<Zeroizing<String>>, VaultError> {
     let mut file = match fs::File::open(path) {
         Ok(file) => file,

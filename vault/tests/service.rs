@@ -15,7 +15,7 @@ use regent_engine::Reason;
 use regent_engine::model::{PinAnswer, VaultAnswer};
 use regent_engine::ports::{PinCheck, VaultClient};
 use regent_store::{EventStore, StoreOptions};
-use regent_vault::protocol::{HeadReport, RegisterBody, log_head_message, registration_message};
+use regent_vault::protocol::{HeadReport, RegisterBody, log_head_message};
 use regent_vault::{AdminClient, AdminError, BackgroundServer, ServeConfig, VaultError};
 use secrecy::SecretString;
 

@@ -12,7 +12,9 @@
 //! projections atomically and durably, and only then answers. A decision that wrote nothing (a
 //! refusal, or the same answer again) still remembers the request's nonce, so a replay is refused.
 
+pub(crate) mod export;
 pub(crate) mod postgres;
+pub(crate) mod replay;
 pub(crate) mod sled;
 
 use chrono::{DateTime, Utc};
@@ -46,6 +48,9 @@ pub(crate) trait Storage: Send + Sync + 'static {
 
     /// The head of the service's own log.
     async fn head(&self) -> Result<Head, ApiError>;
+
+    /// The whole log up to its head, as one consistent snapshot, streamed.
+    async fn export(&self) -> Result<export::LogExport, ApiError>;
 
     /// Whether requests can be served: the log open, the database reachable with its schema.
     async fn ready(&self) -> Result<(), String>;
@@ -95,6 +100,13 @@ impl Storage for Backend {
         match self {
             Backend::Sled(s) => s.head().await,
             Backend::Postgres(s) => s.head().await,
+        }
+    }
+
+    async fn export(&self) -> Result<export::LogExport, ApiError> {
+        match self {
+            Backend::Sled(s) => s.export().await,
+            Backend::Postgres(s) => s.export().await,
         }
     }
 

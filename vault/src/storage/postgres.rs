@@ -17,8 +17,8 @@
 //! skips an event that commits later with a lower position (a sequence would allow exactly that).
 
 use std::any::Any;
-use std::sync::Arc;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Utc};
@@ -93,7 +93,7 @@ struct Job {
 }
 
 /// Why a transaction did not go through.
-enum Failed {
+pub(crate) enum Failed {
     /// The database rolled it back for a conflict: try again.
     Conflict,
     /// Answer this.
@@ -115,7 +115,7 @@ fn is_conflict(error: &sqlx::Error) -> bool {
 }
 
 /// A database failure as the agent sees it: 503, retry.
-fn unavailable(error: &sqlx::Error) -> ApiError {
+pub(crate) fn unavailable(error: &sqlx::Error) -> ApiError {
     ApiError::unavailable(format!("the database: {}", describe(error)))
 }
 
@@ -662,6 +662,43 @@ impl Prepared {
     }
 }
 
+impl Prepared {
+    /// The schema prepared, a pool for a maintenance command rather than a service (no committers;
+    /// no token bound), and the database's name for messages.
+    pub(crate) async fn into_pool(self, connections: u32) -> (PgPool, String) {
+        let _ = self.conn.close().await;
+        let pool = PgPoolOptions::new()
+            .max_connections(connections)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(self.options);
+        (pool, self.place)
+    }
+}
+
+/// A pool on `url` for a maintenance command, without preparing the schema (a command that must
+/// find a vault there looks first).
+pub(crate) async fn open_pool(url: &str, connections: u32) -> Result<PgPool, VaultError> {
+    let options = connect_options(url)?;
+    let place = place(&options);
+    PgPoolOptions::new()
+        .max_connections(connections)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_with(options)
+        .await
+        .map_err(|e| connect_failure(&place, &e))
+}
+
+/// [`bind_token`] on a connection of `pool`.
+pub(crate) async fn bind_token_in(
+    pool: &PgPool,
+    digest: [u8; 32],
+    place: &str,
+    token_path: &Path,
+) -> Result<(), VaultError> {
+    let mut conn = pool.acquire().await.map_err(|e| connect_failure(place, &e))?;
+    bind_token(&mut conn, digest, place, token_path).await
+}
+
 /// The database serves one admin token: the first process records its digest, every later one must
 /// have the same token (the PIN key derives from it: PINs must verify in every process).
 async fn bind_token(
@@ -789,6 +826,10 @@ impl Storage for PgStorage {
         head_of(&row).map_err(|_| ApiError::internal("the log's head cannot be read"))
     }
 
+    async fn export(&self) -> Result<super::export::LogExport, ApiError> {
+        super::export::from_postgres(&self.pool).await
+    }
+
     async fn ready(&self) -> Result<(), String> {
         let mut conn = self.pool.acquire().await.map_err(|e| format!("the database: {}", describe(&e)))?;
         conn.ping().await.map_err(|e| format!("the database: {}", describe(&e)))?;
@@ -803,7 +844,7 @@ impl Storage for PgStorage {
     }
 }
 
-fn head_of(row: &PgRow) -> Result<Head, Failed> {
+pub(crate) fn head_of(row: &PgRow) -> Result<Head, Failed> {
     let position: i64 = row.try_get("position")?;
     let hash: Vec<u8> = row.try_get("hash")?;
     let hash: [u8; 32] = hash.try_into().map_err(|_| internal("a hash that is not 32 bytes"))?;
@@ -1014,7 +1055,7 @@ async fn remember_nonce(conn: &mut PgConnection, vault: &str, nonce: &str, at: D
 
 /// Writes one event into the projection tables: what [`crate::state::ServiceState::apply`] does in
 /// memory, as rows. Used live and by the rebuild, so both give the same tables.
-async fn project(conn: &mut PgConnection, vault: &str, event: &VaultEvent) -> Result<(), Failed> {
+pub(crate) async fn project(conn: &mut PgConnection, vault: &str, event: &VaultEvent) -> Result<(), Failed> {
     use base64::Engine as _;
     match event {
         VaultEvent::VaultCreated(e) => {

@@ -160,6 +160,10 @@ impl Storage for SledStorage {
         Ok(self.store.head())
     }
 
+    async fn export(&self) -> Result<super::export::LogExport, ApiError> {
+        Ok(super::export::from_sled(self.store.clone()))
+    }
+
     /// The log would take a change: it was not found damaged at start and no write has failed to
     /// reach the disk since. The text says why not, never the data directory's path (anyone may ask).
     async fn ready(&self) -> Result<(), String> {
