@@ -336,10 +336,17 @@ pub enum VaultCommand {
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// Write the service's whole log to a new file, an export `regent audit verify --file` checks.
+    /// Write the service's whole log to a new file, an export `regent audit verify --file` checks;
+    /// with --vault and --machine, the records the vault keeps of that machine's log.
     Export {
         #[command(flatten)]
         admin: AdminArgs,
+        /// With --machine: the vault the machine is registered to.
+        #[arg(long, value_name = "NAME", requires = "machine")]
+        vault: Option<String>,
+        /// With --vault: export this machine's log as the vault keeps it, not the service's own.
+        #[arg(long, value_name = "MACHINE_ID", requires = "vault")]
+        machine: Option<String>,
         /// A new file: written beside it, verified, then moved into place (never over a file).
         #[arg(long, short, value_name = "FILE")]
         output: PathBuf,

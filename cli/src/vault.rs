@@ -79,7 +79,10 @@ pub fn run(ctx: &Context, command: VaultCommand) -> Result<u8, Failure> {
             }
             Ok(0)
         }
-        VaultCommand::Export { admin, output } => crate::vault_log::export(ctx, &admin, &output),
+        VaultCommand::Export { admin, vault, machine, output } => {
+            let machine = vault.zip(machine);
+            crate::vault_log::export(ctx, &admin, machine.as_ref().map(|(v, m)| (v.as_str(), m.as_str())), &output)
+        }
         VaultCommand::RebuildProjections { database_url } => crate::vault_log::rebuild(ctx, database_url),
         VaultCommand::Migrate { database_url } => crate::vault_log::migrate(ctx, database_url),
         VaultCommand::Machines { action: Some(MachinesCommand::Remove { vault, machine_id, admin }), .. } => {

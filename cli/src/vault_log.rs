@@ -13,10 +13,11 @@ use crate::failure::Failure;
 use crate::terminal::{self, outln};
 use crate::vault::{admin_client, admin_failure, database_url_from_args};
 
-/// The log streams into a temporary file beside `output`; only once it verifies (its chain and
-/// the head its header names) is it moved into place, never over a file. So `output` is a whole,
-/// verified export or nothing.
-pub fn export(ctx: &Context, admin: &AdminArgs, output: &Path) -> Result<u8, Failure> {
+/// The log (the service's own, or with `machine` = (vault, machine id) the records the vault keeps
+/// of that machine's log) streams into a temporary file beside `output`; only once it verifies (its
+/// chain and the head its header names) is it moved into place, never over a file. So `output` is a
+/// whole, verified export or nothing.
+pub fn export(ctx: &Context, admin: &AdminArgs, machine: Option<(&str, &str)>, output: &Path) -> Result<u8, Failure> {
     let cannot_write = |e: std::io::Error| {
         Failure::refused(format!("cannot write {}: {e}; choose a writable location", output.display()))
     };
@@ -40,7 +41,14 @@ pub fn export(ctx: &Context, admin: &AdminArgs, output: &Path) -> Result<u8, Fai
         .suffix(".tmp")
         .tempfile_in(&directory)
         .map_err(cannot_write)?;
-    let mut answer = client.export_log().map_err(admin_failure)?;
+    let mut answer: Box<dyn Read> = match machine {
+        Some((vault, machine_id)) => Box::new(client.export_machine_log(vault, machine_id).map_err(admin_failure)?),
+        None => Box::new(client.export_log().map_err(admin_failure)?),
+    };
+    let what = match machine {
+        Some((vault, machine_id)) => format!("machine {machine_id}'s log as vault {vault} keeps it"),
+        None => "the vault service's log".to_string(),
+    };
     let mut received: u64 = 0;
     {
         let mut out = std::io::BufWriter::with_capacity(256 * 1024, temporary.as_file_mut());
@@ -67,8 +75,8 @@ pub fn export(ctx: &Context, admin: &AdminArgs, output: &Path) -> Result<u8, Fai
     let (header, report) = regent_store::verify_export(BufReader::with_capacity(256 * 1024, written), None)?;
     if let Some(failure) = &report.failure {
         return Err(Failure::refused(format!(
-            "the log the vault service sent does not verify at {failure} (its header names head {}); nothing was \
-             written to {}",
+            "{what}, as the vault service sent it, does not verify at {failure} (its header names head {}); nothing \
+             was written to {}",
             header.head,
             output.display()
         ))
@@ -82,8 +90,9 @@ pub fn export(ctx: &Context, admin: &AdminArgs, output: &Path) -> Result<u8, Fai
         terminal::json_line(serde_json::json!({ "file": output, "records": report.records, "head": header.head }));
     } else {
         outln!(
-            "exported {} of the vault service's log to {} (head {}; it verifies)",
+            "exported {} of {} to {} (head {}; it verifies)",
             terminal::count(report.records, "record", "records"),
+            terminal::escape(&what),
             output.display(),
             header.head
         );
@@ -131,12 +140,13 @@ pub fn migrate(ctx: &Context, database_url_given: Option<String>) -> Result<u8, 
             n => format!(", resuming after record {n}"),
         };
         outln!(
-            "moved {} into the database ({} copied now{resumed}; head {}): {}, {}",
+            "moved {} into the database ({} copied now{resumed}; head {}): {}, {}, {} of the machines' logs",
             terminal::count(summary.records, "record", "records"),
             summary.copied,
             summary.head,
             terminal::count(summary.vaults, "vault", "vaults"),
-            terminal::count(summary.machines, "machine", "machines")
+            terminal::count(summary.machines, "machine", "machines"),
+            terminal::count(summary.kept, "record", "records")
         );
     }
     Ok(0)

@@ -81,6 +81,13 @@ pub enum AnchorError {
     /// The agent's own log could not give the records a report carries: `log_unreadable`.
     #[error("{detail}")]
     LogUnreadable { detail: String },
+    /// The report's time ran out while the vault was still taking the log's records in steps: it
+    /// keeps them up to `mirrored` of `position`, and the next report goes on from there:
+    /// `log_head_unfinished`.
+    #[error(
+        "the vault keeps this log's records up to {mirrored} of {position}; the next report (or `regent audit anchor`) sends the rest"
+    )]
+    Unfinished { mirrored: u64, position: u64 },
 }
 
 impl AnchorError {
@@ -89,6 +96,7 @@ impl AnchorError {
             AnchorError::Refused { code, .. } => code.code(),
             AnchorError::Failed { reason, .. } => reason.code(),
             AnchorError::LogUnreadable { .. } => "log_unreadable",
+            AnchorError::Unfinished { .. } => "log_head_unfinished",
         }
     }
 
@@ -585,6 +593,7 @@ mod tests {
             position,
             hash: "ef".repeat(32),
             anchored_at: Utc::now(),
+            mirrored: Some(position),
             refusals: 0,
             last_refusal: None,
         }

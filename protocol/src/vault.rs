@@ -19,6 +19,7 @@
 //! | `GET /v1/vaults/{vault}/machines/{machine_id}/log-head` | agent, signed headers | | `200` [`Anchor`] |
 //! | `POST /v1/vaults/{vault}/machines/{machine_id}/unregistrations` | the machine, signed | [`UnregisterBody`] | `200` [`Unregistered`] |
 //! | `GET /v1/log` | admin | | `200` the service's whole log as an export ([`LOG_EXPORT_CONTENT_TYPE`]) |
+//! | `GET /v1/vaults/{vault}/machines/{machine_id}/log` | admin | | `200` the records kept of the machine's log, as an export |
 //!
 //! The routes are also [`ROUTES`], with who may call each ([`Access`]): the service's router is built
 //! from that table and nothing else.
@@ -47,10 +48,14 @@
 //! ([`log_head_read_message`], in the headers [`SIGNATURE_HEADERS`]). A head is never allowed to go
 //! backwards or to change at a position already anchored: such a report is refused
 //! ([`ErrorCode::LogHeadRegressed`], [`ErrorCode::LogHeadConflict`]) and the refusal is recorded,
-//! since it is evidence that the agent's log was cut or rewritten. A head past the anchored one carries the stored
-//! records in between, and the service walks them from its anchor itself (at most
+//! since it is evidence that the agent's log was cut or rewritten. The vault keeps every record of
+//! the machine's log (its *mirror*): a report carries the stored records past the position the vault
+//! has mirrored up to ([`Anchor::mirrored`]; from position 1 on a machine's first report: no head is
+//! taken on trust), the service walks them from there itself and keeps them (at most
 //! [`MAX_PROOF_RECORDS`] records and [`MAX_PROOF_BYTES`] bytes a report; an agent further ahead
-//! reports in steps).
+//! reports in steps, each resuming where the last stopped). A machine whose head was anchored before
+//! the vault kept records (mirrored short of its anchor) catches up the same way: its steps behind
+//! the anchor are kept without moving it.
 
 use std::fmt;
 
@@ -62,8 +67,9 @@ use zeroize::Zeroizing;
 use crate::{ErrorCode, Reason};
 
 /// The protocol's version, as `GET /v1/health` reports it. 2: PIN checks are signed by the machine
-/// and request ids are bound to what they first came with.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// and request ids are bound to what they first came with. 3: the vault keeps every record of a
+/// machine's log, and a first report carries them from position 1.
+pub const PROTOCOL_VERSION: u32 = 3;
 /// The path prefix of this version of the protocol.
 pub const PREFIX: &str = "/v1";
 /// The `Content-Type` of `GET /metrics`: Prometheus' text exposition format, version 0.0.4.
@@ -123,6 +129,9 @@ pub enum RouteId {
     Unregister,
     /// `GET /v1/log`: the service's own log, exported (the admin's, for an audit or a move).
     ExportLog,
+    /// `GET /v1/vaults/{vault}/machines/{machine_id}/log`: the records the vault keeps of a
+    /// machine's log, exported as the agent's own export is (it verifies with `regent audit verify`).
+    ExportMachineLog,
 }
 
 /// The HTTP methods the service answers.
@@ -164,7 +173,7 @@ impl Route {
 
 /// Every route of the service. The router is built from this table and nothing else, so a route
 /// the table does not hold cannot be served, and `tests/routes.rs` attacks each one of them.
-pub const ROUTES: [Route; 16] = [
+pub const ROUTES: [Route; 17] = [
     Route { id: RouteId::Healthz, method: Method::Get, path: "/healthz", access: Access::Anyone },
     Route { id: RouteId::Readyz, method: Method::Get, path: "/readyz", access: Access::Anyone },
     Route { id: RouteId::Metrics, method: Method::Get, path: "/metrics", access: Access::Anyone },
@@ -221,6 +230,12 @@ pub const ROUTES: [Route; 16] = [
         access: Access::Machine,
     },
     Route { id: RouteId::ExportLog, method: Method::Get, path: "/v1/log", access: Access::Admin },
+    Route {
+        id: RouteId::ExportMachineLog,
+        method: Method::Get,
+        path: "/v1/vaults/{vault}/machines/{machine_id}/log",
+        access: Access::Admin,
+    },
 ];
 
 /// Wrong PINs in a row (authenticated, from one machine) that lock that machine's PIN checks.
@@ -559,11 +574,11 @@ pub struct HeadReport {
     pub position: u64,
     /// That record's hash: 64 lowercase hex digits.
     pub hash: String,
-    /// When the vault holds a head A for the machine and `position` is past it: the records at
-    /// A+1..=`position`, each exactly as the agent's store holds it (one export line, without its
-    /// line break). The service walks them from its anchor, so a log cut back and grown past the
-    /// anchor again cannot take its place. Empty for the first report (nothing to walk from: the
-    /// first head is taken on trust) and for a head at or behind the anchor.
+    /// The records at M+1..=`position`, where M is [`Anchor::mirrored`] (0 before the machine's first
+    /// report), each exactly as the agent's store holds it (one export line, without its line
+    /// break). The service walks them from the last record it keeps, so a log cut back and grown
+    /// past the anchor again cannot take its place, and keeps them. Empty for a head at or behind
+    /// the one the vault holds.
     #[serde(default)]
     pub records: Vec<String>,
     /// Unix seconds at the agent when it signed.
@@ -582,6 +597,12 @@ pub struct Anchor {
     pub hash: String,
     /// When the vault first accepted this head.
     pub anchored_at: DateTime<Utc>,
+    /// The position up to which the vault keeps the machine's records (the next report's records
+    /// start after it): the anchor's position, but for a machine anchored before the vault kept
+    /// records, catching up. Absent from an older vault, which keeps none (its reports start after
+    /// the anchor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirrored: Option<u64>,
     /// Reports the vault refused for this machine (heads that went backwards or conflicted).
     #[serde(default)]
     pub refusals: u64,

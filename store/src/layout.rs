@@ -10,13 +10,19 @@
 //! | `h` | the head: position (u64 BE) + hash (32 bytes) |
 //!
 //! 0xFF never occurs in UTF-8, so a stream's prefix cannot run into another stream's keys.
-//! Checkpoints live in their own tree, `checkpoints`: name -> position + hash + state.
+//! Checkpoints live in their own tree, `checkpoints`: name -> position + hash + state. Data kept
+//! beside the log lives in trees named `side/<name>` (`EventStore::side_tree`).
 
 use crate::record::{Digest32, Head};
 
 pub const LOG_TREE: &str = "log";
 pub const CHECKPOINT_TREE: &str = "checkpoints";
 pub const HEAD_KEY: &[u8] = b"h";
+
+/// A side tree's name inside sled: prefixed, so that none can be the log's or the checkpoints'.
+pub fn side_tree_name(name: &str) -> String {
+    format!("side/{name}")
+}
 
 pub fn record_key(position: u64) -> [u8; 9] {
     let mut key = [b'r'; 9];

@@ -18,6 +18,7 @@ mod export;
 pub mod layout;
 mod read_ahead;
 pub mod record;
+mod side;
 mod store;
 pub mod utc_time;
 
@@ -31,6 +32,7 @@ pub use record::{
     Actor, BatchMeta, Digest32, Head, MAX_RECORD_BYTES, NewEvent, Record, decode as decode_record,
     encode as encode_record, host_name,
 };
+pub use side::SideTree;
 pub use store::{Appended, Batch, Checkpoint, EventStore, MAX_STREAM_ID_BYTES, StoreOptions, new_correlation_id};
 #[doc(hidden)]
 pub use store::{SyncEvent, SyncHook};

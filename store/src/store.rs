@@ -16,6 +16,7 @@ use crate::error::{ExpectedVersion, Result, StoreError};
 use crate::layout::{self, HEAD_KEY};
 use crate::read_ahead::{batched, read_ahead};
 use crate::record::{self, BatchMeta, Digest32, Head, MAX_RECORD_BYTES, NewEvent, RawEnvelope, Record};
+use crate::side::SideTree;
 
 /// How a store is opened.
 #[derive(Clone, Debug)]
@@ -455,6 +456,16 @@ impl EventStore {
         self.flush_through(sequence)?;
         self.note_durable(new_head);
         Ok(appended)
+    }
+
+    /// A tree of the store's own database, named `name`, for data kept beside the log and not in
+    /// it (the vault keeps its machines' records there). What is written to it before an append is
+    /// durable once that append returns: sled's flush, and the sync after it, cover the whole
+    /// database. Neither verify nor the durable head covers it: what is kept there must verify on
+    /// its own.
+    pub fn side_tree(&self, name: &str) -> Result<SideTree> {
+        let tree = self.db.open_tree(layout::side_tree_name(name)).map_err(|e| self.sled_err(e))?;
+        Ok(SideTree { tree, path: self.path.clone() })
     }
 
     /// Makes everything written so far durable (it always syncs: writes that did not go through

@@ -87,11 +87,22 @@ fn register_through_an_authenticating_proxy_leaves_no_secret_or_key_in_files_out
     let export = run(export);
     ok(&export, "audit export");
     assert!(export.stdout.len() > 1000, "the export holds the log");
+    let first_record = String::from_utf8_lossy(&export.stdout).lines().nth(1).unwrap().to_string();
 
     let mut places: Vec<(String, Vec<u8>)> =
         vec![("the commands' stdout and stderr".into(), seen), ("the export".into(), export.stdout)];
     let data_dir = setup.path("agent");
     for file in files_under(&data_dir) {
+        places.push((file.display().to_string(), std::fs::read(&file).unwrap()));
+    }
+    // The vault keeps the agent's records too (reported after each step): its files are searched,
+    // and they do hold the agent's log.
+    let vault_files = files_under(&setup.path("vault"));
+    assert!(
+        vault_files.iter().any(|file| contains(&std::fs::read(file).unwrap(), first_record.as_bytes())),
+        "the vault keeps the agent's first record"
+    );
+    for file in vault_files {
         places.push((file.display().to_string(), std::fs::read(&file).unwrap()));
     }
     let names: Vec<String> = places.iter().map(|(name, _)| name.clone()).collect();

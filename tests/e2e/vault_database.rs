@@ -214,17 +214,17 @@ fn a_database_a_newer_build_migrated_is_left_alone() {
     let (data_dir, url) = (dirs.path("vault"), database.url());
     start_and_stop(&data_dir, &url);
     let token = std::fs::read_to_string(data_dir.join("admin.token")).unwrap();
-    // What a build with a second migration would have left.
+    // What a build with a migration this one does not have would have left.
     cluster.psql(
         database.name(),
         "INSERT INTO regent_vault._sqlx_migrations (version, description, success, checksum, execution_time) \
-         VALUES (2, 'from a newer build', true, '\\x00', 1); \
-         CREATE TABLE regent_vault.newer (n int); INSERT INTO regent_vault.newer VALUES (2)",
+         VALUES (1000, 'from a newer build', true, '\\x00', 1); \
+         CREATE TABLE regent_vault.newer (n int); INSERT INTO regent_vault.newer VALUES (1000)",
     );
     let before = dump(cluster, database.name());
     let line =
         refused(serve(&data_dir, &url), "database_schema_newer", &[&url, database.owner().password(), token.trim()]);
-    assert!(line.contains("migrated by a newer regent") && line.contains("version 2"), "{line}");
+    assert!(line.contains("migrated by a newer regent") && line.contains("version 1000"), "{line}");
     assert_eq!(dump(cluster, database.name()), before, "the newer schema unchanged");
     assert_eq!(std::fs::read_to_string(data_dir.join("admin.token")).unwrap(), token);
 }

@@ -5,7 +5,7 @@
 
 use std::process::Output;
 
-use crate::support::{Setup, leaks};
+use crate::support::{Setup, leaks, throttling_set};
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -121,7 +121,11 @@ fn vault_migrate_and_rebuild_projections_say_what_they_did_and_refuse_with_one_l
     assert_eq!(moved.status.code(), Some(0), "{}", stderr(&moved));
     assert_eq!(
         stdout(&moved).lines().collect::<Vec<_>>(),
-        [format!("moved 2 records into the database (2 copied now; head {}): 1 vault, 0 machines", head_of(&database))]
+        [format!(
+            "moved 2 records into the database (2 copied now; head {}): 1 vault, 0 machines, 0 records of the \
+             machines' logs",
+            head_of(&database)
+        )]
     );
     let again = with_database(&setup, "vault", Some(&url), &["--json", "vault", "migrate"]);
     assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
@@ -176,4 +180,58 @@ fn the_manual_has_a_page_for_each_of_the_logs_commands() {
         let text = std::fs::read_to_string(dir.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
         assert!(text.contains("REGENT_VAULT_DATABASE_URL") || page == "regent-vault-export.1", "{page}: {text}");
     }
+}
+
+/// The auditor's way to a machine's log (issue 16): the vault keeps every record the agent reported
+/// after its steps, and `regent vault export --vault V --machine ID` writes them, a file that
+/// verifies and holds the agent's own stored lines, byte for byte.
+#[test]
+fn a_machines_log_exported_from_the_vault_verifies_and_is_the_agents_own() {
+    let setup = Setup::new();
+    assert_eq!(setup.admin(&["create", "fleet"]).status.code(), Some(0));
+    let credentials = setup.download("fleet", "fleet.VaultCredentials");
+    setup.prepare("agent", &credentials);
+    let registered = setup.regent("agent").args(["--json", "register"]).output().unwrap();
+    assert_eq!(registered.status.code(), Some(0), "{}", stderr(&registered));
+    let machine_id = setup.json("agent", &["properties"])["vault"]["machine_id"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no machine id in the properties"));
+    let throttling =
+        setup.regent("agent").args(throttling_set("mon-fri", "08:00-18:00", "512Kbps", "10Mbps")).output().unwrap();
+    assert_eq!(throttling.status.code(), Some(0), "{}", stderr(&throttling));
+
+    let file = setup.path("machine-log.jsonl");
+    let out = setup.admin(&["export", "--vault", "fleet", "--machine", &machine_id, "-o", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!("of machine {machine_id}'s log as vault fleet keeps it")),
+        "{}",
+        stdout(&out)
+    );
+    let verified = setup.regent("agent").args(["--json", "audit", "verify", "--file"]).arg(&file).output().unwrap();
+    assert_eq!(verified.status.code(), Some(0), "{}{}", stdout(&verified), stderr(&verified));
+
+    let own = setup.regent("agent").args(["audit", "export"]).output().unwrap();
+    assert_eq!(own.status.code(), Some(0), "{}", stderr(&own));
+    let records = |text: &str| text.lines().skip(1).map(str::to_string).collect::<Vec<_>>();
+    let kept = records(&std::fs::read_to_string(&file).unwrap());
+    assert!(kept.len() >= 5, "folders, credentials, passphrase, registration, throttling: {}", kept.len());
+    assert_eq!(kept, records(&stdout(&own)), "every record, as the agent stores it");
+
+    // --vault without --machine is a usage error; an unknown machine is named.
+    let alone = setup.admin(&["export", "--vault", "fleet", "-o", setup.path("x.jsonl").to_str().unwrap()]);
+    assert_eq!(alone.status.code(), Some(2), "{}", stderr(&alone));
+    let unknown = setup.admin(&[
+        "export",
+        "--vault",
+        "fleet",
+        "--machine",
+        "00000000-0000-0000-0000-000000000000",
+        "-o",
+        setup.path("y.jsonl").to_str().unwrap(),
+    ]);
+    assert_eq!(unknown.status.code(), Some(1), "{}", stderr(&unknown));
+    assert!(stderr(&unknown).contains("has no machine"), "{}", stderr(&unknown));
+    assert!(!setup.path("y.jsonl").exists());
 }

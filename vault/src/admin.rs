@@ -112,6 +112,16 @@ impl AdminClient {
         self.send(self.client.get(url.clone()), &url, true)
     }
 
+    /// The records the vault keeps of one machine's log, in the store's export format, streamed.
+    pub fn export_machine_log(
+        &self,
+        vault: &str,
+        machine_id: &str,
+    ) -> Result<impl std::io::Read + Send + 'static, AdminError> {
+        let url = self.url(&["vaults", vault, "machines", machine_id, "log"])?;
+        self.send(self.client.get(url.clone()), &url, true)
+    }
+
     fn call<T: DeserializeOwned>(&self, request: RequestBuilder, url: &Url, admin: bool) -> Result<T, AdminError> {
         let response = self.send(request, url, admin)?;
         let status = response.status();

@@ -132,13 +132,31 @@ pub(crate) struct LogHeadAnchored {
     pub nonce: String,
     pub anchored_at: DateTime<Utc>,
     pub peer: String,
+    /// The first position of the records the report carried, which the vault keeps beside its log
+    /// (its mirror: `mirrored_from..=position`). Absent when it carried none (the same head again)
+    /// and in logs written before the vault kept records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirrored_from: Option<u64>,
+}
+
+/// Records of a machine's log behind its anchored head, kept: a machine anchored before the vault
+/// kept records catching up (`mirrored_from..=position`, ending at `hash`). The anchor does not move.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct LogRecordsMirrored {
+    pub machine_id: String,
+    pub mirrored_from: u64,
+    pub position: u64,
+    pub hash: String,
+    pub nonce: String,
+    pub mirrored_at: DateTime<Utc>,
+    pub peer: String,
 }
 
 /// A machine's log head, refused because it went backwards, conflicts with the anchored one, or
 /// came with records that do not chain up to it. Kept as evidence: a correctly signed report of
-/// such a head means the agent's log was cut, rewritten or damaged. The records themselves are not
-/// kept (the vault keeps heads only), only how many there were and their digest, which the
-/// signature covers.
+/// such a head means the agent's log was cut, rewritten or damaged. The refused records themselves
+/// are not kept (the mirror holds only records that chain), only how many there were and their
+/// digest, which the signature covers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct LogHeadRefused {
     pub machine_id: String,
@@ -177,6 +195,7 @@ pub(crate) enum VaultEvent {
     MachineRegistered(MachineRegistered),
     MachineRemoved(MachineRemoved),
     LogHeadAnchored(LogHeadAnchored),
+    LogRecordsMirrored(LogRecordsMirrored),
     LogHeadRefused(LogHeadRefused),
 }
 
@@ -192,6 +211,7 @@ impl VaultEvent {
             VaultEvent::MachineRegistered(_) => "MachineRegistered",
             VaultEvent::MachineRemoved(_) => "MachineRemoved",
             VaultEvent::LogHeadAnchored(_) => "LogHeadAnchored",
+            VaultEvent::LogRecordsMirrored(_) => "LogRecordsMirrored",
             VaultEvent::LogHeadRefused(_) => "LogHeadRefused",
         }
     }
@@ -211,6 +231,7 @@ impl VaultEvent {
             VaultEvent::MachineRegistered(e) => NewEvent::with_id(id, kind, SCHEMA, e),
             VaultEvent::MachineRemoved(e) => NewEvent::with_id(id, kind, SCHEMA, e),
             VaultEvent::LogHeadAnchored(e) => NewEvent::with_id(id, kind, SCHEMA, e),
+            VaultEvent::LogRecordsMirrored(e) => NewEvent::with_id(id, kind, SCHEMA, e),
             VaultEvent::LogHeadRefused(e) => NewEvent::with_id(id, kind, SCHEMA, e),
         }
     }
@@ -232,6 +253,7 @@ impl VaultEvent {
             "MachineRegistered" => VaultEvent::MachineRegistered(record.payload_as().map_err(text)?),
             "MachineRemoved" => VaultEvent::MachineRemoved(record.payload_as().map_err(text)?),
             "LogHeadAnchored" => VaultEvent::LogHeadAnchored(record.payload_as().map_err(text)?),
+            "LogRecordsMirrored" => VaultEvent::LogRecordsMirrored(record.payload_as().map_err(text)?),
             "LogHeadRefused" => VaultEvent::LogHeadRefused(record.payload_as().map_err(text)?),
             other => return Err(format!("unknown event kind {other:?}")),
         })

@@ -3,8 +3,8 @@
 //! registered with; both go through the agent's proxy and retry as registration does (every
 //! attempt signed again with a fresh nonce and timestamp).
 //!
-//! A head past the anchored one carries the records in between, which the vault walks from its
-//! anchor; an agent further ahead than one report may carry reports in steps.
+//! A report carries the records the vault does not keep yet, which it walks from the last one it
+//! keeps and keeps; an agent further ahead than one report carries them in steps.
 //!
 //! Anchoring is not a wizard step: nothing here writes to the agent's log (recording the report
 //! would move the head it reports); it only reads the records a report carries.
@@ -123,13 +123,15 @@ impl HttpVaultClient {
     /// now. `deadline`, when given, bounds the whole report (the anchor read and every step): no
     /// call starts after it, and each gets only the time left.
     ///
-    /// It reads the anchored head first. The first head of a machine is sent alone (taken on
-    /// trust); a head past the anchored one carries the records in between exactly as the log
-    /// holds them, and the vault walks them from its anchor, so a log cut back and grown past the
-    /// anchor again cannot take its place. Further than one report's bounds ahead, it reports in
-    /// steps (each signed), each anchoring the next part. A head behind the anchored one, another
-    /// record at its position, or records that do not lead from it are refused
-    /// (`log_head_regressed`, `log_head_conflict`, `log_head_proof_invalid`) and recorded by the vault.
+    /// It reads the anchor first, which says up to where the vault keeps this log's records
+    /// ([`Anchor::mirrored`]; nothing before the first report). The report carries the records
+    /// after that, exactly as the log holds them, and the vault walks them itself and keeps them,
+    /// so a log cut back and grown past the anchor again cannot take its place. Further than one
+    /// report's bounds ahead, it reports in steps (each signed), each resuming where the last
+    /// stopped; a deadline between steps ends it with [`AnchorError::Unfinished`], and the next
+    /// report goes on. A head behind the anchored one, another record at its position, or records
+    /// that do not lead from the last one kept are refused (`log_head_regressed`,
+    /// `log_head_conflict`, `log_head_proof_invalid`) and recorded by the vault.
     pub fn report_log_head(
         &self,
         signer: &HeadSigner,
@@ -142,24 +144,34 @@ impl HttpVaultClient {
         // Asked again only if another report moved the anchor between the read and the report.
         let mut base_asked = 0;
         loop {
-            let anchored = match &held {
-                Some(held) if held.position == head.position && held.hash == hash => return Ok(held.clone()),
-                Some(held) if held.position < head.position => held.position,
-                // Nothing to walk from yet (trust on first use), or at or past this head: the vault
-                // anchors the first head, and refuses the others as evidence.
-                _ => return self.post_log_head(signer, &ReportStep { head, records: Vec::new() }, deadline),
-            };
-            let step = next_step(log, anchored, head)?;
+            // Where the vault's copy of this log ends (an older vault keeps none: it walks from its anchor).
+            let mirrored = held.as_ref().map_or(0, |held| held.mirrored.unwrap_or(held.position));
+            match &held {
+                Some(held) if held.position == head.position && held.hash == hash && mirrored >= head.position => {
+                    return Ok(held.clone());
+                }
+                // Behind the anchored head, or nothing to send: the bare head, which the vault
+                // refuses as evidence (a regression, or another record at an anchored position).
+                Some(held) if held.position > head.position || mirrored >= head.position => {
+                    return self.post_log_head(signer, &ReportStep { head, records: Vec::new() }, deadline);
+                }
+                _ => {}
+            }
+            if mirrored > 0 && deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                return Err(AnchorError::Unfinished { mirrored, position: head.position });
+            }
+            let step = next_step(log, mirrored, head)?;
             match self.post_log_head(signer, &step, deadline) {
                 Ok(answer) if step.head.position == head.position => return Ok(answer),
-                // The next step goes on from what the vault holds now: the step, unless it moved.
-                Ok(answer) if answer.position > anchored => held = Some(answer),
+                // The next step goes on from what the vault keeps now: the step, unless it moved.
+                Ok(answer) if answer.mirrored.unwrap_or(answer.position) > mirrored => held = Some(answer),
                 Ok(answer) => {
                     return Err(AnchorError::Failed {
                         reason: Reason::VaultError,
                         detail: format!(
-                            "the vault accepted head {} but holds {}; report again",
-                            step.head.position, answer.position
+                            "the vault accepted records up to {} but keeps them up to {}; report again",
+                            step.head.position,
+                            answer.mirrored.unwrap_or(answer.position)
                         ),
                     });
                 }

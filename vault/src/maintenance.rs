@@ -26,6 +26,7 @@ use sqlx::postgres::{PgConnection, PgPool};
 use crate::error::{MoveError, VaultError};
 use crate::storage::postgres::{self, Failed, SCHEMA, describe, head_of};
 use crate::storage::replay::{self, Replay, ReplayError};
+use crate::storage::sled;
 
 /// Records read from the database per query while walking its log.
 const READ_BATCH: i64 = 1000;
@@ -56,6 +57,8 @@ pub struct MigrationSummary {
     pub resumed_from: u64,
     pub vaults: u64,
     pub machines: u64,
+    /// Records of the machines' logs this run copied (once the whole log is in).
+    pub kept: u64,
     pub head: Head,
     /// Whether the database now holds the whole sled log.
     pub complete: bool,
@@ -474,13 +477,80 @@ async fn copy(
     let mut conn = pool.acquire().await.map_err(sql("reach"))?;
     replay.finish(&mut conn, Utc::now()).await.map_err(|e| replay_failure(e, &stopped(head)))?;
     let (vaults, machines) = replay::counts(&mut conn).await.map_err(sql("read"))?;
+    drop(conn);
+    let kept = if head == to { copy_machine_records(pool, store).await? } else { 0 };
     Ok(MigrationSummary {
         records: head.position,
         copied: head.position - from.position,
         resumed_from: from.position,
         vaults,
         machines,
+        kept,
         head,
         complete: head == to,
     })
+}
+
+/// Copies the records the vault keeps of each machine's log, once the log is in the database:
+/// every machine's, up to the last one the log says is kept, walked as a chain on the way (a kept
+/// copy that does not verify up to that head is refused, not moved). A run again after an
+/// interruption copies only what is missing (the rows it wrote are the same bytes).
+async fn copy_machine_records(pool: &PgPool, store: &EventStore) -> Result<u64, MoveError> {
+    let mirror = store.side_tree(sled::MIRROR_TREE).map_err(|source| MoveError::Store {
+        detail: format!("the machines' records cannot be opened: {source}; the log itself is in the database"),
+        source,
+    })?;
+    let machines: Vec<(String, String, i64, String)> = sqlx::query_as(
+        "SELECT vault, machine_id, mirrored_position, mirrored_hash FROM machines \
+         WHERE mirrored_position IS NOT NULL ORDER BY vault, machine_id",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(sql("read"))?;
+    let mut copied = 0;
+    for (vault, machine_id, last, hash) in machines {
+        let last = u64::try_from(last).unwrap_or(0);
+        let broken = |why: String| MoveError::BadEvent {
+            position: last,
+            detail: format!(
+                "the records kept of machine {machine_id} (vault {vault}) {why}; the vault's log is in the database, its \
+                 machines' records are not all: restore the data directory and run the move again"
+            ),
+        };
+        let range = sled::mirror_key(&vault, &machine_id, 1)..=sled::mirror_key(&vault, &machine_id, last);
+        let mut walker = ChainWalker::new();
+        let mut rows = mirror.range(range);
+        loop {
+            let mut positions = Vec::new();
+            let mut records = Vec::new();
+            for item in rows.by_ref().take(READ_BATCH as usize) {
+                let (_, record) = item.map_err(|source| MoveError::Store {
+                    detail: format!("the machines' records cannot be read: {source}"),
+                    source,
+                })?;
+                walker.push(None, &record).map_err(|failure| broken(format!("do not verify ({failure})")))?;
+                positions.push(i64::try_from(walker.head().position).unwrap_or(i64::MAX));
+                records.push(record);
+            }
+            if positions.is_empty() {
+                break;
+            }
+            let written = sqlx::query(
+                "INSERT INTO machine_records (vault, machine_id, position, record) \
+                 SELECT $1, $2, * FROM UNNEST($3::BIGINT[], $4::BYTEA[]) ON CONFLICT DO NOTHING",
+            )
+            .bind(&vault)
+            .bind(&machine_id)
+            .bind(&positions)
+            .bind(&records)
+            .execute(pool)
+            .await
+            .map_err(sql("write"))?;
+            copied += written.rows_affected();
+        }
+        if walker.head().position != last || walker.head().hash.to_hex() != hash {
+            return Err(broken(format!("end at record {}, not at the kept head {last}", walker.head().position)));
+        }
+    }
+    Ok(copied)
 }

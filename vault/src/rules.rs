@@ -17,11 +17,13 @@ use uuid::Uuid;
 
 use crate::api::{self, ApiError};
 use crate::events::{
-    CredentialsIssued, LogHeadAnchored, LogHeadRefused, MachineRegistered, MachineRemoved, PinCheckFailed,
-    PinCheckRecord, PinIssued, PinUsed, UnregistrationRecord, VaultCreated, VaultEvent,
+    CredentialsIssued, LogHeadAnchored, LogHeadRefused, LogRecordsMirrored, MachineRegistered, MachineRemoved,
+    PinCheckFailed, PinCheckRecord, PinIssued, PinUsed, UnregistrationRecord, VaultCreated, VaultEvent,
 };
 use crate::protocol::{self, Anchor, ErrorCode, MachineInfo, PinValid, Reason, Registered, Unregistered, VaultInfo};
-use crate::state::{AnchorHistory, HeldAnchor, IssuedCert, PinGuard, PinOutcome, PinRecord, RegistrationKey};
+use crate::state::{
+    AnchorHistory, HeldAnchor, IssuedCert, MirroredHead, PinGuard, PinOutcome, PinRecord, RegistrationKey,
+};
 
 /// An expired PIN is kept this long to tell "expired" from "wrong"; then it is forgotten.
 pub(crate) const PIN_MEMORY: Duration = Duration::hours(1);
@@ -126,16 +128,28 @@ pub(crate) struct Decision<A> {
     pub actor: Actor,
     /// The vault's stream must not exist yet (a vault being created).
     pub new_stream: bool,
+    /// Records of a machine's log to keep beside the log, with the events.
+    pub mirror: Option<Mirror>,
     pub outcome: Result<A, ApiError>,
+}
+
+/// Records of a machine's log a decision keeps (the vault's mirror of it): they chain on from the
+/// last one kept, as the decision walked them, and run from `first` on.
+#[derive(Clone, Debug)]
+pub(crate) struct Mirror {
+    pub vault: String,
+    pub machine_id: String,
+    pub first: u64,
+    pub records: Vec<String>,
 }
 
 impl<A> Decision<A> {
     fn answer(actor: Actor, answer: A) -> Decision<A> {
-        Decision { events: Vec::new(), actor, new_stream: false, outcome: Ok(answer) }
+        Decision { events: Vec::new(), actor, new_stream: false, mirror: None, outcome: Ok(answer) }
     }
 
     fn record(actor: Actor, event: VaultEvent, outcome: Result<A, ApiError>) -> Decision<A> {
-        Decision { events: vec![Planned { event, id: None }], actor, new_stream: false, outcome }
+        Decision { events: vec![Planned { event, id: None }], actor, new_stream: false, mirror: None, outcome }
     }
 }
 
@@ -364,6 +378,7 @@ pub(crate) fn register(
         events: vec![Planned { event, id: Some(event_id) }],
         actor: service_actor(),
         new_stream: false,
+        mirror: None,
         outcome: Ok(Registered { machine_id, vault: vault.to_string(), registered_at: now }),
     })
 }
@@ -571,41 +586,63 @@ pub(crate) struct HeadReport {
     pub peer: String,
 }
 
-/// What the records of a report past the anchored head come to, walked from the anchor.
+/// What the records of a report come to, walked from the last record the vault keeps.
 enum ProofWalk {
-    /// They lead from the anchored head to the reported one.
+    /// They lead from the last record kept to the reported head, through the anchored one.
     Extends,
-    /// They do not start right after the anchored position (none sent, or sent against an older
-    /// anchor).
+    /// They do not start right after the last record kept (none sent, or sent against an older
+    /// answer).
     StartsElsewhere,
-    /// The first one does not follow the anchored record: the agent's log holds another record at
-    /// the anchored position.
+    /// The first one does not follow the last record kept, or the record at the anchored position
+    /// is another: the agent's log holds another history than the one the vault saw.
     Forked(String),
-    /// They follow the anchor but do not chain up to the reported head.
+    /// They follow on but do not chain up to the reported head.
     Broken(String),
     /// One is not a record at all.
     Malformed(String),
 }
 
-/// Walks a report's records from the anchored head with the same walker the agent's own verify
-/// uses: each must be the next position, name the hash before it, and hash to its stored hash;
-/// the last must be the reported head. The vault computes every hash itself: nothing the agent
-/// says about its log is taken on its word.
-fn walk_proof(held: &HeldAnchor, records: &[String], reported: Head) -> Result<ProofWalk, ApiError> {
-    let held_hash = Digest32::from_hex(&held.hash)
-        .ok_or_else(|| ApiError::internal("the anchored head's hash cannot be read; restart the service"))?;
+/// Walks a report's records from the last record kept (`from`, position 0 and the zero hash before
+/// any) with the same walker the agent's own verify uses: each must be the next position, name the
+/// hash before it, and hash to its stored hash; the record at the anchored position must be the
+/// anchored head; the last must be the reported head. The vault computes every hash itself:
+/// nothing the agent says about its log is taken on its word.
+fn walk_proof(
+    from: Head,
+    anchored: Option<&HeldAnchor>,
+    records: &[String],
+    reported: Head,
+) -> Result<ProofWalk, ApiError> {
     if records.is_empty() {
         return Ok(ProofWalk::StartsElsewhere);
     }
-    let mut walker = ChainWalker::resume(Head { position: held.position, hash: held_hash });
+    let anchored = match anchored {
+        Some(held) if held.position > from.position => Some((held.position, hex_digest(&held.hash)?)),
+        _ => None,
+    };
+    let mut walker = ChainWalker::resume(from);
     for (index, record) in records.iter().enumerate() {
-        if let Err(failure) = walker.push(None, record.as_bytes()) {
-            return Ok(match (index, &failure.problem) {
-                (_, Problem::Malformed { .. }) => ProofWalk::Malformed(failure.to_string()),
-                (0, Problem::Gap { .. } | Problem::PositionMismatch { .. }) => ProofWalk::StartsElsewhere,
-                (0, Problem::BrokenLink { .. }) => ProofWalk::Forked(failure.to_string()),
-                _ => ProofWalk::Broken(failure.to_string()),
-            });
+        match walker.push(None, record.as_bytes()) {
+            Ok(hash) => {
+                if let Some((position, held)) = anchored
+                    && walker.head().position == position
+                    && hash != held
+                {
+                    return Ok(ProofWalk::Forked(format!(
+                        "record {position} hashes to {}…, not to the anchored head's hash {}…",
+                        &hash.to_hex()[..16],
+                        &held.to_hex()[..16]
+                    )));
+                }
+            }
+            Err(failure) => {
+                return Ok(match (index, &failure.problem) {
+                    (_, Problem::Malformed { .. }) => ProofWalk::Malformed(failure.to_string()),
+                    (0, Problem::Gap { .. } | Problem::PositionMismatch { .. }) => ProofWalk::StartsElsewhere,
+                    (0, Problem::BrokenLink { .. }) if from.position > 0 => ProofWalk::Forked(failure.to_string()),
+                    _ => ProofWalk::Broken(failure.to_string()),
+                });
+            }
         }
     }
     let end = walker.head();
@@ -626,10 +663,17 @@ fn walk_proof(held: &HeldAnchor, records: &[String], reported: Head) -> Result<P
     })
 }
 
-/// A report: anchored when nothing is anchored yet (trust on first use) or when its records lead
-/// from the anchored head to it; the same answer for the anchored head; refused, and the refusal
-/// recorded as evidence (unless it repeats the last refusal), when it goes backwards, conflicts
-/// or comes with records that do not chain.
+fn hex_digest(hash: &str) -> Result<Digest32, ApiError> {
+    Digest32::from_hex(hash).ok_or_else(|| ApiError::internal("a kept head's hash cannot be read; restart the service"))
+}
+
+/// A report. Its records must run on from the last record the vault keeps of the machine's log
+/// (from position 1 at first: no head is taken on trust) and lead, through the anchored head, to
+/// the reported one: then they are kept, and the head is anchored when it is past the anchored one
+/// (or kept without moving the anchor, for a machine catching up on records from before the vault
+/// kept them). The same head again gets the same answer. A head that goes backwards or conflicts,
+/// or records that do not chain, are refused, and the refusal recorded as evidence (unless it
+/// repeats the last refusal).
 pub(crate) fn report_head(
     facts: &Facts,
     report: &HeadReport,
@@ -647,26 +691,50 @@ pub(crate) fn report_head(
     let actor = machine_actor(machine_id, &report.peer);
     let history = &machine.anchor;
     let position = report.reported.position;
-    let anchored = |history: &AnchorHistory| {
-        let mut history = history.clone();
-        history.head = Some(HeldAnchor { position, hash: report.hash.clone(), anchored_at: now });
-        history.anchor(machine_id)
+    let mirrored = match &history.mirrored {
+        Some(kept) => Head { position: kept.position, hash: hex_digest(&kept.hash)? },
+        None => Head { position: 0, hash: Digest32::GENESIS },
     };
-    let anchor_event = || {
-        VaultEvent::LogHeadAnchored(LogHeadAnchored {
+    let keep = || -> Result<Decision<Anchor>, ApiError> {
+        let mut after = history.clone();
+        let mirrored_from = mirrored.position + 1;
+        after.mirrored = Some(MirroredHead { position, hash: report.hash.clone() });
+        let event = match &history.head {
+            Some(held) if position <= held.position => VaultEvent::LogRecordsMirrored(LogRecordsMirrored {
+                machine_id: machine_id.to_string(),
+                mirrored_from,
+                position,
+                hash: report.hash.clone(),
+                nonce: report.nonce.clone(),
+                mirrored_at: now,
+                peer: report.peer.clone(),
+            }),
+            _ => {
+                after.head = Some(HeldAnchor { position, hash: report.hash.clone(), anchored_at: now });
+                VaultEvent::LogHeadAnchored(LogHeadAnchored {
+                    machine_id: machine_id.to_string(),
+                    position,
+                    hash: report.hash.clone(),
+                    nonce: report.nonce.clone(),
+                    anchored_at: now,
+                    peer: report.peer.clone(),
+                    mirrored_from: Some(mirrored_from),
+                })
+            }
+        };
+        let answer = after.anchor(machine_id).ok_or_else(|| ApiError::internal("the log head cannot be anchored"))?;
+        let mut decision = Decision::record(actor.clone(), event, Ok(answer));
+        decision.mirror = Some(Mirror {
+            vault: vault.to_string(),
             machine_id: machine_id.to_string(),
-            position,
-            hash: report.hash.clone(),
-            nonce: report.nonce.clone(),
-            anchored_at: now,
-            peer: report.peer.clone(),
-        })
+            first: mirrored_from,
+            records: report.records.clone(),
+        });
+        Ok(decision)
     };
-    let anchor = |history: &AnchorHistory| match anchored(history) {
-        Some(answer) => Ok(Decision::record(actor.clone(), anchor_event(), Ok(answer))),
-        None => Err(ApiError::internal("the log head cannot be anchored")),
-    };
-    let refuse = |code: ErrorCode, detail: Option<String>, held: &HeldAnchor| -> Result<Decision<Anchor>, ApiError> {
+    let nothing_held = HeldAnchor { position: 0, hash: Digest32::GENESIS.to_hex(), anchored_at: now };
+    let refuse = |code: ErrorCode, detail: Option<String>| -> Result<Decision<Anchor>, ApiError> {
+        let held = history.head.as_ref().unwrap_or(&nothing_held);
         let again = history.last_refusal.as_ref().is_some_and(|last| {
             last.error == code
                 && last.position == position
@@ -695,34 +763,53 @@ pub(crate) fn report_head(
         // Recorded before answering: the refusal is the evidence, it must not be lost.
         Ok(Decision::record(actor.clone(), event, Err(refusal)))
     };
-    match &history.head {
-        // Trust on first use: with nothing anchored there is nothing to walk records from.
-        None if !report.records.is_empty() => {
-            Err(api::proof_malformed("no head is anchored for this machine yet: the first report carries no records"))
-        }
-        None => anchor(history),
-        Some(held) if position > held.position => match walk_proof(held, &report.records, report.reported)? {
-            ProofWalk::Extends => anchor(history),
-            ProofWalk::StartsElsewhere => Err(ApiError::new(
-                StatusCode::CONFLICT,
-                ErrorCode::LogHeadBaseRequired,
-                format!(
-                    "the vault anchored head {} for this machine: a later head must carry the records from \
-                     position {} on, as the agent's log holds them; read the anchor and report again",
-                    held.position,
-                    held.position + 1
+    let base_required = || {
+        let next = mirrored.position + 1;
+        ApiError::new(
+            StatusCode::CONFLICT,
+            ErrorCode::LogHeadBaseRequired,
+            match &history.head {
+                Some(held) => format!(
+                    "the vault anchored head {} for this machine and keeps its records up to {}: a report \
+                     must carry the records from position {next} on, as the agent's log holds them; read the \
+                     anchor and report again",
+                    held.position, mirrored.position
                 ),
-            )),
-            ProofWalk::Forked(detail) => refuse(ErrorCode::LogHeadConflict, Some(detail), held),
-            ProofWalk::Broken(detail) => refuse(ErrorCode::LogHeadProofInvalid, Some(detail), held),
+                None => "the vault keeps every record of a machine's log: its first report carries them from \
+                         position 1 on, as the agent's log holds them"
+                    .to_string(),
+            },
+        )
+    };
+    let held = history.head.as_ref();
+    // The head the vault holds, again: nothing new to keep.
+    if let Some(held) = held
+        && position == held.position
+        && report.hash == held.hash
+        && (report.records.is_empty() || mirrored.position >= position)
+    {
+        return history
+            .anchor(machine_id)
+            .map(|head| Decision::answer(actor.clone(), head))
+            .ok_or_else(|| ApiError::internal("the log head cannot be read"));
+    }
+    match held {
+        // A bare head behind or at the anchored position: evidence, as it always was.
+        Some(held) if report.records.is_empty() && position == held.position => {
+            refuse(ErrorCode::LogHeadConflict, None)
+        }
+        Some(held) if report.records.is_empty() && position < held.position => {
+            refuse(ErrorCode::LogHeadRegressed, None)
+        }
+        // Records behind what is kept, or none where some are needed.
+        _ if report.records.is_empty() || position <= mirrored.position => Err(base_required()),
+        _ => match walk_proof(mirrored, held, &report.records, report.reported)? {
+            ProofWalk::Extends => keep(),
+            ProofWalk::StartsElsewhere => Err(base_required()),
+            ProofWalk::Forked(detail) => refuse(ErrorCode::LogHeadConflict, Some(detail)),
+            ProofWalk::Broken(detail) => refuse(ErrorCode::LogHeadProofInvalid, Some(detail)),
             ProofWalk::Malformed(detail) => Err(api::proof_malformed(format!("the records sent: {detail}"))),
         },
-        Some(held) if position == held.position && report.hash == held.hash => match history.anchor(machine_id) {
-            Some(head) => Ok(Decision::answer(actor, head)),
-            None => anchor(history),
-        },
-        Some(held) if position == held.position => refuse(ErrorCode::LogHeadConflict, None, held),
-        Some(held) => refuse(ErrorCode::LogHeadRegressed, None, held),
     }
 }
 
@@ -850,6 +937,96 @@ mod tests {
             }),
             ..Facts::default()
         }
+    }
+
+    /// `count` stored lines of an agent's log, each chained to the one before, and the head after them.
+    fn agent_lines(count: u64, tag: &str) -> (Vec<String>, Vec<Head>) {
+        let meta = regent_store::BatchMeta {
+            recorded_at: Utc::now(),
+            actor: Actor { user: "u".into(), host: "h".into() },
+            correlation_id: Uuid::now_v7(),
+        };
+        let (mut lines, mut heads, mut previous) = (Vec::new(), Vec::new(), Digest32::GENESIS);
+        for position in 1..=count {
+            let event = regent_store::NewEvent::new("Tested", 1, &serde_json::json!({ "tag": tag })).unwrap();
+            let (line, hash) = regent_store::encode_record(position, "s", position, &meta, &event, &previous).unwrap();
+            lines.push(String::from_utf8(line).unwrap());
+            heads.push(Head { position, hash });
+            previous = hash;
+        }
+        (lines, heads)
+    }
+
+    fn report(head: Head, records: &[String]) -> HeadReport {
+        HeadReport {
+            vault: "v".into(),
+            machine_id: "m-1".into(),
+            reported: head,
+            hash: head.hash.to_hex(),
+            records: records.to_vec(),
+            records_sha256: (!records.is_empty()).then(|| protocol::records_digest(records)),
+            nonce: "nonce-0000000000003".into(),
+            peer: "127.0.0.1".into(),
+        }
+    }
+
+    fn with_anchor(anchor: AnchorHistory) -> Facts {
+        let mut facts = facts_with_machine(None, PinGuard::default());
+        if let Some(machine) = facts.machine.as_mut() {
+            machine.anchor = anchor;
+        }
+        facts
+    }
+
+    #[test]
+    fn a_first_report_carries_the_log_from_record_one_and_what_it_carries_is_kept() {
+        let now = Utc::now();
+        let (lines, heads) = agent_lines(3, "a");
+        let fresh = with_anchor(AnchorHistory::default());
+        let bare = report_head(&fresh, &report(heads[2], &[]), now).unwrap_err();
+        assert_eq!(bare.code, ErrorCode::LogHeadBaseRequired, "no head is taken on trust");
+        let late = report_head(&fresh, &report(heads[2], &lines[1..]), now).unwrap_err();
+        assert_eq!(late.code, ErrorCode::LogHeadBaseRequired);
+
+        let decision = report_head(&fresh, &report(heads[2], &lines), now).unwrap();
+        assert!(matches!(decision.events.as_slice(), [Planned { event: VaultEvent::LogHeadAnchored(e), .. }]
+            if e.position == 3 && e.mirrored_from == Some(1)));
+        let mirror = decision.mirror.unwrap();
+        assert_eq!((mirror.first, mirror.records), (1, lines.clone()));
+        assert_eq!(decision.outcome.unwrap().mirrored, Some(3));
+    }
+
+    #[test]
+    fn an_anchor_from_before_records_were_kept_is_caught_up_to_and_checked_where_the_walk_reaches_it() {
+        let now = Utc::now();
+        let (lines, heads) = agent_lines(4, "b");
+        let (other, _) = agent_lines(4, "other");
+        let legacy = AnchorHistory {
+            head: Some(HeldAnchor { position: 3, hash: heads[2].hash.to_hex(), anchored_at: now }),
+            ..AnchorHistory::default()
+        };
+        let facts = with_anchor(legacy);
+        // Behind the anchor: kept, the anchor stays.
+        let decision = report_head(&facts, &report(heads[1], &lines[..2]), now).unwrap();
+        assert!(matches!(decision.events.as_slice(), [Planned { event: VaultEvent::LogRecordsMirrored(e), .. }]
+            if e.mirrored_from == 1 && e.position == 2));
+        let answer = decision.outcome.unwrap();
+        assert_eq!((answer.position, answer.mirrored), (3, Some(2)));
+        // Through the anchor and past it: anchored.
+        let decision = report_head(&facts, &report(heads[3], &lines), now).unwrap();
+        assert!(matches!(decision.events.as_slice(), [Planned { event: VaultEvent::LogHeadAnchored(e), .. }]
+            if e.position == 4 && e.mirrored_from == Some(1)));
+        // Another history through the anchored position: a conflict, recorded, nothing kept.
+        let mut forged = lines.clone();
+        forged[2] = other[2].clone();
+        let decision = report_head(&facts, &report(heads[3], &forged), now).unwrap();
+        assert!(decision.mirror.is_none());
+        assert!(matches!(decision.events.as_slice(), [Planned { event: VaultEvent::LogHeadRefused(_), .. }]));
+        assert!(decision.outcome.is_err());
+        // The anchored head alone: the answer it had, and it says how much is kept.
+        let decision = report_head(&facts, &report(heads[2], &[]), now).unwrap();
+        assert!(decision.events.is_empty());
+        assert_eq!(decision.outcome.unwrap().mirrored, Some(0));
     }
 
     fn unregistration() -> Unregistration {

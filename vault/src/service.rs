@@ -140,6 +140,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
             RouteId::ReadLogHead => on(filter, read_log_head),
             RouteId::Unregister => on(filter, unregister_machine),
             RouteId::ExportLog => on(filter, crate::export::export_log),
+            RouteId::ExportMachineLog => on(filter, crate::export::export_machine_log),
         };
         let handler = match route.access {
             // route_layer: only matched routes ask for the token, so an unknown path is a 404, not a 401.

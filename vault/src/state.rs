@@ -10,8 +10,8 @@ use regent_credentials::VaultIdentity;
 use uuid::Uuid;
 
 use crate::events::{
-    CredentialsIssued, LogHeadAnchored, LogHeadRefused, MachineRegistered, MachineRemoved, PinCheckFailed,
-    PinCheckRecord, PinIssued, PinUsed, VaultEvent,
+    CredentialsIssued, LogHeadAnchored, LogHeadRefused, LogRecordsMirrored, MachineRegistered, MachineRemoved,
+    PinCheckFailed, PinCheckRecord, PinIssued, PinUsed, VaultEvent,
 };
 use crate::protocol::{Anchor, AnchorRefusal, MachineInfo, Registered, VaultInfo};
 use crate::rules::{
@@ -44,6 +44,10 @@ pub(crate) struct PinRecord {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct AnchorHistory {
     pub head: Option<HeldAnchor>,
+    /// The last record the vault keeps of the machine's log (its mirror runs from position 1 to
+    /// it); `None` before any is kept. At the anchor, but for a machine anchored before the vault
+    /// kept records, until it has caught up.
+    pub mirrored: Option<MirroredHead>,
     pub refusals: u64,
     pub last_refusal: Option<AnchorRefusal>,
     /// The digest of the records the last refused report carried, if any: with the refusal, it
@@ -58,7 +62,19 @@ pub(crate) struct HeldAnchor {
     pub anchored_at: DateTime<Utc>,
 }
 
+/// The last record of a machine's log the vault keeps: its position and hash (lowercase hex).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct MirroredHead {
+    pub position: u64,
+    pub hash: String,
+}
+
 impl AnchorHistory {
+    /// Where the next report's records start after.
+    pub(crate) fn mirrored_position(&self) -> u64 {
+        self.mirrored.as_ref().map_or(0, |m| m.position)
+    }
+
     /// The anchor as the protocol shows it; `None` until a head was accepted.
     pub(crate) fn anchor(&self, machine_id: &str) -> Option<Anchor> {
         self.head.as_ref().map(|head| Anchor {
@@ -66,6 +82,7 @@ impl AnchorHistory {
             position: head.position,
             hash: head.hash.clone(),
             anchored_at: head.anchored_at,
+            mirrored: Some(self.mirrored_position()),
             refusals: self.refusals,
             last_refusal: self.last_refusal.clone(),
         })
@@ -288,7 +305,16 @@ impl VaultState {
     fn apply_anchored(&mut self, e: &LogHeadAnchored) {
         let anchor = self.anchors.entry(e.machine_id.clone()).or_default();
         anchor.head = Some(HeldAnchor { position: e.position, hash: e.hash.clone(), anchored_at: e.anchored_at });
+        if e.mirrored_from.is_some() {
+            anchor.mirrored = Some(MirroredHead { position: e.position, hash: e.hash.clone() });
+        }
         self.remember_nonce(&e.nonce, e.anchored_at, e.anchored_at);
+    }
+
+    fn apply_mirrored(&mut self, e: &LogRecordsMirrored) {
+        let anchor = self.anchors.entry(e.machine_id.clone()).or_default();
+        anchor.mirrored = Some(MirroredHead { position: e.position, hash: e.hash.clone() });
+        self.remember_nonce(&e.nonce, e.mirrored_at, e.mirrored_at);
     }
 
     fn apply_refused(&mut self, e: &LogHeadRefused) {
@@ -374,6 +400,7 @@ impl ServiceState {
             VaultEvent::MachineRegistered(e) => state.apply_registered(e),
             VaultEvent::MachineRemoved(e) => state.apply_removed(e),
             VaultEvent::LogHeadAnchored(e) => state.apply_anchored(e),
+            VaultEvent::LogRecordsMirrored(e) => state.apply_mirrored(e),
             VaultEvent::LogHeadRefused(e) => state.apply_refused(e),
         }
         Ok(())

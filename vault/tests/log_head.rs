@@ -1,7 +1,7 @@
 //! The log-head endpoint end to end, in-process: a registered machine anchors the head of its log
 //! with the key it registered with, reads it back, and the vault refuses everything else. The
-//! agent's logs here are real stores in temp dirs: a head past the anchor carries their records,
-//! and the vault walks them.
+//! agent's logs here are real stores in temp dirs: a report carries the records the vault does not
+//! keep yet (from position 1 at first), and the vault walks them and keeps them.
 
 mod common;
 
@@ -32,14 +32,7 @@ fn register(credentials: &VaultCredentials, request_id: &str) -> String {
 
 /// Speaks for `machine_id` with the key of `credentials` (the registration's, or another to forge).
 fn signer(vault: &Vault, name: &str, machine_id: &str, credentials: &VaultCredentials) -> HeadSigner {
-    HeadSigner {
-        endpoint: vault.url(),
-        vault: name.to_string(),
-        machine_id: machine_id.to_string(),
-        thumbprint: credentials.certificate.thumbprint.clone(),
-        private_key: Zeroizing::new(credentials.private_key.pkcs8_der().to_vec()),
-        proxy: None,
-    }
+    head_signer(&vault.url(), name, machine_id, credentials)
 }
 
 fn refused_code(result: Result<impl std::fmt::Debug, AnchorError>) -> String {
@@ -67,6 +60,10 @@ fn anchored_positions(dir: &std::path::Path) -> Vec<u64> {
         .filter(|r| r.kind == "LogHeadAnchored")
         .map(|r| r.payload_as::<serde_json::Value>().unwrap()["position"].as_u64().unwrap())
         .collect()
+}
+
+fn kept(vault: &Vault, name: &str, machine_id: &str) -> (Head, Vec<String>) {
+    kept_records(&vault.admin, name, machine_id)
 }
 
 fn count(kinds: &[String], kind: &str) -> usize {
@@ -124,13 +121,15 @@ fn a_signed_head_is_anchored_read_back_and_listed() {
     let log = AgentLog::new();
 
     assert_eq!(client.fetch_log_head(&me).unwrap(), None, "nothing anchored yet");
-    // The first head is taken on trust: there is nothing to walk records from.
+    assert_eq!(kept(&vault, "alpha", &machine).1, Vec::<String>::new(), "nothing kept yet");
+    // No head is taken on trust: the first report carries the records from position 1.
     let head = log.grow(3, "a");
     let first = client.report_log_head(&me, &log.store, head, None).unwrap();
     assert_eq!(
-        (first.machine_id.as_str(), first.position, first.hash.as_str()),
-        (machine.as_str(), 3, head.hash.to_hex().as_str())
+        (first.machine_id.as_str(), first.position, first.hash.as_str(), first.mirrored),
+        (machine.as_str(), 3, head.hash.to_hex().as_str(), Some(3))
     );
+    assert_eq!(kept(&vault, "alpha", &machine), (head, log.lines(1, 3)), "the records, byte for byte");
     assert!((Utc::now() - first.anchored_at).num_seconds().abs() < 60);
     assert_eq!(first.refusals, 0);
     assert_eq!(client.fetch_log_head(&me).unwrap(), Some(first.clone()));
@@ -143,6 +142,7 @@ fn a_signed_head_is_anchored_read_back_and_listed() {
     let head = log.grow(2, "a");
     let later = client.report_log_head(&me, &log.store, head, None).unwrap();
     assert_eq!((later.position, later.hash.as_str()), (5, head.hash.to_hex().as_str()));
+    assert_eq!(kept(&vault, "alpha", &machine), (head, log.lines(1, 5)));
     // The other machine's head is its own.
     assert_eq!(client.fetch_log_head(&signer(&vault, "alpha", &other, &credentials)).unwrap(), None);
 
@@ -188,7 +188,14 @@ fn forged_foreign_unknown_and_replayed_reports_are_refused_and_store_nothing() {
 
     // A replayed request: the first is anchored, the same bytes again are refused.
     let h = |byte: u8| hash(byte).to_hex();
-    let body = signed_body(&credentials, "beta", &machine, 4, &h(4), "nonce-replay-0123456789");
+    let body = signed_report(
+        &credentials,
+        "beta",
+        &machine,
+        (2, &head.hash.to_hex()),
+        log.lines(1, 2),
+        "nonce-replay-0123456789",
+    );
     let first = post(&vault, &machine, "beta", &body);
     assert_eq!(first.status, 200, "{}", first.body);
     let again = post(&vault, &machine, "beta", &body);
@@ -216,7 +223,7 @@ fn forged_foreign_unknown_and_replayed_reports_are_refused_and_store_nothing() {
     assert_eq!((unsigned.status, unsigned.error_code().as_str()), (400, "bad_request"), "{}", unsigned.body);
 
     let anchored = client.fetch_log_head(&signer(&vault, "beta", &machine, &credentials)).unwrap().unwrap();
-    assert_eq!((anchored.position, anchored.refusals), (4, 0), "only the one good report counts");
+    assert_eq!((anchored.position, anchored.refusals), (2, 0), "only the one good report counts");
     let Vault { server, dir, .. } = vault;
     server.shutdown().unwrap();
     let kinds = log_kinds(dir.path());
@@ -346,10 +353,21 @@ fn records_rewritten_after_the_anchor_cannot_pass_for_extending_it() {
     broken_line[0].insert(1, '\n');
     let answer = report((7, &head7.hash.to_hex()), broken_line, "nonce-break-01234567890");
     assert_eq!((answer.status, answer.error_code().as_str()), (400, "log_head_proof_malformed"), "{}", answer.body);
+    // A first report without records, or with records that do not start at 1: asked for them, not
+    // recorded; from 1, kept.
     let newcomer = register(&credentials, "req-2");
-    let first = signed_report(&credentials, "eta", &newcomer, (2, &h5), log.lines(1, 2), "nonce-first-01234567890");
-    let answer = post(&vault, &newcomer, "eta", &first);
-    assert_eq!((answer.status, answer.error_code().as_str()), (400, "log_head_proof_malformed"), "{}", answer.body);
+    let h2 = log.head_at(2).hash.to_hex();
+    let bare = signed_report(&credentials, "eta", &newcomer, (2, &h2), Vec::new(), "nonce-first-01234567890");
+    let answer = post(&vault, &newcomer, "eta", &bare);
+    assert_eq!((answer.status, answer.error_code().as_str()), (409, "log_head_base_required"), "{}", answer.body);
+    assert!(answer.body.contains("from position 1"), "{}", answer.body);
+    let late = signed_report(&credentials, "eta", &newcomer, (2, &h2), log.lines(2, 2), "nonce-first-late-0123456");
+    let answer = post(&vault, &newcomer, "eta", &late);
+    assert_eq!((answer.status, answer.error_code().as_str()), (409, "log_head_base_required"), "{}", answer.body);
+    let whole = signed_report(&credentials, "eta", &newcomer, (2, &h2), log.lines(1, 2), "nonce-first-whole-012345");
+    let answer = post(&vault, &newcomer, "eta", &whole);
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(kept(&vault, "eta", &newcomer).1, log.lines(1, 2));
 
     // The honest records still anchor.
     assert_eq!(client.report_log_head(&me, &log.store, head7, None).unwrap().position, 7);

@@ -15,9 +15,8 @@ use regent_engine::model::{PinAnswer, RemovalAnswer};
 use regent_engine::ports::{UnregisterRequest, VaultClient};
 use regent_store::{Actor, BatchMeta, EventStore, ExpectedVersion, Head, NewEvent, StoreOptions};
 use regent_vault::protocol::MAX_PIN_FAILURES;
-use regent_vault::{BackgroundServer, HeadSigner, MigrateOptions, MoveError, ServeConfig};
+use regent_vault::{BackgroundServer, MigrateOptions, MoveError, ServeConfig};
 use tempfile::TempDir;
-use zeroize::Zeroizing;
 
 /// An agent's log: a real store, whose heads a machine reports.
 struct AgentLog {
@@ -47,17 +46,6 @@ impl AgentLog {
     fn head_at(&self, position: u64) -> Head {
         let (_, bytes) = self.store.raw_records(position).next().unwrap().unwrap();
         Head { position, hash: regent_store::decode_record(&bytes).unwrap().hash }
-    }
-}
-
-fn signer(url: &str, vault: &str, machine_id: &str, credentials: &VaultCredentials) -> HeadSigner {
-    HeadSigner {
-        endpoint: url.to_string(),
-        vault: vault.to_string(),
-        machine_id: machine_id.to_string(),
-        thumbprint: credentials.certificate.thumbprint.clone(),
-        private_key: Zeroizing::new(credentials.private_key.pkcs8_der().to_vec()),
-        proxy: None,
     }
 }
 
@@ -100,7 +88,7 @@ fn flow(vault: &Vault, between: impl FnOnce()) -> Flow {
         PinAnswer::Valid { issued_at: used.issued_at }
     );
     let log = AgentLog::new();
-    let me = signer(&url, "moving", &kept, &first);
+    let me = head_signer(&url, "moving", &kept, &first);
     client.report_log_head(&me, &log.store, log.grow(3), None).unwrap();
 
     between();
@@ -116,7 +104,7 @@ fn flow(vault: &Vault, between: impl FnOnce()) -> Flow {
     vault.admin.remove_machine("moving", &removed).unwrap();
     let leaving = machine_id(&client.register(&register_request(&newest, None, "leaving", "reg-leaving", None)));
     let told = client.unregister(&UnregisterRequest {
-        signer: signer(&url, "moving", &leaving, &newest),
+        signer: head_signer(&url, "moving", &leaving, &newest),
         request_id: "unreg-leaving".into(),
     });
     assert!(matches!(told, RemovalAnswer::Removed { .. }), "{told:?}");
@@ -359,8 +347,10 @@ fn sled_vault_after_a_flow() -> Stopped {
     assert!(vault.database.is_none());
     let flow = flow(&vault, || {});
     let listed = listed(&vault.admin);
-    let anchor =
-        quick_client(None).fetch_log_head(&signer(&vault.url(), "moving", &flow.kept, &flow.first)).unwrap().unwrap();
+    let anchor = quick_client(None)
+        .fetch_log_head(&head_signer(&vault.url(), "moving", &flow.kept, &flow.first))
+        .unwrap()
+        .unwrap();
     let head = vault.server.log_head().unwrap();
     let Vault { server, dir, .. } = vault;
     server.shutdown().unwrap();
@@ -400,8 +390,18 @@ fn a_sled_vault_moves_to_postgresql_whole_and_its_agents_work_on_against_it() {
     assert_eq!(listed(&admin), before, "the same vaults, credentials, machines and anchors");
     let url = server.url().to_string();
     let client = quick_client(None);
-    let me = signer(&url, "moving", &flow.kept, &flow.first);
+    let me = head_signer(&url, "moving", &flow.kept, &flow.first);
     assert_eq!(client.fetch_log_head(&me).unwrap(), Some(anchor.clone()), "the anchor reads back as it was");
+    // The records the sled vault kept of the machine's log moved too, byte for byte.
+    let agent_lines: Vec<String> = flow
+        .log
+        .store
+        .raw_records(1)
+        .map(|r| String::from_utf8(r.unwrap().1.to_vec()).unwrap())
+        .take(anchor.position as usize)
+        .collect();
+    assert_eq!(kept_records(&admin, "moving", &flow.kept).1, agent_lines);
+    assert_eq!(summary.kept, anchor.position, "one machine anchored its log");
     // A PIN issued before the move is good after it: the PIN key is the same admin token's.
     let answer = client.check_pin(&pin_check(&url, &flow.first, &flow.kept, &flow.outstanding, "after-move"));
     assert!(matches!(answer, PinAnswer::Valid { .. }), "{answer:?}");

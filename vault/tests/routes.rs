@@ -172,17 +172,27 @@ impl Fixture {
         }
     }
 
+    /// A first report: a one-record log's head, with that record.
     fn report(&self, signer: &VaultCredentials, as_: &VaultCredentials, machine: &str, tag: &str) -> HeadReport {
         let timestamp = Utc::now().timestamp();
-        let hash = "ab".repeat(32);
-        let none: [&str; 0] = [];
-        let message =
-            log_head_message("routes", machine, &as_.certificate.thumbprint, 1, &hash, &none, timestamp, &nonce(tag));
+        let log = AgentLog::new();
+        let hash = log.grow(1, tag).hash.to_hex();
+        let records = log.lines(1, 1);
+        let message = log_head_message(
+            "routes",
+            machine,
+            &as_.certificate.thumbprint,
+            1,
+            &hash,
+            &records,
+            timestamp,
+            &nonce(tag),
+        );
         HeadReport {
             thumbprint: as_.certificate.thumbprint.clone(),
             position: 1,
             hash,
-            records: Vec::new(),
+            records,
             timestamp,
             nonce: nonce(tag),
             signature: STANDARD.encode(signer.private_key.sign(&message).unwrap()),
@@ -889,6 +899,40 @@ fn cases(route: RouteId, fx: &Fixture) -> Vec<Case> {
                 "unauthorized",
             ),
         ],
+        RouteId::ExportMachineLog => {
+            let path = format!("/v1/vaults/routes/machines/{}/log", fx.one);
+            vec![
+                case(NoAuth, "no token", Request::new("GET", &path), 401, "unauthorized"),
+                case(
+                    WrongAuth,
+                    "a wrong token",
+                    Request::new("GET", &path).header("Authorization", "Bearer wrong"),
+                    401,
+                    "unauthorized",
+                ),
+                case(
+                    EmptyFields,
+                    "an empty vault name",
+                    fx.admin("GET", &format!("/v1/vaults//machines/{}/log", fx.one)),
+                    404,
+                    "vault_not_found",
+                ),
+                case(
+                    EmptyFields,
+                    "an empty machine id",
+                    fx.admin("GET", "/v1/vaults/routes/machines//log"),
+                    400,
+                    "bad_request",
+                ),
+                case(
+                    OversizedFields,
+                    "a 200-character machine id",
+                    fx.admin("GET", &format!("/v1/vaults/routes/machines/{long}/log")),
+                    400,
+                    "bad_request",
+                ),
+            ]
+        }
         RouteId::ReadLogHead => {
             let one = format!("/v1/vaults/routes/machines/{}/log-head", fx.one);
             let mut no_signature = fx.read(&fx.first, &fx.first, &fx.one, "read-none");

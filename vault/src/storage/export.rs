@@ -11,11 +11,12 @@
 
 use std::sync::Arc;
 
-use regent_store::{EventStore, Head, MAX_RECORD_BYTES};
+use regent_store::{Digest32, EventStore, Head, MAX_RECORD_BYTES, SideTree};
 use sqlx::postgres::PgPool;
 use tokio::sync::mpsc;
 
 use super::postgres::{Failed, describe, head_of, unavailable};
+use super::sled;
 use crate::api::ApiError;
 
 /// About this many bytes of records go in one chunk of the answer.
@@ -55,26 +56,63 @@ impl Chunker {
 /// sled: the head now, then the stored records up to it, read on a blocking thread.
 pub(crate) fn from_sled(store: Arc<EventStore>) -> LogExport {
     let head = store.head();
+    let records = store.raw_records(1).map(|item| {
+        item.map(|(position, bytes)| (position, bytes.to_vec()))
+            .map_err(|e| format!("the vault's log cannot be read: {e}"))
+    });
+    stream_blocking(head, records)
+}
+
+/// sled: one machine's kept records up to `head` (the last one the vault's log says it keeps).
+pub(crate) fn machine_from_sled(mirror: SideTree, vault: &str, machine_id: &str, head: Head) -> LogExport {
+    let (first, last) = (sled::mirror_key(vault, machine_id, 1), sled::mirror_key(vault, machine_id, head.position));
+    let prefix = sled::mirror_prefix(vault, machine_id).len();
+    let records = mirror.range(first..=last).map(move |item| {
+        let (key, value) = item.map_err(|e| format!("the machine's records cannot be read: {e}"))?;
+        let position = key
+            .get(prefix..)
+            .and_then(|bytes| <[u8; 8]>::try_from(bytes).ok())
+            .map(u64::from_be_bytes)
+            .ok_or_else(|| "a kept record's key is malformed".to_string())?;
+        Ok((position, value))
+    });
+    stream_blocking(head, records)
+}
+
+/// Streams the records up to `head` as lines, read on a blocking thread. Every position from 1 to
+/// the head must be there: a missing one ends the stream with an error, never a shorter log.
+fn stream_blocking(
+    head: Head,
+    records: impl Iterator<Item = Result<(u64, Vec<u8>), String>> + Send + 'static,
+) -> LogExport {
     let (sender, chunks) = mpsc::channel(CHUNKS_AHEAD);
     tokio::task::spawn_blocking(move || {
         let mut chunker = Chunker::new();
-        for item in store.raw_records(1) {
+        let mut expected = 1;
+        for item in records {
             let (position, bytes) = match item {
+                Ok((position, _)) if position > head.position => break,
+                Ok((position, _)) if position != expected => {
+                    let _ = sender.blocking_send(Err(format!("record {expected} is missing")));
+                    return;
+                }
                 Ok(item) => item,
                 Err(e) => {
-                    let _ = sender.blocking_send(Err(format!("the vault's log cannot be read: {e}")));
+                    let _ = sender.blocking_send(Err(e));
                     return;
                 }
             };
-            if position > head.position {
-                break;
-            }
+            expected = position + 1;
             // A send fails only when the answer was dropped (the client went away): stop reading.
             if let Some(full) = chunker.push(&bytes)
                 && sender.blocking_send(Ok(full)).is_err()
             {
                 return;
             }
+        }
+        if expected <= head.position {
+            let _ = sender.blocking_send(Err(format!("the records end before position {}", head.position)));
+            return;
         }
         if let Some(rest) = chunker.rest() {
             let _ = sender.blocking_send(Ok(rest));
@@ -83,34 +121,90 @@ pub(crate) fn from_sled(store: Arc<EventStore>) -> LogExport {
     LogExport { head, chunks }
 }
 
+/// Which log an export from PostgreSQL reads.
+enum Source {
+    /// The service's own.
+    Service,
+    /// A machine's kept records.
+    Machine { vault: String, machine_id: String },
+}
+
 /// PostgreSQL: the head and the records up to it in one read-only REPEATABLE READ transaction,
 /// held by a task for as long as the answer streams.
 pub(crate) async fn from_postgres(pool: &PgPool) -> Result<LogExport, ApiError> {
+    from_postgres_source(pool, Source::Service).await?.ok_or_else(|| ApiError::internal("the log has no head row"))
+}
+
+/// PostgreSQL: one machine's kept records, as [`from_postgres`] reads the service's log; `None`
+/// when the vault holds no such machine.
+pub(crate) async fn machine_from_postgres(
+    pool: &PgPool,
+    vault: &str,
+    machine_id: &str,
+) -> Result<Option<LogExport>, ApiError> {
+    from_postgres_source(pool, Source::Machine { vault: vault.to_string(), machine_id: machine_id.to_string() }).await
+}
+
+async fn from_postgres_source(pool: &PgPool, source: Source) -> Result<Option<LogExport>, ApiError> {
     let mut tx = pool.begin().await.map_err(|e| unavailable(&e))?;
     // Before any query: the snapshot is taken at the first one.
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
         .await
         .map_err(|e| unavailable(&e))?;
-    let row =
-        sqlx::query("SELECT position, hash FROM log_head").fetch_one(&mut *tx).await.map_err(|e| unavailable(&e))?;
-    let head = head_of(&row).map_err(|e| match e {
-        Failed::Answer(e) => e,
-        Failed::Conflict => ApiError::unavailable("the database was busy; retry"),
-    })?;
+    let head = match &source {
+        Source::Service => {
+            let row = sqlx::query("SELECT position, hash FROM log_head")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| unavailable(&e))?;
+            head_of(&row).map_err(answer)?
+        }
+        Source::Machine { vault, machine_id } => {
+            let row: Option<(Option<i64>, Option<String>)> = sqlx::query_as(
+                "SELECT mirrored_position, mirrored_hash FROM machines WHERE vault = $1 AND machine_id = $2",
+            )
+            .bind(vault)
+            .bind(machine_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| unavailable(&e))?;
+            match row {
+                None => return Ok(None),
+                Some((Some(position), Some(hash))) => Head {
+                    position: u64::try_from(position).map_err(|_| ApiError::internal("a kept head is malformed"))?,
+                    hash: Digest32::from_hex(&hash).ok_or_else(|| ApiError::internal("a kept head is malformed"))?,
+                },
+                Some(_) => Head { position: 0, hash: Digest32::GENESIS },
+            }
+        }
+    };
     let last = i64::try_from(head.position).map_err(|_| ApiError::internal("the log's head is past any position"))?;
     let (sender, chunks) = mpsc::channel(CHUNKS_AHEAD);
     tokio::spawn(async move {
         use futures_util::TryStreamExt as _;
         let mut chunker = Chunker::new();
+        let mut count = 0;
         {
-            let mut rows =
-                sqlx::query_scalar::<_, Vec<u8>>("SELECT record FROM log WHERE position <= $1 ORDER BY position")
-                    .bind(last)
-                    .fetch(&mut *tx);
+            let mut rows = match &source {
+                Source::Service => {
+                    sqlx::query_scalar::<_, Vec<u8>>("SELECT record FROM log WHERE position <= $1 ORDER BY position")
+                        .bind(last)
+                        .fetch(&mut *tx)
+                }
+                Source::Machine { vault, machine_id } => sqlx::query_scalar::<_, Vec<u8>>(
+                    "SELECT record FROM machine_records WHERE vault = $1 AND machine_id = $2 AND position <= $3 \
+                     ORDER BY position",
+                )
+                .bind(vault)
+                .bind(machine_id)
+                .bind(last)
+                .fetch(&mut *tx),
+            };
             loop {
                 match rows.try_next().await {
                     Ok(Some(record)) => {
+                        count += 1;
                         if let Some(full) = chunker.push(&record)
                             && sender.send(Ok(full)).await.is_err()
                         {
@@ -125,11 +219,22 @@ pub(crate) async fn from_postgres(pool: &PgPool) -> Result<LogExport, ApiError> 
                 }
             }
         }
+        if count != last {
+            let _ = sender.send(Err(format!("{count} records where the head is at {last}"))).await;
+            return;
+        }
         if let Some(rest) = chunker.rest() {
             let _ = sender.send(Ok(rest)).await;
         }
         // Read only: ending it either way changes nothing.
         let _ = tx.rollback().await;
     });
-    Ok(LogExport { head, chunks })
+    Ok(Some(LogExport { head, chunks }))
+}
+
+fn answer(e: Failed) -> ApiError {
+    match e {
+        Failed::Answer(e) => e,
+        Failed::Conflict => ApiError::unavailable("the database was busy; retry"),
+    }
 }

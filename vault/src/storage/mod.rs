@@ -52,6 +52,10 @@ pub(crate) trait Storage: Send + Sync + 'static {
     /// The whole log up to its head, as one consistent snapshot, streamed.
     async fn export(&self) -> Result<export::LogExport, ApiError>;
 
+    /// A machine's kept records (live or removed) up to the last one the vault's log says it keeps,
+    /// streamed; `None` when the vault holds no such machine.
+    async fn machine_log(&self, vault: &str, machine_id: &str) -> Result<Option<export::LogExport>, ApiError>;
+
     /// Whether requests can be served: the log open, the database reachable with its schema.
     async fn ready(&self) -> Result<(), String>;
 }
@@ -107,6 +111,13 @@ impl Storage for Backend {
         match self {
             Backend::Sled(s) => s.export().await,
             Backend::Postgres(s) => s.export().await,
+        }
+    }
+
+    async fn machine_log(&self, vault: &str, machine_id: &str) -> Result<Option<export::LogExport>, ApiError> {
+        match self {
+            Backend::Sled(s) => s.machine_log(vault, machine_id).await,
+            Backend::Postgres(s) => s.machine_log(vault, machine_id).await,
         }
     }
 

@@ -36,10 +36,12 @@ use crate::error::{DatabaseProblem, VaultError};
 use crate::events::{VaultEvent, stream_of};
 use crate::protocol::{AnchorRefusal, MachineInfo, Registered, VaultInfo};
 use crate::rules::{
-    CertFacts, Decision, Facts, MachineFacts, NONCE_MEMORY, PIN_MEMORY, PinCheckFacts, Planned, RegistrationFacts,
-    Scope, VaultFacts,
+    CertFacts, Decision, Facts, MachineFacts, Mirror, NONCE_MEMORY, PIN_MEMORY, PinCheckFacts, Planned,
+    RegistrationFacts, Scope, VaultFacts,
 };
-use crate::state::{AnchorHistory, HeldAnchor, IssuedCert, PinGuard, PinOutcome, PinRecord, RegistrationKey};
+use crate::state::{
+    AnchorHistory, HeldAnchor, IssuedCert, MirroredHead, PinGuard, PinOutcome, PinRecord, RegistrationKey,
+};
 
 /// Every table of the vault lives in this schema (the connections' `search_path`), so that the
 /// database may hold other applications' tables, and sqlx's migration table is the vault's own.
@@ -57,15 +59,18 @@ const ACQUIRE_TIMEOUT: StdDuration = StdDuration::from_secs(2);
 /// together do not race; a database migrated by a newer build (a version this build does not
 /// have) is refused.
 fn migrator() -> Migrator {
-    let migrations = vec![Migration::new(
-        1,
-        "log and projections".into(),
-        MigrationType::Simple,
-        include_str!("../../migrations/0001_log_and_projections.sql").into(),
-        false,
-    )];
+    let migration = |version, name: &'static str, sql: &'static str| {
+        Migration::new(version, name.into(), MigrationType::Simple, sql.into(), false)
+    };
+    let migrations = vec![
+        migration(1, "log and projections", include_str!("../../migrations/0001_log_and_projections.sql")),
+        migration(2, "machine logs", include_str!("../../migrations/0002_machine_logs.sql")),
+    ];
     Migrator { migrations: migrations.into(), ignore_missing: false, locking: true, no_tx: false }
 }
+
+/// The schema version this build writes: its last migration's.
+pub(crate) const SCHEMA_VERSION: i64 = 2;
 
 pub(crate) struct PgStorage {
     pool: PgPool,
@@ -292,6 +297,9 @@ async fn decide_in<A>(
         project(conn, &scope.vault, event).await?;
         events.push(event.to_new_event(*id).map_err(internal)?);
     }
+    if let Some(mirror) = &decision.mirror {
+        keep_records(conn, mirror).await?;
+    }
     let meta = BatchMeta { recorded_at: now, actor: decision.actor.clone(), correlation_id: Uuid::now_v7() };
     Ok(Decided::Events {
         vault: scope.vault.clone(),
@@ -300,6 +308,24 @@ async fn decide_in<A>(
         events,
         outcome: decision.outcome,
     })
+}
+
+/// Keeps a machine's records, as the decision walked them, in the same transaction as its event.
+async fn keep_records(conn: &mut PgConnection, mirror: &Mirror) -> Result<(), Failed> {
+    let first = i64::try_from(mirror.first).map_err(internal)?;
+    let positions: Vec<i64> = (first..).take(mirror.records.len()).collect();
+    let records: Vec<&[u8]> = mirror.records.iter().map(|r| r.as_bytes()).collect();
+    sqlx::query(
+        "INSERT INTO machine_records (vault, machine_id, position, record) \
+         SELECT $1, $2, * FROM UNNEST($3::BIGINT[], $4::BYTEA[])",
+    )
+    .bind(&mirror.vault)
+    .bind(&mirror.machine_id)
+    .bind(&positions)
+    .bind(&records)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// A committer: takes whatever changes queued, decides them one after another in one transaction
@@ -585,7 +611,7 @@ async fn prepare_schema(conn: &mut PgConnection, user: &str, place: &str) -> Res
                 DatabaseProblem::NewerSchema,
                 format!(
                     "the database at {place} was migrated by a newer regent (its schema {SCHEMA} is at version \
-                     {version}, this build knows up to 1): run that build or a newer one, or give this one a \
+                     {version}, this build knows up to {SCHEMA_VERSION}): run that build or a newer one, or give this one a \
                      database of its own"
                 ),
             )
@@ -757,6 +783,7 @@ impl Storage for PgStorage {
                 events: d.events,
                 actor: d.actor,
                 new_stream: d.new_stream,
+                mirror: d.mirror,
                 outcome: d.outcome.map(|a| Box::new(a) as Answer),
             })
         });
@@ -830,6 +857,10 @@ impl Storage for PgStorage {
         super::export::from_postgres(&self.pool).await
     }
 
+    async fn machine_log(&self, vault: &str, machine_id: &str) -> Result<Option<super::export::LogExport>, ApiError> {
+        super::export::machine_from_postgres(&self.pool, vault, machine_id).await
+    }
+
     async fn ready(&self) -> Result<(), String> {
         let mut conn = self.pool.acquire().await.map_err(|e| format!("the database: {}", describe(&e)))?;
         conn.ping().await.map_err(|e| format!("the database: {}", describe(&e)))?;
@@ -838,8 +869,8 @@ impl Storage for PgStorage {
             .await
             .map_err(|e| format!("the database's schema: {}", describe(&e)))?;
         match applied {
-            Some(1) => Ok(()),
-            other => Err(format!("the database's schema is at version {other:?}, this build needs 1")),
+            Some(SCHEMA_VERSION) => Ok(()),
+            other => Err(format!("the database's schema is at version {other:?}, this build needs {SCHEMA_VERSION}")),
         }
     }
 }
@@ -852,7 +883,8 @@ pub(crate) fn head_of(row: &PgRow) -> Result<Head, Failed> {
 }
 
 const MACHINE_COLUMNS: &str = "machine_id, machine_name, thumbprint, registered_at, removed_at, wrong_pins, \
-    locked_until, anchor_position, anchor_hash, anchored_at, refusals, last_refusal, last_refused_records";
+    locked_until, anchor_position, anchor_hash, anchored_at, refusals, last_refusal, last_refused_records, \
+    mirrored_position, mirrored_hash";
 
 fn machine_row(row: &PgRow) -> Result<MachineFacts, Failed> {
     let machine_id: String = row.try_get("machine_id")?;
@@ -862,6 +894,14 @@ fn machine_row(row: &PgRow) -> Result<MachineFacts, Failed> {
     let head = match (anchor_position, anchor_hash, anchored_at) {
         (Some(position), Some(hash), Some(anchored_at)) => {
             Some(HeldAnchor { position: u64::try_from(position).map_err(internal)?, hash, anchored_at })
+        }
+        _ => None,
+    };
+    let mirrored_position: Option<i64> = row.try_get("mirrored_position")?;
+    let mirrored_hash: Option<String> = row.try_get("mirrored_hash")?;
+    let mirrored = match (mirrored_position, mirrored_hash) {
+        (Some(position), Some(hash)) => {
+            Some(MirroredHead { position: u64::try_from(position).map_err(internal)?, hash })
         }
         _ => None,
     };
@@ -884,6 +924,7 @@ fn machine_row(row: &PgRow) -> Result<MachineFacts, Failed> {
         guard: PinGuard { wrong_in_row: u32::try_from(wrong).unwrap_or(0), locked_until: row.try_get("locked_until")? },
         anchor: AnchorHistory {
             head,
+            mirrored,
             refusals: u64::try_from(refusals).unwrap_or(0),
             last_refusal,
             last_refused_records: row.try_get("last_refused_records")?,
@@ -1171,7 +1212,9 @@ pub(crate) async fn project(conn: &mut PgConnection, vault: &str, event: &VaultE
         }
         VaultEvent::LogHeadAnchored(e) => {
             sqlx::query(
-                "UPDATE machines SET anchor_position = $3, anchor_hash = $4, anchored_at = $5 \
+                "UPDATE machines SET anchor_position = $3, anchor_hash = $4, anchored_at = $5, \
+                 mirrored_position = CASE WHEN $6 THEN $3 ELSE mirrored_position END, \
+                 mirrored_hash = CASE WHEN $6 THEN $4 ELSE mirrored_hash END \
                  WHERE vault = $1 AND machine_id = $2",
             )
             .bind(vault)
@@ -1179,9 +1222,22 @@ pub(crate) async fn project(conn: &mut PgConnection, vault: &str, event: &VaultE
             .bind(i64::try_from(e.position).map_err(internal)?)
             .bind(&e.hash)
             .bind(e.anchored_at)
+            .bind(e.mirrored_from.is_some())
             .execute(&mut *conn)
             .await?;
             remember_nonce(conn, vault, &e.nonce, e.anchored_at).await?;
+        }
+        VaultEvent::LogRecordsMirrored(e) => {
+            sqlx::query(
+                "UPDATE machines SET mirrored_position = $3, mirrored_hash = $4 WHERE vault = $1 AND machine_id = $2",
+            )
+            .bind(vault)
+            .bind(&e.machine_id)
+            .bind(i64::try_from(e.position).map_err(internal)?)
+            .bind(&e.hash)
+            .execute(&mut *conn)
+            .await?;
+            remember_nonce(conn, vault, &e.nonce, e.mirrored_at).await?;
         }
         VaultEvent::LogHeadRefused(e) => {
             let refusal = AnchorRefusal {

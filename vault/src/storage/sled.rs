@@ -18,7 +18,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use prometheus::IntCounter;
-use regent_store::{Actor, Batch, BatchMeta, EventStore, ExpectedVersion, Head, NewEvent, StoreError, StoreOptions};
+use regent_store::{
+    Actor, Batch, BatchMeta, EventStore, ExpectedVersion, Head, NewEvent, SideTree, StoreError, StoreOptions,
+};
 use tokio::sync::{RwLock, mpsc, oneshot};
 use uuid::Uuid;
 
@@ -27,17 +29,42 @@ use crate::api::ApiError;
 use crate::error::VaultError;
 use crate::events::{VaultEvent, stream_of};
 use crate::protocol::{MachineInfo, VaultInfo};
-use crate::rules::{Facts, Planned, Scope};
+use crate::rules::{Facts, Mirror, Planned, Scope};
 use crate::state::ServiceState;
 
 /// The service's log lives here inside the data directory.
 pub(crate) const LOG_DIR: &str = "log";
+
+/// The side tree of the log's database the machines' records are kept in.
+pub(crate) const MIRROR_TREE: &str = "machine-records";
+
+/// A kept record's key: vault, 0xFF, machine id, 0xFF, position (u64 big-endian), so that a
+/// machine's records lie together in log order (0xFF never occurs in UTF-8).
+pub(crate) fn mirror_key(vault: &str, machine_id: &str, position: u64) -> Vec<u8> {
+    let mut key = mirror_prefix(vault, machine_id);
+    key.extend_from_slice(&position.to_be_bytes());
+    key
+}
+
+/// Every key of one machine's kept records starts with this.
+pub(crate) fn mirror_prefix(vault: &str, machine_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(vault.len() + machine_id.len() + 10);
+    key.extend_from_slice(vault.as_bytes());
+    key.push(0xFF);
+    key.extend_from_slice(machine_id.as_bytes());
+    key.push(0xFF);
+    key
+}
 
 /// The most changes decided in one round.
 const MAX_ROUND: usize = 1024;
 
 pub(crate) struct SledStorage {
     store: Arc<EventStore>,
+    /// The machines' records ([`MIRROR_TREE`]): written before the append of the event that kept
+    /// them, so durable with it; read only up to the head that event names (a round that failed
+    /// may have left records past it, which the next report writes again).
+    mirror: SideTree,
     state: Arc<RwLock<ServiceState>>,
     jobs: mpsc::UnboundedSender<Job>,
 }
@@ -45,6 +72,7 @@ pub(crate) struct SledStorage {
 /// The committer's end, run by [`Committer::run`] once the runtime is up.
 pub(crate) struct Committer {
     store: Arc<EventStore>,
+    mirror: SideTree,
     state: Arc<RwLock<ServiceState>>,
     jobs: mpsc::UnboundedReceiver<Job>,
     /// Events written (the `events appended` metric).
@@ -63,7 +91,16 @@ struct Staged {
     expected: ExpectedVersion,
     meta: BatchMeta,
     events: Vec<NewEvent>,
+    mirror: Option<Mirror>,
     answer: Box<dyn FnOnce(Result<(), ApiError>) + Send>,
+}
+
+/// What a decision came to, to stage.
+struct Change {
+    planned: Vec<Planned>,
+    actor: Actor,
+    new_stream: bool,
+    mirror: Option<Mirror>,
 }
 
 struct Round<'s> {
@@ -82,10 +119,11 @@ impl SledStorage {
     ) -> Result<(SledStorage, Committer), VaultError> {
         let options = StoreOptions { lock_wait: std::time::Duration::from_secs(5), cache_bytes: 64 * 1024 * 1024 };
         let store = Arc::new(EventStore::open(data_dir.join(LOG_DIR), &options)?);
+        let mirror = store.side_tree(MIRROR_TREE)?;
         let state = Arc::new(RwLock::new(fold(&store)?));
         let (sender, receiver) = mpsc::unbounded_channel();
-        let storage = SledStorage { store: store.clone(), state: state.clone(), jobs: sender };
-        Ok((storage, Committer { store, state, jobs: receiver, appended, group_commit }))
+        let storage = SledStorage { store: store.clone(), mirror: mirror.clone(), state: state.clone(), jobs: sender };
+        Ok((storage, Committer { store, mirror, state, jobs: receiver, appended, group_commit }))
     }
 }
 
@@ -136,7 +174,13 @@ impl Storage for SledStorage {
             let answer = Box::new(move |stored: Result<(), ApiError>| {
                 let _ = reply.send(stored.and(outcome));
             });
-            round.stage(&scope.vault, decision.events, decision.actor, decision.new_stream, now, answer);
+            let change = Change {
+                planned: decision.events,
+                actor: decision.actor,
+                new_stream: decision.new_stream,
+                mirror: decision.mirror,
+            };
+            round.stage(&scope.vault, change, now, answer);
         });
         self.jobs.send(job).map_err(|_| ApiError::unavailable("the service is stopping"))?;
         answer.await.map_err(|_| ApiError::unavailable("the change was abandoned"))?
@@ -162,6 +206,28 @@ impl Storage for SledStorage {
 
     async fn export(&self) -> Result<super::export::LogExport, ApiError> {
         Ok(super::export::from_sled(self.store.clone()))
+    }
+
+    async fn machine_log(&self, vault: &str, machine_id: &str) -> Result<Option<super::export::LogExport>, ApiError> {
+        let kept = {
+            let state = self.state.read().await;
+            let Some(v) = state.vaults.get(vault) else {
+                return Ok(None);
+            };
+            if !v.machines.contains_key(machine_id) && !v.removed.contains_key(machine_id) {
+                return Ok(None);
+            }
+            v.anchors.get(machine_id).and_then(|a| a.mirrored.clone())
+        };
+        let head = match kept {
+            Some(kept) => Head {
+                position: kept.position,
+                hash: regent_store::Digest32::from_hex(&kept.hash)
+                    .ok_or_else(|| ApiError::internal("a kept head is malformed"))?,
+            },
+            None => Head { position: 0, hash: regent_store::Digest32::GENESIS },
+        };
+        Ok(Some(super::export::machine_from_sled(self.mirror.clone(), vault, machine_id, head)))
     }
 
     /// The log would take a change: it was not found damaged at start and no write has failed to
@@ -192,12 +258,11 @@ impl Round<'_> {
     fn stage(
         &mut self,
         vault: &str,
-        planned: Vec<Planned>,
-        actor: Actor,
-        new_stream: bool,
+        change: Change,
         now: DateTime<Utc>,
         answer: Box<dyn FnOnce(Result<(), ApiError>) + Send>,
     ) {
+        let Change { planned, actor, new_stream, mirror } = change;
         let mut events = Vec::with_capacity(planned.len());
         for Planned { event, id } in &planned {
             match event.to_new_event(*id) {
@@ -217,9 +282,22 @@ impl Round<'_> {
             expected: if new_stream { ExpectedVersion::NoStream } else { ExpectedVersion::Any },
             meta: BatchMeta { recorded_at: now, actor, correlation_id: Uuid::now_v7() },
             events,
+            mirror,
             answer,
         });
     }
+}
+
+/// Writes a round's kept records into the mirror tree, in one atomic batch.
+fn keep_records(tree: &SideTree, mirrors: &[Mirror]) -> Result<(), StoreError> {
+    if mirrors.is_empty() {
+        return Ok(());
+    }
+    tree.insert_all(mirrors.iter().flat_map(|mirror| {
+        (mirror.first..)
+            .zip(&mirror.records)
+            .map(|(position, record)| (mirror_key(&mirror.vault, &mirror.machine_id, position), record.as_bytes()))
+    }))
 }
 
 impl Committer {
@@ -239,10 +317,18 @@ impl Committer {
                 job(&mut round);
             }
             let Round { staged, refold, .. } = round;
-            let (writes, answers): (Vec<_>, Vec<_>) =
-                staged.into_iter().map(|s| ((s.stream, s.expected, s.meta, s.events), s.answer)).unzip();
-            let store = self.store.clone();
+            let mut mirrors = Vec::new();
+            let (writes, answers): (Vec<_>, Vec<_>) = staged
+                .into_iter()
+                .map(|s| {
+                    mirrors.extend(s.mirror);
+                    ((s.stream, s.expected, s.meta, s.events), s.answer)
+                })
+                .unzip();
+            let (store, mirror) = (self.store.clone(), self.mirror.clone());
             let written = tokio::task::spawn_blocking(move || {
+                // Before the append: its sync makes them durable with it.
+                keep_records(&mirror, &mirrors)?;
                 let batches: Vec<Batch<'_>> = writes
                     .iter()
                     .filter(|(_, _, _, events)| !events.is_empty())

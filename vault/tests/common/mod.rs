@@ -477,6 +477,36 @@ impl AgentLog {
     }
 }
 
+/// Speaks for `machine_id` at the service at `url` with the key of `credentials` (the
+/// registration's, or another one to forge).
+pub fn head_signer(
+    url: &str,
+    vault: &str,
+    machine_id: &str,
+    credentials: &VaultCredentials,
+) -> regent_vault::HeadSigner {
+    regent_vault::HeadSigner {
+        endpoint: url.to_string(),
+        vault: vault.to_string(),
+        machine_id: machine_id.to_string(),
+        thumbprint: credentials.certificate.thumbprint.clone(),
+        private_key: zeroize::Zeroizing::new(credentials.private_key.pkcs8_der().to_vec()),
+        proxy: None,
+    }
+}
+
+/// What the vault keeps of a machine's log, as the admin exports it: verified as an agent's own
+/// export is, its head and its lines.
+pub fn kept_records(admin: &AdminClient, vault: &str, machine_id: &str) -> (Head, Vec<String>) {
+    let mut export = String::new();
+    std::io::Read::read_to_string(&mut admin.export_machine_log(vault, machine_id).unwrap(), &mut export).unwrap();
+    let (header, report) =
+        regent_store::verify_export(std::io::Cursor::new(export.clone().into_bytes()), None).unwrap();
+    assert!(report.failure.is_none(), "{:?}", report.failure);
+    assert_eq!(report.verified_head, header.head);
+    (header.head, export.lines().skip(1).map(str::to_string).collect())
+}
+
 /// The hash a stored line holds (not checked).
 pub fn stored_hash(line: &str) -> Digest32 {
     regent_store::record::decode(line.as_bytes()).unwrap().hash
