@@ -781,6 +781,38 @@ pub(crate) fn report_head(
             },
         )
     };
+    // An agent older than the vault's keeping of records sends those after the anchor, not after
+    // the last record kept: walked from the anchor, its head is anchored (never on trust), and its
+    // records are not kept, since they do not follow on from the last one kept; a newer agent
+    // catches up on them later.
+    let older_agent = |held: Option<&HeldAnchor>| -> Result<Decision<Anchor>, ApiError> {
+        let Some(held) = held.filter(|held| held.position > mirrored.position && position > held.position) else {
+            return Err(base_required());
+        };
+        let from = Head { position: held.position, hash: hex_digest(&held.hash)? };
+        match walk_proof(from, None, &report.records, report.reported)? {
+            ProofWalk::Extends => {
+                let mut after = history.clone();
+                after.head = Some(HeldAnchor { position, hash: report.hash.clone(), anchored_at: now });
+                let event = VaultEvent::LogHeadAnchored(LogHeadAnchored {
+                    machine_id: machine_id.to_string(),
+                    position,
+                    hash: report.hash.clone(),
+                    nonce: report.nonce.clone(),
+                    anchored_at: now,
+                    peer: report.peer.clone(),
+                    mirrored_from: None,
+                });
+                let answer =
+                    after.anchor(machine_id).ok_or_else(|| ApiError::internal("the log head cannot be anchored"))?;
+                Ok(Decision::record(actor.clone(), event, Ok(answer)))
+            }
+            ProofWalk::StartsElsewhere => Err(base_required()),
+            ProofWalk::Forked(detail) => refuse(ErrorCode::LogHeadConflict, Some(detail)),
+            ProofWalk::Broken(detail) => refuse(ErrorCode::LogHeadProofInvalid, Some(detail)),
+            ProofWalk::Malformed(detail) => Err(api::proof_malformed(format!("the records sent: {detail}"))),
+        }
+    };
     let held = history.head.as_ref();
     // The head the vault holds, again: nothing new to keep.
     if let Some(held) = held
@@ -805,7 +837,7 @@ pub(crate) fn report_head(
         _ if report.records.is_empty() || position <= mirrored.position => Err(base_required()),
         _ => match walk_proof(mirrored, held, &report.records, report.reported)? {
             ProofWalk::Extends => keep(),
-            ProofWalk::StartsElsewhere => Err(base_required()),
+            ProofWalk::StartsElsewhere => older_agent(held),
             ProofWalk::Forked(detail) => refuse(ErrorCode::LogHeadConflict, Some(detail)),
             ProofWalk::Broken(detail) => refuse(ErrorCode::LogHeadProofInvalid, Some(detail)),
             ProofWalk::Malformed(detail) => Err(api::proof_malformed(format!("the records sent: {detail}"))),
@@ -1023,6 +1055,16 @@ mod tests {
         assert!(decision.mirror.is_none());
         assert!(matches!(decision.events.as_slice(), [Planned { event: VaultEvent::LogHeadRefused(_), .. }]));
         assert!(decision.outcome.is_err());
+        // An older agent sends only the records after the anchor: walked from it, anchored, not kept.
+        let decision = report_head(&facts, &report(heads[3], &lines[3..]), now).unwrap();
+        assert!(decision.mirror.is_none());
+        assert!(matches!(decision.events.as_slice(), [Planned { event: VaultEvent::LogHeadAnchored(e), .. }]
+            if e.position == 4 && e.mirrored_from.is_none()));
+        assert_eq!(decision.outcome.unwrap().mirrored, Some(0), "a newer agent catches up later");
+        let mut other_fourth = lines[3..].to_vec();
+        other_fourth[0] = other[3].clone();
+        let decision = report_head(&facts, &report(heads[3], &other_fourth), now).unwrap();
+        assert!(matches!(decision.events.as_slice(), [Planned { event: VaultEvent::LogHeadRefused(_), .. }]));
         // The anchored head alone: the answer it had, and it says how much is kept.
         let decision = report_head(&facts, &report(heads[2], &[]), now).unwrap();
         assert!(decision.events.is_empty());
