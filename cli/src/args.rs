@@ -367,6 +367,21 @@ pub enum VaultCommand {
         #[arg(long, value_name = "URL", env = "REGENT_VAULT_DATABASE_URL", hide_env_values = true)]
         database_url: Option<String>,
     },
+    /// One row per machine of a vault, as its own log (kept at the vault) makes it: phase, proxy,
+    /// throttling, scratch folder, passphrase, credentials expiry, last event, anchor status.
+    Fleet {
+        /// The vault whose fleet is listed.
+        #[arg(long, value_name = "NAME")]
+        vault: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// At most this many machines (1 to 1000; 100 unless given).
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// Start after this point: the `next` an earlier page gave.
+        #[arg(long, value_name = "CURSOR")]
+        after: Option<String>,
+    },
     /// List the machines registered to a vault; `remove` removes one.
     #[command(args_conflicts_with_subcommands = true)]
     Machines {

@@ -95,6 +95,15 @@ pub fn run(ctx: &Context, command: VaultCommand) -> Result<u8, Failure> {
             });
             Ok(0)
         }
+        VaultCommand::Fleet { vault, admin, limit, after } => {
+            let page = admin_client(ctx, &admin)?.fleet(&vault, limit, after.as_deref()).map_err(admin_failure)?;
+            if ctx.json {
+                terminal::json_line(serde_json::to_string(&page).map_err(|e| Failure::store(e.to_string()))?);
+            } else {
+                print_fleet(&page);
+            }
+            Ok(0)
+        }
         VaultCommand::Machines { action: None, vault, admin } => {
             let vault = vault.ok_or_else(|| Failure::usage("regent vault machines needs --vault NAME"))?;
             let machines = admin_client(ctx, &admin)?.machines(&vault).map_err(admin_failure)?;
@@ -114,6 +123,63 @@ pub fn run(ctx: &Context, command: VaultCommand) -> Result<u8, Failure> {
             }
             Ok(0)
         }
+    }
+}
+
+/// The fleet as a table, one machine a line, and how to get the next page.
+fn print_fleet(page: &regent_vault::protocol::Fleet) {
+    let time =
+        |t: Option<chrono::DateTime<chrono::Utc>>| t.map_or("-".into(), |t| t.format("%Y-%m-%d %H:%M").to_string());
+    outln!(
+        "{:<36}  {:<16}  {:<18}  {:<22}  {:<24}  {:<16}  {:<16}  {:<16}  {:<28}  ANCHOR",
+        "MACHINE ID",
+        "NAME",
+        "PHASE",
+        "PROXY",
+        "THROTTLING",
+        "SCRATCH",
+        "PASSPHRASE SET",
+        "CREDENTIALS END",
+        "LAST EVENT"
+    );
+    for m in &page.machines {
+        let proxy = m.proxy.as_ref().map_or("direct".into(), |p| {
+            format!("{}:{}{}", p.host, p.port, if p.authenticates { " (auth)" } else { "" })
+        });
+        let throttling = m
+            .throttling
+            .as_ref()
+            .map_or("off".into(), |t| format!("{} {}/{}", t.work_hours, t.work_bandwidth, t.non_work_bandwidth));
+        let last = m.last_event.as_ref().map_or("-".into(), |e| {
+            format!(
+                "{} {} {}",
+                e.at.format("%Y-%m-%d %H:%M"),
+                e.step.as_deref().unwrap_or(&e.kind),
+                e.outcome.as_deref().unwrap_or("")
+            )
+        });
+        let mut anchor = match m.anchor.position {
+            Some(position) => format!("{} at {position} (kept {})", m.anchor.status, m.anchor.mirrored),
+            None => m.anchor.status.clone(),
+        };
+        if m.agent_newer {
+            anchor.push_str("; agent newer than the vault");
+        }
+        outln!(
+            "{:<36}  {:<16}  {:<18}  {:<22}  {:<24}  {:<16}  {:<16}  {:<16}  {:<28}  {anchor}",
+            m.machine_id,
+            m.machine_name,
+            m.phase.as_deref().unwrap_or("-"),
+            proxy,
+            throttling,
+            m.scratch_dir.as_deref().unwrap_or("-"),
+            time(m.passphrase_set_at),
+            time(m.credentials_expire_at),
+            last.trim_end()
+        );
+    }
+    if let Some(next) = &page.next {
+        outln!("more machines: --after {next}");
     }
 }
 

@@ -92,7 +92,7 @@ pub fn export(ctx: &Context, admin: &AdminArgs, machine: Option<(&str, &str)>, o
         outln!(
             "exported {} of {} to {} (head {}; it verifies)",
             terminal::count(report.records, "record", "records"),
-            terminal::escape(&what),
+            what,
             output.display(),
             header.head
         );

@@ -20,6 +20,7 @@
 //! | `POST /v1/vaults/{vault}/machines/{machine_id}/unregistrations` | the machine, signed | [`UnregisterBody`] | `200` [`Unregistered`] |
 //! | `GET /v1/log` | admin | | `200` the service's whole log as an export ([`LOG_EXPORT_CONTENT_TYPE`]) |
 //! | `GET /v1/vaults/{vault}/machines/{machine_id}/log` | admin | | `200` the records kept of the machine's log, as an export |
+//! | `GET /v1/vaults/{vault}/fleet?limit=N&after=CURSOR` | admin | | `200` [`Fleet`] |
 //!
 //! The routes are also [`ROUTES`], with who may call each ([`Access`]): the service's router is built
 //! from that table and nothing else.
@@ -132,6 +133,8 @@ pub enum RouteId {
     /// `GET /v1/vaults/{vault}/machines/{machine_id}/log`: the records the vault keeps of a
     /// machine's log, exported as the agent's own export is (it verifies with `regent audit verify`).
     ExportMachineLog,
+    /// `GET /v1/vaults/{vault}/fleet`: the vault's machines as their logs make them, a page.
+    ListFleet,
 }
 
 /// The HTTP methods the service answers.
@@ -173,7 +176,7 @@ impl Route {
 
 /// Every route of the service. The router is built from this table and nothing else, so a route
 /// the table does not hold cannot be served, and `tests/routes.rs` attacks each one of them.
-pub const ROUTES: [Route; 17] = [
+pub const ROUTES: [Route; 18] = [
     Route { id: RouteId::Healthz, method: Method::Get, path: "/healthz", access: Access::Anyone },
     Route { id: RouteId::Readyz, method: Method::Get, path: "/readyz", access: Access::Anyone },
     Route { id: RouteId::Metrics, method: Method::Get, path: "/metrics", access: Access::Anyone },
@@ -236,6 +239,7 @@ pub const ROUTES: [Route; 17] = [
         path: "/v1/vaults/{vault}/machines/{machine_id}/log",
         access: Access::Admin,
     },
+    Route { id: RouteId::ListFleet, method: Method::Get, path: "/v1/vaults/{vault}/fleet", access: Access::Admin },
 ];
 
 /// Wrong PINs in a row (authenticated, from one machine) that lock that machine's PIN checks.
@@ -348,6 +352,86 @@ pub struct MachineInfo {
 pub struct Machines {
     pub vault: String,
     pub machines: Vec<MachineInfo>,
+}
+
+/// The most machines one page of [`Fleet`] holds, and how many it holds unless asked.
+pub const MAX_FLEET_PAGE: usize = 1000;
+pub const DEFAULT_FLEET_PAGE: usize = 100;
+
+/// One page of a vault's fleet (`GET /v1/vaults/{vault}/fleet?limit=N&after=CURSOR`): its current
+/// machines in registration order, each as the records the vault keeps of its log make it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fleet {
+    pub vault: String,
+    pub machines: Vec<FleetMachine>,
+    /// Where the next page starts (`after=`), when there is one.
+    #[serde(default)]
+    pub next: Option<String>,
+}
+
+/// A machine of the fleet: what its own log says (built at the vault with the agent's own
+/// projections), beside what the vault holds of it. Never a password: a proxy says only whether it
+/// authenticates.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetMachine {
+    pub machine_id: String,
+    pub machine_name: String,
+    pub registered_at: DateTime<Utc>,
+    /// The agent's phase as its log says it (`registered`, ...); null before a record is kept.
+    pub phase: Option<String>,
+    pub proxy: Option<FleetProxy>,
+    pub throttling: Option<FleetThrottling>,
+    pub scratch_dir: Option<String>,
+    pub passphrase_set_at: Option<DateTime<Utc>>,
+    /// The NotAfter of the credentials loaded on the machine.
+    pub credentials_expire_at: Option<DateTime<Utc>>,
+    pub last_event: Option<FleetEvent>,
+    pub anchor: FleetAnchor,
+    /// Records the vault's build cannot read (kinds or schemas of a newer agent) are kept and
+    /// skipped here: the row shows what this build understands.
+    pub agent_newer: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetProxy {
+    pub host: String,
+    pub port: u16,
+    /// Whether the proxy takes a user and password (the password itself is never in the log).
+    pub authenticates: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetThrottling {
+    pub work_days: String,
+    pub work_hours: String,
+    pub work_bandwidth: String,
+    pub non_work_bandwidth: String,
+}
+
+/// The last record of a machine's log the vault keeps.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetEvent {
+    pub position: u64,
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    /// The wizard step and its outcome (`accepted`, `refused`); null for a record this build
+    /// cannot read.
+    pub step: Option<String>,
+    pub outcome: Option<String>,
+}
+
+/// What the vault holds of the machine's log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetAnchor {
+    /// `none` (no head reported yet), `current` (the records kept reach the anchored head),
+    /// `catching_up` (anchored before the vault kept records, not caught up yet), `refused` (a
+    /// report was refused after the last head accepted: a copy of the log is not the one the
+    /// vault saw).
+    pub status: String,
+    pub position: Option<u64>,
+    pub mirrored: u64,
+    pub refusals: u64,
+    pub last_refusal: Option<AnchorRefusal>,
 }
 
 /// A registration, signed with the credentials' private key.

@@ -35,6 +35,11 @@ impl SideTree {
         self.tree.apply_batch(batch).map_err(|e| self.error(e))
     }
 
+    /// The value under `key`, if any.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.tree.get(key).map(|value| value.map(|v| v.to_vec())).map_err(|e| self.error(e))
+    }
+
     /// The pairs whose keys lie in `keys`, in key order.
     pub fn range(&self, keys: RangeInclusive<Vec<u8>>) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + use<> {
         let (tree, path) = (self.tree.clone(), self.path.clone());

@@ -8,6 +8,7 @@ mod damage;
 mod data_dirs;
 mod escape;
 mod fixtures;
+mod fleet;
 mod help;
 mod inputs;
 mod large_logs;

@@ -15,3 +15,14 @@ CREATE TABLE machine_records (
 -- vault kept records, until it has caught up (a projection, from the events that kept them).
 ALTER TABLE machines ADD COLUMN mirrored_position BIGINT;
 ALTER TABLE machines ADD COLUMN mirrored_hash TEXT;
+
+-- Each machine's fleet state: the agent's own state folded over its kept records (JSON), and the
+-- last position folded; moved on in the same transaction as the records it folds. A projection of
+-- `machine_records`, not of the log.
+CREATE TABLE fleet_states (
+    vault TEXT NOT NULL,
+    machine_id TEXT NOT NULL,
+    position BIGINT NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY (vault, machine_id)
+);

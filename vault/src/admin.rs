@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use crate::error::{AdminError, ClientError, chain_text};
 use crate::http;
 use crate::protocol::{
-    CreateVault, CredentialsFile, DownloadCredentials, Health, IssuedPin, MachineInfo, Machines, VaultInfo,
+    CreateVault, CredentialsFile, DownloadCredentials, Fleet, Health, IssuedPin, MachineInfo, Machines, VaultInfo,
 };
 use crate::token::{bearer, read_token_file};
 
@@ -90,6 +90,25 @@ impl AdminClient {
     pub fn machines(&self, vault: &str) -> Result<Vec<MachineInfo>, AdminError> {
         let url = self.url(&["vaults", vault, "machines"])?;
         self.call::<Machines>(self.client.get(url.clone()), &url, true).map(|m| m.machines)
+    }
+
+    /// One page of `vault`'s fleet: at most `limit` machines (the service's default without it),
+    /// after `after` (an earlier page's `next`).
+    pub fn fleet(&self, vault: &str, limit: Option<usize>, after: Option<&str>) -> Result<Fleet, AdminError> {
+        let mut url = self.url(&["vaults", vault, "fleet"])?;
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(limit) = limit {
+                query.append_pair("limit", &limit.to_string());
+            }
+            if let Some(after) = after {
+                query.append_pair("after", after);
+            }
+        }
+        if url.query() == Some("") {
+            url.set_query(None);
+        }
+        self.call::<Fleet>(self.client.get(url.clone()), &url, true)
     }
 
     /// Removes a machine from `vault`; returns what it was.

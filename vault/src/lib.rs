@@ -26,6 +26,7 @@ mod client;
 mod error;
 mod events;
 mod export;
+mod fleet;
 mod http;
 mod log_head;
 mod maintenance;

@@ -519,6 +519,7 @@ async fn copy_machine_records(pool: &PgPool, store: &EventStore) -> Result<u64, 
         };
         let range = sled::mirror_key(&vault, &machine_id, 1)..=sled::mirror_key(&vault, &machine_id, last);
         let mut walker = ChainWalker::new();
+        let mut fleet = crate::fleet::FleetState::default();
         let mut rows = mirror.range(range);
         loop {
             let mut positions = Vec::new();
@@ -535,6 +536,7 @@ async fn copy_machine_records(pool: &PgPool, store: &EventStore) -> Result<u64, 
             if positions.is_empty() {
                 break;
             }
+            fleet = fleet.fold(records.iter().map(Vec::as_slice)).map_err(&broken)?;
             let written = sqlx::query(
                 "INSERT INTO machine_records (vault, machine_id, position, record) \
                  SELECT $1, $2, * FROM UNNEST($3::BIGINT[], $4::BYTEA[]) ON CONFLICT DO NOTHING",
@@ -551,6 +553,18 @@ async fn copy_machine_records(pool: &PgPool, store: &EventStore) -> Result<u64, 
         if walker.head().position != last || walker.head().hash.to_hex() != hash {
             return Err(broken(format!("end at record {}, not at the kept head {last}", walker.head().position)));
         }
+        let state = serde_json::to_string(&fleet).map_err(|e| broken(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO fleet_states (vault, machine_id, position, state) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (vault, machine_id) DO UPDATE SET position = EXCLUDED.position, state = EXCLUDED.state",
+        )
+        .bind(&vault)
+        .bind(&machine_id)
+        .bind(i64::try_from(fleet.position).unwrap_or(i64::MAX))
+        .bind(state)
+        .execute(pool)
+        .await
+        .map_err(sql("write"))?;
     }
     Ok(copied)
 }

@@ -25,8 +25,11 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
-use crate::api::{self, ApiError, ApiJson, ApiPath, known_vault, signed_fields, valid_machine_id, valid_request_id};
+use crate::api::{
+    self, ApiError, ApiJson, ApiPath, ApiQuery, known_vault, signed_fields, valid_machine_id, valid_request_id,
+};
 use crate::events::{CredentialsIssued, PinIssued};
+use crate::fleet;
 use crate::protocol::{
     self, Anchor, CreateVault, CredentialsFile, DownloadCredentials, ErrorCode, HeadReport, Health, IssuedPin,
     MachineInfo, Machines, PinCheckBody, PinValid, Reason, RegisterBody, Registered, RouteId, SERVICE_HEADER,
@@ -141,6 +144,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
             RouteId::Unregister => on(filter, unregister_machine),
             RouteId::ExportLog => on(filter, crate::export::export_log),
             RouteId::ExportMachineLog => on(filter, crate::export::export_machine_log),
+            RouteId::ListFleet => on(filter, list_fleet),
         };
         let handler = match route.access {
             // route_layer: only matched routes ask for the token, so an unknown path is a 404, not a 401.
@@ -400,6 +404,43 @@ async fn list_machines(
     known_vault(&vault)?;
     let machines = app.storage.machines(&vault).await?.ok_or_else(|| ApiError::vault_not_found(&vault))?;
     Ok(axum::Json(Machines { vault, machines }))
+}
+
+/// `?limit=N&after=CURSOR` of a fleet page.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FleetQuery {
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+async fn list_fleet(
+    State(app): State<Arc<App>>,
+    ApiPath(vault): ApiPath<String>,
+    ApiQuery(query): ApiQuery<FleetQuery>,
+) -> Result<axum::Json<protocol::Fleet>, ApiError> {
+    known_vault(&vault)?;
+    let limit = query.limit.unwrap_or(protocol::DEFAULT_FLEET_PAGE);
+    if !(1..=protocol::MAX_FLEET_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(format!("limit must be 1 to {}", protocol::MAX_FLEET_PAGE)));
+    }
+    let after = match &query.after {
+        Some(text) => Some(fleet::Cursor::parse(text).ok_or_else(|| {
+            ApiError::bad_request("after must be the `next` of an earlier page (<RFC 3339 time>/<machine id>)")
+        })?),
+        None => None,
+    };
+    let entries =
+        app.storage.fleet(&vault, after, limit + 1).await?.ok_or_else(|| ApiError::vault_not_found(&vault))?;
+    let now = now_micros();
+    let mut machines: Vec<protocol::FleetMachine> =
+        entries.iter().map(|e| fleet::row(&e.info, &e.anchor, e.fleet.as_ref(), now)).collect();
+    // One more than asked for says whether a next page exists.
+    let next = (machines.len() > limit).then(|| {
+        machines.truncate(limit);
+        machines.last().map(|m| fleet::Cursor::after(m).to_text())
+    });
+    Ok(axum::Json(protocol::Fleet { vault, machines, next: next.flatten() }))
 }
 
 async fn remove_machine(

@@ -899,6 +899,41 @@ fn cases(route: RouteId, fx: &Fixture) -> Vec<Case> {
                 "unauthorized",
             ),
         ],
+        RouteId::ListFleet => {
+            let path = "/v1/vaults/routes/fleet";
+            vec![
+                case(NoAuth, "no token", Request::new("GET", path), 401, "unauthorized"),
+                case(
+                    WrongAuth,
+                    "a wrong token",
+                    Request::new("GET", path).header("Authorization", "Bearer wrong"),
+                    401,
+                    "unauthorized",
+                ),
+                case(EmptyFields, "an empty vault name", fx.admin("GET", "/v1/vaults//fleet"), 404, "vault_not_found"),
+                case(
+                    EmptyFields,
+                    "an empty cursor",
+                    fx.admin("GET", "/v1/vaults/routes/fleet?after="),
+                    400,
+                    "bad_request",
+                ),
+                case(
+                    OversizedFields,
+                    "a page over the limit",
+                    fx.admin("GET", "/v1/vaults/routes/fleet?limit=1001"),
+                    400,
+                    "bad_request",
+                ),
+                case(
+                    OversizedFields,
+                    "a limit past any number",
+                    fx.admin("GET", "/v1/vaults/routes/fleet?limit=99999999999999999999999"),
+                    400,
+                    "bad_request",
+                ),
+            ]
+        }
         RouteId::ExportMachineLog => {
             let path = format!("/v1/vaults/routes/machines/{}/log", fx.one);
             vec![

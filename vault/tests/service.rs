@@ -431,15 +431,18 @@ fn secrets_never_reach_the_log() {
     let valid = post_json(&vault, checks, &check);
     assert_eq!(valid.status, 200, "{}", valid.body);
 
+    // A head of 7 records, kept at the vault with them.
     let thumbprint = credentials.certificate.thumbprint.clone();
-    let (timestamp, nonce, hash) = (Utc::now().timestamp(), "nonce-secrets-head-01", "ab".repeat(32));
-    let records: [&str; 0] = [];
+    let log = AgentLog::new();
+    let head = log.grow(7, "secrets");
+    let (timestamp, nonce, hash) = (Utc::now().timestamp(), "nonce-secrets-head-01", head.hash.to_hex());
+    let records = log.lines(1, 7);
     let message = log_head_message("lambda", &machine, &thumbprint, 7, &hash, &records, timestamp, nonce);
     let report = HeadReport {
         thumbprint: thumbprint.clone(),
         position: 7,
         hash: hash.clone(),
-        records: Vec::new(),
+        records,
         timestamp,
         nonce: nonce.into(),
         signature: STANDARD.encode(credentials.private_key.sign(&message).unwrap()),

@@ -21,8 +21,10 @@ use chrono::{DateTime, Utc};
 use regent_store::Head;
 
 use crate::api::ApiError;
+use crate::fleet::{Cursor, FleetState};
 use crate::protocol::{MachineInfo, VaultInfo};
 use crate::rules::{Decision, Facts, Scope};
+use crate::state::AnchorHistory;
 
 /// A decision over facts, run by the storage (perhaps again, on fresher facts, when its
 /// transaction must be retried).
@@ -46,6 +48,15 @@ pub(crate) trait Storage: Send + Sync + 'static {
     /// A vault's current machines, oldest registration first; `None` without the vault.
     async fn machines(&self, vault: &str) -> Result<Option<Vec<MachineInfo>>, ApiError>;
 
+    /// A page of a vault's current machines, in registration order after `after`, each with what
+    /// the vault holds of its log and its fleet state; `None` without the vault.
+    async fn fleet(
+        &self,
+        vault: &str,
+        after: Option<Cursor>,
+        limit: usize,
+    ) -> Result<Option<Vec<FleetEntry>>, ApiError>;
+
     /// The head of the service's own log.
     async fn head(&self) -> Result<Head, ApiError>;
 
@@ -58,6 +69,14 @@ pub(crate) trait Storage: Send + Sync + 'static {
 
     /// Whether requests can be served: the log open, the database reachable with its schema.
     async fn ready(&self) -> Result<(), String>;
+}
+
+/// A machine of a fleet page: as registered, what the vault holds of its log, and its fleet state
+/// (none before a record is kept).
+pub(crate) struct FleetEntry {
+    pub info: MachineInfo,
+    pub anchor: AnchorHistory,
+    pub fleet: Option<FleetState>,
 }
 
 /// The storage a service runs on, chosen at start.
@@ -97,6 +116,18 @@ impl Storage for Backend {
         match self {
             Backend::Sled(s) => s.machines(vault).await,
             Backend::Postgres(s) => s.machines(vault).await,
+        }
+    }
+
+    async fn fleet(
+        &self,
+        vault: &str,
+        after: Option<Cursor>,
+        limit: usize,
+    ) -> Result<Option<Vec<FleetEntry>>, ApiError> {
+        match self {
+            Backend::Sled(s) => s.fleet(vault, after, limit).await,
+            Backend::Postgres(s) => s.fleet(vault, after, limit).await,
         }
     }
 

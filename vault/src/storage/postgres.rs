@@ -30,10 +30,11 @@ use sqlx::{Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::{Decide, Storage, remembers_nonce};
+use super::{Decide, FleetEntry, Storage, remembers_nonce};
 use crate::api::ApiError;
 use crate::error::{DatabaseProblem, VaultError};
 use crate::events::{VaultEvent, stream_of};
+use crate::fleet::{Cursor, FleetState};
 use crate::protocol::{AnchorRefusal, MachineInfo, Registered, VaultInfo};
 use crate::rules::{
     CertFacts, Decision, Facts, MachineFacts, Mirror, NONCE_MEMORY, PIN_MEMORY, PinCheckFacts, Planned,
@@ -310,8 +311,58 @@ async fn decide_in<A>(
     })
 }
 
-/// Keeps a machine's records, as the decision walked them, in the same transaction as its event.
+/// Keeps a machine's records, as the decision walked them, in the same transaction as its event,
+/// and moves its fleet state on over them.
 async fn keep_records(conn: &mut PgConnection, mirror: &Mirror) -> Result<(), Failed> {
+    insert_records(conn, mirror).await?;
+    advance_fleet(conn, mirror).await
+}
+
+/// Moves a machine's fleet state on over `mirror`'s records (its row is locked with the machine's:
+/// the same transaction holds both). A state short of the records before them (none yet: a machine
+/// anchored before fleet states were kept) is first folded up to there from the kept records.
+pub(crate) async fn advance_fleet(conn: &mut PgConnection, mirror: &Mirror) -> Result<(), Failed> {
+    let stored: Option<String> =
+        sqlx::query_scalar("SELECT state FROM fleet_states WHERE vault = $1 AND machine_id = $2 FOR UPDATE")
+            .bind(&mirror.vault)
+            .bind(&mirror.machine_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let mut state = match stored {
+        Some(json) => serde_json::from_str::<FleetState>(&json).map_err(internal)?,
+        None => FleetState::default(),
+    };
+    if state.position + 1 > mirror.first {
+        state = FleetState::default();
+    }
+    if state.position + 1 < mirror.first {
+        let before: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT record FROM machine_records WHERE vault = $1 AND machine_id = $2 AND position > $3 \
+             AND position < $4 ORDER BY position",
+        )
+        .bind(&mirror.vault)
+        .bind(&mirror.machine_id)
+        .bind(i64::try_from(state.position).map_err(internal)?)
+        .bind(i64::try_from(mirror.first).map_err(internal)?)
+        .fetch_all(&mut *conn)
+        .await?;
+        state = state.fold(before.iter().map(Vec::as_slice)).map_err(internal)?;
+    }
+    let state = state.fold(mirror.records.iter().map(|r| r.as_bytes())).map_err(internal)?;
+    sqlx::query(
+        "INSERT INTO fleet_states (vault, machine_id, position, state) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (vault, machine_id) DO UPDATE SET position = EXCLUDED.position, state = EXCLUDED.state",
+    )
+    .bind(&mirror.vault)
+    .bind(&mirror.machine_id)
+    .bind(i64::try_from(state.position).map_err(internal)?)
+    .bind(serde_json::to_string(&state).map_err(internal)?)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn insert_records(conn: &mut PgConnection, mirror: &Mirror) -> Result<(), Failed> {
     let first = i64::try_from(mirror.first).map_err(internal)?;
     let positions: Vec<i64> = (first..).take(mirror.records.len()).collect();
     let records: Vec<&[u8]> = mirror.records.iter().map(|r| r.as_bytes()).collect();
@@ -843,6 +894,56 @@ impl Storage for PgStorage {
             machines.push(info);
         }
         Ok(Some(machines))
+    }
+
+    async fn fleet(
+        &self,
+        vault: &str,
+        after: Option<Cursor>,
+        limit: usize,
+    ) -> Result<Option<Vec<FleetEntry>>, ApiError> {
+        let mut conn = self.pool.acquire().await.map_err(|e| unavailable(&e))?;
+        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM vaults WHERE name = $1)")
+            .bind(vault)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        if !exists {
+            return Ok(None);
+        }
+        let columns = MACHINE_COLUMNS.split(", ").map(|c| format!("m.{c}")).collect::<Vec<_>>().join(", ");
+        // One page through the listing index; each machine's fleet state by its key.
+        let rows = sqlx::query(&format!(
+            "SELECT {columns}, f.position AS fleet_position, f.state AS fleet_state FROM machines m \
+             LEFT JOIN fleet_states f ON f.vault = m.vault AND f.machine_id = m.machine_id \
+             WHERE m.vault = $1 AND m.removed_at IS NULL AND ($2::timestamptz IS NULL OR \
+             (m.registered_at, m.machine_id) > ($2, $3)) ORDER BY m.registered_at, m.machine_id LIMIT $4"
+        ))
+        .bind(vault)
+        .bind(after.as_ref().map(|c| c.registered_at))
+        .bind(after.as_ref().map(|c| c.machine_id.clone()).unwrap_or_default())
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| unavailable(&e))?;
+        let answer = |e: Failed| match e {
+            Failed::Answer(e) => e,
+            Failed::Conflict => ApiError::unavailable("the database was busy; retry"),
+        };
+        let mut entries = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let facts = machine_row(row).map_err(answer)?;
+            let state: Option<String> = row.try_get("fleet_state").map_err(|e| answer(e.into()))?;
+            let fleet = match state {
+                Some(json) => Some(
+                    serde_json::from_str::<FleetState>(&json)
+                        .map_err(|e| ApiError::internal(format!("a fleet state cannot be read: {e}")))?,
+                ),
+                None => None,
+            };
+            entries.push(FleetEntry { info: facts.info, anchor: facts.anchor, fleet });
+        }
+        Ok(Some(entries))
     }
 
     async fn head(&self) -> Result<Head, ApiError> {

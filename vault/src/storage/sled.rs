@@ -24,12 +24,14 @@ use regent_store::{
 use tokio::sync::{RwLock, mpsc, oneshot};
 use uuid::Uuid;
 
-use super::{Decide, Storage, remembers_nonce};
+use super::{Decide, FleetEntry, Storage, remembers_nonce};
 use crate::api::ApiError;
 use crate::error::VaultError;
 use crate::events::{VaultEvent, stream_of};
+use crate::fleet::{Cursor, FleetState};
 use crate::protocol::{MachineInfo, VaultInfo};
 use crate::rules::{Facts, Mirror, Planned, Scope};
+use crate::state::AnchorHistory;
 use crate::state::ServiceState;
 
 /// The service's log lives here inside the data directory.
@@ -37,6 +39,11 @@ pub(crate) const LOG_DIR: &str = "log";
 
 /// The side tree of the log's database the machines' records are kept in.
 pub(crate) const MIRROR_TREE: &str = "machine-records";
+
+/// The side tree of each machine's [`FleetState`] (JSON), under [`mirror_prefix`]: written with the
+/// records it folds, before the round's append; read against the position the log says is kept,
+/// and folded again from the kept records when it is not there (a round that failed after it).
+pub(crate) const FLEET_TREE: &str = "fleet-states";
 
 /// A kept record's key: vault, 0xFF, machine id, 0xFF, position (u64 big-endian), so that a
 /// machine's records lie together in log order (0xFF never occurs in UTF-8).
@@ -65,6 +72,7 @@ pub(crate) struct SledStorage {
     /// them, so durable with it; read only up to the head that event names (a round that failed
     /// may have left records past it, which the next report writes again).
     mirror: SideTree,
+    fleet: SideTree,
     state: Arc<RwLock<ServiceState>>,
     jobs: mpsc::UnboundedSender<Job>,
 }
@@ -73,6 +81,7 @@ pub(crate) struct SledStorage {
 pub(crate) struct Committer {
     store: Arc<EventStore>,
     mirror: SideTree,
+    fleet: SideTree,
     state: Arc<RwLock<ServiceState>>,
     jobs: mpsc::UnboundedReceiver<Job>,
     /// Events written (the `events appended` metric).
@@ -119,11 +128,17 @@ impl SledStorage {
     ) -> Result<(SledStorage, Committer), VaultError> {
         let options = StoreOptions { lock_wait: std::time::Duration::from_secs(5), cache_bytes: 64 * 1024 * 1024 };
         let store = Arc::new(EventStore::open(data_dir.join(LOG_DIR), &options)?);
-        let mirror = store.side_tree(MIRROR_TREE)?;
+        let (mirror, fleet) = (store.side_tree(MIRROR_TREE)?, store.side_tree(FLEET_TREE)?);
         let state = Arc::new(RwLock::new(fold(&store)?));
         let (sender, receiver) = mpsc::unbounded_channel();
-        let storage = SledStorage { store: store.clone(), mirror: mirror.clone(), state: state.clone(), jobs: sender };
-        Ok((storage, Committer { store, mirror, state, jobs: receiver, appended, group_commit }))
+        let storage = SledStorage {
+            store: store.clone(),
+            mirror: mirror.clone(),
+            fleet: fleet.clone(),
+            state: state.clone(),
+            jobs: sender,
+        };
+        Ok((storage, Committer { store, mirror, fleet, state, jobs: receiver, appended, group_commit }))
     }
 }
 
@@ -198,6 +213,50 @@ impl Storage for SledStorage {
         let mut machines: Vec<MachineInfo> = v.machines.values().map(|m| v.machine_info(m)).collect();
         machines.sort_by(|a, b| a.registered_at.cmp(&b.registered_at).then_with(|| a.machine_id.cmp(&b.machine_id)));
         Ok(Some(machines))
+    }
+
+    async fn fleet(
+        &self,
+        vault: &str,
+        after: Option<Cursor>,
+        limit: usize,
+    ) -> Result<Option<Vec<FleetEntry>>, ApiError> {
+        let page: Vec<(MachineInfo, AnchorHistory)> = {
+            let state = self.state.read().await;
+            let Some(v) = state.vaults.get(vault) else {
+                return Ok(None);
+            };
+            let mut machines: Vec<&MachineInfo> = v
+                .machines
+                .values()
+                .filter(|m| {
+                    after.as_ref().is_none_or(|c| (m.registered_at, &m.machine_id) > (c.registered_at, &c.machine_id))
+                })
+                .collect();
+            machines.sort_by(|a, b| (a.registered_at, &a.machine_id).cmp(&(b.registered_at, &b.machine_id)));
+            machines
+                .into_iter()
+                .take(limit)
+                .map(|m| (m.clone(), v.anchors.get(&m.machine_id).cloned().unwrap_or_default()))
+                .collect()
+        };
+        let (mirror, fleet, vault) = (self.mirror.clone(), self.fleet.clone(), vault.to_string());
+        let entries = tokio::task::spawn_blocking(move || {
+            page.into_iter()
+                .map(|(info, anchor)| {
+                    let kept = anchor.mirrored_position();
+                    let fleet = match kept {
+                        0 => None,
+                        _ => Some(fleet_state(&mirror, &fleet, &vault, &info.machine_id, kept)?),
+                    };
+                    Ok(FleetEntry { info, anchor, fleet })
+                })
+                .collect::<Result<Vec<_>, String>>()
+        })
+        .await
+        .map_err(|_| ApiError::internal("reading the fleet failed"))?
+        .map_err(|detail| ApiError::internal(format!("the fleet cannot be read: {detail}")))?;
+        Ok(Some(entries))
     }
 
     async fn head(&self) -> Result<Head, ApiError> {
@@ -300,6 +359,49 @@ fn keep_records(tree: &SideTree, mirrors: &[Mirror]) -> Result<(), StoreError> {
     }))
 }
 
+/// Moves each machine's fleet state on over the records a round keeps.
+fn advance_fleet(mirror: &SideTree, fleet: &SideTree, mirrors: &[Mirror]) -> Result<(), StoreError> {
+    for kept in mirrors {
+        let state = fleet_state(mirror, fleet, &kept.vault, &kept.machine_id, kept.first - 1)
+            .and_then(|state| state.fold(kept.records.iter().map(|r| r.as_bytes())))
+            .map_err(StoreError::Internal)?;
+        let json = serde_json::to_vec(&state).map_err(|e| StoreError::Internal(e.to_string()))?;
+        fleet.insert_all([(mirror_prefix(&kept.vault, &kept.machine_id), json)])?;
+    }
+    Ok(())
+}
+
+/// A machine's fleet state folded up to `position` (a position its records are kept up to): the
+/// stored one, moved on or folded again from the kept records if it is not there.
+pub(crate) fn fleet_state(
+    mirror: &SideTree,
+    fleet: &SideTree,
+    vault: &str,
+    machine_id: &str,
+    position: u64,
+) -> Result<FleetState, String> {
+    let stored = fleet.get(&mirror_prefix(vault, machine_id)).map_err(|e| e.to_string())?;
+    let mut state = match stored {
+        Some(json) => serde_json::from_slice::<FleetState>(&json).map_err(|e| format!("a fleet state: {e}"))?,
+        None => FleetState::default(),
+    };
+    if state.position > position {
+        state = FleetState::default();
+    }
+    if state.position < position {
+        let range = mirror_key(vault, machine_id, state.position + 1)..=mirror_key(vault, machine_id, position);
+        let lines: Vec<Vec<u8>> = mirror
+            .range(range)
+            .map(|item| item.map(|(_, line)| line).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?;
+        state = state.fold(lines.iter().map(Vec::as_slice))?;
+        if state.position != position {
+            return Err(format!("machine {machine_id}'s records end at {}, not at {position}", state.position));
+        }
+    }
+    Ok(state)
+}
+
 impl Committer {
     /// Writes rounds until every [`SledStorage`] handle is dropped (the service stopped).
     pub(crate) async fn run(mut self) {
@@ -325,10 +427,14 @@ impl Committer {
                     ((s.stream, s.expected, s.meta, s.events), s.answer)
                 })
                 .unzip();
-            let (store, mirror) = (self.store.clone(), self.mirror.clone());
+            let (store, mirror, fleet) = (self.store.clone(), self.mirror.clone(), self.fleet.clone());
             let written = tokio::task::spawn_blocking(move || {
                 // Before the append: its sync makes them durable with it.
                 keep_records(&mirror, &mirrors)?;
+                // A projection of the records: one that cannot be moved on is folded again when read.
+                if let Err(e) = advance_fleet(&mirror, &fleet, &mirrors) {
+                    tracing::error!(error = %e, "a fleet state could not be moved on; it is folded again when read");
+                }
                 let batches: Vec<Batch<'_>> = writes
                     .iter()
                     .filter(|(_, _, _, events)| !events.is_empty())
