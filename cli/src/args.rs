@@ -382,6 +382,38 @@ pub enum VaultCommand {
         #[arg(long, value_name = "CURSOR")]
         after: Option<String>,
     },
+    /// The events of a vault's machines' logs, accepted and refused, oldest first, filtered; a page.
+    Audit {
+        /// The vault whose machines' events are shown.
+        #[arg(long, value_name = "NAME")]
+        vault: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Only this machine's events.
+        #[arg(long, value_name = "MACHINE_ID")]
+        machine: Option<String>,
+        /// Only events at or after this time (UTC; formats as `regent audit --since`).
+        #[arg(long, value_name = "TIME", value_parser = parse_time)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only events up to this time, the second or the day it names included.
+        #[arg(long, value_name = "TIME", value_parser = parse_until)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only this step (e.g. proxy), outcome or event kind, as `regent audit --kind` takes.
+        #[arg(long, value_name = "KIND")]
+        kind: Option<String>,
+        /// Only events recorded by this actor, as the audit shows it (user@host).
+        #[arg(long, value_name = "ACTOR")]
+        actor: Option<String>,
+        /// Only accepted or only refused steps.
+        #[arg(long, value_name = "OUTCOME", value_parser = ["accepted", "refused"])]
+        outcome: Option<String>,
+        /// At most this many events (1 to 1000; 100 unless given).
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// Start after this point: the `next` an earlier page gave.
+        #[arg(long, value_name = "CURSOR")]
+        after: Option<String>,
+    },
     /// List the machines registered to a vault; `remove` removes one.
     #[command(args_conflicts_with_subcommands = true)]
     Machines {

@@ -104,6 +104,25 @@ pub fn run(ctx: &Context, command: VaultCommand) -> Result<u8, Failure> {
             }
             Ok(0)
         }
+        VaultCommand::Audit { vault, admin, machine, since, until, kind, actor, outcome, limit, after } => {
+            let time = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            let query: Vec<(&str, String)> = [
+                ("machine", machine),
+                ("since", since.map(time)),
+                ("until", until.map(time)),
+                ("kind", kind),
+                ("actor", actor),
+                ("outcome", outcome),
+                ("limit", limit.map(|n| n.to_string())),
+                ("after", after),
+            ]
+            .into_iter()
+            .filter_map(|(name, value)| value.map(|value| (name, value)))
+            .collect();
+            let page = admin_client(ctx, &admin)?.audit(&vault, &query).map_err(admin_failure)?;
+            print_fleet_audit(ctx, &page)?;
+            Ok(0)
+        }
         VaultCommand::Machines { action: None, vault, admin } => {
             let vault = vault.ok_or_else(|| Failure::usage("regent vault machines needs --vault NAME"))?;
             let machines = admin_client(ctx, &admin)?.machines(&vault).map_err(admin_failure)?;
@@ -124,6 +143,47 @@ pub fn run(ctx: &Context, command: VaultCommand) -> Result<u8, Failure> {
             Ok(0)
         }
     }
+}
+
+/// The fleet's events: a table (the machine, then `regent audit`'s columns), or JSON Lines, one
+/// entry a line; then how to get the next page (on stderr with `--json`, so stdout is entries only).
+fn print_fleet_audit(ctx: &Context, page: &regent_vault::protocol::FleetAudit) -> Result<(), Failure> {
+    if ctx.json {
+        for entry in &page.entries {
+            terminal::json_line(serde_json::to_string(entry).map_err(|e| Failure::store(e.to_string()))?);
+        }
+        if let Some(next) = &page.next {
+            terminal::errln!("more entries: --after {next}");
+        }
+        return Ok(());
+    }
+    outln!(
+        "{:<36}  {:>5}  {:<19}  {:<18}  {:<14}  {:<8}  {:<24}  SUMMARY",
+        "MACHINE ID",
+        "POS",
+        "WHEN (UTC)",
+        "WHO",
+        "STEP",
+        "OUTCOME",
+        "REASON"
+    );
+    for e in &page.entries {
+        outln!(
+            "{:<36}  {:>5}  {:<19}  {:<18}  {:<14}  {:<8}  {:<24}  {}",
+            e.machine_id,
+            e.position,
+            e.at.format("%Y-%m-%d %H:%M:%S"),
+            e.actor,
+            e.step.as_deref().unwrap_or(&e.kind),
+            e.outcome.as_deref().unwrap_or("-"),
+            e.reason.as_ref().map_or("", |r| r.code()),
+            e.summary
+        );
+    }
+    if let Some(next) = &page.next {
+        outln!("more entries: --after {next}");
+    }
+    Ok(())
 }
 
 /// The fleet as a table, one machine a line, and how to get the next page.

@@ -554,7 +554,7 @@ impl AuditFilter {
 
     /// Matches the record's kind (`StepRefused`), its step (`proxy`) or its outcome (`refused`),
     /// case-insensitively, so that `--kind proxy` and `--kind refused` both do what one expects.
-    fn matches(&self, entry: &AuditEntry) -> bool {
+    pub fn matches(&self, entry: &AuditEntry) -> bool {
         let kind_ok = self.kind.as_deref().is_none_or(|k| {
             k.eq_ignore_ascii_case(&entry.kind)
                 || k.replace('-', "_").eq_ignore_ascii_case(entry.step)

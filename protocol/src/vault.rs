@@ -21,6 +21,7 @@
 //! | `GET /v1/log` | admin | | `200` the service's whole log as an export ([`LOG_EXPORT_CONTENT_TYPE`]) |
 //! | `GET /v1/vaults/{vault}/machines/{machine_id}/log` | admin | | `200` the records kept of the machine's log, as an export |
 //! | `GET /v1/vaults/{vault}/fleet?limit=N&after=CURSOR` | admin | | `200` [`Fleet`] |
+//! | `GET /v1/vaults/{vault}/audit?machine=&since=&until=&kind=&actor=&outcome=&limit=&after=` | admin | | `200` [`FleetAudit`] |
 //!
 //! The routes are also [`ROUTES`], with who may call each ([`Access`]): the service's router is built
 //! from that table and nothing else.
@@ -135,6 +136,8 @@ pub enum RouteId {
     ExportMachineLog,
     /// `GET /v1/vaults/{vault}/fleet`: the vault's machines as their logs make them, a page.
     ListFleet,
+    /// `GET /v1/vaults/{vault}/audit`: the events of the vault's machines' logs, filtered, a page.
+    FleetAudit,
 }
 
 /// The HTTP methods the service answers.
@@ -176,7 +179,7 @@ impl Route {
 
 /// Every route of the service. The router is built from this table and nothing else, so a route
 /// the table does not hold cannot be served, and `tests/routes.rs` attacks each one of them.
-pub const ROUTES: [Route; 18] = [
+pub const ROUTES: [Route; 19] = [
     Route { id: RouteId::Healthz, method: Method::Get, path: "/healthz", access: Access::Anyone },
     Route { id: RouteId::Readyz, method: Method::Get, path: "/readyz", access: Access::Anyone },
     Route { id: RouteId::Metrics, method: Method::Get, path: "/metrics", access: Access::Anyone },
@@ -240,6 +243,7 @@ pub const ROUTES: [Route; 18] = [
         access: Access::Admin,
     },
     Route { id: RouteId::ListFleet, method: Method::Get, path: "/v1/vaults/{vault}/fleet", access: Access::Admin },
+    Route { id: RouteId::FleetAudit, method: Method::Get, path: "/v1/vaults/{vault}/audit", access: Access::Admin },
 ];
 
 /// Wrong PINs in a row (authenticated, from one machine) that lock that machine's PIN checks.
@@ -432,6 +436,42 @@ pub struct FleetAnchor {
     pub mirrored: u64,
     pub refusals: u64,
     pub last_refusal: Option<AnchorRefusal>,
+}
+
+/// The most entries one page of [`FleetAudit`] holds, and how many it holds unless asked.
+pub const MAX_AUDIT_PAGE: usize = 1000;
+pub const DEFAULT_AUDIT_PAGE: usize = 100;
+
+/// One page of a vault's fleet audit (`GET /v1/vaults/{vault}/audit`): the events of its machines'
+/// logs, accepted and refused, oldest first (by the time the agent recorded them, then machine,
+/// then position), filtered by `machine`, `since`, `until` (RFC 3339; `until` exclusive), `kind` (a
+/// step, an outcome or an event kind, as `regent audit --kind` takes), `actor` (as it is shown,
+/// `user@host`), `outcome` (`accepted`, `refused`), at most `limit`, after `after`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetAudit {
+    pub vault: String,
+    pub entries: Vec<FleetAuditEntry>,
+    /// Where the next page starts (`after=`), when there is one.
+    #[serde(default)]
+    pub next: Option<String>,
+}
+
+/// One event of a machine's log, as `regent audit` shows it on that machine (the agent's own audit
+/// entry), with the machine it is of. A record this build cannot read has no step or outcome.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetAuditEntry {
+    pub machine_id: String,
+    pub position: u64,
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub kind: String,
+    pub step: Option<String>,
+    pub outcome: Option<String>,
+    pub reason: Option<Reason>,
+    pub summary: String,
+    pub correlation_id: String,
+    /// The record's stored hash: a page is not a chain, but each entry names the record it shows.
+    pub hash: String,
 }
 
 /// A registration, signed with the credentials' private key.

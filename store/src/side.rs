@@ -1,7 +1,7 @@
 //! A tree of the store's database for data kept beside the log, not in it (`EventStore::side_tree`):
 //! sled stays inside this crate, and what is written here is durable with the next append.
 
-use std::ops::RangeInclusive;
+use std::ops::RangeBounds;
 use std::path::PathBuf;
 
 use crate::error::{Result, StoreError};
@@ -41,7 +41,7 @@ impl SideTree {
     }
 
     /// The pairs whose keys lie in `keys`, in key order.
-    pub fn range(&self, keys: RangeInclusive<Vec<u8>>) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + use<> {
+    pub fn range<R: RangeBounds<Vec<u8>>>(&self, keys: R) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + use<R> {
         let (tree, path) = (self.tree.clone(), self.path.clone());
         tree.range(keys)
             .map(move |item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(|e| StoreError::from_sled(&path, e)))

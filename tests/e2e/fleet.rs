@@ -69,6 +69,41 @@ fn the_fleet_row_is_the_agents_own_properties_and_holds_no_password() {
     assert!(lines[1].contains(&format!("127.0.0.1:{port} (auth)")) && lines[1].contains("registered"), "{text}");
     assert!(lines[1].contains("current at"), "{text}");
     assert!(!text.contains(PASSWORD));
+    // The fleet's audit: the agent's own `regent audit` entries, at the vault; a refused step too.
+    let refused = setup
+        .regent("agent")
+        .args(["credentials", "load"])
+        .arg(setup.path("no-such.VaultCredentials"))
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1), "{}", String::from_utf8_lossy(&refused.stderr));
+    let own = setup.regent("agent").args(["--json", "audit"]).output().unwrap();
+    let own: Vec<serde_json::Value> =
+        String::from_utf8(own.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let out = setup.admin(&["--json", "audit", "--vault", "prod"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!leaks(&out.stdout, PASSWORD));
+    let at_vault: Vec<serde_json::Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let fields = |e: &serde_json::Value| {
+        ["position", "at", "actor", "kind", "step", "outcome", "reason", "summary", "correlation_id"]
+            .map(|f| e[f].clone())
+    };
+    assert_eq!(at_vault.iter().map(fields).collect::<Vec<_>>(), own.iter().map(fields).collect::<Vec<_>>());
+    assert!(at_vault.iter().all(|e| e["machine_id"] == machine_id.as_str()));
+    let refusals = setup.admin(&["--json", "audit", "--vault", "prod", "--outcome", "refused"]);
+    let refusals: Vec<serde_json::Value> =
+        String::from_utf8(refusals.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(refusals.len(), own.iter().filter(|e| e["outcome"] == "refused").count());
+    assert!(refusals.iter().any(|e| e["reason"] == "credentials_unreadable"), "{refusals:?}");
+    let proxy_steps = setup.admin(&["--json", "audit", "--vault", "prod", "--kind", "proxy", "--limit", "1"]);
+    assert_eq!(proxy_steps.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&proxy_steps.stdout).lines().count(), 1);
+    let table = setup.admin(&["audit", "--vault", "prod", "--limit", "2"]);
+    let text = String::from_utf8(table.stdout).unwrap();
+    assert_eq!(text.lines().count(), 4, "a heading, two entries, the next page: {text}");
+    assert!(text.lines().last().unwrap().starts_with("more entries: --after "), "{text}");
+
     // A vault that does not exist, and a bad page size: one line, a code each.
     let missing = setup.admin(&["fleet", "--vault", "nowhere"]);
     assert_eq!(missing.status.code(), Some(1));

@@ -8,8 +8,11 @@ CREATE TABLE machine_records (
     machine_id TEXT NOT NULL,
     position BIGINT NOT NULL CHECK (position > 0),
     record BYTEA NOT NULL,
+    -- When the agent recorded it (the record's own time): the fleet audit's order.
+    recorded_at TIMESTAMPTZ NOT NULL,
     PRIMARY KEY (vault, machine_id, position)
 );
+CREATE INDEX machine_records_by_time ON machine_records (vault, recorded_at, machine_id, position);
 
 -- The last record kept of each machine's log: at the anchor, but for a machine anchored before the
 -- vault kept records, until it has caught up (a projection, from the events that kept them).

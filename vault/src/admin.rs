@@ -12,7 +12,8 @@ use serde::de::DeserializeOwned;
 use crate::error::{AdminError, ClientError, chain_text};
 use crate::http;
 use crate::protocol::{
-    CreateVault, CredentialsFile, DownloadCredentials, Fleet, Health, IssuedPin, MachineInfo, Machines, VaultInfo,
+    CreateVault, CredentialsFile, DownloadCredentials, Fleet, FleetAudit, Health, IssuedPin, MachineInfo, Machines,
+    VaultInfo,
 };
 use crate::token::{bearer, read_token_file};
 
@@ -109,6 +110,17 @@ impl AdminClient {
             url.set_query(None);
         }
         self.call::<Fleet>(self.client.get(url.clone()), &url, true)
+    }
+
+    /// One page of `vault`'s fleet audit, filtered by `query` (each pair a query parameter of
+    /// `GET /v1/vaults/{vault}/audit`: `machine`, `since`, `until`, `kind`, `actor`, `outcome`,
+    /// `limit`, `after`).
+    pub fn audit(&self, vault: &str, query: &[(&str, String)]) -> Result<FleetAudit, AdminError> {
+        let mut url = self.url(&["vaults", vault, "audit"])?;
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
+        }
+        self.call::<FleetAudit>(self.client.get(url.clone()), &url, true)
     }
 
     /// Removes a machine from `vault`; returns what it was.

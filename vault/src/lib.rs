@@ -22,6 +22,7 @@
 
 mod admin;
 mod api;
+mod audit;
 mod client;
 mod error;
 mod events;

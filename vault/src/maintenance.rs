@@ -524,12 +524,15 @@ async fn copy_machine_records(pool: &PgPool, store: &EventStore) -> Result<u64, 
         loop {
             let mut positions = Vec::new();
             let mut records = Vec::new();
+            let mut times = Vec::new();
             for item in rows.by_ref().take(READ_BATCH as usize) {
                 let (_, record) = item.map_err(|source| MoveError::Store {
                     detail: format!("the machines' records cannot be read: {source}"),
                     source,
                 })?;
                 walker.push(None, &record).map_err(|failure| broken(format!("do not verify ({failure})")))?;
+                let at = regent_store::decode_record(&record).map_err(|e| broken(format!("cannot be read ({e})")))?;
+                times.push(at.recorded_at);
                 positions.push(i64::try_from(walker.head().position).unwrap_or(i64::MAX));
                 records.push(record);
             }
@@ -538,13 +541,14 @@ async fn copy_machine_records(pool: &PgPool, store: &EventStore) -> Result<u64, 
             }
             fleet = fleet.fold(records.iter().map(Vec::as_slice)).map_err(&broken)?;
             let written = sqlx::query(
-                "INSERT INTO machine_records (vault, machine_id, position, record) \
-                 SELECT $1, $2, * FROM UNNEST($3::BIGINT[], $4::BYTEA[]) ON CONFLICT DO NOTHING",
+                "INSERT INTO machine_records (vault, machine_id, position, record, recorded_at) \
+                 SELECT $1, $2, * FROM UNNEST($3::BIGINT[], $4::BYTEA[], $5::TIMESTAMPTZ[]) ON CONFLICT DO NOTHING",
             )
             .bind(&vault)
             .bind(&machine_id)
             .bind(&positions)
             .bind(&records)
+            .bind(&times)
             .execute(pool)
             .await
             .map_err(sql("write"))?;

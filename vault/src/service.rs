@@ -29,7 +29,6 @@ use crate::api::{
     self, ApiError, ApiJson, ApiPath, ApiQuery, known_vault, signed_fields, valid_machine_id, valid_request_id,
 };
 use crate::events::{CredentialsIssued, PinIssued};
-use crate::fleet;
 use crate::protocol::{
     self, Anchor, CreateVault, CredentialsFile, DownloadCredentials, ErrorCode, HeadReport, Health, IssuedPin,
     MachineInfo, Machines, PinCheckBody, PinValid, Reason, RegisterBody, Registered, RouteId, SERVICE_HEADER,
@@ -38,6 +37,7 @@ use crate::protocol::{
 use crate::rules::{self, Scope};
 use crate::storage::{Backend, Storage};
 use crate::token::AdminKey;
+use crate::{audit, fleet};
 
 pub(crate) struct App {
     pub storage: Backend,
@@ -145,6 +145,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
             RouteId::ExportLog => on(filter, crate::export::export_log),
             RouteId::ExportMachineLog => on(filter, crate::export::export_machine_log),
             RouteId::ListFleet => on(filter, list_fleet),
+            RouteId::FleetAudit => on(filter, fleet_audit),
         };
         let handler = match route.access {
             // route_layer: only matched routes ask for the token, so an unknown path is a 404, not a 401.
@@ -441,6 +442,113 @@ async fn list_fleet(
         machines.last().map(|m| fleet::Cursor::after(m).to_text())
     });
     Ok(axum::Json(protocol::Fleet { vault, machines, next: next.flatten() }))
+}
+
+/// The filters and page of a fleet audit (see [`protocol::FleetAudit`]).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    machine: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    kind: Option<String>,
+    actor: Option<String>,
+    outcome: Option<String>,
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+/// Kept records read per round while filling a page: memory stays at about this many records,
+/// however few match.
+const AUDIT_SCAN: usize = 512;
+
+async fn fleet_audit(
+    State(app): State<Arc<App>>,
+    ApiPath(vault): ApiPath<String>,
+    ApiQuery(query): ApiQuery<AuditQuery>,
+) -> Result<axum::Json<protocol::FleetAudit>, ApiError> {
+    known_vault(&vault)?;
+    let limit = query.limit.unwrap_or(protocol::DEFAULT_AUDIT_PAGE);
+    if !(1..=protocol::MAX_AUDIT_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(format!("limit must be 1 to {}", protocol::MAX_AUDIT_PAGE)));
+    }
+    if let Some(machine) = &query.machine {
+        valid_machine_id(machine)?;
+    }
+    let time = |name: &str, text: &Option<String>| -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+        text.as_deref()
+            .map(|text| {
+                chrono::DateTime::parse_from_rfc3339(text)
+                    .map(|t| t.with_timezone(&chrono::Utc))
+                    .map_err(|_| ApiError::bad_request(format!("{name} must be an RFC 3339 time")))
+            })
+            .transpose()
+    };
+    let (since, until) = (time("since", &query.since)?, time("until", &query.until)?);
+    let word = |text: &str| {
+        !text.is_empty() && text.len() <= 64 && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    };
+    if query.kind.as_deref().is_some_and(|kind| !word(kind)) {
+        return Err(ApiError::bad_request(
+            "kind must be a step, an outcome or an event kind (letters, digits, _ and -)",
+        ));
+    }
+    if query.outcome.as_deref().is_some_and(|outcome| !["accepted", "refused"].contains(&outcome)) {
+        return Err(ApiError::bad_request("outcome must be accepted or refused"));
+    }
+    if query
+        .actor
+        .as_deref()
+        .is_some_and(|actor| actor.is_empty() || actor.len() > 512 || actor.chars().any(char::is_control))
+    {
+        return Err(ApiError::bad_request("actor must be 1 to 512 characters, as the audit shows it (user@host)"));
+    }
+    let mut after = match &query.after {
+        Some(text) => Some(audit::AuditCursor::parse(text).ok_or_else(|| {
+            ApiError::bad_request(
+                "after must be the `next` of an earlier page (<RFC 3339 time>/<machine id>/<position>)",
+            )
+        })?),
+        None => None,
+    };
+    let filter = audit::EntryFilter {
+        engine: regent_engine::projections::AuditFilter {
+            since,
+            before: until,
+            kind: query.kind.clone(),
+            ..Default::default()
+        },
+        actor: query.actor.clone(),
+        outcome: query.outcome.clone(),
+    };
+    let mut entries: Vec<(audit::AuditCursor, protocol::FleetAuditEntry)> = Vec::new();
+    'scan: loop {
+        let scan =
+            audit::AuditScan { machine: query.machine.clone(), since, until, after: after.clone(), limit: AUDIT_SCAN };
+        let kept = app.storage.kept_records(&vault, &scan).await?.ok_or_else(|| ApiError::vault_not_found(&vault))?;
+        for record in &kept {
+            after = Some(record.cursor());
+            if let Some(entry) = audit::entry(record, &filter)? {
+                entries.push((record.cursor(), entry));
+                // One more than asked for says whether a next page exists.
+                if entries.len() > limit {
+                    break 'scan;
+                }
+            }
+        }
+        if kept.len() < AUDIT_SCAN {
+            break;
+        }
+    }
+    let next = (entries.len() > limit).then(|| {
+        entries.truncate(limit);
+        entries.last().map(|(cursor, _)| cursor.to_text())
+    });
+    Ok(axum::Json(protocol::FleetAudit {
+        vault,
+        entries: entries.into_iter().map(|(_, entry)| entry).collect(),
+        next: next.flatten(),
+    }))
 }
 
 async fn remove_machine(

@@ -123,3 +123,83 @@ fn a_fleet_page_lists_machines_in_order_with_their_logs_and_anchors_and_pages_on
     assert_eq!((raw_answer.status, raw_answer.error_code().as_str()), (400, "bad_request"), "{}", raw_answer.body);
 }
 both!(a_fleet_page_lists_machines_in_order_with_their_logs_and_anchors_and_pages_on);
+
+fn the_fleet_audit_pages_every_machines_events_in_time_order_and_filters_them() {
+    let vault = Vault::start();
+    let credentials = vault.vault_with_credentials("audited");
+    let client = quick_client(None);
+    let ids: Vec<String> = (0..2).map(|n| register(&credentials, &format!("req-{n}"))).collect();
+    let logs: Vec<AgentLog> = ids.iter().map(|_| AgentLog::new()).collect();
+    // Batches a few milliseconds apart, alternating machines: 3, then 2, then 3 records.
+    let mut expected = Vec::new();
+    for (machine, count) in [(0, 3), (1, 2), (0, 3)] {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let from = logs[machine].head().position + 1;
+        let head = logs[machine].grow(count, "audit");
+        expected.extend((from..=head.position).map(|p| (ids[machine].clone(), p)));
+        let me = head_signer(&vault.url(), "audited", &ids[machine], &credentials);
+        client.report_log_head(&me, &logs[machine].store, head, None).unwrap();
+    }
+    let audit = |query: &[(&str, String)]| vault.admin.audit("audited", query).unwrap();
+    let shown = |page: &regent_vault::protocol::FleetAudit| -> Vec<(String, u64)> {
+        page.entries.iter().map(|e| (e.machine_id.clone(), e.position)).collect()
+    };
+
+    let all = audit(&[]);
+    assert_eq!(shown(&all), expected, "oldest first, across machines");
+    assert_eq!(all.next, None);
+    let first = &all.entries[0];
+    assert_eq!((first.kind.as_str(), first.step.as_ref(), first.actor.as_str()), ("Tested", None, "test@test"));
+    assert_eq!(first.hash, logs[0].head_at(1).hash.to_hex(), "each entry names its record");
+
+    // Pages of three: the same entries, each page naming the next.
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let mut query = vec![("limit", "3".to_string())];
+        query.extend(after.clone().map(|a| ("after", a)));
+        let page = audit(&query);
+        paged.extend(shown(&page));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(paged, expected);
+
+    // One machine; a period (from the second machine's records on); a kind; an actor; an outcome
+    // (these records are of no wizard step, so none has one).
+    let second: Vec<(String, u64)> = expected.iter().filter(|(m, _)| *m == ids[1]).cloned().collect();
+    assert_eq!(shown(&audit(&[("machine", ids[1].clone())])), second);
+    let since = all.entries[3].at;
+    let until = all.entries[5].at;
+    let period = audit(&[("since", since.to_rfc3339()), ("until", until.to_rfc3339())]);
+    assert_eq!(shown(&period), expected[3..5].to_vec());
+    assert_eq!(audit(&[("kind", "tested".into())]).entries.len(), 8, "kinds match in any case");
+    assert!(audit(&[("kind", "ProxySet".into())]).entries.is_empty());
+    assert_eq!(audit(&[("actor", "test@test".into())]).entries.len(), 8);
+    assert!(audit(&[("actor", "someone@else".into())]).entries.is_empty());
+    assert!(audit(&[("outcome", "refused".into())]).entries.is_empty());
+
+    // Bad input: one code each, nothing listed.
+    let refused = |vault_name: &str, query: &[(&str, String)]| match vault.admin.audit(vault_name, query) {
+        Err(AdminError::Refused { code, .. } | AdminError::NotFound { code, .. }) => code.code().to_string(),
+        Err(other) => panic!("{other}"),
+        Ok(page) => panic!("listed {page:?}"),
+    };
+    for query in [
+        vec![("limit", "0".to_string())],
+        vec![("limit", "1001".into())],
+        vec![("since", "yesterday".into())],
+        vec![("outcome", "maybe".into())],
+        vec![("kind", "a kind; DROP TABLE".into())],
+        vec![("after", "not a cursor".into())],
+        vec![("machine", "x".repeat(200))],
+        vec![("actor", "a\u{7}b".into())],
+        vec![("colour", "red".into())],
+    ] {
+        assert_eq!(refused("audited", &query), "bad_request", "{query:?}");
+    }
+    assert_eq!(refused("nowhere", &[]), "vault_not_found");
+}
+both!(the_fleet_audit_pages_every_machines_events_in_time_order_and_filters_them);

@@ -899,6 +899,41 @@ fn cases(route: RouteId, fx: &Fixture) -> Vec<Case> {
                 "unauthorized",
             ),
         ],
+        RouteId::FleetAudit => {
+            let path = "/v1/vaults/routes/audit";
+            vec![
+                case(NoAuth, "no token", Request::new("GET", path), 401, "unauthorized"),
+                case(
+                    WrongAuth,
+                    "a wrong token",
+                    Request::new("GET", path).header("Authorization", "Bearer wrong"),
+                    401,
+                    "unauthorized",
+                ),
+                case(EmptyFields, "an empty vault name", fx.admin("GET", "/v1/vaults//audit"), 404, "vault_not_found"),
+                case(
+                    EmptyFields,
+                    "an empty kind",
+                    fx.admin("GET", "/v1/vaults/routes/audit?kind="),
+                    400,
+                    "bad_request",
+                ),
+                case(
+                    OversizedFields,
+                    "a 200-character machine id",
+                    fx.admin("GET", &format!("/v1/vaults/routes/audit?machine={long}")),
+                    400,
+                    "bad_request",
+                ),
+                case(
+                    OversizedFields,
+                    "a page over the limit",
+                    fx.admin("GET", "/v1/vaults/routes/audit?limit=1001"),
+                    400,
+                    "bad_request",
+                ),
+            ]
+        }
         RouteId::ListFleet => {
             let path = "/v1/vaults/routes/fleet";
             vec![

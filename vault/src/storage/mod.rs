@@ -21,6 +21,7 @@ use chrono::{DateTime, Utc};
 use regent_store::Head;
 
 use crate::api::ApiError;
+use crate::audit::{AuditScan, KeptRecord};
 use crate::fleet::{Cursor, FleetState};
 use crate::protocol::{MachineInfo, VaultInfo};
 use crate::rules::{Decision, Facts, Scope};
@@ -56,6 +57,10 @@ pub(crate) trait Storage: Send + Sync + 'static {
         after: Option<Cursor>,
         limit: usize,
     ) -> Result<Option<Vec<FleetEntry>>, ApiError>;
+
+    /// Kept records of the vault's machines (live or removed) in audit order (the time the agent
+    /// recorded each, then machine, then position), as `scan` bounds them; `None` without the vault.
+    async fn kept_records(&self, vault: &str, scan: &AuditScan) -> Result<Option<Vec<KeptRecord>>, ApiError>;
 
     /// The head of the service's own log.
     async fn head(&self) -> Result<Head, ApiError>;
@@ -131,6 +136,13 @@ impl Storage for Backend {
         }
     }
 
+    async fn kept_records(&self, vault: &str, scan: &AuditScan) -> Result<Option<Vec<KeptRecord>>, ApiError> {
+        match self {
+            Backend::Sled(s) => s.kept_records(vault, scan).await,
+            Backend::Postgres(s) => s.kept_records(vault, scan).await,
+        }
+    }
+
     async fn head(&self) -> Result<Head, ApiError> {
         match self {
             Backend::Sled(s) => s.head().await,
@@ -168,6 +180,19 @@ impl Backend {
             s.pool().close().await;
         }
     }
+}
+
+/// When the agent recorded each of a mirror's records (the fleet audit's order).
+pub(crate) fn recorded_times(mirror: &crate::rules::Mirror) -> Result<Vec<DateTime<Utc>>, String> {
+    mirror
+        .records
+        .iter()
+        .map(|line| {
+            regent_store::decode_record(line.as_bytes())
+                .map(|record| record.recorded_at)
+                .map_err(|e| format!("a kept record cannot be read: {e}"))
+        })
+        .collect()
 }
 
 /// Whether a refusal leaves the request's nonce to be remembered: every refusal but a replay (whose

@@ -32,6 +32,7 @@ use uuid::Uuid;
 
 use super::{Decide, FleetEntry, Storage, remembers_nonce};
 use crate::api::ApiError;
+use crate::audit::{AuditScan, KeptRecord};
 use crate::error::{DatabaseProblem, VaultError};
 use crate::events::{VaultEvent, stream_of};
 use crate::fleet::{Cursor, FleetState};
@@ -366,14 +367,16 @@ async fn insert_records(conn: &mut PgConnection, mirror: &Mirror) -> Result<(), 
     let first = i64::try_from(mirror.first).map_err(internal)?;
     let positions: Vec<i64> = (first..).take(mirror.records.len()).collect();
     let records: Vec<&[u8]> = mirror.records.iter().map(|r| r.as_bytes()).collect();
+    let times = super::recorded_times(mirror).map_err(internal)?;
     sqlx::query(
-        "INSERT INTO machine_records (vault, machine_id, position, record) \
-         SELECT $1, $2, * FROM UNNEST($3::BIGINT[], $4::BYTEA[])",
+        "INSERT INTO machine_records (vault, machine_id, position, record, recorded_at) \
+         SELECT $1, $2, * FROM UNNEST($3::BIGINT[], $4::BYTEA[], $5::TIMESTAMPTZ[])",
     )
     .bind(&mirror.vault)
     .bind(&mirror.machine_id)
     .bind(&positions)
     .bind(&records)
+    .bind(&times)
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -894,6 +897,45 @@ impl Storage for PgStorage {
             machines.push(info);
         }
         Ok(Some(machines))
+    }
+
+    async fn kept_records(&self, vault: &str, scan: &AuditScan) -> Result<Option<Vec<KeptRecord>>, ApiError> {
+        let mut conn = self.pool.acquire().await.map_err(|e| unavailable(&e))?;
+        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM vaults WHERE name = $1)")
+            .bind(vault)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        if !exists {
+            return Ok(None);
+        }
+        let after = scan.after.as_ref();
+        // The time index, from the cursor (or the range's start) on; the machine filter on the way.
+        let rows: Vec<(String, i64, DateTime<Utc>, Vec<u8>)> = sqlx::query_as(
+            "SELECT machine_id, position, recorded_at, record FROM machine_records WHERE vault = $1 \
+             AND ($2::text IS NULL OR machine_id = $2) AND ($3::timestamptz IS NULL OR recorded_at >= $3) \
+             AND ($4::timestamptz IS NULL OR recorded_at < $4) \
+             AND ($5::timestamptz IS NULL OR (recorded_at, machine_id, position) > ($5, $6, $7)) \
+             ORDER BY recorded_at, machine_id, position LIMIT $8",
+        )
+        .bind(vault)
+        .bind(scan.machine.as_deref())
+        .bind(scan.since)
+        .bind(scan.until)
+        .bind(after.map(|c| c.at))
+        .bind(after.map(|c| c.machine_id.clone()).unwrap_or_default())
+        .bind(after.map_or(0, |c| i64::try_from(c.position).unwrap_or(i64::MAX)))
+        .bind(i64::try_from(scan.limit).unwrap_or(i64::MAX))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| unavailable(&e))?;
+        rows.into_iter()
+            .map(|(machine_id, position, at, line)| {
+                let position = u64::try_from(position).map_err(|_| ApiError::internal("a kept record's position"))?;
+                Ok(KeptRecord { machine_id, position, at, line })
+            })
+            .collect::<Result<Vec<_>, ApiError>>()
+            .map(Some)
     }
 
     async fn fleet(

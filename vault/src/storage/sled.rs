@@ -26,6 +26,7 @@ use uuid::Uuid;
 
 use super::{Decide, FleetEntry, Storage, remembers_nonce};
 use crate::api::ApiError;
+use crate::audit::{AuditScan, KeptRecord};
 use crate::error::VaultError;
 use crate::events::{VaultEvent, stream_of};
 use crate::fleet::{Cursor, FleetState};
@@ -44,6 +45,43 @@ pub(crate) const MIRROR_TREE: &str = "machine-records";
 /// records it folds, before the round's append; read against the position the log says is kept,
 /// and folded again from the kept records when it is not there (a round that failed after it).
 pub(crate) const FLEET_TREE: &str = "fleet-states";
+
+/// The side tree that orders the kept records for the fleet audit: [`time_key`] -> nothing. Read
+/// only for records at or below what the log says is kept (a failed round may leave keys past it).
+pub(crate) const TIME_TREE: &str = "record-times";
+
+/// A kept record's place in audit order: vault, 0xFF, the time the agent recorded it (microseconds,
+/// its sign bit flipped so that the bytes sort as the times do), machine id, 0xFF, position.
+pub(crate) fn time_key(vault: &str, at: DateTime<Utc>, machine_id: &str, position: u64) -> Vec<u8> {
+    let mut key = time_prefix(vault, at);
+    key.extend_from_slice(machine_id.as_bytes());
+    key.push(0xFF);
+    key.extend_from_slice(&position.to_be_bytes());
+    key
+}
+
+/// Every [`time_key`] of `vault` at `at` or later sorts at or after this.
+pub(crate) fn time_prefix(vault: &str, at: DateTime<Utc>) -> Vec<u8> {
+    let mut key = Vec::with_capacity(vault.len() + 64);
+    key.extend_from_slice(vault.as_bytes());
+    key.push(0xFF);
+    key.extend_from_slice(&((at.timestamp_micros() as u64) ^ (1 << 63)).to_be_bytes());
+    key
+}
+
+/// The record a [`time_key`] of `vault` names: its time, machine and position.
+fn parse_time_key(vault: &str, key: &[u8]) -> Option<(DateTime<Utc>, String, u64)> {
+    let rest = key.strip_prefix(vault.as_bytes())?.strip_prefix(&[0xFF])?;
+    let (time, rest) = rest.split_at_checked(8)?;
+    let micros = (u64::from_be_bytes(time.try_into().ok()?) ^ (1 << 63)) as i64;
+    let (machine, position) = rest.split_at_checked(rest.len().checked_sub(9)?)?;
+    let position = position.strip_prefix(&[0xFF])?;
+    Some((
+        DateTime::from_timestamp_micros(micros)?,
+        String::from_utf8(machine.to_vec()).ok()?,
+        u64::from_be_bytes(position.try_into().ok()?),
+    ))
+}
 
 /// A kept record's key: vault, 0xFF, machine id, 0xFF, position (u64 big-endian), so that a
 /// machine's records lie together in log order (0xFF never occurs in UTF-8).
@@ -73,6 +111,7 @@ pub(crate) struct SledStorage {
     /// may have left records past it, which the next report writes again).
     mirror: SideTree,
     fleet: SideTree,
+    times: SideTree,
     state: Arc<RwLock<ServiceState>>,
     jobs: mpsc::UnboundedSender<Job>,
 }
@@ -82,6 +121,7 @@ pub(crate) struct Committer {
     store: Arc<EventStore>,
     mirror: SideTree,
     fleet: SideTree,
+    times: SideTree,
     state: Arc<RwLock<ServiceState>>,
     jobs: mpsc::UnboundedReceiver<Job>,
     /// Events written (the `events appended` metric).
@@ -129,16 +169,18 @@ impl SledStorage {
         let options = StoreOptions { lock_wait: std::time::Duration::from_secs(5), cache_bytes: 64 * 1024 * 1024 };
         let store = Arc::new(EventStore::open(data_dir.join(LOG_DIR), &options)?);
         let (mirror, fleet) = (store.side_tree(MIRROR_TREE)?, store.side_tree(FLEET_TREE)?);
+        let times = store.side_tree(TIME_TREE)?;
         let state = Arc::new(RwLock::new(fold(&store)?));
         let (sender, receiver) = mpsc::unbounded_channel();
         let storage = SledStorage {
             store: store.clone(),
             mirror: mirror.clone(),
             fleet: fleet.clone(),
+            times: times.clone(),
             state: state.clone(),
             jobs: sender,
         };
-        Ok((storage, Committer { store, mirror, fleet, state, jobs: receiver, appended, group_commit }))
+        Ok((storage, Committer { store, mirror, fleet, times, state, jobs: receiver, appended, group_commit }))
     }
 }
 
@@ -259,6 +301,57 @@ impl Storage for SledStorage {
         Ok(Some(entries))
     }
 
+    async fn kept_records(&self, vault: &str, scan: &AuditScan) -> Result<Option<Vec<KeptRecord>>, ApiError> {
+        // How far each machine's records are kept, by the log: nothing past it is read.
+        let kept: std::collections::HashMap<String, u64> = {
+            let state = self.state.read().await;
+            let Some(v) = state.vaults.get(vault) else {
+                return Ok(None);
+            };
+            v.anchors.iter().map(|(machine, anchor)| (machine.clone(), anchor.mirrored_position())).collect()
+        };
+        let (mirror, times, vault, scan) = (self.mirror.clone(), self.times.clone(), vault.to_string(), scan.clone());
+        let records = tokio::task::spawn_blocking(move || -> Result<Vec<KeptRecord>, String> {
+            use std::ops::Bound;
+            let since = scan.since.map(|since| time_prefix(&vault, since));
+            let after = scan.after.as_ref().map(|c| time_key(&vault, c.at, &c.machine_id, c.position));
+            let start = match (since, after) {
+                (Some(since), Some(after)) if since > after => Bound::Included(since),
+                (_, Some(after)) => Bound::Excluded(after),
+                (Some(since), None) => Bound::Included(since),
+                (None, None) => Bound::Included(time_prefix(&vault, DateTime::<Utc>::MIN_UTC)),
+            };
+            let end = match scan.until {
+                Some(until) => Bound::Excluded(time_prefix(&vault, until)),
+                None => Bound::Included(time_prefix(&vault, DateTime::<Utc>::MAX_UTC)),
+            };
+            let mut records = Vec::new();
+            for item in times.range((start, end)) {
+                let (key, _) = item.map_err(|e| e.to_string())?;
+                let (at, machine_id, position) =
+                    parse_time_key(&vault, &key).ok_or_else(|| "a kept record's time key is malformed".to_string())?;
+                if scan.machine.as_ref().is_some_and(|m| *m != machine_id)
+                    || kept.get(&machine_id).is_none_or(|&kept| position > kept)
+                {
+                    continue;
+                }
+                let line = mirror
+                    .get(&mirror_key(&vault, &machine_id, position))
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| format!("machine {machine_id}'s record {position} is missing"))?;
+                records.push(KeptRecord { machine_id, position, at, line });
+                if records.len() >= scan.limit {
+                    break;
+                }
+            }
+            Ok(records)
+        })
+        .await
+        .map_err(|_| ApiError::internal("reading the audit failed"))?
+        .map_err(|detail| ApiError::internal(format!("the audit cannot be read: {detail}")))?;
+        Ok(Some(records))
+    }
+
     async fn head(&self) -> Result<Head, ApiError> {
         Ok(self.store.head())
     }
@@ -347,8 +440,9 @@ impl Round<'_> {
     }
 }
 
-/// Writes a round's kept records into the mirror tree, in one atomic batch.
-fn keep_records(tree: &SideTree, mirrors: &[Mirror]) -> Result<(), StoreError> {
+/// Writes a round's kept records into the mirror tree, in one atomic batch, and their places in
+/// audit order.
+fn keep_records(tree: &SideTree, times: &SideTree, mirrors: &[Mirror]) -> Result<(), StoreError> {
     if mirrors.is_empty() {
         return Ok(());
     }
@@ -356,7 +450,17 @@ fn keep_records(tree: &SideTree, mirrors: &[Mirror]) -> Result<(), StoreError> {
         (mirror.first..)
             .zip(&mirror.records)
             .map(|(position, record)| (mirror_key(&mirror.vault, &mirror.machine_id, position), record.as_bytes()))
-    }))
+    }))?;
+    let mut keys = Vec::new();
+    for mirror in mirrors {
+        let at = super::recorded_times(mirror).map_err(StoreError::Internal)?;
+        keys.extend(
+            (mirror.first..)
+                .zip(at)
+                .map(|(position, at)| (time_key(&mirror.vault, at, &mirror.machine_id, position), Vec::new())),
+        );
+    }
+    times.insert_all(keys)
 }
 
 /// Moves each machine's fleet state on over the records a round keeps.
@@ -428,9 +532,10 @@ impl Committer {
                 })
                 .unzip();
             let (store, mirror, fleet) = (self.store.clone(), self.mirror.clone(), self.fleet.clone());
+            let times = self.times.clone();
             let written = tokio::task::spawn_blocking(move || {
                 // Before the append: its sync makes them durable with it.
-                keep_records(&mirror, &mirrors)?;
+                keep_records(&mirror, &times, &mirrors)?;
                 // A projection of the records: one that cannot be moved on is folded again when read.
                 if let Err(e) = advance_fleet(&mirror, &fleet, &mirrors) {
                     tracing::error!(error = %e, "a fleet state could not be moved on; it is folded again when read");
