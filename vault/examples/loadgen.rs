@@ -20,9 +20,13 @@
 //! one-row INSERT transactions, the reference for what this PostgreSQL can commit), `--heads` (each
 //! client is a registered machine with a log of its own, and reports its head after every 8 new
 //! records, as `regent` does: the anchor read, then the report with the records; only the report is
-//! timed, not the growing of the client's own log), `--startup N` (with `--postgres`: N machines and
+//! timed, not the growing of the client's own log; `--no-keep`: the vault keeps none of the records,
+//! to measure what keeping them costs), `--startup N` (with `--postgres`: N machines and
 //! N log records put in the database, then the real `regent vault serve` binary, `REGENT_BIN` or
-//! `target/release/regent`, started on it: the time until it listens and its resident memory then).
+//! `target/release/regent`, started on it: the time until it listens and its resident memory then),
+//! `--fleet N` (with `--postgres`: one machine reports a real agent's log, `replay-fixtures/
+//! change-properties.jsonl`, so the vault keeps it and folds its fleet state; N machines are then
+//! put in the database with that state, and pages of 100 of `GET /v1/vaults/bench/fleet` are timed).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -47,6 +51,8 @@ struct Options {
     inserts: bool,
     heads: bool,
     startup: Option<u64>,
+    fleet: Option<u64>,
+    keep_records: bool,
 }
 
 fn options() -> Result<Options, String> {
@@ -62,6 +68,8 @@ fn options() -> Result<Options, String> {
         inserts: false,
         heads: false,
         startup: None,
+        fleet: None,
+        keep_records: true,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -76,7 +84,9 @@ fn options() -> Result<Options, String> {
             "--postgres" => options.postgres = true,
             "--inserts" => options.inserts = true,
             "--heads" => options.heads = true,
+            "--no-keep" => options.keep_records = false,
             "--startup" => options.startup = Some(value("--startup")?.parse().map_err(|e| format!("--startup: {e}"))?),
+            "--fleet" => options.fleet = Some(value("--fleet")?.parse().map_err(|e| format!("--fleet: {e}"))?),
             "--processes" => {
                 options.processes = value("--processes")?.parse().map_err(|e| format!("--processes: {e}"))?
             }
@@ -105,6 +115,11 @@ fn main() {
         match (&cluster, &database) {
             (Some(cluster), Some(database)) => startup(cluster, database, machines, &dir),
             _ => fail("--startup needs --postgres"),
+        }
+    } else if let Some(machines) = options.fleet {
+        match (&cluster, &database) {
+            (Some(cluster), Some(database)) => fleet(cluster, database, machines, &dir),
+            _ => fail("--fleet needs --postgres"),
         }
     } else if options.store_only {
         store_only(&options, &dir);
@@ -182,8 +197,11 @@ fn report(what: &str, clients: usize, mut latencies: Vec<Duration>, window: Dura
 }
 
 fn over_http(options: &Options, dir: &std::path::Path, database_url: Option<String>) {
-    let mut config =
-        ServeConfig { group_commit: options.group_commit, ..ServeConfig::new(dir, ([127, 0, 0, 1], 0).into()) };
+    let mut config = ServeConfig {
+        group_commit: options.group_commit,
+        keep_records: options.keep_records,
+        ..ServeConfig::new(dir, ([127, 0, 0, 1], 0).into())
+    };
     if let Some(url) = &database_url {
         config = config.with_database_url(url.clone());
     }
@@ -215,10 +233,11 @@ fn over_http(options: &Options, dir: &std::path::Path, database_url: Option<Stri
     let key = credentials.private_key.pkcs8_der().to_vec();
     if options.heads {
         let what = format!(
-            "log-head reports of 8 records ({}, {} process{})",
+            "log-head reports of 8 records ({}, {} process{}, records {})",
             if database_url.is_some() { "PostgreSQL" } else { "sled" },
             servers.len(),
-            if servers.len() == 1 { "" } else { "es" }
+            if servers.len() == 1 { "" } else { "es" },
+            if options.keep_records { "kept" } else { "not kept" }
         );
         heads(options, &what, &clients, &endpoints, &identity, &thumbprint, &key);
         for server in servers {
@@ -469,4 +488,118 @@ fn startup(
             took.as_secs_f64() * 1000.0
         );
     }
+}
+
+/// Pages of the fleet over `machines` machines on PostgreSQL, each with a real agent's fleet state.
+fn fleet(
+    cluster: &regent_testkit::postgres::Cluster,
+    database: &regent_testkit::postgres::Database<'_>,
+    machines: u64,
+    dir: &std::path::Path,
+) {
+    let config = ServeConfig::new(dir, ([127, 0, 0, 1], 0).into()).with_database_url(database.url());
+    let server = BackgroundServer::start(config).unwrap_or_else(|e| fail(&e.to_string()));
+    let admin = AdminClient::from_token_file(server.url(), server.admin_token_path(), None)
+        .unwrap_or_else(|e| fail(&e.to_string()));
+    admin.create_vault("bench").unwrap_or_else(|e| fail(&e.to_string()));
+    let file = admin.download_credentials("bench", None).unwrap_or_else(|e| fail(&e.to_string()));
+    let credentials =
+        regent_credentials::parse(&file.file_name, file.xml.as_bytes()).unwrap_or_else(|e| fail(&e.to_string()));
+    let identity = regent_engine::model::VaultIdentity {
+        name: credentials.identity.resource_name.clone(),
+        subscription_id: credentials.identity.subscription_id.clone(),
+        resource_group: credentials.identity.resource_group.clone(),
+        location: credentials.identity.location.clone(),
+        resource_id: credentials.identity.resource_id,
+    };
+    let client = HttpVaultClient::new(ClientOptions { attempts: 1, ..ClientOptions::default() })
+        .unwrap_or_else(|e| fail(&e.to_string()));
+    let key = credentials.private_key.pkcs8_der().to_vec();
+    let request = RegisterRequest {
+        endpoint: server.url().to_string(),
+        vault: identity.clone(),
+        thumbprint: credentials.certificate.thumbprint.clone(),
+        machine_name: "real".into(),
+        private_key: Zeroizing::new(key.clone()),
+        proxy: None,
+        request_id: uuid::Uuid::now_v7().to_string(),
+    };
+    let machine_id = match client.register(&request) {
+        VaultAnswer::Registered { machine_id, .. } => machine_id,
+        other => fail(&format!("registering a machine: {other:?}")),
+    };
+    // A real agent's log: folders, proxy, credentials, passphrase, registration, changed properties.
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../replay-fixtures/change-properties.jsonl");
+    let log_dir = tempfile::tempdir().unwrap_or_else(|e| fail(&e.to_string()));
+    let log =
+        EventStore::open(log_dir.path().join("log"), &StoreOptions::default()).unwrap_or_else(|e| fail(&e.to_string()));
+    let input = std::fs::File::open(fixture).unwrap_or_else(|e| fail(&format!("{fixture}: {e}")));
+    log.import(std::io::BufReader::new(input)).unwrap_or_else(|e| fail(&e.to_string()));
+    let signer = regent_vault::HeadSigner {
+        endpoint: server.url().to_string(),
+        vault: identity.name.clone(),
+        machine_id: machine_id.clone(),
+        thumbprint: credentials.certificate.thumbprint.clone(),
+        private_key: Zeroizing::new(key),
+        proxy: None,
+    };
+    client.report_log_head(&signer, &log, log.head(), None).unwrap_or_else(|e| fail(&e.to_string()));
+    let filled = Instant::now();
+    cluster.psql(
+        database.name(),
+        &format!(
+            "INSERT INTO regent_vault.machines (vault, machine_id, machine_name, thumbprint, registered_at, \
+             anchor_position, anchor_hash, anchored_at, mirrored_position, mirrored_hash) \
+             SELECT 'bench', 'm-' || i, 'srv-' || i, m.thumbprint, now() - make_interval(secs => i), \
+             m.anchor_position, m.anchor_hash, m.anchored_at, m.mirrored_position, m.mirrored_hash \
+             FROM generate_series(1, {machines}) i, regent_vault.machines m WHERE m.machine_id = '{machine_id}'; \
+             INSERT INTO regent_vault.fleet_states (vault, machine_id, position, state) \
+             SELECT 'bench', 'm-' || i, f.position, f.state FROM generate_series(1, {machines}) i, \
+             regent_vault.fleet_states f WHERE f.machine_id = '{machine_id}'; ANALYZE;"
+        ),
+    );
+    let state_bytes = cluster.psql(
+        database.name(),
+        &format!("SELECT length(state) FROM regent_vault.fleet_states WHERE machine_id = '{machine_id}'"),
+    );
+    println!(
+        "{machines} machines put in the database in {:.1} s, each with a fleet state of {} bytes",
+        filled.elapsed().as_secs_f64(),
+        state_bytes.trim()
+    );
+    let time_page = |after: Option<&str>| {
+        let mut took: Vec<Duration> = (0..21)
+            .map(|_| {
+                let began = Instant::now();
+                let page = admin.fleet("bench", Some(100), after).unwrap_or_else(|e| fail(&e.to_string()));
+                let took = began.elapsed();
+                if page.machines.len() != 100 {
+                    fail(&format!("a page of {} machines", page.machines.len()));
+                }
+                took
+            })
+            .collect();
+        took.sort();
+        (took[10], took[18], took[20])
+    };
+    let (median, p90, max) = time_page(None);
+    println!(
+        "first page of 100: median {:.1} ms, p90 {:.1} ms, max {:.1} ms (21 requests)",
+        median.as_secs_f64() * 1000.0,
+        p90.as_secs_f64() * 1000.0,
+        max.as_secs_f64() * 1000.0
+    );
+    // A page in the middle of the fleet, after the cursor an earlier page would give.
+    let mut after = None;
+    for _ in 0..(machines / 200).min(50) {
+        after = admin.fleet("bench", Some(100), after.as_deref()).unwrap_or_else(|e| fail(&e.to_string())).next;
+    }
+    let (median, p90, max) = time_page(after.as_deref());
+    println!(
+        "a later page of 100: median {:.1} ms, p90 {:.1} ms, max {:.1} ms (21 requests)",
+        median.as_secs_f64() * 1000.0,
+        p90.as_secs_f64() * 1000.0,
+        max.as_secs_f64() * 1000.0
+    );
+    server.shutdown().unwrap_or_else(|e| fail(&e.to_string()));
 }

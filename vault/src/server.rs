@@ -73,6 +73,10 @@ pub struct ServeConfig {
     pub prune_every: Duration,
     /// Who an export of the log (`GET /v1/log`) names as its `writer`: the binary gives its build.
     pub writer: String,
+    /// The records a report brings are kept (the default). Off, reports are walked and anchored as
+    /// ever but nothing is kept and no fleet state moves: for measuring what keeping costs only.
+    #[doc(hidden)]
+    pub keep_records: bool,
 }
 
 /// The `writer` of an export when the embedder names none.
@@ -89,6 +93,7 @@ impl ServeConfig {
             database_url: None,
             prune_every: Duration::from_secs(60),
             writer: DEFAULT_WRITER.to_string(),
+            keep_records: true,
         }
     }
 
@@ -229,7 +234,9 @@ pub async fn serve(config: ServeConfig) -> Result<RunningServer, VaultError> {
             (Backend::Postgres(storage), admin, token_path, token_created, None)
         }
     };
-    let app = Arc::new(App::new(storage, admin, config.public_url.clone(), with_tls, config.writer.clone()));
+    let mut app = App::new(storage, admin, config.public_url.clone(), with_tls, config.writer.clone());
+    app.keep_records = config.keep_records;
+    let app = Arc::new(app);
     let weak_app = Arc::downgrade(&app);
     app.set_bound(local_addr);
     let shown = crate::service::reachable(local_addr);

@@ -51,6 +51,8 @@ pub(crate) struct App {
     bound_url: Mutex<String>,
     /// Who an export of the log says wrote it (`ServeConfig::writer`).
     pub(crate) writer: String,
+    /// `ServeConfig::keep_records`: off only to measure what keeping records costs.
+    pub(crate) keep_records: bool,
 }
 
 impl App {
@@ -62,6 +64,7 @@ impl App {
             scheme: if tls { "https" } else { "http" },
             bound_url: Mutex::new(String::new()),
             writer,
+            keep_records: true,
         }
     }
 
@@ -746,7 +749,16 @@ async fn report_log_head(
         peer: peer_ip(peer),
     };
     let scope = Scope { machine: Some(machine_id.clone()), nonce: Some(body.nonce.clone()), ..Scope::vault(&vault) };
-    let anchored = app.storage.transact(scope, now, Box::new(move |f| rules::report_head(f, &report, now))).await;
+    let keep = app.keep_records;
+    let decide = move |f: &rules::Facts| {
+        rules::report_head(f, &report, now).map(|mut decision| {
+            if !keep {
+                decision.mirror = None;
+            }
+            decision
+        })
+    };
+    let anchored = app.storage.transact(scope, now, Box::new(decide)).await;
     match &anchored {
         Ok(anchor) if anchor.anchored_at == now => {
             tracing::info!(vault = %vault, machine_id = %machine_id, position = body.position, "log head anchored")

@@ -38,19 +38,25 @@ use crate::state::ServiceState;
 /// The service's log lives here inside the data directory.
 pub(crate) const LOG_DIR: &str = "log";
 
-/// The side tree of the log's database the machines' records are kept in.
+/// The side tree of the log's database the machines' logs are kept in, in three key spaces, all
+/// written in one batch a round, before the round's append (one `apply_batch` rather than one a
+/// space: measured, log-head reports ran at 0.78x of not keeping records with a batch a space,
+/// 0.86x with one; BENCHMARKS.md):
+/// - [`mirror_key`] (`r`): each kept record, as the agent stores it;
+/// - [`fleet_key`] (`f`): each machine's [`FleetState`] (JSON), read against the position the log
+///   says is kept and folded again from the kept records when it is not there (a failed round);
+/// - [`time_key`] (`t`): the kept records in audit order, to nothing.
+///
+/// Everything is read only up to what the log says is kept: a failed round may leave keys past it,
+/// which the next report writes again.
 pub(crate) const MIRROR_TREE: &str = "machine-records";
 
-/// The side tree of each machine's [`FleetState`] (JSON), under [`mirror_prefix`]: written with the
-/// records it folds, before the round's append; read against the position the log says is kept,
-/// and folded again from the kept records when it is not there (a round that failed after it).
-pub(crate) const FLEET_TREE: &str = "fleet-states";
+/// A machine's fleet state's key: `f`, vault, 0xFF, machine id, 0xFF.
+fn fleet_key(vault: &str, machine_id: &str) -> Vec<u8> {
+    machine_key(b'f', vault, machine_id)
+}
 
-/// The side tree that orders the kept records for the fleet audit: [`time_key`] -> nothing. Read
-/// only for records at or below what the log says is kept (a failed round may leave keys past it).
-pub(crate) const TIME_TREE: &str = "record-times";
-
-/// A kept record's place in audit order: vault, 0xFF, the time the agent recorded it (microseconds,
+/// A kept record's place in audit order: `t`, vault, 0xFF, the time the agent recorded it (microseconds,
 /// its sign bit flipped so that the bytes sort as the times do), machine id, 0xFF, position.
 pub(crate) fn time_key(vault: &str, at: DateTime<Utc>, machine_id: &str, position: u64) -> Vec<u8> {
     let mut key = time_prefix(vault, at);
@@ -63,6 +69,7 @@ pub(crate) fn time_key(vault: &str, at: DateTime<Utc>, machine_id: &str, positio
 /// Every [`time_key`] of `vault` at `at` or later sorts at or after this.
 pub(crate) fn time_prefix(vault: &str, at: DateTime<Utc>) -> Vec<u8> {
     let mut key = Vec::with_capacity(vault.len() + 64);
+    key.push(b't');
     key.extend_from_slice(vault.as_bytes());
     key.push(0xFF);
     key.extend_from_slice(&((at.timestamp_micros() as u64) ^ (1 << 63)).to_be_bytes());
@@ -71,7 +78,7 @@ pub(crate) fn time_prefix(vault: &str, at: DateTime<Utc>) -> Vec<u8> {
 
 /// The record a [`time_key`] of `vault` names: its time, machine and position.
 fn parse_time_key(vault: &str, key: &[u8]) -> Option<(DateTime<Utc>, String, u64)> {
-    let rest = key.strip_prefix(vault.as_bytes())?.strip_prefix(&[0xFF])?;
+    let rest = key.strip_prefix(b"t")?.strip_prefix(vault.as_bytes())?.strip_prefix(&[0xFF])?;
     let (time, rest) = rest.split_at_checked(8)?;
     let micros = (u64::from_be_bytes(time.try_into().ok()?) ^ (1 << 63)) as i64;
     let (machine, position) = rest.split_at_checked(rest.len().checked_sub(9)?)?;
@@ -83,7 +90,7 @@ fn parse_time_key(vault: &str, key: &[u8]) -> Option<(DateTime<Utc>, String, u64
     ))
 }
 
-/// A kept record's key: vault, 0xFF, machine id, 0xFF, position (u64 big-endian), so that a
+/// A kept record's key: `r`, vault, 0xFF, machine id, 0xFF, position (u64 big-endian), so that a
 /// machine's records lie together in log order (0xFF never occurs in UTF-8).
 pub(crate) fn mirror_key(vault: &str, machine_id: &str, position: u64) -> Vec<u8> {
     let mut key = mirror_prefix(vault, machine_id);
@@ -93,7 +100,12 @@ pub(crate) fn mirror_key(vault: &str, machine_id: &str, position: u64) -> Vec<u8
 
 /// Every key of one machine's kept records starts with this.
 pub(crate) fn mirror_prefix(vault: &str, machine_id: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(vault.len() + machine_id.len() + 10);
+    machine_key(b'r', vault, machine_id)
+}
+
+fn machine_key(space: u8, vault: &str, machine_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(vault.len() + machine_id.len() + 11);
+    key.push(space);
     key.extend_from_slice(vault.as_bytes());
     key.push(0xFF);
     key.extend_from_slice(machine_id.as_bytes());
@@ -110,8 +122,6 @@ pub(crate) struct SledStorage {
     /// them, so durable with it; read only up to the head that event names (a round that failed
     /// may have left records past it, which the next report writes again).
     mirror: SideTree,
-    fleet: SideTree,
-    times: SideTree,
     state: Arc<RwLock<ServiceState>>,
     jobs: mpsc::UnboundedSender<Job>,
 }
@@ -120,8 +130,6 @@ pub(crate) struct SledStorage {
 pub(crate) struct Committer {
     store: Arc<EventStore>,
     mirror: SideTree,
-    fleet: SideTree,
-    times: SideTree,
     state: Arc<RwLock<ServiceState>>,
     jobs: mpsc::UnboundedReceiver<Job>,
     /// Events written (the `events appended` metric).
@@ -168,19 +176,11 @@ impl SledStorage {
     ) -> Result<(SledStorage, Committer), VaultError> {
         let options = StoreOptions { lock_wait: std::time::Duration::from_secs(5), cache_bytes: 64 * 1024 * 1024 };
         let store = Arc::new(EventStore::open(data_dir.join(LOG_DIR), &options)?);
-        let (mirror, fleet) = (store.side_tree(MIRROR_TREE)?, store.side_tree(FLEET_TREE)?);
-        let times = store.side_tree(TIME_TREE)?;
+        let mirror = store.side_tree(MIRROR_TREE)?;
         let state = Arc::new(RwLock::new(fold(&store)?));
         let (sender, receiver) = mpsc::unbounded_channel();
-        let storage = SledStorage {
-            store: store.clone(),
-            mirror: mirror.clone(),
-            fleet: fleet.clone(),
-            times: times.clone(),
-            state: state.clone(),
-            jobs: sender,
-        };
-        Ok((storage, Committer { store, mirror, fleet, times, state, jobs: receiver, appended, group_commit }))
+        let storage = SledStorage { store: store.clone(), mirror: mirror.clone(), state: state.clone(), jobs: sender };
+        Ok((storage, Committer { store, mirror, state, jobs: receiver, appended, group_commit }))
     }
 }
 
@@ -282,14 +282,14 @@ impl Storage for SledStorage {
                 .map(|m| (m.clone(), v.anchors.get(&m.machine_id).cloned().unwrap_or_default()))
                 .collect()
         };
-        let (mirror, fleet, vault) = (self.mirror.clone(), self.fleet.clone(), vault.to_string());
+        let (mirror, vault) = (self.mirror.clone(), vault.to_string());
         let entries = tokio::task::spawn_blocking(move || {
             page.into_iter()
                 .map(|(info, anchor)| {
                     let kept = anchor.mirrored_position();
                     let fleet = match kept {
                         0 => None,
-                        _ => Some(fleet_state(&mirror, &fleet, &vault, &info.machine_id, kept)?),
+                        _ => Some(fleet_state(&mirror, &vault, &info.machine_id, kept)?),
                     };
                     Ok(FleetEntry { info, anchor, fleet })
                 })
@@ -310,7 +310,7 @@ impl Storage for SledStorage {
             };
             v.anchors.iter().map(|(machine, anchor)| (machine.clone(), anchor.mirrored_position())).collect()
         };
-        let (mirror, times, vault, scan) = (self.mirror.clone(), self.times.clone(), vault.to_string(), scan.clone());
+        let (mirror, vault, scan) = (self.mirror.clone(), vault.to_string(), scan.clone());
         let records = tokio::task::spawn_blocking(move || -> Result<Vec<KeptRecord>, String> {
             use std::ops::Bound;
             let since = scan.since.map(|since| time_prefix(&vault, since));
@@ -326,7 +326,7 @@ impl Storage for SledStorage {
                 None => Bound::Included(time_prefix(&vault, DateTime::<Utc>::MAX_UTC)),
             };
             let mut records = Vec::new();
-            for item in times.range((start, end)) {
+            for item in mirror.range((start, end)) {
                 let (key, _) = item.map_err(|e| e.to_string())?;
                 let (at, machine_id, position) =
                     parse_time_key(&vault, &key).ok_or_else(|| "a kept record's time key is malformed".to_string())?;
@@ -440,51 +440,49 @@ impl Round<'_> {
     }
 }
 
-/// Writes a round's kept records into the mirror tree, in one atomic batch, and their places in
-/// audit order.
-fn keep_records(tree: &SideTree, times: &SideTree, mirrors: &[Mirror]) -> Result<(), StoreError> {
+/// Writes a round's kept records, their places in audit order and their machines' fleet states
+/// moved on, in one atomic batch.
+fn keep_records(tree: &SideTree, mirrors: &[Mirror]) -> Result<(), StoreError> {
     if mirrors.is_empty() {
         return Ok(());
     }
-    tree.insert_all(mirrors.iter().flat_map(|mirror| {
-        (mirror.first..)
-            .zip(&mirror.records)
-            .map(|(position, record)| (mirror_key(&mirror.vault, &mirror.machine_id, position), record.as_bytes()))
-    }))?;
-    let mut keys = Vec::new();
-    for mirror in mirrors {
-        let at = super::recorded_times(mirror).map_err(StoreError::Internal)?;
-        keys.extend(
-            (mirror.first..)
-                .zip(at)
-                .map(|(position, at)| (time_key(&mirror.vault, at, &mirror.machine_id, position), Vec::new())),
-        );
-    }
-    times.insert_all(keys)
-}
-
-/// Moves each machine's fleet state on over the records a round keeps.
-fn advance_fleet(mirror: &SideTree, fleet: &SideTree, mirrors: &[Mirror]) -> Result<(), StoreError> {
+    let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    let mut states: std::collections::HashMap<(String, String), FleetState> = std::collections::HashMap::new();
     for kept in mirrors {
-        let state = fleet_state(mirror, fleet, &kept.vault, &kept.machine_id, kept.first - 1)
-            .and_then(|state| state.fold(kept.records.iter().map(|r| r.as_bytes())))
-            .map_err(StoreError::Internal)?;
-        let json = serde_json::to_vec(&state).map_err(|e| StoreError::Internal(e.to_string()))?;
-        fleet.insert_all([(mirror_prefix(&kept.vault, &kept.machine_id), json)])?;
+        let at = super::recorded_times(kept).map_err(StoreError::Internal)?;
+        for ((position, record), at) in (kept.first..).zip(&kept.records).zip(at) {
+            pairs.push((mirror_key(&kept.vault, &kept.machine_id, position), record.as_bytes().to_vec()));
+            pairs.push((time_key(&kept.vault, at, &kept.machine_id, position), Vec::new()));
+        }
+        // A projection of the records: one that cannot be moved on is folded again when read.
+        let machine = (kept.vault.clone(), kept.machine_id.clone());
+        let before = match states.remove(&machine) {
+            Some(state) if state.position + 1 == kept.first => Ok(state),
+            _ => fleet_state(tree, &kept.vault, &kept.machine_id, kept.first - 1),
+        };
+        match before.and_then(|state| state.fold(kept.records.iter().map(|r| r.as_bytes()))) {
+            Ok(state) => {
+                states.insert(machine, state);
+            }
+            Err(e) => tracing::error!(error = %e, "a fleet state could not be moved on; it is folded again when read"),
+        }
     }
-    Ok(())
+    for ((vault, machine_id), state) in states {
+        let json = serde_json::to_vec(&state).map_err(|e| StoreError::Internal(e.to_string()))?;
+        pairs.push((fleet_key(&vault, &machine_id), json));
+    }
+    tree.insert_all(pairs)
 }
 
 /// A machine's fleet state folded up to `position` (a position its records are kept up to): the
 /// stored one, moved on or folded again from the kept records if it is not there.
 pub(crate) fn fleet_state(
     mirror: &SideTree,
-    fleet: &SideTree,
     vault: &str,
     machine_id: &str,
     position: u64,
 ) -> Result<FleetState, String> {
-    let stored = fleet.get(&mirror_prefix(vault, machine_id)).map_err(|e| e.to_string())?;
+    let stored = mirror.get(&fleet_key(vault, machine_id)).map_err(|e| e.to_string())?;
     let mut state = match stored {
         Some(json) => serde_json::from_slice::<FleetState>(&json).map_err(|e| format!("a fleet state: {e}"))?,
         None => FleetState::default(),
@@ -531,15 +529,10 @@ impl Committer {
                     ((s.stream, s.expected, s.meta, s.events), s.answer)
                 })
                 .unzip();
-            let (store, mirror, fleet) = (self.store.clone(), self.mirror.clone(), self.fleet.clone());
-            let times = self.times.clone();
+            let (store, mirror) = (self.store.clone(), self.mirror.clone());
             let written = tokio::task::spawn_blocking(move || {
                 // Before the append: its sync makes them durable with it.
-                keep_records(&mirror, &times, &mirrors)?;
-                // A projection of the records: one that cannot be moved on is folded again when read.
-                if let Err(e) = advance_fleet(&mirror, &fleet, &mirrors) {
-                    tracing::error!(error = %e, "a fleet state could not be moved on; it is folded again when read");
-                }
+                keep_records(&mirror, &mirrors)?;
                 let batches: Vec<Batch<'_>> = writes
                     .iter()
                     .filter(|(_, _, _, events)| !events.is_empty())
