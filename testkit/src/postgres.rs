@@ -1,6 +1,9 @@
 //! A real PostgreSQL (Debian's `postgresql` package) for tests: a throwaway cluster in a temp dir
 //! on 127.0.0.1, and a fresh database with its own login role for each test. No container, no
 //! mock; SQL goes through the `psql` binary, so this crate stays synchronous and small.
+//! A cluster that cannot be set up (a file of its own temp dir that cannot be written, no
+//! `/dev/urandom`) panics: this crate is only a dev-dependency, and a test without its PostgreSQL
+//! fails; nothing here reads a user's input, the network beyond loopback, or a store.
 //!
 //! - [`shared`]: one cluster per test binary, started on first use. Each test takes its own
 //!   [`Database`] from it ([`Cluster::database`]), so tests running in parallel do not see each

@@ -133,6 +133,17 @@ fn main() {
     }
 }
 
+/// The vault as the agent's registration names it, from the credentials the vault issued.
+fn identity_of(credentials: &regent_credentials::VaultCredentials) -> regent_engine::model::VaultIdentity {
+    regent_engine::model::VaultIdentity {
+        name: credentials.identity.resource_name.clone(),
+        subscription_id: credentials.identity.subscription_id.clone(),
+        resource_group: credentials.identity.resource_group.clone(),
+        location: credentials.identity.location.clone(),
+        resource_id: credentials.identity.resource_id,
+    }
+}
+
 fn fail(message: &str) -> ! {
     eprintln!("loadgen: {message}");
     std::process::exit(1)
@@ -215,13 +226,7 @@ fn over_http(options: &Options, dir: &std::path::Path, database_url: Option<Stri
     let file = admin.download_credentials("bench", None).unwrap_or_else(|e| fail(&e.to_string()));
     let credentials =
         regent_credentials::parse(&file.file_name, file.xml.as_bytes()).unwrap_or_else(|e| fail(&e.to_string()));
-    let identity = regent_engine::model::VaultIdentity {
-        name: credentials.identity.resource_name.clone(),
-        subscription_id: credentials.identity.subscription_id.clone(),
-        resource_group: credentials.identity.resource_group.clone(),
-        location: credentials.identity.location.clone(),
-        resource_id: credentials.identity.resource_id,
-    };
+    let identity = identity_of(&credentials);
     let clients: Vec<_> = (0..options.clients)
         .map(|_| {
             HttpVaultClient::new(ClientOptions { attempts: 1, ..ClientOptions::default() })
@@ -505,13 +510,7 @@ fn fleet(
     let file = admin.download_credentials("bench", None).unwrap_or_else(|e| fail(&e.to_string()));
     let credentials =
         regent_credentials::parse(&file.file_name, file.xml.as_bytes()).unwrap_or_else(|e| fail(&e.to_string()));
-    let identity = regent_engine::model::VaultIdentity {
-        name: credentials.identity.resource_name.clone(),
-        subscription_id: credentials.identity.subscription_id.clone(),
-        resource_group: credentials.identity.resource_group.clone(),
-        location: credentials.identity.location.clone(),
-        resource_id: credentials.identity.resource_id,
-    };
+    let identity = identity_of(&credentials);
     let client = HttpVaultClient::new(ClientOptions { attempts: 1, ..ClientOptions::default() })
         .unwrap_or_else(|e| fail(&e.to_string()));
     let key = credentials.private_key.pkcs8_der().to_vec();

@@ -10,6 +10,7 @@
 use chrono::{DateTime, Utc};
 use regent_engine::projections;
 use regent_engine::state::State;
+use regent_store::Record;
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::{FleetAnchor, FleetEvent, FleetMachine, FleetProxy, FleetThrottling, MachineInfo};
@@ -32,17 +33,28 @@ impl FleetState {
     /// registration stream this build cannot decode is kept (the vault has it) and skipped here,
     /// and the state says the agent is newer; a line that is not a record, or out of order, is an
     /// error (the vault walked every kept record: that would be a bug or a damaged store).
-    pub(crate) fn fold<'a>(mut self, lines: impl IntoIterator<Item = &'a [u8]>) -> Result<FleetState, String> {
-        for line in lines {
-            let record = regent_store::decode_record(line).map_err(|e| format!("a kept record cannot be read: {e}"))?;
+    pub(crate) fn fold<'a>(self, lines: impl IntoIterator<Item = &'a [u8]>) -> Result<FleetState, String> {
+        let records = lines
+            .into_iter()
+            .map(|line| regent_store::decode_record(line).map_err(|e| format!("a kept record cannot be read: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.fold_records(&records)
+    }
+
+    /// [`FleetState::fold`] over records already read.
+    pub(crate) fn fold_records<'a>(
+        mut self,
+        records: impl IntoIterator<Item = &'a Record>,
+    ) -> Result<FleetState, String> {
+        for record in records {
             if record.position != self.position + 1 {
                 return Err(format!("kept record {} does not follow record {}", record.position, self.position));
             }
             self.position = record.position;
             let step = if record.stream == regent_engine::events::STREAM {
-                match regent_engine::events::decode(&record) {
+                match regent_engine::events::decode(record) {
                     Ok(step) => {
-                        let entry = projections::audit_entry(&record, &step);
+                        let entry = projections::audit_entry(record, &step);
                         self.state = std::mem::take(&mut self.state).evolve(&step);
                         Some((entry.step.to_string(), entry.outcome.to_string()))
                     }
@@ -58,7 +70,7 @@ impl FleetState {
             self.last_event = Some(FleetEvent {
                 position: record.position,
                 at: record.recorded_at,
-                kind: record.kind,
+                kind: record.kind.clone(),
                 step,
                 outcome,
             });

@@ -695,12 +695,16 @@ pub(crate) fn report_head(
         Some(kept) => Head { position: kept.position, hash: hex_digest(&kept.hash)? },
         None => Head { position: 0, hash: Digest32::GENESIS },
     };
-    let keep = || -> Result<Decision<Anchor>, ApiError> {
+    // The report walked: its records kept (`keep`), or, for an agent older than the keeping, only
+    // its head anchored.
+    let accept = |keep: bool| -> Result<Decision<Anchor>, ApiError> {
         let mut after = history.clone();
         let mirrored_from = mirrored.position + 1;
-        after.mirrored = Some(MirroredHead { position, hash: report.hash.clone() });
+        if keep {
+            after.mirrored = Some(MirroredHead { position, hash: report.hash.clone() });
+        }
         let event = match &history.head {
-            Some(held) if position <= held.position => VaultEvent::LogRecordsMirrored(LogRecordsMirrored {
+            Some(held) if keep && position <= held.position => VaultEvent::LogRecordsMirrored(LogRecordsMirrored {
                 machine_id: machine_id.to_string(),
                 mirrored_from,
                 position,
@@ -718,13 +722,13 @@ pub(crate) fn report_head(
                     nonce: report.nonce.clone(),
                     anchored_at: now,
                     peer: report.peer.clone(),
-                    mirrored_from: Some(mirrored_from),
+                    mirrored_from: keep.then_some(mirrored_from),
                 })
             }
         };
         let answer = after.anchor(machine_id).ok_or_else(|| ApiError::internal("the log head cannot be anchored"))?;
         let mut decision = Decision::record(actor.clone(), event, Ok(answer));
-        decision.mirror = Some(Mirror {
+        decision.mirror = keep.then(|| Mirror {
             vault: vault.to_string(),
             machine_id: machine_id.to_string(),
             first: mirrored_from,
@@ -781,6 +785,14 @@ pub(crate) fn report_head(
             },
         )
     };
+    // What a walk comes to; `elsewhere` when the records do not start where it began.
+    let walked = |walk: ProofWalk, keep: bool, elsewhere: &dyn Fn() -> Result<Decision<Anchor>, ApiError>| match walk {
+        ProofWalk::Extends => accept(keep),
+        ProofWalk::StartsElsewhere => elsewhere(),
+        ProofWalk::Forked(detail) => refuse(ErrorCode::LogHeadConflict, Some(detail)),
+        ProofWalk::Broken(detail) => refuse(ErrorCode::LogHeadProofInvalid, Some(detail)),
+        ProofWalk::Malformed(detail) => Err(api::proof_malformed(format!("the records sent: {detail}"))),
+    };
     // An agent older than the vault's keeping of records sends those after the anchor, not after
     // the last record kept: walked from the anchor, its head is anchored (never on trust), and its
     // records are not kept, since they do not follow on from the last one kept; a newer agent
@@ -790,28 +802,7 @@ pub(crate) fn report_head(
             return Err(base_required());
         };
         let from = Head { position: held.position, hash: hex_digest(&held.hash)? };
-        match walk_proof(from, None, &report.records, report.reported)? {
-            ProofWalk::Extends => {
-                let mut after = history.clone();
-                after.head = Some(HeldAnchor { position, hash: report.hash.clone(), anchored_at: now });
-                let event = VaultEvent::LogHeadAnchored(LogHeadAnchored {
-                    machine_id: machine_id.to_string(),
-                    position,
-                    hash: report.hash.clone(),
-                    nonce: report.nonce.clone(),
-                    anchored_at: now,
-                    peer: report.peer.clone(),
-                    mirrored_from: None,
-                });
-                let answer =
-                    after.anchor(machine_id).ok_or_else(|| ApiError::internal("the log head cannot be anchored"))?;
-                Ok(Decision::record(actor.clone(), event, Ok(answer)))
-            }
-            ProofWalk::StartsElsewhere => Err(base_required()),
-            ProofWalk::Forked(detail) => refuse(ErrorCode::LogHeadConflict, Some(detail)),
-            ProofWalk::Broken(detail) => refuse(ErrorCode::LogHeadProofInvalid, Some(detail)),
-            ProofWalk::Malformed(detail) => Err(api::proof_malformed(format!("the records sent: {detail}"))),
-        }
+        walked(walk_proof(from, None, &report.records, report.reported)?, false, &|| Err(base_required()))
     };
     let held = history.head.as_ref();
     // The head the vault holds, again: nothing new to keep.
@@ -835,13 +826,7 @@ pub(crate) fn report_head(
         }
         // Records behind what is kept, or none where some are needed.
         _ if report.records.is_empty() || position <= mirrored.position => Err(base_required()),
-        _ => match walk_proof(mirrored, held, &report.records, report.reported)? {
-            ProofWalk::Extends => keep(),
-            ProofWalk::StartsElsewhere => older_agent(held),
-            ProofWalk::Forked(detail) => refuse(ErrorCode::LogHeadConflict, Some(detail)),
-            ProofWalk::Broken(detail) => refuse(ErrorCode::LogHeadProofInvalid, Some(detail)),
-            ProofWalk::Malformed(detail) => Err(api::proof_malformed(format!("the records sent: {detail}"))),
-        },
+        _ => walked(walk_proof(mirrored, held, &report.records, report.reported)?, true, &|| older_agent(held)),
     }
 }
 

@@ -15,7 +15,7 @@ use regent_store::{Digest32, EventStore, Head, MAX_RECORD_BYTES, SideTree};
 use sqlx::postgres::PgPool;
 use tokio::sync::mpsc;
 
-use super::postgres::{Failed, describe, head_of, unavailable};
+use super::postgres::{describe, head_of, unavailable};
 use super::sled;
 use crate::api::ApiError;
 
@@ -158,7 +158,7 @@ async fn from_postgres_source(pool: &PgPool, source: Source) -> Result<Option<Lo
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(|e| unavailable(&e))?;
-            head_of(&row).map_err(answer)?
+            head_of(&row).map_err(ApiError::from)?
         }
         Source::Machine { vault, machine_id } => {
             let row: Option<(Option<i64>, Option<String>)> = sqlx::query_as(
@@ -230,11 +230,4 @@ async fn from_postgres_source(pool: &PgPool, source: Source) -> Result<Option<Lo
         let _ = tx.rollback().await;
     });
     Ok(Some(LogExport { head, chunks }))
-}
-
-fn answer(e: Failed) -> ApiError {
-    match e {
-        Failed::Answer(e) => e,
-        Failed::Conflict => ApiError::unavailable("the database was busy; retry"),
-    }
 }

@@ -182,15 +182,13 @@ impl Backend {
     }
 }
 
-/// When the agent recorded each of a mirror's records (the fleet audit's order).
-pub(crate) fn recorded_times(mirror: &crate::rules::Mirror) -> Result<Vec<DateTime<Utc>>, String> {
+/// A mirror's records read once, for their times (the fleet audit's order) and the fleet state.
+pub(crate) fn decode_kept(mirror: &crate::rules::Mirror) -> Result<Vec<regent_store::Record>, String> {
     mirror
         .records
         .iter()
         .map(|line| {
-            regent_store::decode_record(line.as_bytes())
-                .map(|record| record.recorded_at)
-                .map_err(|e| format!("a kept record cannot be read: {e}"))
+            regent_store::decode_record(line.as_bytes()).map_err(|e| format!("a kept record cannot be read: {e}"))
         })
         .collect()
 }

@@ -107,6 +107,25 @@ pub(crate) enum Failed {
     Answer(ApiError),
 }
 
+impl From<Failed> for ApiError {
+    /// Outside a transaction to retry, a conflict is only a busy database.
+    fn from(failed: Failed) -> ApiError {
+        match failed {
+            Failed::Answer(e) => e,
+            Failed::Conflict => ApiError::unavailable("the database was busy; retry"),
+        }
+    }
+}
+
+/// Whether the database holds `vault`: a read of its pages answers `None` without it.
+async fn vault_exists(conn: &mut PgConnection, vault: &str) -> Result<bool, ApiError> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM vaults WHERE name = $1)")
+        .bind(vault)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| unavailable(&e))
+}
+
 impl From<sqlx::Error> for Failed {
     fn from(error: sqlx::Error) -> Failed {
         if is_conflict(&error) { Failed::Conflict } else { Failed::Answer(unavailable(&error)) }
@@ -315,14 +334,19 @@ async fn decide_in<A>(
 /// Keeps a machine's records, as the decision walked them, in the same transaction as its event,
 /// and moves its fleet state on over them.
 async fn keep_records(conn: &mut PgConnection, mirror: &Mirror) -> Result<(), Failed> {
-    insert_records(conn, mirror).await?;
-    advance_fleet(conn, mirror).await
+    let decoded = super::decode_kept(mirror).map_err(internal)?;
+    insert_records(conn, mirror, &decoded).await?;
+    advance_fleet(conn, mirror, &decoded).await
 }
 
 /// Moves a machine's fleet state on over `mirror`'s records (its row is locked with the machine's:
 /// the same transaction holds both). A state short of the records before them (none yet: a machine
 /// anchored before fleet states were kept) is first folded up to there from the kept records.
-pub(crate) async fn advance_fleet(conn: &mut PgConnection, mirror: &Mirror) -> Result<(), Failed> {
+async fn advance_fleet(
+    conn: &mut PgConnection,
+    mirror: &Mirror,
+    decoded: &[regent_store::Record],
+) -> Result<(), Failed> {
     let stored: Option<String> =
         sqlx::query_scalar("SELECT state FROM fleet_states WHERE vault = $1 AND machine_id = $2 FOR UPDATE")
             .bind(&mirror.vault)
@@ -349,7 +373,7 @@ pub(crate) async fn advance_fleet(conn: &mut PgConnection, mirror: &Mirror) -> R
         .await?;
         state = state.fold(before.iter().map(Vec::as_slice)).map_err(internal)?;
     }
-    let state = state.fold(mirror.records.iter().map(|r| r.as_bytes())).map_err(internal)?;
+    let state = state.fold_records(decoded).map_err(internal)?;
     sqlx::query(
         "INSERT INTO fleet_states (vault, machine_id, position, state) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (vault, machine_id) DO UPDATE SET position = EXCLUDED.position, state = EXCLUDED.state",
@@ -363,11 +387,15 @@ pub(crate) async fn advance_fleet(conn: &mut PgConnection, mirror: &Mirror) -> R
     Ok(())
 }
 
-async fn insert_records(conn: &mut PgConnection, mirror: &Mirror) -> Result<(), Failed> {
+async fn insert_records(
+    conn: &mut PgConnection,
+    mirror: &Mirror,
+    decoded: &[regent_store::Record],
+) -> Result<(), Failed> {
     let first = i64::try_from(mirror.first).map_err(internal)?;
     let positions: Vec<i64> = (first..).take(mirror.records.len()).collect();
     let records: Vec<&[u8]> = mirror.records.iter().map(|r| r.as_bytes()).collect();
-    let times = super::recorded_times(mirror).map_err(internal)?;
+    let times: Vec<DateTime<Utc>> = decoded.iter().map(|record| record.recorded_at).collect();
     sqlx::query(
         "INSERT INTO machine_records (vault, machine_id, position, record, recorded_at) \
          SELECT $1, $2, * FROM UNNEST($3::BIGINT[], $4::BYTEA[], $5::TIMESTAMPTZ[])",
@@ -816,10 +844,7 @@ async fn bind_token(
 impl Storage for PgStorage {
     async fn read(&self, scope: &Scope) -> Result<Facts, ApiError> {
         let mut conn = self.pool.acquire().await.map_err(|e| unavailable(&e))?;
-        load(&mut conn, scope, Utc::now(), false).await.map_err(|e| match e {
-            Failed::Conflict => ApiError::unavailable("the database was busy; retry"),
-            Failed::Answer(e) => e,
-        })
+        load(&mut conn, scope, Utc::now(), false).await.map_err(ApiError::from)
     }
 
     async fn transact<A: Send + 'static>(
@@ -870,12 +895,7 @@ impl Storage for PgStorage {
 
     async fn machines(&self, vault: &str) -> Result<Option<Vec<MachineInfo>>, ApiError> {
         let mut conn = self.pool.acquire().await.map_err(|e| unavailable(&e))?;
-        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM vaults WHERE name = $1)")
-            .bind(vault)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(|e| unavailable(&e))?;
-        if !exists {
+        if !vault_exists(&mut conn, vault).await? {
             return Ok(None);
         }
         let rows = sqlx::query(&format!(
@@ -888,10 +908,7 @@ impl Storage for PgStorage {
         .map_err(|e| unavailable(&e))?;
         let mut machines = Vec::with_capacity(rows.len());
         for row in &rows {
-            let facts = machine_row(row).map_err(|e| match e {
-                Failed::Answer(e) => e,
-                Failed::Conflict => ApiError::unavailable("the database was busy; retry"),
-            })?;
+            let facts = machine_row(row).map_err(ApiError::from)?;
             let mut info = facts.info;
             info.log_head = facts.anchor.anchor(&info.machine_id);
             machines.push(info);
@@ -901,12 +918,7 @@ impl Storage for PgStorage {
 
     async fn kept_records(&self, vault: &str, scan: &AuditScan) -> Result<Option<Vec<KeptRecord>>, ApiError> {
         let mut conn = self.pool.acquire().await.map_err(|e| unavailable(&e))?;
-        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM vaults WHERE name = $1)")
-            .bind(vault)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(|e| unavailable(&e))?;
-        if !exists {
+        if !vault_exists(&mut conn, vault).await? {
             return Ok(None);
         }
         let after = scan.after.as_ref();
@@ -945,12 +957,7 @@ impl Storage for PgStorage {
         limit: usize,
     ) -> Result<Option<Vec<FleetEntry>>, ApiError> {
         let mut conn = self.pool.acquire().await.map_err(|e| unavailable(&e))?;
-        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM vaults WHERE name = $1)")
-            .bind(vault)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(|e| unavailable(&e))?;
-        if !exists {
+        if !vault_exists(&mut conn, vault).await? {
             return Ok(None);
         }
         let columns = MACHINE_COLUMNS.split(", ").map(|c| format!("m.{c}")).collect::<Vec<_>>().join(", ");
@@ -968,14 +975,10 @@ impl Storage for PgStorage {
         .fetch_all(&mut *conn)
         .await
         .map_err(|e| unavailable(&e))?;
-        let answer = |e: Failed| match e {
-            Failed::Answer(e) => e,
-            Failed::Conflict => ApiError::unavailable("the database was busy; retry"),
-        };
         let mut entries = Vec::with_capacity(rows.len());
         for row in &rows {
-            let facts = machine_row(row).map_err(answer)?;
-            let state: Option<String> = row.try_get("fleet_state").map_err(|e| answer(e.into()))?;
+            let facts = machine_row(row).map_err(ApiError::from)?;
+            let state: Option<String> = row.try_get("fleet_state").map_err(|e| ApiError::from(Failed::from(e)))?;
             let fleet = match state {
                 Some(json) => Some(
                     serde_json::from_str::<FleetState>(&json)

@@ -449,10 +449,10 @@ fn keep_records(tree: &SideTree, mirrors: &[Mirror]) -> Result<(), StoreError> {
     let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     let mut states: std::collections::HashMap<(String, String), FleetState> = std::collections::HashMap::new();
     for kept in mirrors {
-        let at = super::recorded_times(kept).map_err(StoreError::Internal)?;
-        for ((position, record), at) in (kept.first..).zip(&kept.records).zip(at) {
+        let decoded = super::decode_kept(kept).map_err(StoreError::Internal)?;
+        for ((position, record), read) in (kept.first..).zip(&kept.records).zip(&decoded) {
             pairs.push((mirror_key(&kept.vault, &kept.machine_id, position), record.as_bytes().to_vec()));
-            pairs.push((time_key(&kept.vault, at, &kept.machine_id, position), Vec::new()));
+            pairs.push((time_key(&kept.vault, read.recorded_at, &kept.machine_id, position), Vec::new()));
         }
         // A projection of the records: one that cannot be moved on is folded again when read.
         let machine = (kept.vault.clone(), kept.machine_id.clone());
@@ -460,7 +460,7 @@ fn keep_records(tree: &SideTree, mirrors: &[Mirror]) -> Result<(), StoreError> {
             Some(state) if state.position + 1 == kept.first => Ok(state),
             _ => fleet_state(tree, &kept.vault, &kept.machine_id, kept.first - 1),
         };
-        match before.and_then(|state| state.fold(kept.records.iter().map(|r| r.as_bytes()))) {
+        match before.and_then(|state| state.fold_records(&decoded)) {
             Ok(state) => {
                 states.insert(machine, state);
             }
