@@ -367,6 +367,21 @@ pub enum VaultCommand {
         #[arg(long, value_name = "URL", env = "REGENT_VAULT_DATABASE_URL", hide_env_values = true)]
         database_url: Option<String>,
     },
+    /// The vault's transparency log: its latest checkpoint (a C2SP signed note), verified.
+    Checkpoint {
+        /// The vault service's address (`vault serve` listens on 127.0.0.1:8443 unless told otherwise).
+        #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8443")]
+        server: String,
+        /// A CA certificate (PEM) to trust for an HTTPS service.
+        #[arg(long, value_name = "F")]
+        ca_file: Option<PathBuf>,
+        /// Print the vault's public key instead (a C2SP verifier key, the format --vault-key reads).
+        #[arg(long, conflicts_with = "vault_key")]
+        public_key: bool,
+        /// Verify with this key (a file holding a C2SP verifier key) rather than the one the service names.
+        #[arg(long, value_name = "KEYFILE")]
+        vault_key: Option<PathBuf>,
+    },
     /// One row per machine of a vault, as its own log (kept at the vault) makes it: phase, proxy,
     /// throttling, scratch folder, passphrase, credentials expiry, last event, anchor status.
     Fleet {

@@ -95,6 +95,9 @@ pub fn run(ctx: &Context, command: VaultCommand) -> Result<u8, Failure> {
             });
             Ok(0)
         }
+        VaultCommand::Checkpoint { server, ca_file, public_key, vault_key } => {
+            checkpoint(ctx, &server, ca_file.as_deref(), public_key, vault_key.as_deref())
+        }
         VaultCommand::Fleet { vault, admin, limit, after } => {
             let page = admin_client(ctx, &admin)?.fleet(&vault, limit, after.as_deref()).map_err(admin_failure)?;
             if ctx.json {
@@ -279,6 +282,7 @@ fn serve_failure(err: regent_vault::VaultError) -> Failure {
         DatabaseProblem::ForeignSchema => failure.because("database_schema_foreign"),
         DatabaseProblem::NewerSchema => failure.because("database_schema_newer"),
         DatabaseProblem::OtherToken => failure.because("database_token_mismatch"),
+        DatabaseProblem::OtherCheckpointKey => failure.because("database_checkpoint_key_mismatch"),
         _ => failure.because("database_unavailable"),
     }
 }
@@ -307,6 +311,89 @@ fn url_has_password(url: &str) -> bool {
 
 /// A client of the service at `--server`, with the token `vault serve` wrote in its data dir
 /// unless `--token-file` names another: on the service's machine, no flag is needed.
+/// `regent vault checkpoint`: the latest checkpoint, verified with the key given, or else the key
+/// the service names (which only shows the service signs what it serves: trust comes from a key
+/// obtained another way, as the credentials file carries it).
+fn checkpoint(
+    ctx: &Context,
+    server: &str,
+    ca_file: Option<&std::path::Path>,
+    public_key: bool,
+    vault_key: Option<&std::path::Path>,
+) -> Result<u8, Failure> {
+    use regent_vault::protocol::transparency::NoteVerifier;
+    let client = AdminClient::without_token(server, ca_file).map_err(admin_failure)?;
+    let named = || -> Result<NoteVerifier, Failure> {
+        let health = client.service_health().map_err(admin_failure)?;
+        let text = health.checkpoint_key.ok_or_else(|| {
+            Failure::refused(format!("the vault at {server} keeps no transparency log (a build older than this one)"))
+                .because("checkpoint_unavailable")
+        })?;
+        text.parse().map_err(|e| {
+            Failure::refused(format!("the vault at {server} names a key that is not a verifier key: {e}"))
+                .because("checkpoint_unverified")
+        })
+    };
+    if public_key {
+        let key = named()?;
+        if ctx.json {
+            terminal::json_line(serde_json::json!({ "vault_key": key.to_string() }));
+        } else {
+            terminal::outln!("{key}");
+        }
+        return Ok(0);
+    }
+    let (key, trusted) = match vault_key {
+        Some(path) => (read_vault_key(path)?, true),
+        None => (named()?, false),
+    };
+    let note = client.checkpoint().map_err(admin_failure)?;
+    let checkpoint = key.verify(&note).map_err(|e| {
+        Failure::refused(format!("the checkpoint the vault at {server} serves does not verify with {key}: {e}"))
+            .because("checkpoint_unverified")
+    })?;
+    if ctx.json {
+        let json = serde_json::json!({
+            "origin": checkpoint.origin,
+            "size": checkpoint.size,
+            "root": hex::encode(checkpoint.root),
+            "vault_key": key.to_string(),
+            "key_given": trusted,
+            "note": note,
+        });
+        terminal::json_line(json);
+    } else {
+        // Verified, so its lines are plain text; escaped all the same (outln! does).
+        for line in note.lines() {
+            terminal::outln!("{line}");
+        }
+        if !trusted {
+            terminal::errln!(
+                "verified with the key the service names ({key}); pass --vault-key KEYFILE to check against a key you trust"
+            );
+        }
+    }
+    Ok(0)
+}
+
+/// A C2SP verifier key from a file (`regent vault checkpoint --public-key` prints one): its first line.
+pub(crate) fn read_vault_key(
+    path: &std::path::Path,
+) -> Result<regent_vault::protocol::transparency::NoteVerifier, Failure> {
+    use std::io::Read as _;
+    let shown = path.display();
+    let unreadable = |detail: String| {
+        Failure::usage(format!("the vault key file {shown}: {detail}")).because("vault_key_unreadable")
+    };
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(4096).read_to_string(&mut text))
+        .map_err(|e| unreadable(e.to_string()))?;
+    let line = text.lines().next().unwrap_or("").trim();
+    line.parse()
+        .map_err(|e| unreadable(format!("{e}; it should hold the line `regent vault checkpoint --public-key` prints")))
+}
+
 pub(crate) fn admin_client(ctx: &Context, args: &AdminArgs) -> Result<AdminClient, Failure> {
     let token_file = args.token_file.clone().unwrap_or_else(|| ctx.data_dir.join("admin.token"));
     AdminClient::from_token_file(&args.server, &token_file, args.ca_file.as_deref()).map_err(|e| {

@@ -596,6 +596,7 @@ mod tests {
             mirrored: Some(position),
             refusals: 0,
             last_refusal: None,
+            log: None,
         }
     }
 

@@ -17,6 +17,7 @@
 mod code;
 mod error_code;
 mod reason;
+pub mod transparency;
 pub mod vault;
 
 pub use error_code::ErrorCode;

@@ -71,7 +71,7 @@ use crate::{ErrorCode, Reason};
 /// The protocol's version, as `GET /v1/health` reports it. 2: PIN checks are signed by the machine
 /// and request ids are bound to what they first came with. 3: the vault keeps every record of a
 /// machine's log, and a first report carries them from position 1.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// The path prefix of this version of the protocol.
 pub const PREFIX: &str = "/v1";
 /// The `Content-Type` of `GET /metrics`: Prometheus' text exposition format, version 0.0.4.
@@ -138,6 +138,12 @@ pub enum RouteId {
     ListFleet,
     /// `GET /v1/vaults/{vault}/audit`: the events of the vault's machines' logs, filtered, a page.
     FleetAudit,
+    /// `GET /v1/checkpoint`: the service's transparency log's latest checkpoint, a C2SP signed note
+    /// (`text/plain`), for anyone: it names no machine.
+    Checkpoint,
+    /// `GET /v1/vaults/{vault}/machines/{machine_id}/proof?from=N`: a machine's latest logged head,
+    /// proved under the latest checkpoint ([`LoggedHead`]), with consistency from size N.
+    MachineProof,
 }
 
 /// The HTTP methods the service answers.
@@ -179,7 +185,7 @@ impl Route {
 
 /// Every route of the service. The router is built from this table and nothing else, so a route
 /// the table does not hold cannot be served, and `tests/routes.rs` attacks each one of them.
-pub const ROUTES: [Route; 19] = [
+pub const ROUTES: [Route; 21] = [
     Route { id: RouteId::Healthz, method: Method::Get, path: "/healthz", access: Access::Anyone },
     Route { id: RouteId::Readyz, method: Method::Get, path: "/readyz", access: Access::Anyone },
     Route { id: RouteId::Metrics, method: Method::Get, path: "/metrics", access: Access::Anyone },
@@ -244,7 +250,17 @@ pub const ROUTES: [Route; 19] = [
     },
     Route { id: RouteId::ListFleet, method: Method::Get, path: "/v1/vaults/{vault}/fleet", access: Access::Admin },
     Route { id: RouteId::FleetAudit, method: Method::Get, path: "/v1/vaults/{vault}/audit", access: Access::Admin },
+    Route { id: RouteId::Checkpoint, method: Method::Get, path: "/v1/checkpoint", access: Access::Anyone },
+    Route {
+        id: RouteId::MachineProof,
+        method: Method::Get,
+        path: "/v1/vaults/{vault}/machines/{machine_id}/proof",
+        access: Access::Admin,
+    },
 ];
+
+/// The media type of `GET /v1/checkpoint`: the signed note's text.
+pub const CHECKPOINT_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 
 /// Wrong PINs in a row (authenticated, from one machine) that lock that machine's PIN checks.
 pub const MAX_PIN_FAILURES: u32 = 5;
@@ -255,6 +271,11 @@ pub const PIN_LOCKOUT_SECS: i64 = 15 * 60;
 pub struct Health {
     pub service: String,
     pub protocol: u32,
+    /// The verifier key of the vault's transparency log (a C2SP verifier key,
+    /// `<name>+<key id>+<base64 key>`). Taken from here only on first contact, and recorded as such:
+    /// the credentials file carries it otherwise. Absent from an older vault.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_key: Option<String>,
 }
 
 /// `GET /healthz`: `{"status":"alive"}`, whatever the state of the log (a process that answers is
@@ -711,6 +732,11 @@ pub struct HeadReport {
     pub nonce: String,
     /// Base64 (standard alphabet) of the signature over [`log_head_message`].
     pub signature: String,
+    /// The size of the vault's transparency log the agent last verified: the answer proves the new
+    /// checkpoint consistent with it. Not signed: it only chooses which proof answers, and the
+    /// agent checks that proof against what it holds, so a changed value cannot pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree_size: Option<u64>,
 }
 
 /// The head a vault keeps for a machine, and what it refused.
@@ -733,6 +759,35 @@ pub struct Anchor {
     /// The most recent of them.
     #[serde(default)]
     pub last_refusal: Option<AnchorRefusal>,
+    /// The head as the vault's transparency log holds it, proved under its latest checkpoint.
+    /// Absent from an older vault, and for a head anchored before the vault kept the tree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<LoggedHead>,
+}
+
+/// A machine's latest head in the vault's transparency log, and the proofs that make it checkable
+/// without trusting the connection (see [`crate::transparency`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoggedHead {
+    /// The latest checkpoint: a C2SP signed note, signed by the vault's checkpoint key.
+    pub checkpoint: String,
+    /// The leaf's index in the tree.
+    pub index: u64,
+    /// Base64 (standard alphabet) of the leaf's bytes ([`crate::transparency::Leaf::encode`]).
+    pub leaf: String,
+    /// The inclusion proof of the leaf under the checkpoint, each hash lowercase hex.
+    pub inclusion: Vec<String>,
+    /// The consistency proof from an earlier size to the checkpoint's, when one was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<Consistency>,
+}
+
+/// A consistency proof between two sizes of the transparency log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Consistency {
+    pub from: u64,
+    /// Each hash lowercase hex.
+    pub proof: Vec<String>,
 }
 
 /// A refused report: which code, and the head that was offered.

@@ -344,3 +344,62 @@ fn a_vault_that_is_down_leaves_the_step_recorded_and_audit_anchor_catches_up() {
     one_line_failure(&stderr, "not_registered");
     refused_with(setup.step("agent", &["audit", "anchor"]), "not_registered");
 }
+
+/// `regent vault checkpoint`: the transparency log's latest checkpoint, printed as served once it
+/// verifies, with the key the service names or a key file; the key printed in the format
+/// `--vault-key` reads; another key, an unreadable key file and a vault with nothing there refused,
+/// each with its code.
+#[test]
+fn vault_checkpoint_prints_the_signed_tree_head_and_checks_it_with_the_key_given() {
+    let setup = Setup::new();
+    registered_agent(&setup); // one head logged
+    let checkpoint = |extra: &[&str]| {
+        let mut cmd = setup.regent("auditor");
+        cmd.args(["vault", "checkpoint", "--server", &setup.url()]).args(extra);
+        let out = cmd.output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, key, stderr) = checkpoint(&["--public-key"]);
+    assert_eq!((code, stderr.as_str()), (0, ""));
+    let key = key.trim().to_string();
+    let verifier: regent_vault::protocol::transparency::NoteVerifier = key.parse().unwrap();
+    let key_file = setup.path("vault.key");
+    std::fs::write(&key_file, format!("{key}\n")).unwrap();
+
+    // With the key the service names: verified, and stderr says what that does not prove.
+    let (code, note, stderr) = checkpoint(&[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("pass --vault-key KEYFILE"), "{stderr}");
+    let signed = verifier.verify(&note).unwrap();
+    assert_eq!((signed.size, signed.origin.as_str()), (1, verifier.name()));
+    // With the key file: quiet, the same note; as JSON, its fields.
+    let (code, again, stderr) = checkpoint(&["--vault-key", key_file.to_str().unwrap()]);
+    assert_eq!((code, stderr.as_str(), again.as_str()), (0, "", note.as_str()));
+    let (code, json, _) = checkpoint(&["--json", "--vault-key", key_file.to_str().unwrap()]);
+    let json: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!((code, json["size"].as_u64(), json["key_given"].as_bool()), (0, Some(1), Some(true)));
+    assert_eq!(json["root"], hex::encode(signed.root));
+
+    // Another key, a key file that holds no key, one that is not there: one line each, and the
+    // code under --json.
+    let refused = |extra: &[&str], exit: i32, code: &str| {
+        let (got, out, stderr) = checkpoint(extra);
+        assert_eq!((got, out.as_str(), stderr.lines().count()), (exit, "", 1), "{stderr}");
+        let (got, out, _) = checkpoint(&[&["--json"], extra].concat());
+        let error: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!((got, error["error"]["code"].as_str()), (exit, Some(code)), "{out}");
+    };
+    let other = regent_vault::protocol::transparency::NoteSigner::from_seed("regent-vault-other", [9u8; 32]).unwrap();
+    std::fs::write(&key_file, other.verifier().to_string()).unwrap();
+    refused(&["--vault-key", key_file.to_str().unwrap()], 1, "checkpoint_unverified");
+    std::fs::write(&key_file, "not a key\n").unwrap();
+    refused(&["--vault-key", key_file.to_str().unwrap()], 2, "vault_key_unreadable");
+    refused(&["--vault-key", setup.path("missing.key").to_str().unwrap()], 2, "vault_key_unreadable");
+    // The key and a key file together ask for two things.
+    let (code, _, _) = checkpoint(&["--public-key", "--vault-key", key_file.to_str().unwrap()]);
+    assert_eq!(code, 2);
+}

@@ -12,8 +12,8 @@ use serde::de::DeserializeOwned;
 use crate::error::{AdminError, ClientError, chain_text};
 use crate::http;
 use crate::protocol::{
-    CreateVault, CredentialsFile, DownloadCredentials, Fleet, FleetAudit, Health, IssuedPin, MachineInfo, Machines,
-    VaultInfo,
+    CreateVault, CredentialsFile, DownloadCredentials, Fleet, FleetAudit, Health, IssuedPin, LoggedHead, MachineInfo,
+    Machines, VaultInfo,
 };
 use crate::token::{bearer, read_token_file};
 
@@ -51,10 +51,43 @@ impl AdminClient {
         AdminClient::new(server_url, read_token_file(token_file)?, ca_file)
     }
 
+    /// A client for the calls that need no token (health, the checkpoint); an admin call answers
+    /// [`AdminError::Unauthorized`].
+    pub fn without_token(server_url: &str, ca_file: Option<&Path>) -> Result<AdminClient, AdminError> {
+        AdminClient::new(server_url, SecretString::from(String::new()), ca_file)
+    }
+
     /// Whether the service answers at all (no token needed).
     pub fn health(&self) -> Result<(), AdminError> {
+        self.service_health().map(|_| ())
+    }
+
+    /// What the service says of itself (no token needed): its protocol and its checkpoint key.
+    pub fn service_health(&self) -> Result<Health, AdminError> {
         let url = self.url(&["health"])?;
-        self.call::<Health>(self.client.get(url.clone()), &url, false).map(|_| ())
+        self.call::<Health>(self.client.get(url.clone()), &url, false)
+    }
+
+    /// The transparency log's latest checkpoint, the signed note's text (no token needed). Not
+    /// verified here: the caller checks it with the key it trusts.
+    pub fn checkpoint(&self) -> Result<String, AdminError> {
+        let url = self.url(&["checkpoint"])?;
+        let response = self.send(self.client.get(url.clone()), &url, false)?;
+        let status = response.status().as_u16();
+        let bytes = http::read_body(response, http::MAX_ADMIN_ANSWER_BYTES)
+            .map_err(|detail| AdminError::Protocol { status, detail })?;
+        String::from_utf8(bytes)
+            .map_err(|_| AdminError::Protocol { status, detail: "the checkpoint is not UTF-8 text".into() })
+    }
+
+    /// A machine's latest logged head, proved under the latest checkpoint, with consistency from
+    /// the tree of `from` leaves.
+    pub fn machine_proof(&self, vault: &str, machine_id: &str, from: Option<u64>) -> Result<LoggedHead, AdminError> {
+        let mut url = self.url(&["vaults", vault, "machines", machine_id, "proof"])?;
+        if let Some(from) = from {
+            url.query_pairs_mut().append_pair("from", &from.to_string());
+        }
+        self.call::<LoggedHead>(self.client.get(url.clone()), &url, true)
     }
 
     pub fn create_vault(&self, name: &str) -> Result<VaultInfo, AdminError> {

@@ -21,6 +21,15 @@ pub enum VaultError {
     #[error("the admin token file {path} is empty or malformed; delete it and restart the service to get a new token")]
     BadTokenFile { path: PathBuf },
 
+    #[error("cannot {action} the checkpoint key file {path}: {source}")]
+    KeyFile { action: &'static str, path: PathBuf, source: std::io::Error },
+
+    #[error(
+        "the checkpoint key file {path} is malformed ({detail}); restore it from a backup (agents trust \
+         that key), or, for a vault no agent has reported to, delete it and restart"
+    )]
+    BadKeyFile { path: PathBuf, detail: String },
+
     #[error("the vault's log cannot be used: {0}")]
     Store(#[from] StoreError),
 
@@ -70,6 +79,8 @@ pub enum DatabaseProblem {
     NewerSchema,
     /// The database serves another admin token than this process was given.
     OtherToken,
+    /// The database's transparency log is signed with another checkpoint key.
+    OtherCheckpointKey,
     /// Anything else the database said.
     Unavailable,
 }

@@ -137,6 +137,14 @@ pub(crate) struct LogHeadAnchored {
     /// and in logs written before the vault kept records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirrored_from: Option<u64>,
+    /// The head is a leaf of the service's transparency log ([`crate::transparency`]): its index is
+    /// the number of logged heads before it in the service's log. False in logs written before the
+    /// vault kept the tree.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub logged: bool,
+    /// The index of the same machine's previous leaf, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_leaf: Option<u64>,
 }
 
 /// Records of a machine's log behind its anchored head, kept: a machine anchored before the vault

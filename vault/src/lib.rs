@@ -40,6 +40,7 @@ mod state;
 mod storage;
 mod tls;
 mod token;
+mod transparency;
 
 pub use admin::AdminClient;
 pub use client::{ClientOptions, HttpVaultClient};

@@ -204,6 +204,7 @@ impl HttpVaultClient {
                 timestamp: signed.timestamp,
                 nonce: signed.nonce,
                 signature: signed.signature,
+                tree_size: None,
             };
             let request = with_time_left(client.post(url.clone()).json(&body), time_left);
             self.answer(request.send(), signer.proxy.as_ref(), url)

@@ -163,7 +163,8 @@ async fn rebuild_once(pool: &PgPool, now: DateTime<Utc>) -> Result<RebuildSummar
     // Every table a request reads first (vaults) is locked first: requests wait behind the rebuild
     // rather than read tables half made; then the head, which every append locks last.
     sqlx::query(
-        "LOCK TABLE vaults, certificates, pins, machines, registrations, pin_checks, nonces IN ACCESS EXCLUSIVE MODE",
+        "LOCK TABLE vaults, certificates, pins, machines, registrations, pin_checks, nonces, tree_leaves, tree_nodes \
+         IN ACCESS EXCLUSIVE MODE",
     )
     .execute(&mut *tx)
     .await
@@ -174,10 +175,16 @@ async fn rebuild_once(pool: &PgPool, now: DateTime<Utc>) -> Result<RebuildSummar
         .map_err(conflict_or("lock the log's head"))?;
     let head = head_of(&row)
         .map_err(|_| MoveError::Database { detail: format!("the log's head cannot be read; {NOTHING}") })?;
-    sqlx::query("TRUNCATE vaults, certificates, pins, machines, registrations, pin_checks, nonces")
+    sqlx::query(
+        "TRUNCATE vaults, certificates, pins, machines, registrations, pin_checks, nonces, tree_leaves, tree_nodes",
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(conflict_or("empty the projection tables"))?;
+    sqlx::query("UPDATE log_head SET tree_size = 0")
         .execute(&mut *tx)
         .await
-        .map_err(conflict_or("empty the projection tables"))?;
+        .map_err(conflict_or("empty the transparency log"))?;
 
     let mut walker = ChainWalker::new().with_anchor(head);
     let mut replay = Replay::new();

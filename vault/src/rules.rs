@@ -723,6 +723,8 @@ pub(crate) fn report_head(
                     anchored_at: now,
                     peer: report.peer.clone(),
                     mirrored_from: keep.then_some(mirrored_from),
+                    logged: true,
+                    previous_leaf: history.leaf,
                 })
             }
         };
@@ -811,6 +813,22 @@ pub(crate) fn report_head(
         && report.hash == held.hash
         && (report.records.is_empty() || mirrored.position >= position)
     {
+        if history.leaf.is_none() {
+            // Anchored before the vault kept its tree: the head is logged now, the anchor unmoved.
+            let event = VaultEvent::LogHeadAnchored(LogHeadAnchored {
+                machine_id: machine_id.to_string(),
+                position,
+                hash: report.hash.clone(),
+                nonce: report.nonce.clone(),
+                anchored_at: now,
+                peer: report.peer.clone(),
+                mirrored_from: None,
+                logged: true,
+                previous_leaf: None,
+            });
+            let answer = history.anchor(machine_id).ok_or_else(|| ApiError::internal("the log head cannot be read"))?;
+            return Ok(Decision::record(actor.clone(), event, Ok(answer)));
+        }
         return history
             .anchor(machine_id)
             .map(|head| Decision::answer(actor.clone(), head))
@@ -1050,10 +1068,19 @@ mod tests {
         other_fourth[0] = other[3].clone();
         let decision = report_head(&facts, &report(heads[3], &other_fourth), now).unwrap();
         assert!(matches!(decision.events.as_slice(), [Planned { event: VaultEvent::LogHeadRefused(_), .. }]));
-        // The anchored head alone: the answer it had, and it says how much is kept.
+        // The anchored head alone, never logged in the tree: logged now (the anchor unmoved), and
+        // the answer says how much is kept.
         let decision = report_head(&facts, &report(heads[2], &[]), now).unwrap();
-        assert!(decision.events.is_empty());
+        assert!(matches!(decision.events.as_slice(), [Planned { event: VaultEvent::LogHeadAnchored(e), .. }]
+            if e.position == 3 && e.logged && e.previous_leaf.is_none() && e.mirrored_from.is_none()));
         assert_eq!(decision.outcome.unwrap().mirrored, Some(0));
+        // Once logged, the same head again records nothing.
+        let mut logged = facts.clone();
+        if let Some(machine) = logged.machine.as_mut() {
+            machine.anchor.leaf = Some(0);
+        }
+        let decision = report_head(&logged, &report(heads[2], &[]), now).unwrap();
+        assert!(decision.events.is_empty());
     }
 
     fn unregistration() -> Unregistration {

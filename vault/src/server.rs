@@ -28,6 +28,7 @@ use crate::storage::postgres::PgStorage;
 use crate::storage::sled::{Committer, SledStorage};
 use crate::storage::{Backend, Storage as _};
 use crate::token::AdminKey;
+use regent_protocol::transparency::NoteSigner;
 
 /// How long open connections get to finish their requests at shutdown before they are cut.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -176,6 +177,7 @@ struct Opened {
     admin: AdminKey,
     token_path: PathBuf,
     token_created: bool,
+    signer: NoteSigner,
 }
 
 /// Opens (or creates) the data directory: the admin token and the log, folded into the state.
@@ -183,8 +185,9 @@ fn open_sled(data_dir: &Path, group_commit: bool, appended: IntCounter) -> Resul
     regent_secrets::create_private_dir(data_dir)
         .map_err(|source| VaultError::DataDir { path: data_dir.to_path_buf(), source })?;
     let (admin, token_path, token_created) = crate::token::load_or_create(data_dir)?;
+    let signer = crate::transparency::load_or_create(data_dir)?;
     let (storage, committer) = SledStorage::open(data_dir, group_commit, appended)?;
-    Ok(Opened { storage, committer, admin, token_path, token_created })
+    Ok(Opened { storage, committer, admin, token_path, token_created, signer })
 }
 
 /// Binds, opens the data directory (creating `admin.token` on first start) and starts serving.
@@ -205,7 +208,7 @@ pub async fn serve(config: ServeConfig) -> Result<RunningServer, VaultError> {
     let local_addr = listener.local_addr().map_err(|source| VaultError::Bind { addr: config.listen, source })?;
     let metrics = Arc::new(Metrics::new()?);
     let appended = metrics.events_appended();
-    let (storage, admin, token_path, token_created, committer) = match &config.database_url {
+    let (storage, admin, token_path, token_created, signer, committer) = match &config.database_url {
         None => {
             // Opening the store may wait for another process's lock and reads the whole log: blocking work.
             let data_dir = config.data_dir.clone();
@@ -213,28 +216,31 @@ pub async fn serve(config: ServeConfig) -> Result<RunningServer, VaultError> {
             let opened = tokio::task::spawn_blocking(move || open_sled(&data_dir, group_commit, appended))
                 .await
                 .map_err(|e| VaultError::Stopped(e.to_string()))??;
-            let Opened { storage, committer, admin, token_path, token_created } = opened;
-            (Backend::Sled(storage), admin, token_path, token_created, Some(committer))
+            let Opened { storage, committer, admin, token_path, token_created, signer } = opened;
+            (Backend::Sled(storage), admin, token_path, token_created, signer, Some(committer))
         }
         Some(url) => {
             use secrecy::ExposeSecret as _;
             // The database first: a start it refuses leaves the data dir as it was (no new token).
             let prepared = PgStorage::prepare(url.expose_secret()).await?;
             let data_dir = config.data_dir.clone();
-            let (admin, token_path, token_created) = tokio::task::spawn_blocking(move || {
+            let (admin, token_path, token_created, signer) = tokio::task::spawn_blocking(move || {
                 regent_secrets::create_private_dir(&data_dir)
                     .map_err(|source| VaultError::DataDir { path: data_dir.to_path_buf(), source })?;
-                crate::token::load_or_create(&data_dir)
+                let (admin, token_path, token_created) = crate::token::load_or_create(&data_dir)?;
+                Ok::<_, VaultError>((admin, token_path, token_created, crate::transparency::load_or_create(&data_dir)?))
             })
             .await
             .map_err(|e| VaultError::Stopped(e.to_string()))??;
-            let storage = prepared.bind(admin.digest(), &token_path, appended, config.group_commit).await?;
+            let verifier = signer.verifier().to_string();
+            let storage = prepared.bind(admin.digest(), &token_path, &verifier, appended, config.group_commit).await?;
             tokio::spawn(PgStorage::prune_nonces(storage.pool().clone(), config.prune_every));
             tokio::spawn(PgStorage::report_pool(storage.pool().clone(), metrics.pool_gauges()?));
-            (Backend::Postgres(storage), admin, token_path, token_created, None)
+            (Backend::Postgres(storage), admin, token_path, token_created, signer, None)
         }
     };
-    let mut app = App::new(storage, admin, config.public_url.clone(), with_tls, config.writer.clone());
+    let notary = crate::transparency::Notary::new(signer);
+    let mut app = App::new(storage, admin, notary, config.public_url.clone(), with_tls, config.writer.clone());
     app.keep_records = config.keep_records;
     let app = Arc::new(app);
     let weak_app = Arc::downgrade(&app);

@@ -37,6 +37,7 @@ use crate::protocol::{
 use crate::rules::{self, Scope};
 use crate::storage::{Backend, Storage};
 use crate::token::AdminKey;
+use crate::transparency::Notary;
 use crate::{audit, fleet};
 
 pub(crate) struct App {
@@ -53,11 +54,21 @@ pub(crate) struct App {
     pub(crate) writer: String,
     /// `ServeConfig::keep_records`: off only to measure what keeping records costs.
     pub(crate) keep_records: bool,
+    /// Signs the transparency log's checkpoints.
+    pub(crate) notary: Notary,
 }
 
 impl App {
-    pub(crate) fn new(storage: Backend, admin: AdminKey, public_url: Option<String>, tls: bool, writer: String) -> App {
+    pub(crate) fn new(
+        storage: Backend,
+        admin: AdminKey,
+        notary: Notary,
+        public_url: Option<String>,
+        tls: bool,
+        writer: String,
+    ) -> App {
         App {
+            notary,
             storage,
             admin,
             public_url,
@@ -149,6 +160,8 @@ pub(crate) fn router(app: Arc<App>) -> Router {
             RouteId::ExportMachineLog => on(filter, crate::export::export_machine_log),
             RouteId::ListFleet => on(filter, list_fleet),
             RouteId::FleetAudit => on(filter, fleet_audit),
+            RouteId::Checkpoint => on(filter, checkpoint),
+            RouteId::MachineProof => on(filter, machine_proof),
         };
         let handler = match route.access {
             // route_layer: only matched routes ask for the token, so an unknown path is a 404, not a 401.
@@ -243,8 +256,12 @@ fn peer_ip(peer: SocketAddr) -> String {
 // ---------------------------------------------------------------------------------------------
 // Handlers: anyone
 
-async fn health() -> axum::Json<Health> {
-    axum::Json(Health { service: "regent-vault".into(), protocol: protocol::PROTOCOL_VERSION })
+async fn health(State(app): State<Arc<App>>) -> axum::Json<Health> {
+    axum::Json(Health {
+        service: "regent-vault".into(),
+        protocol: protocol::PROTOCOL_VERSION,
+        checkpoint_key: Some(app.notary.verifier().to_string()),
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -758,7 +775,12 @@ async fn report_log_head(
             decision
         })
     };
-    let anchored = app.storage.transact(scope, now, Box::new(decide)).await;
+    let tree_size = body.tree_size;
+    let anchored = app.storage.transact(scope.clone(), now, Box::new(decide)).await;
+    let anchored = match anchored {
+        Ok(anchor) => with_log(&app, &scope, anchor, tree_size).await,
+        refused => refused,
+    };
     match &anchored {
         Ok(anchor) if anchor.anchored_at == now => {
             tracing::info!(vault = %vault, machine_id = %machine_id, position = body.position, "log head anchored")
@@ -805,9 +827,62 @@ async fn read_log_head(
     verify_machine_signature(&certificate, &message, &signature)?;
     let scope = Scope { machine: Some(machine_id.clone()), nonce: Some(nonce.to_string()), ..Scope::vault(&vault) };
     let peer = peer_ip(peer);
-    let anchor =
-        app.storage.transact(scope, now, Box::new(move |f| rules::read_head(f, &vault, &machine_id, &peer))).await?;
-    Ok(axum::Json(anchor))
+    let anchor = app
+        .storage
+        .transact(scope.clone(), now, Box::new(move |f| rules::read_head(f, &vault, &machine_id, &peer)))
+        .await?;
+    Ok(axum::Json(with_log(&app, &scope, anchor, None).await?))
+}
+
+/// The anchor with the machine's latest leaf proved under the latest checkpoint, when its head is
+/// logged (read after the change committed: the leaf's index is the storage's to give).
+async fn with_log(app: &App, scope: &Scope, mut anchor: Anchor, from: Option<u64>) -> Result<Anchor, ApiError> {
+    let facts = app.storage.read(scope).await?;
+    if let Some(index) = facts.machine.and_then(|m| m.anchor.leaf) {
+        anchor.log = Some(crate::transparency::logged_head(&app.storage, &app.notary, index, from).await?);
+    }
+    Ok(anchor)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handlers: the transparency log
+
+/// The latest checkpoint, as a C2SP signed note.
+async fn checkpoint(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
+    let (_, _, note) = crate::transparency::checkpoint(&app.storage, &app.notary).await?;
+    Ok(([(header::CONTENT_TYPE, protocol::CHECKPOINT_CONTENT_TYPE)], note).into_response())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProofQuery {
+    from: Option<u64>,
+}
+
+/// A machine's latest logged head, proved under the latest checkpoint (the admin's and, later, the
+/// auditors'): the bundle an auditor checks an export against, fetched from the vault rather than
+/// from the machine under audit.
+async fn machine_proof(
+    State(app): State<Arc<App>>,
+    ApiPath((vault, machine_id)): ApiPath<(String, String)>,
+    ApiQuery(query): ApiQuery<ProofQuery>,
+) -> Result<axum::Json<protocol::LoggedHead>, ApiError> {
+    known_vault(&vault)?;
+    valid_machine_id(&machine_id)?;
+    let scope = Scope { machine: Some(machine_id.clone()), ..Scope::vault(&vault) };
+    let facts = app.storage.read(&scope).await?;
+    if facts.vault.is_none() {
+        return Err(ApiError::vault_not_found(&vault));
+    }
+    let machine = facts.machine.ok_or_else(|| api::machine_not_found(&vault, &machine_id))?;
+    let index = machine.anchor.leaf.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::LogHeadNotFound,
+            format!("machine {machine_id}'s head is not in the vault's transparency log yet: it is logged at its next report"),
+        )
+    })?;
+    Ok(axum::Json(crate::transparency::logged_head(&app.storage, &app.notary, index, query.from).await?))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -24,6 +24,8 @@ pub(crate) struct ServiceState {
     /// Certificate thumbprint -> the vault that issued it, to tell "another vault's certificate" from
     /// "a certificate never issued".
     pub thumbprints: HashMap<String, String>,
+    /// How many heads the service's transparency log holds: the next leaf's index.
+    pub tree_size: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -48,6 +50,9 @@ pub(crate) struct AnchorHistory {
     /// it); `None` before any is kept. At the anchor, but for a machine anchored before the vault
     /// kept records, until it has caught up.
     pub mirrored: Option<MirroredHead>,
+    /// The index of the machine's latest leaf in the service's transparency log (its head, logged);
+    /// `None` for a machine anchored before the vault kept the tree, until it reports again.
+    pub leaf: Option<u64>,
     pub refusals: u64,
     pub last_refusal: Option<AnchorRefusal>,
     /// The digest of the records the last refused report carried, if any: with the refusal, it
@@ -85,6 +90,7 @@ impl AnchorHistory {
             mirrored: Some(self.mirrored_position()),
             refusals: self.refusals,
             last_refusal: self.last_refusal.clone(),
+            log: None,
         })
     }
 }
@@ -302,9 +308,17 @@ impl VaultState {
         info
     }
 
-    fn apply_anchored(&mut self, e: &LogHeadAnchored) {
+    fn apply_anchored(&mut self, e: &LogHeadAnchored, leaf: Option<u64>) {
         let anchor = self.anchors.entry(e.machine_id.clone()).or_default();
-        anchor.head = Some(HeldAnchor { position: e.position, hash: e.hash.clone(), anchored_at: e.anchored_at });
+        // The same head logged again (a machine anchored before the tree): first accepted then.
+        let anchored_at = match &anchor.head {
+            Some(held) if held.position == e.position && held.hash == e.hash => held.anchored_at,
+            _ => e.anchored_at,
+        };
+        anchor.head = Some(HeldAnchor { position: e.position, hash: e.hash.clone(), anchored_at });
+        if leaf.is_some() {
+            anchor.leaf = leaf;
+        }
         if e.mirrored_from.is_some() {
             anchor.mirrored = Some(MirroredHead { position: e.position, hash: e.hash.clone() });
         }
@@ -399,7 +413,11 @@ impl ServiceState {
             VaultEvent::PinCheckFailed(e) => state.apply_pin_failed(e),
             VaultEvent::MachineRegistered(e) => state.apply_registered(e),
             VaultEvent::MachineRemoved(e) => state.apply_removed(e),
-            VaultEvent::LogHeadAnchored(e) => state.apply_anchored(e),
+            VaultEvent::LogHeadAnchored(e) => {
+                let leaf = e.logged.then_some(self.tree_size);
+                state.apply_anchored(e, leaf);
+                self.tree_size += u64::from(e.logged);
+            }
             VaultEvent::LogRecordsMirrored(e) => state.apply_mirrored(e),
             VaultEvent::LogHeadRefused(e) => state.apply_refused(e),
         }

@@ -93,11 +93,7 @@ fn read_existing(path: &Path) -> Result<Option<Zeroizing<String>>, VaultError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(VaultError::TokenFile { action: "open", path: path.to_path_buf(), source }),
     };
-    if let Ok(meta) = file.metadata()
-        && meta.permissions().mode() & 0o077 != 0
-    {
-        tracing::warn!(path = %path.display(), "the admin token file is readable by others; chmod 600 it");
-    }
+    warn_if_shared(&file, path);
     let mut text = Zeroizing::new(String::new());
     Read::by_ref(&mut file)
         .take(MAX_TOKEN_LEN as u64 + 1)
@@ -110,6 +106,15 @@ fn read_existing(path: &Path) -> Result<Option<Zeroizing<String>>, VaultError> {
     Ok(Some(token))
 }
 
+/// Warns when a file holding a secret is readable by others than its owner.
+pub(crate) fn warn_if_shared(file: &fs::File, path: &Path) {
+    if let Ok(meta) = file.metadata()
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(path = %path.display(), "a secret file is readable by others; chmod 600 it");
+    }
+}
+
 /// 32 bytes from the OS random source, base64url: 43 characters, safe in a header and a shell.
 fn new_token() -> io::Result<Zeroizing<String>> {
     let mut bytes = Zeroizing::new([0u8; 32]);
@@ -117,14 +122,16 @@ fn new_token() -> io::Result<Zeroizing<String>> {
     Ok(Zeroizing::new(URL_SAFE_NO_PAD.encode(bytes.as_slice())))
 }
 
-/// Writes the token to a private temporary file, syncs it, then links it into place, which never
-/// replaces an existing file: a crash leaves either no token file or a complete one.
-fn write_new(dir: &Path, path: &Path, token: &str) -> io::Result<()> {
+/// Writes a secret (the token, the checkpoint key) to a private temporary file, syncs it, then
+/// links it into place, which never replaces an existing file: a crash leaves either no file or a
+/// complete one.
+pub(crate) fn write_new(dir: &Path, path: &Path, token: &str) -> io::Result<()> {
     // Unique to this call, not only to this process: two services starting in one process on one
     // directory (tests, `BackgroundServer`) would otherwise remove and overwrite each other's file.
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let tmp = dir.join(format!(".{ADMIN_TOKEN_FILE}.{}.{n}.tmp", std::process::id()));
+    let name = path.file_name().map_or_else(|| ADMIN_TOKEN_FILE.into(), |n| n.to_string_lossy());
+    let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
     let _ = fs::remove_file(&tmp);
     let written = (|| {
         // Made as every key-holding file is: exactly 0600, never over or through a link.

@@ -91,6 +91,7 @@ fn signed_report(
         timestamp,
         nonce: nonce.to_string(),
         signature: STANDARD.encode(credentials.private_key.sign(&message).unwrap()),
+        tree_size: None,
     }
 }
 

@@ -90,6 +90,7 @@ fn records_that_do_not_chain_are_refused_and_never_kept() {
                 &base64::engine::general_purpose::STANDARD,
                 credentials.private_key.sign(&message).unwrap(),
             ),
+            tree_size: None,
         };
         let path = format!("/v1/vaults/chain/machines/{machine}/log-head");
         raw(vault.addr(), "POST", &path, &[("Content-Type", "application/json")], &serde_json::to_vec(&body).unwrap())

@@ -196,6 +196,7 @@ impl Fixture {
             timestamp,
             nonce: nonce(tag),
             signature: STANDARD.encode(signer.private_key.sign(&message).unwrap()),
+            tree_size: None,
         }
     }
 
@@ -929,6 +930,42 @@ fn cases(route: RouteId, fx: &Fixture) -> Vec<Case> {
                     OversizedFields,
                     "a page over the limit",
                     fx.admin("GET", "/v1/vaults/routes/audit?limit=1001"),
+                    400,
+                    "bad_request",
+                ),
+            ]
+        }
+        RouteId::Checkpoint => anyone("/v1/checkpoint"),
+        RouteId::MachineProof => {
+            let path = format!("/v1/vaults/routes/machines/{}/proof", fx.one);
+            vec![
+                case(NoAuth, "no token", Request::new("GET", &path), 401, "unauthorized"),
+                case(
+                    WrongAuth,
+                    "a wrong token",
+                    Request::new("GET", &path).header("Authorization", "Bearer wrong"),
+                    401,
+                    "unauthorized",
+                ),
+                case(
+                    EmptyFields,
+                    "an empty machine id",
+                    fx.admin("GET", "/v1/vaults/routes/machines//proof"),
+                    400,
+                    "bad_request",
+                ),
+                case(EmptyFields, "an empty size", fx.admin("GET", &format!("{path}?from=")), 400, "bad_request"),
+                case(
+                    OversizedFields,
+                    "a size past any number",
+                    fx.admin("GET", &format!("{path}?from=99999999999999999999999")),
+                    400,
+                    "bad_request",
+                ),
+                case(
+                    OversizedFields,
+                    "a 200-character machine id",
+                    fx.admin("GET", &format!("/v1/vaults/routes/machines/{long}/proof")),
                     400,
                     "bad_request",
                 ),

@@ -446,6 +446,7 @@ fn secrets_never_reach_the_log() {
         timestamp,
         nonce: nonce.into(),
         signature: STANDARD.encode(credentials.private_key.sign(&message).unwrap()),
+        tree_size: None,
     };
     signatures.push(report.signature.clone());
     let anchored = post_json(&vault, &format!("/v1/vaults/lambda/machines/{machine}/log-head"), &report);

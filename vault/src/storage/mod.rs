@@ -26,6 +26,7 @@ use crate::fleet::{Cursor, FleetState};
 use crate::protocol::{MachineInfo, VaultInfo};
 use crate::rules::{Decision, Facts, Scope};
 use crate::state::AnchorHistory;
+use crate::transparency::Fetched;
 
 /// A decision over facts, run by the storage (perhaps again, on fresher facts, when its
 /// transaction must be retried).
@@ -64,6 +65,16 @@ pub(crate) trait Storage: Send + Sync + 'static {
 
     /// The head of the service's own log.
     async fn head(&self) -> Result<Head, ApiError>;
+
+    /// How many heads the service's transparency log holds (committed: every subtree below it is
+    /// stored).
+    async fn tree_size(&self) -> Result<u64, ApiError>;
+
+    /// Those of `keys` (complete subtrees of the transparency log, below its size) the storage holds.
+    async fn subtrees(&self, keys: Vec<(u8, u64)>) -> Result<Fetched, ApiError>;
+
+    /// A leaf of the transparency log: its bytes.
+    async fn leaf(&self, index: u64) -> Result<Option<Vec<u8>>, ApiError>;
 
     /// The whole log up to its head, as one consistent snapshot, streamed.
     async fn export(&self) -> Result<export::LogExport, ApiError>;
@@ -147,6 +158,27 @@ impl Storage for Backend {
         match self {
             Backend::Sled(s) => s.head().await,
             Backend::Postgres(s) => s.head().await,
+        }
+    }
+
+    async fn tree_size(&self) -> Result<u64, ApiError> {
+        match self {
+            Backend::Sled(s) => s.tree_size().await,
+            Backend::Postgres(s) => s.tree_size().await,
+        }
+    }
+
+    async fn subtrees(&self, keys: Vec<(u8, u64)>) -> Result<Fetched, ApiError> {
+        match self {
+            Backend::Sled(s) => s.subtrees(keys).await,
+            Backend::Postgres(s) => s.subtrees(keys).await,
+        }
+    }
+
+    async fn leaf(&self, index: u64) -> Result<Option<Vec<u8>>, ApiError> {
+        match self {
+            Backend::Sled(s) => s.leaf(index).await,
+            Backend::Postgres(s) => s.leaf(index).await,
         }
     }
 

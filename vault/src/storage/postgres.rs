@@ -44,6 +44,8 @@ use crate::rules::{
 use crate::state::{
     AnchorHistory, HeldAnchor, IssuedCert, MirroredHead, PinGuard, PinOutcome, PinRecord, RegistrationKey,
 };
+use crate::transparency::Fetched;
+use regent_protocol::transparency::Leaf;
 
 /// Every table of the vault lives in this schema (the connections' `search_path`), so that the
 /// database may hold other applications' tables, and sqlx's migration table is the vault's own.
@@ -67,12 +69,13 @@ fn migrator() -> Migrator {
     let migrations = vec![
         migration(1, "log and projections", include_str!("../../migrations/0001_log_and_projections.sql")),
         migration(2, "machine logs", include_str!("../../migrations/0002_machine_logs.sql")),
+        migration(3, "transparency log", include_str!("../../migrations/0003_transparency_log.sql")),
     ];
     Migrator { migrations: migrations.into(), ignore_missing: false, locking: true, no_tx: false }
 }
 
 /// The schema version this build writes: its last migration's.
-pub(crate) const SCHEMA_VERSION: i64 = 2;
+pub(crate) const SCHEMA_VERSION: i64 = 3;
 
 pub(crate) struct PgStorage {
     pool: PgPool,
@@ -313,13 +316,14 @@ async fn decide_in<A>(
         remember_request_nonce(conn, scope, now, true).await?;
         return Ok(Decided::Nothing(decision.outcome));
     }
+    if let Some(mirror) = &decision.mirror {
+        keep_records(conn, mirror).await?;
+    }
+    // Projected last: a logged head takes the log's head row, which is then held until commit.
     let mut events = Vec::with_capacity(decision.events.len());
     for Planned { event, id } in &decision.events {
         project(conn, &scope.vault, event).await?;
         events.push(event.to_new_event(*id).map_err(internal)?);
-    }
-    if let Some(mirror) = &decision.mirror {
-        keep_records(conn, mirror).await?;
     }
     let meta = BatchMeta { recorded_at: now, actor: decision.actor.clone(), correlation_id: Uuid::now_v7() };
     Ok(Decided::Events {
@@ -750,10 +754,12 @@ impl Prepared {
         mut self,
         admin_token_sha256: [u8; 32],
         token_path: &Path,
+        checkpoint_verifier: &str,
         appended: IntCounter,
         group_commit: bool,
     ) -> Result<PgStorage, VaultError> {
         bind_token(&mut self.conn, admin_token_sha256, &self.place, token_path).await?;
+        bind_checkpoint_key(&mut self.conn, checkpoint_verifier, &self.place, token_path).await?;
         // The pool opens its own connections as requests come.
         let _ = self.conn.close().await;
         let pool =
@@ -835,6 +841,42 @@ async fn bind_token(
                 "the database at {place} serves another admin token than {}: give every vault process a copy of \
                  the admin.token of the first one (in its --data-dir), then start this one again",
                 token_path.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The database's transparency log is signed with one key: the first process records its verifier,
+/// every later one must hold the same key (agents trust that key and no other).
+async fn bind_checkpoint_key(
+    conn: &mut PgConnection,
+    verifier: &str,
+    place: &str,
+    token_path: &Path,
+) -> Result<(), VaultError> {
+    let failed = |what: &str, e: sqlx::Error| VaultError::Database {
+        problem: DatabaseProblem::Unavailable,
+        detail: format!("cannot {what} the database at {place}: {}", describe(&e)),
+    };
+    sqlx::query("UPDATE service SET checkpoint_verifier = $1 WHERE checkpoint_verifier IS NULL")
+        .bind(verifier)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| failed("write", e))?;
+    let held: Option<String> = sqlx::query_scalar("SELECT checkpoint_verifier FROM service")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| failed("read", e))?;
+    if held.as_deref() != Some(verifier) {
+        let dir = token_path.parent().unwrap_or(token_path);
+        return Err(VaultError::Database {
+            problem: DatabaseProblem::OtherCheckpointKey,
+            detail: format!(
+                "the database at {place} is signed with another checkpoint key than the one in {}: give every vault \
+                 process a copy of the {} of the first one (in its --data-dir), then start this one again",
+                dir.display(),
+                crate::transparency::CHECKPOINT_KEY_FILE
             ),
         });
     }
@@ -991,6 +1033,28 @@ impl Storage for PgStorage {
         Ok(Some(entries))
     }
 
+    async fn tree_size(&self) -> Result<u64, ApiError> {
+        let size: i64 = sqlx::query_scalar("SELECT tree_size FROM log_head")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        u64::try_from(size).map_err(|_| ApiError::internal("the transparency log's size is negative"))
+    }
+
+    async fn subtrees(&self, keys: Vec<(u8, u64)>) -> Result<Fetched, ApiError> {
+        let mut conn = self.pool.acquire().await.map_err(|e| unavailable(&e))?;
+        read_subtrees(&mut conn, &keys).await.map_err(ApiError::from)
+    }
+
+    async fn leaf(&self, index: u64) -> Result<Option<Vec<u8>>, ApiError> {
+        let index = i64::try_from(index).map_err(|_| ApiError::internal("a leaf index out of range"))?;
+        sqlx::query_scalar("SELECT leaf FROM tree_leaves WHERE leaf_index = $1")
+            .bind(index)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| unavailable(&e))
+    }
+
     async fn head(&self) -> Result<Head, ApiError> {
         let row = sqlx::query("SELECT position, hash FROM log_head")
             .fetch_one(&self.pool)
@@ -1029,7 +1093,7 @@ pub(crate) fn head_of(row: &PgRow) -> Result<Head, Failed> {
 }
 
 const MACHINE_COLUMNS: &str = "machine_id, machine_name, thumbprint, registered_at, removed_at, wrong_pins, \
-    locked_until, anchor_position, anchor_hash, anchored_at, refusals, last_refusal, last_refused_records, \
+    locked_until, anchor_position, anchor_hash, anchored_at, leaf_index, refusals, last_refusal, last_refused_records, \
     mirrored_position, mirrored_hash";
 
 fn machine_row(row: &PgRow) -> Result<MachineFacts, Failed> {
@@ -1071,6 +1135,7 @@ fn machine_row(row: &PgRow) -> Result<MachineFacts, Failed> {
         anchor: AnchorHistory {
             head,
             mirrored,
+            leaf: row.try_get::<Option<i64>, _>("leaf_index")?.and_then(|index| u64::try_from(index).ok()),
             refusals: u64::try_from(refusals).unwrap_or(0),
             last_refusal,
             last_refused_records: row.try_get("last_refused_records")?,
@@ -1242,6 +1307,74 @@ async fn remember_nonce(conn: &mut PgConnection, vault: &str, nonce: &str, at: D
 
 /// Writes one event into the projection tables: what [`crate::state::ServiceState::apply`] does in
 /// memory, as rows. Used live and by the rebuild, so both give the same tables.
+/// Logs a head in the transparency log. Its index is the tree's size, taken with the log's head row
+/// (held until commit, as every append does), so leaves are in the order of their events in the log.
+async fn log_leaf(conn: &mut PgConnection, leaf: &Leaf) -> Result<(), Failed> {
+    let size: i64 = sqlx::query_scalar("UPDATE log_head SET tree_size = tree_size + 1 RETURNING tree_size - 1")
+        .fetch_one(&mut *conn)
+        .await?;
+    let size = u64::try_from(size).map_err(internal)?;
+    let keys = crate::transparency::frontier(size);
+    let frontier = read_subtrees(conn, &keys).await?;
+    if let Some(&(level, index)) = keys.iter().find(|k| !frontier.0.contains_key(k)) {
+        return Err(internal(crate::transparency::MissingSubtree(level, index)));
+    }
+    let subtrees = crate::transparency::appended(frontier, size, std::slice::from_ref(leaf)).map_err(internal)?;
+    let index = i64::try_from(size).map_err(internal)?;
+    sqlx::query("INSERT INTO tree_leaves (leaf_index, vault, machine_id, leaf) VALUES ($1, $2, $3, $4)")
+        .bind(index)
+        .bind(&leaf.vault)
+        .bind(&leaf.machine_id)
+        .bind(leaf.encode().map_err(internal)?)
+        .execute(&mut *conn)
+        .await?;
+    let (mut levels, mut indexes, mut hashes) = (Vec::new(), Vec::new(), Vec::new());
+    for (level, index, hash) in subtrees {
+        levels.push(i16::from(level));
+        indexes.push(i64::try_from(index).map_err(internal)?);
+        hashes.push(hash.to_vec());
+    }
+    sqlx::query("INSERT INTO tree_nodes (level, node_index, hash) SELECT * FROM UNNEST($1::smallint[], $2::bigint[], $3::bytea[])")
+        .bind(&levels)
+        .bind(&indexes)
+        .bind(&hashes)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("UPDATE machines SET leaf_index = $3 WHERE vault = $1 AND machine_id = $2")
+        .bind(&leaf.vault)
+        .bind(&leaf.machine_id)
+        .bind(index)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Those of `keys` the tree holds.
+async fn read_subtrees(conn: &mut PgConnection, keys: &[(u8, u64)]) -> Result<Fetched, Failed> {
+    let levels: Vec<i16> = keys.iter().map(|(level, _)| i16::from(*level)).collect();
+    let indexes: Vec<i64> =
+        keys.iter().map(|(_, index)| i64::try_from(*index).map_err(internal)).collect::<Result<_, _>>()?;
+    let rows = sqlx::query(
+        "SELECT level, node_index, hash FROM tree_nodes WHERE (level, node_index) IN \
+         (SELECT * FROM UNNEST($1::smallint[], $2::bigint[]))",
+    )
+    .bind(&levels)
+    .bind(&indexes)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut fetched = Fetched::default();
+    for row in rows {
+        let (level, index, hash): (i16, i64, Vec<u8>) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        // A malformed one is left out: the proof then names it.
+        if let (Ok(level), Ok(index), Ok(hash)) =
+            (u8::try_from(level), u64::try_from(index), <[u8; 32]>::try_from(hash))
+        {
+            fetched.0.insert((level, index), hash);
+        }
+    }
+    Ok(fetched)
+}
+
 pub(crate) async fn project(conn: &mut PgConnection, vault: &str, event: &VaultEvent) -> Result<(), Failed> {
     use base64::Engine as _;
     match event {
@@ -1357,8 +1490,13 @@ pub(crate) async fn project(conn: &mut PgConnection, vault: &str, event: &VaultE
             }
         }
         VaultEvent::LogHeadAnchored(e) => {
+            if let Some(leaf) = crate::transparency::leaf_of(vault, event).map_err(internal)? {
+                log_leaf(conn, &leaf).await?;
+            }
+            // The same head logged again (a machine anchored before the tree): first accepted then.
             sqlx::query(
-                "UPDATE machines SET anchor_position = $3, anchor_hash = $4, anchored_at = $5, \
+                "UPDATE machines SET anchor_position = $3, anchor_hash = $4, \
+                 anchored_at = CASE WHEN anchor_position = $3 AND anchor_hash = $4 THEN anchored_at ELSE $5 END, \
                  mirrored_position = CASE WHEN $6 THEN $3 ELSE mirrored_position END, \
                  mirrored_hash = CASE WHEN $6 THEN $4 ELSE mirrored_hash END \
                  WHERE vault = $1 AND machine_id = $2",

@@ -34,6 +34,8 @@ use crate::protocol::{MachineInfo, VaultInfo};
 use crate::rules::{Facts, Mirror, Planned, Scope};
 use crate::state::AnchorHistory;
 use crate::state::ServiceState;
+use crate::transparency::{Fetched, MissingSubtree};
+use regent_protocol::transparency::Leaf;
 
 /// The service's log lives here inside the data directory.
 pub(crate) const LOG_DIR: &str = "log";
@@ -45,11 +47,23 @@ pub(crate) const LOG_DIR: &str = "log";
 /// - [`mirror_key`] (`r`): each kept record, as the agent stores it;
 /// - [`fleet_key`] (`f`): each machine's [`FleetState`] (JSON), read against the position the log
 ///   says is kept and folded again from the kept records when it is not there (a failed round);
-/// - [`time_key`] (`t`): the kept records in audit order, to nothing.
+/// - [`time_key`] (`t`): the kept records in audit order, to nothing;
+/// - [`leaf_key`] (`l`) and [`subtree_key`] (`n`): the transparency log's leaves (their bytes) and
+///   complete subtrees (their hashes), read only below the folded tree size.
 ///
 /// Everything is read only up to what the log says is kept: a failed round may leave keys past it,
 /// which the next report writes again.
 pub(crate) const MIRROR_TREE: &str = "machine-records";
+
+/// A leaf of the transparency log: `l`, its index (big-endian).
+fn leaf_key(index: u64) -> Vec<u8> {
+    [&[b'l'][..], &index.to_be_bytes()].concat()
+}
+
+/// A complete subtree of the transparency log: `n`, its level, its index (big-endian).
+fn subtree_key(level: u8, index: u64) -> Vec<u8> {
+    [&[b'n', level][..], &index.to_be_bytes()].concat()
+}
 
 /// A machine's fleet state's key: `f`, vault, 0xFF, machine id, 0xFF.
 fn fleet_key(vault: &str, machine_id: &str) -> Vec<u8> {
@@ -149,6 +163,8 @@ struct Staged {
     meta: BatchMeta,
     events: Vec<NewEvent>,
     mirror: Option<Mirror>,
+    /// The heads its events log, in their order.
+    leaves: Vec<Leaf>,
     answer: Box<dyn FnOnce(Result<(), ApiError>) + Send>,
 }
 
@@ -356,6 +372,32 @@ impl Storage for SledStorage {
         Ok(self.store.head())
     }
 
+    async fn tree_size(&self) -> Result<u64, ApiError> {
+        Ok(self.state.read().await.tree_size)
+    }
+
+    async fn subtrees(&self, keys: Vec<(u8, u64)>) -> Result<Fetched, ApiError> {
+        let mirror = self.mirror.clone();
+        blocking(move || {
+            let mut fetched = Fetched::default();
+            for (level, index) in keys {
+                // A subtree missing or malformed is left out: the proof then names it.
+                if let Some(hash) = mirror.get(&subtree_key(level, index))?
+                    && let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice())
+                {
+                    fetched.0.insert((level, index), hash);
+                }
+            }
+            Ok(fetched)
+        })
+        .await
+    }
+
+    async fn leaf(&self, index: u64) -> Result<Option<Vec<u8>>, ApiError> {
+        let mirror = self.mirror.clone();
+        blocking(move || mirror.get(&leaf_key(index))).await
+    }
+
     async fn export(&self) -> Result<super::export::LogExport, ApiError> {
         Ok(super::export::from_sled(self.store.clone()))
     }
@@ -416,10 +458,15 @@ impl Round<'_> {
     ) {
         let Change { planned, actor, new_stream, mirror } = change;
         let mut events = Vec::with_capacity(planned.len());
+        let mut leaves = Vec::new();
         for Planned { event, id } in &planned {
             match event.to_new_event(*id) {
                 Ok(new_event) => events.push(new_event),
                 Err(e) => return answer(Err(ApiError::internal(format!("an event cannot be written: {e}")))),
+            }
+            match crate::transparency::leaf_of(vault, event) {
+                Ok(leaf) => leaves.extend(leaf),
+                Err(e) => return answer(Err(ApiError::internal(format!("a head cannot be logged: {e}")))),
             }
         }
         for Planned { event, .. } in &planned {
@@ -435,18 +482,44 @@ impl Round<'_> {
             meta: BatchMeta { recorded_at: now, actor, correlation_id: Uuid::now_v7() },
             events,
             mirror,
+            leaves,
             answer,
         });
     }
 }
 
-/// Writes a round's kept records, their places in audit order and their machines' fleet states
-/// moved on, in one atomic batch.
-fn keep_records(tree: &SideTree, mirrors: &[Mirror]) -> Result<(), StoreError> {
-    if mirrors.is_empty() {
+/// Runs a read of the side tree off the async threads.
+async fn blocking<T: Send + 'static>(
+    read: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::task::spawn_blocking(read).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(ApiError::unavailable(format!("the vault's store cannot be read: {e}"))),
+        Err(_) => Err(ApiError::unavailable("the read failed unexpectedly")),
+    }
+}
+
+/// Writes a round's kept records, their places in audit order, their machines' fleet states moved
+/// on, and the heads it logs (leaves from index `size` on, and the subtrees they complete), in one
+/// atomic batch.
+fn keep_records(tree: &SideTree, mirrors: &[Mirror], size: u64, leaves: &[Leaf]) -> Result<(), StoreError> {
+    if mirrors.is_empty() && leaves.is_empty() {
         return Ok(());
     }
     let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    if !leaves.is_empty() {
+        let mut frontier = Fetched::default();
+        for (level, index) in crate::transparency::frontier(size) {
+            let hash = tree.get(&subtree_key(level, index))?.and_then(|h| <[u8; 32]>::try_from(h.as_slice()).ok());
+            let hash = hash.ok_or_else(|| StoreError::Internal(MissingSubtree(level, index).to_string()))?;
+            frontier.0.insert((level, index), hash);
+        }
+        for (index, leaf) in (size..).zip(leaves) {
+            pairs.push((leaf_key(index), leaf.encode().map_err(|e| StoreError::Internal(e.to_string()))?));
+        }
+        let subtrees = crate::transparency::appended(frontier, size, leaves).map_err(StoreError::Internal)?;
+        pairs.extend(subtrees.into_iter().map(|(level, index, hash)| (subtree_key(level, index), hash.to_vec())));
+    }
     let mut states: std::collections::HashMap<(String, String), FleetState> = std::collections::HashMap::new();
     for kept in mirrors {
         let decoded = super::decode_kept(kept).map_err(StoreError::Internal)?;
@@ -516,23 +589,26 @@ impl Committer {
                 }
             }
             let mut state = self.state.write().await;
+            // The round's leaves follow on from here, in the order they are appended.
+            let tree_size = state.tree_size;
             let mut round = Round { state: &mut state, staged: Vec::new(), refold: false };
             for job in jobs {
                 job(&mut round);
             }
             let Round { staged, refold, .. } = round;
-            let mut mirrors = Vec::new();
+            let (mut mirrors, mut leaves) = (Vec::new(), Vec::new());
             let (writes, answers): (Vec<_>, Vec<_>) = staged
                 .into_iter()
                 .map(|s| {
                     mirrors.extend(s.mirror);
+                    leaves.extend(s.leaves);
                     ((s.stream, s.expected, s.meta, s.events), s.answer)
                 })
                 .unzip();
             let (store, mirror) = (self.store.clone(), self.mirror.clone());
             let written = tokio::task::spawn_blocking(move || {
                 // Before the append: its sync makes them durable with it.
-                keep_records(&mirror, &mirrors)?;
+                keep_records(&mirror, &mirrors, tree_size, &leaves)?;
                 let batches: Vec<Batch<'_>> = writes
                     .iter()
                     .filter(|(_, _, _, events)| !events.is_empty())
