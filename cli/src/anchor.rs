@@ -14,6 +14,7 @@ use regent_engine::anchoring::{
     self, AnchorError, CheckedMachine, Comparison, LastAnchor, NOTE_FILE, NoMachine, Note, Range, StepReport,
 };
 use regent_engine::model::{Registration, SealedRef};
+use regent_engine::vault_log::Inconsistency;
 use regent_engine::{Reason, State, projections};
 use regent_secrets::{MachineKey, SecretsArea};
 use regent_store::{Digest32, EventStore, Head, Problem};
@@ -134,6 +135,7 @@ impl StepReportText for StepReport {
             Ok(anchor) => json!({
                 "anchored": true, "vault": self.vault, "position": self.position,
                 "vault_position": anchor.position, "reason": null,
+                "vault_log": vault_log_json(self.vault_log.as_ref()),
             }),
             Err(e) => json!({
                 "anchored": false, "vault": self.vault, "position": self.position,
@@ -142,8 +144,11 @@ impl StepReportText for StepReport {
         }
     }
 
-    /// One line for stderr when the head did not get through.
+    /// One line for stderr when the head did not get through, or the vault's proof of it did not hold.
     fn warning(&self) -> Option<String> {
+        if let Some(Err(problem)) = &self.vault_log {
+            return Some(vault_log_warning(&self.vault, self.position, problem));
+        }
         let e = self.result.as_ref().err()?;
         Some(if e.is_tamper_evidence() {
             format!(
@@ -161,6 +166,25 @@ impl StepReportText for StepReport {
             )
         })
     }
+}
+
+/// What the vault's proof of a head came to, for a JSON document: `null` when nothing was proved.
+fn vault_log_json(vault_log: Option<&Result<u64, Inconsistency>>) -> serde_json::Value {
+    match vault_log {
+        None => serde_json::Value::Null,
+        Some(Ok(size)) => json!({ "verified": true, "tree_size": size }),
+        Some(Err(problem)) => json!({ "verified": false, "reason": problem.code(), "message": problem.to_string() }),
+    }
+}
+
+/// The warning for a vault whose proof did not hold: the step stands, the vault's word does not.
+fn vault_log_warning(vault: &str, position: u64, problem: &Inconsistency) -> String {
+    format!(
+        "{}: vault {vault} anchored log head {position}, but its transparency log does not hold: {problem}; the checkpoint \
+         verified before is kept as evidence: keep a copy of the data dir's {} and tell whoever audits the vault",
+        problem.code(),
+        anchoring::NOTE_FILE
+    )
 }
 
 /// Sends the head after a step (see [`anchoring::after_step`]). Runs while the caller still holds
@@ -185,7 +209,7 @@ pub fn after_step(
             if note.is_quickstart(&registration.machine_id) {
                 return None;
             }
-            StepReport { vault: registration.vault.clone(), position: head.position, result: Err(e) }
+            StepReport { vault: registration.vault.clone(), position: head.position, result: Err(e), vault_log: None }
         }
     };
     let answered = matches!(report.result, Ok(_) | Err(AnchorError::Refused { .. }));
@@ -247,11 +271,12 @@ pub fn anchor_now(ctx: &Context, endpoint: Option<String>) -> Result<u8, Failure
     }
     save_note(ctx, &mut note, matches!(result, Ok(_) | Err(AnchorError::Refused { .. })));
     match result {
-        Ok(anchor) => {
+        Ok((anchor, vault_log)) => {
             if ctx.json {
                 terminal::json_line(json!({
                     "anchored": true, "vault": registration.vault, "machine_id": registration.machine_id,
                     "position": head.position, "hash": head.hash, "anchor": anchor,
+                    "vault_log": vault_log_json(vault_log.as_ref()),
                 }));
             } else {
                 outln!(
@@ -260,6 +285,14 @@ pub fn anchor_now(ctx: &Context, endpoint: Option<String>) -> Result<u8, Failure
                     registration.machine_id,
                     anchor.anchored_at.format("%Y-%m-%d %H:%M:%S UTC")
                 );
+                if let Some(Ok(size)) = &vault_log {
+                    outln!(
+                        "the vault's transparency log proves it: in its signed tree of {size} heads, consistent with the last one checked"
+                    );
+                }
+            }
+            if let Some(Err(problem)) = &vault_log {
+                terminal::errln!("regent: {}", vault_log_warning(&registration.vault, head.position, problem));
             }
             Ok(0)
         }

@@ -28,6 +28,7 @@ use crate::model::{Change, Outcome, Registration, SealedRef, SecretKind};
 use crate::ports::{ProxyConfig, SecretKeeper};
 use crate::projections::ProjectionError;
 use crate::state::State;
+use crate::vault_log::{Inconsistency, KeyFrom, Witnessed};
 
 /// The note's file name, beside the store in the data directory.
 pub const NOTE_FILE: &str = "log-anchor.json";
@@ -111,16 +112,23 @@ impl AnchorError {
 pub trait HeadKeeper {
     /// Reports `head` of `log`, with the records past what is held (in steps if many), all of it
     /// within `budget` when one is given. The anchor held afterwards.
+    /// `tree_size` is the size of the vault's transparency log the agent verified last: the answer
+    /// then proves the new checkpoint consistent with it.
     fn report(
         &self,
         signer: &HeadSigner,
         log: &EventStore,
         head: Head,
         budget: Option<Duration>,
+        tree_size: Option<u64>,
     ) -> Result<Anchor, AnchorError>;
 
     /// The anchor held for the machine, if any.
     fn fetch(&self, signer: &HeadSigner) -> Result<Option<Anchor>, AnchorError>;
+
+    /// The key the vault says signs its checkpoints (trusted only on first contact), if it keeps a
+    /// transparency log.
+    fn vault_key(&self, signer: &HeadSigner) -> Result<Option<String>, AnchorError>;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -143,6 +151,9 @@ pub struct Note {
     /// its later steps are not reported (they could never get through, and would warn every time).
     #[serde(default)]
     quickstart_machine: Option<String>,
+    /// The vault's transparency log as this agent verified it last ([`crate::vault_log`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    vault_log: Option<Witnessed>,
 }
 
 /// The anchor the vault accepted last, with what it takes to speak for its machine.
@@ -220,6 +231,48 @@ impl Note {
         if let Some(path) = ca_file {
             self.ca_file = Some(path.to_path_buf());
         }
+    }
+
+    /// The size of the vault's transparency log verified last.
+    pub fn tree_size(&self) -> Option<u64> {
+        self.vault_log.as_ref().map(|w| w.size)
+    }
+
+    /// The vault's transparency log as verified last.
+    pub fn vault_log(&self) -> Option<&Witnessed> {
+        self.vault_log.as_ref()
+    }
+
+    /// Checks the proof an answer carries for `head` ([`crate::vault_log::check`]) with the key
+    /// verified before, or else the key the vault names now (trust on first contact), and keeps
+    /// the checkpoint when it holds. What did not hold leaves the checkpoint kept as it was.
+    pub fn witness(
+        &mut self,
+        keeper: &dyn HeadKeeper,
+        signer: &HeadSigner,
+        anchor: &Anchor,
+        head: Head,
+    ) -> Option<Result<u64, Inconsistency>> {
+        let logged = anchor.log.as_ref()?;
+        let (key, from) = match &self.vault_log {
+            Some(seen) => (seen.vault_key.clone(), seen.key_from),
+            // The vault did not say: nothing to check with, so nothing is kept (it is asked again).
+            None => (keeper.vault_key(signer).ok().flatten()?, KeyFrom::FirstContact),
+        };
+        let checked = crate::vault_log::check(
+            self.vault_log.as_ref(),
+            &key,
+            from,
+            logged,
+            &signer.vault,
+            &signer.machine_id,
+            head,
+        );
+        Some(checked.map(|witnessed| {
+            let size = witnessed.size;
+            self.vault_log = Some(witnessed);
+            size
+        }))
     }
 
     /// Marks `machine_id` as registered with quickstart's in-process vault.
@@ -427,6 +480,9 @@ pub struct StepReport {
     pub vault: String,
     pub position: u64,
     pub result: Result<Anchor, AnchorError>,
+    /// The vault's proof of the head checked: the tree size verified, or what did not hold;
+    /// `None` when nothing was proved (an older vault, or no answer).
+    pub vault_log: Option<Result<u64, Inconsistency>>,
 }
 
 /// Reports the head after a step when the machine is (or, for unregister, was) registered and its
@@ -447,10 +503,20 @@ pub fn after_step(
     if note.is_quickstart(&registration.machine_id) {
         return None;
     }
-    let result = registered_signer(secrets, store, state, registration, None)
-        .and_then(|(machine, signer)| Ok((machine, keeper.report(&signer, store, head, Some(AFTER_STEP_BUDGET))?)));
+    let seen = note.tree_size();
+    let mut vault_log = None;
+    let result = registered_signer(secrets, store, state, registration, None).and_then(|(machine, signer)| {
+        let anchor = keeper.report(&signer, store, head, Some(AFTER_STEP_BUDGET), seen)?;
+        vault_log = note.witness(keeper, &signer, &anchor, head);
+        Ok((machine, anchor))
+    });
     note.record(&registration.machine_id, head.position, &result, now);
-    Some(StepReport { vault: registration.vault.clone(), position: head.position, result: result.map(|(_, a)| a) })
+    Some(StepReport {
+        vault: registration.vault.clone(),
+        position: head.position,
+        result: result.map(|(_, a)| a),
+        vault_log,
+    })
 }
 
 /// Reports the head now, with the keeper's own retries. The note is updated with the outcome.
@@ -465,11 +531,16 @@ pub fn report_now(
     endpoint: Option<&str>,
     note: &mut Note,
     now: DateTime<Utc>,
-) -> Result<Anchor, AnchorError> {
-    let result = registered_signer(secrets, store, state, registration, endpoint)
-        .and_then(|(machine, signer)| Ok((machine, keeper.report(&signer, store, head, None)?)));
+) -> Result<(Anchor, Option<Result<u64, Inconsistency>>), AnchorError> {
+    let seen = note.tree_size();
+    let mut vault_log = None;
+    let result = registered_signer(secrets, store, state, registration, endpoint).and_then(|(machine, signer)| {
+        let anchor = keeper.report(&signer, store, head, None, seen)?;
+        vault_log = note.witness(keeper, &signer, &anchor, head);
+        Ok((machine, anchor))
+    });
     note.record(&registration.machine_id, head.position, &result, now);
-    result.map(|(_, anchor)| anchor)
+    result.map(|(_, anchor)| (anchor, vault_log))
 }
 
 // ---------------------------------------------------------------------------------------------

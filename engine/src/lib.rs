@@ -22,6 +22,7 @@ pub mod replay;
 pub mod service;
 pub mod state;
 pub mod units;
+pub mod vault_log;
 
 pub use decide::{decide, precheck};
 pub use reason::{Reason, Step};

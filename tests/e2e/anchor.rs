@@ -403,3 +403,50 @@ fn vault_checkpoint_prints_the_signed_tree_head_and_checks_it_with_the_key_given
     let (code, _, _) = checkpoint(&["--public-key", "--vault-key", key_file.to_str().unwrap()]);
     assert_eq!(code, 2);
 }
+
+/// The agent checks every answer against the vault's transparency log: the checkpoint signed by the
+/// key it took at first contact, its head included, the tree consistent with the one it checked
+/// last, and keeps the checkpoint. A tree rewritten at the vault (sled's own API, the vault
+/// stopped) is `vault_log_inconsistent`: a warning, the step itself done, the checkpoint kept as it
+/// was.
+#[test]
+fn the_agent_checks_the_vaults_tree_and_warns_when_it_was_rewritten() {
+    let mut setup = Setup::new();
+    registered_agent(&setup);
+    let kept = |setup: &Setup| -> Value {
+        let note: Value =
+            serde_json::from_slice(&std::fs::read(setup.path("agent").join("log-anchor.json")).unwrap()).unwrap();
+        note["vault_log"].clone()
+    };
+    let first = kept(&setup);
+    assert_eq!((first["key_from"].as_str(), first["size"].as_u64()), (Some("first_contact"), Some(1)), "{first}");
+
+    let (code, answer, stderr) = json_of(&setup, "agent", &THROTTLE);
+    assert_eq!((code, stderr.as_str()), (0, ""), "{answer}");
+    assert_eq!(answer["log_anchor"]["vault_log"], serde_json::json!({"verified": true, "tree_size": 2}), "{answer}");
+    let seen = kept(&setup);
+    assert_eq!(seen["size"], 2);
+
+    // The subtree of the vault's first two leaves rewritten in its store: every later root is made
+    // from it, so no later tree extends the one of 2 heads the agent checked.
+    setup.stop_vault();
+    {
+        let store = regent_store::EventStore::open(setup.path("vault").join("log"), &Default::default()).unwrap();
+        let side = store.side_tree("machine-records").unwrap();
+        let key = [&[b'n', 1][..], &0u64.to_be_bytes()].concat();
+        assert!(side.get(&key).unwrap().is_some(), "the leaf's subtree is where the vault keeps it");
+        side.insert_all(vec![(key, vec![0xEE; 32])]).unwrap();
+        store.flush().unwrap();
+    }
+    setup.start_vault();
+    let (code, answer, stderr) = json_of(&setup, "agent", &THROTTLE_OFF);
+    assert_eq!(code, 0, "the step itself is done: {stderr}");
+    let vault_log = &answer["log_anchor"]["vault_log"];
+    assert_eq!(
+        (vault_log["verified"].as_bool(), vault_log["reason"].as_str()),
+        (Some(false), Some("vault_log_inconsistent"))
+    );
+    assert!(vault_log["message"].as_str().unwrap().contains("does not extend the tree of 2 heads"), "{vault_log}");
+    assert!(stderr.starts_with("warning: vault_log_inconsistent: vault prod anchored log head 7"), "{stderr}");
+    assert_eq!(kept(&setup), seen, "the checkpoint verified before is kept");
+}

@@ -257,8 +257,13 @@ fn a_process_with_another_admin_token_is_refused_and_its_token_not_recorded() {
     let held = cluster.psql(database.name(), "SELECT encode(admin_token_sha256, 'hex') FROM regent_vault.service");
     assert_eq!(held, hex::encode(sha2::Sha256::digest(token.trim().as_bytes())), "the first token's digest, only");
 
-    // A copy of the first one's token is what it needs.
+    // A copy of the first one's token, with a checkpoint key of its own: refused too (agents
+    // trust the first one's key), naming the file to copy.
     std::fs::copy(first.join("admin.token"), &token_file).unwrap();
+    let line = refused(serve(&second, &url), "database_checkpoint_key_mismatch", &[&url, token.trim()]);
+    assert!(line.contains("checkpoint.key") && line.contains("a copy of"), "what to do: {line}");
+    // Copies of both are what it needs.
+    std::fs::copy(first.join("checkpoint.key"), second.join("checkpoint.key")).unwrap();
     start_and_stop(&second, &url);
     assert!(!contains(&std::fs::read(&token_file).unwrap(), other.as_bytes()));
 }

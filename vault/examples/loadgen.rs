@@ -421,7 +421,7 @@ fn heads(
         let appended =
             machine.log.append("agent", ExpectedVersion::Any, &meta, &events).unwrap_or_else(|e| fail(&e.to_string()));
         let began = Instant::now();
-        if let Err(e) = machine.client.report_log_head(&machine.signer, &machine.log, appended.head, None)
+        if let Err(e) = machine.client.report_log_head(&machine.signer, &machine.log, appended.head, None, None)
             && counted.fetch_add(1, Ordering::Relaxed) == 0
         {
             eprintln!("loadgen: a report failed: {e}");
@@ -542,7 +542,7 @@ fn fleet(
         private_key: Zeroizing::new(key),
         proxy: None,
     };
-    client.report_log_head(&signer, &log, log.head(), None).unwrap_or_else(|e| fail(&e.to_string()));
+    client.report_log_head(&signer, &log, log.head(), None, None).unwrap_or_else(|e| fail(&e.to_string()));
     let filled = Instant::now();
     cluster.psql(
         database.name(),

@@ -138,6 +138,7 @@ impl HttpVaultClient {
         log: &EventStore,
         head: Head,
         deadline: Option<Instant>,
+        tree_size: Option<u64>,
     ) -> Result<Anchor, AnchorError> {
         let hash = head.hash.to_hex();
         let mut held = self.fetch_log_head_until(signer, deadline)?;
@@ -153,7 +154,7 @@ impl HttpVaultClient {
                 // Behind the anchored head, or nothing to send: the bare head, which the vault
                 // refuses as evidence (a regression, or another record at an anchored position).
                 Some(held) if held.position > head.position || mirrored >= head.position => {
-                    return self.post_log_head(signer, &ReportStep { head, records: Vec::new() }, deadline);
+                    return self.post_log_head(signer, &ReportStep { head, records: Vec::new() }, deadline, tree_size);
                 }
                 _ => {}
             }
@@ -161,7 +162,7 @@ impl HttpVaultClient {
                 return Err(AnchorError::Unfinished { mirrored, position: head.position });
             }
             let step = next_step(log, mirrored, head)?;
-            match self.post_log_head(signer, &step, deadline) {
+            match self.post_log_head(signer, &step, deadline, tree_size) {
                 Ok(answer) if step.head.position == head.position => return Ok(answer),
                 // The next step goes on from what the vault keeps now: the step, unless it moved.
                 Ok(answer) if answer.mirrored.unwrap_or(answer.position) > mirrored => held = Some(answer),
@@ -189,6 +190,7 @@ impl HttpVaultClient {
         signer: &HeadSigner,
         step: &ReportStep,
         deadline: Option<Instant>,
+        tree_size: Option<u64>,
     ) -> Result<Anchor, AnchorError> {
         let (position, hash) = (step.head.position, step.head.hash.to_hex());
         let message = |timestamp: i64, nonce: &str| {
@@ -204,12 +206,30 @@ impl HttpVaultClient {
                 timestamp: signed.timestamp,
                 nonce: signed.nonce,
                 signature: signed.signature,
-                tree_size: None,
+                tree_size,
             };
             let request = with_time_left(client.post(url.clone()).json(&body), time_left);
             self.answer(request.send(), signer.proxy.as_ref(), url)
         };
         self.signed_call(signer, "the log head", deadline, message, send)
+    }
+
+    /// The key the vault names for its checkpoints (`GET /v1/health`), if it keeps a transparency
+    /// log. One attempt, within the report's budget: only a first contact asks.
+    pub fn checkpoint_key(&self, signer: &HeadSigner) -> Result<Option<String>, AnchorError> {
+        let url = http::join_url(&signer.endpoint, &["v1", "health"]).map_err(|e| AnchorError::Failed {
+            reason: Reason::VaultUnreachable,
+            detail: format!("the vault endpoint {e}"),
+        })?;
+        let client = self
+            .client_for(signer.proxy.as_ref())
+            .map_err(|detail| AnchorError::Failed { reason: Reason::InvalidProxy, detail })?;
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let answer = self.with_retries_until(Some(deadline), |time_left| {
+            let request = with_time_left(client.get(url.clone()), time_left);
+            self.answer::<crate::protocol::Health>(request.send(), signer.proxy.as_ref(), &url)
+        });
+        answer.map(|health| health.checkpoint_key).map_err(AnchorError::from)
     }
 
     /// The head the vault holds for the machine, or `None` if it never anchored one.
@@ -297,12 +317,17 @@ impl HeadKeeper for HttpVaultClient {
         log: &EventStore,
         head: Head,
         budget: Option<Duration>,
+        tree_size: Option<u64>,
     ) -> Result<Anchor, AnchorError> {
-        self.report_log_head(signer, log, head, budget.map(|budget| Instant::now() + budget))
+        self.report_log_head(signer, log, head, budget.map(|budget| Instant::now() + budget), tree_size)
     }
 
     fn fetch(&self, signer: &HeadSigner) -> Result<Option<Anchor>, AnchorError> {
         self.fetch_log_head(signer)
+    }
+
+    fn vault_key(&self, signer: &HeadSigner) -> Result<Option<String>, AnchorError> {
+        self.checkpoint_key(signer)
     }
 }
 

@@ -41,12 +41,12 @@ fn a_fleet_page_lists_machines_in_order_with_their_logs_and_anchors_and_pages_on
     // The first reports 4 records; the second 2, then one of a newer agent; the third nothing.
     let head = logs[0].grow(4, "a");
     client
-        .report_log_head(&head_signer(&vault.url(), "fleet", &ids[0], &credentials), &logs[0].store, head, None)
+        .report_log_head(&head_signer(&vault.url(), "fleet", &ids[0], &credentials), &logs[0].store, head, None, None)
         .unwrap();
     logs[1].grow(2, "b");
     let newer = grow_newer(&logs[1]);
     client
-        .report_log_head(&head_signer(&vault.url(), "fleet", &ids[1], &credentials), &logs[1].store, newer, None)
+        .report_log_head(&head_signer(&vault.url(), "fleet", &ids[1], &credentials), &logs[1].store, newer, None, None)
         .unwrap();
 
     let page = vault.admin.fleet("fleet", None, None).unwrap();
@@ -69,6 +69,7 @@ fn a_fleet_page_lists_machines_in_order_with_their_logs_and_anchors_and_pages_on
         &head_signer(&vault.url(), "fleet", &ids[0], &credentials),
         &logs[0].store,
         logs[0].head_at(2),
+        None,
         None,
     );
     assert_eq!(refused.unwrap_err().code(), "log_head_regressed");
@@ -138,7 +139,7 @@ fn the_fleet_audit_pages_every_machines_events_in_time_order_and_filters_them() 
         let head = logs[machine].grow(count, "audit");
         expected.extend((from..=head.position).map(|p| (ids[machine].clone(), p)));
         let me = head_signer(&vault.url(), "audited", &ids[machine], &credentials);
-        client.report_log_head(&me, &logs[machine].store, head, None).unwrap();
+        client.report_log_head(&me, &logs[machine].store, head, None, None).unwrap();
     }
     let audit = |query: &[(&str, String)]| vault.admin.audit("audited", query).unwrap();
     let shown = |page: &regent_vault::protocol::FleetAudit| -> Vec<(String, u64)> {

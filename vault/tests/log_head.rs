@@ -125,7 +125,7 @@ fn a_signed_head_is_anchored_read_back_and_listed() {
     assert_eq!(kept(&vault, "alpha", &machine).1, Vec::<String>::new(), "nothing kept yet");
     // No head is taken on trust: the first report carries the records from position 1.
     let head = log.grow(3, "a");
-    let first = client.report_log_head(&me, &log.store, head, None).unwrap();
+    let first = client.report_log_head(&me, &log.store, head, None, None).unwrap();
     assert_eq!(
         (first.machine_id.as_str(), first.position, first.hash.as_str(), first.mirrored),
         (machine.as_str(), 3, head.hash.to_hex().as_str(), Some(3))
@@ -137,11 +137,11 @@ fn a_signed_head_is_anchored_read_back_and_listed() {
 
     // The same head again (a retry, or `regent audit anchor` with nothing new): the first answer,
     // nothing written (counted in the log below).
-    assert_eq!(client.report_log_head(&me, &log.store, head, None).unwrap(), first);
+    assert_eq!(client.report_log_head(&me, &log.store, head, None, None).unwrap(), first);
 
     // Past it: records 4 and 5 go with the head, and the vault walks them from 3.
     let head = log.grow(2, "a");
-    let later = client.report_log_head(&me, &log.store, head, None).unwrap();
+    let later = client.report_log_head(&me, &log.store, head, None, None).unwrap();
     assert_eq!((later.position, later.hash.as_str()), (5, head.hash.to_hex().as_str()));
     assert_eq!(kept(&vault, "alpha", &machine), (head, log.lines(1, 5)));
     // The other machine's head is its own.
@@ -172,19 +172,22 @@ fn forged_foreign_unknown_and_replayed_reports_are_refused_and_store_nothing() {
     // Signed with another key under the registration's thumbprint: the signature does not verify.
     let mut forged = signer(&vault, "beta", &machine, &credentials);
     forged.private_key = Zeroizing::new(newer.private_key.pkcs8_der().to_vec());
-    assert_eq!(refused_code(client.report_log_head(&forged, &log.store, head, None)), "credentials_invalid");
+    assert_eq!(refused_code(client.report_log_head(&forged, &log.store, head, None, None)), "credentials_invalid");
     assert_eq!(refused_code(client.fetch_log_head(&forged)), "credentials_invalid");
     // A valid certificate of the same vault, but not the one the machine registered with.
     let other_cert = signer(&vault, "beta", &machine, &newer);
-    assert_eq!(refused_code(client.report_log_head(&other_cert, &log.store, head, None)), "credentials_invalid");
+    assert_eq!(refused_code(client.report_log_head(&other_cert, &log.store, head, None, None)), "credentials_invalid");
     // Another vault's certificate.
     let other_vault = signer(&vault, "beta", &machine, &foreign);
-    assert_eq!(refused_code(client.report_log_head(&other_vault, &log.store, head, None)), "credentials_wrong_vault");
+    assert_eq!(
+        refused_code(client.report_log_head(&other_vault, &log.store, head, None, None)),
+        "credentials_wrong_vault"
+    );
     // A machine the vault does not know, and a vault that does not exist.
     let unknown = signer(&vault, "beta", "00000000-0000-0000-0000-000000000000", &credentials);
-    assert_eq!(refused_code(client.report_log_head(&unknown, &log.store, head, None)), "machine_not_found");
+    assert_eq!(refused_code(client.report_log_head(&unknown, &log.store, head, None, None)), "machine_not_found");
     let nowhere = signer(&vault, "nowhere", &machine, &credentials);
-    assert_eq!(refused_code(client.report_log_head(&nowhere, &log.store, head, None)), "vault_not_found");
+    assert_eq!(refused_code(client.report_log_head(&nowhere, &log.store, head, None, None)), "vault_not_found");
     assert!(client.fetch_log_head(&signer(&vault, "beta", &machine, &credentials)).unwrap().is_none());
 
     // A replayed request: the first is anchored, the same bytes again are refused.
@@ -243,14 +246,14 @@ fn a_head_that_goes_back_or_forks_is_refused_recorded_and_changes_nothing() {
     // A copy at 3, which will grow apart.
     let fork = log.copy();
     let head5 = log.grow(2, "d");
-    let anchored = client.report_log_head(&me, &log.store, head5, None).unwrap();
+    let anchored = client.report_log_head(&me, &log.store, head5, None, None).unwrap();
 
-    let regressed = client.report_log_head(&me, &log.store, log.head_at(4), None).unwrap_err();
+    let regressed = client.report_log_head(&me, &log.store, log.head_at(4), None, None).unwrap_err();
     assert_eq!(regressed.code(), "log_head_regressed");
     assert!(regressed.is_tamper_evidence());
     assert!(regressed.to_string().contains("record 5 is missing"), "{regressed}");
     let other5 = Head { position: 5, hash: hash(0xee) };
-    let conflict = client.report_log_head(&me, &log.store, other5, None).unwrap_err();
+    let conflict = client.report_log_head(&me, &log.store, other5, None, None).unwrap_err();
     assert_eq!(conflict.code(), "log_head_conflict");
     assert!(conflict.is_tamper_evidence());
 
@@ -264,10 +267,10 @@ fn a_head_that_goes_back_or_forks_is_refused_recorded_and_changes_nothing() {
     // another record 5 than the anchored one. Refused, and recorded once (a retry adds nothing).
     let forked = fork.grow(4, "fork");
     assert_eq!(forked.position, 7);
-    let grown = client.report_log_head(&me, &fork.store, forked, None).unwrap_err();
+    let grown = client.report_log_head(&me, &fork.store, forked, None, None).unwrap_err();
     assert_eq!(grown.code(), "log_head_conflict", "{grown}");
     assert!(grown.to_string().contains("another record at position 5"), "{grown}");
-    assert_eq!(client.report_log_head(&me, &fork.store, forked, None).unwrap_err().code(), "log_head_conflict");
+    assert_eq!(client.report_log_head(&me, &fork.store, forked, None, None).unwrap_err().code(), "log_head_conflict");
     assert_eq!(client.fetch_log_head(&me).unwrap().unwrap().refusals, 3);
     // Past the anchor without its records: asked for them, nothing recorded. The anchored head
     // itself again: the first answer.
@@ -282,7 +285,7 @@ fn a_head_that_goes_back_or_forks_is_refused_recorded_and_changes_nothing() {
     // A head past the anchor whose records lead from it is accepted: the refusals do not lock the
     // machine out.
     let head6 = log.grow(1, "d");
-    assert_eq!(client.report_log_head(&me, &log.store, head6, None).unwrap().position, 6);
+    assert_eq!(client.report_log_head(&me, &log.store, head6, None, None).unwrap().position, 6);
     assert_eq!(client.fetch_log_head(&me).unwrap().unwrap().refusals, 3);
     let Vault { server, dir, .. } = vault;
     server.shutdown().unwrap();
@@ -304,7 +307,7 @@ fn records_rewritten_after_the_anchor_cannot_pass_for_extending_it() {
     log.grow(3, "honest");
     let fork = log.copy();
     let anchored = log.grow(2, "honest"); // 5, anchored below
-    client.report_log_head(&me, &log.store, anchored, None).unwrap();
+    client.report_log_head(&me, &log.store, anchored, None, None).unwrap();
     let grown = fork.grow(4, "cut-and-grown"); // 4..7 of another history
     let h5 = anchored.hash.to_hex();
     let report = |head: (u64, &str), records: Vec<String>, nonce: &str| {
@@ -371,7 +374,7 @@ fn records_rewritten_after_the_anchor_cannot_pass_for_extending_it() {
     assert_eq!(kept(&vault, "eta", &newcomer).1, log.lines(1, 2));
 
     // The honest records still anchor.
-    assert_eq!(client.report_log_head(&me, &log.store, head7, None).unwrap().position, 7);
+    assert_eq!(client.report_log_head(&me, &log.store, head7, None, None).unwrap().position, 7);
     let now = client.fetch_log_head(&me).unwrap().unwrap();
     assert_eq!(now.refusals, 6, "relinked, rehashed, claimed, short, long, forked");
     let Vault { server, dir, .. } = vault;
@@ -393,14 +396,14 @@ fn a_head_far_ahead_is_reported_in_steps_within_the_bounds() {
     let client = quick_client(None);
     let me = signer(&vault, "theta", &machine, &credentials);
     let log = AgentLog::new();
-    client.report_log_head(&me, &log.store, log.grow(1, "t"), None).unwrap();
+    client.report_log_head(&me, &log.store, log.grow(1, "t"), None, None).unwrap();
 
     // 600 small records past the anchor: steps of 256 records.
     let head = log.grow(600, "t");
-    assert_eq!(client.report_log_head(&me, &log.store, head, None).unwrap().position, 601);
+    assert_eq!(client.report_log_head(&me, &log.store, head, None, None).unwrap().position, 601);
     // 100 records of about 20 KiB: steps bounded by bytes (1 MiB).
     let padded = log.grow_padded(100, "t", 20 * 1024);
-    assert_eq!(client.report_log_head(&me, &log.store, padded, None).unwrap().position, 701);
+    assert_eq!(client.report_log_head(&me, &log.store, padded, None, None).unwrap().position, 701);
 
     let Vault { server, dir, .. } = vault;
     server.shutdown().unwrap();
@@ -420,7 +423,7 @@ fn a_report_over_the_bounds_is_refused_unread() {
     let client = quick_client(None);
     let me = signer(&vault, "iota", &machine, &credentials);
     let log = AgentLog::new();
-    client.report_log_head(&me, &log.store, log.grow(1, "i"), None).unwrap();
+    client.report_log_head(&me, &log.store, log.grow(1, "i"), None, None).unwrap();
     let head = log.grow(MAX_PROOF_RECORDS + 1, "i");
     let hash = head.hash.to_hex();
     let report = |records: Vec<String>, nonce: &str| {
@@ -454,7 +457,7 @@ fn a_report_over_the_bounds_is_refused_unread() {
     assert_eq!(answer.status, 413);
 
     // The agent's own client never sends more: it reports 257 records in two steps.
-    assert_eq!(client.report_log_head(&me, &log.store, head, None).unwrap().position, head.position);
+    assert_eq!(client.report_log_head(&me, &log.store, head, None, None).unwrap().position, head.position);
     assert_eq!(client.fetch_log_head(&me).unwrap().unwrap().refusals, 0);
 }
 
@@ -467,9 +470,9 @@ fn anchors_and_refusals_survive_a_restart() {
     let me = signer(&vault, "epsilon", &machine, &credentials);
     let log = AgentLog::new();
     let head7 = log.grow(7, "e");
-    let anchored = client.report_log_head(&me, &log.store, head7, None).unwrap();
+    let anchored = client.report_log_head(&me, &log.store, head7, None, None).unwrap();
     let head6 = Head { position: 6, hash: hash(6) };
-    assert_eq!(client.report_log_head(&me, &log.store, head6, None).unwrap_err().code(), "log_head_regressed");
+    assert_eq!(client.report_log_head(&me, &log.store, head6, None, None).unwrap_err().code(), "log_head_regressed");
     let token = vault.token();
     let Vault { server, dir, .. } = vault;
     server.shutdown().unwrap();
@@ -480,9 +483,9 @@ fn anchors_and_refusals_survive_a_restart() {
     assert_eq!((now.position, now.hash, now.anchored_at), (7, head7.hash.to_hex(), anchored.anchored_at));
     assert_eq!(now.refusals, 1);
     let other7 = Head { position: 7, hash: hash(8) };
-    assert_eq!(client.report_log_head(&me, &log.store, other7, None).unwrap_err().code(), "log_head_conflict");
+    assert_eq!(client.report_log_head(&me, &log.store, other7, None, None).unwrap_err().code(), "log_head_conflict");
     let head8 = log.grow(1, "e");
-    assert_eq!(client.report_log_head(&me, &log.store, head8, None).unwrap().position, 8);
+    assert_eq!(client.report_log_head(&me, &log.store, head8, None, None).unwrap().position, 8);
     let admin = AdminClient::new(server.url(), SecretString::from(token), None).unwrap();
     let listed = admin.machines("epsilon").unwrap();
     assert_eq!(listed[0].log_head.as_ref().map(|h| (h.position, h.refusals)), Some((8, 2)));
@@ -497,7 +500,7 @@ fn a_vault_that_is_down_is_unreachable() {
     let mut me = signer(&vault, "zeta", &machine, &credentials);
     me.endpoint = format!("http://127.0.0.1:{}", free_port());
     let log = AgentLog::new();
-    let error = quick_client(None).report_log_head(&me, &log.store, log.grow(1, "z"), None).unwrap_err();
+    let error = quick_client(None).report_log_head(&me, &log.store, log.grow(1, "z"), None, None).unwrap_err();
     assert_eq!(error.code(), "vault_unreachable", "{error}");
     assert!(!error.is_tamper_evidence());
 }
@@ -524,7 +527,8 @@ fn a_report_gives_up_at_its_deadline() {
     let log = AgentLog::new();
     let started = Instant::now();
     let deadline = started + Duration::from_millis(500);
-    let error = quick_client(None).report_log_head(&me, &log.store, log.grow(1, "k"), Some(deadline)).unwrap_err();
+    let error =
+        quick_client(None).report_log_head(&me, &log.store, log.grow(1, "k"), Some(deadline), None).unwrap_err();
     assert_eq!(error.code(), "vault_unreachable", "{error}");
     assert!(started.elapsed() < Duration::from_millis(1500), "{:?}: {error}", started.elapsed());
     drop(silent);

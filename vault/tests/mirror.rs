@@ -28,15 +28,15 @@ fn every_record_is_kept_from_position_one_across_as_many_reports_as_it_takes() {
 
     // 600 records at once: steps of at most 256, each resuming where the last stopped.
     let head = log.grow(600, "k");
-    let anchor = client.report_log_head(&me, &log.store, head, None).unwrap();
+    let anchor = client.report_log_head(&me, &log.store, head, None, None).unwrap();
     assert_eq!((anchor.position, anchor.mirrored), (600, Some(600)));
     assert_eq!(kept_records(&vault.admin, "kept", &machine), (head, log.lines(1, 600)));
     // Records of about 20 KiB: steps bounded by bytes.
     let head = log.grow_padded(60, "k", 20 * 1024);
-    client.report_log_head(&me, &log.store, head, None).unwrap();
+    client.report_log_head(&me, &log.store, head, None, None).unwrap();
     assert_eq!(kept_records(&vault.admin, "kept", &machine), (head, log.lines(1, 660)));
     // The same head again keeps nothing twice.
-    client.report_log_head(&me, &log.store, head, None).unwrap();
+    client.report_log_head(&me, &log.store, head, None, None).unwrap();
     assert_eq!(kept_records(&vault.admin, "kept", &machine).1.len(), 660);
 
     // What is kept survives a restart (and is read back from the storage, not from memory).
@@ -106,9 +106,9 @@ fn records_that_do_not_chain_are_refused_and_never_kept() {
     log.grow(3, "h");
     let fork = log.copy();
     let head5 = log.grow(2, "h");
-    client.report_log_head(&me, &log.store, head5, None).unwrap();
+    client.report_log_head(&me, &log.store, head5, None, None).unwrap();
     let forked = fork.grow(4, "f");
-    let refused = client.report_log_head(&me, &fork.store, forked, None).unwrap_err();
+    let refused = client.report_log_head(&me, &fork.store, forked, None, None).unwrap_err();
     assert_eq!(refused.code(), "log_head_conflict", "{refused}");
     assert_eq!(kept_records(&vault.admin, "chain", &machine), (head5, log.lines(1, 5)));
     let answer = report(fork.lines(6, 7), forked, "nonce-forked-0123456789");
@@ -163,7 +163,7 @@ fn a_machine_anchored_before_the_vault_kept_records_catches_up_from_position_one
 
     // Its log went on to 600: steps 1-256 and 257-512 (past the anchor, through it), then 513-600.
     let head = log.grow(100, "o");
-    let after = client.report_log_head(&me, &log.store, head, None).unwrap();
+    let after = client.report_log_head(&me, &log.store, head, None, None).unwrap();
     assert_eq!((after.position, after.mirrored), (600, Some(600)));
     let admin = regent_vault::AdminClient::from_token_file(server.url(), server.admin_token_path(), None).unwrap();
     assert_eq!(kept_records(&admin, "older", &honest), (head, log.lines(1, 600)));
@@ -171,7 +171,7 @@ fn a_machine_anchored_before_the_vault_kept_records_catches_up_from_position_one
     // The other machine's log is not the one its anchor named: refused where the walk reaches the
     // anchored position, and nothing past the last step that chained and agreed is kept.
     let them = head_signer(server.url(), "older", &rewritten, &credentials);
-    let refused = client.report_log_head(&them, &log.store, head, None).unwrap_err();
+    let refused = client.report_log_head(&them, &log.store, head, None, None).unwrap_err();
     assert_eq!(refused.code(), "log_head_conflict", "{refused}");
     assert!(refused.is_tamper_evidence());
     let now = client.fetch_log_head(&them).unwrap().unwrap();

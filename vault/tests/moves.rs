@@ -89,7 +89,7 @@ fn flow(vault: &Vault, between: impl FnOnce()) -> Flow {
     );
     let log = AgentLog::new();
     let me = head_signer(&url, "moving", &kept, &first);
-    client.report_log_head(&me, &log.store, log.grow(3), None).unwrap();
+    client.report_log_head(&me, &log.store, log.grow(3), None, None).unwrap();
 
     between();
 
@@ -108,8 +108,8 @@ fn flow(vault: &Vault, between: impl FnOnce()) -> Flow {
         request_id: "unreg-leaving".into(),
     });
     assert!(matches!(told, RemovalAnswer::Removed { .. }), "{told:?}");
-    client.report_log_head(&me, &log.store, log.grow(2), None).unwrap();
-    let refused = client.report_log_head(&me, &log.store, log.head_at(4), None).unwrap_err();
+    client.report_log_head(&me, &log.store, log.grow(2), None, None).unwrap();
+    let refused = client.report_log_head(&me, &log.store, log.head_at(4), None, None).unwrap_err();
     assert_eq!(refused.code(), "log_head_regressed");
     let outstanding = vault.admin.issue_pin("moving").unwrap();
     vault.admin.create_vault("second").unwrap();
@@ -340,6 +340,8 @@ struct Stopped {
     listed: (Vec<regent_vault::VaultInfo>, Vec<regent_vault::MachineInfo>),
     anchor: regent_vault::Anchor,
     head: Head,
+    /// The transparency log's checkpoint, as the sled vault signed it.
+    checkpoint: String,
 }
 
 fn sled_vault_after_a_flow() -> Stopped {
@@ -352,9 +354,10 @@ fn sled_vault_after_a_flow() -> Stopped {
         .unwrap()
         .unwrap();
     let head = vault.server.log_head().unwrap();
+    let checkpoint = regent_vault::AdminClient::without_token(&vault.url(), None).unwrap().checkpoint().unwrap();
     let Vault { server, dir, .. } = vault;
     server.shutdown().unwrap();
-    Stopped { dir, flow, listed, anchor, head }
+    Stopped { dir, flow, listed, anchor, head, checkpoint }
 }
 
 /// A service on PostgreSQL for `dir`'s admin.token.
@@ -375,7 +378,7 @@ fn database_lines(database: &regent_testkit::postgres::Database<'_>) -> Vec<Vec<
 
 #[test]
 fn a_sled_vault_moves_to_postgresql_whole_and_its_agents_work_on_against_it() {
-    let Stopped { dir, flow, listed: before, anchor, head } = sled_vault_after_a_flow();
+    let Stopped { dir, flow, listed: before, anchor, head, checkpoint } = sled_vault_after_a_flow();
     let database = regent_testkit::postgres::shared().database();
 
     let summary = regent_vault::migrate_to_postgres(dir.path(), &database.url(), &MigrateOptions::default()).unwrap();
@@ -389,6 +392,8 @@ fn a_sled_vault_moves_to_postgresql_whole_and_its_agents_work_on_against_it() {
     let (server, admin) = serve_on(dir.path(), &database);
     assert_eq!(listed(&admin), before, "the same vaults, credentials, machines and anchors");
     let url = server.url().to_string();
+    let moved = regent_vault::AdminClient::without_token(&url, None).unwrap().checkpoint().unwrap();
+    assert_eq!(moved, checkpoint, "the same tree, signed by the same key: the same checkpoint, byte for byte");
     let client = quick_client(None);
     let me = head_signer(&url, "moving", &flow.kept, &flow.first);
     assert_eq!(client.fetch_log_head(&me).unwrap(), Some(anchor.clone()), "the anchor reads back as it was");
@@ -406,7 +411,7 @@ fn a_sled_vault_moves_to_postgresql_whole_and_its_agents_work_on_against_it() {
     let answer = client.check_pin(&pin_check(&url, &flow.first, &flow.kept, &flow.outstanding, "after-move"));
     assert!(matches!(answer, PinAnswer::Valid { .. }), "{answer:?}");
     // A machine registered before the move reports its log's head, past the anchor.
-    let later = client.report_log_head(&me, &flow.log.store, flow.log.grow(2), None).unwrap();
+    let later = client.report_log_head(&me, &flow.log.store, flow.log.grow(2), None, None).unwrap();
     assert_eq!((later.position, later.refusals), (anchor.position + 2, anchor.refusals));
     // The moved log goes on from the sled head: one chain, which the export verifies.
     let mut export = Vec::new();

@@ -295,12 +295,12 @@ fn a_log_head_anchored_at_one_process_holds_at_the_other() {
 
     // Registered through A, anchored through B.
     let head5 = log.grow(5, "h");
-    let anchored = client.report_log_head(&b, &log.store, head5, None).unwrap();
+    let anchored = client.report_log_head(&b, &log.store, head5, None, None).unwrap();
     assert_eq!((anchored.position, anchored.hash.as_str()), (5, head5.hash.to_hex().as_str()));
     assert_eq!(client.fetch_log_head(&a).unwrap(), Some(anchored.clone()), "A reads what B anchored");
 
     // A regression reported to A: refused against B's anchor, and the refusal is B's to read.
-    let regressed = client.report_log_head(&a, &log.store, log.head_at(4), None).unwrap_err();
+    let regressed = client.report_log_head(&a, &log.store, log.head_at(4), None, None).unwrap_err();
     assert_eq!(regressed.code(), "log_head_regressed", "{regressed}");
     let seen = client.fetch_log_head(&b).unwrap().unwrap();
     assert_eq!(
@@ -314,7 +314,7 @@ fn a_log_head_anchored_at_one_process_holds_at_the_other() {
 
     // Growing on: A walks the records from the head B anchored.
     let head7 = log.grow(2, "h");
-    assert_eq!(client.report_log_head(&a, &log.store, head7, None).unwrap().position, 7);
+    assert_eq!(client.report_log_head(&a, &log.store, head7, None, None).unwrap().position, 7);
     assert_eq!(client.fetch_log_head(&b).unwrap().unwrap().position, 7);
 }
 

@@ -65,7 +65,7 @@ fn every_accepted_head_is_a_leaf_proved_under_a_signed_checkpoint() {
     let mut checkpoints: Vec<Checkpoint> = Vec::new();
     for (n, (who, records)) in [(0usize, 3usize), (1, 2), (0, 2), (0, 1)].into_iter().enumerate() {
         let head = logs[who].grow(records, "t");
-        let anchor = client.report_log_head(&signers[who], &logs[who].store, head, None).unwrap();
+        let anchor = client.report_log_head(&signers[who], &logs[who].store, head, None, None).unwrap();
         let logged = anchor.log.expect("the answer proves the head");
         let machine = [&a, &b][who];
         let (checkpoint, leaf) = verified(&key, &logged, "tlog", machine, head);
@@ -76,7 +76,7 @@ fn every_accepted_head_is_a_leaf_proved_under_a_signed_checkpoint() {
         checkpoints.push(checkpoint);
     }
     // The same head again: no new leaf, the same proof.
-    let again = client.report_log_head(&signers[1], &logs[1].store, logs[1].head(), None).unwrap();
+    let again = client.report_log_head(&signers[1], &logs[1].store, logs[1].head(), None, None).unwrap();
     assert_eq!(again.log.as_ref().map(|l| l.index), Some(1));
     assert_eq!(key.verify(&again.log.unwrap().checkpoint).unwrap().size, 4);
 
@@ -111,7 +111,7 @@ fn every_accepted_head_is_a_leaf_proved_under_a_signed_checkpoint() {
     let client = quick_client(None);
     let signer = head_signer(&vault.url(), "tlog", &b, &credentials);
     let head = logs[1].grow(1, "r");
-    let logged = client.report_log_head(&signer, &logs[1].store, head, None).unwrap().log.unwrap();
+    let logged = client.report_log_head(&signer, &logs[1].store, head, None, None).unwrap().log.unwrap();
     let (checkpoint, leaf) = verified(&key, &logged, "tlog", &b, head);
     assert_eq!((logged.index, checkpoint.size, leaf.previous), (4, 5, Some(1)));
 }
@@ -145,12 +145,12 @@ fn a_subtree_altered_in_the_database_breaks_consistency_with_what_was_verified()
     let signer = head_signer(&vault.url(), "tamper", &machine, &credentials);
     let log = AgentLog::new();
     let head = log.grow(2, "t");
-    let first = client.report_log_head(&signer, &log.store, head, None).unwrap().log.unwrap();
+    let first = client.report_log_head(&signer, &log.store, head, None, None).unwrap().log.unwrap();
     let (seen, _) = verified(&key, &first, "tamper", &machine, head);
 
     vault.sql("UPDATE regent_vault.tree_nodes SET hash = sha256(hash) WHERE level = 0 AND node_index = 0");
     let head = log.grow(1, "t");
-    let second = client.report_log_head(&signer, &log.store, head, None).unwrap().log.unwrap();
+    let second = client.report_log_head(&signer, &log.store, head, None, None).unwrap().log.unwrap();
     let now = key.verify(&second.checkpoint).unwrap();
     let proof = vault.admin.machine_proof("tamper", &machine, Some(seen.size)).unwrap().consistency.unwrap();
     let caught = tlog::verify_consistency(seen.size, now.size, &seen.root, &now.root, &hashes(&proof.proof));
