@@ -697,6 +697,20 @@ pub(crate) fn report_head(
     };
     // The report walked: its records kept (`keep`), or, for an agent older than the keeping, only
     // its head anchored.
+    // The head, logged as a leaf of the transparency log (its index is the storage's to give).
+    let logged = |mirrored_from: Option<u64>| {
+        VaultEvent::LogHeadAnchored(LogHeadAnchored {
+            machine_id: machine_id.to_string(),
+            position,
+            hash: report.hash.clone(),
+            nonce: report.nonce.clone(),
+            anchored_at: now,
+            peer: report.peer.clone(),
+            mirrored_from,
+            logged: true,
+            previous_leaf: history.leaf,
+        })
+    };
     let accept = |keep: bool| -> Result<Decision<Anchor>, ApiError> {
         let mut after = history.clone();
         let mirrored_from = mirrored.position + 1;
@@ -715,17 +729,7 @@ pub(crate) fn report_head(
             }),
             _ => {
                 after.head = Some(HeldAnchor { position, hash: report.hash.clone(), anchored_at: now });
-                VaultEvent::LogHeadAnchored(LogHeadAnchored {
-                    machine_id: machine_id.to_string(),
-                    position,
-                    hash: report.hash.clone(),
-                    nonce: report.nonce.clone(),
-                    anchored_at: now,
-                    peer: report.peer.clone(),
-                    mirrored_from: keep.then_some(mirrored_from),
-                    logged: true,
-                    previous_leaf: history.leaf,
-                })
+                logged(keep.then_some(mirrored_from))
             }
         };
         let answer = after.anchor(machine_id).ok_or_else(|| ApiError::internal("the log head cannot be anchored"))?;
@@ -815,19 +819,8 @@ pub(crate) fn report_head(
     {
         if history.leaf.is_none() {
             // Anchored before the vault kept its tree: the head is logged now, the anchor unmoved.
-            let event = VaultEvent::LogHeadAnchored(LogHeadAnchored {
-                machine_id: machine_id.to_string(),
-                position,
-                hash: report.hash.clone(),
-                nonce: report.nonce.clone(),
-                anchored_at: now,
-                peer: report.peer.clone(),
-                mirrored_from: None,
-                logged: true,
-                previous_leaf: None,
-            });
             let answer = history.anchor(machine_id).ok_or_else(|| ApiError::internal("the log head cannot be read"))?;
-            return Ok(Decision::record(actor.clone(), event, Ok(answer)));
+            return Ok(Decision::record(actor.clone(), logged(None), Ok(answer)));
         }
         return history
             .anchor(machine_id)

@@ -16,7 +16,9 @@ use std::io::{self, Read as _};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use regent_protocol::transparency::{self as tlog, Checkpoint, Hash, Leaf, NoteSigner, NoteVerifier, Subtrees};
+use regent_protocol::transparency::{
+    self as tlog, Checkpoint, Hash, Leaf, MissingSubtree, NoteSigner, NoteVerifier, Subtrees,
+};
 use sha2::{Digest as _, Sha256};
 use zeroize::Zeroizing;
 
@@ -63,16 +65,11 @@ pub(crate) fn frontier(size: u64) -> Vec<(u8, u64)> {
 #[derive(Default)]
 pub(crate) struct Fetched(pub HashMap<(u8, u64), Hash>);
 
-/// A subtree the storage does not hold, though the tree's size says it should: the tree was
-/// damaged or altered.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the transparency log holds no subtree ({0}, {1})")]
-pub(crate) struct MissingSubtree(pub u8, pub u64);
-
 impl Subtrees for Fetched {
     type Error = MissingSubtree;
     fn subtree(&self, level: u8, index: u64) -> Result<Hash, MissingSubtree> {
-        self.0.get(&(level, index)).copied().ok_or(MissingSubtree(level, index))
+        // Missing though the tree's size says it is there: the tree was damaged or altered.
+        self.0.get(&(level, index)).copied().ok_or(MissingSubtree { level, index })
     }
 }
 
@@ -185,7 +182,7 @@ pub(crate) async fn logged_head(
         }),
         None => None,
     };
-    let leaf = storage.leaf(index).await?.ok_or_else(|| damaged(MissingSubtree(0, index)))?;
+    let leaf = storage.leaf(index).await?.ok_or_else(|| damaged(MissingSubtree { level: 0, index }))?;
     Ok(LoggedHead {
         checkpoint: notary.checkpoint(size, root).map_err(ApiError::internal)?,
         index,

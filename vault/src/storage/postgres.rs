@@ -813,6 +813,14 @@ pub(crate) async fn bind_token_in(
     bind_token(&mut conn, digest, place, token_path).await
 }
 
+/// A read or write at start that failed, in the words of a start-up refusal.
+fn unusable_at(place: &str, what: &str, e: &sqlx::Error) -> VaultError {
+    VaultError::Database {
+        problem: DatabaseProblem::Unavailable,
+        detail: format!("cannot {what} the database at {place}: {}", describe(e)),
+    }
+}
+
 /// The database serves one admin token: the first process records its digest, every later one must
 /// have the same token (the PIN key derives from it: PINs must verify in every process).
 async fn bind_token(
@@ -821,10 +829,7 @@ async fn bind_token(
     place: &str,
     token_path: &Path,
 ) -> Result<(), VaultError> {
-    let failed = |what: &str, e: sqlx::Error| VaultError::Database {
-        problem: DatabaseProblem::Unavailable,
-        detail: format!("cannot {what} the database at {place}: {}", describe(&e)),
-    };
+    let failed = |what: &str, e: sqlx::Error| unusable_at(place, what, &e);
     sqlx::query("INSERT INTO service (admin_token_sha256) VALUES ($1) ON CONFLICT (only_row) DO NOTHING")
         .bind(&digest[..])
         .execute(&mut *conn)
@@ -855,10 +860,7 @@ async fn bind_checkpoint_key(
     place: &str,
     token_path: &Path,
 ) -> Result<(), VaultError> {
-    let failed = |what: &str, e: sqlx::Error| VaultError::Database {
-        problem: DatabaseProblem::Unavailable,
-        detail: format!("cannot {what} the database at {place}: {}", describe(&e)),
-    };
+    let failed = |what: &str, e: sqlx::Error| unusable_at(place, what, &e);
     sqlx::query("UPDATE service SET checkpoint_verifier = $1 WHERE checkpoint_verifier IS NULL")
         .bind(verifier)
         .execute(&mut *conn)
@@ -1317,7 +1319,7 @@ async fn log_leaf(conn: &mut PgConnection, leaf: &Leaf) -> Result<(), Failed> {
     let keys = crate::transparency::frontier(size);
     let frontier = read_subtrees(conn, &keys).await?;
     if let Some(&(level, index)) = keys.iter().find(|k| !frontier.0.contains_key(k)) {
-        return Err(internal(crate::transparency::MissingSubtree(level, index)));
+        return Err(internal(regent_protocol::transparency::MissingSubtree { level, index }));
     }
     let subtrees = crate::transparency::appended(frontier, size, std::slice::from_ref(leaf)).map_err(internal)?;
     let index = i64::try_from(size).map_err(internal)?;

@@ -34,8 +34,8 @@ use crate::protocol::{MachineInfo, VaultInfo};
 use crate::rules::{Facts, Mirror, Planned, Scope};
 use crate::state::AnchorHistory;
 use crate::state::ServiceState;
-use crate::transparency::{Fetched, MissingSubtree};
-use regent_protocol::transparency::Leaf;
+use crate::transparency::Fetched;
+use regent_protocol::transparency::{Leaf, MissingSubtree};
 
 /// The service's log lives here inside the data directory.
 pub(crate) const LOG_DIR: &str = "log";
@@ -511,7 +511,7 @@ fn keep_records(tree: &SideTree, mirrors: &[Mirror], size: u64, leaves: &[Leaf])
         let mut frontier = Fetched::default();
         for (level, index) in crate::transparency::frontier(size) {
             let hash = tree.get(&subtree_key(level, index))?.and_then(|h| <[u8; 32]>::try_from(h.as_slice()).ok());
-            let hash = hash.ok_or_else(|| StoreError::Internal(MissingSubtree(level, index).to_string()))?;
+            let hash = hash.ok_or_else(|| StoreError::Internal(MissingSubtree { level, index }.to_string()))?;
             frontier.0.insert((level, index), hash);
         }
         for (index, leaf) in (size..).zip(leaves) {
