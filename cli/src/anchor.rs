@@ -11,10 +11,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use regent_engine::anchoring::{
-    self, AnchorError, CheckedMachine, Comparison, LastAnchor, NOTE_FILE, NoMachine, Note, Range, StepReport,
+    self, AnchorError, CheckedMachine, Comparison, LastAnchor, NOTE_FILE, NoMachine, Note, Range, StepReport, Witness,
 };
+use regent_engine::model::Outcome;
 use regent_engine::model::{Registration, SealedRef};
-use regent_engine::vault_log::Inconsistency;
+use regent_engine::ports::World;
+use regent_engine::service::Registrar;
+use regent_engine::vault_log::{Inconsistency, KeyFrom, Proved, Witnessed};
 use regent_engine::{Reason, State, projections};
 use regent_secrets::{MachineKey, SecretsArea};
 use regent_store::{Digest32, EventStore, Head, Problem};
@@ -64,6 +67,11 @@ fn save_note(ctx: &Context, note: &mut Note, vault_answered: bool) {
     if let Err(e) = write() {
         tracing::warn!(error = %e, "cannot save {NOTE_FILE}; status may not show the last anchor");
     }
+}
+
+/// The vault's transparency log as this machine verified it last (log-anchor.json), if it did.
+pub fn witnessed(ctx: &Context) -> Option<regent_engine::vault_log::Witnessed> {
+    load_note(ctx).vault_log().cloned()
 }
 
 /// The CA file to reach the vault with: this command's, else the one last given.
@@ -146,8 +154,8 @@ impl StepReportText for StepReport {
 
     /// One line for stderr when the head did not get through, or the vault's proof of it did not hold.
     fn warning(&self) -> Option<String> {
-        if let Some(Err(problem)) = &self.vault_log {
-            return Some(vault_log_warning(&self.vault, self.position, problem));
+        if let Some(witness @ Witness { checked: Err(problem), .. }) = &self.vault_log {
+            return Some(vault_log_warning(&self.vault, self.position, problem, witness.recorded));
         }
         let e = self.result.as_ref().err()?;
         Some(if e.is_tamper_evidence() {
@@ -169,22 +177,47 @@ impl StepReportText for StepReport {
 }
 
 /// What the vault's proof of a head came to, for a JSON document: `null` when nothing was proved.
-fn vault_log_json(vault_log: Option<&Result<u64, Inconsistency>>) -> serde_json::Value {
+/// `recorded`: the record of this log that holds it (a key taken at first contact, a problem).
+fn vault_log_json(vault_log: Option<&Witness>) -> serde_json::Value {
     match vault_log {
         None => serde_json::Value::Null,
-        Some(Ok(size)) => json!({ "verified": true, "tree_size": size }),
-        Some(Err(problem)) => json!({ "verified": false, "reason": problem.code(), "message": problem.to_string() }),
+        Some(Witness { checked: Ok(size), recorded, .. }) => {
+            json!({ "verified": true, "tree_size": size, "recorded": recorded })
+        }
+        Some(Witness { checked: Err(problem), recorded, .. }) => json!({
+            "verified": false, "reason": problem.code(), "message": problem.to_string(), "recorded": recorded,
+        }),
     }
 }
 
 /// The warning for a vault whose proof did not hold: the step stands, the vault's word does not.
-fn vault_log_warning(vault: &str, position: u64, problem: &Inconsistency) -> String {
+fn vault_log_warning(vault: &str, position: u64, problem: &Inconsistency, recorded: Option<u64>) -> String {
+    let recorded = match recorded {
+        Some(at) => format!("recorded in this machine's log as record {at}, and the checkpoint verified before kept"),
+        None => "the checkpoint verified before is kept".to_string(),
+    };
     format!(
-        "{}: vault {vault} anchored log head {position}, but its transparency log does not hold: {problem}; the checkpoint \
-         verified before is kept as evidence: keep a copy of the data dir's {} and tell whoever audits the vault",
+        "{}: vault {vault} anchored log head {position}, but its transparency log does not hold: {problem}; {recorded} \
+         as evidence (the data dir's {}): export the log with `regent audit export` and tell whoever audits the vault",
         problem.code(),
         anchoring::NOTE_FILE
     )
+}
+
+/// Records in the log what the vault's transparency log proved, when it is news (the key taken at
+/// first contact, a proof that did not hold), on the store still held after the step it
+/// reported. A failure to record it is logged: the step stands, and the note keeps the evidence.
+pub fn record_evidence(registrar: &Registrar<'_>, store: EventStore, world: &World<'_>, witness: &mut Witness) {
+    let Some(evidence) = witness.evidence.take() else { return };
+    match registrar.record_vault_log(store, world, world::actor(), evidence) {
+        Ok(executed) if matches!(executed.result.record.outcome, Outcome::Accepted(_)) => {
+            witness.recorded = Some(executed.result.position);
+        }
+        Ok(executed) => {
+            tracing::warn!(outcome = ?executed.result.record.outcome, "the vault log's evidence was not recorded")
+        }
+        Err(e) => tracing::warn!(error = %e, "the vault log's evidence could not be recorded"),
+    }
 }
 
 /// Sends the head after a step (see [`anchoring::after_step`]). Runs while the caller still holds
@@ -235,8 +268,17 @@ fn registered(store: &EventStore, what: &str) -> Result<(State, Head, Registrati
     }
 }
 
-pub fn anchor_now(ctx: &Context, endpoint: Option<String>) -> Result<u8, Failure> {
-    crate::check_no_credentials(None, endpoint.as_deref())?;
+/// A report of the head made on demand: for which registration and head, and what came of it
+/// (the note saved, the evidence recorded).
+pub struct Reported {
+    pub registration: Registration,
+    pub head: Head,
+    pub result: Result<(regent_vault::protocol::Anchor, Option<Witness>), AnchorError>,
+}
+
+/// Reports the head of the log now (`regent audit anchor`, `regent audit proof`).
+pub fn report(ctx: &Context, endpoint: Option<&str>) -> Result<Reported, Failure> {
+    crate::check_no_credentials(None, endpoint)?;
     let store = ctx.open_existing_store()?.ok_or_else(|| not_registered("to send its log head to"))?;
     let (state, head, registration) = registered(&store, "to send its log head to")?;
     let mut note = load_note(ctx);
@@ -249,19 +291,17 @@ pub fn anchor_now(ctx: &Context, endpoint: Option<String>) -> Result<u8, Failure
         let keeper = client(options)?;
         let secrets = world::SealedFiles(&area);
         let now = chrono::Utc::now();
-        anchoring::report_now(
-            &keeper,
-            &secrets,
-            &store,
-            &state,
-            &registration,
-            head,
-            endpoint.as_deref(),
-            &mut note,
-            now,
-        )
+        let mut reported =
+            anchoring::report_now(&keeper, &secrets, &store, &state, &registration, head, endpoint, &mut note, now);
+        if let Ok((_, Some(witness))) = &mut reported {
+            let log = ctx.log();
+            let world = crate::context::real_world(&secrets, &keeper);
+            record_evidence(&Registrar::new(&log), store, &world, witness);
+        } else {
+            drop(store);
+        }
+        reported
     });
-    drop(store);
     if let Err(e) = &result {
         // Said in the note even when the secrets could not be opened to try.
         if !matches!(note.pending_failure(&registration.machine_id), Some(f) if f.position == head.position) {
@@ -270,6 +310,30 @@ pub fn anchor_now(ctx: &Context, endpoint: Option<String>) -> Result<u8, Failure
         }
     }
     save_note(ctx, &mut note, matches!(result, Ok(_) | Err(AnchorError::Refused { .. })));
+    Ok(Reported { registration, head, result })
+}
+
+/// A report that did not get through, as the failure of `command` (which the operator retries).
+pub fn report_failure(reported: &Reported, e: &AnchorError, command: &str) -> Failure {
+    let vault = &reported.registration.vault;
+    if e.is_tamper_evidence() {
+        return Failure::refused(format!(
+            "{}: vault {vault} refused log head {}: {e}; run `regent audit verify --against-vault`",
+            e.code(),
+            reported.head.position
+        ));
+    }
+    Failure::refused(format!(
+        "{}: log head {} was not anchored at vault {vault}: {e}; retry `{command}` once the vault is reachable (--endpoint URL if it moved)",
+        e.code(),
+        reported.head.position
+    ))
+}
+
+pub fn anchor_now(ctx: &Context, endpoint: Option<String>) -> Result<u8, Failure> {
+    let reported = report(ctx, endpoint.as_deref())?;
+    let Reported { registration, head, result } = &reported;
+    let (registration, head) = (registration.clone(), *head);
     match result {
         Ok((anchor, vault_log)) => {
             if ctx.json {
@@ -285,29 +349,19 @@ pub fn anchor_now(ctx: &Context, endpoint: Option<String>) -> Result<u8, Failure
                     registration.machine_id,
                     anchor.anchored_at.format("%Y-%m-%d %H:%M:%S UTC")
                 );
-                if let Some(Ok(size)) = &vault_log {
+                if let Some(Witness { checked: Ok(size), .. }) = &vault_log {
                     outln!(
                         "the vault's transparency log proves it: in its signed tree of {size} heads, consistent with the last one checked"
                     );
                 }
             }
-            if let Some(Err(problem)) = &vault_log {
-                terminal::errln!("regent: {}", vault_log_warning(&registration.vault, head.position, problem));
+            if let Some(witness @ Witness { checked: Err(problem), .. }) = &vault_log {
+                let warning = vault_log_warning(&registration.vault, head.position, problem, witness.recorded);
+                terminal::errln!("regent: {warning}");
             }
             Ok(0)
         }
-        Err(e) if e.is_tamper_evidence() => Err(Failure::refused(format!(
-            "{}: vault {} refused log head {}: {e}; run `regent audit verify --against-vault`",
-            e.code(),
-            registration.vault,
-            head.position
-        ))),
-        Err(e) => Err(Failure::refused(format!(
-            "{}: log head {} was not anchored at vault {}: {e}; retry `regent audit anchor` once the vault is reachable (--endpoint URL if it moved)",
-            e.code(),
-            head.position,
-            registration.vault
-        ))),
+        Err(e) => Err(report_failure(&reported, e, "regent audit anchor")),
     }
 }
 
@@ -354,12 +408,15 @@ pub fn verify_against_vault(ctx: &Context, endpoint: Option<String>) -> Result<u
     // Read who the machine is, then let go of the store while the vault is asked.
     let store = ctx.open_existing_store()?.ok_or_else(|| not_registered("whose anchor to check against"))?;
     let (machine, signer, registration_lost) = machine_to_check(ctx, &store, &note, endpoint.as_deref())?;
+    let trusted = projections::current_state(&store)?.0.vault_key.filter(|k| k.machine_id == machine.machine_id);
     drop(store);
     if endpoint.is_none() && note.is_quickstart(&machine.machine_id) {
         return Err(quickstart_vault_gone(&machine.vault));
     }
     let options = ClientOptions { ca_file: ca_file(ctx, &note), ..ClientOptions::default() };
-    let fetched = client(options).and_then(|keeper| anchoring::HeadKeeper::fetch(&keeper, &signer));
+    let keeper = client(options);
+    let fetched =
+        keeper.as_ref().map_err(Clone::clone).and_then(|keeper| anchoring::HeadKeeper::fetch(keeper, &signer));
     let anchor = match fetched {
         Ok(Some(anchor)) => anchor,
         Ok(None) => {
@@ -384,6 +441,16 @@ pub fn verify_against_vault(ctx: &Context, endpoint: Option<String>) -> Result<u
         ))
     })?;
     let anchor_head = Head { position: anchor.position, hash: anchor_hash };
+    // The head is the vault's word only over TLS, unless its transparency log proves it: then it
+    // must be the machine's latest leaf under a checkpoint signed by the key the log trusts.
+    let proved = match (&anchor.log, &keeper) {
+        (Some(logged), Ok(keeper)) => {
+            let proved = prove_latest(keeper, &signer, trusted.as_ref(), &note, logged, anchor_head)?;
+            note.keep_witnessed(proved.0.clone());
+            Some(proved)
+        }
+        _ => None,
+    };
 
     let report = ctx.open_store()?.verify(Some(anchor_head))?;
     let (comparison, range) = anchoring::compare(&report, anchor_head);
@@ -406,6 +473,9 @@ pub fn verify_against_vault(ctx: &Context, endpoint: Option<String>) -> Result<u
             "mismatch": if comparison == Comparison::Altered { json!(range) } else { json!(null) },
             "not_yet_anchored": not_yet,
             "registration": if registration_lost { "from_anchor_note" } else { "from_log" },
+            "vault_log": proved.as_ref().map(|(w, p, from)| json!({
+                "verified": true, "tree_size": w.size, "index": p.index, "key_from": from,
+            })),
         });
         terminal::json_line(value);
     } else {
@@ -421,6 +491,15 @@ pub fn verify_against_vault(ctx: &Context, endpoint: Option<String>) -> Result<u
         match comparison {
             Comparison::Match => {
                 outln!("vault anchor at {} matches (vault {}, anchored {at})", anchor.position, machine.vault);
+                if let Some((witnessed, proved, _)) = &proved {
+                    outln!(
+                        "the vault's transparency log proves it: head {} is machine {}'s latest leaf ({}) in its signed tree of {} heads",
+                        anchor.position,
+                        machine.machine_id,
+                        proved.index,
+                        witnessed.size
+                    );
+                }
                 if let Some(r) = not_yet {
                     let are = if r.from == r.to { "is" } else { "are" };
                     outln!("{} {are} not yet anchored (run `regent audit anchor`)", terminal::positions(r.from, r.to));
@@ -485,6 +564,66 @@ pub fn verify_against_vault(ctx: &Context, endpoint: Option<String>) -> Result<u
     };
     // The report went to stdout as the command's document.
     outcome.map_err(|failure| failure.printed_if(ctx.json))
+}
+
+/// Proves the vault's anchor with its transparency log: `logged` (the read's answer) is the
+/// machine's latest leaf under a checkpoint signed by the key the log trusts (else the key checked
+/// with before, else the one the vault names now), consistent with the checkpoint checked last,
+/// and it is the anchor's head.
+fn prove_latest(
+    keeper: &HttpVaultClient,
+    signer: &anchoring::HeadSigner,
+    trusted: Option<&regent_engine::state::TrustedKey>,
+    note: &Note,
+    logged: &regent_vault::protocol::LoggedHead,
+    anchor: Head,
+) -> Result<(Witnessed, Proved, KeyFrom), Failure> {
+    let seen = note.vault_log().filter(|w| w.machine_id.as_deref().is_none_or(|m| m == signer.machine_id));
+    let inconsistent = |problem: &dyn std::fmt::Display| {
+        Failure::refused(format!(
+            "vault_log_inconsistent: vault {} answered for machine {}, but its transparency log does not hold: {problem}; its anchor is not proved, and this log was not checked against it: tell whoever audits the vault",
+            signer.vault, signer.machine_id
+        ))
+    };
+    let (key, from) = match (trusted, seen) {
+        (Some(trusted), _) => (trusted.vault_key.clone(), trusted.from),
+        (None, Some(seen)) => (seen.vault_key.clone(), KeyFrom::FirstContact),
+        (None, None) => match anchoring::HeadKeeper::vault_key(keeper, signer) {
+            Ok(Some(key)) => (key, KeyFrom::FirstContact),
+            _ => return Err(inconsistent(&"it names no key to check its checkpoint with")),
+        },
+    };
+    let mut logged = logged.clone();
+    if let Some(seen) = seen {
+        let size = key
+            .parse::<regent_vault::protocol::transparency::NoteVerifier>()
+            .ok()
+            .and_then(|k| k.verify(&logged.checkpoint).ok())
+            .map(|c| c.size);
+        if let Some(size) = size.filter(|size| *size > seen.size) {
+            let proof = keeper.consistency(signer, seen.size, size).map_err(|e| {
+                Failure::refused(format!(
+                    "{}: cannot get the vault's consistency proof from {} to {size} heads: {e}; retry once the vault is reachable",
+                    e.code(),
+                    seen.size
+                ))
+            })?;
+            logged.consistency = Some(regent_vault::protocol::Consistency {
+                from: seen.size,
+                proof: proof.iter().map(hex::encode).collect(),
+            });
+        }
+    }
+    let (witnessed, proved) =
+        regent_engine::vault_log::check_latest(seen, &key, from, &logged, &signer.vault, &signer.machine_id)
+            .map_err(|e| inconsistent(&e))?;
+    if proved.head() != anchor {
+        return Err(inconsistent(&format!(
+            "its anchor is head {}, but its log's latest leaf for this machine is head {}",
+            anchor.position, proved.leaf.position
+        )));
+    }
+    Ok((witnessed, proved, from))
 }
 
 /// The vault `regent quickstart` ran in-process ended with it: nothing can be asked of it again.

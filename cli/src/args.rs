@@ -382,6 +382,27 @@ pub enum VaultCommand {
         #[arg(long, value_name = "KEYFILE")]
         vault_key: Option<PathBuf>,
     },
+    /// Write a proof bundle for a machine's latest head, as the vault logged it (the auditor's way:
+    /// from the vault, not from the machine under audit); `regent audit verify --proof` checks it.
+    Proof {
+        /// The vault the machine is registered to.
+        #[arg(long, value_name = "NAME")]
+        vault: String,
+        /// The machine whose latest logged head is proved.
+        #[arg(long, value_name = "MACHINE_ID")]
+        machine: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Where to write the bundle (a new file).
+        #[arg(long, short, value_name = "BUNDLE")]
+        output: PathBuf,
+        /// Also carry a consistency proof from a tree of N heads (an earlier bundle's size).
+        #[arg(long, value_name = "N")]
+        from: Option<u64>,
+        /// Check the bundle with this key (a file holding a C2SP verifier key) before writing it.
+        #[arg(long, value_name = "KEYFILE")]
+        vault_key: Option<PathBuf>,
+    },
     /// One row per machine of a vault, as its own log (kept at the vault) makes it: phase, proxy,
     /// throttling, scratch folder, passphrase, credentials expiry, last event, anchor status.
     Fleet {
@@ -668,11 +689,34 @@ pub enum AuditCommand {
         /// catches a tail cut off together with every head kept beside the log.
         #[arg(long, conflicts_with_all = ["file", "head"])]
         against_vault: bool,
-        /// With --against-vault: the vault service's address, instead of the registration's.
-        #[arg(long, value_name = "URL", requires = "against_vault")]
+        /// A proof bundle (`regent audit proof`, `regent vault proof`), repeatable: the log's head
+        /// must be its machine's latest head the vault logged, and the bundles' checkpoints views
+        /// of one tree.
+        #[arg(long, value_name = "BUNDLE", conflicts_with_all = ["head", "against_vault"])]
+        proof: Vec<PathBuf>,
+        /// With --proof: the vault's key (a file holding a C2SP verifier key); the one this
+        /// machine's log trusts when absent.
+        #[arg(long, value_name = "KEYFILE", requires = "proof")]
+        vault_key: Option<PathBuf>,
+        /// With --against-vault or --proof: the vault service's address, instead of the
+        /// registration's (with --proof, asked only for consistency proofs the bundles lack).
+        #[arg(long, value_name = "URL")]
         endpoint: Option<String>,
-        /// With --against-vault: a CA certificate (PEM) to trust for an HTTPS vault.
-        #[arg(long, value_name = "F", requires = "against_vault")]
+        /// With --against-vault or --proof: a CA certificate (PEM) to trust for an HTTPS vault.
+        #[arg(long, value_name = "F")]
+        ca_file: Option<PathBuf>,
+    },
+    /// Write a proof bundle for this machine's head: reported to the vault now, proved under its
+    /// signed checkpoint; `regent audit verify --file EXPORT --proof BUNDLE` checks it offline.
+    Proof {
+        /// Where to write the bundle (a new file).
+        #[arg(long, short, value_name = "BUNDLE")]
+        output: PathBuf,
+        /// The vault service's address, instead of the registration's.
+        #[arg(long, value_name = "URL")]
+        endpoint: Option<String>,
+        /// A CA certificate (PEM) to trust for an HTTPS vault.
+        #[arg(long, value_name = "F")]
         ca_file: Option<PathBuf>,
     },
     /// Send the head of the log to the vault now (done after every step while registered; this

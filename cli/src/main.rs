@@ -12,6 +12,7 @@ mod failure;
 mod guidance;
 mod import;
 mod manual;
+mod proof;
 mod quickstart;
 mod replay;
 mod secret_input;
@@ -169,14 +170,24 @@ fn run(ctx: &Context, command: Command) -> Result<u8, Failure> {
             change_passphrase(ctx, a)
         }
         Command::Audit(AuditArgs {
-            action: Some(AuditCommand::Verify { file, head, against_vault, endpoint, ca_file }),
+            action: Some(AuditCommand::Verify { file, head, against_vault, proof, vault_key, endpoint, ca_file }),
             ..
         }) => {
             if against_vault {
                 anchor::verify_against_vault(&ctx.with_ca_file(ca_file.as_deref()), endpoint)
+            } else if !proof.is_empty() {
+                let ctx = ctx.with_ca_file(ca_file.as_deref());
+                proof::verify(&ctx, file.as_deref(), &proof, vault_key.as_deref(), endpoint)
+            } else if endpoint.is_some() || ca_file.is_some() {
+                Err(Failure::usage(
+                    "--endpoint and --ca-file go with --against-vault or --proof: add one of them, or drop them",
+                ))
             } else {
                 views::verify(ctx, file.as_deref(), head)
             }
+        }
+        Command::Audit(AuditArgs { action: Some(AuditCommand::Proof { output, endpoint, ca_file }), .. }) => {
+            proof::write_own(&ctx.with_ca_file(ca_file.as_deref()), &output, endpoint)
         }
         Command::Audit(AuditArgs { action: Some(AuditCommand::Anchor { endpoint, ca_file }), .. }) => {
             anchor::anchor_now(&ctx.with_ca_file(ca_file.as_deref()), endpoint)

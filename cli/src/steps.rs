@@ -121,7 +121,10 @@ pub fn execute(
     // told cannot be reached (the step said so): nothing to report to it.
     let told = matches!(&result.record.outcome, Outcome::Accepted(Change::Unregistered { vault_told: Some(_), .. }));
     let registration = result.state.registration.clone().or(before.filter(|_| !told));
-    let anchored = anchor::after_step(ctx, &store, &area, &result.state, registration.as_ref(), result.head);
+    let mut anchored = anchor::after_step(ctx, &store, &area, &result.state, registration.as_ref(), result.head);
+    if let Some(witness) = anchored.as_mut().and_then(|report| report.vault_log.as_mut()) {
+        anchor::record_evidence(&registrar, store, &world, witness);
+    }
     Ok((result, anchored))
 }
 

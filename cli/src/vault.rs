@@ -98,6 +98,10 @@ pub fn run(ctx: &Context, command: VaultCommand) -> Result<u8, Failure> {
         VaultCommand::Checkpoint { server, ca_file, public_key, vault_key } => {
             checkpoint(ctx, &server, ca_file.as_deref(), public_key, vault_key.as_deref())
         }
+        VaultCommand::Proof { vault, machine, admin, output, from, vault_key } => {
+            let client = admin_client(ctx, &admin)?;
+            crate::proof::write_for_auditor(ctx, &client, &vault, &machine, &output, from, vault_key.as_deref())
+        }
         VaultCommand::Fleet { vault, admin, limit, after } => {
             let page = admin_client(ctx, &admin)?.fleet(&vault, limit, after.as_deref()).map_err(admin_failure)?;
             if ctx.json {

@@ -21,16 +21,7 @@ pub fn export(ctx: &Context, admin: &AdminArgs, machine: Option<(&str, &str)>, o
     let cannot_write = |e: std::io::Error| {
         Failure::refused(format!("cannot write {}: {e}; choose a writable location", output.display()))
     };
-    match std::fs::symlink_metadata(output) {
-        Ok(_) => {
-            return Err(Failure::refused(format!(
-                "{} already exists; choose another file or remove it first",
-                output.display()
-            )));
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(cannot_write(e)),
-    }
+    crate::views::new_file_only(output)?;
     let directory = match output.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
         _ => PathBuf::from("."),

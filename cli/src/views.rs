@@ -453,18 +453,25 @@ pub fn export(ctx: &Context, output: Option<&Path>) -> Result<u8, Failure> {
     Ok(0)
 }
 
+/// Refuses a path where something is already (a file, a link, a folder): what a command writes
+/// goes to a new file, never over one.
+pub(crate) fn new_file_only(path: &Path) -> Result<(), Failure> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Failure::refused(format!("cannot write {}: {e}; choose a writable location", path.display()))),
+        Ok(_) => {
+            Err(Failure::refused(format!("{} already exists; choose another file or remove it first", path.display())))
+        }
+    }
+}
+
 /// Writes to a temporary file beside the target, then renames it without overwriting, so a failed
 /// export never leaves a truncated file where a good one is expected.
 fn export_to_file(store: &EventStore, path: &Path, writer: &str) -> Result<Head, Failure> {
     let io = |e: std::io::Error| {
         Failure::refused(format!("cannot write {}: {e}; choose a writable location", path.display()))
     };
-    if path.exists() {
-        return Err(Failure::refused(format!(
-            "{} already exists; choose another file or remove it first",
-            path.display()
-        )));
-    }
+    new_file_only(path)?;
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
     let head = {

@@ -23,9 +23,13 @@ pub(crate) const AAD_TENANT_ID: &str = "AadTenantId";
 pub(crate) const SERVICE_PRINCIPAL_CLIENT_ID: &str = "ServicePrincipalClientId";
 pub(crate) const ID_MGMT_REST_ENDPOINT: &str = "IdMgmtRestEndpoint";
 pub(crate) const AGENT_LINKS: &str = "AgentLinks";
+/// regent's own member, after the portal's: the C2SP verifier key that signs the vault's
+/// transparency-log checkpoints. A data-contract reader ignores members it does not know, so
+/// older agents (and the real one) still read the file.
+pub(crate) const TRANSPARENCY_LOG_KEY: &str = "TransparencyLogKey";
 
 /// Children in data-member order; the writer keeps it, the parser does not insist on it.
-pub(crate) const ELEMENTS: [&str; 14] = [
+pub(crate) const ELEMENTS: [&str; 15] = [
     VERSION_EL,
     SUBSCRIPTION_ID,
     RESOURCE_TYPE,
@@ -40,6 +44,7 @@ pub(crate) const ELEMENTS: [&str; 14] = [
     SERVICE_PRINCIPAL_CLIENT_ID,
     ID_MGMT_REST_ENDPOINT,
     AGENT_LINKS,
+    TRANSPARENCY_LOG_KEY,
 ];
 
 /// .NET's XmlWriter on Windows ends lines with CRLF; files from the real portal do too.
@@ -48,7 +53,7 @@ const NEWLINE: &str = "\r\n";
 /// Writes the document: XML declaration, attributes one per line and two-space indentation, as the
 /// public code that writes these files configures its XmlWriter (`Indent`, `NewLineOnAttributes`, UTF-8 without BOM).
 /// `values` must be in [`ELEMENTS`] order; the caller has checked they hold only XML-legal characters.
-pub(crate) fn write(values: &[(&str, &str); 14]) -> String {
+pub(crate) fn write(values: &[(&str, &str); 15]) -> String {
     // Sized up front so the buffer holding the key never reallocates and leaves unwiped copies behind.
     let capacity = values.iter().map(|(name, value)| 2 * name.len() + escaped_len(value) + 16).sum::<usize>() + 512;
     let mut out = String::with_capacity(capacity);
@@ -115,7 +120,7 @@ mod tests {
     #[test]
     fn the_buffer_is_sized_for_the_whole_document() {
         let value = "a&b<c>".repeat(200);
-        let values: [(&str, &str); 14] = ELEMENTS.map(|name| (name, value.as_str()));
+        let values: [(&str, &str); 15] = ELEMENTS.map(|name| (name, value.as_str()));
         let capacity = values.iter().map(|(name, value)| 2 * name.len() + escaped_len(value) + 16).sum::<usize>() + 512;
         let out = write(&values);
         assert!(out.len() <= capacity, "{} > {capacity}", out.len());

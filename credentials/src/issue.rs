@@ -32,6 +32,8 @@ pub struct IssueRequest {
     /// Written as `IdMgmtRestEndpoint`: where the agent registers.
     pub endpoint: String,
     pub agent_links: Vec<(String, String)>,
+    /// Written as `TransparencyLogKey` when set: the C2SP verifier key of the vault's checkpoints.
+    pub transparency_log_key: Option<String>,
     pub not_before: DateTime<Utc>,
     pub not_after: DateTime<Utc>,
 }
@@ -89,6 +91,7 @@ pub fn issue(request: &IssueRequest) -> Result<IssuedCredentials, CredentialsErr
         (SERVICE_PRINCIPAL_CLIENT_ID, &request.service_principal_client_id),
         (ID_MGMT_REST_ENDPOINT, &request.endpoint),
         (AGENT_LINKS, &agent_links),
+        (TRANSPARENCY_LOG_KEY, request.transparency_log_key.as_deref().unwrap_or("")),
     ]));
     Ok(IssuedCredentials { file_name: file_name(&id.resource_name, request.not_before), xml, certificate })
 }
@@ -123,6 +126,13 @@ fn validate(request: &IssueRequest) -> Result<(), CredentialsError> {
         if value.trim() != value.as_str() {
             return invalid(format!("{name} has leading or trailing whitespace"));
         }
+    }
+    if let Some(key) = &request.transparency_log_key
+        && (key.is_empty() || !is_xml_safe(key) || key.trim() != key.as_str())
+    {
+        return invalid(format!(
+            "{TRANSPARENCY_LOG_KEY} must be a non-empty key without control characters or surrounding whitespace"
+        ));
     }
     for (name, url) in &request.agent_links {
         let clean = |s: &str| is_xml_safe(s) && s.trim() == s && !s.contains(';');

@@ -65,6 +65,8 @@ pub struct CredentialsFacts {
     /// `IdMgmtRestEndpoint`: the vault service's base URL for registration.
     pub endpoint: String,
     pub agent_links: Vec<(String, String)>,
+    /// `TransparencyLogKey`: the vault's checkpoint key, when the file names one.
+    pub transparency_log_key: Option<String>,
     pub certificate: CertificateFacts,
 }
 
@@ -83,6 +85,9 @@ pub struct VaultCredentials {
     pub endpoint: String,
     /// `AgentLinks` as (name, url) pairs, in file order; an entry without a comma has an empty url.
     pub agent_links: Vec<(String, String)>,
+    /// `TransparencyLogKey` (regent's own, optional): the C2SP verifier key that signs the vault's
+    /// checkpoints. Checked by whoever trusts it, not here.
+    pub transparency_log_key: Option<String>,
     pub certificate: CertificateFacts,
     pub certificate_der: Vec<u8>,
     pub private_key: PrivateKey,
@@ -99,6 +104,7 @@ impl VaultCredentials {
             service_principal_client_id: self.service_principal_client_id.clone(),
             endpoint: self.endpoint.clone(),
             agent_links: self.agent_links.clone(),
+            transparency_log_key: self.transparency_log_key.clone(),
             certificate: self.certificate.clone(),
         }
     }

@@ -75,6 +75,7 @@ pub fn parse(file_name: &str, bytes: &[u8]) -> Result<VaultCredentials, Credenti
         service_principal_client_id: fields.optional(SERVICE_PRINCIPAL_CLIENT_ID).to_owned(),
         endpoint: endpoint.to_owned(),
         agent_links: parse_agent_links(fields.optional(AGENT_LINKS)),
+        transparency_log_key: Some(fields.optional(TRANSPARENCY_LOG_KEY)).filter(|k| !k.is_empty()).map(str::to_owned),
         certificate,
         certificate_der,
         private_key,
@@ -90,11 +91,11 @@ fn has_extension(file_name: &str) -> bool {
 }
 
 /// The known children's text, by position in [`ELEMENTS`]; `None` when the element is absent.
-struct Fields([Option<String>; 14]);
+struct Fields([Option<String>; 15]);
 
 impl Fields {
     fn read(root: roxmltree::Node<'_, '_>) -> Result<Self, CredentialsError> {
-        let mut values: [Option<String>; 14] = Default::default();
+        let mut values: [Option<String>; 15] = Default::default();
         for child in root.children().filter(|n| n.is_element() && n.tag_name().namespace() == Some(NAMESPACE)) {
             let Some(index) = ELEMENTS.iter().position(|name| *name == child.tag_name().name()) else {
                 continue; // unknown members are ignored, as a data-contract reader would

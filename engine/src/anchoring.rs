@@ -8,7 +8,10 @@
 //! (`vault/README.md`, "Log head"); this module is the agent's policy: when to report, who speaks
 //! for the machine, what the local note keeps, and what a comparison means.
 //!
-//! Nothing here appends to the log: recording a report would move the head it reports. The note
+//! Nothing here appends to the log: recording a report would move the head it reports. What the
+//! vault's transparency log proved is news for the log only when it is a key taken at first
+//! contact or a proof that did not hold; the caller records that after the step (a
+//! [`Witness`]'s evidence), and the next report carries it. The note
 //! (`log-anchor.json` in the data dir; its bytes are the caller's to read and write) keeps what
 //! was anchored last, for which machine (with what it takes to speak for it again if the log
 //! loses its registration) and the CA file last used, as a hint for `status` and later commands;
@@ -24,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::events::{self, STREAM};
-use crate::model::{Change, Outcome, Registration, SealedRef, SecretKind};
+use crate::model::{Change, Outcome, Registration, SealedRef, SecretKind, VaultLogObserved};
 use crate::ports::{ProxyConfig, SecretKeeper};
 use crate::projections::ProjectionError;
 use crate::state::State;
@@ -243,36 +246,73 @@ impl Note {
         self.vault_log.as_ref()
     }
 
-    /// Checks the proof an answer carries for `head` ([`crate::vault_log::check`]) with the key
-    /// verified before, or else the key the vault names now (trust on first contact), and keeps
-    /// the checkpoint when it holds. What did not hold leaves the checkpoint kept as it was.
+    /// Keeps `witnessed`, a checkpoint verified since (`regent audit verify --against-vault`).
+    pub fn keep_witnessed(&mut self, witnessed: Witnessed) {
+        self.vault_log = Some(witnessed);
+    }
+
+    /// Checks the proof an answer carries for `head` ([`crate::vault_log::check`]) with the key the
+    /// log trusts (from the credentials file, or taken at first contact), else the key verified
+    /// before (a note from before the log recorded keys), else the key the vault names now (first
+    /// contact), and keeps the checkpoint when it holds. What did not hold leaves the checkpoint
+    /// kept as it was. The witness says what of it the log should record.
     pub fn witness(
         &mut self,
         keeper: &dyn HeadKeeper,
         signer: &HeadSigner,
+        state: &State,
         anchor: &Anchor,
         head: Head,
-    ) -> Option<Result<u64, Inconsistency>> {
-        let logged = anchor.log.as_ref()?;
-        let (key, from) = match &self.vault_log {
-            Some(seen) => (seen.vault_key.clone(), seen.key_from),
+    ) -> Option<Witness> {
+        let answer = anchor.log.as_ref()?;
+        let trusted = state.vault_key.as_ref().filter(|k| k.machine_id == signer.machine_id);
+        // A checkpoint checked for another machine (before a move, or registering again) is of
+        // another vault's log, or of this one under a key no longer trusted: it is not this one's past.
+        if self.vault_log.as_ref().is_some_and(|seen| {
+            seen.machine_id.as_ref().is_some_and(|m| *m != signer.machine_id)
+                || trusted.is_some_and(|t| t.vault_key != seen.vault_key && t.from == KeyFrom::Credentials)
+        }) {
+            self.vault_log = None;
+        }
+        let (vault_key, key_from) = match (trusted, &self.vault_log) {
+            (Some(trusted), _) => (trusted.vault_key.clone(), trusted.from),
+            (None, Some(seen)) => (seen.vault_key.clone(), KeyFrom::FirstContact),
             // The vault did not say: nothing to check with, so nothing is kept (it is asked again).
-            None => (keeper.vault_key(signer).ok().flatten()?, KeyFrom::FirstContact),
+            (None, None) => (keeper.vault_key(signer).ok().flatten()?, KeyFrom::FirstContact),
+        };
+        let observed = VaultLogObserved {
+            vault: signer.vault.clone(),
+            machine_id: signer.machine_id.clone(),
+            head,
+            vault_key,
+            key_from,
+            seen: self.vault_log.clone(),
+            answer: answer.clone(),
         };
         let checked = crate::vault_log::check(
-            self.vault_log.as_ref(),
-            &key,
-            from,
-            logged,
+            observed.seen.as_ref(),
+            &observed.vault_key,
+            key_from,
+            answer,
             &signer.vault,
             &signer.machine_id,
             head,
         );
-        Some(checked.map(|witnessed| {
+        // News for the log: a key not recorded yet, once it proved a head; a problem not recorded
+        // with this evidence yet (a vault that stays forked is said once, not after every step).
+        let news = match &checked {
+            Ok(_) => trusted.is_none(),
+            Err(_) => state.vault_log_inconsistent.as_ref().is_none_or(|recorded| {
+                recorded.machine_id != signer.machine_id
+                    || recorded.seen_checkpoint.as_ref() != observed.seen.as_ref().map(|w| &w.checkpoint)
+            }),
+        };
+        let checked = checked.map(|witnessed| {
             let size = witnessed.size;
-            self.vault_log = Some(witnessed);
+            self.vault_log = Some(Witnessed { key_from, ..witnessed });
             size
-        }))
+        });
+        Some(Witness { checked, evidence: news.then_some(observed), recorded: None })
     }
 
     /// Marks `machine_id` as registered with quickstart's in-process vault.
@@ -480,9 +520,21 @@ pub struct StepReport {
     pub vault: String,
     pub position: u64,
     pub result: Result<Anchor, AnchorError>,
-    /// The vault's proof of the head checked: the tree size verified, or what did not hold;
-    /// `None` when nothing was proved (an older vault, or no answer).
-    pub vault_log: Option<Result<u64, Inconsistency>>,
+    /// The vault's proof of the head checked; `None` when nothing was proved (an older vault, or
+    /// no answer).
+    pub vault_log: Option<Witness>,
+}
+
+/// What the vault's proof of a reported head came to.
+pub struct Witness {
+    /// The tree size verified, or what did not hold.
+    pub checked: Result<u64, Inconsistency>,
+    /// What the log should record of it ([`crate::model::Command::WitnessVaultLog`]), when it is
+    /// news: the caller appends it after the step it reported (it moves the head, and goes to
+    /// the vault with the next report).
+    pub evidence: Option<VaultLogObserved>,
+    /// Where the caller recorded the evidence, once it has.
+    pub recorded: Option<u64>,
 }
 
 /// Reports the head after a step when the machine is (or, for unregister, was) registered and its
@@ -507,7 +559,7 @@ pub fn after_step(
     let mut vault_log = None;
     let result = registered_signer(secrets, store, state, registration, None).and_then(|(machine, signer)| {
         let anchor = keeper.report(&signer, store, head, Some(AFTER_STEP_BUDGET), seen)?;
-        vault_log = note.witness(keeper, &signer, &anchor, head);
+        vault_log = note.witness(keeper, &signer, state, &anchor, head);
         Ok((machine, anchor))
     });
     note.record(&registration.machine_id, head.position, &result, now);
@@ -531,12 +583,12 @@ pub fn report_now(
     endpoint: Option<&str>,
     note: &mut Note,
     now: DateTime<Utc>,
-) -> Result<(Anchor, Option<Result<u64, Inconsistency>>), AnchorError> {
+) -> Result<(Anchor, Option<Witness>), AnchorError> {
     let seen = note.tree_size();
     let mut vault_log = None;
     let result = registered_signer(secrets, store, state, registration, endpoint).and_then(|(machine, signer)| {
         let anchor = keeper.report(&signer, store, head, None, seen)?;
-        vault_log = note.witness(keeper, &signer, &anchor, head);
+        vault_log = note.witness(keeper, &signer, state, &anchor, head);
         Ok((machine, anchor))
     });
     note.record(&registration.machine_id, head.position, &result, now);

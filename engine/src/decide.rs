@@ -116,6 +116,11 @@ pub fn precheck(state: &State, command: &Command) -> Option<Refusal> {
             }
             first_missing(true).and_then(out_of_order)
         }
+        Command::WitnessVaultLog { machine_id } => {
+            registered.is_none_or(|r| r.machine_id != *machine_id).then_some(()).and_then(|_| {
+                refuse(Reason::StepOutOfOrder, format!("machine {machine_id} is not the one registered here"))
+            })
+        }
         Command::Unregister => registered.is_none().then_some(Step::Register).and_then(|_| {
             refuse(Reason::StepOutOfOrder, "this machine is not registered; there is nothing to unregister".into())
         }),
@@ -315,6 +320,7 @@ fn decide_observed(state: &State, command: &Command, observed: &Observations) ->
                 vault: credentials.facts.vault.clone(),
                 endpoint: endpoint_override.clone().unwrap_or_else(|| credentials.facts.endpoint.clone()),
                 private_key: credentials.private_key.clone(),
+                vault_key: credentials.facts.vault_key.clone(),
                 started_at: now,
             }))
         }
@@ -334,6 +340,7 @@ fn decide_observed(state: &State, command: &Command, observed: &Observations) ->
                 VaultAnswer::Registered { machine_id, vault, registered_at } => Ok(Change::Registered(Registration {
                     private_key: Some(attempt.private_key.clone()),
                     request_id: Some(attempt.request_id.clone()),
+                    vault_key: attempt.vault_key.clone(),
                     ..registration(
                         machine_id,
                         vault,
@@ -377,6 +384,7 @@ fn decide_observed(state: &State, command: &Command, observed: &Observations) ->
                 }
             }
         }
+        Command::WitnessVaultLog { .. } => witness_vault_log(step, state, observed),
         Command::Unregister => {
             let (machine_id, vault, vault_told) = unregistration(step, state, observed)?;
             Ok(Change::Unregistered { machine_id, vault, vault_told, new_credentials: None })
@@ -464,6 +472,18 @@ fn loaded_credentials(step: Step, file: &Path, observed: &Observations) -> Resul
         }
         CredentialsObserved::Parsed { facts, private_key } => (facts, private_key),
     };
+    // A key the agent would trust from now on must be one: a broken one would make every proof
+    // of the vault's log fail, and the agent would warn of the vault, not of the file.
+    if let Some(key) = &facts.vault_key
+        && let Err(e) = key.parse::<regent_protocol::transparency::NoteVerifier>()
+    {
+        return Err(refuse(
+            Reason::CredentialsInvalid,
+            format!(
+                "Invalid vault credentials provided: its TransparencyLogKey is not a C2SP verifier key ({e}). The file is either corrupted or not a vault credentials file; download a new one from the vault"
+            ),
+        ));
+    }
     check_validity(facts, observed.now).map_err(|m| refuse(Reason::CredentialsExpired, m))?;
     Ok(LoadedCredentials {
         file: file.to_path_buf(),
@@ -538,6 +558,45 @@ fn registration(
         thumbprint: thumbprint.to_string(),
         private_key: None,
         request_id: None,
+        vault_key: None,
+    }
+}
+
+/// What the vault's transparency log proved of a reported head, checked again from what was
+/// observed ([`crate::vault_log::check`]): the key taken at first contact when it held, the
+/// problem when it did not.
+fn witness_vault_log(step: Step, state: &State, observed: &Observations) -> Result<Change, Refusal> {
+    let seen = needed(step, "vault's answer", observed.vault_log.as_ref())?;
+    let head = seen.head;
+    let checked = crate::vault_log::check(
+        seen.seen.as_ref(),
+        &seen.vault_key,
+        seen.key_from,
+        &seen.answer,
+        &seen.vault,
+        &seen.machine_id,
+        head,
+    );
+    match checked {
+        Ok(witnessed) if state.vault_key.is_none() => Ok(Change::VaultKeyTaken {
+            vault: seen.vault.clone(),
+            machine_id: seen.machine_id.clone(),
+            vault_key: witnessed.vault_key,
+            tree_size: witnessed.size,
+        }),
+        Ok(_) => Err(Refusal::new(
+            step,
+            Reason::StepOutOfOrder,
+            "the vault's log held and its key is already trusted: there is nothing to record".to_string(),
+        )),
+        Err(problem) => Ok(Change::VaultLogInconsistent {
+            vault: seen.vault.clone(),
+            machine_id: seen.machine_id.clone(),
+            position: head.position,
+            problem: problem.to_string(),
+            seen_checkpoint: seen.seen.as_ref().map(|w| w.checkpoint.clone()),
+            checkpoint: seen.answer.checkpoint.clone(),
+        }),
     }
 }
 

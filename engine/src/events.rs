@@ -81,6 +81,8 @@ fn upcast(from: u32, payload: &mut Value) -> Result<(), String> {
         }
         // Version 5 only added commands, changes and optional fields: a step of 4 reads as it is.
         4 => Ok(()),
+        // Version 6 too (the vault's transparency log).
+        5 => Ok(()),
         other => Err(format!("no upcaster from schema version {other}")),
     }
 }
@@ -146,14 +148,15 @@ mod tests {
         let step = decode(&record(4, &payload)).unwrap();
         assert_eq!(step.build.as_ref(), Some(&build));
         assert_eq!(decode(&record(5, &payload)).unwrap(), step, "schema 5 added nothing a schema 4 step holds");
+        assert_eq!(decode(&record(6, &payload)).unwrap(), step, "nor did schema 6");
         let event = encode(&step, Uuid::nil()).unwrap();
-        assert_eq!(event.schema, 5);
+        assert_eq!(event.schema, 6);
         assert!(
             event
                 .payload()
                 .get()
                 .ends_with(r#","build":{"version":"0.1.0","commit":"a5271b4c0d1e-dirty","date":"2026-12-01"}}"#)
         );
-        assert!(matches!(decode(&record(6, &payload)), Err(DecodeError::NewerSchema { schema: 6, .. })));
+        assert!(matches!(decode(&record(7, &payload)), Err(DecodeError::NewerSchema { schema: 7, .. })));
     }
 }

@@ -64,6 +64,12 @@ pub enum Command {
     ChangePassphrase {
         save_to: Option<PathBuf>,
     },
+    /// The agent's own step, not an operator's: what the vault's transparency log proved of a head
+    /// it anchored, recorded when it is news: the vault's key taken at first contact, or a proof
+    /// that did not hold (evidence an auditor needs).
+    WitnessVaultLog {
+        machine_id: String,
+    },
 }
 
 impl Command {
@@ -78,6 +84,7 @@ impl Command {
             Command::Move { .. } => Step::Register,
             Command::MoveScratch { .. } => Step::ScratchFolder,
             Command::SetThrottling { .. } | Command::ThrottlingOff => Step::Throttling,
+            Command::WitnessVaultLog { .. } => Step::Register,
             Command::ChangePassphrase { .. } => Step::PassphraseChange,
         }
     }
@@ -215,6 +222,10 @@ pub struct CredentialFacts {
     #[serde(deserialize_with = "utc_time::deserialize")]
     pub not_after: DateTime<Utc>,
     pub subject: String,
+    /// The C2SP verifier key of the vault's checkpoints, when the file names one
+    /// (`TransparencyLogKey`); absent in files from a real portal and in logs before schema 6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault_key: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -393,6 +404,26 @@ pub struct Observations {
     /// What the vault said when told of an unregistration (absent in logs before it was told).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub removal: Option<RemovalObserved>,
+    /// The vault's answer to a report of the log's head, with the key and checkpoint it was
+    /// checked against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault_log: Option<VaultLogObserved>,
+}
+
+/// A report's answer as the agent checked it against the vault's transparency log: all public
+/// (a checkpoint, a leaf, hashes, a key), so the check can be made again by replay.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VaultLogObserved {
+    pub vault: String,
+    pub machine_id: String,
+    /// The head reported.
+    pub head: regent_store::Head,
+    /// The key the checkpoint was checked with, and where the agent got it.
+    pub vault_key: String,
+    pub key_from: crate::vault_log::KeyFrom,
+    /// The checkpoint verified before this answer, if any.
+    pub seen: Option<crate::vault_log::Witnessed>,
+    pub answer: regent_protocol::LoggedHead,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -486,6 +517,10 @@ pub struct Registration {
     /// The request id the vault made the machine for (absent before schema 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// The key of the vault's transparency log, from the credentials file it registered with:
+    /// from then on the agent trusts it, not the TLS connection. Absent when the file named none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault_key: Option<String>,
 }
 
 /// A registration started: recorded before the vault is asked, so that every later run asks
@@ -499,6 +534,9 @@ pub struct RegistrationAttempt {
     pub vault: VaultIdentity,
     pub endpoint: String,
     pub private_key: SealedRef,
+    /// The key of the vault's transparency log the credentials named (absent before schema 6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault_key: Option<String>,
     #[serde(deserialize_with = "utc_time::deserialize")]
     pub started_at: DateTime<Utc>,
 }
@@ -541,11 +579,32 @@ pub enum Change {
     ThrottlingSet(Throttling),
     ThrottlingOff,
     PassphraseChanged(Encryption),
+    /// The vault's key taken at first contact (the credentials file named none): trusted from now
+    /// on, as the vault's own first answer gave it.
+    VaultKeyTaken {
+        vault: String,
+        machine_id: String,
+        vault_key: String,
+        /// The size of the tree its first checkpoint signed.
+        tree_size: u64,
+    },
+    /// The vault's transparency log did not hold for a head it anchored: forked, shrank, signed by
+    /// another key, or its proof broken. The step that was reported stands.
+    VaultLogInconsistent {
+        vault: String,
+        machine_id: String,
+        position: u64,
+        /// What did not hold, in words.
+        problem: String,
+        /// The checkpoint verified before (the evidence), and the one the vault answered with.
+        seen_checkpoint: Option<String>,
+        checkpoint: String,
+    },
 }
 
 impl Change {
     /// Every event kind a change is recorded as (what [`Change::kind`] gives), in step order.
-    pub const KINDS: [&'static str; 12] = [
+    pub const KINDS: [&'static str; 14] = [
         "FoldersChosen",
         "ProxySet",
         "ProxyCleared",
@@ -558,6 +617,8 @@ impl Change {
         "ThrottlingSet",
         "ThrottlingOff",
         "PassphraseChanged",
+        "VaultKeyTaken",
+        "VaultLogInconsistent",
     ];
 
     /// The event kind recorded in the log for this change (one of [`Change::KINDS`]).
@@ -576,6 +637,8 @@ impl Change {
             Change::ThrottlingSet(_) => "ThrottlingSet",
             Change::ThrottlingOff => "ThrottlingOff",
             Change::PassphraseChanged(_) => "PassphraseChanged",
+            Change::VaultKeyTaken { .. } => "VaultKeyTaken",
+            Change::VaultLogInconsistent { .. } => "VaultLogInconsistent",
         }
     }
 }
@@ -680,4 +743,6 @@ impl std::fmt::Display for BuildId {
 /// 5: unregistrations tell the vault and machines move (`Move`, `FinishUnregister`,
 /// `RemovalCompleted`, `removal`), and a new proxy is probed (`vault_probe`): a build of schema 4
 /// would misread or refuse these steps, so it is told the log is newer than it reads.
-pub const SCHEMA_VERSION: u32 = 5;
+/// 6: the vault's transparency log: its key recorded at registration or taken at first contact
+/// (`WitnessVaultLog`, `VaultKeyTaken`), and a proof that did not hold (`VaultLogInconsistent`).
+pub const SCHEMA_VERSION: u32 = 6;

@@ -686,7 +686,12 @@ pub fn summary(outcome: &Outcome) -> String {
                 a.request_id,
                 a.thumbprint.get(..16).unwrap_or(&a.thumbprint)
             ),
-            Change::Registered(r) => format!("registered to vault {} as machine {}", r.vault, r.machine_id),
+            Change::Registered(r) => format!(
+                "registered to vault {} as machine {}{}",
+                r.vault,
+                r.machine_id,
+                if r.vault_key.is_some() { " (its log's key from the credentials file)" } else { "" }
+            ),
             Change::Unregistered { machine_id, vault, vault_told, new_credentials } => {
                 let told = match vault_told {
                     Some(true) => " (the vault removed it)",
@@ -714,6 +719,12 @@ pub fn summary(outcome: &Outcome) -> String {
                 format_rate(t.non_work_bps)
             ),
             Change::ThrottlingOff => "throttling off".into(),
+            Change::VaultKeyTaken { vault, machine_id, tree_size, .. } => format!(
+                "the key of vault {vault}'s transparency log taken at first contact, for machine {machine_id} (its tree then held {tree_size} heads)"
+            ),
+            Change::VaultLogInconsistent { vault, position, problem, .. } => {
+                format!("vault {vault}'s transparency log did not hold for log head {position}: {problem}")
+            }
         },
     }
 }

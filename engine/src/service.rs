@@ -193,6 +193,31 @@ impl<'a> Registrar<'a> {
     }
 }
 
+impl Registrar<'_> {
+    /// Records what the vault's transparency log proved of a head just reported, when it was news
+    /// ([`crate::anchoring::Witness::evidence`]), on the log the caller still holds open: the key
+    /// taken at first contact, or the proof that did not hold. Decided like any step (replay
+    /// checks it again); it moves the head, which the next report carries to the vault.
+    pub fn record_vault_log(
+        &self,
+        store: EventStore,
+        world: &World<'_>,
+        actor: Actor,
+        observed: crate::model::VaultLogObserved,
+    ) -> Result<Executed, EngineError> {
+        let now = world.clock.now();
+        let run = Run {
+            registrar: self,
+            world,
+            meta: BatchMeta { recorded_at: now, actor, correlation_id: new_id(now, world)? },
+        };
+        let (state, _) = projections::current_state(&store)?;
+        let command = Command::WitnessVaultLog { machine_id: observed.machine_id.clone() };
+        let observed = Observations { now, vault_log: Some(observed), ..Observations::default() };
+        run.record(store, &state, command, Observed { observed, generated: None, file: None }, Vec::new())
+    }
+}
+
 /// One command's run: the ports and the batch metadata every record of it shares.
 struct Run<'r, 'a, 'w> {
     registrar: &'r Registrar<'a>,
@@ -715,7 +740,8 @@ fn observe_local(
         | Command::SetThrottling { .. }
         | Command::ThrottlingOff
         | Command::Register { .. }
-        | Command::ChangePassphrase { .. } => {}
+        | Command::ChangePassphrase { .. }
+        | Command::WitnessVaultLog { .. } => {}
     }
     Ok(Observed { observed, generated, file })
 }
@@ -851,6 +877,7 @@ pub fn credential_facts(file_name: &str, parsed: &regent_credentials::VaultCrede
         not_before: parsed.certificate.not_before,
         not_after: parsed.certificate.not_after,
         subject: parsed.certificate.subject.clone(),
+        vault_key: parsed.transparency_log_key.clone(),
     }
 }
 

@@ -8,6 +8,7 @@ use crate::model::{
     RegistrationAttempt, SealedRef, StepRecord, Throttling, VaultAnswer,
 };
 use crate::reason::{Reason, Step, ends_registration_attempt};
+use crate::vault_log::KeyFrom;
 
 /// The state every view is computed from. Serializable: it is what a checkpoint saves.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +43,29 @@ pub struct State {
     /// only the vault can judge. Kept past later steps; shown while those credentials are loaded.
     #[serde(default)]
     pub credentials_refused: Option<CredentialsRefused>,
+    /// The key the agent trusts for the registered machine's vault's transparency log: from the
+    /// credentials file it registered with, or taken at first contact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault_key: Option<TrustedKey>,
+    /// The last time the vault's log did not hold, as recorded (the evidence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault_log_inconsistent: Option<RecordedInconsistency>,
+}
+
+/// A vault's checkpoint key, and where the agent got it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrustedKey {
+    pub machine_id: String,
+    pub vault_key: String,
+    pub from: KeyFrom,
+}
+
+/// A `VaultLogInconsistent` as the state keeps it: enough to say it once per piece of evidence.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedInconsistency {
+    pub machine_id: String,
+    pub position: u64,
+    pub seen_checkpoint: Option<String>,
 }
 
 /// The vault's refusal of a registration's credentials, as the log recorded it.
@@ -231,6 +255,12 @@ impl State {
                 if self.credentials_refused.as_ref().is_some_and(|r| r.thumbprint == registration.thumbprint) {
                     self.credentials_refused = None;
                 }
+                self.vault_key = registration.vault_key.clone().map(|vault_key| TrustedKey {
+                    machine_id: registration.machine_id.clone(),
+                    vault_key,
+                    from: KeyFrom::Credentials,
+                });
+                self.vault_log_inconsistent = None;
                 self.registration = Some(registration);
                 self.attempt = None;
                 self.attempt_answered = false;
@@ -250,6 +280,8 @@ impl State {
                     });
                 }
                 self.registration = None;
+                self.vault_key = None;
+                self.vault_log_inconsistent = None;
                 self.attempt = None;
                 self.attempt_answered = false;
                 if let Some(credentials) = new_credentials {
@@ -268,6 +300,19 @@ impl State {
             }
             Change::ThrottlingSet(throttling) => self.throttling = Some(throttling.clone()),
             Change::ThrottlingOff => self.throttling = None,
+            Change::VaultKeyTaken { machine_id, vault_key, .. } => {
+                if self.registration.as_ref().is_some_and(|r| r.machine_id == *machine_id) {
+                    let (machine_id, vault_key) = (machine_id.clone(), vault_key.clone());
+                    self.vault_key = Some(TrustedKey { machine_id, vault_key, from: KeyFrom::FirstContact });
+                }
+            }
+            Change::VaultLogInconsistent { machine_id, position, seen_checkpoint, .. } => {
+                self.vault_log_inconsistent = Some(RecordedInconsistency {
+                    machine_id: machine_id.clone(),
+                    position: *position,
+                    seen_checkpoint: seen_checkpoint.clone(),
+                });
+            }
         }
     }
 }

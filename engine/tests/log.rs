@@ -75,6 +75,7 @@ fn step(choice: u8, n: i64) -> (Command, Observations) {
                         not_before: t0(),
                         not_after: t0() + Duration::days(2),
                         subject: "CN=x".into(),
+                        vault_key: None,
                     },
                     private_key: SealedRef { id: "k".into() },
                 }),

@@ -66,6 +66,7 @@ fn credentials_seen(vault_name: &str) -> Observations {
                 not_before: t0() - Duration::minutes(10),
                 not_after: t0() + Duration::hours(48),
                 subject: "CN=test".into(),
+                vault_key: None,
             },
             private_key: SealedRef { id: "key".into() },
         }),

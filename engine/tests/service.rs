@@ -326,6 +326,7 @@ impl Fixture {
             service_principal_client_id: String::new(),
             endpoint: "http://127.0.0.1:1".into(),
             agent_links: vec![],
+            transparency_log_key: None,
             not_before: now - Duration::minutes(10),
             not_after: now + Duration::hours(48),
         })

@@ -22,6 +22,9 @@
 //! | `GET /v1/vaults/{vault}/machines/{machine_id}/log` | admin | | `200` the records kept of the machine's log, as an export |
 //! | `GET /v1/vaults/{vault}/fleet?limit=N&after=CURSOR` | admin | | `200` [`Fleet`] |
 //! | `GET /v1/vaults/{vault}/audit?machine=&since=&until=&kind=&actor=&outcome=&limit=&after=` | admin | | `200` [`FleetAudit`] |
+//! | `GET /v1/checkpoint` | anyone | | `200` the latest checkpoint, a signed note ([`CHECKPOINT_CONTENT_TYPE`]) |
+//! | `GET /v1/vaults/{vault}/machines/{machine_id}/proof?from=N` | admin | | `200` [`LoggedHead`] |
+//! | `GET /v1/checkpoint/consistency?from=A&to=B` | anyone | | `200` [`ConsistencyProof`] |
 //!
 //! The routes are also [`ROUTES`], with who may call each ([`Access`]): the service's router is built
 //! from that table and nothing else.
@@ -144,6 +147,10 @@ pub enum RouteId {
     /// `GET /v1/vaults/{vault}/machines/{machine_id}/proof?from=N`: a machine's latest logged head,
     /// proved under the latest checkpoint ([`LoggedHead`]), with consistency from size N.
     MachineProof,
+    /// `GET /v1/checkpoint/consistency?from=A&to=B`: the proof that the tree of A leaves is a prefix
+    /// of the tree of B leaves ([`ConsistencyProof`]), for anyone holding both checkpoints: hashes
+    /// only, naming no machine.
+    CheckpointConsistency,
 }
 
 /// The HTTP methods the service answers.
@@ -185,7 +192,7 @@ impl Route {
 
 /// Every route of the service. The router is built from this table and nothing else, so a route
 /// the table does not hold cannot be served, and `tests/routes.rs` attacks each one of them.
-pub const ROUTES: [Route; 21] = [
+pub const ROUTES: [Route; 22] = [
     Route { id: RouteId::Healthz, method: Method::Get, path: "/healthz", access: Access::Anyone },
     Route { id: RouteId::Readyz, method: Method::Get, path: "/readyz", access: Access::Anyone },
     Route { id: RouteId::Metrics, method: Method::Get, path: "/metrics", access: Access::Anyone },
@@ -256,6 +263,12 @@ pub const ROUTES: [Route; 21] = [
         method: Method::Get,
         path: "/v1/vaults/{vault}/machines/{machine_id}/proof",
         access: Access::Admin,
+    },
+    Route {
+        id: RouteId::CheckpointConsistency,
+        method: Method::Get,
+        path: "/v1/checkpoint/consistency",
+        access: Access::Anyone,
     },
 ];
 
@@ -786,6 +799,20 @@ pub struct LoggedHead {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Consistency {
     pub from: u64,
+    /// Each hash lowercase hex.
+    pub proof: Vec<String>,
+}
+
+/// `GET /v1/checkpoint/consistency?from=A&to=B`: the consistency proof between two sizes of the
+/// transparency log (RFC 9162 §2.1.4), each size stated so that the answer says what it proves.
+/// Checked with [`crate::transparency::verify_consistency`] against the roots of the two
+/// checkpoints the caller holds; empty when `from == to` (the roots must then be equal). A proof
+/// from size 0 is refused: RFC 9162 defines one only from a non-empty tree, and every tree extends
+/// the empty one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsistencyProof {
+    pub from: u64,
+    pub to: u64,
     /// Each hash lowercase hex.
     pub proof: Vec<String>,
 }

@@ -419,11 +419,22 @@ fn the_agent_checks_the_vaults_tree_and_warns_when_it_was_rewritten() {
         note["vault_log"].clone()
     };
     let first = kept(&setup);
-    assert_eq!((first["key_from"].as_str(), first["size"].as_u64()), (Some("first_contact"), Some(1)), "{first}");
+    assert_eq!((first["key_from"].as_str(), first["size"].as_u64()), (Some("credentials"), Some(1)), "{first}");
+    // The key came in the credentials file, and the registration recorded it.
+    let registered = &kinds(&setup, "agent")[4];
+    assert_eq!(registered["kind"], "Registered");
+    assert!(
+        registered["summary"].as_str().unwrap().contains("its log's key from the credentials file"),
+        "{registered}"
+    );
 
     let (code, answer, stderr) = json_of(&setup, "agent", &THROTTLE);
     assert_eq!((code, stderr.as_str()), (0, ""), "{answer}");
-    assert_eq!(answer["log_anchor"]["vault_log"], serde_json::json!({"verified": true, "tree_size": 2}), "{answer}");
+    assert_eq!(
+        answer["log_anchor"]["vault_log"],
+        serde_json::json!({"verified": true, "tree_size": 2, "recorded": null}),
+        "{answer}"
+    );
     let seen = kept(&setup);
     assert_eq!(seen["size"], 2);
 
@@ -448,5 +459,63 @@ fn the_agent_checks_the_vaults_tree_and_warns_when_it_was_rewritten() {
     );
     assert!(vault_log["message"].as_str().unwrap().contains("does not extend the tree of 2 heads"), "{vault_log}");
     assert!(stderr.starts_with("warning: vault_log_inconsistent: vault prod anchored log head 7"), "{stderr}");
+    assert!(stderr.contains("recorded in this machine's log as record 8"), "{stderr}");
     assert_eq!(kept(&setup), seen, "the checkpoint verified before is kept");
+
+    // The evidence is a record of the agent's own log, with both checkpoints in it.
+    let entries = kinds(&setup, "agent");
+    assert_eq!(entries.len(), 8);
+    assert_eq!(entries[7]["kind"], "VaultLogInconsistent");
+    assert!(entries[7]["summary"].as_str().unwrap().contains("did not hold for log head 7"), "{}", entries[7]);
+    // Said once for this evidence: the next step (which carries record 8 to the vault) is not
+    // recorded again, though the vault's tree still does not hold.
+    let (code, answer, stderr) = json_of(&setup, "agent", &THROTTLE);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(answer["log_anchor"]["vault_log"]["verified"], false);
+    assert_eq!(answer["log_anchor"]["vault_log"]["recorded"], Value::Null);
+    assert_eq!(answer["log_anchor"]["vault_position"], 9, "the evidence went to the vault with the next head");
+    assert_eq!(kinds(&setup, "agent").len(), 9);
+}
+
+/// The agent's audit trail, one entry a record.
+fn kinds(setup: &Setup, agent: &str) -> Vec<Value> {
+    let out = setup.regent(agent).args(["--json", "audit"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn a_file_without_the_vaults_key_takes_it_at_first_contact_and_records_it() {
+    let setup = Setup::new();
+    assert_eq!(setup.admin(&["create", "prod"]).status.code(), Some(0));
+    let credentials = setup.download("prod", "prod.VaultCredentials");
+    // As a real portal's file: no TransparencyLogKey element.
+    let text = std::fs::read_to_string(&credentials).unwrap();
+    let start = text.find("\r\n  <TransparencyLogKey>").expect("the vault names its key");
+    let end = text.find("</TransparencyLogKey>").unwrap() + "</TransparencyLogKey>".len();
+    std::fs::write(&credentials, format!("{}{}", &text[..start], &text[end..])).unwrap();
+    setup.prepare("agent", &credentials);
+    let (code, answer, stderr) = json_of(&setup, "agent", &["register"]);
+    assert_eq!((code, stderr.as_str()), (0, ""), "{answer}");
+    assert_eq!(answer["log_anchor"]["vault_log"]["recorded"], 6, "{answer}");
+    let entries = kinds(&setup, "agent");
+    assert_eq!(entries.len(), 6);
+    assert_eq!(entries[5]["kind"], "VaultKeyTaken");
+    let note: Value =
+        serde_json::from_slice(&std::fs::read(setup.path("agent").join("log-anchor.json")).unwrap()).unwrap();
+    assert_eq!(note["vault_log"]["key_from"], "first_contact");
+    // Taken once: the next step checks with it, and records nothing more.
+    let (code, answer, _) = json_of(&setup, "agent", &THROTTLE);
+    assert_eq!(code, 0);
+    assert_eq!(answer["log_anchor"]["vault_log"]["verified"], true);
+    assert_eq!(answer["log_anchor"]["vault_position"], 7);
+    assert_eq!(kinds(&setup, "agent").len(), 7);
+    // A key that is not one is refused when the file is loaded, not at the first proof.
+    let bad = setup.path("bad.VaultCredentials");
+    let broken = text.replace("<TransparencyLogKey>regent-vault-", "<TransparencyLogKey>x");
+    std::fs::write(&bad, broken).unwrap();
+    assert_eq!(setup.folders("other").status.code(), Some(0));
+    let (code, stderr) = setup.step("other", &["credentials", "load", bad.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("TransparencyLogKey is not a C2SP verifier key"), "{stderr}");
 }

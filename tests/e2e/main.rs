@@ -13,6 +13,7 @@ mod help;
 mod inputs;
 mod large_logs;
 mod moving;
+mod proofs;
 mod quickstart;
 mod register;
 mod replay;

@@ -65,6 +65,7 @@ pub fn write_credentials_until(path: &Path, vault: &str, from: DateTime<Utc>, un
         service_principal_client_id: String::new(),
         endpoint: "http://127.0.0.1:9".into(),
         agent_links: vec![],
+        transparency_log_key: None,
         not_before: from,
         not_after: until,
     })

@@ -53,6 +53,7 @@ struct Options {
     startup: Option<u64>,
     fleet: Option<u64>,
     keep_records: bool,
+    log_heads: bool,
 }
 
 fn options() -> Result<Options, String> {
@@ -70,6 +71,7 @@ fn options() -> Result<Options, String> {
         startup: None,
         fleet: None,
         keep_records: true,
+        log_heads: true,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -85,6 +87,7 @@ fn options() -> Result<Options, String> {
             "--inserts" => options.inserts = true,
             "--heads" => options.heads = true,
             "--no-keep" => options.keep_records = false,
+            "--no-tree" => options.log_heads = false,
             "--startup" => options.startup = Some(value("--startup")?.parse().map_err(|e| format!("--startup: {e}"))?),
             "--fleet" => options.fleet = Some(value("--fleet")?.parse().map_err(|e| format!("--fleet: {e}"))?),
             "--processes" => {
@@ -211,6 +214,7 @@ fn over_http(options: &Options, dir: &std::path::Path, database_url: Option<Stri
     let mut config = ServeConfig {
         group_commit: options.group_commit,
         keep_records: options.keep_records,
+        log_heads: options.log_heads,
         ..ServeConfig::new(dir, ([127, 0, 0, 1], 0).into())
     };
     if let Some(url) = &database_url {
@@ -238,11 +242,12 @@ fn over_http(options: &Options, dir: &std::path::Path, database_url: Option<Stri
     let key = credentials.private_key.pkcs8_der().to_vec();
     if options.heads {
         let what = format!(
-            "log-head reports of 8 records ({}, {} process{}, records {})",
+            "log-head reports of 8 records ({}, {} process{}, records {}, tree {})",
             if database_url.is_some() { "PostgreSQL" } else { "sled" },
             servers.len(),
             if servers.len() == 1 { "" } else { "es" },
-            if options.keep_records { "kept" } else { "not kept" }
+            if options.keep_records { "kept" } else { "not kept" },
+            if options.log_heads { "on" } else { "off" }
         );
         heads(options, &what, &clients, &endpoints, &identity, &thumbprint, &key);
         for server in servers {

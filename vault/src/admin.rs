@@ -11,9 +11,10 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{AdminError, ClientError, chain_text};
 use crate::http;
+use crate::protocol::transparency::Hash;
 use crate::protocol::{
-    CreateVault, CredentialsFile, DownloadCredentials, Fleet, FleetAudit, Health, IssuedPin, LoggedHead, MachineInfo,
-    Machines, VaultInfo,
+    ConsistencyProof, CreateVault, CredentialsFile, DownloadCredentials, Fleet, FleetAudit, Health, IssuedPin,
+    LoggedHead, MachineInfo, Machines, VaultInfo,
 };
 use crate::token::{bearer, read_token_file};
 
@@ -78,6 +79,18 @@ impl AdminClient {
             .map_err(|detail| AdminError::Protocol { status, detail })?;
         String::from_utf8(bytes)
             .map_err(|_| AdminError::Protocol { status, detail: "the checkpoint is not UTF-8 text".into() })
+    }
+
+    /// The proof that the transparency log's tree of `from` leaves is a prefix of its tree of `to`
+    /// leaves (no token needed): the hashes to check with `verify_consistency` against the roots of
+    /// the two checkpoints the caller holds (empty for equal sizes). The service refuses
+    /// ([`AdminError::Refused`], `bad_request`) a `from` of 0, a `from` past `to`, and a `to` past
+    /// its tree.
+    pub fn consistency(&self, from: u64, to: u64) -> Result<Vec<Hash>, AdminError> {
+        let mut url = self.url(&["checkpoint", "consistency"])?;
+        url.query_pairs_mut().append_pair("from", &from.to_string()).append_pair("to", &to.to_string());
+        let answer = self.call::<ConsistencyProof>(self.client.get(url.clone()), &url, false)?;
+        http::proof_hashes(&answer, from, to).map_err(|detail| AdminError::Protocol { status: 200, detail })
     }
 
     /// A machine's latest logged head, proved under the latest checkpoint, with consistency from

@@ -14,7 +14,8 @@ use reqwest::blocking::{Client, Response};
 use secrecy::ExposeSecret;
 use zeroize::Zeroizing;
 
-use crate::protocol::{ErrorBody, ErrorCode, SERVICE_HEADER};
+use crate::protocol::transparency::Hash;
+use crate::protocol::{ConsistencyProof, ErrorBody, ErrorCode, SERVICE_HEADER};
 
 /// The longest answer the agent reads (its answers are a few hundred bytes).
 pub(crate) const MAX_ANSWER_BYTES: u64 = 1024 * 1024;
@@ -111,6 +112,29 @@ pub(crate) fn error_body(response: Response) -> ErrorBody {
             message: format!("HTTP {status} without an error body"),
         },
     }
+}
+
+/// The hashes of a consistency proof answered for `from` and `to`: an answer for other sizes, or a
+/// hash that is not 64 hex digits, is not the proof asked for. Whether it proves anything is the
+/// caller's check, against the roots of the checkpoints it holds.
+pub(crate) fn proof_hashes(answer: &ConsistencyProof, from: u64, to: u64) -> Result<Vec<Hash>, String> {
+    if (answer.from, answer.to) != (from, to) {
+        return Err(format!(
+            "the vault answered a consistency proof from {} to {} where {from} to {to} was asked for",
+            answer.from, answer.to
+        ));
+    }
+    answer
+        .proof
+        .iter()
+        .enumerate()
+        .map(|(n, text)| {
+            let mut hash = [0u8; 32];
+            hex::decode_to_slice(text, &mut hash)
+                .map(|()| hash)
+                .map_err(|_| format!("hash {n} of the consistency proof is not 64 hex digits"))
+        })
+        .collect()
 }
 
 /// Asks the proxy for a tunnel to `target` (host:port) ourselves, with the same credentials, and

@@ -22,9 +22,10 @@ use reqwest::header::HeaderValue;
 
 use crate::client::{Attempt, CallError, HttpVaultClient, new_nonce};
 use crate::http;
+use crate::protocol::transparency::Hash;
 use crate::protocol::{
-    Anchor, ErrorCode, HeadReport, MAX_PROOF_BYTES, MAX_PROOF_RECORDS, Reason, SIGNATURE_HEADERS, log_head_message,
-    log_head_read_message,
+    Anchor, ConsistencyProof, ErrorCode, HeadReport, MAX_PROOF_BYTES, MAX_PROOF_RECORDS, Reason, SIGNATURE_HEADERS,
+    log_head_message, log_head_read_message,
 };
 
 // A report step holds at least one record, so a log of any length can be reported in steps.
@@ -230,6 +231,28 @@ impl HttpVaultClient {
             self.answer::<crate::protocol::Health>(request.send(), signer.proxy.as_ref(), &url)
         });
         answer.map(|health| health.checkpoint_key).map_err(AnchorError::from)
+    }
+
+    /// The proof that the vault's transparency log of `from` leaves is a prefix of its log of `to`
+    /// leaves: the hashes to check with `verify_consistency` against the roots of the two
+    /// checkpoints the agent holds (empty for equal sizes). Unsigned (the route is public and the
+    /// proof names no machine), through the machine's proxy, retried as a read is. A `from` of 0, a
+    /// `from` past `to` or a `to` past the vault's tree is [`AnchorError::Refused`] (`bad_request`);
+    /// an answer for other sizes or with a malformed hash is `vault_error`.
+    pub fn consistency(&self, signer: &HeadSigner, from: u64, to: u64) -> Result<Vec<Hash>, AnchorError> {
+        let mut url = http::join_url(&signer.endpoint, &["v1", "checkpoint", "consistency"]).map_err(|e| {
+            AnchorError::Failed { reason: Reason::VaultUnreachable, detail: format!("the vault endpoint {e}") }
+        })?;
+        url.query_pairs_mut().append_pair("from", &from.to_string()).append_pair("to", &to.to_string());
+        let client = self
+            .client_for(signer.proxy.as_ref())
+            .map_err(|detail| AnchorError::Failed { reason: Reason::InvalidProxy, detail })?;
+        let answer = self.with_retries_until(None, |time_left| {
+            let request = with_time_left(client.get(url.clone()), time_left);
+            self.answer::<ConsistencyProof>(request.send(), signer.proxy.as_ref(), &url)
+        })?;
+        http::proof_hashes(&answer, from, to)
+            .map_err(|detail| AnchorError::Failed { reason: Reason::VaultError, detail })
     }
 
     /// The head the vault holds for the machine, or `None` if it never anchored one.

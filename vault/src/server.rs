@@ -78,6 +78,10 @@ pub struct ServeConfig {
     /// ever but nothing is kept and no fleet state moves: for measuring what keeping costs only.
     #[doc(hidden)]
     pub keep_records: bool,
+    /// Accepted heads are leaves of the transparency log (the default). Off, they are anchored as
+    /// ever but not logged (no leaf, no proof in the answer): for measuring what the tree costs only.
+    #[doc(hidden)]
+    pub log_heads: bool,
 }
 
 /// The `writer` of an export when the embedder names none.
@@ -95,6 +99,7 @@ impl ServeConfig {
             prune_every: Duration::from_secs(60),
             writer: DEFAULT_WRITER.to_string(),
             keep_records: true,
+            log_heads: true,
         }
     }
 
@@ -242,6 +247,7 @@ pub async fn serve(config: ServeConfig) -> Result<RunningServer, VaultError> {
     let notary = crate::transparency::Notary::new(signer);
     let mut app = App::new(storage, admin, notary, config.public_url.clone(), with_tls, config.writer.clone());
     app.keep_records = config.keep_records;
+    app.log_heads = config.log_heads;
     let app = Arc::new(app);
     let weak_app = Arc::downgrade(&app);
     app.set_bound(local_addr);

@@ -54,6 +54,8 @@ pub(crate) struct App {
     pub(crate) writer: String,
     /// `ServeConfig::keep_records`: off only to measure what keeping records costs.
     pub(crate) keep_records: bool,
+    /// `ServeConfig::log_heads`: off only to measure what the transparency log costs.
+    pub(crate) log_heads: bool,
     /// Signs the transparency log's checkpoints.
     pub(crate) notary: Notary,
 }
@@ -76,6 +78,7 @@ impl App {
             bound_url: Mutex::new(String::new()),
             writer,
             keep_records: true,
+            log_heads: true,
         }
     }
 
@@ -162,6 +165,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
             RouteId::FleetAudit => on(filter, fleet_audit),
             RouteId::Checkpoint => on(filter, checkpoint),
             RouteId::MachineProof => on(filter, machine_proof),
+            RouteId::CheckpointConsistency => on(filter, checkpoint_consistency),
         };
         let handler = match route.access {
             // route_layer: only matched routes ask for the token, so an unknown path is a 404, not a 401.
@@ -344,6 +348,9 @@ async fn download_credentials(
         service_principal_client_id: String::new(),
         endpoint: app.endpoint_for(&headers),
         agent_links: Vec::new(),
+        // The agent trusts this key, from the file the administrator downloaded, not the TLS
+        // connection it registers over.
+        transparency_log_key: Some(app.notary.verifier().to_string()),
         not_before: now - Duration::seconds(protocol::NOT_BEFORE_BACKDATE_SECS),
         // validity <= 30 days, so this cannot overflow.
         not_after: now + Duration::seconds(validity as i64),
@@ -766,11 +773,18 @@ async fn report_log_head(
         peer: peer_ip(peer),
     };
     let scope = Scope { machine: Some(machine_id.clone()), nonce: Some(body.nonce.clone()), ..Scope::vault(&vault) };
-    let keep = app.keep_records;
+    let (keep, log) = (app.keep_records, app.log_heads);
     let decide = move |f: &rules::Facts| {
         rules::report_head(f, &report, now).map(|mut decision| {
             if !keep {
                 decision.mirror = None;
+            }
+            if !log {
+                for planned in &mut decision.events {
+                    if let crate::events::VaultEvent::LogHeadAnchored(anchored) = &mut planned.event {
+                        (anchored.logged, anchored.previous_leaf) = (false, None);
+                    }
+                }
             }
             decision
         })
@@ -883,6 +897,42 @@ async fn machine_proof(
         )
     })?;
     Ok(axum::Json(crate::transparency::logged_head(&app.storage, &app.notary, index, query.from).await?))
+}
+
+/// `?from=A&to=B` of a consistency proof, as text: so that a refusal says which size is missing or
+/// malformed, in its own words.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsistencyQuery {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+/// The proof that an earlier checkpoint's tree is a prefix of a later one's, for anyone (an auditor
+/// holding two checkpoints): hashes only, naming no machine.
+async fn checkpoint_consistency(
+    State(app): State<Arc<App>>,
+    ApiQuery(query): ApiQuery<ConsistencyQuery>,
+) -> Result<axum::Json<protocol::ConsistencyProof>, ApiError> {
+    let from = tree_size_param("from", query.from.as_deref())?;
+    let to = tree_size_param("to", query.to.as_deref())?;
+    Ok(axum::Json(crate::transparency::consistency(&app.storage, from, to).await?))
+}
+
+/// A tree size in a query: decimal digits only (`u64`'s parser would take a `+` too).
+fn tree_size_param(name: &str, text: Option<&str>) -> Result<u64, ApiError> {
+    let text = text.ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "{name} is missing: ask GET /v1/checkpoint/consistency?from=A&to=B with the sizes of the two checkpoints"
+        ))
+    })?;
+    let size = if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) { text.parse().ok() } else { None };
+    size.ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "{name} must be a tree size: a whole number from 0 to {}, in decimal digits",
+            u64::MAX
+        ))
+    })
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ use base64::engine::general_purpose::STANDARD;
 use crate::api::ApiError;
 use crate::error::VaultError;
 use crate::events::{LogHeadAnchored, VaultEvent};
-use crate::protocol::{Consistency, LoggedHead};
+use crate::protocol::{Consistency, ConsistencyProof, LoggedHead};
 use crate::storage::{Backend, Storage as _};
 
 /// The checkpoint key's file in the service's data directory (mode 0600): its C2SP private key.
@@ -98,6 +98,15 @@ pub(crate) fn subtrees_for(size: u64, leaf: Option<u64>, from: Option<u64>) -> V
     if let Some(old) = from {
         let _ = tlog::consistency_proof(&wanted, old, size);
     }
+    wanted.0.into_inner().into_iter().collect()
+}
+
+/// What a consistency proof between two sizes needs from the storage: no root, since whoever asks
+/// holds both checkpoints.
+pub(crate) fn subtrees_for_consistency(from: u64, to: u64) -> Vec<(u8, u64)> {
+    let wanted = Wanted::default();
+    // As in `subtrees_for`: sizes out of order show again when the proof is made.
+    let _ = tlog::consistency_proof(&wanted, from, to);
     wanted.0.into_inner().into_iter().collect()
 }
 
@@ -190,6 +199,38 @@ pub(crate) async fn logged_head(
         inclusion: inclusion.iter().map(hex::encode).collect(),
         consistency,
     })
+}
+
+/// The proof that the tree of `from` leaves is a prefix of the tree of `to` leaves (RFC 9162
+/// §2.1.4), for anyone holding both checkpoints; empty when the sizes are equal. Reads only the
+/// subtrees the proof needs, in one read, all below the size the storage says it holds.
+pub(crate) async fn consistency(storage: &Backend, from: u64, to: u64) -> Result<ConsistencyProof, ApiError> {
+    // RFC 9162 §2.1.4.1 defines PROOF(m, D[n]) for 0 < m only.
+    if from == 0 {
+        return Err(ApiError::bad_request(
+            "from must be 1 or more: RFC 9162 defines no consistency proof from the empty tree, which every tree \
+             extends (nothing to check)",
+        ));
+    }
+    if from > to {
+        return Err(ApiError::bad_request(format!(
+            "from ({from}) is larger than to ({to}): a proof goes from the older, smaller checkpoint to the newer \
+             one; swap them"
+        )));
+    }
+    let size = storage.tree_size().await?;
+    if to > size {
+        return Err(ApiError::bad_request(format!(
+            "to ({to}) is past the transparency log's size ({size}): ask with the sizes of checkpoints the vault \
+             signed (GET /v1/checkpoint is the latest)"
+        )));
+    }
+    let fetched = storage.subtrees(subtrees_for_consistency(from, to)).await?;
+    let proof = tlog::consistency_proof(&fetched, from, to).map_err(|e| match e {
+        tlog::ProveError::Subtrees(missing) => damaged(missing),
+        other => ApiError::internal(format!("the transparency log cannot prove {from} consistent with {to}: {other}")),
+    })?;
+    Ok(ConsistencyProof { from, to, proof: proof.iter().map(hex::encode).collect() })
 }
 
 fn damaged(missing: MissingSubtree) -> ApiError {
@@ -306,6 +347,28 @@ mod tests {
                 tlog::consistency_proof(&whole, from, size).unwrap()
             );
         }
+    }
+
+    #[test]
+    fn a_consistency_proof_needs_only_the_subtrees_listed_for_it_and_never_the_whole_tree() {
+        let mut whole = MemoryTree::new();
+        for n in 0..70 {
+            whole.push(tlog::leaf_hash(&leaf(n).encode().unwrap()));
+        }
+        for to in 1..=70u64 {
+            for from in 1..=to {
+                let wanted = subtrees_for_consistency(from, to);
+                // At most two subtrees a level: the proof's path, not the tree.
+                assert!(wanted.len() <= 2 * (64 - to.leading_zeros() as usize), "{from}..{to}: {}", wanted.len());
+                let fetched =
+                    Fetched(wanted.into_iter().map(|(l, i)| ((l, i), whole.subtree(l, i).unwrap())).collect());
+                let proof = tlog::consistency_proof(&fetched, from, to).unwrap();
+                assert_eq!(proof, tlog::consistency_proof(&whole, from, to).unwrap(), "{from}..{to}");
+                let (old, new) = (tlog::root(&whole, from).unwrap(), tlog::root(&whole, to).unwrap());
+                tlog::verify_consistency(from, to, &old, &new, &proof).unwrap();
+            }
+        }
+        assert!(subtrees_for_consistency(9, 9).is_empty(), "equal sizes need nothing");
     }
 
     #[test]

@@ -232,6 +232,7 @@ fn unreachable_credentials(endpoint: &str) -> regent_credentials::VaultCredentia
         service_principal_client_id: String::new(),
         endpoint: endpoint.into(),
         agent_links: vec![],
+        transparency_log_key: None,
         not_before: chrono::Utc::now() - chrono::Duration::minutes(10),
         not_after: chrono::Utc::now() + chrono::Duration::hours(1),
     })

@@ -51,6 +51,12 @@ fn applies(route: &protocol::Route, attack: Attack) -> Result<(), &'static str> 
             Err("it takes no path segment, query or body: there is no field to leave empty or make too long")
         }
         (Access::Anyone, Attack::NoAuth | Attack::WrongAuth) => Ok(()),
+        // Its query's sizes are fields to leave empty or make too large.
+        (Access::Anyone, Attack::EmptyFields | Attack::OversizedFields)
+            if route.id == RouteId::CheckpointConsistency =>
+        {
+            Ok(())
+        }
         (Access::Anyone, _) => Err("anyone may call it, it takes no fields, and it changes nothing"),
         (Access::Admin, Attack::OtherMachine) => Err("an admin call carries no machine's signature"),
         (Access::Admin, Attack::Replay) => Err(
@@ -971,6 +977,33 @@ fn cases(route: RouteId, fx: &Fixture) -> Vec<Case> {
                 ),
             ]
         }
+        RouteId::CheckpointConsistency => {
+            // The fixture logged machine three's head: the tree holds a leaf at least.
+            let path = |query: &str| format!("/v1/checkpoint/consistency?{query}");
+            let mut wrong = wrong_token();
+            wrong.path = path("from=1&to=1");
+            vec![
+                case(NoAuth, "no token", Request::new("GET", path("from=1&to=1")), 200, ""),
+                case(WrongAuth, "a wrong token is ignored", wrong, 200, ""),
+                case(EmptyFields, "an empty from", Request::new("GET", path("from=&to=1")), 400, "bad_request"),
+                case(EmptyFields, "no to", Request::new("GET", path("from=1")), 400, "bad_request"),
+                case(EmptyFields, "no query", Request::new("GET", "/v1/checkpoint/consistency"), 400, "bad_request"),
+                case(
+                    OversizedFields,
+                    "a size past any number",
+                    Request::new("GET", path("from=1&to=99999999999999999999999")),
+                    400,
+                    "bad_request",
+                ),
+                case(
+                    OversizedFields,
+                    "a size past the tree",
+                    Request::new("GET", path(&format!("from=1&to={}", u64::MAX))),
+                    400,
+                    "bad_request",
+                ),
+            ]
+        }
         RouteId::ListFleet => {
             let path = "/v1/vaults/routes/fleet";
             vec![
@@ -1118,6 +1151,13 @@ fn every_route_refuses_every_attack_and_writes_nothing() {
     let newest = vault.download("routes", None);
     let two = machine_id(&client.register(&register_request(&newest, None, "two", "reg-two", None)));
     let three = machine_id(&client.register(&register_request(&newest, None, "three", "reg-three", None)));
+    // A leaf in the transparency log, whatever order the routes are attacked in: the consistency
+    // route's cases ask for size 1. Machine three is unregistered later; its head changes nothing else.
+    let log = AgentLog::new();
+    let head = log.grow(1, "three");
+    client
+        .report_log_head(&head_signer(&vault.url(), "routes", &three, &newest), &log.store, head, None, None)
+        .unwrap();
     let foreign = vault.vault_with_credentials("other");
     let fx = Fixture { first, newest, foreign, one, two, three, token: vault.token() };
 

@@ -110,6 +110,7 @@ fn the_service_refuses_stale_foreign_expired_and_forged_credentials() {
         service_principal_client_id: String::new(),
         endpoint: vault.url(),
         agent_links: vec![],
+        transparency_log_key: None,
         not_before: Utc::now() - chrono::Duration::minutes(10),
         not_after: Utc::now() + chrono::Duration::hours(1),
     })

@@ -11,9 +11,9 @@ use base64::engine::general_purpose::STANDARD;
 use common::*;
 use regent_credentials::VaultCredentials;
 use regent_store::Head;
-use regent_vault::AdminClient;
 use regent_vault::protocol::LoggedHead;
 use regent_vault::protocol::transparency::{self as tlog, Checkpoint, Hash, Leaf, NoteVerifier};
+use regent_vault::{AdminClient, ErrorCode};
 
 fn register(credentials: &VaultCredentials, request_id: &str) -> String {
     machine_id(&regent_engine::ports::VaultClient::register(
@@ -132,6 +132,106 @@ fn a_machine_never_logged_is_named_and_proofs_are_the_admins() {
     assert_eq!((empty.size, empty.root), (0, tlog::empty_root()));
 }
 both!(a_machine_never_logged_is_named_and_proofs_are_the_admins);
+
+/// An auditor holding checkpoints taken over time asks the public route for the proof between each
+/// pair of sizes and checks it against the two roots it holds; the agent's client gets the same
+/// proof; what cannot be proved is refused with one line saying what to ask instead, and nothing is
+/// written.
+fn checkpoints_taken_over_time_are_proved_consistent_for_anyone() {
+    let vault = Vault::start();
+    let key = published_key(&vault);
+    let auditor = AdminClient::without_token(&vault.url(), None).unwrap();
+    let credentials = vault.vault_with_credentials("audit");
+    let machines = [register(&credentials, "req-a"), register(&credentials, "req-b"), register(&credentials, "req-c")];
+    let signers = machines.each_ref().map(|m| head_signer(&vault.url(), "audit", m, &credentials));
+    let logs = [AgentLog::new(), AgentLog::new(), AgentLog::new()];
+    let client = quick_client(None);
+
+    // Eleven heads from three machines; a checkpoint read after some of them (complete subtrees
+    // and ragged edges both), as an auditor polling now and then holds them.
+    let mut held: Vec<Checkpoint> = Vec::new();
+    for n in 0..11usize {
+        let who = [0, 1, 0, 2, 2, 1, 0, 0, 1, 2, 0][n];
+        let head = logs[who].grow(1 + n % 2, "t");
+        client.report_log_head(&signers[who], &logs[who].store, head, None, None).unwrap();
+        if [1, 2, 3, 4, 5, 7, 8, 11].contains(&(n + 1)) {
+            held.push(key.verify(&auditor.checkpoint().unwrap()).unwrap());
+        }
+    }
+    let sizes: Vec<u64> = held.iter().map(|c| c.size).collect();
+    assert_eq!(sizes, [1, 2, 3, 4, 5, 7, 8, 11]);
+
+    let written = vault.log_position();
+    for (i, old) in held.iter().enumerate() {
+        for new in &held[i..] {
+            let proof = auditor.consistency(old.size, new.size).unwrap();
+            tlog::verify_consistency(old.size, new.size, &old.root, &new.root, &proof)
+                .unwrap_or_else(|e| panic!("{} to {}: {e}", old.size, new.size));
+            if old.size == new.size {
+                assert!(proof.is_empty(), "equal sizes need no hash");
+            }
+            assert_eq!(client.consistency(&signers[0], old.size, new.size).unwrap(), proof, "the agent's client");
+        }
+    }
+    // The check can fail: a proof does not hold against another tree's root.
+    let proof = auditor.consistency(3, 11).unwrap();
+    assert!(tlog::verify_consistency(3, 11, &held[1].root, &held[7].root, &proof).is_err(), "size 2's root");
+    assert!(tlog::verify_consistency(3, 11, &held[2].root, &held[6].root, &proof).is_err(), "size 8's root");
+
+    // The wire: both sizes stated, lowercase hex, JSON; anyone, no token.
+    let answer = raw(vault.addr(), "GET", "/v1/checkpoint/consistency?from=3&to=11", &[], b"");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(answer.head.to_ascii_lowercase().contains("content-type: application/json"), "{}", answer.head);
+    let expected: Vec<String> = proof.iter().map(hex::encode).collect();
+    assert_eq!(answer.json(), serde_json::json!({"from": 3, "to": 11, "proof": expected}));
+
+    // Refusals: 400 bad_request, one line naming what to fix; never a 500.
+    let size = held[7].size;
+    let past = format!("from=1&to={}", size + 1);
+    let max = format!("from=1&to={}", u64::MAX);
+    for (query, says) in [
+        ("", "from is missing"),
+        ("to=3", "from is missing"),
+        ("from=1", "to is missing"),
+        ("from=&to=3", "from must be a tree size"),
+        ("from=abc&to=3", "from must be a tree size"),
+        ("from=%2B1&to=3", "from must be a tree size"),
+        ("from=-1&to=3", "from must be a tree size"),
+        ("from=1&to=3.0", "to must be a tree size"),
+        ("from=1&to=99999999999999999999", "to must be a tree size"),
+        ("from=5&to=3", "swap them"),
+        (past.as_str(), "past the transparency log's size (11)"),
+        (max.as_str(), "past the transparency log's size (11)"),
+        ("from=0&to=3", "RFC 9162"),
+        ("from=0&to=0", "RFC 9162"),
+        ("from=1&to=2&x=1", "the query is malformed"),
+        ("from=1&from=2&to=3", "the query is malformed"),
+    ] {
+        let answer = raw(vault.addr(), "GET", &format!("/v1/checkpoint/consistency?{query}"), &[], b"");
+        assert_eq!((answer.status, answer.error_code().as_str()), (400, "bad_request"), "?{query}: {}", answer.body);
+        let message = answer.json()["message"].as_str().unwrap_or_default().to_string();
+        assert!(message.contains(says) && !message.contains('\n'), "?{query}: {message}");
+    }
+    match auditor.consistency(5, 3) {
+        Err(regent_vault::AdminError::Refused { status: 400, code: ErrorCode::BadRequest, message }) => {
+            assert!(message.contains("swap them"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    match client.consistency(&signers[1], 0, 3) {
+        Err(regent_vault::AnchorError::Refused { code: ErrorCode::BadRequest, message }) => {
+            assert!(message.contains("RFC 9162"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(vault.log_position(), written, "proofs and refusals write nothing");
+
+    // The proofs are the storage's: the same after a restart.
+    let vault = vault.restart();
+    let auditor = AdminClient::without_token(&vault.url(), None).unwrap();
+    assert_eq!(auditor.consistency(3, 11).unwrap(), proof);
+}
+both!(checkpoints_taken_over_time_are_proved_consistent_for_anyone);
 
 /// A subtree changed in the database (no hook in the vault): the next checkpoint's root is not
 /// consistent with what an agent verified before.

@@ -30,6 +30,7 @@ pub fn request() -> IssueRequest {
             ("WABUpdateKBLink".into(), "http://go.microsoft.com/fwlink/p/?LinkId=229525".into()),
             ("WebPortalLink".into(), "http://go.microsoft.com/fwlink/?LinkId=817353".into()),
         ],
+        transparency_log_key: Some("regent-vault-0123456789abcdef+1a2b3c4d+AQID".into()),
         not_before: at(2026, 3, 1, 11, 50, 0),
         not_after: at(2026, 3, 3, 12, 0, 0),
     }

@@ -151,12 +151,14 @@ fn empty_required_elements() {
 #[test]
 fn optional_elements_may_be_missing_or_empty() {
     let mut xml = valid_xml();
-    for name in ["AadAuthority", "AadTenantId", "ServicePrincipalClientId", "AgentLinks"] {
+    for name in ["AadAuthority", "AadTenantId", "ServicePrincipalClientId", "AgentLinks", "TransparencyLogKey"] {
         xml = without_element(&xml, name);
     }
     let creds = parse(FILE_NAME, xml.as_bytes()).expect("optional elements");
     assert_eq!(creds.aad_authority, "");
     assert!(creds.agent_links.is_empty());
+    // A file from a real portal names no log key: the agent takes it at first contact.
+    assert_eq!(creds.transparency_log_key, None);
 }
 
 #[test]

@@ -19,6 +19,8 @@ fn issued_file_parses_back_to_the_same_facts() {
     assert_eq!(creds.service_principal_client_id, request.service_principal_client_id);
     assert_eq!(creds.endpoint, request.endpoint);
     assert_eq!(creds.agent_links, request.agent_links);
+    assert_eq!(creds.transparency_log_key, request.transparency_log_key);
+    assert!(ISSUED.xml.contains("<TransparencyLogKey>regent-vault-"), "the key is its own element, after the portal's");
     assert_eq!(creds.certificate, ISSUED.certificate);
     assert_eq!(creds.certificate.not_before, request.not_before);
     assert_eq!(creds.certificate.not_after, request.not_after);
@@ -133,6 +135,8 @@ fn issue_refuses_requests_that_would_not_read_back() {
         ("link name with comma", Box::new(|r| r.agent_links = vec![("a,b".into(), "u".into())])),
         ("link url with semicolon", Box::new(|r| r.agent_links = vec![("a".into(), "u;v".into())])),
         ("empty link name", Box::new(|r| r.agent_links = vec![(String::new(), "u".into())])),
+        ("empty log key", Box::new(|r| r.transparency_log_key = Some(String::new()))),
+        ("log key with a newline", Box::new(|r| r.transparency_log_key = Some("a+b+c\n".into()))),
         ("inverted validity", Box::new(|r| std::mem::swap(&mut r.not_before, &mut r.not_after))),
         ("empty validity", Box::new(|r| r.not_after = r.not_before)),
         ("year 10000", Box::new(|r| r.not_after = at(9999, 12, 31, 0, 0, 0) + chrono::Duration::days(2))),
