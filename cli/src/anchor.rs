@@ -357,7 +357,7 @@ pub fn anchor_now(ctx: &Context, endpoint: Option<String>) -> Result<u8, Failure
             }
             if let Some(witness @ Witness { checked: Err(problem), .. }) = &vault_log {
                 let warning = vault_log_warning(&registration.vault, head.position, problem, witness.recorded);
-                terminal::errln!("regent: {warning}");
+                terminal::errln!("warning: {warning}");
             }
             Ok(0)
         }
@@ -618,9 +618,13 @@ fn prove_latest(
         regent_engine::vault_log::check_latest(seen, &key, from, &logged, &signer.vault, &signer.machine_id)
             .map_err(|e| inconsistent(&e))?;
     if proved.head() != anchor {
+        let short = |hash: &str| hash.chars().take(16).collect::<String>();
         return Err(inconsistent(&format!(
-            "its anchor is head {}, but its log's latest leaf for this machine is head {}",
-            anchor.position, proved.leaf.position
+            "its anchor is head {} ({}…), but its log's latest leaf for this machine is head {} ({}…)",
+            anchor.position,
+            short(&anchor.hash.to_hex()),
+            proved.leaf.position,
+            short(&hex::encode(proved.leaf.head))
         )));
     }
     Ok((witnessed, proved, from))

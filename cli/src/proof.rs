@@ -83,7 +83,12 @@ pub fn write_for_auditor(
             false,
         ),
     };
-    let proved = bundle.open(&key).map_err(|e| bundle_failure(output, &e))?;
+    let proved = bundle.open(&key).map_err(|problem| {
+        Failure::refused(format!(
+            "vault_log_inconsistent: vault {vault}'s proof of machine {machine_id}'s latest head does not hold: {problem}; \
+             no bundle was written: its transparency log is damaged or was altered: tell whoever runs the vault"
+        ))
+    })?;
     if let Some(consistency) = from.and_then(|from| bundle.consistency_from(from)) {
         let from = from.unwrap_or_default();
         consistency.map_err(|detail| {
@@ -205,7 +210,12 @@ impl Subject {
     }
 
     fn store(ctx: &Context) -> Result<Subject, Failure> {
-        let store = ctx.open_store()?;
+        let store = ctx.open_existing_store()?.ok_or_else(|| {
+            Failure::refused(format!(
+                "not_registered: there is no log in {} to check against the bundles; pass the log with --file EXPORT",
+                ctx.data_dir.display()
+            ))
+        })?;
         let (state, _) = regent_engine::projections::current_state(&store)?;
         let mut machines = Vec::new();
         for record in store.read_stream(events::STREAM, 1) {

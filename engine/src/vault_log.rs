@@ -65,12 +65,12 @@ pub enum Inconsistency {
     OtherMachine { machine_id: String, vault: String },
     #[error("head {position} is not in the tree of {size} heads the vault's checkpoint signs ({detail})")]
     NotIncluded { position: u64, size: u64, detail: String },
-    #[error("the vault's tree shrank: it now holds {size} heads, {seen} when this agent checked it last")]
+    #[error("the vault's tree shrank: it now holds {size} heads, {seen} when checked before")]
     Shrank { size: u64, seen: u64 },
     #[error("the vault's chain of this machine's heads does not hold: {detail}")]
     Chain { detail: String },
     #[error(
-        "the vault's tree of {size} heads does not extend the tree of {seen} heads this agent checked last \
+        "the vault's tree of {size} heads does not extend the tree of {seen} heads checked before \
          ({detail}): the vault rewrote its log, or shows another party another history"
     )]
     Forked { size: u64, seen: u64, detail: String },

@@ -23,6 +23,7 @@ mod settings;
 mod snapshots;
 mod steps;
 mod support;
+mod tamper;
 mod vault_database;
 mod vault_kill;
 mod vault_log;

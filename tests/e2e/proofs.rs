@@ -173,6 +173,14 @@ fn an_export_is_checked_offline_against_the_machines_latest_logged_head() {
     let (code, stdout, stderr) = offline(&setup, &full, &[&from_vault, &carried], &key);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("views of one tree"), "{stdout}");
+    // No log to check: none given, and no data dir.
+    let (code, _, stderr) = run(
+        &setup,
+        "auditor",
+        &["audit", "verify", "--proof", from_vault.to_str().unwrap(), "--vault-key", key.to_str().unwrap()],
+    );
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("there is no data directory") && stderr.lines().count() == 1, "{stderr}");
     // Not a bundle at all.
     let (code, _, stderr) = offline(&setup, &full, &[&full], &key);
     assert_eq!(code, 2, "{stderr}");

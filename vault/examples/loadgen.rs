@@ -21,7 +21,8 @@
 //! client is a registered machine with a log of its own, and reports its head after every 8 new
 //! records, as `regent` does: the anchor read, then the report with the records; only the report is
 //! timed, not the growing of the client's own log; `--no-keep`: the vault keeps none of the records,
-//! to measure what keeping them costs), `--startup N` (with `--postgres`: N machines and
+//! to measure what keeping them costs; `--no-tree`: the heads are anchored but not logged in the
+//! transparency log, no leaf and no proof, to measure what the tree costs), `--startup N` (with `--postgres`: N machines and
 //! N log records put in the database, then the real `regent vault serve` binary, `REGENT_BIN` or
 //! `target/release/regent`, started on it: the time until it listens and its resident memory then),
 //! `--fleet N` (with `--postgres`: one machine reports a real agent's log, `replay-fixtures/

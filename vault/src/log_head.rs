@@ -142,15 +142,17 @@ impl HttpVaultClient {
         tree_size: Option<u64>,
     ) -> Result<Anchor, AnchorError> {
         let hash = head.hash.to_hex();
-        let mut held = self.fetch_log_head_until(signer, deadline)?;
+        let mut held = self.fetch_log_head_until(signer, deadline, None)?;
         // Asked again only if another report moved the anchor between the read and the report.
         let mut base_asked = 0;
         loop {
             // Where the vault's copy of this log ends (an older vault keeps none: it walks from its anchor).
             let mirrored = held.as_ref().map_or(0, |held| held.mirrored.unwrap_or(held.position));
             match &held {
+                // Held already: read again for the proof of it (rarely: the head was reported before).
                 Some(held) if held.position == head.position && held.hash == hash && mirrored >= head.position => {
-                    return Ok(held.clone());
+                    let proved = self.fetch_log_head_until(signer, deadline, Some(tree_size))?;
+                    return Ok(proved.unwrap_or_else(|| held.clone()));
                 }
                 // Behind the anchored head, or nothing to send: the bare head, which the vault
                 // refuses as evidence (a regression, or another record at an anchored position).
@@ -179,7 +181,7 @@ impl HttpVaultClient {
                 }
                 Err(AnchorError::Refused { code: ErrorCode::LogHeadBaseRequired, .. }) if base_asked < 1 => {
                     base_asked += 1;
-                    held = self.fetch_log_head_until(signer, deadline)?;
+                    held = self.fetch_log_head_until(signer, deadline, None)?;
                 }
                 Err(error) => return Err(error),
             }
@@ -255,20 +257,32 @@ impl HttpVaultClient {
             .map_err(|detail| AnchorError::Failed { reason: Reason::VaultError, detail })
     }
 
-    /// The head the vault holds for the machine, or `None` if it never anchored one.
+    /// The head the vault holds for the machine, or `None` if it never anchored one, with the
+    /// transparency log's proof of it (`Anchor::log`) when the vault keeps one.
     pub fn fetch_log_head(&self, signer: &HeadSigner) -> Result<Option<Anchor>, AnchorError> {
-        self.fetch_log_head_until(signer, None)
+        self.fetch_log_head_until(signer, None, Some(None))
     }
 
+    /// `proof`: ask for the proof too, with consistency from the tree of that many leaves when
+    /// given (a report's own read, which only finds where to resume, does not ask: the report's
+    /// answer proves the head it reports).
     fn fetch_log_head_until(
         &self,
         signer: &HeadSigner,
         deadline: Option<Instant>,
+        proof: Option<Option<u64>>,
     ) -> Result<Option<Anchor>, AnchorError> {
         let message = |timestamp: i64, nonce: &str| {
             log_head_read_message(&signer.vault, &signer.machine_id, &signer.thumbprint, timestamp, nonce)
         };
         let send = |client: &Client, url: &reqwest::Url, signed: Signed, time_left: Option<Duration>| {
+            let mut url = url.clone();
+            if let Some(from) = proof {
+                url.query_pairs_mut().append_pair("proof", "true");
+                if let Some(from) = from {
+                    url.query_pairs_mut().append_pair("from", &from.to_string());
+                }
+            }
             let mut request = with_time_left(client.get(url.clone()), time_left);
             let values = [signer.thumbprint.clone(), signed.timestamp.to_string(), signed.nonce, signed.signature];
             for (name, value) in SIGNATURE_HEADERS.into_iter().zip(values) {
@@ -282,7 +296,7 @@ impl HttpVaultClient {
                     }
                 }
             }
-            self.answer::<Anchor>(request.send(), signer.proxy.as_ref(), url)
+            self.answer::<Anchor>(request.send(), signer.proxy.as_ref(), &url)
         };
         match self.signed_call(signer, "the read", deadline, message, send) {
             Ok(head) => Ok(Some(head)),

@@ -812,10 +812,22 @@ async fn report_log_head(
     anchored.map(axum::Json)
 }
 
+/// `?proof=true[&from=N]` of a read of a machine's head: the transparency log's proof of it too,
+/// consistent with the tree of N leaves (a report's own read, which only finds where to resume,
+/// does without).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadQuery {
+    #[serde(default)]
+    proof: bool,
+    from: Option<u64>,
+}
+
 async fn read_log_head(
     State(app): State<Arc<App>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ApiPath((vault, machine_id)): ApiPath<(String, String)>,
+    ApiQuery(query): ApiQuery<ReadQuery>,
     headers: HeaderMap,
 ) -> Result<axum::Json<Anchor>, ApiError> {
     known_vault(&vault)?;
@@ -845,7 +857,10 @@ async fn read_log_head(
         .storage
         .transact(scope.clone(), now, Box::new(move |f| rules::read_head(f, &vault, &machine_id, &peer)))
         .await?;
-    Ok(axum::Json(with_log(&app, &scope, anchor, None).await?))
+    if !query.proof {
+        return Ok(axum::Json(anchor));
+    }
+    Ok(axum::Json(with_log(&app, &scope, anchor, query.from).await?))
 }
 
 /// The anchor with the machine's latest leaf proved under the latest checkpoint, when its head is

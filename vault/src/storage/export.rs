@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use regent_store::{Digest32, EventStore, Head, MAX_RECORD_BYTES, SideTree};
-use sqlx::postgres::PgPool;
+use sqlx::postgres::{PgConnection, PgPool};
 use tokio::sync::mpsc;
 
 use super::postgres::{describe, head_of, unavailable};
@@ -121,6 +121,41 @@ fn stream_blocking(
     LogExport { head, chunks }
 }
 
+/// A machine's kept records run from 1 to the head they are kept up to, every one there: checked
+/// before the answer starts (a gap found while streaming could only break it off, naming nothing),
+/// naming the first missing record. Counting reads the index only; the gap is looked for only
+/// when the count is short.
+async fn kept_whole(tx: &mut PgConnection, vault: &str, machine_id: &str, last: i64) -> Result<(), ApiError> {
+    let count: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM machine_records WHERE vault = $1 AND machine_id = $2 AND position <= $3",
+    )
+    .bind(vault)
+    .bind(machine_id)
+    .bind(last)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|e| unavailable(&e))?;
+    if count == last {
+        return Ok(());
+    }
+    let missing: Option<i64> = sqlx::query_scalar(
+        "SELECT rank FROM (SELECT position, row_number() OVER (ORDER BY position) AS rank FROM machine_records \
+         WHERE vault = $1 AND machine_id = $2 AND position <= $3) AS kept WHERE position <> rank ORDER BY rank LIMIT 1",
+    )
+    .bind(vault)
+    .bind(machine_id)
+    .bind(last)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(|e| unavailable(&e))?;
+    let missing = missing.unwrap_or(count + 1);
+    tracing::error!(vault, machine_id, missing, count, last, "a machine's kept records are missing one");
+    Err(ApiError::internal(format!(
+        "the vault's copy of machine {machine_id}'s log is damaged: record {missing} is missing (it holds {count} of \
+         the {last} records up to the head it keeps); it was altered in the database, or lost: tell whoever runs the vault"
+    )))
+}
+
 /// Which log an export from PostgreSQL reads.
 enum Source {
     /// The service's own.
@@ -180,6 +215,9 @@ async fn from_postgres_source(pool: &PgPool, source: Source) -> Result<Option<Lo
         }
     };
     let last = i64::try_from(head.position).map_err(|_| ApiError::internal("the log's head is past any position"))?;
+    if let Source::Machine { vault, machine_id } = &source {
+        kept_whole(&mut tx, vault, machine_id, last).await?;
+    }
     let (sender, chunks) = mpsc::channel(CHUNKS_AHEAD);
     tokio::spawn(async move {
         use futures_util::TryStreamExt as _;

@@ -1309,9 +1309,11 @@ async fn remember_nonce(conn: &mut PgConnection, vault: &str, nonce: &str, at: D
 
 /// Writes one event into the projection tables: what [`crate::state::ServiceState::apply`] does in
 /// memory, as rows. Used live and by the rebuild, so both give the same tables.
-/// Logs a head in the transparency log. Its index is the tree's size, taken with the log's head row
-/// (held until commit, as every append does), so leaves are in the order of their events in the log.
-async fn log_leaf(conn: &mut PgConnection, leaf: &Leaf) -> Result<(), Failed> {
+/// Logs a head in the transparency log, and returns its index: the tree's size, taken with the
+/// log's head row (held until commit, as every append does), so leaves are in the order of their
+/// events in the log. The leaf and the subtrees it completes go in one statement: the head row is
+/// held meanwhile, so every round trip here is one every other append waits for.
+async fn log_leaf(conn: &mut PgConnection, leaf: &Leaf) -> Result<i64, Failed> {
     let size: i64 = sqlx::query_scalar("UPDATE log_head SET tree_size = tree_size + 1 RETURNING tree_size - 1")
         .fetch_one(&mut *conn)
         .await?;
@@ -1323,32 +1325,26 @@ async fn log_leaf(conn: &mut PgConnection, leaf: &Leaf) -> Result<(), Failed> {
     }
     let subtrees = crate::transparency::appended(frontier, size, std::slice::from_ref(leaf)).map_err(internal)?;
     let index = i64::try_from(size).map_err(internal)?;
-    sqlx::query("INSERT INTO tree_leaves (leaf_index, vault, machine_id, leaf) VALUES ($1, $2, $3, $4)")
-        .bind(index)
-        .bind(&leaf.vault)
-        .bind(&leaf.machine_id)
-        .bind(leaf.encode().map_err(internal)?)
-        .execute(&mut *conn)
-        .await?;
     let (mut levels, mut indexes, mut hashes) = (Vec::new(), Vec::new(), Vec::new());
     for (level, index, hash) in subtrees {
         levels.push(i16::from(level));
         indexes.push(i64::try_from(index).map_err(internal)?);
         hashes.push(hash.to_vec());
     }
-    sqlx::query("INSERT INTO tree_nodes (level, node_index, hash) SELECT * FROM UNNEST($1::smallint[], $2::bigint[], $3::bytea[])")
-        .bind(&levels)
-        .bind(&indexes)
-        .bind(&hashes)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("UPDATE machines SET leaf_index = $3 WHERE vault = $1 AND machine_id = $2")
-        .bind(&leaf.vault)
-        .bind(&leaf.machine_id)
-        .bind(index)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
+    sqlx::query(
+        "WITH leaf AS (INSERT INTO tree_leaves (leaf_index, vault, machine_id, leaf) VALUES ($1, $2, $3, $4)) \
+         INSERT INTO tree_nodes (level, node_index, hash) SELECT * FROM UNNEST($5::smallint[], $6::bigint[], $7::bytea[])",
+    )
+    .bind(index)
+    .bind(&leaf.vault)
+    .bind(&leaf.machine_id)
+    .bind(leaf.encode().map_err(internal)?)
+    .bind(&levels)
+    .bind(&indexes)
+    .bind(&hashes)
+    .execute(&mut *conn)
+    .await?;
+    Ok(index)
 }
 
 /// Those of `keys` the tree holds.
@@ -1492,15 +1488,17 @@ pub(crate) async fn project(conn: &mut PgConnection, vault: &str, event: &VaultE
             }
         }
         VaultEvent::LogHeadAnchored(e) => {
-            if let Some(leaf) = crate::transparency::leaf_of(vault, event).map_err(internal)? {
-                log_leaf(conn, &leaf).await?;
-            }
+            let leaf_index = match crate::transparency::leaf_of(vault, event).map_err(internal)? {
+                Some(leaf) => Some(log_leaf(conn, &leaf).await?),
+                None => None,
+            };
             // The same head logged again (a machine anchored before the tree): first accepted then.
             sqlx::query(
                 "UPDATE machines SET anchor_position = $3, anchor_hash = $4, \
                  anchored_at = CASE WHEN anchor_position = $3 AND anchor_hash = $4 THEN anchored_at ELSE $5 END, \
                  mirrored_position = CASE WHEN $6 THEN $3 ELSE mirrored_position END, \
-                 mirrored_hash = CASE WHEN $6 THEN $4 ELSE mirrored_hash END \
+                 mirrored_hash = CASE WHEN $6 THEN $4 ELSE mirrored_hash END, \
+                 leaf_index = COALESCE($7, leaf_index) \
                  WHERE vault = $1 AND machine_id = $2",
             )
             .bind(vault)
@@ -1509,6 +1507,7 @@ pub(crate) async fn project(conn: &mut PgConnection, vault: &str, event: &VaultE
             .bind(&e.hash)
             .bind(e.anchored_at)
             .bind(e.mirrored_from.is_some())
+            .bind(leaf_index)
             .execute(&mut *conn)
             .await?;
             remember_nonce(conn, vault, &e.nonce, e.anchored_at).await?;
