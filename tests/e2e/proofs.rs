@@ -272,3 +272,42 @@ fn a_vault_that_shows_two_agents_two_trees_is_caught_when_their_views_meet() {
     let (code, _, stderr) = run(&setup, "b", &["audit", "verify", "--against-vault"]);
     assert_eq!((code, failure_code(&stderr)), (1, "vault_log_inconsistent"), "{stderr}");
 }
+
+#[test]
+fn a_record_changed_in_a_sled_vaults_copy_is_caught_by_the_export_and_the_bundle() {
+    let mut setup = Setup::new();
+    assert_eq!(setup.admin(&["create", "prod"]).status.code(), Some(0));
+    let machine = register(&setup, "agent"); // 5
+    ok(&setup, "agent", &THROTTLE); // 6
+    ok(&setup, "agent", &THROTTLE_OFF); // 7
+    let key = key_file(&setup);
+    let bundle = vault_bundle(&setup, &machine, "vault.bundle", None);
+
+    // Record 6 of the vault's copy changed through sled's own API, the service stopped: its stored
+    // line with one byte of its payload changed (its hash no longer its own).
+    setup.stop_vault();
+    {
+        let store = regent_store::EventStore::open(setup.path("vault").join("log"), &Default::default()).unwrap();
+        let side = store.side_tree("machine-records").unwrap();
+        let record = [&[b'r'][..], b"prod", &[0xFF], machine.as_bytes(), &[0xFF], &6u64.to_be_bytes()].concat();
+        let line = String::from_utf8(side.get(&record).unwrap().expect("the vault keeps record 6")).unwrap();
+        assert!(line.contains("\"work_bps\":512000"), "{line}");
+        let edited = line.replacen("mon", "sun", 1);
+        assert_ne!(edited, line);
+        side.insert_all(vec![(record, edited.into_bytes())]).unwrap();
+        store.flush().unwrap();
+    }
+    setup.start_vault();
+
+    // The export from the vault does not verify: nothing is written, and the record is named.
+    let copy = setup.path("copy.jsonl");
+    let out = setup.admin(&["export", "--vault", "prod", "--machine", &machine, "-o", copy.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("does not verify at record 6") && stderr.lines().count() == 1, "{stderr}");
+    assert!(!copy.exists());
+    // The machine's own export still is the head the vault logged: the tree was not touched.
+    let own = export(&setup, "agent", "own.jsonl");
+    let (code, _, stderr) = offline(&setup, &own, &[&bundle], &key);
+    assert_eq!(code, 0, "{stderr}");
+}

@@ -691,6 +691,22 @@ pub(crate) fn report_head(
     let actor = machine_actor(machine_id, &report.peer);
     let history = &machine.anchor;
     let position = report.reported.position;
+    // The anchored head is a record the vault keeps once it keeps them that far: another hash at the
+    // same position is its own record altered (its database edited). Walking on from the kept
+    // records would accept the report and overwrite the evidence.
+    if let (Some(held), Some(kept)) = (&history.head, &history.mirrored)
+        && held.position == kept.position
+        && held.hash != kept.hash
+    {
+        tracing::error!(vault, machine_id, position = held.position, "the anchored head is not the record kept there");
+        return Err(ApiError::internal(format!(
+            "the vault's record of machine {machine_id} does not hold: its anchored head {} is {}, the record it keeps \
+             there {}: its database was edited; tell whoever runs the vault",
+            held.position,
+            held.hash.chars().take(16).collect::<String>(),
+            kept.hash.chars().take(16).collect::<String>()
+        )));
+    }
     let mirrored = match &history.mirrored {
         Some(kept) => Head { position: kept.position, hash: hex_digest(&kept.hash)? },
         None => Head { position: 0, hash: Digest32::GENESIS },
@@ -1004,6 +1020,30 @@ mod tests {
             machine.anchor = anchor;
         }
         facts
+    }
+
+    #[test]
+    fn an_anchored_head_that_is_not_the_record_kept_there_stops_every_report() {
+        let now = Utc::now();
+        let (lines, heads) = agent_lines(4, "a");
+        let kept = |at: usize| MirroredHead { position: heads[at].position, hash: heads[at].hash.to_hex() };
+        let edited = with_anchor(AnchorHistory {
+            head: Some(HeldAnchor { position: 3, hash: "ab".repeat(32), anchored_at: now }),
+            mirrored: Some(kept(2)),
+            ..AnchorHistory::default()
+        });
+        for records in [&lines[3..], &[][..]] {
+            let stopped = report_head(&edited, &report(heads[3], records), now).unwrap_err();
+            assert_eq!(stopped.code, ErrorCode::Internal);
+            assert!(stopped.message.contains("its database was edited"), "{}", stopped.message);
+        }
+        // The same records with the anchor they were kept with walk on as ever.
+        let intact = with_anchor(AnchorHistory {
+            head: Some(HeldAnchor { position: 3, hash: heads[2].hash.to_hex(), anchored_at: now }),
+            mirrored: Some(kept(2)),
+            ..AnchorHistory::default()
+        });
+        assert!(report_head(&intact, &report(heads[3], &lines[3..]), now).is_ok());
     }
 
     #[test]
