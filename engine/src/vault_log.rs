@@ -554,9 +554,11 @@ mod tests {
         let mut renamed = b_view.clone();
         renamed.machine_id = "a".into();
         assert!(matches!(renamed.open(&key), Err(Inconsistency::OtherMachine { .. })));
-        assert!(
-            Bundle::parse(&text.iter().copied().map(|c| if c == b'1' { b'2' } else { c }).collect::<Vec<_>>()).is_err()
-        );
+        let mut other_format = b_view.clone();
+        other_format.format = "regent-proof-bundle/2".into();
+        let refused = Bundle::parse(&serde_json::to_vec(&other_format).unwrap()).unwrap_err();
+        assert!(refused.contains("regent-proof-bundle/2"), "{refused}");
         assert!(Bundle::parse(b"{}").is_err());
+        assert!(Bundle::parse(&vec![b' '; MAX_BUNDLE_BYTES + 1]).unwrap_err().contains("over the"));
     }
 }
